@@ -1,0 +1,641 @@
+// Parsing and validation of the TOML configuration. The schema is a table of
+// sections and keys, each with a parser that checks the type and range and names
+// the key and line on failure; cross-key rules run after all keys are read.
+#include "config/loader.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <cstdlib>
+#include <filesystem>
+#include <fmt/format.h>
+#include <fstream>
+#include <span>
+#include <sstream>
+#include <sys/stat.h>
+#include <toml++/toml.h>
+
+namespace klingd::config {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct context {
+    std::string file;
+    std::vector<std::string> errors;
+    std::vector<std::string> warnings;
+    std::map<std::string, std::size_t> lines; // "section.key" -> line, for cross-key rules
+
+    // line 0: the problem has no line (a value from the environment, a missing key).
+    void error(std::size_t line, std::string_view key, std::string_view what) {
+        if (line == 0)
+            errors.push_back(fmt::format("{}: {}: {}", file, key, what));
+        else
+            errors.push_back(fmt::format("{}:{}: {}: {}", file, line, key, what));
+    }
+    void error(const toml::node& n, std::string_view key, std::string_view what) {
+        error(n.source().begin.line, key, what);
+    }
+    std::size_t line_of(const std::string& key) const {
+        auto it = lines.find(key);
+        return it == lines.end() ? 0 : it->second;
+    }
+};
+
+std::string type_name(const toml::node& n) {
+    switch (n.type()) {
+    case toml::node_type::string:
+        return "a string";
+    case toml::node_type::integer:
+        return "an integer";
+    case toml::node_type::floating_point:
+        return "a number";
+    case toml::node_type::boolean:
+        return "a boolean";
+    case toml::node_type::table:
+        return "a table";
+    case toml::node_type::array:
+        return "an array";
+    default:
+        return "a date or time";
+    }
+}
+
+std::optional<double> read_number(context& c, const toml::node& n, std::string_view key,
+                                  std::string_view unit) {
+    double v;
+    if (auto i = n.as_integer()) {
+        v = static_cast<double>(i->get());
+    } else if (auto f = n.as_floating_point()) {
+        v = f->get();
+    } else {
+        c.error(n, key, fmt::format("expected a number of {}, found {}", unit, type_name(n)));
+        return std::nullopt;
+    }
+    if (!std::isfinite(v)) {
+        c.error(n, key, "must be a finite number");
+        return std::nullopt;
+    }
+    return v;
+}
+
+// Seconds in (lo, hi].
+std::optional<double> read_seconds(context& c, const toml::node& n, std::string_view key,
+                                   double hi) {
+    auto v = read_number(c, n, key, "seconds");
+    if (!v)
+        return std::nullopt;
+    if (*v <= 0 || *v > hi) {
+        c.error(n, key, fmt::format("{} is out of range: must be above 0 and at most {}", *v, hi));
+        return std::nullopt;
+    }
+    return v;
+}
+
+std::optional<std::int64_t> read_integer(context& c, const toml::node& n, std::string_view key,
+                                         std::int64_t lo, std::int64_t hi) {
+    auto i = n.as_integer();
+    if (!i) {
+        c.error(n, key, fmt::format("expected an integer, found {}", type_name(n)));
+        return std::nullopt;
+    }
+    auto v = i->get();
+    if (v < lo || v > hi) {
+        c.error(n, key, fmt::format("{} is out of range: must be from {} to {}", v, lo, hi));
+        return std::nullopt;
+    }
+    return v;
+}
+
+std::optional<std::string> read_string(context& c, const toml::node& n, std::string_view key) {
+    auto s = n.as_string();
+    if (!s) {
+        c.error(n, key, fmt::format("expected a string, found {}", type_name(n)));
+        return std::nullopt;
+    }
+    const std::string& v = s->get();
+    if (std::any_of(v.begin(), v.end(), [](unsigned char ch) { return ch < 0x20 || ch == 0x7f; })) {
+        c.error(n, key, "must not contain control characters");
+        return std::nullopt;
+    }
+    return v;
+}
+
+std::optional<bool> read_bool(context& c, const toml::node& n, std::string_view key) {
+    auto b = n.as_boolean();
+    if (!b) {
+        c.error(n, key, fmt::format("expected true or false, found {}", type_name(n)));
+        return std::nullopt;
+    }
+    return b->get();
+}
+
+// A path: non-empty; relative paths are taken from the configuration file's folder.
+std::optional<std::string> read_path(context& c, const toml::node& n, std::string_view key,
+                                     bool may_be_empty = false) {
+    auto v = read_string(c, n, key);
+    if (!v)
+        return std::nullopt;
+    if (v->empty()) {
+        if (may_be_empty)
+            return v;
+        c.error(n, key, "must not be empty");
+        return std::nullopt;
+    }
+    fs::path p(*v);
+    if (p.is_relative())
+        p = fs::absolute(fs::path(c.file).parent_path() / p);
+    return p.lexically_normal().string();
+}
+
+bool is_loopback_host(std::string_view host) {
+    if (host == "localhost" || host == "::1" || host == "[::1]")
+        return true;
+    // 127.0.0.0/8, dotted quad only
+    if (!host.starts_with("127."))
+        return false;
+    int parts = 0;
+    std::size_t i = 0;
+    while (i <= host.size()) {
+        std::size_t j = host.find('.', i);
+        if (j == std::string_view::npos)
+            j = host.size();
+        auto part = host.substr(i, j - i);
+        if (part.empty() || part.size() > 3 ||
+            !std::all_of(part.begin(), part.end(), [](char ch) { return ch >= '0' && ch <= '9'; }) ||
+            std::stoi(std::string(part)) > 255)
+            return false;
+        ++parts;
+        i = j + 1;
+    }
+    return parts == 4;
+}
+
+void parse_base_url(context& c, const toml::node& n, api_settings& api) {
+    constexpr std::string_view key = "api.base_url";
+    auto v = read_string(c, n, key);
+    if (!v)
+        return;
+    std::string_view url = *v;
+    std::string scheme;
+    if (url.starts_with("https://")) {
+        scheme = "https";
+    } else if (url.starts_with("http://")) {
+        scheme = "http";
+    } else {
+        c.error(n, key, fmt::format("\"{}\" must start with https:// (or http:// for a loopback host)", url));
+        return;
+    }
+    auto rest = url.substr(scheme.size() + 3);
+    if (rest.ends_with('/'))
+        rest.remove_suffix(1);
+    if (rest.find_first_of("/?#@ ") != std::string_view::npos) {
+        c.error(n, key, fmt::format("\"{}\" must be scheme://host[:port], without path, query or user", url));
+        return;
+    }
+    std::string_view host = rest;
+    std::string_view port_text;
+    if (rest.starts_with('[')) {
+        auto close = rest.find(']');
+        if (close == std::string_view::npos) {
+            c.error(n, key, fmt::format("\"{}\" has an unclosed IPv6 address", url));
+            return;
+        }
+        host = rest.substr(0, close + 1);
+        auto after = rest.substr(close + 1);
+        if (!after.empty()) {
+            if (after[0] != ':') {
+                c.error(n, key, fmt::format("\"{}\" is not scheme://host[:port]", url));
+                return;
+            }
+            port_text = after.substr(1);
+        }
+    } else if (auto colon = rest.rfind(':'); colon != std::string_view::npos) {
+        host = rest.substr(0, colon);
+        port_text = rest.substr(colon + 1);
+    }
+    if (host.empty()) {
+        c.error(n, key, fmt::format("\"{}\" has no host", url));
+        return;
+    }
+    unsigned port = scheme == "https" ? 443 : 80;
+    if (!port_text.empty() || rest.ends_with(':')) {
+        if (port_text.empty() || port_text.size() > 5 ||
+            !std::all_of(port_text.begin(), port_text.end(), [](char ch) { return ch >= '0' && ch <= '9'; }) ||
+            (port = static_cast<unsigned>(std::stoul(std::string(port_text)))) == 0 || port > 65535) {
+            c.error(n, key, fmt::format("\"{}\" has a bad port: must be 1 to 65535", url));
+            return;
+        }
+    }
+    if (scheme == "http" && !is_loopback_host(host)) {
+        c.error(n, key,
+                fmt::format("\"{}\": plain http:// is allowed only to a loopback host "
+                            "(localhost, 127.0.0.0/8, [::1]); use https://",
+                            url));
+        return;
+    }
+    api.base_url = std::string(url.substr(0, scheme.size() + 3 + rest.size()));
+    api.scheme = scheme;
+    std::string h(host);
+    if (h.starts_with('['))
+        h = h.substr(1, h.size() - 2);
+    api.host = h;
+    api.port = static_cast<std::uint16_t>(port);
+}
+
+void parse_socket_mode(context& c, const toml::node& n, control_settings& control) {
+    constexpr std::string_view key = "control.socket_mode";
+    auto s = n.as_string();
+    if (!s) {
+        c.error(n, key,
+                fmt::format("expected a string of octal digits such as \"0660\", found {}", type_name(n)));
+        return;
+    }
+    const std::string& v = s->get();
+    if (v.empty() || v.size() > 4 ||
+        !std::all_of(v.begin(), v.end(), [](char ch) { return ch >= '0' && ch <= '7'; })) {
+        c.error(n, key, fmt::format("\"{}\" is not an octal mode such as \"0660\"", v));
+        return;
+    }
+    unsigned mode = static_cast<unsigned>(std::stoul(v, nullptr, 8));
+    if (mode > 0777) {
+        c.error(n, key, fmt::format("\"{}\": setuid, setgid and sticky bits are not allowed", v));
+        return;
+    }
+    if ((mode & 0600) != 0600) {
+        c.error(n, key, fmt::format("\"{}\" must let the owner read and write (0600 at least)", v));
+        return;
+    }
+    if (mode & 0002)
+        c.warnings.push_back(fmt::format("{}:{}: {}: \"{}\" lets every local user control klingd",
+                                         c.file, n.source().begin.line, key, v));
+    control.socket_mode = mode;
+}
+
+using key_parser = void (*)(context&, const toml::node&, settings&);
+
+struct key_rule {
+    std::string_view name;
+    key_parser parse;
+};
+
+template <typename T>
+void assign(std::optional<T> v, T& out) {
+    if (v)
+        out = *v;
+}
+
+// clang-format off
+const key_rule api_keys[] = {
+    {"base_url", [](context& c, const toml::node& n, settings& s) { parse_base_url(c, n, s.api); }},
+    {"api_key_file", [](context& c, const toml::node& n, settings& s) { assign(read_path(c, n, "api.api_key_file", true), s.api.api_key_file); }},
+    {"ca_file", [](context& c, const toml::node& n, settings& s) { assign(read_path(c, n, "api.ca_file", true), s.api.ca_file); }},
+    {"requests_per_minute", [](context& c, const toml::node& n, settings& s) {
+        auto v = read_number(c, n, "api.requests_per_minute", "requests");
+        if (v && (*v <= 0 || *v > 100000))
+            c.error(n, "api.requests_per_minute", fmt::format("{} is out of range: must be above 0 and at most 100000", *v));
+        else
+            assign(v, s.api.requests_per_minute);
+    }},
+    {"max_connections", [](context& c, const toml::node& n, settings& s) {
+        if (auto v = read_integer(c, n, "api.max_connections", 1, 256)) s.api.max_connections = static_cast<int>(*v);
+    }},
+    {"request_timeout_s", [](context& c, const toml::node& n, settings& s) { assign(read_seconds(c, n, "api.request_timeout_s", 3600), s.api.request_timeout_s); }},
+    {"max_result_bytes", [](context& c, const toml::node& n, settings& s) {
+        if (auto v = read_integer(c, n, "api.max_result_bytes", 1024, std::int64_t{1} << 30)) s.api.max_result_bytes = static_cast<std::uint64_t>(*v);
+    }},
+};
+const key_rule storage_keys[] = {
+    {"database", [](context& c, const toml::node& n, settings& s) { assign(read_path(c, n, "storage.database"), s.storage.database); }},
+};
+const key_rule spool_keys[] = {
+    {"directory", [](context& c, const toml::node& n, settings& s) { assign(read_path(c, n, "spool.directory"), s.spool.directory); }},
+    {"max_file_bytes", [](context& c, const toml::node& n, settings& s) {
+        if (auto v = read_integer(c, n, "spool.max_file_bytes", 64, std::int64_t{64} << 20)) s.spool.max_file_bytes = static_cast<std::uint64_t>(*v);
+    }},
+};
+const key_rule output_keys[] = {
+    {"directory", [](context& c, const toml::node& n, settings& s) { assign(read_path(c, n, "output.directory"), s.output.directory); }},
+    {"max_download_bytes", [](context& c, const toml::node& n, settings& s) {
+        if (auto v = read_integer(c, n, "output.max_download_bytes", 1024, std::int64_t{1} << 40)) s.output.max_download_bytes = static_cast<std::uint64_t>(*v);
+    }},
+};
+const key_rule control_keys[] = {
+    {"socket", [](context& c, const toml::node& n, settings& s) {
+        auto v = read_path(c, n, "control.socket");
+        // sun_path holds 108 bytes with the terminating NUL
+        if (v && v->size() > 107)
+            c.error(n, "control.socket", fmt::format("path is {} bytes long; a Unix socket path may have at most 107", v->size()));
+        else
+            assign(v, s.control.socket);
+    }},
+    {"socket_mode", [](context& c, const toml::node& n, settings& s) { parse_socket_mode(c, n, s.control); }},
+};
+const key_rule jobs_keys[] = {
+    {"max_in_flight", [](context& c, const toml::node& n, settings& s) {
+        if (auto v = read_integer(c, n, "jobs.max_in_flight", 1, 1000000)) s.jobs.max_in_flight = static_cast<int>(*v);
+    }},
+    {"result_retention_s", [](context& c, const toml::node& n, settings& s) { assign(read_seconds(c, n, "jobs.result_retention_s", 30 * 86400), s.jobs.result_retention_s); }},
+    {"min_poll_interval_s", [](context& c, const toml::node& n, settings& s) { assign(read_seconds(c, n, "jobs.min_poll_interval_s", 86400), s.jobs.min_poll_interval_s); }},
+    {"max_poll_interval_s", [](context& c, const toml::node& n, settings& s) { assign(read_seconds(c, n, "jobs.max_poll_interval_s", 86400), s.jobs.max_poll_interval_s); }},
+    {"resubmit_unknown", [](context& c, const toml::node& n, settings& s) { assign(read_bool(c, n, "jobs.resubmit_unknown"), s.jobs.resubmit_unknown); }},
+};
+// clang-format on
+
+struct section_rule {
+    std::string_view name;
+    std::span<const key_rule> keys;
+};
+
+const section_rule sections[] = {
+    {"api", api_keys},           {"storage", storage_keys}, {"spool", spool_keys},
+    {"output", output_keys},     {"control", control_keys}, {"jobs", jobs_keys},
+};
+
+std::string known_names(std::span<const key_rule> keys) {
+    std::string out;
+    for (auto& k : keys) {
+        if (!out.empty())
+            out += ", ";
+        out += k.name;
+    }
+    return out;
+}
+
+void parse_section(context& c, const section_rule& rule, const toml::node& node, settings& s,
+                   std::size_t line) {
+    auto table = node.as_table();
+    if (!table) {
+        c.error(line, rule.name, fmt::format("expected a table [{}], found {}", rule.name, type_name(node)));
+        return;
+    }
+    for (auto&& [k, v] : *table) {
+        std::string full = fmt::format("{}.{}", rule.name, k.str());
+        auto it = std::find_if(rule.keys.begin(), rule.keys.end(),
+                               [&](const key_rule& r) { return r.name == k.str(); });
+        if (it == rule.keys.end()) {
+            c.error(k.source().begin.line, full,
+                    fmt::format("unknown key (known in [{}]: {})", rule.name, known_names(rule.keys)));
+            continue;
+        }
+        c.lines[full] = v.source().begin.line;
+        it->parse(c, v, s);
+    }
+}
+
+void parse_models(context& c, const toml::node& node, settings& s, std::size_t line) {
+    auto table = node.as_table();
+    if (!table) {
+        c.error(line, "models", fmt::format("expected tables [models.\"<slug>\"], found {}", type_name(node)));
+        return;
+    }
+    for (auto&& [slug, v] : *table) {
+        std::string name = fmt::format("models.\"{}\"", slug.str());
+        auto model = v.as_table();
+        if (!model) {
+            c.error(v, name, fmt::format("expected a table, found {}", type_name(v)));
+            continue;
+        }
+        model_settings m = s.models.count(std::string(slug.str())) ? s.models[std::string(slug.str())]
+                                                                   : model_settings{};
+        for (auto&& [k, mv] : *model) {
+            std::string full = fmt::format("{}.{}", name, k.str());
+            if (k.str() != "expected_duration_s") {
+                c.error(k.source().begin.line, full, "unknown key (known: expected_duration_s)");
+                continue;
+            }
+            assign(read_seconds(c, mv, full, 86400), m.expected_duration_s);
+        }
+        s.models[std::string(slug.str())] = m;
+    }
+}
+
+void check_cross_rules(context& c, settings& s) {
+    const auto& j = s.jobs;
+    if (j.min_poll_interval_s > j.max_poll_interval_s) {
+        c.error(c.line_of("jobs.min_poll_interval_s"), "jobs.min_poll_interval_s",
+                fmt::format("{} must not exceed jobs.max_poll_interval_s ({})", j.min_poll_interval_s,
+                            j.max_poll_interval_s));
+    }
+    if (j.max_poll_interval_s > j.result_retention_s / 2) {
+        auto line = c.line_of("jobs.max_poll_interval_s");
+        if (line == 0)
+            line = c.line_of("jobs.result_retention_s");
+        c.error(line, "jobs.max_poll_interval_s",
+                fmt::format("{} must be at most half of jobs.result_retention_s ({}), so that a "
+                            "result cannot expire between two polls",
+                            j.max_poll_interval_s, j.result_retention_s));
+    }
+    if (s.api.request_timeout_s >= j.result_retention_s) {
+        c.error(c.line_of("api.request_timeout_s"), "api.request_timeout_s",
+                fmt::format("{} must be below jobs.result_retention_s ({})", s.api.request_timeout_s,
+                            j.result_retention_s));
+    }
+}
+
+std::string trim(std::string s) {
+    auto not_space = [](unsigned char ch) { return !std::isspace(ch); };
+    s.erase(s.begin(), std::find_if(s.begin(), s.end(), not_space));
+    s.erase(std::find_if(s.rbegin(), s.rend(), not_space).base(), s.end());
+    return s;
+}
+
+// A key that would break an HTTP header or is plainly not a key; says so without quoting it.
+std::optional<std::string> key_problem(const std::string& key) {
+    if (key.empty())
+        return "is empty";
+    if (key.size() > 4096)
+        return "is longer than 4096 bytes";
+    for (unsigned char ch : key) {
+        if (ch <= 0x20 || ch >= 0x7f)
+            return "contains a space, a control character or a non-ASCII byte";
+    }
+    return std::nullopt;
+}
+
+void find_api_key(context& c, settings& s, const env_lookup& env) {
+    auto from_file = [&](const std::string& path, std::size_t line, std::string_view key_name) {
+        std::ifstream in(path, std::ios::binary);
+        if (!in) {
+            c.error(line, key_name, fmt::format("cannot read the API key file {}: {}", path, std::strerror(errno)));
+            return;
+        }
+        std::ostringstream buf;
+        buf << in.rdbuf();
+        std::string key = trim(buf.str());
+        if (auto p = key_problem(key)) {
+            c.error(line, key_name, fmt::format("the API key in {} {}", path, *p));
+            return;
+        }
+        struct stat st{};
+        if (::stat(path.c_str(), &st) == 0 && (st.st_mode & 0004))
+            c.warnings.push_back(fmt::format("{}: the API key file {} is readable by every user; chmod o-r it",
+                                             c.file, path));
+        s.api_key = secret(std::move(key));
+        s.api_key_source = path;
+    };
+    if (!s.api.api_key_file.empty()) {
+        from_file(s.api.api_key_file, c.line_of("api.api_key_file"), "api.api_key_file");
+        return;
+    }
+    if (auto dir = env("CREDENTIALS_DIRECTORY"); dir && !dir->empty()) {
+        std::string path = (fs::path(*dir) / "segmind-api-key").string();
+        std::error_code ec;
+        if (fs::exists(path, ec)) {
+            from_file(path, 0, "api.api_key_file");
+            return;
+        }
+    }
+    if (auto v = env("SEGMIND_API_KEY"); v && !v->empty()) {
+        std::string key = trim(*v);
+        if (auto p = key_problem(key)) {
+            c.error(0, "api.api_key_file", fmt::format("the API key in $SEGMIND_API_KEY {}", *p));
+            return;
+        }
+        s.api_key = secret(std::move(key));
+        s.api_key_source = "$SEGMIND_API_KEY";
+        return;
+    }
+    c.error(0, "api.api_key_file",
+            "no API key found: set api.api_key_file, or give the systemd credential segmind-api-key "
+            "($CREDENTIALS_DIRECTORY/segmind-api-key), or set $SEGMIND_API_KEY");
+}
+
+std::string quote(std::string_view s) {
+    std::string out = "\"";
+    for (char ch : s) {
+        switch (ch) {
+        case '"':
+            out += "\\\"";
+            break;
+        case '\\':
+            out += "\\\\";
+            break;
+        default:
+            out += ch;
+        }
+    }
+    out += '"';
+    return out;
+}
+
+} // namespace
+
+env_lookup process_environment() {
+    return [](const std::string& name) -> std::optional<std::string> {
+        if (const char* v = std::getenv(name.c_str()))
+            return std::string(v);
+        return std::nullopt;
+    };
+}
+
+load_result parse_settings(std::string_view toml_text, const std::string& source_path,
+                           const env_lookup& env) {
+    context c;
+    c.file = source_path;
+    settings s;
+    s.source_path = source_path;
+    // Defaults that are paths are absolute already; nothing to resolve.
+
+    toml::table root;
+    try {
+        root = toml::parse(toml_text, source_path);
+    } catch (const toml::parse_error& e) {
+        c.error(e.source().begin.line, "syntax", std::string(e.description()));
+        return {std::nullopt, std::move(c.errors), {}};
+    }
+
+    for (auto&& [k, v] : root) {
+        std::size_t line = k.source().begin.line;
+        if (k.str() == "log_level") {
+            c.lines["log_level"] = line;
+            auto lvl = read_string(c, v, "log_level");
+            static constexpr std::string_view levels[] = {"error", "warning", "notice", "info", "debug"};
+            if (lvl && std::find(std::begin(levels), std::end(levels), *lvl) == std::end(levels))
+                c.error(v, "log_level",
+                        fmt::format("\"{}\" is not a level: use error, warning, notice, info or debug", *lvl));
+            else if (lvl)
+                s.log_level = *lvl;
+            continue;
+        }
+        if (k.str() == "models") {
+            parse_models(c, v, s, line);
+            continue;
+        }
+        auto sec = std::find_if(std::begin(sections), std::end(sections),
+                                [&](const section_rule& r) { return r.name == k.str(); });
+        if (sec == std::end(sections)) {
+            c.error(line, k.str(),
+                    "unknown key or table (known: log_level, [api], [storage], [spool], [output], "
+                    "[control], [jobs], [models.\"<slug>\"])");
+            continue;
+        }
+        parse_section(c, *sec, v, s, line);
+    }
+
+    if (c.errors.empty())
+        check_cross_rules(c, s);
+    if (c.errors.empty())
+        find_api_key(c, s, env);
+
+    load_result r;
+    r.errors = std::move(c.errors);
+    r.warnings = std::move(c.warnings);
+    if (r.errors.empty())
+        r.value = std::move(s);
+    return r;
+}
+
+load_result load_settings(const std::string& path, const env_lookup& env) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in)
+        return {std::nullopt, {fmt::format("{}: cannot read the configuration: {}", path, std::strerror(errno))}, {}};
+    std::ostringstream buf;
+    buf << in.rdbuf();
+    std::string abs = fs::absolute(path).lexically_normal().string();
+    return parse_settings(buf.str(), abs, env);
+}
+
+std::string render_settings(const settings& s) {
+    std::string o;
+    auto line = [&](std::string_view key, const std::string& value) {
+        o += fmt::format("{} = {}\n", key, value);
+    };
+    auto num = [](double d) { return fmt::format("{}", d); };
+    o += fmt::format("# effective configuration of {}\n", s.source_path);
+    line("log_level", quote(s.log_level));
+    o += "\n[api]\n";
+    line("base_url", quote(s.api.base_url));
+    line("api_key_file", quote(s.api.api_key_file));
+    o += fmt::format("# api key: {} (redacted)\n", s.api_key.empty() ? "none" : "found in " + s.api_key_source);
+    line("ca_file", quote(s.api.ca_file));
+    line("requests_per_minute", num(s.api.requests_per_minute));
+    line("max_connections", std::to_string(s.api.max_connections));
+    line("request_timeout_s", num(s.api.request_timeout_s));
+    line("max_result_bytes", std::to_string(s.api.max_result_bytes));
+    o += "\n[storage]\n";
+    line("database", quote(s.storage.database));
+    o += "\n[spool]\n";
+    line("directory", quote(s.spool.directory));
+    line("max_file_bytes", std::to_string(s.spool.max_file_bytes));
+    o += "\n[output]\n";
+    line("directory", quote(s.output.directory));
+    line("max_download_bytes", std::to_string(s.output.max_download_bytes));
+    o += "\n[control]\n";
+    line("socket", quote(s.control.socket));
+    line("socket_mode", quote(fmt::format("{:04o}", s.control.socket_mode)));
+    o += "\n[jobs]\n";
+    line("max_in_flight", std::to_string(s.jobs.max_in_flight));
+    line("result_retention_s", num(s.jobs.result_retention_s));
+    line("min_poll_interval_s", num(s.jobs.min_poll_interval_s));
+    line("max_poll_interval_s", num(s.jobs.max_poll_interval_s));
+    line("resubmit_unknown", s.jobs.resubmit_unknown ? "true" : "false");
+    for (auto& [slug, m] : s.models) {
+        o += fmt::format("\n[models.{}]\n", quote(slug));
+        line("expected_duration_s", num(m.expected_duration_s));
+    }
+    return o;
+}
+
+} // namespace klingd::config

@@ -1,0 +1,86 @@
+// The typed, validated configuration of klingd, with the contract's defaults.
+// Durations are seconds (fractional allowed); paths are absolute after loading.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+namespace klingd::config {
+
+// The API key. It has no stream operator and no formatter on purpose: the only
+// way to read it is reveal(), which only the HTTP client calls.
+class secret {
+public:
+    secret() = default;
+    explicit secret(std::string value) : value_(std::move(value)) {}
+    const std::string& reveal() const { return value_; }
+    bool empty() const { return value_.empty(); }
+
+private:
+    std::string value_;
+};
+
+struct api_settings {
+    std::string base_url = "https://api.segmind.com";
+    std::string scheme = "https"; // derived from base_url
+    std::string host = "api.segmind.com";
+    std::uint16_t port = 443;
+    std::string api_key_file;
+    std::string ca_file;
+    double requests_per_minute = 60;
+    int max_connections = 4;
+    double request_timeout_s = 30;
+    std::uint64_t max_result_bytes = 8u << 20; // a result body larger than this is refused
+};
+
+struct storage_settings {
+    std::string database = "/var/lib/klingd/klingd.db";
+};
+
+struct spool_settings {
+    std::string directory = "/var/spool/klingd";
+    std::uint64_t max_file_bytes = 1u << 20;
+};
+
+struct output_settings {
+    std::string directory = "/var/lib/klingd/output";
+    std::uint64_t max_download_bytes = std::uint64_t{4} << 30;
+};
+
+struct control_settings {
+    std::string socket = "/run/klingd/klingd.sock";
+    unsigned socket_mode = 0660;
+};
+
+struct jobs_settings {
+    int max_in_flight = 50;
+    double result_retention_s = 3600;
+    double min_poll_interval_s = 1;
+    double max_poll_interval_s = 60;
+    bool resubmit_unknown = false;
+};
+
+struct model_settings {
+    double expected_duration_s = 60;
+};
+
+struct settings {
+    std::string log_level = "info";
+    api_settings api;
+    storage_settings storage;
+    spool_settings spool;
+    output_settings output;
+    control_settings control;
+    jobs_settings jobs;
+    std::map<std::string, model_settings> models = {
+        {"kling-o1", {58}},
+        {"kling-o1-video-to-video-edit", {223}},
+    };
+
+    std::string source_path; // the file these settings came from
+    secret api_key;
+    std::string api_key_source; // where the key was found (a path or a variable name), never the key
+};
+
+} // namespace klingd::config
