@@ -23,19 +23,28 @@ namespace fs = std::filesystem;
 
 struct context {
     std::string file;
-    std::vector<std::string> errors;
+    std::vector<std::pair<std::size_t, std::string>> errors; // (line, message)
     std::vector<std::string> warnings;
     std::map<std::string, std::size_t> lines; // "section.key" -> line, for cross-key rules
 
     // line 0: the problem has no line (a value from the environment, a missing key).
     void error(std::size_t line, std::string_view key, std::string_view what) {
         if (line == 0)
-            errors.push_back(fmt::format("{}: {}: {}", file, key, what));
+            errors.emplace_back(line, fmt::format("{}: {}: {}", file, key, what));
         else
-            errors.push_back(fmt::format("{}:{}: {}: {}", file, line, key, what));
+            errors.emplace_back(line, fmt::format("{}:{}: {}: {}", file, line, key, what));
     }
     void error(const toml::node& n, std::string_view key, std::string_view what) {
         error(n.source().begin.line, key, what);
+    }
+    // The messages in the order of the file (toml++ iterates tables by key name).
+    std::vector<std::string> sorted_errors() {
+        std::stable_sort(errors.begin(), errors.end(),
+                         [](const auto& a, const auto& b) { return a.first < b.first; });
+        std::vector<std::string> out;
+        for (auto& e : errors)
+            out.push_back(std::move(e.second));
+        return out;
     }
     std::size_t line_of(const std::string& key) const {
         auto it = lines.find(key);
@@ -543,7 +552,7 @@ load_result parse_settings(std::string_view toml_text, const std::string& source
         root = toml::parse(toml_text, source_path);
     } catch (const toml::parse_error& e) {
         c.error(e.source().begin.line, "syntax", std::string(e.description()));
-        return {std::nullopt, std::move(c.errors), {}};
+        return {std::nullopt, c.sorted_errors(), {}};
     }
 
     for (auto&& [k, v] : root) {
@@ -580,7 +589,7 @@ load_result parse_settings(std::string_view toml_text, const std::string& source
         find_api_key(c, s, env);
 
     load_result r;
-    r.errors = std::move(c.errors);
+    r.errors = c.sorted_errors();
     r.warnings = std::move(c.warnings);
     if (r.errors.empty())
         r.value = std::move(s);

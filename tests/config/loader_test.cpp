@@ -1,8 +1,350 @@
+// Tests of the configuration loader: defaults, every key, each kind of bad value
+// (named by key and line), the API key search order, redaction, and the real
+// `klingd --check-config` program.
 #include "config/loader.hpp"
+#include "tests/support/child_process.hpp"
+
+#include <filesystem>
 #include <gtest/gtest.h>
-TEST(config, placeholder_defaults) {
-    auto r = klingd::config::parse_settings("", "/etc/klingd/klingd.toml",
-        [](const std::string& n) -> std::optional<std::string> { if (n == "SEGMIND_API_KEY") return "k"; return std::nullopt; });
-    ASSERT_TRUE(r.value) << (r.errors.empty() ? "" : r.errors[0]);
-    EXPECT_EQ(r.value->api.requests_per_minute, 60);
+#include <sys/stat.h>
+
+namespace {
+
+using klingd::config::env_lookup;
+using klingd::config::load_result;
+using klingd::config::parse_settings;
+
+const std::string file = "/etc/klingd/klingd.toml";
+
+env_lookup env_with(std::map<std::string, std::string> vars) {
+    return [vars](const std::string& n) -> std::optional<std::string> {
+        auto it = vars.find(n);
+        if (it == vars.end())
+            return std::nullopt;
+        return it->second;
+    };
 }
+
+const env_lookup with_key = env_with({{"SEGMIND_API_KEY", "sk-test-0123456789"}});
+
+load_result parse(const std::string& text, const env_lookup& env = with_key) {
+    return parse_settings(text, file, env);
+}
+
+// The one error the text produces; fails the test when there is not exactly one.
+std::string only_error(const std::string& text) {
+    auto r = parse(text);
+    EXPECT_FALSE(r.value.has_value());
+    EXPECT_EQ(r.errors.size(), 1u) << (r.errors.empty() ? std::string("no errors") : r.errors[0]);
+    return r.errors.empty() ? std::string() : r.errors[0];
+}
+
+TEST(config_defaults, empty_file_gives_contract_defaults) {
+    auto r = parse("");
+    ASSERT_TRUE(r.value) << r.errors.at(0);
+    const auto& s = *r.value;
+    EXPECT_EQ(s.api.base_url, "https://api.segmind.com");
+    EXPECT_EQ(s.api.host, "api.segmind.com");
+    EXPECT_EQ(s.api.port, 443);
+    EXPECT_EQ(s.api.requests_per_minute, 60);
+    EXPECT_EQ(s.api.max_connections, 4);
+    EXPECT_EQ(s.api.request_timeout_s, 30);
+    EXPECT_EQ(s.storage.database, "/var/lib/klingd/klingd.db");
+    EXPECT_EQ(s.spool.directory, "/var/spool/klingd");
+    EXPECT_EQ(s.spool.max_file_bytes, 1u << 20);
+    EXPECT_EQ(s.output.directory, "/var/lib/klingd/output");
+    EXPECT_EQ(s.control.socket, "/run/klingd/klingd.sock");
+    EXPECT_EQ(s.control.socket_mode, 0660u);
+    EXPECT_EQ(s.jobs.max_in_flight, 50);
+    EXPECT_EQ(s.jobs.result_retention_s, 3600);
+    EXPECT_EQ(s.jobs.min_poll_interval_s, 1);
+    EXPECT_EQ(s.jobs.max_poll_interval_s, 60);
+    EXPECT_FALSE(s.jobs.resubmit_unknown);
+    EXPECT_EQ(s.models.at("kling-o1").expected_duration_s, 58);
+    EXPECT_EQ(s.models.at("kling-o1-video-to-video-edit").expected_duration_s, 223);
+    EXPECT_EQ(s.log_level, "info");
+}
+
+TEST(config_values, every_key_is_read) {
+    auto r = parse(R"(
+log_level = "debug"
+[api]
+base_url = "http://127.0.0.1:8443"
+ca_file = "/tmp/ca.pem"
+requests_per_minute = 300.5
+max_connections = 8
+request_timeout_s = 2.5
+max_result_bytes = 65536
+[storage]
+database = "db/klingd.db"
+[spool]
+directory = "/srv/spool"
+max_file_bytes = 4096
+[output]
+directory = "/srv/out"
+max_download_bytes = 1048576
+[control]
+socket = "/tmp/k.sock"
+socket_mode = "0600"
+[jobs]
+max_in_flight = 100000
+result_retention_s = 36
+min_poll_interval_s = 0.1
+max_poll_interval_s = 6
+resubmit_unknown = true
+[models."kling-o1"]
+expected_duration_s = 0.58
+[models."other-model"]
+expected_duration_s = 10
+)");
+    ASSERT_TRUE(r.value) << r.errors.at(0);
+    const auto& s = *r.value;
+    EXPECT_EQ(s.log_level, "debug");
+    EXPECT_EQ(s.api.scheme, "http");
+    EXPECT_EQ(s.api.host, "127.0.0.1");
+    EXPECT_EQ(s.api.port, 8443);
+    EXPECT_EQ(s.api.ca_file, "/tmp/ca.pem");
+    EXPECT_DOUBLE_EQ(s.api.requests_per_minute, 300.5);
+    EXPECT_EQ(s.api.max_connections, 8);
+    EXPECT_DOUBLE_EQ(s.api.request_timeout_s, 2.5);
+    EXPECT_EQ(s.api.max_result_bytes, 65536u);
+    EXPECT_EQ(s.storage.database, "/etc/klingd/db/klingd.db"); // relative to the file's folder
+    EXPECT_EQ(s.spool.directory, "/srv/spool");
+    EXPECT_EQ(s.spool.max_file_bytes, 4096u);
+    EXPECT_EQ(s.output.max_download_bytes, 1048576u);
+    EXPECT_EQ(s.control.socket, "/tmp/k.sock");
+    EXPECT_EQ(s.control.socket_mode, 0600u);
+    EXPECT_EQ(s.jobs.max_in_flight, 100000);
+    EXPECT_DOUBLE_EQ(s.jobs.min_poll_interval_s, 0.1);
+    EXPECT_TRUE(s.jobs.resubmit_unknown);
+    EXPECT_DOUBLE_EQ(s.models.at("kling-o1").expected_duration_s, 0.58);
+    EXPECT_EQ(s.models.at("kling-o1-video-to-video-edit").expected_duration_s, 223); // default kept
+    EXPECT_EQ(s.models.at("other-model").expected_duration_s, 10);
+}
+
+TEST(config_values, ipv6_loopback_and_localhost_may_use_http) {
+    for (auto url : {"http://[::1]:8080", "http://localhost:9000", "http://127.1.2.3"}) {
+        auto r = parse(std::string("[api]\nbase_url = \"") + url + "\"\n");
+        EXPECT_TRUE(r.value) << url << ": " << (r.errors.empty() ? "" : r.errors[0]);
+    }
+    auto r = parse("[api]\nbase_url = \"http://[::1]:8080\"\n");
+    ASSERT_TRUE(r.value);
+    EXPECT_EQ(r.value->api.host, "::1");
+    EXPECT_EQ(r.value->api.port, 8080);
+}
+
+struct bad_case {
+    const char* name;
+    const char* toml;
+    const char* expect_prefix; // "FILE:LINE: KEY"
+    const char* expect_text;   // a part of the reason
+};
+
+void PrintTo(const bad_case& c, std::ostream* os) { *os << c.name; }
+
+class config_rejects : public ::testing::TestWithParam<bad_case> {};
+
+TEST_P(config_rejects, names_key_and_line) {
+    const auto& c = GetParam();
+    std::string e = only_error(c.toml);
+    EXPECT_EQ(e.rfind(std::string(file) + ":" + c.expect_prefix, 0), 0u) << e;
+    EXPECT_NE(e.find(c.expect_text), std::string::npos) << e;
+}
+
+// clang-format off
+INSTANTIATE_TEST_SUITE_P(all, config_rejects, ::testing::Values(
+    bad_case{"unknown_key", "[api]\nbase_url = \"https://x.example\"\nrequests_per_minit = 5\n", "3: api.requests_per_minit", "unknown key"},
+    bad_case{"unknown_table", "[apii]\nx = 1\n", "1: apii", "unknown key or table"},
+    bad_case{"unknown_model_key", "[models.\"kling-o1\"]\nexpected = 3\n", "2: models.\"kling-o1\".expected", "unknown key"},
+    bad_case{"wrong_type_string_for_number", "[api]\nrequests_per_minute = \"60\"\n", "2: api.requests_per_minute", "expected a number"},
+    bad_case{"wrong_type_float_for_integer", "[jobs]\nmax_in_flight = 1.5\n", "2: jobs.max_in_flight", "expected an integer"},
+    bad_case{"wrong_type_bool", "[jobs]\nresubmit_unknown = \"yes\"\n", "2: jobs.resubmit_unknown", "expected true or false"},
+    bad_case{"section_not_table", "api = 3\n", "1: api", "expected a table"},
+    bad_case{"negative_budget", "[api]\nrequests_per_minute = -5\n", "2: api.requests_per_minute", "out of range"},
+    bad_case{"zero_budget", "[api]\nrequests_per_minute = 0\n", "2: api.requests_per_minute", "out of range"},
+    bad_case{"absurd_budget", "[api]\nrequests_per_minute = 1e12\n", "2: api.requests_per_minute", "out of range"},
+    bad_case{"zero_connections", "[api]\nmax_connections = 0\n", "2: api.max_connections", "out of range"},
+    bad_case{"negative_timeout", "[api]\nrequest_timeout_s = -1\n", "2: api.request_timeout_s", "out of range"},
+    bad_case{"nan_duration", "[jobs]\nmin_poll_interval_s = nan\n", "2: jobs.min_poll_interval_s", "finite"},
+    bad_case{"negative_in_flight", "[jobs]\nmax_in_flight = -1\n", "2: jobs.max_in_flight", "out of range"},
+    bad_case{"max_poll_not_below_retention", "[jobs]\nresult_retention_s = 3600\nmax_poll_interval_s = 3600\n", "3: jobs.max_poll_interval_s", "half of jobs.result_retention_s"},
+    bad_case{"max_poll_above_retention", "[jobs]\nmax_poll_interval_s = 4000\n", "2: jobs.max_poll_interval_s", "result_retention_s (3600)"},
+    bad_case{"min_above_max_poll", "[jobs]\nmin_poll_interval_s = 30\nmax_poll_interval_s = 10\n", "2: jobs.min_poll_interval_s", "must not exceed"},
+    bad_case{"socket_mode_not_octal", "[control]\nsocket_mode = \"0689\"\n", "2: control.socket_mode", "not an octal mode"},
+    bad_case{"socket_mode_integer", "[control]\nsocket_mode = 660\n", "2: control.socket_mode", "octal digits"},
+    bad_case{"socket_mode_setuid", "[control]\nsocket_mode = \"4660\"\n", "2: control.socket_mode", "setuid"},
+    bad_case{"socket_mode_owner_cannot_use", "[control]\nsocket_mode = \"0066\"\n", "2: control.socket_mode", "owner"},
+    bad_case{"socket_path_too_long", "[control]\nsocket = \"/tmp/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.sock\"\n", "2: control.socket", "at most 107"},
+    bad_case{"http_to_remote_host", "\n[api]\nbase_url = \"http://api.segmind.com\"\n", "3: api.base_url", "only to a loopback host"},
+    bad_case{"http_to_private_address", "[api]\nbase_url = \"http://10.0.0.5:80\"\n", "2: api.base_url", "loopback"},
+    bad_case{"http_to_lookalike", "[api]\nbase_url = \"http://127.0.0.1.evil.example\"\n", "2: api.base_url", "loopback"},
+    bad_case{"ftp_scheme", "[api]\nbase_url = \"ftp://api.segmind.com\"\n", "2: api.base_url", "must start with https://"},
+    bad_case{"url_with_path", "[api]\nbase_url = \"https://api.segmind.com/v2\"\n", "2: api.base_url", "without path"},
+    bad_case{"url_with_user", "[api]\nbase_url = \"https://user@api.segmind.com\"\n", "2: api.base_url", "without path"},
+    bad_case{"url_bad_port", "[api]\nbase_url = \"https://api.segmind.com:99999\"\n", "2: api.base_url", "bad port"},
+    bad_case{"url_no_host", "[api]\nbase_url = \"https://:443\"\n", "2: api.base_url", "no host"},
+    bad_case{"bad_log_level", "log_level = \"loud\"\n", "1: log_level", "not a level"},
+    bad_case{"empty_database", "[storage]\ndatabase = \"\"\n", "2: storage.database", "must not be empty"},
+    bad_case{"control_char_in_path", "[spool]\ndirectory = \"/tmp/a\\u0001b\"\n", "2: spool.directory", "control characters"},
+    bad_case{"zero_model_duration", "[models.\"kling-o1\"]\nexpected_duration_s = 0\n", "2: models.\"kling-o1\".expected_duration_s", "out of range"},
+    bad_case{"syntax_error", "[api\nbase_url = 1\n", "1: syntax", ""}
+), [](const auto& info) { return std::string(info.param.name); });
+// clang-format on
+
+TEST(config_errors, all_problems_are_reported_at_once) {
+    auto r = parse("[api]\nrequests_per_minute = -1\nmax_connections = 0\n[jobs]\nfoo = 1\n");
+    EXPECT_FALSE(r.value);
+    ASSERT_EQ(r.errors.size(), 3u);
+    EXPECT_NE(r.errors[0].find(":2: api.requests_per_minute"), std::string::npos);
+    EXPECT_NE(r.errors[1].find(":3: api.max_connections"), std::string::npos);
+    EXPECT_NE(r.errors[2].find(":5: jobs.foo"), std::string::npos);
+}
+
+TEST(config_errors, world_writable_socket_is_a_warning) {
+    auto r = parse("[control]\nsocket_mode = \"0666\"\n");
+    ASSERT_TRUE(r.value);
+    ASSERT_EQ(r.warnings.size(), 1u);
+    EXPECT_NE(r.warnings[0].find("every local user"), std::string::npos);
+}
+
+class api_key_search : public ::testing::Test {
+protected:
+    klingd::test::temp_dir dir{"cfgkey"};
+};
+
+TEST_F(api_key_search, key_file_comes_first) {
+    klingd::test::write_file(dir / "key", "from-file\n");
+    ::chmod((dir / "key").c_str(), 0600);
+    klingd::test::write_file(dir / "segmind-api-key", "from-credential\n");
+    auto r = parse_settings("[api]\napi_key_file = \"" + (dir / "key") + "\"\n", file,
+                            env_with({{"CREDENTIALS_DIRECTORY", dir.path()}, {"SEGMIND_API_KEY", "from-env"}}));
+    ASSERT_TRUE(r.value) << r.errors.at(0);
+    EXPECT_EQ(r.value->api_key.reveal(), "from-file");
+    EXPECT_EQ(r.value->api_key_source, dir / "key");
+    EXPECT_TRUE(r.warnings.empty());
+}
+
+TEST_F(api_key_search, then_the_systemd_credential) {
+    klingd::test::write_file(dir / "segmind-api-key", "from-credential");
+    auto r = parse_settings("", file,
+                            env_with({{"CREDENTIALS_DIRECTORY", dir.path()}, {"SEGMIND_API_KEY", "from-env"}}));
+    ASSERT_TRUE(r.value) << r.errors.at(0);
+    EXPECT_EQ(r.value->api_key.reveal(), "from-credential");
+}
+
+TEST_F(api_key_search, then_the_environment) {
+    auto r = parse_settings("", file,
+                            env_with({{"CREDENTIALS_DIRECTORY", dir.path()}, {"SEGMIND_API_KEY", "from-env"}}));
+    ASSERT_TRUE(r.value) << r.errors.at(0);
+    EXPECT_EQ(r.value->api_key.reveal(), "from-env");
+    EXPECT_EQ(r.value->api_key_source, "$SEGMIND_API_KEY");
+}
+
+TEST_F(api_key_search, none_is_an_error_that_says_where_to_put_it) {
+    auto r = parse_settings("", file, env_with({}));
+    ASSERT_FALSE(r.value);
+    ASSERT_EQ(r.errors.size(), 1u);
+    EXPECT_NE(r.errors[0].find("no API key found"), std::string::npos);
+    EXPECT_NE(r.errors[0].find("SEGMIND_API_KEY"), std::string::npos);
+}
+
+TEST_F(api_key_search, unreadable_key_file_names_the_file_not_the_key) {
+    auto r = parse_settings("[api]\napi_key_file = \"" + (dir / "missing") + "\"\n", file, with_key);
+    ASSERT_FALSE(r.value);
+    ASSERT_EQ(r.errors.size(), 1u);
+    EXPECT_NE(r.errors[0].find(":2: api.api_key_file: cannot read the API key file " + (dir / "missing")),
+              std::string::npos)
+        << r.errors[0];
+}
+
+TEST_F(api_key_search, key_with_newline_inside_is_refused_without_quoting_it) {
+    klingd::test::write_file(dir / "key", "secret-part-one\nsecret-part-two\n");
+    auto r = parse_settings("[api]\napi_key_file = \"" + (dir / "key") + "\"\n", file, with_key);
+    ASSERT_FALSE(r.value);
+    ASSERT_EQ(r.errors.size(), 1u);
+    EXPECT_NE(r.errors[0].find("control character"), std::string::npos) << r.errors[0];
+    EXPECT_EQ(r.errors[0].find("secret-part"), std::string::npos) << r.errors[0];
+}
+
+TEST_F(api_key_search, world_readable_key_file_warns) {
+    klingd::test::write_file(dir / "key", "k");
+    ::chmod((dir / "key").c_str(), 0644);
+    auto r = parse_settings("[api]\napi_key_file = \"" + (dir / "key") + "\"\n", file, with_key);
+    ASSERT_TRUE(r.value);
+    ASSERT_EQ(r.warnings.size(), 1u);
+    EXPECT_NE(r.warnings[0].find("readable by every user"), std::string::npos);
+}
+
+TEST(config_render, redacts_the_key_and_round_trips) {
+    auto r = parse("[jobs]\nmin_poll_interval_s = 0.25\n");
+    ASSERT_TRUE(r.value);
+    std::string text = klingd::config::render_settings(*r.value);
+    EXPECT_EQ(text.find("sk-test-0123456789"), std::string::npos);
+    EXPECT_NE(text.find("api key: found in $SEGMIND_API_KEY (redacted)"), std::string::npos);
+    EXPECT_NE(text.find("min_poll_interval_s = 0.25"), std::string::npos);
+    EXPECT_NE(text.find("socket_mode = \"0660\""), std::string::npos);
+    // The rendered text is itself a valid configuration with the same values.
+    auto again = parse(text);
+    ASSERT_TRUE(again.value) << again.errors.at(0);
+    EXPECT_EQ(klingd::config::render_settings(*again.value), text);
+}
+
+// The real program: exit codes and output of --check-config and --version.
+class check_config_program : public ::testing::Test {
+protected:
+    klingd::test::temp_dir dir{"checkcfg"};
+
+    std::pair<int, klingd::test::child_process*> run(std::vector<std::string> args,
+                                                     std::map<std::string, std::string> env) {
+        proc_ = std::make_unique<klingd::test::child_process>(KLINGD_PATH, std::move(args), std::move(env),
+                                                              "checkcfg");
+        auto st = proc_->wait(std::chrono::seconds(10));
+        return {st.value_or(-1), proc_.get()};
+    }
+    std::unique_ptr<klingd::test::child_process> proc_;
+};
+
+TEST_F(check_config_program, valid_config_prints_effective_settings_redacted) {
+    klingd::test::write_file(dir / "k.toml", "[api]\nrequests_per_minute = 30\n");
+    auto [rc, p] = run({"--check-config", "--config", dir / "k.toml"}, {{"SEGMIND_API_KEY", "sk-live-SECRET-42"}});
+    EXPECT_EQ(rc, 0) << p->stderr_text();
+    std::string out = p->stdout_text();
+    EXPECT_NE(out.find("requests_per_minute = 30"), std::string::npos) << out;
+    EXPECT_NE(out.find("(redacted)"), std::string::npos);
+    EXPECT_EQ(out.find("SECRET"), std::string::npos);
+    EXPECT_EQ(p->stderr_text().find("SECRET"), std::string::npos);
+}
+
+TEST_F(check_config_program, invalid_config_exits_2_with_key_and_line) {
+    klingd::test::write_file(dir / "k.toml", "[jobs]\n\nmax_poll_interval_s = 9000\n");
+    auto [rc, p] = run({"--check-config", "--config", dir / "k.toml"}, {{"SEGMIND_API_KEY", "k"}});
+    EXPECT_EQ(rc, 2);
+    EXPECT_NE(p->stderr_text().find(dir / "k.toml" + ":3: jobs.max_poll_interval_s"), std::string::npos)
+        << p->stderr_text();
+}
+
+TEST_F(check_config_program, missing_file_exits_2) {
+    auto [rc, p] = run({"--check-config", "--config", dir / "nope.toml"}, {{"SEGMIND_API_KEY", "k"}});
+    EXPECT_EQ(rc, 2);
+    EXPECT_NE(p->stderr_text().find("cannot read the configuration"), std::string::npos);
+}
+
+TEST_F(check_config_program, config_path_from_environment) {
+    klingd::test::write_file(dir / "env.toml", "[api]\nmax_connections = 7\n");
+    auto [rc, p] = run({"--check-config"}, {{"SEGMIND_API_KEY", "k"}, {"KLINGD_CONFIG", dir / "env.toml"}});
+    EXPECT_EQ(rc, 0) << p->stderr_text();
+    EXPECT_NE(p->stdout_text().find("max_connections = 7"), std::string::npos);
+}
+
+TEST_F(check_config_program, version) {
+    auto [rc, p] = run({"--version"}, {});
+    EXPECT_EQ(rc, 0);
+    EXPECT_EQ(p->stdout_text(), std::string("klingd ") + KLINGD_VERSION + "\n");
+}
+
+TEST_F(check_config_program, unknown_option_is_usage_error) {
+    auto [rc, p] = run({"--frobnicate"}, {});
+    EXPECT_EQ(rc, 2);
+}
+
+} // namespace
