@@ -1,0 +1,294 @@
+// Parsing of Segmind answers. Everything here treats server data as hostile:
+// bounded sizes, checked types, no exceptions escape.
+#include "core/api_answer.hpp"
+
+#include <algorithm>
+#include <boost/json.hpp>
+#include <cctype>
+#include <ctime>
+#include <fmt/format.h>
+
+namespace klingd::core {
+namespace json = boost::json;
+
+namespace {
+
+std::optional<json::value> parse_json(std::string_view body) {
+    boost::system::error_code ec;
+    json::parse_options opts;
+    opts.max_depth = 64;
+    json::value v = json::parse(body, ec, {}, opts);
+    if (ec)
+        return std::nullopt;
+    return v;
+}
+
+std::string string_field(const json::object& o, std::string_view key) {
+    auto it = o.find(key);
+    if (it == o.end() || !it->value().is_string())
+        return {};
+    return std::string(it->value().as_string());
+}
+
+bool is_http_url(std::string_view s) {
+    if (!(s.starts_with("https://") || s.starts_with("http://")) || s.size() > 8192)
+        return false;
+    return std::none_of(s.begin(), s.end(), [](unsigned char c) { return c <= 0x20 || c == 0x7f; });
+}
+
+bool is_safe_request_id(std::string_view id) {
+    if (id.empty() || id.size() > 128)
+        return false;
+    return std::all_of(id.begin(), id.end(),
+                       [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_'; });
+}
+
+void collect_urls(const json::value& v, std::vector<std::string>& out, int depth) {
+    if (depth > 4 || out.size() >= 64)
+        return;
+    if (v.is_string()) {
+        if (is_http_url(v.as_string()))
+            out.emplace_back(v.as_string());
+    } else if (v.is_array()) {
+        for (auto& e : v.as_array())
+            collect_urls(e, out, depth + 1);
+    } else if (v.is_object()) {
+        const auto& o = v.as_object();
+        for (auto key : {"url", "uri", "image", "video", "images", "videos"})
+            if (auto it = o.find(key); it != o.end())
+                collect_urls(it->value(), out, depth + 1);
+    }
+}
+
+// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
+std::int64_t days_from_civil(std::int64_t y, unsigned m, unsigned d) {
+    y -= m <= 2;
+    const std::int64_t era = (y >= 0 ? y : y - 399) / 400;
+    const unsigned yoe = static_cast<unsigned>(y - era * 400);
+    const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + static_cast<std::int64_t>(doe) - 719468;
+}
+
+bool all_digits(std::string_view s) {
+    return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+std::string_view trim(std::string_view s) {
+    while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front())))
+        s.remove_prefix(1);
+    while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back())))
+        s.remove_suffix(1);
+    return s;
+}
+
+// "2026-11-22T10:15:30Z", "2026-11-22T10:15:30.123Z", "+00:00" instead of Z, or epoch seconds.
+std::optional<time_point> parse_reset_at(std::string_view s) {
+    s = trim(s);
+    if (s.empty())
+        return std::nullopt;
+    if (all_digits(s) || (s.find('.') != std::string_view::npos && s.find('-') == std::string_view::npos &&
+                          s.find(':') == std::string_view::npos)) {
+        char* end = nullptr;
+        std::string tmp(s);
+        double secs = std::strtod(tmp.c_str(), &end);
+        if (end != tmp.c_str() + tmp.size() || !(secs > 0) || secs > 1e11)
+            return std::nullopt;
+        return time_point(milliseconds(static_cast<std::int64_t>(secs * 1000)));
+    }
+    if (s.size() < 19 || s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != 't' && s[10] != ' ') ||
+        s[13] != ':' || s[16] != ':')
+        return std::nullopt;
+    auto num = [&](std::size_t pos, std::size_t len) -> long {
+        auto part = s.substr(pos, len);
+        return all_digits(part) ? std::stol(std::string(part)) : -1;
+    };
+    long y = num(0, 4), mo = num(5, 2), d = num(8, 2), h = num(11, 2), mi = num(14, 2), se = num(17, 2);
+    if (y < 1970 || mo < 1 || mo > 12 || d < 1 || d > 31 || h < 0 || h > 23 || mi < 0 || mi > 59 || se < 0 || se > 60)
+        return std::nullopt;
+    std::size_t i = 19;
+    std::int64_t ms = 0;
+    if (i < s.size() && s[i] == '.') {
+        std::size_t start = ++i;
+        while (i < s.size() && s[i] >= '0' && s[i] <= '9')
+            ++i;
+        if (i == start)
+            return std::nullopt;
+        auto frac = std::string(s.substr(start, std::min<std::size_t>(3, i - start)));
+        while (frac.size() < 3)
+            frac += '0';
+        ms = std::stol(frac);
+    }
+    auto zone = s.substr(i);
+    if (!(zone == "Z" || zone == "z" || zone == "+00:00" || zone == "+0000" || zone.empty()))
+        return std::nullopt;
+    std::int64_t secs = days_from_civil(y, static_cast<unsigned>(mo), static_cast<unsigned>(d)) * 86400 +
+                        h * 3600 + mi * 60 + se;
+    return time_point(milliseconds(secs * 1000 + ms));
+}
+
+// Retry-After: delay-seconds or an IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT").
+std::optional<time_point> parse_retry_after(std::string_view s, time_point now) {
+    s = trim(s);
+    if (s.empty())
+        return std::nullopt;
+    if (all_digits(s)) {
+        if (s.size() > 7)
+            return std::nullopt;
+        return now + std::chrono::seconds(std::stol(std::string(s)));
+    }
+    static constexpr std::string_view months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                                  "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    // "Sun, 06 Nov 1994 08:49:37 GMT"
+    if (s.size() != 29 || s.substr(25) != " GMT" || s[3] != ',')
+        return std::nullopt;
+    auto mon = s.substr(8, 3);
+    auto it = std::find(std::begin(months), std::end(months), mon);
+    if (it == std::end(months))
+        return std::nullopt;
+    std::string iso = fmt::format("{}-{:02}-{}T{}Z", s.substr(12, 4), (it - std::begin(months)) + 1, s.substr(5, 2),
+                                  s.substr(17, 8));
+    return parse_reset_at(iso);
+}
+
+} // namespace
+
+answer_class classify(int s) {
+    if (s >= 200 && s < 300)
+        return answer_class::ok;
+    switch (s) {
+    case 400:
+        return answer_class::bad_request;
+    case 401:
+        return answer_class::unauthorized;
+    case 403:
+        return answer_class::forbidden;
+    case 404:
+        return answer_class::not_found;
+    case 406:
+        return answer_class::no_credits;
+    case 410:
+        return answer_class::gone;
+    case 422:
+        return answer_class::failed;
+    case 429:
+        return answer_class::rate_limited;
+    default:
+        break;
+    }
+    if (s >= 500 && s < 600)
+        return answer_class::server_error;
+    return answer_class::other;
+}
+
+std::string error_detail(int http_status, std::string_view body) {
+    std::string detail;
+    if (auto v = parse_json(body); v && v->is_object()) {
+        const auto& o = v->as_object();
+        for (auto key : {"error", "detail", "message"}) {
+            if (auto it = o.find(key); it != o.end()) {
+                detail = it->value().is_string() ? std::string(it->value().as_string())
+                                                 : json::serialize(it->value());
+                break;
+            }
+        }
+    }
+    if (detail.empty())
+        detail = std::string(trim(body.substr(0, 300)));
+    std::string clean;
+    for (char c : detail.substr(0, 500))
+        clean += (static_cast<unsigned char>(c) < 0x20) ? ' ' : c;
+    if (clean.empty())
+        clean = "(no detail)";
+    return fmt::format("HTTP {}: {}", http_status, clean);
+}
+
+std::optional<submit_fields> parse_submit(std::string_view body, std::string_view base_url) {
+    auto v = parse_json(body);
+    if (!v || !v->is_object())
+        return std::nullopt;
+    const auto& o = v->as_object();
+    submit_fields f;
+    f.request_id = string_field(o, "request_id");
+    if (!is_safe_request_id(f.request_id))
+        return std::nullopt;
+    f.status_url = string_field(o, "status_url");
+    if (!is_http_url(f.status_url))
+        f.status_url = fmt::format("{}/v2/requests/{}/status", base_url, f.request_id);
+    f.response_url = string_field(o, "response_url");
+    if (!is_http_url(f.response_url))
+        f.response_url = fmt::format("{}/v2/requests/{}", base_url, f.request_id);
+    return f;
+}
+
+std::string parse_status(std::string_view body) {
+    auto v = parse_json(body);
+    if (!v || !v->is_object())
+        return {};
+    std::string s = string_field(v->as_object(), "status");
+    std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::toupper(c); });
+    if (s == "QUEUED" || s == "PROCESSING" || s == "COMPLETED" || s == "FAILED")
+        return s;
+    if (s == "SUCCEEDED" || s == "SUCCESS")
+        return "COMPLETED";
+    if (s == "IN_PROGRESS" || s == "RUNNING")
+        return "PROCESSING";
+    return {};
+}
+
+std::vector<std::string> output_urls(std::string_view body) {
+    std::vector<std::string> out;
+    auto v = parse_json(body);
+    if (!v || !v->is_object())
+        return out;
+    const auto& o = v->as_object();
+    for (auto key : {"output", "images", "video", "outputs"})
+        if (auto it = o.find(key); it != o.end())
+            collect_urls(it->value(), out, 0);
+    // the same URL twice is one file
+    std::vector<std::string> unique;
+    for (auto& u : out)
+        if (std::find(unique.begin(), unique.end(), u) == unique.end())
+            unique.push_back(std::move(u));
+    return unique;
+}
+
+std::optional<time_point> rate_limit_until(std::string_view retry_after, std::string_view reset_at, time_point now) {
+    auto a = parse_retry_after(retry_after, now);
+    auto b = parse_reset_at(reset_at);
+    std::optional<time_point> until;
+    for (auto t : {a, b})
+        if (t && (!until || *t > *until))
+            until = t;
+    if (!until)
+        return std::nullopt;
+    if (*until > now + std::chrono::hours(1))
+        return std::nullopt; // absurd: fall back to backoff
+    return std::max(*until, now);
+}
+
+std::string media_extension(std::string_view url, std::string_view content_type) {
+    static constexpr std::string_view known[] = {"png", "jpg", "jpeg", "webp", "gif", "mp4", "webm", "mov", "mp3", "wav"};
+    auto path = url.substr(0, url.find_first_of("?#"));
+    auto slash = path.rfind('/');
+    auto name = slash == std::string_view::npos ? path : path.substr(slash + 1);
+    if (auto dot = name.rfind('.'); dot != std::string_view::npos) {
+        std::string ext(name.substr(dot + 1));
+        std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+        if (std::find(std::begin(known), std::end(known), ext) != std::end(known))
+            return ext == "jpeg" ? "jpg" : ext;
+    }
+    static constexpr std::pair<std::string_view, std::string_view> types[] = {
+        {"image/png", "png"},   {"image/jpeg", "jpg"},  {"image/webp", "webp"}, {"image/gif", "gif"},
+        {"video/mp4", "mp4"},   {"video/webm", "webm"}, {"video/quicktime", "mov"}, {"audio/mpeg", "mp3"},
+        {"audio/wav", "wav"},
+    };
+    auto ct = trim(content_type.substr(0, content_type.find(';')));
+    for (auto [t, e] : types)
+        if (ct.size() == t.size() && std::equal(ct.begin(), ct.end(), t.begin(),
+                                                [](char a, char b) { return std::tolower(a) == b; }))
+            return std::string(e);
+    return "bin";
+}
+
+} // namespace klingd::core

@@ -1,0 +1,105 @@
+// Log-normal fit with a prior worth a few samples, over a bounded ring of samples.
+#include "core/duration_model.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace klingd::core {
+
+namespace {
+constexpr std::size_t ring_size = 256;
+constexpr double prior_weight = 5; // the prior counts as this many samples
+constexpr double min_sigma = 0.05;
+constexpr double max_sigma = 1.5;
+} // namespace
+
+double normal_cdf(double z) { return 0.5 * std::erfc(-z / std::sqrt(2.0)); }
+
+// Acklam's rational approximation, refined by one Halley step.
+double normal_quantile(double p) {
+    p = std::clamp(p, 1e-12, 1 - 1e-12);
+    static constexpr double a[] = {-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
+                                   1.383577518672690e+02,  -3.066479806614716e+01, 2.506628277459239e+00};
+    static constexpr double b[] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
+                                   6.680131188771972e+01,  -1.328068155288572e+01};
+    static constexpr double c[] = {-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
+                                   -2.549732539343734e+00, 4.374664141464968e+00,  2.938163982698783e+00};
+    static constexpr double d[] = {7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
+                                   3.754408661907416e+00};
+    constexpr double lo = 0.02425;
+    double x;
+    if (p < lo) {
+        double q = std::sqrt(-2 * std::log(p));
+        x = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) /
+            ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1);
+    } else if (p <= 1 - lo) {
+        double q = p - 0.5, r = q * q;
+        x = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q /
+            (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1);
+    } else {
+        double q = std::sqrt(-2 * std::log(1 - p));
+        x = -(((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) /
+            ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1);
+    }
+    double e = normal_cdf(x) - p;
+    double u = e * std::sqrt(2 * M_PI) * std::exp(x * x / 2);
+    return x - u / (1 + x * u / 2);
+}
+
+duration_model::duration_model(double prior_median_s, double prior_sigma)
+    : prior_mu_(std::log(std::max(prior_median_s, 1e-3))), prior_sigma_(prior_sigma), mu_(prior_mu_),
+      sigma_(prior_sigma) {}
+
+void duration_model::set_prior(double prior_median_s) {
+    prior_mu_ = std::log(std::max(prior_median_s, 1e-3));
+    refit();
+}
+
+void duration_model::add_sample(double seconds) {
+    if (!(seconds > 0) || !std::isfinite(seconds))
+        return;
+    double l = std::log(seconds);
+    if (logs_.size() < ring_size) {
+        logs_.push_back(l);
+    } else {
+        logs_[next_] = l;
+    }
+    next_ = (next_ + 1) % ring_size;
+    ++count_;
+    refit();
+}
+
+void duration_model::refit() {
+    double n = static_cast<double>(logs_.size());
+    if (n == 0) {
+        mu_ = prior_mu_;
+        sigma_ = prior_sigma_;
+        return;
+    }
+    double mean = 0;
+    for (double l : logs_)
+        mean += l;
+    mean /= n;
+    double var = 0;
+    for (double l : logs_)
+        var += (l - mean) * (l - mean);
+    var = n > 1 ? var / (n - 1) : prior_sigma_ * prior_sigma_;
+    mu_ = (prior_weight * prior_mu_ + n * mean) / (prior_weight + n);
+    // the prior's spread plus the disagreement between prior and data
+    double prior_var = prior_sigma_ * prior_sigma_ + (prior_mu_ - mu_) * (prior_mu_ - mu_);
+    double v = (prior_weight * prior_var + n * var) / (prior_weight + n);
+    sigma_ = std::clamp(std::sqrt(v), min_sigma, max_sigma);
+}
+
+double duration_model::median() const { return std::exp(mu_); }
+double duration_model::sigma() const { return sigma_; }
+
+double duration_model::cdf(double t) const {
+    if (t <= 0)
+        return 0;
+    return normal_cdf((std::log(t) - mu_) / sigma_);
+}
+
+double duration_model::quantile(double p) const { return std::exp(mu_ + sigma_ * normal_quantile(p)); }
+
+} // namespace klingd::core

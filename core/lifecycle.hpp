@@ -1,0 +1,90 @@
+// The job lifecycle as a pure function: (job, event, now, context) -> transition.
+// The daemon executes what a transition asks (persist, send, arm a timer,
+// download) and feeds each outcome back as an event. No I/O, no clock reads.
+#pragma once
+
+#include "core/api_answer.hpp"
+#include "core/duration_model.hpp"
+#include "core/job.hpp"
+#include "core/poll_planner.hpp"
+
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace klingd::core {
+
+struct lifecycle_context {
+    double retention_s = 3600;
+    bool resubmit_unknown = false;
+    double backoff_base_s = 1;  // first retry delay (min_poll_interval_s)
+    double backoff_cap_s = 60;  // largest retry delay (max_poll_interval_s)
+    std::string base_url;       // for status URLs a submit answer left out
+    const poll_planner* planner = nullptr;
+    const duration_model* durations = nullptr; // of the job's model
+    double jitter01 = 0.5;      // a fresh uniform random number in [0, 1) for each call
+};
+
+// The dispatcher chose this pending job for a submit.
+struct ev_submit_begin {};
+struct ev_submit_answer {
+    http_outcome out;
+};
+struct ev_poll_answer {
+    http_outcome out;
+};
+struct ev_result_answer {
+    http_outcome out;
+};
+struct ev_download_done {
+    std::vector<std::string> paths;
+};
+struct ev_download_failed {
+    std::string reason;
+    bool retryable = true;
+};
+// The daemon (re)started with this job in the database.
+struct ev_recover {};
+// The retention window passed before the result was fetched.
+struct ev_expire {};
+struct ev_cancel {};
+struct ev_retry {};
+
+using event = std::variant<ev_submit_begin, ev_submit_answer, ev_poll_answer, ev_result_answer, ev_download_done,
+                           ev_download_failed, ev_recover, ev_expire, ev_cancel, ev_retry>;
+
+enum class work_kind { none, submit, poll, fetch_result, download };
+enum class persist_mode {
+    none,    // nothing worth writing
+    batched, // counters and soft state: may be written with others a little later
+    durable, // commit before acting on it
+};
+enum class api_signal {
+    none,
+    accepted,     // an answer that proves the key and credits work
+    rate_limited, // a 429: block every send until rate_limited_until
+    unauthorized, // 401: stop submitting
+    no_credits,   // 406: stop submitting
+};
+
+struct transition {
+    job next;
+    persist_mode persist = persist_mode::none;
+    std::string note; // a line for the job's history (state changes and notable events)
+    work_kind work = work_kind::none;
+    time_point not_before{};
+    api_signal signal = api_signal::none;
+    std::optional<time_point> rate_limited_until;
+    std::string signal_reason;
+    std::optional<double> duration_sample; // seconds from submission to completion, to learn from
+    std::string rejection;                 // non-empty: the event does not apply to this job (409)
+    std::string log;                       // a line worth logging that is not history (a transient error)
+};
+
+transition advance(const job& j, const event& e, time_point now, const lifecycle_context& ctx);
+
+// True when the API has forgotten (or will have forgotten by now) this job's request.
+bool past_retention(const job& j, time_point now, double retention_s);
+
+} // namespace klingd::core

@@ -1,0 +1,48 @@
+// Conditional-quantile poll placement, clamped by the policy and the retention deadline.
+#include "core/poll_planner.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace klingd::core {
+
+namespace {
+using seconds_d = std::chrono::duration<double>;
+
+milliseconds to_ms(double s) { return milliseconds(static_cast<std::int64_t>(std::llround(s * 1000))); }
+} // namespace
+
+void poll_planner::set_scarcity(double s) { scarcity_ = std::clamp(s, 0.0, 1.0); }
+
+time_point poll_planner::last_safe_poll(time_point submitted) const {
+    // Room for a poll's answer and a result fetch before the API forgets the request.
+    double margin = std::max(policy_.max_interval_s, policy_.retention_s * 0.05);
+    margin = std::min(margin, policy_.retention_s * 0.25);
+    return submitted + to_ms(policy_.retention_s - margin);
+}
+
+time_point poll_planner::next_poll(const duration_model& model, time_point submitted, time_point last_seen,
+                                   time_point now) const {
+    double elapsed = std::max(0.0, seconds_d(std::max(last_seen, submitted) - submitted).count());
+    // The chance that the request finishes between this poll and the next.
+    double p = 0.2 + 0.75 * scarcity_;
+    double f = model.cdf(elapsed);
+    double target_f = f + p * (1 - f);
+    double next = target_f >= 0.9999 ? elapsed + policy_.max_interval_s : model.quantile(target_f);
+    // Before `start`, polls are wasted: almost no request is done yet.
+    double start = model.quantile(0.02 + 0.9 * scarcity_);
+    if (elapsed < start) {
+        next = std::min(next, start);
+    } else {
+        // In the likely region, with budget to spare, keep the gap (and so the detection delay) short.
+        double ample_cap = std::max(policy_.min_interval_s * 2, model.median() / 30);
+        double cap = ample_cap + (policy_.max_interval_s - ample_cap) * scarcity_;
+        next = std::min(next, elapsed + cap);
+    }
+    double gap = std::clamp(next - elapsed, policy_.min_interval_s, policy_.max_interval_s);
+    time_point at = std::max(last_seen, submitted) + to_ms(gap);
+    at = std::min(at, last_safe_poll(submitted));
+    return std::max(at, now);
+}
+
+} // namespace klingd::core

@@ -1,0 +1,297 @@
+// Answer parsing, the rate budget, the duration model, the poll planner and the dispatch order.
+#include "core/api_answer.hpp"
+#include "core/dispatch_queue.hpp"
+#include "core/duration_model.hpp"
+#include "core/poll_planner.hpp"
+#include "core/rate_budget.hpp"
+
+#include <cmath>
+#include <gtest/gtest.h>
+#include <random>
+
+namespace {
+
+using namespace klingd::core;
+using std::chrono::seconds;
+
+const time_point t0{milliseconds(1'800'000'000'000)}; // 2027-01-15T08:00:00Z
+
+// --- answers ---
+
+TEST(api_answer, classify_every_documented_code) {
+    EXPECT_EQ(classify(200), answer_class::ok);
+    EXPECT_EQ(classify(202), answer_class::ok);
+    EXPECT_EQ(classify(400), answer_class::bad_request);
+    EXPECT_EQ(classify(401), answer_class::unauthorized);
+    EXPECT_EQ(classify(403), answer_class::forbidden);
+    EXPECT_EQ(classify(404), answer_class::not_found);
+    EXPECT_EQ(classify(406), answer_class::no_credits);
+    EXPECT_EQ(classify(410), answer_class::gone);
+    EXPECT_EQ(classify(422), answer_class::failed);
+    EXPECT_EQ(classify(429), answer_class::rate_limited);
+    EXPECT_EQ(classify(500), answer_class::server_error);
+    EXPECT_EQ(classify(502), answer_class::server_error);
+    EXPECT_EQ(classify(504), answer_class::server_error);
+    EXPECT_EQ(classify(302), answer_class::other);
+}
+
+TEST(api_answer, error_detail_prefers_the_error_field_and_strips_control_characters) {
+    EXPECT_EQ(error_detail(422, R"({"status":"FAILED","error":"content\nblocked"})"), "HTTP 422: content blocked");
+    EXPECT_EQ(error_detail(502, "<html>Bad Gateway</html>"), "HTTP 502: <html>Bad Gateway</html>");
+    EXPECT_EQ(error_detail(500, ""), "HTTP 500: (no detail)");
+    EXPECT_LE(error_detail(500, std::string(100000, 'x')).size(), 320u);
+}
+
+TEST(api_answer, parse_status_normalises) {
+    EXPECT_EQ(parse_status(R"({"status":"QUEUED"})"), "QUEUED");
+    EXPECT_EQ(parse_status(R"({"status":"processing"})"), "PROCESSING");
+    EXPECT_EQ(parse_status(R"({"status":"COMPLETED","output":"x"})"), "COMPLETED");
+    EXPECT_EQ(parse_status(R"({"status":"WEIRD"})"), "");
+    EXPECT_EQ(parse_status(R"({"status":5})"), "");
+    EXPECT_EQ(parse_status("not json"), "");
+}
+
+TEST(api_answer, output_urls_of_every_shape_and_only_http) {
+    EXPECT_EQ(output_urls(R"({"output":"https://c/x.png"})"), std::vector<std::string>{"https://c/x.png"});
+    EXPECT_EQ(output_urls(R"({"output":["https://c/1.png","https://c/2.png","https://c/1.png"]})").size(), 2u);
+    EXPECT_EQ(output_urls(R"({"video":{"url":"https://c/v.mp4","duration":5}})"),
+              std::vector<std::string>{"https://c/v.mp4"});
+    EXPECT_EQ(output_urls(R"({"images":[{"url":"https://c/a.png"}]})"), std::vector<std::string>{"https://c/a.png"});
+    EXPECT_TRUE(output_urls(R"({"output":"file:///etc/passwd"})").empty());
+    EXPECT_TRUE(output_urls(R"({"output":"some text answer"})").empty());
+    EXPECT_TRUE(output_urls("[]").empty());
+}
+
+TEST(api_answer, retry_after_seconds_and_http_date) {
+    EXPECT_EQ(rate_limit_until("12", "", t0), t0 + seconds(12));
+    EXPECT_EQ(rate_limit_until("Fri, 15 Jan 2027 08:00:20 GMT", "", t0), t0 + seconds(20));
+    EXPECT_FALSE(rate_limit_until("soon", "", t0));
+    EXPECT_FALSE(rate_limit_until("", "", t0));
+}
+
+TEST(api_answer, reset_at_in_every_accepted_format) {
+    EXPECT_EQ(rate_limit_until("", "2027-01-15T08:00:30Z", t0), t0 + seconds(30));
+    EXPECT_EQ(rate_limit_until("", "2027-01-15T08:00:30.250Z", t0), t0 + milliseconds(30250));
+    EXPECT_EQ(rate_limit_until("", "2027-01-15T08:00:30.123456Z", t0), t0 + milliseconds(30123));
+    EXPECT_EQ(rate_limit_until("", "2027-01-15T08:00:30+00:00", t0), t0 + seconds(30));
+    EXPECT_EQ(rate_limit_until("", "1800000045", t0), t0 + seconds(45));
+    EXPECT_EQ(rate_limit_until("", "1800000045.5", t0), t0 + milliseconds(45500));
+    EXPECT_FALSE(rate_limit_until("", "2027-13-15T08:00:30Z", t0));
+    EXPECT_FALSE(rate_limit_until("", "tomorrow", t0));
+    EXPECT_FALSE(rate_limit_until("", "2027-01-15T08:00:30+05:00", t0));
+}
+
+TEST(api_answer, both_headers_the_later_wins_past_times_mean_now_absurd_means_none) {
+    EXPECT_EQ(rate_limit_until("5", "2027-01-15T08:00:02Z", t0), t0 + seconds(5));
+    EXPECT_EQ(rate_limit_until("1", "2027-01-15T08:00:09Z", t0), t0 + seconds(9));
+    EXPECT_EQ(rate_limit_until("", "2027-01-15T07:00:00Z", t0), t0);
+    EXPECT_FALSE(rate_limit_until("999999", "", t0));
+}
+
+TEST(api_answer, media_extension_never_trusts_names_beyond_a_known_list) {
+    EXPECT_EQ(media_extension("https://c/x/out.PNG?sig=1", ""), "png");
+    EXPECT_EQ(media_extension("https://c/x/out.jpeg", ""), "jpg");
+    EXPECT_EQ(media_extension("https://c/x/video", "video/mp4"), "mp4");
+    EXPECT_EQ(media_extension("https://c/x/evil.sh", "image/png; charset=x"), "png");
+    EXPECT_EQ(media_extension("https://c/x/../../etc/passwd", "text/plain"), "bin");
+}
+
+// --- rate budget ---
+
+TEST(rate_budget, paces_evenly_at_the_configured_rate) {
+    rate_budget b(60); // one a second
+    EXPECT_TRUE(b.try_acquire(t0));
+    EXPECT_FALSE(b.try_acquire(t0 + milliseconds(999)));
+    EXPECT_EQ(b.next_slot(), t0 + seconds(1));
+    EXPECT_TRUE(b.try_acquire(t0 + seconds(1)));
+    EXPECT_EQ(b.used_last_minute(t0 + seconds(1)), 2u);
+    EXPECT_EQ(b.used_last_minute(t0 + seconds(61)), 0u);
+}
+
+TEST(rate_budget, a_429_blocks_until_the_named_time_and_lowers_the_rate_once_per_episode) {
+    rate_budget b(60);
+    ASSERT_TRUE(b.try_acquire(t0));
+    b.on_rate_limited(t0 + milliseconds(100), t0 + seconds(30), 0.5);
+    EXPECT_TRUE(b.blocked(t0 + seconds(29)));
+    EXPECT_FALSE(b.try_acquire(t0 + seconds(29)));
+    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 48);
+    b.on_rate_limited(t0 + milliseconds(200), t0 + seconds(30), 0.5); // same episode
+    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 48);
+    EXPECT_TRUE(b.try_acquire(t0 + seconds(30)));
+}
+
+TEST(rate_budget, without_a_header_backs_off_with_jitter) {
+    rate_budget b(60);
+    b.on_rate_limited(t0, std::nullopt, 0.0);
+    auto first = b.blocked_until();
+    EXPECT_GE(first, t0 + milliseconds(1000)); // at least one pacing gap
+    rate_budget c(60);
+    c.on_rate_limited(t0, std::nullopt, 0.99);
+    EXPECT_GT(c.blocked_until(), first);
+    EXPECT_LE(c.blocked_until(), t0 + seconds(60));
+}
+
+TEST(rate_budget, recovers_slowly_after_a_quiet_spell_but_never_above_the_configured_rate) {
+    rate_budget b(100);
+    b.on_rate_limited(t0, t0 + seconds(1), 0.5);
+    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 80);
+    b.on_answer(t0 + seconds(10));
+    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 80); // not yet quiet long enough
+    b.on_answer(t0 + seconds(25));         // 5 s past the quiet spell: +2%/s of 100
+    EXPECT_NEAR(b.allowed_rpm(), 90, 1e-9);
+    b.on_answer(t0 + seconds(100));
+    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 100);
+}
+
+TEST(rate_budget, a_limit_below_the_configured_rate_is_found) {
+    // Simulates a server allowing 30 per fixed 60 s window against a client set to 120.
+    rate_budget b(120);
+    int sent = 0, limited = 0;
+    std::map<std::int64_t, int> window;
+    for (auto now = t0; now < t0 + std::chrono::minutes(30); now += milliseconds(50)) {
+        if (!b.try_acquire(now))
+            continue;
+        ++sent;
+        auto w = (now.time_since_epoch().count() / 60000);
+        if (++window[w] > 30) {
+            ++limited;
+            b.on_rate_limited(now, time_point(milliseconds((w + 1) * 60000)), 0.5);
+        } else {
+            b.on_answer(now);
+        }
+    }
+    EXPECT_LT(static_cast<double>(limited) / sent, 0.10) << limited << " of " << sent;
+    EXPECT_GT(sent - limited, 30 * 30 * 0.8); // most of the true budget is used
+}
+
+// --- duration model and planner ---
+
+TEST(duration_model, prior_then_learning) {
+    duration_model m(58);
+    EXPECT_NEAR(m.median(), 58, 1e-9);
+    EXPECT_NEAR(m.cdf(58), 0.5, 1e-9);
+    EXPECT_NEAR(m.quantile(0.5), 58, 1e-6);
+    EXPECT_NEAR(normal_quantile(0.975), 1.959964, 1e-6);
+    EXPECT_NEAR(normal_cdf(normal_quantile(0.01)), 0.01, 1e-9);
+    for (int i = 0; i < 200; ++i)
+        m.add_sample(20 + (i % 5)); // the model is faster than the prior says
+    EXPECT_NEAR(m.median(), 22, 1.0);
+    EXPECT_LT(m.sigma(), 0.2);
+    m.add_sample(-1); // ignored
+    m.add_sample(std::nan(""));
+    EXPECT_EQ(m.samples(), 200u);
+}
+
+TEST(poll_planner, ample_budget_waits_for_the_likely_region_then_polls_closely) {
+    duration_model m(58);
+    poll_planner p({1, 60, 3600});
+    p.set_scarcity(0);
+    auto first = p.next_poll(m, t0, t0, t0);
+    EXPECT_GT(first, t0 + seconds(20));      // nothing is done that early
+    EXPECT_LT(first, t0 + seconds(58));      // but before the median
+    auto second = p.next_poll(m, t0, first, first);
+    EXPECT_LE(second - first, seconds(2));   // close polls where completion is likely
+    EXPECT_GE(second - first, seconds(1));   // never below min_poll_interval_s
+}
+
+TEST(poll_planner, scarce_budget_polls_about_once_near_the_high_quantile) {
+    duration_model m(58, 0.25);
+    poll_planner p({1, 600, 7200});
+    p.set_scarcity(1);
+    auto first = p.next_poll(m, t0, t0, t0);
+    EXPECT_GT(first, t0 + seconds(static_cast<int>(m.quantile(0.85))));
+    // Simulate: how many polls does a job take on average?
+    std::mt19937 rng(7);
+    std::lognormal_distribution<double> d(std::log(58), 0.25);
+    double polls = 0;
+    const int n = 2000;
+    for (int i = 0; i < n; ++i) {
+        double done = d(rng);
+        time_point last = t0;
+        for (int k = 0; k < 100; ++k) {
+            auto at = p.next_poll(m, t0, last, last);
+            ++polls;
+            if (std::chrono::duration<double>(at - t0).count() >= done)
+                break;
+            last = at;
+        }
+    }
+    EXPECT_LT(polls / n, 1.3);
+}
+
+TEST(poll_planner, never_further_apart_than_max_interval_nor_past_the_safe_deadline) {
+    duration_model m(3000); // a prior far longer than the retention window
+    poll_planner p({1, 60, 3600});
+    p.set_scarcity(1);
+    time_point last = t0;
+    for (int i = 0; i < 200; ++i) {
+        auto at = p.next_poll(m, t0, last, last);
+        EXPECT_LE(at - last, seconds(60));
+        EXPECT_LE(at, p.last_safe_poll(t0));
+        if (at == last)
+            break;
+        last = at;
+    }
+    EXPECT_LT(p.last_safe_poll(t0), t0 + seconds(3600));
+}
+
+TEST(poll_planner, a_late_call_is_never_in_the_past) {
+    duration_model m(58);
+    poll_planner p({1, 60, 3600});
+    EXPECT_EQ(p.next_poll(m, t0, t0, t0 + seconds(500)), t0 + seconds(500));
+}
+
+// --- dispatch order ---
+
+TEST(dispatch_queue, results_before_polls_before_submits) {
+    dispatch_queue q;
+    q.schedule("s", work_kind::submit, t0, {}, 0, t0);
+    q.schedule("p", work_kind::poll, t0, t0 + seconds(100));
+    q.schedule("r", work_kind::fetch_result, t0);
+    q.promote(t0);
+    EXPECT_EQ(q.pop_budgeted(true)->job_id, "r");
+    EXPECT_EQ(q.pop_budgeted(true)->job_id, "p");
+    EXPECT_FALSE(q.pop_budgeted(false)); // submissions paused
+    EXPECT_EQ(q.pop_budgeted(true)->job_id, "s");
+    EXPECT_FALSE(q.pop_budgeted(true));
+}
+
+TEST(dispatch_queue, polls_by_deadline_submits_by_priority_then_age) {
+    dispatch_queue q;
+    q.schedule("late", work_kind::poll, t0, t0 + seconds(300));
+    q.schedule("soon", work_kind::poll, t0, t0 + seconds(100));
+    q.schedule("old-low", work_kind::submit, t0, {}, 0, t0);
+    q.schedule("new-high", work_kind::submit, t0, {}, 5, t0 + seconds(9));
+    q.schedule("new-low", work_kind::submit, t0, {}, 0, t0 + seconds(5));
+    q.promote(t0);
+    EXPECT_EQ(q.pop_budgeted(true)->job_id, "soon");
+    EXPECT_EQ(q.pop_budgeted(true)->job_id, "late");
+    EXPECT_EQ(q.pop_budgeted(true)->job_id, "new-high");
+    EXPECT_EQ(q.pop_budgeted(true)->job_id, "old-low");
+    EXPECT_EQ(q.pop_budgeted(true)->job_id, "new-low");
+}
+
+TEST(dispatch_queue, waits_until_due_and_rescheduling_replaces_the_old_entry) {
+    dispatch_queue q;
+    q.schedule("a", work_kind::poll, t0 + seconds(10), t0 + seconds(100));
+    q.schedule("b", work_kind::poll, t0 + seconds(5), t0 + seconds(100));
+    EXPECT_EQ(q.next_due(), t0 + seconds(5));
+    q.schedule("b", work_kind::poll, t0 + seconds(20), t0 + seconds(100)); // replaces
+    EXPECT_EQ(q.next_due(), t0 + seconds(10));
+    q.promote(t0 + seconds(10));
+    EXPECT_EQ(q.pop_budgeted(true)->job_id, "a");
+    EXPECT_FALSE(q.pop_budgeted(true));
+    q.cancel("b");
+    EXPECT_FALSE(q.next_due());
+    EXPECT_EQ(q.scheduled(), 0u);
+}
+
+TEST(dispatch_queue, downloads_are_not_budgeted) {
+    dispatch_queue q;
+    q.schedule("d", work_kind::download, t0);
+    q.promote(t0);
+    EXPECT_FALSE(q.has_budgeted_ready(true));
+    EXPECT_EQ(q.pop_download()->job_id, "d");
+}
+
+} // namespace
