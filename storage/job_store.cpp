@@ -1,0 +1,317 @@
+// SQL for jobs, history and meta.
+#include "storage/job_store.hpp"
+
+#include <boost/json.hpp>
+#include <fmt/format.h>
+
+namespace klingd::storage {
+
+namespace {
+
+namespace json = boost::json;
+using core::time_point;
+
+// Forward migrations: entry i brings the schema from version i to i + 1.
+const char* const migrations[] = {
+    R"(
+CREATE TABLE jobs (
+  id TEXT PRIMARY KEY,
+  model TEXT NOT NULL,
+  params TEXT NOT NULL,
+  priority INTEGER NOT NULL DEFAULT 0,
+  state TEXT NOT NULL,
+  request_id TEXT,
+  status_url TEXT,
+  response_url TEXT,
+  error TEXT,
+  outputs TEXT NOT NULL DEFAULT '[]',
+  result TEXT,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL,
+  submitted_at INTEGER,
+  remote_done_at INTEGER,
+  finished_at INTEGER,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  polls INTEGER NOT NULL DEFAULT 0,
+  source TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX jobs_by_state ON jobs(state);
+CREATE TABLE history (
+  job_id TEXT NOT NULL,
+  at INTEGER NOT NULL,
+  state TEXT NOT NULL,
+  note TEXT NOT NULL,
+  request_id TEXT
+);
+CREATE INDEX history_by_job ON history(job_id);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+)",
+};
+
+constexpr const char* job_columns =
+    "id, model, priority, state, request_id, status_url, response_url, error, outputs, result, created_at, "
+    "updated_at, submitted_at, remote_done_at, finished_at, attempts, polls";
+
+std::int64_t ms(time_point t) { return t.time_since_epoch().count(); }
+time_point at_ms(std::int64_t v) { return time_point(core::milliseconds(v)); }
+std::optional<std::int64_t> opt_ms(const std::optional<time_point>& t) {
+    return t ? std::optional<std::int64_t>(ms(*t)) : std::nullopt;
+}
+
+std::string outputs_json(const std::vector<std::string>& outputs) {
+    json::array a;
+    for (auto& o : outputs)
+        a.emplace_back(o);
+    return json::serialize(a);
+}
+
+std::vector<std::string> parse_outputs(const std::string& text) {
+    std::vector<std::string> out;
+    boost::system::error_code ec;
+    auto v = json::parse(text, ec);
+    if (!ec && v.is_array())
+        for (auto& e : v.as_array())
+            if (e.is_string())
+                out.emplace_back(e.as_string());
+    return out;
+}
+
+} // namespace
+
+job_store::job_store(const std::string& path)
+    : db_(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) {
+    sqlite3_busy_timeout(db_.get(), 5000);
+    // Reading the schema version first tells a non-database file apart before anything is written.
+    std::int64_t version;
+    {
+        statement v(db_, "PRAGMA user_version");
+        if (!v.step())
+            throw storage_error("cannot read the schema version of " + path, SQLITE_ERROR);
+        version = v.int64(0);
+        v.reset();
+    }
+    if (version > schema_version)
+        throw storage_error(fmt::format("{} has schema version {}, newer than this klingd understands ({}); "
+                                        "refusing to touch it",
+                                        path, version, schema_version),
+                            SQLITE_ERROR);
+    db_.exec("PRAGMA journal_mode = WAL", "enable WAL");
+    db_.exec("PRAGMA synchronous = FULL", "set synchronous");
+    db_.exec("PRAGMA foreign_keys = ON", "enable foreign keys");
+    migrate();
+
+    insert_.emplace(db_, "INSERT INTO jobs (id, model, params, priority, state, created_at, updated_at, source) "
+                         "VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5, ?6)");
+    find_content_.emplace(db_, "SELECT model, params, priority FROM jobs WHERE id = ?1");
+    update_.emplace(db_, "UPDATE jobs SET state = ?2, request_id = ?3, status_url = ?4, response_url = ?5, "
+                         "error = ?6, outputs = ?7, result = ?8, updated_at = ?9, submitted_at = ?10, "
+                         "remote_done_at = ?11, finished_at = ?12, attempts = ?13, polls = ?14 WHERE id = ?1");
+    add_history_.emplace(db_, "INSERT INTO history (job_id, at, state, note, request_id) VALUES (?1, ?2, ?3, ?4, ?5)");
+    get_.emplace(db_, fmt::format("SELECT {}, params FROM jobs WHERE id = ?1", job_columns));
+    params_.emplace(db_, "SELECT params FROM jobs WHERE id = ?1");
+}
+
+void job_store::migrate() {
+    statement v(db_, "PRAGMA user_version");
+    v.step();
+    auto version = v.int64(0);
+    v.reset();
+    constexpr auto known = static_cast<std::int64_t>(std::size(migrations));
+    for (; version < known; ++version) {
+        transaction t(db_);
+        db_.exec(migrations[version], fmt::format("migrate schema to version {}", version + 1));
+        db_.exec(fmt::format("PRAGMA user_version = {}", version + 1), "set schema version");
+        t.commit();
+    }
+}
+
+insert_outcome job_store::insert(const core::job_spec& spec, time_point now, const std::string& source) {
+    transaction t(db_);
+    auto out = insert_many({spec}, now, {source});
+    t.commit();
+    return out.front();
+}
+
+std::vector<insert_outcome> job_store::insert_many(const std::vector<core::job_spec>& specs, time_point now,
+                                                   const std::vector<std::string>& sources) {
+    std::optional<transaction> t;
+    if (sqlite3_get_autocommit(db_.get()))
+        t.emplace(db_);
+    std::vector<insert_outcome> out;
+    out.reserve(specs.size());
+    for (std::size_t i = 0; i < specs.size(); ++i) {
+        const auto& s = specs[i];
+        auto& f = *find_content_;
+        f.bind(1, s.id);
+        if (f.step()) {
+            bool same = f.text(0) == s.model && f.text(1) == s.params && f.int64(2) == s.priority;
+            f.reset();
+            out.push_back(same ? insert_outcome::same_content : insert_outcome::conflict);
+            continue;
+        }
+        insert_->bind(1, s.id).bind(2, s.model).bind(3, s.params).bind(4, s.priority).bind(5, ms(now));
+        insert_->bind(6, i < sources.size() ? sources[i] : std::string());
+        insert_->run();
+        add_history_->bind(1, s.id).bind(2, ms(now)).bind(3, "pending");
+        add_history_->bind(4, i < sources.size() && !sources[i].empty() ? "accepted from " + sources[i] : "accepted");
+        add_history_->bind(5, std::nullopt).run();
+        out.push_back(insert_outcome::inserted);
+    }
+    if (t)
+        t->commit();
+    return out;
+}
+
+void job_store::write_job(const core::job& j, const std::string& note) {
+    auto& u = *update_;
+    u.bind(1, j.id).bind(2, core::to_string(j.state)).bind(3, j.request_id).bind(4, j.status_url);
+    u.bind(5, j.response_url).bind(6, j.error).bind(7, outputs_json(j.outputs)).bind(8, j.result);
+    u.bind(9, ms(j.updated_at)).bind(10, opt_ms(j.submitted_at)).bind(11, opt_ms(j.remote_done_at));
+    u.bind(12, opt_ms(j.finished_at)).bind(13, j.attempts).bind(14, j.polls);
+    u.run();
+    if (!note.empty()) {
+        add_history_->bind(1, j.id).bind(2, ms(j.updated_at)).bind(3, core::to_string(j.state)).bind(4, note);
+        add_history_->bind(5, j.request_id).run();
+    }
+}
+
+void job_store::save(const core::job& j, const std::string& note) {
+    transaction t(db_);
+    write_job(j, note);
+    t.commit();
+}
+
+void job_store::save_many(const std::vector<change>& changes) {
+    if (changes.empty())
+        return;
+    transaction t(db_);
+    for (auto& c : changes)
+        write_job(c.j, c.note);
+    t.commit();
+}
+
+core::job job_store::read_job(statement& s, bool with_params) const {
+    core::job j;
+    j.id = s.text(0);
+    j.model = s.text(1);
+    j.priority = static_cast<int>(s.int64(2));
+    j.state = core::parse_job_state(s.text(3)).value_or(core::job_state::failed);
+    j.request_id = s.opt_text(4);
+    j.status_url = s.opt_text(5);
+    j.response_url = s.opt_text(6);
+    j.error = s.opt_text(7);
+    j.outputs = parse_outputs(s.text(8));
+    j.result = s.opt_text(9);
+    j.created_at = at_ms(s.int64(10));
+    j.updated_at = at_ms(s.int64(11));
+    if (auto v = s.opt_int64(12))
+        j.submitted_at = at_ms(*v);
+    if (auto v = s.opt_int64(13))
+        j.remote_done_at = at_ms(*v);
+    if (auto v = s.opt_int64(14))
+        j.finished_at = at_ms(*v);
+    j.attempts = static_cast<int>(s.int64(15));
+    j.polls = static_cast<int>(s.int64(16));
+    if (with_params)
+        j.params = s.text(17);
+    if (j.result)
+        j.phase = core::job_phase::download_due;
+    return j;
+}
+
+std::optional<core::job> job_store::get(const std::string& id) {
+    auto& s = *get_;
+    s.bind(1, id);
+    if (!s.step())
+        return std::nullopt;
+    auto j = read_job(s, true);
+    s.reset();
+    return j;
+}
+
+std::vector<core::job> job_store::list(const job_filter& f) {
+    std::string sql = fmt::format("SELECT {} FROM jobs WHERE 1", job_columns);
+    if (f.state)
+        sql += " AND state = ?1";
+    if (f.model)
+        sql += " AND model = ?2";
+    if (f.after)
+        sql += " AND rowid > (SELECT rowid FROM jobs WHERE id = ?3)";
+    sql += " ORDER BY rowid LIMIT ?4";
+    statement s(db_, sql);
+    if (f.state)
+        s.bind(1, core::to_string(*f.state));
+    if (f.model)
+        s.bind(2, *f.model);
+    if (f.after)
+        s.bind(3, *f.after);
+    s.bind(4, static_cast<std::int64_t>(f.limit));
+    std::vector<core::job> out;
+    while (s.step())
+        out.push_back(read_job(s, false));
+    return out;
+}
+
+std::vector<core::job> job_store::unfinished() {
+    statement s(db_, fmt::format("SELECT {}, CASE WHEN state IN ('pending','submitting') THEN params ELSE '' END "
+                                 "FROM jobs WHERE state IN ('pending','submitting','queued','processing') "
+                                 "ORDER BY rowid",
+                                 job_columns));
+    std::vector<core::job> out;
+    while (s.step())
+        out.push_back(read_job(s, true));
+    return out;
+}
+
+std::string job_store::params_of(const std::string& id) {
+    auto& s = *params_;
+    s.bind(1, id);
+    std::string p = s.step() ? s.text(0) : std::string();
+    s.reset();
+    return p;
+}
+
+std::vector<history_entry> job_store::history(const std::string& id) {
+    statement s(db_, "SELECT at, state, note, request_id FROM history WHERE job_id = ?1 ORDER BY rowid");
+    s.bind(1, id);
+    std::vector<history_entry> out;
+    while (s.step())
+        out.push_back({at_ms(s.int64(0)), s.text(1), s.text(2), s.opt_text(3)});
+    return out;
+}
+
+std::map<std::string, std::int64_t> job_store::count_by_state() {
+    statement s(db_, "SELECT state, count(*) FROM jobs GROUP BY state");
+    std::map<std::string, std::int64_t> out;
+    while (s.step())
+        out[s.text(0)] = s.int64(1);
+    return out;
+}
+
+std::vector<double> job_store::recent_durations(const std::string& model, int n) {
+    statement s(db_, "SELECT (remote_done_at - submitted_at) / 1000.0 FROM jobs WHERE model = ?1 AND state = "
+                     "'completed' AND remote_done_at IS NOT NULL AND submitted_at IS NOT NULL "
+                     "ORDER BY finished_at DESC LIMIT ?2");
+    s.bind(1, model).bind(2, n);
+    std::vector<double> out;
+    while (s.step())
+        out.push_back(s.real(0));
+    return out;
+}
+
+std::optional<std::string> job_store::meta(const std::string& key) {
+    statement s(db_, "SELECT value FROM meta WHERE key = ?1");
+    s.bind(1, key);
+    if (!s.step())
+        return std::nullopt;
+    auto v = s.text(0);
+    s.reset();
+    return v;
+}
+
+void job_store::set_meta(const std::string& key, const std::string& value) {
+    statement s(db_, "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2");
+    s.bind(1, key).bind(2, value).run();
+}
+
+} // namespace klingd::storage

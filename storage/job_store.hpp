@@ -1,0 +1,89 @@
+// The jobs database: schema with forward migrations (PRAGMA user_version), WAL,
+// statements prepared once, one transaction for every multi-row change. Holds
+// jobs, their history of transitions and small daemon state (paused, ...).
+#pragma once
+
+#include "core/job.hpp"
+#include "core/job_spec.hpp"
+#include "storage/sqlite.hpp"
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace klingd::storage {
+
+struct history_entry {
+    core::time_point at;
+    std::string state;
+    std::string note;
+    std::optional<std::string> request_id;
+};
+
+struct job_filter {
+    std::optional<core::job_state> state;
+    std::optional<std::string> model;
+    std::size_t limit = 1000;
+    std::optional<std::string> after; // cursor: the id of the last job of the previous page
+};
+
+enum class insert_outcome {
+    inserted,
+    same_content, // the id exists with the same content: a no-op
+    conflict,     // the id exists with other content
+};
+
+class job_store {
+public:
+    // Opens (creating if needed) and migrates. Throws storage_error when the file
+    // is not a database, is from a newer klingd, or cannot be opened; it is never overwritten.
+    explicit job_store(const std::string& path);
+
+    static constexpr int schema_version = 1;
+
+    // Records a new job (state pending). Throws storage_error on failure.
+    insert_outcome insert(const core::job_spec& spec, core::time_point now, const std::string& source);
+    // Inserts many in one transaction; outcomes in the same order.
+    std::vector<insert_outcome> insert_many(const std::vector<core::job_spec>& specs, core::time_point now,
+                                            const std::vector<std::string>& sources);
+
+    // Writes a job's mutable fields; a non-empty note is added to its history.
+    void save(const core::job& j, const std::string& note = {});
+    struct change {
+        core::job j;
+        std::string note;
+    };
+    // Writes many in one transaction.
+    void save_many(const std::vector<change>& changes);
+
+    std::optional<core::job> get(const std::string& id);
+    std::vector<core::job> list(const job_filter& f);
+    // Every job not in a terminal state; params only for jobs not yet submitted.
+    std::vector<core::job> unfinished();
+    std::string params_of(const std::string& id);
+    std::vector<history_entry> history(const std::string& id);
+    std::map<std::string, std::int64_t> count_by_state();
+    // Seconds from submission to completion of the latest completed requests of a model.
+    std::vector<double> recent_durations(const std::string& model, int n);
+
+    std::optional<std::string> meta(const std::string& key);
+    void set_meta(const std::string& key, const std::string& value);
+
+    connection& db() { return db_; }
+
+private:
+    void migrate();
+    core::job read_job(statement& s, bool with_params) const;
+    void write_job(const core::job& j, const std::string& note);
+
+    connection db_;
+    std::optional<statement> insert_;
+    std::optional<statement> find_content_;
+    std::optional<statement> update_;
+    std::optional<statement> add_history_;
+    std::optional<statement> get_;
+    std::optional<statement> params_;
+};
+
+} // namespace klingd::storage
