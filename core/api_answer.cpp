@@ -2,6 +2,8 @@
 // bounded sizes, checked types, no exceptions escape.
 #include "core/api_answer.hpp"
 
+#include "core/url.hpp"
+
 #include <algorithm>
 #include <boost/json.hpp>
 #include <cctype>
@@ -212,11 +214,18 @@ std::optional<submit_fields> parse_submit(std::string_view body, std::string_vie
     f.request_id = string_field(o, "request_id");
     if (!is_safe_request_id(f.request_id))
         return std::nullopt;
+    // Follow the URLs as given (as the SDK does) only where the API key may go;
+    // otherwise build them from the configured base.
+    auto base = parse_url(base_url);
+    auto trusted = [&](const std::string& s) {
+        auto u = parse_url(s);
+        return u && base && may_carry_api_key(*u, *base);
+    };
     f.status_url = string_field(o, "status_url");
-    if (!is_http_url(f.status_url))
+    if (!trusted(f.status_url))
         f.status_url = fmt::format("{}/v2/requests/{}/status", base_url, f.request_id);
     f.response_url = string_field(o, "response_url");
-    if (!is_http_url(f.response_url))
+    if (!trusted(f.response_url))
         f.response_url = fmt::format("{}/v2/requests/{}", base_url, f.request_id);
     return f;
 }

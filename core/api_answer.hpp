@@ -53,8 +53,9 @@ struct submit_fields {
     std::string response_url;
 };
 
-// Reads a 2xx submit body. When status_url or response_url is missing they are
-// built from base_url and the request id. nullopt when there is no usable request_id.
+// Reads a 2xx submit body. When status_url or response_url is missing, or points
+// where the API key may not go, it is built from base_url and the request id.
+// nullopt when there is no usable request_id.
 std::optional<submit_fields> parse_submit(std::string_view body, std::string_view base_url);
 
 // "QUEUED", "PROCESSING", "COMPLETED", "FAILED", or "" when the body has no status.

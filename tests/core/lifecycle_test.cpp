@@ -91,10 +91,10 @@ TEST_F(fixture, submit_begin_on_a_non_pending_job_is_rejected_and_changes_nothin
 
 TEST_F(fixture, submit_2xx_stores_request_id_durably_and_plans_a_poll) {
     auto t = go(submitting(), ev_submit_answer{answer(200, R"({"request_id":"abc-123","status":"QUEUED",
-        "status_url":"https://q.example/v2/requests/abc-123/status","response_url":"https://q.example/v2/requests/abc-123"})")});
+        "status_url":"https://queue.segmind.com/v2/requests/abc-123/status","response_url":"https://queue.segmind.com/v2/requests/abc-123"})")});
     EXPECT_EQ(t.next.state, job_state::queued);
     EXPECT_EQ(t.next.request_id, "abc-123");
-    EXPECT_EQ(t.next.status_url, "https://q.example/v2/requests/abc-123/status"); // followed as given
+    EXPECT_EQ(t.next.status_url, "https://queue.segmind.com/v2/requests/abc-123/status"); // followed as given
     EXPECT_EQ(t.next.submitted_at, t0);
     EXPECT_EQ(t.persist, persist_mode::durable);
     EXPECT_EQ(t.work, work_kind::poll);

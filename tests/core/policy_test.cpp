@@ -4,6 +4,7 @@
 #include "core/duration_model.hpp"
 #include "core/poll_planner.hpp"
 #include "core/rate_budget.hpp"
+#include "core/url.hpp"
 
 #include <cmath>
 #include <gtest/gtest.h>
@@ -294,4 +295,47 @@ TEST(dispatch_queue, downloads_are_not_budgeted) {
     EXPECT_EQ(q.pop_download()->job_id, "d");
 }
 
+} // namespace
+
+namespace {
+using namespace klingd::core;
+
+TEST(url, parses_origin_and_target) {
+    auto u = parse_url("https://API.Segmind.com/v2/requests/x/status?a=1#frag");
+    ASSERT_TRUE(u);
+    EXPECT_EQ(u->host, "api.segmind.com");
+    EXPECT_EQ(u->port, 443);
+    EXPECT_EQ(u->target, "/v2/requests/x/status?a=1");
+    EXPECT_EQ(u->origin(), "https://api.segmind.com");
+    auto v6 = parse_url("http://[::1]:8080");
+    ASSERT_TRUE(v6);
+    EXPECT_EQ(v6->host, "::1");
+    EXPECT_EQ(v6->target, "/");
+    EXPECT_EQ(v6->host_header(), "[::1]:8080");
+    EXPECT_FALSE(parse_url("ftp://x/"));
+    EXPECT_FALSE(parse_url("https://user:pw@x/"));
+    EXPECT_FALSE(parse_url("https://x:0/"));
+    EXPECT_FALSE(parse_url("https:///path"));
+    EXPECT_FALSE(parse_url("https://x/a b"));
+}
+
+TEST(url, the_api_key_goes_only_to_the_api_origin_or_its_https_siblings) {
+    auto base = *parse_url("https://api.segmind.com");
+    EXPECT_TRUE(may_carry_api_key(*parse_url("https://api.segmind.com/v2/x"), base));
+    EXPECT_TRUE(may_carry_api_key(*parse_url("https://queue.segmind.com/v2/x"), base));
+    EXPECT_FALSE(may_carry_api_key(*parse_url("http://queue.segmind.com/v2/x"), base));
+    EXPECT_FALSE(may_carry_api_key(*parse_url("https://evil.example/v2/x"), base));
+    EXPECT_FALSE(may_carry_api_key(*parse_url("https://segmind.com.evil.example/"), base));
+    auto local = *parse_url("https://127.0.0.1:8443");
+    EXPECT_TRUE(may_carry_api_key(*parse_url("https://127.0.0.1:8443/v2/x"), local));
+    EXPECT_FALSE(may_carry_api_key(*parse_url("https://127.0.0.1:9999/v2/x"), local));
+}
+
+TEST(api_answer, submit_urls_pointing_elsewhere_are_replaced) {
+    auto f = parse_submit(R"({"request_id":"r1","status_url":"https://evil.example/steal","response_url":"https://queue.segmind.com/v2/requests/r1"})",
+                          "https://api.segmind.com");
+    ASSERT_TRUE(f);
+    EXPECT_EQ(f->status_url, "https://api.segmind.com/v2/requests/r1/status");
+    EXPECT_EQ(f->response_url, "https://queue.segmind.com/v2/requests/r1");
+}
 } // namespace

@@ -1,0 +1,101 @@
+// URL parsing for the HTTP client and the key-scope rule.
+#include "core/url.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <fmt/format.h>
+
+namespace klingd::core {
+
+std::string url::origin() const { return fmt::format("{}://{}", scheme, host_header()); }
+
+std::string url::host_header() const {
+    bool v6 = host.find(':') != std::string::npos;
+    std::string h = v6 ? "[" + host + "]" : host;
+    bool default_port = (scheme == "https" && port == 443) || (scheme == "http" && port == 80);
+    return default_port ? h : fmt::format("{}:{}", h, port);
+}
+
+std::optional<url> parse_url(std::string_view s) {
+    url u;
+    if (s.starts_with("https://")) {
+        u.scheme = "https";
+        u.port = 443;
+    } else if (s.starts_with("http://")) {
+        u.scheme = "http";
+        u.port = 80;
+    } else {
+        return std::nullopt;
+    }
+    if (s.size() > 8192 || std::any_of(s.begin(), s.end(), [](unsigned char c) { return c <= 0x20 || c == 0x7f; }))
+        return std::nullopt;
+    auto rest = s.substr(u.scheme.size() + 3);
+    auto end = rest.find_first_of("/?#");
+    auto authority = rest.substr(0, end);
+    u.target = end == std::string_view::npos ? "/" : std::string(rest.substr(end));
+    if (auto hash = u.target.find('#'); hash != std::string::npos)
+        u.target.resize(hash);
+    if (u.target.empty() || u.target[0] == '?')
+        u.target = "/" + u.target;
+    if (authority.find('@') != std::string_view::npos)
+        return std::nullopt; // no credentials in URLs
+    std::string_view host = authority, port;
+    if (authority.starts_with('[')) {
+        auto close = authority.find(']');
+        if (close == std::string_view::npos)
+            return std::nullopt;
+        host = authority.substr(1, close - 1);
+        auto after = authority.substr(close + 1);
+        if (!after.empty()) {
+            if (after[0] != ':')
+                return std::nullopt;
+            port = after.substr(1);
+        }
+    } else if (auto colon = authority.rfind(':'); colon != std::string_view::npos) {
+        host = authority.substr(0, colon);
+        port = authority.substr(colon + 1);
+    }
+    if (host.empty())
+        return std::nullopt;
+    if (!port.empty()) {
+        if (port.size() > 5 || !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; }))
+            return std::nullopt;
+        unsigned p = static_cast<unsigned>(std::stoul(std::string(port)));
+        if (p == 0 || p > 65535)
+            return std::nullopt;
+        u.port = static_cast<std::uint16_t>(p);
+    }
+    u.host = std::string(host);
+    std::transform(u.host.begin(), u.host.end(), u.host.begin(), [](unsigned char c) { return std::tolower(c); });
+    return u;
+}
+
+namespace {
+bool is_ip_literal(const std::string& h) {
+    return h.find(':') != std::string::npos ||
+           std::all_of(h.begin(), h.end(), [](char c) { return (c >= '0' && c <= '9') || c == '.'; });
+}
+// "api.segmind.com" -> "segmind.com"; "" for IP literals and single-label names.
+std::string parent_domain(const std::string& h) {
+    if (is_ip_literal(h))
+        return {};
+    auto last = h.rfind('.');
+    if (last == std::string::npos)
+        return {};
+    auto second = h.rfind('.', last - 1);
+    return second == std::string::npos ? h : h.substr(second + 1);
+}
+} // namespace
+
+bool may_carry_api_key(const url& u, const url& base) {
+    if (u.scheme == base.scheme && u.host == base.host && u.port == base.port)
+        return true;
+    if (!u.tls())
+        return false;
+    std::string parent = parent_domain(base.host);
+    if (parent.empty() || parent.find('.') == std::string::npos)
+        return false;
+    return u.host == parent || (u.host.size() > parent.size() + 1 && u.host.ends_with("." + parent));
+}
+
+} // namespace klingd::core
