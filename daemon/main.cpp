@@ -1,17 +1,125 @@
-// klingd's entry point: command line, configuration, then the daemon.
+// klingd's entry point: command line, configuration, then the daemon on one
+// io_context thread until SIGTERM or SIGINT.
 #include "config/loader.hpp"
+#include "daemon/control_server.hpp"
+#include "daemon/engine.hpp"
+#include "daemon/http_client.hpp"
+#include "daemon/spool.hpp"
 #include "runtime/log.hpp"
+#include "runtime/tls.hpp"
+#include "storage/job_store.hpp"
 
 #include <CLI/CLI.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <systemd/sd-daemon.h>
 
 namespace {
+
+namespace asio = boost::asio;
+using namespace klingd;
 
 std::string default_config_path() {
     if (const char* p = std::getenv("KLINGD_CONFIG"); p && *p)
         return p;
     return "/etc/klingd/klingd.toml";
+}
+
+int run(const config::settings& s) {
+    log::level lvl;
+    if (log::parse_level(s.log_level, lvl))
+        log::set_level(lvl);
+    std::signal(SIGPIPE, SIG_IGN);
+
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    fs::create_directories(fs::path(s.storage.database).parent_path(), ec);
+    fs::create_directories(s.output.directory, ec);
+    if (ec) {
+        log::error("cannot create the output folder {}: {}", s.output.directory, ec.message());
+        return 1;
+    }
+
+    std::optional<storage::job_store> store;
+    try {
+        store.emplace(s.storage.database);
+    } catch (const storage::storage_error& e) {
+        log::error("cannot use the database: {}", e.what());
+        return 1;
+    }
+    std::optional<asio::ssl::context> tls_ctx;
+    try {
+        tls_ctx.emplace(tls::make_client_context(s.api.ca_file));
+    } catch (const std::exception& e) {
+        log::error("api.ca_file: {}", e.what());
+        return 2;
+    }
+
+    asio::io_context io(1);
+    daemon::client_options opts;
+    opts.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(s.api.request_timeout_s * 1000));
+    opts.max_idle_per_origin = static_cast<std::size_t>(s.api.max_connections);
+    daemon::http_client client(io.get_executor(), *tls_ctx, opts);
+    daemon::engine engine(io, s, *store, client);
+    daemon::control_server control(io, s, engine);
+    daemon::spool spool(io, s, engine);
+    try {
+        engine.start();
+        control.start();
+        spool.start();
+    } catch (const std::exception& e) {
+        log::error("cannot start: {}", e.what());
+        return 1;
+    }
+    log::notice("klingd {} started: API {}, spool {}, output {}, {} requests/min", KLINGD_VERSION, s.api.base_url,
+                s.spool.directory, s.output.directory, s.api.requests_per_minute);
+
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            auto n = co_await spool.scan();
+            if (n > 0)
+                log::info("spool: start-up scan looked at {} files", n);
+            sd_notify(0, "READY=1");
+        },
+        asio::detached);
+
+    asio::signal_set signals(io, SIGTERM, SIGINT);
+    bool stopping = false;
+    std::function<void(const boost::system::error_code&, int)> on_signal = [&](const boost::system::error_code& ec,
+                                                                                 int sig) {
+        if (ec)
+            return;
+        if (stopping) {
+            log::warning("second signal {}: exiting at once", sig);
+            std::_Exit(1);
+        }
+        stopping = true;
+        sd_notify(0, "STOPPING=1");
+        log::notice("signal {}: stopping (requests in flight get a few seconds to finish)", sig);
+        spool.stop();
+        control.stop();
+        asio::co_spawn(
+            io,
+            [&]() -> asio::awaitable<void> {
+                co_await engine.stop(std::chrono::seconds(8));
+                io.stop();
+            },
+            asio::detached);
+        signals.async_wait(on_signal);
+    };
+    signals.async_wait(on_signal);
+
+    io.run();
+    log::notice("klingd stopped");
+    return 0;
 }
 
 } // namespace
@@ -34,18 +142,17 @@ int main(int argc, char** argv) {
         return 0;
     }
 
-    auto loaded = klingd::config::load_settings(config_path, klingd::config::process_environment());
+    auto loaded = config::load_settings(config_path, config::process_environment());
     for (auto& w : loaded.warnings)
-        klingd::log::warning("config: {}", w);
+        log::warning("config: {}", w);
     if (!loaded.value) {
         for (auto& e : loaded.errors)
             std::fprintf(stderr, "klingd: invalid configuration: %s\n", e.c_str());
         return 2;
     }
     if (check_config) {
-        std::fputs(klingd::config::render_settings(*loaded.value).c_str(), stdout);
+        std::fputs(config::render_settings(*loaded.value).c_str(), stdout);
         return 0;
     }
-    klingd::log::error("klingd: the job engine is not built yet (issue 3); only --check-config and --version work");
-    return 1;
+    return run(*loaded.value);
 }

@@ -162,22 +162,24 @@ std::vector<insert_outcome> job_store::insert_many(const std::vector<core::job_s
     return out;
 }
 
-void job_store::write_job(const core::job& j, const std::string& note) {
+void job_store::write_history(const std::string& id, const history_entry& e) {
+    add_history_->bind(1, id).bind(2, ms(e.at)).bind(3, e.state).bind(4, e.note).bind(5, e.request_id).run();
+}
+
+void job_store::write_job(const core::job& j) {
     auto& u = *update_;
     u.bind(1, j.id).bind(2, core::to_string(j.state)).bind(3, j.request_id).bind(4, j.status_url);
     u.bind(5, j.response_url).bind(6, j.error).bind(7, outputs_json(j.outputs)).bind(8, j.result);
     u.bind(9, ms(j.updated_at)).bind(10, opt_ms(j.submitted_at)).bind(11, opt_ms(j.remote_done_at));
     u.bind(12, opt_ms(j.finished_at)).bind(13, j.attempts).bind(14, j.polls);
     u.run();
-    if (!note.empty()) {
-        add_history_->bind(1, j.id).bind(2, ms(j.updated_at)).bind(3, core::to_string(j.state)).bind(4, note);
-        add_history_->bind(5, j.request_id).run();
-    }
 }
 
 void job_store::save(const core::job& j, const std::string& note) {
     transaction t(db_);
-    write_job(j, note);
+    write_job(j);
+    if (!note.empty())
+        write_history(j.id, {j.updated_at, std::string(core::to_string(j.state)), note, j.request_id});
     t.commit();
 }
 
@@ -185,8 +187,11 @@ void job_store::save_many(const std::vector<change>& changes) {
     if (changes.empty())
         return;
     transaction t(db_);
-    for (auto& c : changes)
-        write_job(c.j, c.note);
+    for (auto& c : changes) {
+        write_job(c.j);
+        for (auto& h : c.history)
+            write_history(c.j.id, h);
+    }
     t.commit();
 }
 

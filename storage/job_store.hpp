@@ -52,9 +52,9 @@ public:
     void save(const core::job& j, const std::string& note = {});
     struct change {
         core::job j;
-        std::string note;
+        std::vector<history_entry> history; // written along, in order
     };
-    // Writes many in one transaction.
+    // Writes many jobs and their history entries in one transaction.
     void save_many(const std::vector<change>& changes);
 
     std::optional<core::job> get(const std::string& id);
@@ -75,7 +75,8 @@ public:
 private:
     void migrate();
     core::job read_job(statement& s, bool with_params) const;
-    void write_job(const core::job& j, const std::string& note);
+    void write_job(const core::job& j);
+    void write_history(const std::string& id, const history_entry& e);
 
     connection db_;
     std::optional<statement> insert_;

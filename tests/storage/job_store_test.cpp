@@ -111,7 +111,7 @@ TEST_F(job_store_test, save_without_note_adds_no_history) {
     s.insert(spec("a"), t0, "");
     auto j = *s.get("a");
     j.polls = 3;
-    s.save_many({{j, ""}});
+    s.save_many({{j, {}}});
     EXPECT_EQ(s.history("a").size(), 1u);
     EXPECT_EQ(s.get("a")->polls, 3);
 }

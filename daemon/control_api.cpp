@@ -1,0 +1,358 @@
+// Routes of the control API and their JSON.
+#include "daemon/control_api.hpp"
+
+#include "core/job_spec.hpp"
+#include "daemon/job_json.hpp"
+#include "runtime/log.hpp"
+
+#include <boost/json.hpp>
+#include <charconv>
+#include <fmt/format.h>
+
+namespace klingd::daemon {
+
+namespace http = boost::beast::http;
+namespace json = boost::json;
+
+namespace {
+
+control_response json_response(unsigned version, http::status status, const json::value& body) {
+    control_response res{status, version};
+    res.set(http::field::content_type, "application/json");
+    res.set(http::field::cache_control, "no-store");
+    res.body() = json::serialize(body);
+    res.body() += '\n';
+    res.prepare_payload();
+    return res;
+}
+
+int hex(char c) {
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+// Percent-decoding; nullopt for a malformed escape.
+std::optional<std::string> decode(std::string_view s) {
+    std::string out;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        if (s[i] == '%') {
+            if (i + 2 >= s.size())
+                return std::nullopt;
+            int a = hex(s[i + 1]), b = hex(s[i + 2]);
+            if (a < 0 || b < 0)
+                return std::nullopt;
+            out += static_cast<char>(a * 16 + b);
+            i += 2;
+        } else if (s[i] == '+') {
+            out += ' ';
+        } else {
+            out += s[i];
+        }
+    }
+    return out;
+}
+
+struct target {
+    std::vector<std::string> segments;
+    std::map<std::string, std::string> query;
+    std::string problem;
+};
+
+target parse_target(std::string_view t) {
+    target out;
+    auto q = t.find('?');
+    auto path = t.substr(0, q);
+    std::size_t i = 0;
+    while (i < path.size()) {
+        while (i < path.size() && path[i] == '/')
+            ++i;
+        auto j = path.find('/', i);
+        if (j == std::string_view::npos)
+            j = path.size();
+        if (j > i) {
+            auto seg = decode(path.substr(i, j - i));
+            if (!seg) {
+                out.problem = "malformed percent-escape in the path";
+                return out;
+            }
+            out.segments.push_back(std::move(*seg));
+        }
+        i = j;
+    }
+    if (q != std::string_view::npos) {
+        auto qs = t.substr(q + 1);
+        std::size_t k = 0;
+        while (k <= qs.size()) {
+            auto amp = qs.find('&', k);
+            if (amp == std::string_view::npos)
+                amp = qs.size();
+            auto pair = qs.substr(k, amp - k);
+            if (!pair.empty()) {
+                auto eq = pair.find('=');
+                auto key = decode(pair.substr(0, eq));
+                auto value = decode(eq == std::string_view::npos ? "" : pair.substr(eq + 1));
+                if (!key || !value) {
+                    out.problem = "malformed percent-escape in the query";
+                    return out;
+                }
+                out.query[*key] = *value;
+            }
+            k = amp + 1;
+        }
+    }
+    return out;
+}
+
+json::object job_json(engine& e, const core::job& j) { return job_to_json(j, e.blocked_reason()); }
+
+control_response list_jobs(const control_request& req, engine& e, const target& t) {
+    storage::job_filter f;
+    for (auto& [k, v] : t.query) {
+        if (k == "state") {
+            if (v.empty())
+                continue;
+            auto s = core::parse_job_state(v);
+            if (!s)
+                return error_response(req.version(), http::status::bad_request,
+                                      fmt::format("state \"{}\" is not a job state (pending, submitting, queued, "
+                                                  "processing, completed, failed, expired, cancelled)",
+                                                  v.substr(0, 40)));
+            f.state = *s;
+        } else if (k == "model") {
+            if (!v.empty())
+                f.model = v;
+        } else if (k == "limit") {
+            if (v.empty())
+                continue;
+            std::size_t n = 0;
+            auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+            if (ec != std::errc() || p != v.data() + v.size() || n < 1 || n > 10000)
+                return error_response(req.version(), http::status::bad_request,
+                                      "limit must be an integer from 1 to 10000");
+            f.limit = n;
+        } else if (k == "after") {
+            if (!v.empty())
+                f.after = v;
+        } else {
+            return error_response(req.version(), http::status::bad_request,
+                                  fmt::format("unknown query parameter \"{}\" (known: state, model, limit, after)",
+                                              k.substr(0, 40)));
+        }
+    }
+    auto jobs = e.list(f);
+    json::array a;
+    a.reserve(jobs.size());
+    for (auto& j : jobs)
+        a.push_back(job_json(e, j));
+    json::object o;
+    o["next"] = jobs.size() == f.limit && !jobs.empty() ? json::value(jobs.back().id) : json::value(nullptr);
+    o["jobs"] = std::move(a);
+    return json_response(req.version(), http::status::ok, o);
+}
+
+control_response get_job(const control_request& req, engine& e, const std::string& id) {
+    auto j = e.find(id);
+    if (!j)
+        return error_response(req.version(), http::status::not_found, fmt::format("no job \"{}\"", id.substr(0, 128)));
+    auto o = job_json(e, *j);
+    o["history"] = history_to_json(e.history(id));
+    return json_response(req.version(), http::status::ok, o);
+}
+
+control_response post_job(const control_request& req, engine& e, const peer_info& peer) {
+    auto parsed = core::parse_job_spec(req.body(), "");
+    if (!parsed.spec)
+        return error_response(req.version(), http::status::bad_request, parsed.error);
+    std::vector<storage::insert_outcome> out;
+    try {
+        out = e.add_jobs({*parsed.spec}, {fmt::format("socket (pid {}, uid {})", peer.pid, peer.uid)});
+    } catch (const std::exception& ex) {
+        return error_response(req.version(), http::status::service_unavailable,
+                              fmt::format("cannot record the job: {}", ex.what()));
+    }
+    auto j = e.find(parsed.spec->id);
+    switch (out.front()) {
+    case storage::insert_outcome::inserted:
+        log::info("job {}: accepted over the socket from pid {} uid {}", parsed.spec->id, peer.pid, peer.uid);
+        return json_response(req.version(), http::status::created, job_json(e, *j));
+    case storage::insert_outcome::same_content:
+        return json_response(req.version(), http::status::ok, job_json(e, *j));
+    case storage::insert_outcome::conflict:
+        break;
+    }
+    return error_response(req.version(), http::status::conflict,
+                          fmt::format("id \"{}\" is taken by a job with other content (a job id is unique for the "
+                                      "life of the database)",
+                                      parsed.spec->id));
+}
+
+control_response job_action(const control_request& req, engine& e, const std::string& id, const std::string& action,
+                            const peer_info& peer) {
+    std::string why = action == "cancel" ? e.cancel(id) : e.retry(id);
+    if (why == "not found")
+        return error_response(req.version(), http::status::not_found, fmt::format("no job \"{}\"", id.substr(0, 128)));
+    if (!why.empty())
+        return error_response(req.version(), http::status::conflict, why);
+    log::notice("job {}: {} requested by pid {} uid {}", id, action, peer.pid, peer.uid);
+    return json_response(req.version(), http::status::ok, job_json(e, *e.find(id)));
+}
+
+json::object stats_json(engine& e) {
+    json::object o;
+    json::object jobs;
+    for (auto s : {"pending", "submitting", "queued", "processing", "completed", "failed", "expired", "cancelled"})
+        jobs[s] = 0;
+    for (auto& [state, n] : e.count_by_state())
+        jobs[state] = n;
+    o["jobs"] = std::move(jobs);
+    json::object req;
+    for (auto& [kind, codes] : e.stats().requests) {
+        json::object c;
+        for (auto& [code, n] : codes)
+            c[code] = n;
+        req[kind] = std::move(c);
+    }
+    o["requests"] = std::move(req);
+    o["rate_limited"] = e.stats().rate_limited;
+    auto& b = e.budget();
+    auto now = std::chrono::time_point_cast<std::chrono::milliseconds>(std::chrono::system_clock::now());
+    json::object budget;
+    budget["configured_rpm"] = b.configured_rpm();
+    budget["allowed_rpm"] = b.allowed_rpm();
+    budget["used_last_minute"] = b.used_last_minute(now);
+    budget["blocked_until"] = b.blocked(now) ? json::value(rfc3339(b.blocked_until())) : json::value(nullptr);
+    o["budget"] = std::move(budget);
+    o["paused"] = e.paused();
+    auto blocked = e.blocked_reason();
+    o["submissions_blocked"] = blocked.empty() ? json::value(nullptr) : json::value(blocked);
+    o["in_flight"] = e.in_flight();
+    json::object intake;
+    intake["accepted"] = e.stats().intake_accepted;
+    intake["duplicates"] = e.stats().intake_duplicates;
+    intake["conflicts"] = e.stats().intake_rejected;
+    o["intake"] = std::move(intake);
+    json::object dl;
+    dl["ok"] = e.stats().downloads_ok;
+    dl["failed"] = e.stats().downloads_failed;
+    o["downloads"] = std::move(dl);
+    return o;
+}
+
+} // namespace
+
+control_response error_response(unsigned version, http::status status, const std::string& message) {
+    json::object o;
+    o["error"] = message;
+    return json_response(version, status, o);
+}
+
+std::string render_metrics(engine& e) {
+    std::string out;
+    auto family = [&](std::string_view name, std::string_view type, std::string_view help) {
+        out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+    };
+    family("klingd_jobs", "gauge", "Jobs by state.");
+    auto counts = e.count_by_state();
+    for (auto s : {"pending", "submitting", "queued", "processing", "completed", "failed", "expired", "cancelled"}) {
+        auto it = counts.find(s);
+        out += fmt::format("klingd_jobs{{state=\"{}\"}} {}\n", s, it == counts.end() ? 0 : it->second);
+    }
+    family("klingd_api_requests_total", "counter", "API requests by kind and answer.");
+    for (auto& [kind, codes] : e.stats().requests)
+        for (auto& [code, n] : codes)
+            out += fmt::format("klingd_api_requests_total{{kind=\"{}\",code=\"{}\"}} {}\n", kind, code, n);
+    family("klingd_rate_limited_total", "counter", "429 answers.");
+    out += fmt::format("klingd_rate_limited_total {}\n", e.stats().rate_limited);
+    family("klingd_allowed_requests_per_minute", "gauge", "The request rate klingd allows itself now.");
+    out += fmt::format("klingd_allowed_requests_per_minute {}\n", e.budget().allowed_rpm());
+    family("klingd_configured_requests_per_minute", "gauge", "api.requests_per_minute.");
+    out += fmt::format("klingd_configured_requests_per_minute {}\n", e.budget().configured_rpm());
+    family("klingd_submissions_paused", "gauge", "1 while submissions are paused.");
+    out += fmt::format("klingd_submissions_paused {}\n", e.paused() ? 1 : 0);
+    family("klingd_jobs_in_flight", "gauge", "Submitted, unfinished jobs.");
+    out += fmt::format("klingd_jobs_in_flight {}\n", e.in_flight());
+    family("klingd_intake_total", "counter", "Jobs offered by outcome.");
+    out += fmt::format("klingd_intake_total{{outcome=\"accepted\"}} {}\n", e.stats().intake_accepted);
+    out += fmt::format("klingd_intake_total{{outcome=\"duplicate\"}} {}\n", e.stats().intake_duplicates);
+    out += fmt::format("klingd_intake_total{{outcome=\"conflict\"}} {}\n", e.stats().intake_rejected);
+    family("klingd_downloads_total", "counter", "Result downloads by outcome.");
+    out += fmt::format("klingd_downloads_total{{outcome=\"ok\"}} {}\n", e.stats().downloads_ok);
+    out += fmt::format("klingd_downloads_total{{outcome=\"failed\"}} {}\n", e.stats().downloads_failed);
+    return out;
+}
+
+control_response handle_request(const control_request& req, engine& e, const peer_info& peer) {
+    auto t = parse_target(req.target());
+    if (!t.problem.empty())
+        return error_response(req.version(), http::status::bad_request, t.problem);
+    const auto& s = t.segments;
+    auto method = req.method();
+    auto wrong_method = [&](std::string_view allowed) {
+        auto r = error_response(req.version(), http::status::method_not_allowed,
+                                fmt::format("{} is not allowed here (allowed: {})",
+                                            std::string_view(req.method_string()).substr(0, 20), allowed));
+        r.set(http::field::allow, allowed);
+        return r;
+    };
+    try {
+        if (s.size() == 1 && s[0] == "metrics") {
+            if (method != http::verb::get)
+                return wrong_method("GET");
+            control_response res{http::status::ok, req.version()};
+            res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+            res.body() = render_metrics(e);
+            res.prepare_payload();
+            return res;
+        }
+        if (s.size() >= 2 && s[0] == "v1") {
+            if (s.size() == 2 && s[1] == "health") {
+                if (method != http::verb::get)
+                    return wrong_method("GET");
+                return json_response(req.version(), http::status::ok, json::object{{"status", "ok"}});
+            }
+            if (s.size() == 2 && s[1] == "jobs") {
+                if (method == http::verb::get)
+                    return list_jobs(req, e, t);
+                if (method == http::verb::post)
+                    return post_job(req, e, peer);
+                return wrong_method("GET, POST");
+            }
+            if (s.size() == 3 && s[1] == "jobs") {
+                if (method != http::verb::get)
+                    return wrong_method("GET");
+                return get_job(req, e, s[2]);
+            }
+            if (s.size() == 4 && s[1] == "jobs" && (s[3] == "cancel" || s[3] == "retry")) {
+                if (method != http::verb::post)
+                    return wrong_method("POST");
+                return job_action(req, e, s[2], s[3], peer);
+            }
+            if (s.size() == 2 && (s[1] == "pause" || s[1] == "resume")) {
+                if (method != http::verb::post)
+                    return wrong_method("POST");
+                e.set_paused(s[1] == "pause");
+                log::notice("submissions {} by pid {} uid {}", s[1] == "pause" ? "paused" : "resumed", peer.pid,
+                            peer.uid);
+                return json_response(req.version(), http::status::ok, json::object{{"paused", e.paused()}});
+            }
+            if (s.size() == 2 && s[1] == "stats") {
+                if (method != http::verb::get)
+                    return wrong_method("GET");
+                return json_response(req.version(), http::status::ok, stats_json(e));
+            }
+        }
+    } catch (const std::exception& ex) {
+        log::error("control: {} {} failed: {}", std::string_view(req.method_string()).substr(0, 20),
+                   std::string_view(req.target()).substr(0, 200), ex.what());
+        return error_response(req.version(), http::status::internal_server_error, ex.what());
+    }
+    return error_response(req.version(), http::status::not_found,
+                          fmt::format("no endpoint {}", std::string_view(req.target()).substr(0, 200)));
+}
+
+} // namespace klingd::daemon

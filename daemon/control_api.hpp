@@ -1,0 +1,31 @@
+// The control API (interface.md, "Control socket"): a request handler that is a
+// plain function of the request and the engine, with no socket in it.
+#pragma once
+
+#include "daemon/engine.hpp"
+
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <string>
+
+namespace klingd::daemon {
+
+using control_request = boost::beast::http::request<boost::beast::http::string_body>;
+using control_response = boost::beast::http::response<boost::beast::http::string_body>;
+
+// Who is asking, for the log of state-changing requests.
+struct peer_info {
+    int pid = -1;
+    int uid = -1;
+    int gid = -1;
+};
+
+control_response handle_request(const control_request& req, engine& e, const peer_info& peer);
+
+// A JSON error answer {"error": message}.
+control_response error_response(unsigned version, boost::beast::http::status status, const std::string& message);
+
+// Prometheus text exposition of the engine's counters.
+std::string render_metrics(engine& e);
+
+} // namespace klingd::daemon

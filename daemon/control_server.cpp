@@ -1,0 +1,144 @@
+// Socket creation with the configured mode, and the per-connection loop.
+#include "daemon/control_server.hpp"
+
+#include "daemon/control_api.hpp"
+#include "runtime/log.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/basic_stream.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fmt/format.h>
+#include <stdexcept>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+namespace klingd::daemon {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using local = asio::local::stream_protocol;
+
+control_server::control_server(asio::io_context& io, const config::settings& s, engine& e, control_limits limits)
+    : io_(io), settings_(s), engine_(e), limits_(limits) {}
+
+control_server::~control_server() { stop(); }
+
+void control_server::start() {
+    const std::string& path = settings_.control.socket;
+    namespace fs = std::filesystem;
+    std::error_code fec;
+    fs::create_directories(fs::path(path).parent_path(), fec);
+    struct stat st{};
+    if (::lstat(path.c_str(), &st) == 0) {
+        if (!S_ISSOCK(st.st_mode))
+            throw std::runtime_error(fmt::format("{} exists and is not a socket; refusing to replace it", path));
+        local::socket probe(io_);
+        boost::system::error_code ec;
+        probe.connect(local::endpoint(path), ec);
+        if (!ec)
+            throw std::runtime_error(fmt::format("another process (klingd?) is listening on {}", path));
+        ::unlink(path.c_str());
+    }
+    acceptor_.emplace(io_);
+    acceptor_->open(local());
+    // Bind with no permissions for others at all, then set the configured mode.
+    mode_t old = ::umask(0177);
+    boost::system::error_code ec;
+    acceptor_->bind(local::endpoint(path), ec);
+    ::umask(old);
+    if (ec)
+        throw std::runtime_error(fmt::format("cannot create the control socket {}: {}", path, ec.message()));
+    if (::chmod(path.c_str(), settings_.control.socket_mode) != 0)
+        throw std::runtime_error(fmt::format("cannot set mode {:04o} on {}: {}", settings_.control.socket_mode, path,
+                                             std::strerror(errno)));
+    acceptor_->listen(asio::socket_base::max_listen_connections);
+    asio::co_spawn(io_, accept_loop(), asio::detached);
+    log::info("control socket {} (mode {:04o})", path, settings_.control.socket_mode);
+}
+
+void control_server::stop() {
+    if (acceptor_ && acceptor_->is_open()) {
+        boost::system::error_code ec;
+        acceptor_->close(ec);
+        ::unlink(settings_.control.socket.c_str());
+    }
+}
+
+asio::awaitable<void> control_server::accept_loop() {
+    while (acceptor_ && acceptor_->is_open()) {
+        boost::system::error_code ec;
+        auto sock = co_await acceptor_->async_accept(asio::redirect_error(asio::use_awaitable, ec));
+        if (ec) {
+            if (ec == asio::error::operation_aborted || !acceptor_->is_open())
+                co_return;
+            log::warning("control: accept failed: {}", ec.message());
+            continue;
+        }
+        if (sessions_ >= limits_.max_connections) {
+            log::warning("control: {} connections open; refusing another", sessions_);
+            continue; // closes sock
+        }
+        asio::co_spawn(io_, session(std::move(sock)), asio::detached);
+    }
+}
+
+asio::awaitable<void> control_server::session(local::socket sock) {
+    ++sessions_;
+    struct guard {
+        std::size_t& n;
+        ~guard() { --n; }
+    } g{sessions_};
+
+    peer_info peer;
+    ucred cred{};
+    socklen_t len = sizeof(cred);
+    if (::getsockopt(sock.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+        peer.pid = cred.pid;
+        peer.uid = static_cast<int>(cred.uid);
+        peer.gid = static_cast<int>(cred.gid);
+    }
+    beast::basic_stream<local> stream(std::move(sock));
+    beast::flat_buffer buffer(limits_.header_bytes + 1024);
+    for (;;) {
+        http::request_parser<http::string_body> parser;
+        parser.header_limit(static_cast<std::uint32_t>(limits_.header_bytes));
+        parser.body_limit(limits_.body_bytes);
+        boost::system::error_code ec;
+        stream.expires_after(limits_.read_timeout);
+        co_await http::async_read(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+        if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset)
+            co_return;
+        if (ec == beast::error::timeout)
+            co_return; // a half-sent request: drop it
+        control_response res;
+        bool close = false;
+        if (ec) {
+            auto status = ec == http::error::body_limit     ? http::status::payload_too_large
+                          : ec == http::error::header_limit ? http::status::request_header_fields_too_large
+                                                            : http::status::bad_request;
+            res = error_response(11, status, fmt::format("bad request: {}", ec.message()));
+            close = true;
+        } else {
+            auto req = parser.release();
+            res = handle_request(req, engine_, peer);
+            close = !req.keep_alive();
+        }
+        res.keep_alive(!close);
+        stream.expires_after(limits_.read_timeout);
+        co_await http::async_write(stream, res, asio::redirect_error(asio::use_awaitable, ec));
+        if (ec || close) {
+            stream.socket().shutdown(local::socket::shutdown_both, ec);
+            co_return;
+        }
+    }
+}
+
+} // namespace klingd::daemon

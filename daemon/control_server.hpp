@@ -1,0 +1,46 @@
+// The control socket: HTTP/1.1 over a Unix socket created with socket_mode.
+// Each connection reads, dispatches to handle_request, writes; with limits on
+// header and body size and a read timeout so that a slow or hostile client
+// cannot hold the daemon.
+#pragma once
+
+#include "config/settings.hpp"
+#include "daemon/engine.hpp"
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <optional>
+
+namespace klingd::daemon {
+
+struct control_limits {
+    std::size_t header_bytes = 16 * 1024;
+    std::size_t body_bytes = 2 * 1024 * 1024;
+    std::chrono::milliseconds read_timeout{10000};
+    std::size_t max_connections = 256;
+};
+
+class control_server {
+public:
+    control_server(boost::asio::io_context& io, const config::settings& s, engine& e, control_limits limits = {});
+    ~control_server();
+
+    // Creates the socket (replacing a stale one). Throws std::runtime_error when
+    // the path is taken by another file or by a running daemon.
+    void start();
+    void stop();
+
+private:
+    boost::asio::awaitable<void> accept_loop();
+    boost::asio::awaitable<void> session(boost::asio::local::stream_protocol::socket sock);
+
+    boost::asio::io_context& io_;
+    const config::settings& settings_;
+    engine& engine_;
+    control_limits limits_;
+    std::optional<boost::asio::local::stream_protocol::acceptor> acceptor_;
+    std::size_t sessions_ = 0;
+};
+
+} // namespace klingd::daemon

@@ -1,0 +1,132 @@
+// The engine drives every job through the API. It owns the jobs in flight, the
+// dispatch queue, the request budget and the poll planner; it sends requests
+// through the HTTP client, feeds each answer to the pure lifecycle, persists
+// what a transition asks (durably before acting, or batched), and downloads
+// results. One io_context thread: no locks.
+#pragma once
+
+#include "config/settings.hpp"
+#include "core/dispatch_queue.hpp"
+#include "core/duration_model.hpp"
+#include "core/job_spec.hpp"
+#include "core/lifecycle.hpp"
+#include "core/poll_planner.hpp"
+#include "core/rate_budget.hpp"
+#include "core/url.hpp"
+#include "daemon/http_client.hpp"
+#include "storage/job_store.hpp"
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <functional>
+#include <map>
+#include <random>
+#include <string>
+#include <unordered_map>
+
+namespace klingd::daemon {
+
+struct engine_stats {
+    // API requests by kind ("submit", "status", "result") and answer ("200", "429", "transport")
+    std::map<std::string, std::map<std::string, std::uint64_t>> requests;
+    std::uint64_t rate_limited = 0;
+    std::uint64_t downloads_ok = 0;
+    std::uint64_t downloads_failed = 0;
+    std::uint64_t intake_accepted = 0;
+    std::uint64_t intake_rejected = 0;
+    std::uint64_t intake_duplicates = 0;
+};
+
+class engine {
+public:
+    engine(boost::asio::io_context& io, const config::settings& s, storage::job_store& store, http_client& client);
+
+    // Loads unfinished jobs and starts the dispatcher. Throws storage_error when
+    // the database cannot be read.
+    void start();
+    // Stops sending new work, waits (bounded) for requests in flight so their
+    // answers are recorded, and flushes batched writes.
+    boost::asio::awaitable<void> stop(std::chrono::milliseconds grace);
+
+    // New jobs (spool or socket). Recorded durably before this returns.
+    std::vector<storage::insert_outcome> add_jobs(const std::vector<core::job_spec>& specs,
+                                                  const std::vector<std::string>& sources);
+
+    std::optional<core::job> find(const std::string& id);
+    std::vector<core::job> list(const storage::job_filter& f);
+    std::vector<storage::history_entry> history(const std::string& id);
+
+    // "" when the job was cancelled / queued for retry; else why not (the job is
+    // unknown: "not found", or the lifecycle's reason).
+    std::string cancel(const std::string& id);
+    std::string retry(const std::string& id);
+    void set_paused(bool paused);
+    bool paused() const { return paused_; }
+
+    // Why submissions are not going out now (paused, 401, 406), or "".
+    std::string blocked_reason() const;
+    const engine_stats& stats() const { return stats_; }
+    const core::rate_budget& budget() const { return budget_; }
+    core::rate_budget& budget() { return budget_; }
+    std::size_t in_flight() const { return in_flight_jobs_; }
+    std::size_t active() const { return active_.size(); }
+    std::map<std::string, std::int64_t> count_by_state();
+
+    // Called after each job change (for watchers); may be empty.
+    std::function<void(const core::job&, const std::string& note)> on_change;
+
+private:
+    using clock = std::chrono::system_clock;
+    static core::time_point now();
+
+    boost::asio::awaitable<void> dispatcher();
+    boost::asio::awaitable<void> flusher();
+    boost::asio::awaitable<void> execute(core::dispatch_queue::item item);
+    boost::asio::awaitable<void> download(std::string id);
+    void wake();
+
+    core::lifecycle_context context_for(const core::job& j);
+    core::duration_model& durations_for(const std::string& model);
+    // Applies a transition to the job in memory, persists, schedules. Returns false
+    // when a durable write failed (the transition is then not in effect).
+    bool apply(const std::string& id, core::transition t);
+    void schedule(const core::job& j, core::work_kind w, core::time_point at);
+    bool submits_allowed(core::time_point now);
+    void flush();
+    void count(const std::string& kind, const core::http_outcome& o);
+    void note_signal(const core::transition& t, bool from_submit);
+
+    boost::asio::io_context& io_;
+    const config::settings& settings_;
+    storage::job_store& store_;
+    http_client& client_;
+    core::url base_;
+
+    std::unordered_map<std::string, core::job> active_;
+    core::dispatch_queue queue_;
+    core::rate_budget budget_;
+    core::poll_planner planner_;
+    std::map<std::string, core::duration_model> durations_;
+    // Batched writes: the latest state of each changed job and the history lines to write with it.
+    std::unordered_map<std::string, core::job> dirty_;
+    std::unordered_map<std::string, std::vector<storage::history_entry>> pending_history_;
+    std::mt19937_64 rng_{std::random_device{}()};
+
+    boost::asio::steady_timer wake_timer_;
+    bool stopping_ = false;
+    bool paused_ = false;
+    std::size_t in_flight_jobs_ = 0; // submitting, queued, processing
+    std::size_t requests_in_flight_ = 0;
+    std::size_t downloads_in_flight_ = 0;
+    double scarcity_ = 0;
+
+    // Submissions stopped by a 401 or 406 until a probe submit gets through.
+    enum class stop_kind { none, unauthorized, no_credits } stop_ = stop_kind::none;
+    std::string stop_reason_;
+    core::time_point next_probe_{};
+
+    engine_stats stats_;
+};
+
+} // namespace klingd::daemon

@@ -1,0 +1,277 @@
+// Connection pool and exchanges over Beast. One exchange is: acquire a
+// connection (reuse or resolve+connect+handshake), write, read with limits,
+// return the connection to the pool when the server keeps it alive.
+#include "daemon/http_client.hpp"
+
+#include "runtime/tls.hpp"
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/ssl/error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
+#include <fmt/format.h>
+#include <optional>
+
+namespace klingd::daemon {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using boost::system::error_code;
+using transport = core::http_outcome::transport;
+
+struct http_client::connection {
+    std::string origin;
+    std::optional<beast::tcp_stream> plain;
+    std::optional<beast::ssl_stream<beast::tcp_stream>> tls;
+    beast::flat_buffer buffer;
+    std::chrono::steady_clock::time_point last_used = std::chrono::steady_clock::now();
+    bool reused = false;
+
+    beast::tcp_stream& tcp() { return tls ? beast::get_lowest_layer(*tls) : *plain; }
+
+    template <typename F>
+    auto with_stream(F&& f) {
+        if (tls)
+            return f(*tls);
+        return f(*plain);
+    }
+};
+
+namespace {
+
+std::string describe(const error_code& ec) {
+    if (ec == beast::error::timeout)
+        return "timed out";
+    return ec.message();
+}
+
+bool is_stale_connection_error(const error_code& ec) {
+    return ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
+           ec == asio::error::broken_pipe || ec == asio::ssl::error::stream_truncated;
+}
+
+template <typename Body>
+void copy_rate_headers(const http::response_parser<Body>& p, core::http_outcome& o) {
+    const auto& h = p.get();
+    o.status = static_cast<int>(h.result_int());
+    if (auto it = h.find("retry-after"); it != h.end())
+        o.retry_after = std::string(it->value());
+    if (auto it = h.find("x-rate-limit-reset-at-utc"); it != h.end())
+        o.reset_at = std::string(it->value());
+}
+
+} // namespace
+
+http_client::http_client(asio::any_io_executor ex, asio::ssl::context& tls, client_options opts)
+    : ex_(std::move(ex)), tls_(tls), opts_(opts) {}
+
+http_client::~http_client() = default;
+
+std::size_t http_client::idle_connections() const {
+    std::size_t n = 0;
+    for (auto& [o, v] : idle_)
+        n += v.size();
+    return n;
+}
+
+asio::awaitable<std::unique_ptr<http_client::connection>> http_client::acquire(const core::url& u, bool for_post,
+                                                                               core::http_outcome& failure) {
+    auto origin = u.origin();
+    auto now = std::chrono::steady_clock::now();
+    auto& pool = idle_[origin];
+    while (!pool.empty()) {
+        auto c = std::move(pool.back());
+        pool.pop_back();
+        auto idle = now - c->last_used;
+        if (idle > opts_.max_idle || (for_post && idle > opts_.post_reuse_idle))
+            continue; // closed by its destructor
+        c->reused = true;
+        co_return c;
+    }
+
+    auto c = std::make_unique<connection>();
+    c->origin = origin;
+    error_code ec;
+    asio::ip::tcp::resolver resolver(ex_);
+    auto endpoints = co_await resolver.async_resolve(u.host, std::to_string(u.port),
+                                                     asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+        failure.how = transport::not_sent;
+        failure.message = fmt::format("cannot resolve {}: {}", u.host, describe(ec));
+        co_return nullptr;
+    }
+    if (u.tls())
+        c->tls.emplace(ex_, tls_);
+    else
+        c->plain.emplace(ex_);
+    auto& tcp = c->tcp();
+    tcp.expires_after(opts_.timeout);
+    co_await tcp.async_connect(endpoints, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+        failure.how = transport::not_sent;
+        failure.message = fmt::format("cannot connect to {}: {}", u.host_header(), describe(ec));
+        co_return nullptr;
+    }
+    tcp.socket().set_option(asio::ip::tcp::no_delay(true), ec);
+    ++connects_;
+    if (c->tls) {
+        if (auto e = tls::prepare_client_stream(*c->tls, u.host); e) {
+            failure.how = transport::not_sent;
+            failure.message = fmt::format("TLS set-up for {} failed: {}", u.host, e.message());
+            co_return nullptr;
+        }
+        tcp.expires_after(opts_.timeout);
+        co_await c->tls->async_handshake(asio::ssl::stream_base::client,
+                                         asio::redirect_error(asio::use_awaitable, ec));
+        if (ec) {
+            failure.how = transport::not_sent;
+            std::string why = tls::verify_failure_reason(c->tls->native_handle());
+            failure.message = why.empty()
+                                  ? fmt::format("TLS handshake with {} failed: {}", u.host_header(), describe(ec))
+                                  : fmt::format("TLS handshake with {} failed: certificate not trusted: {}",
+                                                u.host_header(), why);
+            co_return nullptr;
+        }
+    }
+    co_return c;
+}
+
+void http_client::release(std::unique_ptr<connection> c) {
+    c->last_used = std::chrono::steady_clock::now();
+    c->reused = false;
+    auto& pool = idle_[c->origin];
+    if (pool.size() < opts_.max_idle_per_origin)
+        pool.push_back(std::move(c));
+}
+
+asio::awaitable<core::http_outcome> http_client::request(http::verb method, const core::url& u, std::string body,
+                                                         header_list headers, std::uint64_t max_body) {
+    http::request<http::string_body> req{method, u.target, 11};
+    req.set(http::field::host, u.host_header());
+    req.set(http::field::user_agent, "klingd/" KLINGD_VERSION);
+    req.set(http::field::accept, "application/json");
+    for (auto& [k, v] : headers)
+        req.set(k, v);
+    if (method == http::verb::post) {
+        req.set(http::field::content_type, "application/json");
+        req.body() = std::move(body);
+    }
+    req.keep_alive(true);
+    req.prepare_payload();
+
+    bool post = method == http::verb::post;
+    for (int attempt = 0;; ++attempt) {
+        core::http_outcome out;
+        auto c = co_await acquire(u, post, out);
+        if (!c)
+            co_return out;
+        bool reused = c->reused;
+        error_code ec;
+        http::response_parser<http::string_body> parser;
+        parser.header_limit(64 * 1024);
+        parser.body_limit(max_body);
+        bool wrote = false;
+        co_await c->with_stream([&](auto& s) -> asio::awaitable<void> {
+            c->tcp().expires_after(opts_.timeout);
+            co_await http::async_write(s, req, asio::redirect_error(asio::use_awaitable, ec));
+            if (ec)
+                co_return;
+            wrote = true;
+            c->tcp().expires_after(opts_.timeout);
+            co_await http::async_read(s, c->buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+        });
+        if (ec) {
+            bool nothing_back = !parser.got_some();
+            // A pooled connection the server had closed: a GET is safe to send again at once.
+            if (reused && nothing_back && is_stale_connection_error(ec) && !post && attempt == 0)
+                continue;
+            if (ec == http::error::body_limit) {
+                out.too_large = true;
+                copy_rate_headers(parser, out);
+                out.message = fmt::format("answer body larger than {} bytes", max_body);
+                co_return out;
+            }
+            out.how = (!wrote && !reused) ? transport::not_sent : transport::lost;
+            if (!wrote && reused && post)
+                out.how = transport::not_sent; // the write itself failed: nothing left
+            out.message = fmt::format("{} {} {}: {}", nothing_back ? "no answer from" : "answer cut short from",
+                                      u.host_header(), wrote ? "after sending" : "while sending", describe(ec));
+            co_return out;
+        }
+        copy_rate_headers(parser, out);
+        bool keep = parser.get().keep_alive();
+        out.body = std::move(parser.get().body());
+        if (keep)
+            release(std::move(c));
+        co_return out;
+    }
+}
+
+asio::awaitable<download_result> http_client::download(const core::url& u, const std::string& path,
+                                                       std::uint64_t max_bytes) {
+    http::request<http::empty_body> req{http::verb::get, u.target, 11};
+    req.set(http::field::host, u.host_header());
+    req.set(http::field::user_agent, "klingd/" KLINGD_VERSION);
+    req.keep_alive(true);
+
+    for (int attempt = 0;; ++attempt) {
+        download_result r;
+        auto c = co_await acquire(u, false, r.outcome);
+        if (!c)
+            co_return r;
+        bool reused = c->reused;
+        error_code ec;
+        http::response_parser<http::file_body> parser;
+        parser.header_limit(64 * 1024);
+        parser.body_limit(max_bytes);
+        parser.get().body().open(path.c_str(), beast::file_mode::write, ec);
+        if (ec) {
+            r.outcome.how = transport::not_sent;
+            r.outcome.message = fmt::format("cannot write {}: {}", path, ec.message());
+            release(std::move(c));
+            co_return r;
+        }
+        co_await c->with_stream([&](auto& s) -> asio::awaitable<void> {
+            c->tcp().expires_after(opts_.timeout);
+            co_await http::async_write(s, req, asio::redirect_error(asio::use_awaitable, ec));
+            if (ec)
+                co_return;
+            // The header first, then the body in pieces, each within the timeout.
+            c->tcp().expires_after(opts_.timeout);
+            co_await http::async_read_header(s, c->buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+            while (!ec && !parser.is_done()) {
+                c->tcp().expires_after(opts_.timeout);
+                co_await http::async_read_some(s, c->buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+            }
+        });
+        if (ec) {
+            if (reused && !parser.got_some() && is_stale_connection_error(ec) && attempt == 0)
+                continue;
+            if (parser.is_header_done())
+                copy_rate_headers(parser, r.outcome);
+            if (ec == http::error::body_limit) {
+                r.outcome.too_large = true;
+                r.outcome.message = fmt::format("download larger than {} bytes", max_bytes);
+            } else {
+                r.outcome.how = transport::lost;
+                r.outcome.message = fmt::format("download from {} failed: {}", u.host_header(), describe(ec));
+            }
+            co_return r;
+        }
+        copy_rate_headers(parser, r.outcome);
+        if (auto it = parser.get().find(http::field::content_type); it != parser.get().end())
+            r.content_type = std::string(it->value());
+        r.bytes = parser.get().body().size();
+        parser.get().body().close();
+        bool keep = parser.get().keep_alive();
+        if (keep)
+            release(std::move(c));
+        co_return r;
+    }
+}
+
+} // namespace klingd::daemon

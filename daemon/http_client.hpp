@@ -1,0 +1,74 @@
+// The HTTPS (and loopback HTTP) client: keep-alive connections pooled by origin,
+// SNI and host name verification on every TLS connection, a timeout on every
+// operation, bodies bounded in size, downloads streamed to a file. Every
+// outcome says whether the request could have reached the server, because a
+// submit whose answer was lost may have created a paid request.
+#pragma once
+
+#include "core/api_answer.hpp"
+#include "core/url.hpp"
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/beast/http/verb.hpp>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace klingd::daemon {
+
+struct client_options {
+    std::chrono::milliseconds timeout{30000};
+    std::size_t max_idle_per_origin = 4;
+    // A pooled connection idle longer than this is not used for a POST: a server
+    // that closed it meanwhile would make the POST's outcome unknown.
+    std::chrono::milliseconds post_reuse_idle{4000};
+    std::chrono::milliseconds max_idle{50000};
+};
+
+struct download_result {
+    core::http_outcome outcome; // body empty; status and headers as received
+    std::string content_type;
+    std::uint64_t bytes = 0;
+};
+
+using header_list = std::vector<std::pair<std::string, std::string>>;
+
+class http_client {
+public:
+    http_client(boost::asio::any_io_executor ex, boost::asio::ssl::context& tls, client_options opts);
+    ~http_client();
+
+    // One exchange. max_body: larger bodies are not read (outcome.too_large).
+    boost::asio::awaitable<core::http_outcome> request(boost::beast::http::verb method, const core::url& u,
+                                                       std::string body, header_list headers,
+                                                       std::uint64_t max_body);
+
+    // Streams a GET's body into path (created or truncated). A non-2xx answer,
+    // a body over max_bytes or a transport error leave a partial file to delete.
+    boost::asio::awaitable<download_result> download(const core::url& u, const std::string& path,
+                                                     std::uint64_t max_bytes);
+
+    void set_timeout(std::chrono::milliseconds t) { opts_.timeout = t; }
+    std::size_t idle_connections() const;
+    // Connections opened so far (each costs a TLS handshake).
+    std::uint64_t connects() const { return connects_; }
+
+    struct connection;
+
+private:
+    boost::asio::awaitable<std::unique_ptr<connection>> acquire(const core::url& u, bool for_post,
+                                                                core::http_outcome& failure);
+    void release(std::unique_ptr<connection> c);
+
+    boost::asio::any_io_executor ex_;
+    boost::asio::ssl::context& tls_;
+    client_options opts_;
+    std::map<std::string, std::vector<std::unique_ptr<connection>>> idle_;
+    std::uint64_t connects_ = 0;
+};
+
+} // namespace klingd::daemon

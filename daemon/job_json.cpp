@@ -1,0 +1,61 @@
+// JSON rendering of jobs and their history.
+#include "daemon/job_json.hpp"
+
+#include <boost/json.hpp>
+#include <fmt/chrono.h>
+#include <fmt/format.h>
+
+namespace klingd::daemon {
+
+namespace json = boost::json;
+
+std::string rfc3339(core::time_point t) {
+    auto secs = std::chrono::time_point_cast<std::chrono::seconds>(t);
+    auto ms = (t - secs).count();
+    return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03}Z", secs, ms);
+}
+
+namespace {
+json::value opt(const std::optional<std::string>& s) { return s ? json::value(*s) : json::value(nullptr); }
+json::value opt_time(const std::optional<core::time_point>& t) {
+    return t ? json::value(rfc3339(*t)) : json::value(nullptr);
+}
+} // namespace
+
+json::object job_to_json(const core::job& j, const std::string& blocked) {
+    json::object o;
+    o["id"] = j.id;
+    o["model"] = j.model;
+    o["state"] = core::to_string(j.state);
+    o["request_id"] = opt(j.request_id);
+    o["error"] = opt(j.error);
+    json::array outputs;
+    for (auto& p : j.outputs)
+        outputs.emplace_back(p);
+    o["outputs"] = std::move(outputs);
+    o["priority"] = j.priority;
+    o["created_at"] = rfc3339(j.created_at);
+    o["updated_at"] = rfc3339(j.updated_at);
+    o["submitted_at"] = opt_time(j.submitted_at);
+    o["finished_at"] = opt_time(j.finished_at);
+    o["attempts"] = j.attempts;
+    o["polls"] = j.polls;
+    if (j.state == core::job_state::pending && !blocked.empty())
+        o["blocked"] = blocked;
+    return o;
+}
+
+json::array history_to_json(const std::vector<storage::history_entry>& h) {
+    json::array a;
+    for (auto& e : h) {
+        json::object o;
+        o["at"] = rfc3339(e.at);
+        o["state"] = e.state;
+        o["note"] = e.note;
+        o["request_id"] = opt(e.request_id);
+        a.push_back(std::move(o));
+    }
+    return a;
+}
+
+} // namespace klingd::daemon

@@ -1,0 +1,21 @@
+// The job object of the control API (interface.md): id, model, state,
+// request_id, error, outputs, priority, created_at, updated_at, attempts,
+// polls, and more; times as RFC 3339 UTC.
+#pragma once
+
+#include "core/job.hpp"
+#include "storage/job_store.hpp"
+
+#include <boost/json/object.hpp>
+#include <string>
+#include <vector>
+
+namespace klingd::daemon {
+
+std::string rfc3339(core::time_point t);
+
+// blocked: why a pending job is not being submitted now (paused, 401, 406), or "".
+boost::json::object job_to_json(const core::job& j, const std::string& blocked = {});
+boost::json::array history_to_json(const std::vector<storage::history_entry>& h);
+
+} // namespace klingd::daemon

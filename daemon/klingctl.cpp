@@ -1,0 +1,427 @@
+// klingctl: the command line client of klingd's control socket (interface.md,
+// "klingctl"). Exit codes: 0 success, 1 a job failed/expired/was cancelled/was
+// not found (or a request was refused), 2 usage, 3 klingd unreachable, 4 wait timed out.
+#include <CLI/CLI.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/beast/core/basic_stream.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/json.hpp>
+#include <chrono>
+#include <cstdio>
+#include <fmt/format.h>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+#include <thread>
+#include <unistd.h>
+
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace json = boost::json;
+using local = asio::local::stream_protocol;
+
+constexpr int exit_ok = 0, exit_job = 1, exit_usage = 2, exit_unreachable = 3, exit_timeout = 4;
+
+struct unreachable : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+struct reply {
+    int status = 0;
+    json::value body;
+    std::string text;
+};
+
+class client {
+public:
+    explicit client(std::string socket) : socket_(std::move(socket)) {}
+
+    // Throws unreachable when the socket cannot be used.
+    reply call(http::verb method, const std::string& target, const std::string& body = {}) {
+        asio::io_context io;
+        beast::basic_stream<local> stream(io);
+        boost::system::error_code ec;
+        stream.expires_after(std::chrono::seconds(30));
+        stream.socket().connect(local::endpoint(socket_), ec);
+        if (ec)
+            throw unreachable(fmt::format("cannot reach klingd at {}: {} (is klingd running? is your user in the "
+                                          "socket's group? set --socket or $KLINGD_SOCKET)",
+                                          socket_, ec.message()));
+        http::request<http::string_body> req{method, target, 11};
+        req.set(http::field::host, "localhost");
+        req.set(http::field::user_agent, "klingctl");
+        if (!body.empty()) {
+            req.set(http::field::content_type, "application/json");
+            req.body() = body;
+        }
+        req.prepare_payload();
+        http::write(stream, req, ec);
+        beast::flat_buffer buf;
+        http::response_parser<http::string_body> parser;
+        parser.body_limit(256u << 20);
+        if (!ec)
+            http::read(stream, buf, parser, ec);
+        if (ec)
+            throw unreachable(fmt::format("klingd at {} did not answer: {}", socket_, ec.message()));
+        reply r;
+        r.status = static_cast<int>(parser.get().result_int());
+        r.text = parser.get().body();
+        boost::system::error_code jec;
+        r.body = json::parse(r.text, jec);
+        return r;
+    }
+
+private:
+    std::string socket_;
+};
+
+bool color_output() { return ::isatty(1) && !std::getenv("NO_COLOR"); }
+
+std::string str(const json::value& v, std::string_view key) {
+    if (!v.is_object())
+        return {};
+    auto it = v.as_object().find(key);
+    if (it == v.as_object().end() || it->value().is_null())
+        return {};
+    if (it->value().is_string())
+        return std::string(it->value().as_string());
+    return json::serialize(it->value());
+}
+
+std::string error_of(const reply& r) {
+    auto e = str(r.body, "error");
+    return e.empty() ? fmt::format("HTTP {}: {}", r.status, r.text.substr(0, 200)) : e;
+}
+
+std::string paint(const std::string& state, bool color) {
+    if (!color)
+        return state;
+    const char* c = state == "completed"                       ? "32"
+                    : state == "failed" || state == "expired"   ? "31"
+                    : state == "cancelled"                      ? "90"
+                    : state == "pending"                        ? "33"
+                                                                : "36";
+    return fmt::format("\033[{}m{}\033[0m", c, state);
+}
+
+// "3s ago", "5m ago", "2h ago", "4d ago" for an RFC 3339 UTC time.
+std::string ago(const std::string& rfc3339) {
+    std::tm tm{};
+    std::istringstream in(rfc3339);
+    in >> std::get_time(&tm, "%Y-%m-%dT%H:%M:%S");
+    if (in.fail())
+        return rfc3339;
+    auto t = std::chrono::system_clock::from_time_t(timegm(&tm));
+    auto s = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now() - t).count();
+    if (s < 0)
+        s = 0;
+    if (s < 120)
+        return fmt::format("{}s ago", s);
+    if (s < 7200)
+        return fmt::format("{}m ago", s / 60);
+    if (s < 172800)
+        return fmt::format("{}h ago", s / 3600);
+    return fmt::format("{}d ago", s / 86400);
+}
+
+bool terminal(const std::string& s) {
+    return s == "completed" || s == "failed" || s == "expired" || s == "cancelled";
+}
+
+std::string query_escape(const std::string& s) {
+    std::string out;
+    for (unsigned char c : s) {
+        if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~')
+            out += static_cast<char>(c);
+        else
+            out += fmt::format("%{:02X}", c);
+    }
+    return out;
+}
+
+void print_table(const json::array& jobs) {
+    bool color = color_output();
+    std::vector<std::array<std::string, 6>> rows;
+    rows.push_back({"ID", "STATE", "MODEL", "UPDATED", "TRIES/POLLS", "ERROR"});
+    for (auto& j : jobs) {
+        std::string err = str(j, "error");
+        if (err.empty())
+            err = str(j, "blocked");
+        if (err.size() > 60)
+            err = err.substr(0, 57) + "...";
+        rows.push_back({str(j, "id"), str(j, "state"), str(j, "model"), ago(str(j, "updated_at")),
+                        fmt::format("{}/{}", str(j, "attempts"), str(j, "polls")), err});
+    }
+    std::array<std::size_t, 6> width{};
+    for (auto& r : rows)
+        for (std::size_t i = 0; i < r.size(); ++i)
+            width[i] = std::max(width[i], r[i].size());
+    for (std::size_t k = 0; k < rows.size(); ++k) {
+        auto& r = rows[k];
+        std::string line;
+        for (std::size_t i = 0; i < r.size(); ++i) {
+            std::string cell = (i == 1 && k > 0) ? paint(r[i], color) : r[i];
+            line += cell;
+            if (i + 1 < r.size())
+                line += std::string(width[i] - r[i].size() + 2, ' ');
+        }
+        while (!line.empty() && line.back() == ' ')
+            line.pop_back();
+        std::puts(line.c_str());
+    }
+}
+
+int cmd_submit(client& c, const std::vector<std::string>& files) {
+    int rc = exit_ok;
+    for (auto& f : files) {
+        std::ifstream in(f, std::ios::binary);
+        if (!in) {
+            std::fprintf(stderr, "klingctl: cannot read %s\n", f.c_str());
+            rc = exit_job;
+            continue;
+        }
+        std::ostringstream s;
+        s << in.rdbuf();
+        std::string body = s.str();
+        // As in the spool, a file without "id" takes its name (without .json) as the id.
+        boost::system::error_code ec;
+        auto v = json::parse(body, ec);
+        if (!ec && v.is_object() && !v.as_object().contains("id")) {
+            std::string name = f.substr(f.find_last_of('/') == std::string::npos ? 0 : f.find_last_of('/') + 1);
+            if (name.ends_with(".json"))
+                name.resize(name.size() - 5);
+            v.as_object()["id"] = name;
+            body = json::serialize(v);
+        }
+        auto r = c.call(http::verb::post, "/v1/jobs", body);
+        if (r.status == 200 || r.status == 201) {
+            std::puts(str(r.body, "id").c_str());
+        } else {
+            std::fprintf(stderr, "klingctl: %s: %s\n", f.c_str(), error_of(r).c_str());
+            rc = exit_job;
+        }
+    }
+    return rc;
+}
+
+int cmd_list(client& c, const std::string& state, const std::string& model, std::size_t limit, bool as_json) {
+    json::array all;
+    std::string after;
+    for (;;) {
+        std::size_t page = limit ? std::min<std::size_t>(limit - all.size(), 1000) : 1000;
+        std::string target = fmt::format("/v1/jobs?limit={}", page);
+        if (!state.empty())
+            target += "&state=" + query_escape(state);
+        if (!model.empty())
+            target += "&model=" + query_escape(model);
+        if (!after.empty())
+            target += "&after=" + query_escape(after);
+        auto r = c.call(http::verb::get, target);
+        if (r.status != 200) {
+            std::fprintf(stderr, "klingctl: %s\n", error_of(r).c_str());
+            return r.status == 400 ? exit_usage : exit_job;
+        }
+        for (auto& j : r.body.at("jobs").as_array())
+            all.push_back(j);
+        after = str(r.body, "next");
+        if (after.empty() || (limit && all.size() >= limit))
+            break;
+    }
+    if (as_json)
+        std::puts(json::serialize(all).c_str());
+    else
+        print_table(all);
+    return exit_ok;
+}
+
+int cmd_show(client& c, const std::string& id, bool as_json) {
+    auto r = c.call(http::verb::get, "/v1/jobs/" + query_escape(id));
+    if (r.status != 200) {
+        std::fprintf(stderr, "klingctl: %s\n", error_of(r).c_str());
+        return exit_job;
+    }
+    if (as_json) {
+        std::puts(json::serialize(r.body).c_str());
+        return exit_ok;
+    }
+    bool color = color_output();
+    const auto& o = r.body.as_object();
+    for (auto key : {"id", "model", "state", "request_id", "priority", "attempts", "polls", "created_at",
+                     "submitted_at", "finished_at", "updated_at", "error", "blocked"}) {
+        auto v = str(r.body, key);
+        if (v.empty() && key != std::string_view("request_id") && key != std::string_view("error"))
+            continue;
+        std::printf("%-13s %s\n", (std::string(key) + ":").c_str(),
+                    key == std::string_view("state") ? paint(v, color).c_str() : (v.empty() ? "-" : v.c_str()));
+    }
+    std::puts("outputs:");
+    for (auto& p : o.at("outputs").as_array())
+        std::printf("  %s\n", std::string(p.as_string()).c_str());
+    std::puts("history:");
+    if (auto h = o.find("history"); h != o.end())
+        for (auto& e : h->value().as_array())
+            std::printf("  %s  %-10s %s\n", str(e, "at").c_str(), str(e, "state").c_str(), str(e, "note").c_str());
+    return exit_ok;
+}
+
+int cmd_wait(client& c, const std::vector<std::string>& ids, double timeout_s) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<long>(timeout_s * 1000));
+    std::map<std::string, std::string> final;
+    while (true) {
+        for (auto& id : ids) {
+            if (final.count(id))
+                continue;
+            auto r = c.call(http::verb::get, "/v1/jobs/" + query_escape(id));
+            if (r.status == 404) {
+                final[id] = "not found";
+                continue;
+            }
+            if (r.status != 200) {
+                std::fprintf(stderr, "klingctl: %s: %s\n", id.c_str(), error_of(r).c_str());
+                final[id] = "error";
+                continue;
+            }
+            auto st = str(r.body, "state");
+            if (terminal(st))
+                final[id] = st + (st == "completed" ? "" : ": " + str(r.body, "error"));
+        }
+        if (final.size() == ids.size())
+            break;
+        if (timeout_s > 0 && std::chrono::steady_clock::now() >= deadline) {
+            for (auto& id : ids)
+                if (!final.count(id))
+                    std::printf("%s: still running\n", id.c_str());
+            return exit_timeout;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    }
+    int rc = exit_ok;
+    for (auto& id : ids) {
+        std::printf("%s: %s\n", id.c_str(), final[id].c_str());
+        if (final[id] != "completed")
+            rc = exit_job;
+    }
+    return rc;
+}
+
+int cmd_action(client& c, const std::string& target) {
+    auto r = c.call(http::verb::post, target);
+    if (r.status != 200) {
+        std::fprintf(stderr, "klingctl: %s\n", error_of(r).c_str());
+        return exit_job;
+    }
+    if (auto s = str(r.body, "state"); !s.empty())
+        std::printf("%s: %s\n", str(r.body, "id").c_str(), s.c_str());
+    else
+        std::puts(r.text.c_str());
+    return exit_ok;
+}
+
+int cmd_stats(client& c, bool as_json) {
+    auto r = c.call(http::verb::get, "/v1/stats");
+    if (r.status != 200) {
+        std::fprintf(stderr, "klingctl: %s\n", error_of(r).c_str());
+        return exit_job;
+    }
+    if (as_json) {
+        std::puts(json::serialize(r.body).c_str());
+        return exit_ok;
+    }
+    const auto& o = r.body.as_object();
+    std::puts("jobs:");
+    for (auto& [k, v] : o.at("jobs").as_object())
+        std::printf("  %-11s %s\n", std::string(k).c_str(), json::serialize(v).c_str());
+    std::puts("API requests:");
+    for (auto& [kind, codes] : o.at("requests").as_object()) {
+        std::string line;
+        for (auto& [code, n] : codes.as_object())
+            line += fmt::format(" {}={}", std::string_view(code), json::serialize(n));
+        std::printf("  %-7s%s\n", std::string(kind).c_str(), line.c_str());
+    }
+    const auto& b = o.at("budget").as_object();
+    std::printf("budget: %s requests/min allowed now (configured %s), %s used in the last minute\n",
+                json::serialize(b.at("allowed_rpm")).c_str(), json::serialize(b.at("configured_rpm")).c_str(),
+                json::serialize(b.at("used_last_minute")).c_str());
+    std::printf("429 answers: %s\n", json::serialize(o.at("rate_limited")).c_str());
+    auto blocked = str(r.body, "submissions_blocked");
+    std::printf("submissions: %s\n", blocked.empty() ? "going" : blocked.c_str());
+    return exit_ok;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"klingctl: control klingd over its Unix socket"};
+    app.require_subcommand(1);
+    std::string socket = std::getenv("KLINGD_SOCKET") ? std::getenv("KLINGD_SOCKET") : "/run/klingd/klingd.sock";
+    app.add_option("--socket", socket, "klingd's control socket (default: $KLINGD_SOCKET, else /run/klingd/klingd.sock)");
+
+    std::vector<std::string> files, ids;
+    std::string id, state, model;
+    bool as_json = false;
+    double timeout = 0;
+    std::size_t limit = 0;
+
+    auto* submit = app.add_subcommand("submit", "send job files, print each id");
+    submit->add_option("FILE", files, "job files")->required();
+    auto* list = app.add_subcommand("list", "list jobs");
+    list->add_option("--state", state, "only jobs in this state");
+    list->add_option("--model", model, "only jobs of this model");
+    list->add_option("--limit", limit, "at most this many");
+    list->add_flag("--json", as_json, "print the JSON array of job objects");
+    auto* show = app.add_subcommand("show", "one job, with its history");
+    show->add_option("ID", id, "job id")->required();
+    show->add_flag("--json", as_json, "print the job object");
+    auto* wait = app.add_subcommand("wait", "block until the jobs are terminal; exit 0 when all completed");
+    wait->add_option("ID", ids, "job ids")->required();
+    wait->add_option("--timeout", timeout, "give up after this many seconds (exit 4)");
+    auto* cancel = app.add_subcommand("cancel", "cancel a pending job");
+    cancel->add_option("ID", id, "job id")->required();
+    auto* retry = app.add_subcommand("retry", "submit a failed or expired job again");
+    retry->add_option("ID", id, "job id")->required();
+    auto* pause = app.add_subcommand("pause", "stop submitting (polling goes on)");
+    auto* resume = app.add_subcommand("resume", "submit again");
+    auto* stats = app.add_subcommand("stats", "jobs by state, API requests, budget");
+    stats->add_flag("--json", as_json, "print the JSON");
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        int rc = app.exit(e);
+        return rc == 0 ? exit_ok : exit_usage;
+    }
+    client c(socket);
+    try {
+        if (*submit)
+            return cmd_submit(c, files);
+        if (*list)
+            return cmd_list(c, state, model, limit, as_json);
+        if (*show)
+            return cmd_show(c, id, as_json);
+        if (*wait)
+            return cmd_wait(c, ids, timeout);
+        if (*cancel)
+            return cmd_action(c, "/v1/jobs/" + query_escape(id) + "/cancel");
+        if (*retry)
+            return cmd_action(c, "/v1/jobs/" + query_escape(id) + "/retry");
+        if (*pause)
+            return cmd_action(c, "/v1/pause");
+        if (*resume)
+            return cmd_action(c, "/v1/resume");
+        if (*stats)
+            return cmd_stats(c, as_json);
+    } catch (const unreachable& e) {
+        std::fprintf(stderr, "klingctl: %s\n", e.what());
+        return exit_unreachable;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "klingctl: unexpected answer: %s\n", e.what());
+        return exit_job;
+    }
+    return exit_usage;
+}

@@ -1,0 +1,84 @@
+// openat/renameat on a folder handle opened with O_NOFOLLOW.
+#include "daemon/output_dir.hpp"
+
+#include <cerrno>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace klingd::daemon {
+
+namespace {
+boost::system::error_code last_error() { return {errno, boost::system::system_category()}; }
+} // namespace
+
+boost::system::result<output_dir> output_dir::open(const std::string& root, const std::string& job_id) {
+    std::string path = root + "/" + job_id;
+    if (::mkdir(path.c_str(), 0750) != 0 && errno != EEXIST)
+        return last_error();
+    int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return last_error(); // ELOOP for a symlink, ENOTDIR for a file
+    return output_dir(std::move(path), fd);
+}
+
+output_dir::output_dir(output_dir&& o) noexcept : path_(std::move(o.path_)), fd_(o.fd_) { o.fd_ = -1; }
+
+output_dir::~output_dir() {
+    if (fd_ >= 0)
+        ::close(fd_);
+}
+
+std::string output_dir::temp_path(const std::string& name) const {
+    return "/proc/self/fd/" + std::to_string(fd_) + "/" + name;
+}
+
+void output_dir::remove(const std::string& name) const { ::unlinkat(fd_, name.c_str(), 0); }
+
+boost::system::error_code output_dir::write_atomically(const std::string& name, const std::string& content) const {
+    std::string tmp = "." + name + ".tmp";
+    remove(tmp);
+    int fd = ::openat(fd_, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return last_error();
+    const char* p = content.data();
+    std::size_t left = content.size();
+    while (left > 0) {
+        ssize_t n = ::write(fd, p, left);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            auto ec = last_error();
+            ::close(fd);
+            remove(tmp);
+            return ec;
+        }
+        p += n;
+        left -= static_cast<std::size_t>(n);
+    }
+    if (::close(fd) != 0) {
+        auto ec = last_error();
+        remove(tmp);
+        return ec;
+    }
+    return commit(tmp, name);
+}
+
+boost::system::error_code output_dir::commit(const std::string& temp, const std::string& final_name) const {
+    int fd = ::openat(fd_, temp.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return last_error();
+    if (::fsync(fd) != 0) {
+        auto ec = last_error();
+        ::close(fd);
+        return ec;
+    }
+    ::close(fd);
+    if (::renameat(fd_, temp.c_str(), fd_, final_name.c_str()) != 0)
+        return last_error();
+    if (::fsync(fd_) != 0)
+        return last_error();
+    return {};
+}
+
+} // namespace klingd::daemon

@@ -1,0 +1,290 @@
+// inotify events and directory scans feed batches of names to take().
+#include "daemon/spool.hpp"
+
+#include "core/job_spec.hpp"
+#include "runtime/log.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <cerrno>
+#include <cstring>
+#include <dirent.h>
+#include <fcntl.h>
+#include <filesystem>
+#include <fmt/format.h>
+#include <stdexcept>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace klingd::daemon {
+
+namespace asio = boost::asio;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr std::size_t batch_size = 512;
+
+bool ignored(const std::string& name) {
+    return name.empty() || name.front() == '.' || name.ends_with(".tmp");
+}
+
+void make_dir(const std::string& path) {
+    std::error_code ec;
+    fs::create_directories(path, ec);
+    if (ec)
+        throw std::runtime_error(fmt::format("cannot create {}: {}", path, ec.message()));
+    if (fs::is_symlink(path) || !fs::is_directory(path))
+        throw std::runtime_error(fmt::format("{} is not a folder", path));
+}
+
+// What a file name looks like in a one-line message: control characters escaped.
+std::string printable(const std::string& s) {
+    std::string out;
+    for (unsigned char c : s.substr(0, 200)) {
+        if (c < 0x20 || c == 0x7f)
+            out += fmt::format("\\x{:02x}", c);
+        else
+            out += static_cast<char>(c);
+    }
+    return out;
+}
+
+} // namespace
+
+spool::spool(asio::io_context& io, const config::settings& s, engine& e)
+    : io_(io), settings_(s), engine_(e), incoming_(s.spool.directory + "/incoming"),
+      accepted_(s.spool.directory + "/accepted"), rejected_(s.spool.directory + "/rejected") {}
+
+spool::~spool() { stop(); }
+
+void spool::start() {
+    for (auto* d : {&incoming_, &accepted_, &rejected_})
+        make_dir(*d);
+    inotify_fd_ = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (inotify_fd_ < 0)
+        throw std::runtime_error(fmt::format("inotify: {}", std::strerror(errno)));
+    events_.emplace(io_, inotify_fd_);
+    if (!add_watch())
+        throw std::runtime_error(fmt::format("cannot watch {}: {}", incoming_, std::strerror(errno)));
+    asio::co_spawn(io_, watch(), asio::detached);
+}
+
+bool spool::add_watch() {
+    watch_ = ::inotify_add_watch(inotify_fd_, incoming_.c_str(), IN_CLOSE_WRITE | IN_MOVED_TO | IN_ONLYDIR);
+    return watch_ >= 0;
+}
+
+void spool::stop() {
+    stopping_ = true;
+    if (events_) {
+        boost::system::error_code ec;
+        events_->close(ec); // closes inotify_fd_
+        events_.reset();
+        inotify_fd_ = -1;
+    }
+}
+
+asio::awaitable<std::size_t> spool::scan() {
+    std::vector<std::string> names;
+    std::size_t seen = 0;
+    DIR* d = ::opendir(incoming_.c_str());
+    if (!d) {
+        log::error("spool: cannot read {}: {}", incoming_, std::strerror(errno));
+        co_return 0;
+    }
+    while (auto* e = ::readdir(d)) {
+        std::string name = e->d_name;
+        if (ignored(name))
+            continue;
+        names.push_back(std::move(name));
+    }
+    ::closedir(d);
+    std::sort(names.begin(), names.end());
+    for (std::size_t i = 0; i < names.size() && !stopping_; i += batch_size) {
+        std::vector<std::string> batch(names.begin() + static_cast<long>(i),
+                                       names.begin() + static_cast<long>(std::min(names.size(), i + batch_size)));
+        take(batch);
+        seen += batch.size();
+        co_await asio::post(io_, asio::use_awaitable); // let the rest of the loop run between batches
+    }
+    co_return seen;
+}
+
+asio::awaitable<void> spool::watch() {
+    alignas(inotify_event) char buf[64 * 1024];
+    asio::steady_timer retry(io_);
+    while (!stopping_ && events_) {
+        boost::system::error_code ec;
+        std::size_t n = co_await events_->async_read_some(asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
+        if (stopping_ || !events_)
+            co_return;
+        if (ec) {
+            log::error("spool: reading inotify events failed: {}", ec.message());
+            co_return;
+        }
+        std::vector<std::string> names;
+        bool rescan = false, lost_watch = false;
+        for (std::size_t off = 0; off < n;) {
+            auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
+            off += sizeof(inotify_event) + ev->len;
+            if (ev->mask & IN_Q_OVERFLOW)
+                rescan = true;
+            if (ev->mask & IN_IGNORED)
+                lost_watch = true;
+            if (ev->len > 0 && (ev->mask & (IN_CLOSE_WRITE | IN_MOVED_TO))) {
+                std::string name(ev->name);
+                if (!ignored(name))
+                    names.push_back(std::move(name));
+            }
+        }
+        for (std::size_t i = 0; i < names.size(); i += batch_size)
+            take(std::vector<std::string>(names.begin() + static_cast<long>(i),
+                                          names.begin() + static_cast<long>(std::min(names.size(), i + batch_size))));
+        if (lost_watch) {
+            log::error("spool: {} was removed or is no longer readable; intake resumes when it is back", incoming_);
+            while (!stopping_ && !add_watch()) {
+                retry.expires_after(std::chrono::seconds(1));
+                co_await retry.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+            }
+            if (stopping_)
+                co_return;
+            log::notice("spool: watching {} again", incoming_);
+            rescan = true;
+        }
+        if (rescan)
+            co_await scan();
+    }
+}
+
+void spool::take(const std::vector<std::string>& names) {
+    std::vector<core::job_spec> specs;
+    std::vector<std::string> sources, files;
+    for (const auto& name : names) {
+        std::string path = incoming_ + "/" + name;
+        int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0) {
+            if (errno == ENOENT)
+                continue; // taken already (a scan and an event for the same file)
+            if (errno == ELOOP) {
+                reject(name, "is a symbolic link; put the job file itself into incoming/");
+                continue;
+            }
+            log::error("spool: cannot open {}: {}", path, std::strerror(errno));
+            continue;
+        }
+        struct stat st{};
+        ::fstat(fd, &st);
+        if (!S_ISREG(st.st_mode)) {
+            ::close(fd);
+            reject(name, "is not a regular file");
+            continue;
+        }
+        if (!name.ends_with(".json")) {
+            ::close(fd);
+            reject(name, "only *.json files are taken (write to a .tmp or dot name, then rename to NAME.json)");
+            continue;
+        }
+        if (static_cast<std::uint64_t>(st.st_size) > settings_.spool.max_file_bytes) {
+            ::close(fd);
+            reject(name, fmt::format("the file is {} bytes; spool.max_file_bytes allows {}", st.st_size,
+                                     settings_.spool.max_file_bytes));
+            continue;
+        }
+        std::string text(static_cast<std::size_t>(st.st_size), '\0');
+        std::size_t got = 0;
+        while (got < text.size()) {
+            ssize_t r = ::read(fd, text.data() + got, text.size() - got);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0)
+                break;
+            got += static_cast<std::size_t>(r);
+        }
+        ::close(fd);
+        text.resize(got);
+        auto parsed = core::parse_job_spec(text, name.substr(0, name.size() - 5));
+        if (!parsed.spec) {
+            reject(name, parsed.error);
+            continue;
+        }
+        specs.push_back(std::move(*parsed.spec));
+        sources.push_back("spool:" + name);
+        files.push_back(name);
+    }
+    if (specs.empty())
+        return;
+    std::vector<storage::insert_outcome> outcomes;
+    try {
+        outcomes = engine_.add_jobs(specs, sources);
+    } catch (const std::exception& e) {
+        // Not recorded: the files stay in incoming/ and are taken at the next scan or start.
+        log::error("spool: cannot record {} jobs: {}; their files stay in {}", specs.size(), e.what(), incoming_);
+        return;
+    }
+    for (std::size_t i = 0; i < specs.size(); ++i) {
+        switch (outcomes[i]) {
+        case storage::insert_outcome::inserted:
+            log::info("job {}: accepted from {}", specs[i].id, printable(files[i]));
+            move_to(files[i], accepted_);
+            break;
+        case storage::insert_outcome::same_content:
+            log::info("job {}: {} repeats a job already recorded; nothing to do", specs[i].id, printable(files[i]));
+            move_to(files[i], accepted_);
+            break;
+        case storage::insert_outcome::conflict:
+            reject(files[i], fmt::format("id \"{}\" is taken by a job with other content (a job id is unique for "
+                                         "the life of the database; use another id)",
+                                         specs[i].id));
+            break;
+        }
+    }
+}
+
+namespace {
+// folder/name, or folder/name.N when that is taken.
+std::string free_name(const std::string& folder, const std::string& name) {
+    std::string to = folder + "/" + name;
+    for (int n = 1; ::access(to.c_str(), F_OK) == 0 && n < 100000; ++n)
+        to = fmt::format("{}/{}.{}", folder, name, n);
+    return to;
+}
+} // namespace
+
+void spool::move_to(const std::string& name, const std::string& folder) {
+    std::string from = incoming_ + "/" + name;
+    std::string to = free_name(folder, name);
+    if (::rename(from.c_str(), to.c_str()) != 0)
+        log::error("spool: cannot move {} to {}: {}", from, to, std::strerror(errno));
+}
+
+void spool::reject(const std::string& name, const std::string& why) {
+    std::string line = fmt::format("{}: {}", printable(name), why);
+    for (auto& c : line)
+        if (c == '\n' || c == '\r')
+            c = ' ';
+    log::warning("spool: rejected {}", line);
+    std::string to = free_name(rejected_, name);
+    std::string error_path = to + ".error";
+    std::string tmp = rejected_ + "/.error.tmp";
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0640);
+    if (fd >= 0) {
+        line += '\n';
+        bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+        ::close(fd);
+        if (!ok || ::rename(tmp.c_str(), error_path.c_str()) != 0)
+            log::error("spool: cannot write {}: {}", error_path, std::strerror(errno));
+    } else {
+        log::error("spool: cannot write {}: {}", error_path, std::strerror(errno));
+    }
+    std::string from = incoming_ + "/" + name;
+    if (::rename(from.c_str(), to.c_str()) != 0)
+        log::error("spool: cannot move {} to {}: {}", from, to, std::strerror(errno));
+}
+
+} // namespace klingd::daemon

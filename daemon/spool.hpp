@@ -1,0 +1,51 @@
+// Spool intake: <spool>/incoming/ is watched with inotify and scanned at start.
+// Each *.json file is validated, recorded durably (many per transaction), then
+// moved to accepted/; a bad file goes to rejected/ with <name>.error beside it,
+// one line saying what is wrong. Names starting with '.' or ending in .tmp are
+// left alone (write, then rename into place). A crash between recording and
+// moving finds the file again; the same id and content is then a no-op.
+#pragma once
+
+#include "config/settings.hpp"
+#include "daemon/engine.hpp"
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <string>
+#include <vector>
+
+namespace klingd::daemon {
+
+class spool {
+public:
+    spool(boost::asio::io_context& io, const config::settings& s, engine& e);
+    ~spool();
+
+    // Creates incoming/, accepted/ and rejected/ where missing and starts the
+    // watch. Throws std::runtime_error naming the folder when that fails.
+    void start();
+    // Takes every file now in incoming/ (the start-up scan); returns how many were looked at.
+    boost::asio::awaitable<std::size_t> scan();
+    void stop();
+
+    const std::string& incoming() const { return incoming_; }
+
+private:
+    boost::asio::awaitable<void> watch();
+    bool add_watch();
+    void take(const std::vector<std::string>& names);
+    void reject(const std::string& name, const std::string& why);
+    void move_to(const std::string& name, const std::string& folder);
+
+    boost::asio::io_context& io_;
+    const config::settings& settings_;
+    engine& engine_;
+    std::string incoming_, accepted_, rejected_;
+    int inotify_fd_ = -1;
+    int watch_ = -1;
+    std::optional<boost::asio::posix::stream_descriptor> events_;
+    bool stopping_ = false;
+};
+
+} // namespace klingd::daemon
