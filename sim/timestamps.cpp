@@ -43,7 +43,8 @@ std::string reset_header_value(time_point t, reset_format f) {
     case reset_format::iso_frac:
         break;
     }
-    return rfc3339_ms(t);
+    return rfc3339_ms(
+        time_point(std::chrono::ceil<std::chrono::milliseconds>(t.time_since_epoch())));
 }
 
 duration scaled(double api_seconds, double time_scale) {

@@ -17,8 +17,8 @@ using duration = std::chrono::nanoseconds;
 std::string rfc3339_ms(time_point t);
 // Milliseconds since the Unix epoch.
 std::int64_t unix_ms(time_point t);
-// The x-rate-limit-reset-at-utc value for t. Whole-second formats round up, so
-// that waiting until the stated time is always enough.
+// The x-rate-limit-reset-at-utc value for t, rounded up to the format's
+// precision so that waiting until the stated time is always enough.
 std::string reset_header_value(time_point t, reset_format f);
 // API seconds to real time under a time scale.
 duration scaled(double api_seconds, double time_scale);

@@ -1,6 +1,7 @@
-// Unit tests of the media bytes: deterministic, format signatures first, and
-// any range equal to the same range of the whole file.
+// Unit tests of the media bytes (deterministic, format signatures first, any
+// range equal to the same range of the whole file) and of the time renderings.
 #include "sim/media.hpp"
+#include "sim/timestamps.hpp"
 
 #include <gtest/gtest.h>
 #include <string>
@@ -44,6 +45,24 @@ TEST(media, content_types_and_extensions) {
     EXPECT_EQ(content_type(media_kind::jpg), "image/jpeg");
     EXPECT_EQ(content_type(media_kind::mp4), "video/mp4");
     EXPECT_EQ(extension(media_kind::jpg), "jpg");
+}
+
+TEST(timestamps, reset_header_rounds_up_to_its_precision) {
+    auto t = time_point(std::chrono::seconds(1767225600)) + std::chrono::microseconds(123'400);
+    EXPECT_EQ(rfc3339_ms(t), "2026-01-01T00:00:00.123Z");
+    EXPECT_EQ(reset_header_value(t, reset_format::iso_frac), "2026-01-01T00:00:00.124Z");
+    EXPECT_EQ(reset_header_value(t, reset_format::iso), "2026-01-01T00:00:01Z");
+    EXPECT_EQ(reset_header_value(t, reset_format::epoch), "1767225601");
+    auto whole = time_point(std::chrono::seconds(1767225660));
+    EXPECT_EQ(reset_header_value(whole, reset_format::iso_frac), "2026-01-01T00:01:00.000Z");
+    EXPECT_EQ(reset_header_value(whole, reset_format::epoch), "1767225660");
+    EXPECT_EQ(unix_ms(t), 1767225600123);
+}
+
+TEST(timestamps, scaled_durations) {
+    EXPECT_EQ(scaled(223, 0.01), std::chrono::milliseconds(2230));
+    EXPECT_EQ(scaled(60, 0.01), std::chrono::milliseconds(600));
+    EXPECT_EQ(scaled(1, 1), std::chrono::seconds(1));
 }
 
 } // namespace
