@@ -1,0 +1,487 @@
+// The emulated service: request records whose state follows from the time
+// they were submitted, checks in the order a gateway and then the API apply
+// them, and the statistics. Every random choice comes from one seeded generator.
+#include "sim/service.hpp"
+
+#include "sim/params.hpp"
+
+#include <boost/json.hpp>
+#include <cctype>
+#include <cmath>
+#include <fmt/format.h>
+#include <openssl/evp.h>
+
+namespace klingd::sim {
+namespace json = boost::json;
+
+namespace {
+
+constexpr double media_lifetime_s = 7 * 24 * 3600;
+constexpr double invalid_input_run_s = 1;
+constexpr std::size_t prompt_chars_kept = 200;
+
+api_answer json_answer(unsigned status, const json::value& v) {
+    return {status, json::serialize(v), "application/json", {}};
+}
+
+api_answer error_answer(unsigned status, std::string_view message) {
+    return json_answer(status, json::object{{"error", message}});
+}
+
+std::string sha256_hex(std::string_view data) {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    EVP_Digest(data.data(), data.size(), md, &n, EVP_sha256(), nullptr);
+    std::string out;
+    out.reserve(2 * n);
+    for (unsigned i = 0; i < n; ++i)
+        out += fmt::format("{:02x}", md[i]);
+    return out;
+}
+
+// The first max_chars UTF-8 characters of s.
+std::string first_chars(std::string_view s, std::size_t max_chars) {
+    std::size_t chars = 0;
+    std::size_t i = 0;
+    for (; i < s.size(); ++i) {
+        if ((static_cast<unsigned char>(s[i]) & 0xC0) != 0x80 && chars++ == max_chars)
+            break;
+    }
+    return std::string(s.substr(0, i));
+}
+
+bool is_json_content_type(std::string_view ct) {
+    auto semi = ct.find(';');
+    auto type = ct.substr(0, semi);
+    while (!type.empty() && type.back() == ' ')
+        type.remove_suffix(1);
+    constexpr std::string_view want = "application/json";
+    if (type.size() != want.size())
+        return false;
+    for (std::size_t i = 0; i < want.size(); ++i) {
+        if (std::tolower(static_cast<unsigned char>(type[i])) != want[i])
+            return false;
+    }
+    return true;
+}
+
+double round_ms(double s) {
+    return std::round(s * 1000) / 1000;
+}
+
+const char* state_name(int s) {
+    static constexpr const char* names[] = {"QUEUED", "PROCESSING", "COMPLETED", "FAILED"};
+    return names[s];
+}
+
+void put_time(json::object& o, const char* name, std::optional<time_point> t) {
+    if (t) {
+        o[name] = rfc3339_ms(*t);
+        o[std::string(name) + "_ms"] = unix_ms(*t);
+    } else {
+        o[name] = nullptr;
+        o[std::string(name) + "_ms"] = nullptr;
+    }
+}
+
+json::object metrics_of(double queue_s, double run_s, int st) {
+    json::object m;
+    if (st >= 1)
+        m["queue_time"] = round_ms(queue_s);
+    if (st >= 2)
+        m["inference_time"] = round_ms(run_s);
+    return m;
+}
+
+// The set_* helpers store v in out, or return what v must be and leave out alone.
+const char* set_number(const json::value& v, double min, double max, const char* must,
+                       double& out) {
+    if (!v.is_number() || v.to_number<double>() < min || v.to_number<double>() > max)
+        return must;
+    out = v.to_number<double>();
+    return nullptr;
+}
+
+template <typename Int>
+const char* set_integer(const json::value& v, long long min, Int& out) {
+    if (!v.is_int64() || v.get_int64() < min || v.get_int64() > INT32_MAX)
+        return min < 0 ? "an integer, -1 (unlimited) or more" : "an integer, 0 (unlimited) or more";
+    out = static_cast<Int>(v.get_int64());
+    return nullptr;
+}
+
+const char* set_bool(const json::value& v, bool& out) {
+    if (!v.is_bool())
+        return "true or false";
+    out = v.get_bool();
+    return nullptr;
+}
+
+const char* set_key(const json::value& v, std::string& out) {
+    if (!v.is_string() || v.get_string().empty())
+        return "a non-empty string";
+    out = v.get_string();
+    return nullptr;
+}
+
+// Returns nullptr when key names no rate.
+double* rate_named(settings& s, std::string_view key) {
+    if (key == "error_rate")
+        return &s.error_rate;
+    if (key == "reset_rate")
+        return &s.reset_rate;
+    if (key == "truncate_rate")
+        return &s.truncate_rate;
+    if (key == "slow_rate")
+        return &s.slow_rate;
+    if (key == "fail_rate")
+        return &s.fail_rate;
+    return nullptr;
+}
+
+} // namespace
+
+service::service(settings s)
+    : cfg_(std::move(s)), rng_(cfg_.seed), limiter_(cfg_.rpm, scaled(60)) {}
+
+duration service::scaled(double api_seconds) const {
+    return sim::scaled(api_seconds, cfg_.time_scale);
+}
+
+bool service::chance(double p) {
+    if (p <= 0)
+        return false;
+    if (p >= 1)
+        return true;
+    return std::uniform_real_distribution<double>(0, 1)(rng_) < p;
+}
+
+std::string service::new_uuid() {
+    std::uint64_t hi = rng_();
+    std::uint64_t lo = rng_();
+    hi = (hi & ~0xF000ULL) | 0x4000ULL;             // version 4
+    lo = (lo & ~(0xC0ULL << 56)) | (0x80ULL << 56); // variant 10
+    return fmt::format("{:08x}-{:04x}-{:04x}-{:04x}-{:012x}", hi >> 32, (hi >> 16) & 0xFFFF,
+                       hi & 0xFFFF, lo >> 48, lo & 0xFFFFFFFFFFFFULL);
+}
+
+double service::draw_run_s(const std::string& model) {
+    double median = cfg_.medians.at(model);
+    if (cfg_.spread <= 0)
+        return median;
+    return std::lognormal_distribution<double>(std::log(median), cfg_.spread)(rng_);
+}
+
+double service::draw_queue_s() {
+    if (cfg_.queue_s <= 0)
+        return 0;
+    return std::exponential_distribution<double>(1 / cfg_.queue_s)(rng_);
+}
+
+std::optional<api_answer> service::gate(std::string_view api_key, time_point now) {
+    if (chance(cfg_.error_rate)) {
+        ++faults_error_;
+        switch (std::uniform_int_distribution<int>(0, 2)(rng_)) {
+        case 0:
+            return error_answer(500, "Internal server error");
+        case 1:
+            return api_answer{502,
+                              "<html><head><title>502 Bad Gateway</title></head><body><center>"
+                              "<h1>502 Bad Gateway</h1></center></body></html>\n",
+                              "text/html",
+                              {}};
+        default:
+            return api_answer{504,
+                              "<html><head><title>504 Gateway Time-out</title></head><body>"
+                              "<center><h1>504 Gateway Time-out</h1></center></body></html>\n",
+                              "text/html",
+                              {}};
+        }
+    }
+    if (api_key.empty())
+        return error_answer(401, "Missing API key: send it in the x-api-key header");
+    if (api_key != cfg_.api_key)
+        return error_answer(401, "Invalid API key");
+    if (!limiter_.try_acquire(now)) {
+        ++rate_limited_;
+        auto answer = error_answer(429, "Rate limit exceeded");
+        auto end = limiter_.window_end(now);
+        answer.headers.emplace_back("x-rate-limit-reset-at-utc",
+                                    reset_header_value(end, cfg_.reset_header));
+        if (cfg_.retry_after) {
+            auto wait = std::chrono::ceil<std::chrono::seconds>(end - now).count();
+            answer.headers.emplace_back("Retry-After",
+                                        std::to_string(std::max<long long>(wait, 1)));
+        }
+        return answer;
+    }
+    return std::nullopt;
+}
+
+api_answer service::submit(std::string_view model, std::string_view api_key,
+                           std::string_view content_type, std::string_view body, time_point now) {
+    if (auto refused = gate(api_key, now))
+        return *refused;
+    std::string model_name(model);
+    if (!cfg_.medians.count(model_name))
+        return error_answer(404, "Model not found");
+    if (!is_json_content_type(content_type))
+        return error_answer(
+            406,
+            fmt::format("Unsupported content type \"{}\": send application/json", content_type));
+    boost::system::error_code ec;
+    json::value parsed = json::parse(body, ec);
+    if (ec || !parsed.is_object())
+        return error_answer(400, "Request body must be a JSON object");
+    const auto& params = parsed.get_object();
+    bool image = model_name == kling_o1;
+    std::string problem = image ? check_kling_o1(params) : check_video_edit(params);
+    if (!problem.empty() && image)
+        return error_answer(400, problem);
+    if (cfg_.credits == 0)
+        return error_answer(406, "Insufficient credits");
+    if (cfg_.credits > 0)
+        --cfg_.credits;
+
+    record r;
+    r.id = new_uuid();
+    r.model = model_name;
+    std::string_view prompt;
+    if (auto* p = params.if_contains("prompt"); p && p->is_string())
+        prompt = p->get_string();
+    r.prompt = first_chars(prompt, prompt_chars_kept);
+    r.body_sha256 = sha256_hex(body);
+    r.kind = media_kind::mp4;
+    if (image) {
+        auto* f = params.if_contains("output_format");
+        r.kind =
+            (f && f->is_string() && f->get_string() == "jpg") ? media_kind::jpg : media_kind::png;
+    }
+    r.queue_api_s = draw_queue_s();
+    r.run_api_s = problem.empty() ? draw_run_s(model_name) : invalid_input_run_s;
+    bool unlucky = chance(cfg_.fail_rate);
+    if (!problem.empty())
+        r.error = "Invalid input: " + problem;
+    else if (prompt.find("SIM_FAIL") != std::string_view::npos)
+        r.error = "Content blocked by safety filters (SIM_FAIL)";
+    else if (unlucky)
+        r.error = "Inference failed: worker error (simulated)";
+    r.submitted_at = now;
+    r.processing_at = now + scaled(r.queue_api_s);
+    r.done_at = r.processing_at + scaled(r.run_api_s);
+
+    std::string base = cfg_.public_url + "/v2/requests/" + r.id;
+    json::object out{{"request_id", r.id},
+                     {"status", "QUEUED"},
+                     {"status_url", base + "/status"},
+                     {"response_url", base},
+                     {"poll_url", base + "/status"}};
+    index_.emplace(r.id, records_.size());
+    records_.push_back(std::move(r));
+    return json_answer(200, out);
+}
+
+service::record* service::find_live(std::string_view id, time_point now) {
+    auto it = index_.find(id);
+    if (it == index_.end())
+        return nullptr;
+    record& r = records_[it->second];
+    if (now - r.submitted_at >= scaled(cfg_.retention_s))
+        return nullptr;
+    return &r;
+}
+
+service::state service::state_at(const record& r, time_point now) const {
+    if (now < r.processing_at)
+        return state::queued;
+    if (now < r.done_at)
+        return state::processing;
+    return r.error.empty() ? state::completed : state::failed;
+}
+
+void service::note_seen(record& r, time_point now, std::optional<time_point> seen_at) {
+    if (seen_at && !r.first_seen_at && now >= r.done_at)
+        r.first_seen_at = *seen_at;
+}
+
+api_answer service::failed_answer(const record& r) const {
+    return json_answer(422, json::object{{"status", "FAILED"},
+                                         {"error", r.error},
+                                         {"metrics", metrics_of(r.queue_api_s, r.run_api_s, 3)},
+                                         {"request_id", r.id}});
+}
+
+api_answer service::not_found(std::string_view id) const {
+    return error_answer(404, fmt::format("Request {} not found", id));
+}
+
+api_answer service::status(std::string_view id, std::string_view api_key, time_point now,
+                           std::optional<time_point> seen_at) {
+    if (auto refused = gate(api_key, now))
+        return *refused;
+    record* r = find_live(id, now);
+    if (!r)
+        return not_found(id);
+    ++r->status_polls;
+    note_seen(*r, now, seen_at);
+    auto st = state_at(*r, now);
+    if (st == state::failed)
+        return failed_answer(*r);
+    int s = static_cast<int>(st);
+    return json_answer(200, json::object{{"request_id", r->id},
+                                         {"status", state_name(s)},
+                                         {"metrics", metrics_of(r->queue_api_s, r->run_api_s, s)}});
+}
+
+api_answer service::result(std::string_view id, std::string_view api_key, time_point now,
+                           std::optional<time_point> seen_at) {
+    if (auto refused = gate(api_key, now))
+        return *refused;
+    record* r = find_live(id, now);
+    if (!r)
+        return not_found(id);
+    ++r->result_fetches;
+    note_seen(*r, now, seen_at);
+    auto st = state_at(*r, now);
+    if (st == state::failed)
+        return failed_answer(*r);
+    json::object out{{"request_id", r->id}, {"status", state_name(static_cast<int>(st))}};
+    if (st == state::completed) {
+        out["output"] = fmt::format("{}/media/{}.{}", cfg_.public_url, r->id, extension(r->kind));
+        out["metrics"] = json::object{{"inference_time", round_ms(r->run_api_s)}};
+    }
+    return json_answer(200, out);
+}
+
+api_answer service::other_api_call(std::string_view api_key, time_point now) {
+    if (auto refused = gate(api_key, now))
+        return *refused;
+    return error_answer(404, "Not found");
+}
+
+std::optional<media_file> service::media(std::string_view id, std::string_view ext,
+                                         time_point now) const {
+    auto it = index_.find(id);
+    if (it == index_.end())
+        return std::nullopt;
+    const record& r = records_[it->second];
+    if (state_at(r, now) != state::completed || extension(r.kind) != ext ||
+        now - r.done_at >= scaled(media_lifetime_s))
+        return std::nullopt;
+    return media_file{r.kind, media_seed(r.id),
+                      r.kind == media_kind::mp4 ? cfg_.media_bytes_video : cfg_.media_bytes_image};
+}
+
+delivery service::draw_delivery() {
+    delivery d;
+    if (chance(cfg_.reset_rate)) {
+        ++faults_reset_;
+        (std::uniform_int_distribution<int>(0, 1)(rng_) ? d.reset_after : d.reset_before) = true;
+        return d;
+    }
+    if (chance(cfg_.truncate_rate)) {
+        ++faults_truncate_;
+        d.truncate = true;
+    }
+    if (chance(cfg_.slow_rate)) {
+        ++faults_slow_;
+        d.delay_s = cfg_.slow_s;
+    }
+    return d;
+}
+
+void service::count_answer(endpoint e, unsigned code) {
+    ++answers_[static_cast<int>(e)][code];
+}
+
+std::string service::config_json() const {
+    return json::serialize(json::object{{"rpm", cfg_.rpm},
+                                        {"credits", cfg_.credits},
+                                        {"api_key", cfg_.api_key},
+                                        {"error_rate", cfg_.error_rate},
+                                        {"reset_rate", cfg_.reset_rate},
+                                        {"truncate_rate", cfg_.truncate_rate},
+                                        {"slow_rate", cfg_.slow_rate},
+                                        {"slow_s", cfg_.slow_s},
+                                        {"fail_rate", cfg_.fail_rate},
+                                        {"retry_after", cfg_.retry_after}});
+}
+
+api_answer service::configure(std::string_view body) {
+    boost::system::error_code ec;
+    json::value parsed = json::parse(body, ec);
+    if (ec || !parsed.is_object())
+        return error_answer(400, "body must be a JSON object");
+    settings next = cfg_;
+    for (const auto& [name, v] : parsed.get_object()) {
+        std::string_view key = name;
+        const char* must = nullptr;
+        if (key == "rpm") {
+            must = set_integer(v, 0, next.rpm);
+        } else if (key == "credits") {
+            must = set_integer(v, -1, next.credits);
+        } else if (key == "api_key") {
+            must = set_key(v, next.api_key);
+        } else if (key == "slow_s") {
+            must = set_number(v, 0, 1e9, "a number of seconds, 0 or more", next.slow_s);
+        } else if (key == "retry_after") {
+            must = set_bool(v, next.retry_after);
+        } else if (double* rate = rate_named(next, key)) {
+            must = set_number(v, 0, 1, "a number between 0 and 1", *rate);
+        } else {
+            return error_answer(400, fmt::format("unknown key \"{}\"", key));
+        }
+        if (must)
+            return error_answer(
+                400, fmt::format("{} must be {}, not {}", key, must, json::serialize(v)));
+    }
+    cfg_ = std::move(next);
+    limiter_.set_limit(cfg_.rpm);
+    return {200, config_json(), "application/json", {}};
+}
+
+std::string service::stats_json(bool with_requests, time_point now) const {
+    static constexpr const char* endpoint_names[] = {"submit", "status", "result", "media",
+                                                     "other"};
+    json::object out;
+    for (int e = 0; e < 5; ++e) {
+        json::object codes;
+        for (auto [code, n] : answers_[e])
+            codes[code == 0 ? std::string("reset") : std::to_string(code)] = n;
+        out[endpoint_names[e]] = std::move(codes);
+    }
+    out["submissions"] = records_.size();
+    out["rate_limited"] = rate_limited_;
+    out["faults"] = json::object{{"error", faults_error_},
+                                 {"reset", faults_reset_},
+                                 {"truncate", faults_truncate_},
+                                 {"slow", faults_slow_}};
+    out["credits"] = cfg_.credits;
+    if (with_requests) {
+        json::array list;
+        list.reserve(records_.size());
+        for (const record& r : records_) {
+            auto st = state_at(r, now);
+            bool done = st == state::completed || st == state::failed;
+            json::object o{
+                {"request_id", r.id},
+                {"model", r.model},
+                {"prompt", r.prompt},
+                {"body_sha256", r.body_sha256},
+                {"outcome", state_name(static_cast<int>(st))},
+                {"error", r.error.empty() || !done ? json::value() : json::value(r.error)},
+                {"status_polls", r.status_polls},
+                {"result_fetches", r.result_fetches},
+                {"queue_time", round_ms(r.queue_api_s)},
+                {"inference_time", round_ms(r.run_api_s)}};
+            put_time(o, "submitted_at", r.submitted_at);
+            put_time(o, "completed_at", done ? std::optional(r.done_at) : std::nullopt);
+            put_time(o, "first_seen_at", r.first_seen_at);
+            list.push_back(std::move(o));
+        }
+        out["requests"] = std::move(list);
+    }
+    return json::serialize(out);
+}
+
+} // namespace klingd::sim

@@ -1,0 +1,46 @@
+// segmind-sim's settings: what the command line sets at start, and what
+// POST /sim/config may change while it runs. Durations are API seconds; the
+// service multiplies them by time_scale to get real time.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+namespace klingd::sim {
+
+// How the x-rate-limit-reset-at-utc header spells the end of the window.
+enum class reset_format { iso, iso_frac, epoch };
+
+struct settings {
+    std::string api_key = "sim-key";
+    std::string public_url; // scheme://host:port, no trailing slash
+    double time_scale = 1;
+    double spread = 0.25; // sigma of the lognormal run time
+    std::map<std::string, double> medians = {{"kling-o1", 58},
+                                             {"kling-o1-video-to-video-edit", 223}};
+    double queue_s = 2; // mean time in QUEUED
+    double retention_s = 3600;
+    int rpm = 0; // 0: unlimited
+    bool retry_after = false;
+    reset_format reset_header = reset_format::iso_frac;
+    long long credits = -1; // -1: unlimited
+    double fail_rate = 0;
+    double error_rate = 0;
+    double reset_rate = 0;
+    double truncate_rate = 0;
+    double slow_rate = 0;
+    double slow_s = 0; // real seconds
+    std::uint64_t media_bytes_image = 65536;
+    std::uint64_t media_bytes_video = 1048576;
+    std::uint64_t seed = 0;
+};
+
+// Returns what is wrong with s, naming the option, or the empty string when s is usable.
+std::string check_settings(const settings& s);
+
+// Returns false, and leaves out untouched, when name is not iso, iso-frac or epoch.
+bool parse_reset_format(const std::string& name, reset_format& out);
+const char* reset_format_name(reset_format f);
+
+} // namespace klingd::sim
