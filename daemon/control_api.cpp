@@ -7,6 +7,7 @@
 
 #include <boost/json.hpp>
 #include <charconv>
+#include <cmath>
 #include <fmt/format.h>
 
 namespace klingd::daemon {
@@ -106,6 +107,14 @@ target parse_target(std::string_view t) {
         }
     }
     return out;
+}
+
+// Boost.JSON 1.81 writes 600.0 as 6E2: whole numbers go out as integers, others rounded to 0.01.
+json::value number(double d) {
+    double r = std::round(d * 100) / 100;
+    if (r == std::floor(r) && std::fabs(r) < 9e15)
+        return static_cast<std::int64_t>(r);
+    return r;
 }
 
 json::object job_json(engine& e, const core::job& j) { return job_to_json(j, e.blocked_reason()); }
@@ -222,8 +231,8 @@ json::object stats_json(engine& e) {
     auto& b = e.budget();
     auto now = std::chrono::time_point_cast<std::chrono::milliseconds>(std::chrono::system_clock::now());
     json::object budget;
-    budget["configured_rpm"] = b.configured_rpm();
-    budget["allowed_rpm"] = b.allowed_rpm();
+    budget["configured_rpm"] = number(b.configured_rpm());
+    budget["allowed_rpm"] = number(b.allowed_rpm());
     budget["used_last_minute"] = b.used_last_minute(now);
     budget["blocked_until"] = b.blocked(now) ? json::value(rfc3339(b.blocked_until())) : json::value(nullptr);
     o["budget"] = std::move(budget);
