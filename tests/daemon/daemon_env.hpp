@@ -1,0 +1,86 @@
+// A whole klingd installation for end-to-end tests: segmind-sim over TLS, a
+// configuration scaled to the sim's time scale, a real klingd process (started,
+// SIGTERMed, SIGKILLed and restarted for real), and HTTP over its socket.
+#pragma once
+
+#include "tests/support/child_process.hpp"
+#include "tests/support/https_client.hpp"
+#include "tests/support/sim_process.hpp"
+
+#include <boost/json.hpp>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace klingd::test {
+
+struct reply_json {
+    int status = 0;
+    boost::json::value body;
+    std::string text;
+};
+
+// One request over a Unix socket; status 0 when nothing answered.
+reply_json unix_request(const std::string& socket, const std::string& method, const std::string& target,
+                        const std::string& body = {});
+
+struct daemon_options {
+    double scale = 0.02;             // the sim's time scale; klingd's durations follow it
+    double requests_per_minute = 0;  // 0: 60 per API minute, scaled
+    bool resubmit_unknown = false;
+    int max_in_flight = 50;
+    std::string extra_toml;          // appended to [jobs]
+    std::vector<std::string> sim_args;
+    std::string api_key = "test-key-1";
+};
+
+class daemon_env {
+public:
+    explicit daemon_env(daemon_options o = {});
+    ~daemon_env();
+
+    // Starts klingd and waits until its socket answers /v1/health.
+    void start();
+    // SIGTERM and wait; returns the exit status.
+    int stop();
+    void kill9();
+    bool running();
+
+    const daemon_options& options() const { return opts_; }
+    sim_process& sim() { return *sim_; }
+    const std::string& dir() const { return dir_.path(); }
+    std::string socket() const { return dir_ / "klingd.sock"; }
+    std::string incoming() const { return dir_ / "spool/incoming"; }
+    std::string output() const { return dir_ / "output"; }
+    std::string config_path() const { return dir_ / "klingd.toml"; }
+    std::string log() const;
+
+    // Writes a job file with write-then-rename.
+    void drop(const std::string& name, const std::string& content);
+    reply_json api(const std::string& method, const std::string& target, const std::string& body = {});
+    // The job object, or a null value when unknown.
+    boost::json::value job(const std::string& id);
+    std::string state(const std::string& id);
+    // All jobs (pages through the list).
+    std::vector<boost::json::value> jobs();
+    // Waits until every job of ids is terminal; false on timeout.
+    bool wait_terminal(const std::vector<std::string>& ids, std::chrono::seconds timeout);
+    boost::json::value sim_stats(bool with_requests = true);
+    void sim_config(const std::string& json);
+
+private:
+    void write_config();
+
+    daemon_options opts_;
+    temp_dir dir_;
+    std::unique_ptr<sim_process> sim_;
+    std::unique_ptr<child_process> klingd_;
+    int generation_ = 0;
+    std::vector<std::string> old_logs_;
+};
+
+// A kling-o1 job whose prompt carries a unique marker (tests find it in the sim's stats).
+std::string image_job(const std::string& marker, const std::string& extra_params = "");
+std::string video_job(const std::string& marker);
+
+} // namespace klingd::test
