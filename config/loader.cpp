@@ -6,8 +6,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fmt/format.h>
 #include <fstream>
@@ -172,7 +172,8 @@ bool is_loopback_host(std::string_view host) {
             j = host.size();
         auto part = host.substr(i, j - i);
         if (part.empty() || part.size() > 3 ||
-            !std::all_of(part.begin(), part.end(), [](char ch) { return ch >= '0' && ch <= '9'; }) ||
+            !std::all_of(part.begin(), part.end(),
+                         [](char ch) { return ch >= '0' && ch <= '9'; }) ||
             std::stoi(std::string(part)) > 255)
             return false;
         ++parts;
@@ -193,14 +194,18 @@ void parse_base_url(context& c, const toml::node& n, api_settings& api) {
     } else if (url.starts_with("http://")) {
         scheme = "http";
     } else {
-        c.error(n, key, fmt::format("\"{}\" must start with https:// (or http:// for a loopback host)", url));
+        c.error(
+            n, key,
+            fmt::format("\"{}\" must start with https:// (or http:// for a loopback host)", url));
         return;
     }
     auto rest = url.substr(scheme.size() + 3);
     if (rest.ends_with('/'))
         rest.remove_suffix(1);
     if (rest.find_first_of("/?#@ ") != std::string_view::npos) {
-        c.error(n, key, fmt::format("\"{}\" must be scheme://host[:port], without path, query or user", url));
+        c.error(
+            n, key,
+            fmt::format("\"{}\" must be scheme://host[:port], without path, query or user", url));
         return;
     }
     std::string_view host = rest;
@@ -231,8 +236,10 @@ void parse_base_url(context& c, const toml::node& n, api_settings& api) {
     unsigned port = scheme == "https" ? 443 : 80;
     if (!port_text.empty() || rest.ends_with(':')) {
         if (port_text.empty() || port_text.size() > 5 ||
-            !std::all_of(port_text.begin(), port_text.end(), [](char ch) { return ch >= '0' && ch <= '9'; }) ||
-            (port = static_cast<unsigned>(std::stoul(std::string(port_text)))) == 0 || port > 65535) {
+            !std::all_of(port_text.begin(), port_text.end(),
+                         [](char ch) { return ch >= '0' && ch <= '9'; }) ||
+            (port = static_cast<unsigned>(std::stoul(std::string(port_text)))) == 0 ||
+            port > 65535) {
             c.error(n, key, fmt::format("\"{}\" has a bad port: must be 1 to 65535", url));
             return;
         }
@@ -258,7 +265,8 @@ void parse_socket_mode(context& c, const toml::node& n, control_settings& contro
     auto s = n.as_string();
     if (!s) {
         c.error(n, key,
-                fmt::format("expected a string of octal digits such as \"0660\", found {}", type_name(n)));
+                fmt::format("expected a string of octal digits such as \"0660\", found {}",
+                            type_name(n)));
         return;
     }
     const std::string& v = s->get();
@@ -358,8 +366,8 @@ struct section_rule {
 };
 
 const section_rule sections[] = {
-    {"api", api_keys},           {"storage", storage_keys}, {"spool", spool_keys},
-    {"output", output_keys},     {"control", control_keys}, {"jobs", jobs_keys},
+    {"api", api_keys},       {"storage", storage_keys}, {"spool", spool_keys},
+    {"output", output_keys}, {"control", control_keys}, {"jobs", jobs_keys},
 };
 
 std::string known_names(std::span<const key_rule> keys) {
@@ -376,7 +384,8 @@ void parse_section(context& c, const section_rule& rule, const toml::node& node,
                    std::size_t line) {
     auto table = node.as_table();
     if (!table) {
-        c.error(line, rule.name, fmt::format("expected a table [{}], found {}", rule.name, type_name(node)));
+        c.error(line, rule.name,
+                fmt::format("expected a table [{}], found {}", rule.name, type_name(node)));
         return;
     }
     for (auto&& [k, v] : *table) {
@@ -384,8 +393,9 @@ void parse_section(context& c, const section_rule& rule, const toml::node& node,
         auto it = std::find_if(rule.keys.begin(), rule.keys.end(),
                                [&](const key_rule& r) { return r.name == k.str(); });
         if (it == rule.keys.end()) {
-            c.error(k.source().begin.line, full,
-                    fmt::format("unknown key (known in [{}]: {})", rule.name, known_names(rule.keys)));
+            c.error(
+                k.source().begin.line, full,
+                fmt::format("unknown key (known in [{}]: {})", rule.name, known_names(rule.keys)));
             continue;
         }
         c.lines[full] = v.source().begin.line;
@@ -396,7 +406,8 @@ void parse_section(context& c, const section_rule& rule, const toml::node& node,
 void parse_models(context& c, const toml::node& node, settings& s, std::size_t line) {
     auto table = node.as_table();
     if (!table) {
-        c.error(line, "models", fmt::format("expected tables [models.\"<slug>\"], found {}", type_name(node)));
+        c.error(line, "models",
+                fmt::format("expected tables [models.\"<slug>\"], found {}", type_name(node)));
         return;
     }
     for (auto&& [slug, v] : *table) {
@@ -406,8 +417,9 @@ void parse_models(context& c, const toml::node& node, settings& s, std::size_t l
             c.error(v, name, fmt::format("expected a table, found {}", type_name(v)));
             continue;
         }
-        model_settings m = s.models.count(std::string(slug.str())) ? s.models[std::string(slug.str())]
-                                                                   : model_settings{};
+        model_settings m = s.models.count(std::string(slug.str()))
+                               ? s.models[std::string(slug.str())]
+                               : model_settings{};
         for (auto&& [k, mv] : *model) {
             std::string full = fmt::format("{}.{}", name, k.str());
             if (k.str() != "expected_duration_s") {
@@ -424,8 +436,8 @@ void check_cross_rules(context& c, settings& s) {
     const auto& j = s.jobs;
     if (j.min_poll_interval_s > j.max_poll_interval_s) {
         c.error(c.line_of("jobs.min_poll_interval_s"), "jobs.min_poll_interval_s",
-                fmt::format("{} must not exceed jobs.max_poll_interval_s ({})", j.min_poll_interval_s,
-                            j.max_poll_interval_s));
+                fmt::format("{} must not exceed jobs.max_poll_interval_s ({})",
+                            j.min_poll_interval_s, j.max_poll_interval_s));
     }
     if (j.max_poll_interval_s > j.result_retention_s / 2) {
         auto line = c.line_of("jobs.max_poll_interval_s");
@@ -438,13 +450,15 @@ void check_cross_rules(context& c, settings& s) {
     }
     if (s.api.request_timeout_s >= j.result_retention_s) {
         c.error(c.line_of("api.request_timeout_s"), "api.request_timeout_s",
-                fmt::format("{} must be below jobs.result_retention_s ({})", s.api.request_timeout_s,
-                            j.result_retention_s));
+                fmt::format("{} must be below jobs.result_retention_s ({})",
+                            s.api.request_timeout_s, j.result_retention_s));
     }
 }
 
 std::string trim(std::string s) {
-    auto not_space = [](unsigned char ch) { return !std::isspace(ch); };
+    auto not_space = [](unsigned char ch) {
+        return !std::isspace(ch);
+    };
     s.erase(s.begin(), std::find_if(s.begin(), s.end(), not_space));
     s.erase(std::find_if(s.rbegin(), s.rend(), not_space).base(), s.end());
     return s;
@@ -467,7 +481,8 @@ void find_api_key(context& c, settings& s, const env_lookup& env) {
     auto from_file = [&](const std::string& path, std::size_t line, std::string_view key_name) {
         std::ifstream in(path, std::ios::binary);
         if (!in) {
-            c.error(line, key_name, fmt::format("cannot read the API key file {}: {}", path, std::strerror(errno)));
+            c.error(line, key_name,
+                    fmt::format("cannot read the API key file {}: {}", path, std::strerror(errno)));
             return;
         }
         std::ostringstream buf;
@@ -477,10 +492,10 @@ void find_api_key(context& c, settings& s, const env_lookup& env) {
             c.error(line, key_name, fmt::format("the API key in {} {}", path, *p));
             return;
         }
-        struct stat st{};
+        struct stat st {};
         if (::stat(path.c_str(), &st) == 0 && (st.st_mode & 0004))
-            c.warnings.push_back(fmt::format("{}: the API key file {} is readable by every user; chmod o-r it",
-                                             c.file, path));
+            c.warnings.push_back(fmt::format(
+                "{}: the API key file {} is readable by every user; chmod o-r it", c.file, path));
         s.api_key = secret(std::move(key));
         s.api_key_source = path;
     };
@@ -506,9 +521,10 @@ void find_api_key(context& c, settings& s, const env_lookup& env) {
         s.api_key_source = "$SEGMIND_API_KEY";
         return;
     }
-    c.error(0, "api.api_key_file",
-            "no API key found: set api.api_key_file, or give the systemd credential segmind-api-key "
-            "($CREDENTIALS_DIRECTORY/segmind-api-key), or set $SEGMIND_API_KEY");
+    c.error(
+        0, "api.api_key_file",
+        "no API key found: set api.api_key_file, or give the systemd credential segmind-api-key "
+        "($CREDENTIALS_DIRECTORY/segmind-api-key), or set $SEGMIND_API_KEY");
 }
 
 std::string quote(std::string_view s) {
@@ -560,10 +576,13 @@ load_result parse_settings(std::string_view toml_text, const std::string& source
         if (k.str() == "log_level") {
             c.lines["log_level"] = line;
             auto lvl = read_string(c, v, "log_level");
-            static constexpr std::string_view levels[] = {"error", "warning", "notice", "info", "debug"};
+            static constexpr std::string_view levels[] = {"error", "warning", "notice", "info",
+                                                          "debug"};
             if (lvl && std::find(std::begin(levels), std::end(levels), *lvl) == std::end(levels))
-                c.error(v, "log_level",
-                        fmt::format("\"{}\" is not a level: use error, warning, notice, info or debug", *lvl));
+                c.error(
+                    v, "log_level",
+                    fmt::format("\"{}\" is not a level: use error, warning, notice, info or debug",
+                                *lvl));
             else if (lvl)
                 s.log_level = *lvl;
             continue;
@@ -599,7 +618,9 @@ load_result parse_settings(std::string_view toml_text, const std::string& source
 load_result load_settings(const std::string& path, const env_lookup& env) {
     std::ifstream in(path, std::ios::binary);
     if (!in)
-        return {std::nullopt, {fmt::format("{}: cannot read the configuration: {}", path, std::strerror(errno))}, {}};
+        return {std::nullopt,
+                {fmt::format("{}: cannot read the configuration: {}", path, std::strerror(errno))},
+                {}};
     std::ostringstream buf;
     buf << in.rdbuf();
     std::string abs = fs::absolute(path).lexically_normal().string();
@@ -611,13 +632,16 @@ std::string render_settings(const settings& s) {
     auto line = [&](std::string_view key, const std::string& value) {
         o += fmt::format("{} = {}\n", key, value);
     };
-    auto num = [](double d) { return fmt::format("{}", d); };
+    auto num = [](double d) {
+        return fmt::format("{}", d);
+    };
     o += fmt::format("# effective configuration of {}\n", s.source_path);
     line("log_level", quote(s.log_level));
     o += "\n[api]\n";
     line("base_url", quote(s.api.base_url));
     line("api_key_file", quote(s.api.api_key_file));
-    o += fmt::format("# api key: {} (redacted)\n", s.api_key.empty() ? "none" : "found in " + s.api_key_source);
+    o += fmt::format("# api key: {} (redacted)\n",
+                     s.api_key.empty() ? "none" : "found in " + s.api_key_source);
     line("ca_file", quote(s.api.ca_file));
     line("requests_per_minute", num(s.api.requests_per_minute));
     line("max_connections", std::to_string(s.api.max_connections));

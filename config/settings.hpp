@@ -80,7 +80,8 @@ struct settings {
 
     std::string source_path; // the file these settings came from
     secret api_key;
-    std::string api_key_source; // where the key was found (a path or a variable name), never the key
+    std::string
+        api_key_source; // where the key was found (a path or a variable name), never the key
 };
 
 } // namespace klingd::config

@@ -41,8 +41,9 @@ bool is_http_url(std::string_view s) {
 bool is_safe_request_id(std::string_view id) {
     if (id.empty() || id.size() > 128)
         return false;
-    return std::all_of(id.begin(), id.end(),
-                       [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_'; });
+    return std::all_of(id.begin(), id.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_';
+    });
 }
 
 void collect_urls(const json::value& v, std::vector<std::string>& out, int depth) {
@@ -73,7 +74,8 @@ std::int64_t days_from_civil(std::int64_t y, unsigned m, unsigned d) {
 }
 
 bool all_digits(std::string_view s) {
-    return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+    return !s.empty() &&
+           std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
 std::string_view trim(std::string_view s) {
@@ -89,8 +91,9 @@ std::optional<time_point> parse_reset_at(std::string_view s) {
     s = trim(s);
     if (s.empty())
         return std::nullopt;
-    if (all_digits(s) || (s.find('.') != std::string_view::npos && s.find('-') == std::string_view::npos &&
-                          s.find(':') == std::string_view::npos)) {
+    if (all_digits(s) ||
+        (s.find('.') != std::string_view::npos && s.find('-') == std::string_view::npos &&
+         s.find(':') == std::string_view::npos)) {
         char* end = nullptr;
         std::string tmp(s);
         double secs = std::strtod(tmp.c_str(), &end);
@@ -98,15 +101,17 @@ std::optional<time_point> parse_reset_at(std::string_view s) {
             return std::nullopt;
         return time_point(milliseconds(static_cast<std::int64_t>(secs * 1000)));
     }
-    if (s.size() < 19 || s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != 't' && s[10] != ' ') ||
-        s[13] != ':' || s[16] != ':')
+    if (s.size() < 19 || s[4] != '-' || s[7] != '-' ||
+        (s[10] != 'T' && s[10] != 't' && s[10] != ' ') || s[13] != ':' || s[16] != ':')
         return std::nullopt;
     auto num = [&](std::size_t pos, std::size_t len) -> long {
         auto part = s.substr(pos, len);
         return all_digits(part) ? std::stol(std::string(part)) : -1;
     };
-    long y = num(0, 4), mo = num(5, 2), d = num(8, 2), h = num(11, 2), mi = num(14, 2), se = num(17, 2);
-    if (y < 1970 || mo < 1 || mo > 12 || d < 1 || d > 31 || h < 0 || h > 23 || mi < 0 || mi > 59 || se < 0 || se > 60)
+    long y = num(0, 4), mo = num(5, 2), d = num(8, 2), h = num(11, 2), mi = num(14, 2),
+         se = num(17, 2);
+    if (y < 1970 || mo < 1 || mo > 12 || d < 1 || d > 31 || h < 0 || h > 23 || mi < 0 || mi > 59 ||
+        se < 0 || se > 60)
         return std::nullopt;
     std::size_t i = 19;
     std::int64_t ms = 0;
@@ -124,8 +129,9 @@ std::optional<time_point> parse_reset_at(std::string_view s) {
     auto zone = s.substr(i);
     if (!(zone == "Z" || zone == "z" || zone == "+00:00" || zone == "+0000" || zone.empty()))
         return std::nullopt;
-    std::int64_t secs = days_from_civil(y, static_cast<unsigned>(mo), static_cast<unsigned>(d)) * 86400 +
-                        h * 3600 + mi * 60 + se;
+    std::int64_t secs =
+        days_from_civil(y, static_cast<unsigned>(mo), static_cast<unsigned>(d)) * 86400 + h * 3600 +
+        mi * 60 + se;
     return time_point(milliseconds(secs * 1000 + ms));
 }
 
@@ -148,8 +154,8 @@ std::optional<time_point> parse_retry_after(std::string_view s, time_point now) 
     auto it = std::find(std::begin(months), std::end(months), mon);
     if (it == std::end(months))
         return std::nullopt;
-    std::string iso = fmt::format("{}-{:02}-{}T{}Z", s.substr(12, 4), (it - std::begin(months)) + 1, s.substr(5, 2),
-                                  s.substr(17, 8));
+    std::string iso = fmt::format("{}-{:02}-{}T{}Z", s.substr(12, 4), (it - std::begin(months)) + 1,
+                                  s.substr(5, 2), s.substr(17, 8));
     return parse_reset_at(iso);
 }
 
@@ -262,7 +268,8 @@ std::vector<std::string> output_urls(std::string_view body) {
     return unique;
 }
 
-std::optional<time_point> rate_limit_until(std::string_view retry_after, std::string_view reset_at, time_point now) {
+std::optional<time_point> rate_limit_until(std::string_view retry_after, std::string_view reset_at,
+                                           time_point now) {
     auto a = parse_retry_after(retry_after, now);
     auto b = parse_reset_at(reset_at);
     std::optional<time_point> until;
@@ -277,25 +284,28 @@ std::optional<time_point> rate_limit_until(std::string_view retry_after, std::st
 }
 
 std::string media_extension(std::string_view url, std::string_view content_type) {
-    static constexpr std::string_view known[] = {"png", "jpg", "jpeg", "webp", "gif", "mp4", "webm", "mov", "mp3", "wav"};
+    static constexpr std::string_view known[] = {"png", "jpg",  "jpeg", "webp", "gif",
+                                                 "mp4", "webm", "mov",  "mp3",  "wav"};
     auto path = url.substr(0, url.find_first_of("?#"));
     auto slash = path.rfind('/');
     auto name = slash == std::string_view::npos ? path : path.substr(slash + 1);
     if (auto dot = name.rfind('.'); dot != std::string_view::npos) {
         std::string ext(name.substr(dot + 1));
-        std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+        std::transform(ext.begin(), ext.end(), ext.begin(),
+                       [](unsigned char c) { return std::tolower(c); });
         if (std::find(std::begin(known), std::end(known), ext) != std::end(known))
             return ext == "jpeg" ? "jpg" : ext;
     }
     static constexpr std::pair<std::string_view, std::string_view> types[] = {
-        {"image/png", "png"},   {"image/jpeg", "jpg"},  {"image/webp", "webp"}, {"image/gif", "gif"},
-        {"video/mp4", "mp4"},   {"video/webm", "webm"}, {"video/quicktime", "mov"}, {"audio/mpeg", "mp3"},
-        {"audio/wav", "wav"},
+        {"image/png", "png"},       {"image/jpeg", "jpg"}, {"image/webp", "webp"},
+        {"image/gif", "gif"},       {"video/mp4", "mp4"},  {"video/webm", "webm"},
+        {"video/quicktime", "mov"}, {"audio/mpeg", "mp3"}, {"audio/wav", "wav"},
     };
     auto ct = trim(content_type.substr(0, content_type.find(';')));
     for (auto [t, e] : types)
-        if (ct.size() == t.size() && std::equal(ct.begin(), ct.end(), t.begin(),
-                                                [](char a, char b) { return std::tolower(a) == b; }))
+        if (ct.size() == t.size() &&
+            std::equal(ct.begin(), ct.end(), t.begin(),
+                       [](char a, char b) { return std::tolower(a) == b; }))
             return std::string(e);
     return "bin";
 }

@@ -15,9 +15,10 @@ namespace klingd::core {
 // The outcome of one HTTP exchange, as the daemon's client reports it.
 struct http_outcome {
     enum class transport {
-        ok,        // a complete answer arrived (any status)
-        not_sent,  // DNS, connect or TLS handshake failed: the request never left
-        lost,      // the request was (maybe) sent but no complete answer came: timeout, reset, truncation
+        ok,       // a complete answer arrived (any status)
+        not_sent, // DNS, connect or TLS handshake failed: the request never left
+        lost,     // the request was (maybe) sent but no complete answer came: timeout, reset,
+                  // truncation
     };
     transport how = transport::ok;
     int status = 0;
@@ -29,17 +30,17 @@ struct http_outcome {
 };
 
 enum class answer_class {
-    ok,             // 2xx
-    bad_request,    // 400
-    unauthorized,   // 401: the key is wrong for every request
-    forbidden,      // 403
-    not_found,      // 404: unknown model on submit, unknown or expired request on GET
-    no_credits,     // 406
-    gone,           // 410: model retired
-    failed,         // 422: the request FAILED
-    rate_limited,   // 429
-    server_error,   // 5xx
-    other,          // any other code
+    ok,           // 2xx
+    bad_request,  // 400
+    unauthorized, // 401: the key is wrong for every request
+    forbidden,    // 403
+    not_found,    // 404: unknown model on submit, unknown or expired request on GET
+    no_credits,   // 406
+    gone,         // 410: model retired
+    failed,       // 422: the request FAILED
+    rate_limited, // 429
+    server_error, // 5xx
+    other,        // any other code
 };
 
 answer_class classify(int http_status);

@@ -3,8 +3,8 @@
 
 namespace klingd::core {
 
-void dispatch_queue::schedule(const std::string& job_id, work_kind kind, time_point not_before, time_point deadline,
-                              int priority, time_point created) {
+void dispatch_queue::schedule(const std::string& job_id, work_kind kind, time_point not_before,
+                              time_point deadline, int priority, time_point created) {
     if (kind == work_kind::none) {
         cancel(job_id);
         return;
@@ -14,7 +14,9 @@ void dispatch_queue::schedule(const std::string& job_id, work_kind kind, time_po
     waiting_.push(entry{job_id, t, kind, not_before, deadline, priority, created});
 }
 
-void dispatch_queue::cancel(const std::string& job_id) { live_.erase(job_id); }
+void dispatch_queue::cancel(const std::string& job_id) {
+    live_.erase(job_id);
+}
 
 bool dispatch_queue::live(const entry& e) const {
     auto it = live_.find(e.job_id);

@@ -28,8 +28,8 @@ public:
 
     // Schedules (or re-schedules) a job's next step. deadline orders polls; for
     // submits, priority and created order them.
-    void schedule(const std::string& job_id, work_kind kind, time_point not_before, time_point deadline = {},
-                  int priority = 0, time_point created = {});
+    void schedule(const std::string& job_id, work_kind kind, time_point not_before,
+                  time_point deadline = {}, int priority = 0, time_point created = {});
     // Drops whatever the job had scheduled.
     void cancel(const std::string& job_id);
 
@@ -58,7 +58,9 @@ private:
         time_point created;
     };
     struct later_due {
-        bool operator()(const entry& a, const entry& b) const { return a.not_before > b.not_before; }
+        bool operator()(const entry& a, const entry& b) const {
+            return a.not_before > b.not_before;
+        }
     };
     struct later_deadline {
         bool operator()(const entry& a, const entry& b) const { return a.deadline > b.deadline; }

@@ -13,19 +13,24 @@ constexpr double min_sigma = 0.05;
 constexpr double max_sigma = 1.5;
 } // namespace
 
-double normal_cdf(double z) { return 0.5 * std::erfc(-z / std::sqrt(2.0)); }
+double normal_cdf(double z) {
+    return 0.5 * std::erfc(-z / std::sqrt(2.0));
+}
 
 // Acklam's rational approximation, refined by one Halley step.
 double normal_quantile(double p) {
     p = std::clamp(p, 1e-12, 1 - 1e-12);
-    static constexpr double a[] = {-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
-                                   1.383577518672690e+02,  -3.066479806614716e+01, 2.506628277459239e+00};
-    static constexpr double b[] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
-                                   6.680131188771972e+01,  -1.328068155288572e+01};
-    static constexpr double c[] = {-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
-                                   -2.549732539343734e+00, 4.374664141464968e+00,  2.938163982698783e+00};
-    static constexpr double d[] = {7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
-                                   3.754408661907416e+00};
+    static constexpr double a[] = {-3.969683028665376e+01, 2.209460984245205e+02,
+                                   -2.759285104469687e+02, 1.383577518672690e+02,
+                                   -3.066479806614716e+01, 2.506628277459239e+00};
+    static constexpr double b[] = {-5.447609879822406e+01, 1.615858368580409e+02,
+                                   -1.556989798598866e+02, 6.680131188771972e+01,
+                                   -1.328068155288572e+01};
+    static constexpr double c[] = {-7.784894002430293e-03, -3.223964580411365e-01,
+                                   -2.400758277161838e+00, -2.549732539343734e+00,
+                                   4.374664141464968e+00,  2.938163982698783e+00};
+    static constexpr double d[] = {7.784695709041462e-03, 3.224671290700398e-01,
+                                   2.445134137142996e+00, 3.754408661907416e+00};
     constexpr double lo = 0.02425;
     double x;
     if (p < lo) {
@@ -47,8 +52,8 @@ double normal_quantile(double p) {
 }
 
 duration_model::duration_model(double prior_median_s, double prior_sigma)
-    : prior_mu_(std::log(std::max(prior_median_s, 1e-3))), prior_sigma_(prior_sigma), mu_(prior_mu_),
-      sigma_(prior_sigma) {}
+    : prior_mu_(std::log(std::max(prior_median_s, 1e-3))), prior_sigma_(prior_sigma),
+      mu_(prior_mu_), sigma_(prior_sigma) {}
 
 void duration_model::set_prior(double prior_median_s) {
     prior_mu_ = std::log(std::max(prior_median_s, 1e-3));
@@ -91,8 +96,12 @@ void duration_model::refit() {
     sigma_ = std::clamp(std::sqrt(v), min_sigma, max_sigma);
 }
 
-double duration_model::median() const { return std::exp(mu_); }
-double duration_model::sigma() const { return sigma_; }
+double duration_model::median() const {
+    return std::exp(mu_);
+}
+double duration_model::sigma() const {
+    return sigma_;
+}
 
 double duration_model::cdf(double t) const {
     if (t <= 0)
@@ -100,6 +109,8 @@ double duration_model::cdf(double t) const {
     return normal_cdf((std::log(t) - mu_) / sigma_);
 }
 
-double duration_model::quantile(double p) const { return std::exp(mu_ + sigma_ * normal_quantile(p)); }
+double duration_model::quantile(double p) const {
+    return std::exp(mu_ + sigma_ * normal_quantile(p));
+}
 
 } // namespace klingd::core

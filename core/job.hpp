@@ -16,7 +16,16 @@ namespace klingd::core {
 using time_point = std::chrono::time_point<std::chrono::system_clock, std::chrono::milliseconds>;
 using std::chrono::milliseconds;
 
-enum class job_state { pending, submitting, queued, processing, completed, failed, expired, cancelled };
+enum class job_state {
+    pending,
+    submitting,
+    queued,
+    processing,
+    completed,
+    failed,
+    expired,
+    cancelled
+};
 
 std::string_view to_string(job_state s);
 // nullopt when the name is not a state.
@@ -25,15 +34,16 @@ bool is_terminal(job_state s);
 
 // Where a non-terminal job is inside its state, beyond what the contract's states say.
 enum class job_phase : std::uint8_t {
-    none,           // pending, or waiting for the next poll
-    result_due,     // the API reported COMPLETED: fetch the result
-    download_due,   // the result body is stored: download its media
+    none,         // pending, or waiting for the next poll
+    result_due,   // the API reported COMPLETED: fetch the result
+    download_due, // the result body is stored: download its media
 };
 
 struct job {
     std::string id;
     std::string model;
-    std::string params; // the JSON body of POST /v2/{model}; may be dropped from memory once submitted
+    std::string
+        params; // the JSON body of POST /v2/{model}; may be dropped from memory once submitted
     int priority = 0;
 
     job_state state = job_state::pending;
@@ -47,13 +57,14 @@ struct job {
 
     time_point created_at{};
     time_point updated_at{};
-    std::optional<time_point> submitted_at;   // when the API accepted the request (retention counts from here)
+    std::optional<time_point>
+        submitted_at; // when the API accepted the request (retention counts from here)
     std::optional<time_point> remote_done_at; // estimate of when the API finished the request
     std::optional<time_point> finished_at;    // when the job reached a terminal state
 
-    int attempts = 0; // submits sent for this job, all retries included
-    int polls = 0;    // status polls sent for the current request
-    int failures = 0; // consecutive transient failures of the current step (not persisted)
+    int attempts = 0;          // submits sent for this job, all retries included
+    int polls = 0;             // status polls sent for the current request
+    int failures = 0;          // consecutive transient failures of the current step (not persisted)
     time_point last_poll_at{}; // when the last "not done yet" answer was seen (not persisted)
 };
 

@@ -105,8 +105,8 @@ struct checker {
         std::string list;
         for (auto a : allowed)
             list += fmt::format("{}\"{}\"", list.empty() ? "" : ", ", a);
-        if (!v->is_string() || std::find(allowed.begin(), allowed.end(), std::string_view(v->as_string())) ==
-                                   allowed.end())
+        if (!v->is_string() || std::find(allowed.begin(), allowed.end(),
+                                         std::string_view(v->as_string())) == allowed.end())
             fail(fmt::format("params.{} is {}: allowed values are {}", name, show(*v), list));
     }
 
@@ -150,8 +150,8 @@ struct checker {
                 std::string list;
                 for (auto k : known)
                     list += fmt::format("{}{}", list.empty() ? "" : ", ", k);
-                return fail(fmt::format("params.{} is not a parameter of {} (known: {})", std::string_view(kv.key()),
-                                        model, list));
+                return fail(fmt::format("params.{} is not a parameter of {} (known: {})",
+                                        std::string_view(kv.key()), model, list));
             }
         }
     }
@@ -160,7 +160,8 @@ struct checker {
 // The highest N in "@ImageN" (any case) in the prompt, 0 when there is none.
 long highest_image_reference(std::string_view prompt) {
     long highest = 0;
-    for (std::size_t at = prompt.find('@'); at != std::string_view::npos; at = prompt.find('@', at + 1)) {
+    for (std::size_t at = prompt.find('@'); at != std::string_view::npos;
+         at = prompt.find('@', at + 1)) {
         auto word = prompt.substr(at + 1, 5);
         if (word.size() < 5 || !std::equal(word.begin(), word.end(), "image",
                                            [](char a, char b) { return (a | 0x20) == b; }))
@@ -177,7 +178,8 @@ long highest_image_reference(std::string_view prompt) {
 
 std::optional<std::string> check_kling_o1(const json::object& p) {
     checker c{p, {}};
-    c.only_known("kling-o1", {"prompt", "image_urls", "aspect_ratio", "output_format", "resolution"});
+    c.only_known("kling-o1",
+                 {"prompt", "image_urls", "aspect_ratio", "output_format", "resolution"});
     c.string_field("prompt", true);
     long images = c.url_array(c.field("image_urls", true), "params.image_urls", true);
     c.enum_field("aspect_ratio", {"auto", "16:9", "9:16", "1:1"});
@@ -186,36 +188,41 @@ std::optional<std::string> check_kling_o1(const json::object& p) {
     if (!c.failed()) {
         long ref = highest_image_reference(p.at("prompt").as_string());
         if (ref > images)
-            c.fail(fmt::format("params.prompt refers to @Image{} but params.image_urls has {} URL{}", ref,
-                               images, images == 1 ? "" : "s"));
+            c.fail(
+                fmt::format("params.prompt refers to @Image{} but params.image_urls has {} URL{}",
+                            ref, images, images == 1 ? "" : "s"));
     }
     return c.problem;
 }
 
 std::optional<std::string> check_video_edit(const json::object& p) {
     checker c{p, {}};
-    c.only_known("kling-o1-video-to-video-edit", {"prompt", "video_url", "image_urls", "elements", "keep_audio"});
+    c.only_known("kling-o1-video-to-video-edit",
+                 {"prompt", "video_url", "image_urls", "elements", "keep_audio"});
     c.string_field("prompt", true);
     c.url_field("video_url", true);
     long images = c.url_array(c.field("image_urls", false), "params.image_urls", false);
     c.bool_field("keep_audio");
     if (auto e = c.field("elements", false); e && !c.failed()) {
         if (!e->is_array())
-            return fmt::format("params.elements must be an array of objects "
-                               "{{\"frontal_image_url\": URL, \"reference_image_urls\": [URL, ...]}}, found {}",
-                               kind_of(*e));
+            return fmt::format(
+                "params.elements must be an array of objects "
+                "{{\"frontal_image_url\": URL, \"reference_image_urls\": [URL, ...]}}, found {}",
+                kind_of(*e));
         const auto& a = e->as_array();
         for (std::size_t i = 0; i < a.size() && !c.failed(); ++i) {
             std::string where = fmt::format("params.elements[{}]", i);
             if (!a[i].is_object()) {
-                c.fail(fmt::format("{} must be an object with frontal_image_url and reference_image_urls", where));
+                c.fail(fmt::format(
+                    "{} must be an object with frontal_image_url and reference_image_urls", where));
                 break;
             }
             const auto& el = a[i].as_object();
             for (auto& kv : el)
                 if (kv.key() != "frontal_image_url" && kv.key() != "reference_image_urls")
-                    c.fail(fmt::format("{}.{} is not known (known: frontal_image_url, reference_image_urls)",
-                                       where, std::string_view(kv.key())));
+                    c.fail(fmt::format(
+                        "{}.{} is not known (known: frontal_image_url, reference_image_urls)",
+                        where, std::string_view(kv.key())));
             auto f = el.find("frontal_image_url");
             if (f == el.end())
                 c.fail(fmt::format("{}.frontal_image_url is required", where));
@@ -229,8 +236,9 @@ std::optional<std::string> check_video_edit(const json::object& p) {
     if (!c.failed() && images >= 0) {
         long ref = highest_image_reference(p.at("prompt").as_string());
         if (ref > images)
-            c.fail(fmt::format("params.prompt refers to @image{} but params.image_urls has {} URL{}", ref, images,
-                               images == 1 ? "" : "s"));
+            c.fail(
+                fmt::format("params.prompt refers to @image{} but params.image_urls has {} URL{}",
+                            ref, images, images == 1 ? "" : "s"));
     }
     return c.problem;
 }
@@ -287,7 +295,8 @@ std::optional<std::string> job_id_problem(std::string_view id) {
     return std::nullopt;
 }
 
-std::optional<std::string> model_params_problem(std::string_view model, const json::object& params) {
+std::optional<std::string> model_params_problem(std::string_view model,
+                                                const json::object& params) {
     if (model == "kling-o1")
         return check_kling_o1(params);
     if (model == "kling-o1-video-to-video-edit")
@@ -296,11 +305,14 @@ std::optional<std::string> model_params_problem(std::string_view model, const js
 }
 
 spec_result parse_job_spec(std::string_view text, std::string_view default_id) {
-    auto err = [](std::string msg) { return spec_result{std::nullopt, std::move(msg)}; };
+    auto err = [](std::string msg) {
+        return spec_result{std::nullopt, std::move(msg)};
+    };
     if (text.empty())
         return err("the job is empty: expected a JSON object {\"model\": ..., \"params\": {...}}");
     if (text.find('\0') != std::string_view::npos)
-        return err(fmt::format("the job contains a NUL byte at offset {}: not a JSON text", text.find('\0')));
+        return err(fmt::format("the job contains a NUL byte at offset {}: not a JSON text",
+                               text.find('\0')));
 
     json::parse_options opts;
     opts.max_depth = 32;
@@ -319,7 +331,8 @@ spec_result parse_job_spec(std::string_view text, std::string_view default_id) {
     for (auto& kv : o) {
         auto k = std::string_view(kv.key());
         if (k != "model" && k != "params" && k != "id" && k != "priority")
-            return err(fmt::format("unknown field \"{}\" (allowed: model, params, id, priority)", k));
+            return err(
+                fmt::format("unknown field \"{}\" (allowed: model, params, id, priority)", k));
     }
 
     job_spec spec;
@@ -352,8 +365,9 @@ spec_result parse_job_spec(std::string_view text, std::string_view default_id) {
         if (spec.id.empty())
             return err("id is required here (there is no file name to take it from)");
         if (auto p = job_id_problem(spec.id))
-            return err(fmt::format("the file name gives the job id \"{}\", which {}; add an \"id\" field",
-                                   spec.id.substr(0, 140), *p));
+            return err(
+                fmt::format("the file name gives the job id \"{}\", which {}; add an \"id\" field",
+                            spec.id.substr(0, 140), *p));
     }
 
     if (auto pr = o.find("priority"); pr != o.end()) {
@@ -368,7 +382,8 @@ spec_result parse_job_spec(std::string_view text, std::string_view default_id) {
         else
             return err(fmt::format("priority must be an integer, found {}", show(v)));
         if (n < -1000000 || n > 1000000)
-            return err(fmt::format("priority {} is out of range: from -1000000 to 1000000", show(v)));
+            return err(
+                fmt::format("priority {} is out of range: from -1000000 to 1000000", show(v)));
         spec.priority = static_cast<int>(n);
     }
     return {std::move(spec), {}};

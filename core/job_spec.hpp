@@ -31,7 +31,8 @@ std::optional<std::string> job_id_problem(std::string_view id);
 
 // Checks params against the documented parameters of kling-o1 and
 // kling-o1-video-to-video-edit; other models pass. Returns the problem or nullopt.
-std::optional<std::string> model_params_problem(std::string_view model, const boost::json::object& params);
+std::optional<std::string> model_params_problem(std::string_view model,
+                                                const boost::json::object& params);
 
 // The same JSON with every object's keys sorted, serialized.
 std::string canonical_json(const boost::json::value& v);

@@ -15,15 +15,19 @@ namespace {
 
 using seconds_d = std::chrono::duration<double>;
 
-milliseconds to_ms(double s) { return milliseconds(static_cast<std::int64_t>(std::llround(s * 1000))); }
+milliseconds to_ms(double s) {
+    return milliseconds(static_cast<std::int64_t>(std::llround(s * 1000)));
+}
 
 std::string rfc3339(time_point t) {
-    return fmt::format("{:%Y-%m-%dT%H:%M:%S}Z", std::chrono::time_point_cast<std::chrono::seconds>(t));
+    return fmt::format("{:%Y-%m-%dT%H:%M:%S}Z",
+                       std::chrono::time_point_cast<std::chrono::seconds>(t));
 }
 
 // Full jitter: uniform in [0, min(cap, base * 2^failures)], at least a tenth of base.
 milliseconds backoff(const lifecycle_context& c, int failures) {
-    double ceiling = std::min(c.backoff_cap_s, c.backoff_base_s * std::pow(2.0, std::min(failures, 20)));
+    double ceiling =
+        std::min(c.backoff_cap_s, c.backoff_base_s * std::pow(2.0, std::min(failures, 20)));
     return to_ms(std::max(c.backoff_base_s / 10, c.jitter01 * ceiling));
 }
 
@@ -45,8 +49,9 @@ struct machine {
 
     void to_state(job_state s, std::string note, persist_mode p = persist_mode::durable) {
         if (n().state != s)
-            t.note = note.empty() ? fmt::format("{} -> {}", to_string(n().state), to_string(s))
-                                  : fmt::format("{} -> {}: {}", to_string(n().state), to_string(s), note);
+            t.note = note.empty()
+                         ? fmt::format("{} -> {}", to_string(n().state), to_string(s))
+                         : fmt::format("{} -> {}: {}", to_string(n().state), to_string(s), note);
         else if (!note.empty())
             t.note = std::move(note);
         n().state = s;
@@ -93,17 +98,20 @@ struct machine {
     void retry_get(work_kind w, const std::string& why) {
         ++n().failures;
         if (past_retention(n(), now, c.retention_s)) {
-            expire(fmt::format("the result could not be fetched within the API's retention of {}s after "
-                               "submission (last error: {})",
-                               c.retention_s, why));
+            expire(fmt::format(
+                "the result could not be fetched within the API's retention of {}s after "
+                "submission (last error: {})",
+                c.retention_s, why));
             return;
         }
         time_point at = now + backoff(c, n().failures);
         if (n().submitted_at)
-            at = std::min(at, std::max(now, *n().submitted_at + to_ms(c.retention_s) - to_ms(c.backoff_base_s)));
+            at = std::min(at, std::max(now, *n().submitted_at + to_ms(c.retention_s) -
+                                                to_ms(c.backoff_base_s)));
         schedule(w, at);
-        t.log = fmt::format("{} failed ({}); retry {} in {:.1f}s", w == work_kind::poll ? "poll" : "result fetch", why,
-                            n().failures, seconds_d(at - now).count());
+        t.log = fmt::format("{} failed ({}); retry {} in {:.1f}s",
+                            w == work_kind::poll ? "poll" : "result fetch", why, n().failures,
+                            seconds_d(at - now).count());
     }
 
     void signal_from(const http_outcome& o, answer_class k) {
@@ -153,15 +161,17 @@ struct machine {
             if (c.resubmit_unknown) {
                 ++n().failures;
                 auto at = now + backoff(c, n().failures);
-                back_to_pending(fmt::format("submit answer lost ({}); the request may exist at Segmind; "
-                                            "sending again because jobs.resubmit_unknown = true",
-                                            o.message),
-                                at);
+                back_to_pending(
+                    fmt::format("submit answer lost ({}); the request may exist at Segmind; "
+                                "sending again because jobs.resubmit_unknown = true",
+                                o.message),
+                    at);
             } else {
-                fail(fmt::format("the answer to the submit was lost ({}): the request may or may not exist at "
-                                 "Segmind, which has no idempotency key; not sent again because "
-                                 "jobs.resubmit_unknown = false; `klingctl retry {}` submits it again",
-                                 o.message, j.id));
+                fail(fmt::format(
+                    "the answer to the submit was lost ({}): the request may or may not exist at "
+                    "Segmind, which has no idempotency key; not sent again because "
+                    "jobs.resubmit_unknown = false; `klingctl retry {}` submits it again",
+                    o.message, j.id));
             }
             return;
         }
@@ -171,9 +181,10 @@ struct machine {
         case answer_class::ok: {
             auto f = parse_submit(o.body, c.base_url);
             if (!f) {
-                fail(fmt::format("the submit answer (HTTP {}) has no usable request_id, so the request cannot "
-                                 "be followed: {}",
-                                 o.status, error_detail(o.status, o.body)));
+                fail(fmt::format(
+                    "the submit answer (HTTP {}) has no usable request_id, so the request cannot "
+                    "be followed: {}",
+                    o.status, error_detail(o.status, o.body)));
                 return;
             }
             n().request_id = f->request_id;
@@ -203,16 +214,19 @@ struct machine {
             ++n().failures;
             auto at = now + backoff(c, n().failures);
             n().error = fmt::format("last submit: {}; retrying", error_detail(o.status, o.body));
-            back_to_pending(fmt::format("submit got {}; retrying in {:.1f}s", error_detail(o.status, o.body),
+            back_to_pending(fmt::format("submit got {}; retrying in {:.1f}s",
+                                        error_detail(o.status, o.body),
                                         seconds_d(at - now).count()),
                             at);
             return;
         }
         case answer_class::not_found:
-            fail(fmt::format("submit: unknown model \"{}\" ({})", j.model, error_detail(o.status, o.body)));
+            fail(fmt::format("submit: unknown model \"{}\" ({})", j.model,
+                             error_detail(o.status, o.body)));
             return;
         case answer_class::gone:
-            fail(fmt::format("submit: model \"{}\" is retired ({})", j.model, error_detail(o.status, o.body)));
+            fail(fmt::format("submit: model \"{}\" is retired ({})", j.model,
+                             error_detail(o.status, o.body)));
             return;
         default:
             fail(fmt::format("submit rejected: {}", error_detail(o.status, o.body)));
@@ -221,7 +235,8 @@ struct machine {
     }
 
     void on(const ev_poll_answer& e) {
-        if ((j.state != job_state::queued && j.state != job_state::processing) || j.phase != job_phase::none) {
+        if ((j.state != job_state::queued && j.state != job_state::processing) ||
+            j.phase != job_phase::none) {
             t.rejection = "no poll expected";
             return;
         }
@@ -264,10 +279,11 @@ struct machine {
             fail(fmt::format("the request failed: {}", error_detail(o.status, o.body)));
             return;
         case answer_class::not_found:
-            expire(fmt::format("Segmind no longer knows request {} (HTTP 404 on poll; it keeps results {}s "
-                               "after submission, and this one was submitted at {})",
-                               j.request_id.value_or("?"), c.retention_s,
-                               j.submitted_at ? rfc3339(*j.submitted_at) : "an unknown time"));
+            expire(fmt::format(
+                "Segmind no longer knows request {} (HTTP 404 on poll; it keeps results {}s "
+                "after submission, and this one was submitted at {})",
+                j.request_id.value_or("?"), c.retention_s,
+                j.submitted_at ? rfc3339(*j.submitted_at) : "an unknown time"));
             return;
         case answer_class::rate_limited:
             schedule(work_kind::poll, t.rate_limited_until.value_or(now));
@@ -290,7 +306,8 @@ struct machine {
         }
         const auto& o = e.out;
         if (o.too_large) {
-            fail(fmt::format("the result body is larger than api.max_result_bytes; refused ({})", o.message));
+            fail(fmt::format("the result body is larger than api.max_result_bytes; refused ({})",
+                             o.message));
             return;
         }
         if (o.how != http_outcome::transport::ok)
@@ -331,8 +348,8 @@ struct machine {
         default:
             if (k != answer_class::server_error && k != answer_class::unauthorized &&
                 n().failures + 1 >= max_get_failures_for_odd_answers) {
-                fail(fmt::format("fetching the result of request {} kept failing: {}", j.request_id.value_or("?"),
-                                 error_detail(o.status, o.body)));
+                fail(fmt::format("fetching the result of request {} kept failing: {}",
+                                 j.request_id.value_or("?"), error_detail(o.status, o.body)));
                 return;
             }
             return retry_get(work_kind::fetch_result, error_detail(o.status, o.body));
@@ -347,7 +364,8 @@ struct machine {
         n().outputs = e.paths;
         n().failures = 0;
         n().error.reset();
-        to_state(job_state::completed, fmt::format("{} file{} written", e.paths.size(), e.paths.size() == 1 ? "" : "s"));
+        to_state(job_state::completed,
+                 fmt::format("{} file{} written", e.paths.size(), e.paths.size() == 1 ? "" : "s"));
     }
 
     void on(const ev_download_failed& e) {
@@ -378,14 +396,16 @@ struct machine {
             return;
         case job_state::submitting:
             if (c.resubmit_unknown) {
-                n().error = "klingd stopped while this job's submit was in flight; sent again because "
-                            "jobs.resubmit_unknown = true (the earlier request may exist at Segmind too)";
+                n().error =
+                    "klingd stopped while this job's submit was in flight; sent again because "
+                    "jobs.resubmit_unknown = true (the earlier request may exist at Segmind too)";
                 back_to_pending(*n().error, now);
             } else {
-                fail(fmt::format("klingd stopped while this job's submit was in flight: the request may or may "
-                                 "not exist at Segmind, which has no idempotency key; not sent again because "
-                                 "jobs.resubmit_unknown = false; `klingctl retry {}` submits it again",
-                                 j.id));
+                fail(fmt::format(
+                    "klingd stopped while this job's submit was in flight: the request may or may "
+                    "not exist at Segmind, which has no idempotency key; not sent again because "
+                    "jobs.resubmit_unknown = false; `klingctl retry {}` submits it again",
+                    j.id));
             }
             return;
         case job_state::queued:
@@ -397,10 +417,11 @@ struct machine {
             }
             n().phase = job_phase::none;
             if (past_retention(n(), now, c.retention_s)) {
-                expire(fmt::format("klingd was down past the API's retention of {}s after submission (at {}); "
-                                   "the result of request {} is gone",
-                                   c.retention_s, j.submitted_at ? rfc3339(*j.submitted_at) : "?",
-                                   j.request_id.value_or("?")));
+                expire(fmt::format(
+                    "klingd was down past the API's retention of {}s after submission (at {}); "
+                    "the result of request {} is gone",
+                    c.retention_s, j.submitted_at ? rfc3339(*j.submitted_at) : "?",
+                    j.request_id.value_or("?")));
                 return;
             }
             n().last_poll_at = n().submitted_at.value_or(now);
@@ -416,18 +437,21 @@ struct machine {
             t.rejection = "nothing to expire";
             return;
         }
-        expire(fmt::format("request {} was not fetched within the API's retention of {}s after submission (at {})",
-                           j.request_id.value_or("?"), c.retention_s,
-                           j.submitted_at ? rfc3339(*j.submitted_at) : "?"));
+        expire(fmt::format(
+            "request {} was not fetched within the API's retention of {}s after submission (at {})",
+            j.request_id.value_or("?"), c.retention_s,
+            j.submitted_at ? rfc3339(*j.submitted_at) : "?"));
     }
 
     void on(const ev_cancel&) {
         if (j.state != job_state::pending) {
-            t.rejection = is_terminal(j.state)
-                              ? fmt::format("job {} is already {}", j.id, to_string(j.state))
-                              : fmt::format("job {} is {}: it was already sent to Segmind, which has no cancel "
-                                            "endpoint; only pending jobs can be cancelled",
-                                            j.id, to_string(j.state));
+            t.rejection =
+                is_terminal(j.state)
+                    ? fmt::format("job {} is already {}", j.id, to_string(j.state))
+                    : fmt::format(
+                          "job {} is {}: it was already sent to Segmind, which has no cancel "
+                          "endpoint; only pending jobs can be cancelled",
+                          j.id, to_string(j.state));
             return;
         }
         n().error = "cancelled";
@@ -436,11 +460,12 @@ struct machine {
 
     void on(const ev_retry&) {
         if (j.state != job_state::failed && j.state != job_state::expired) {
-            t.rejection = fmt::format("job {} is {}: only failed or expired jobs can be retried", j.id,
-                                      to_string(j.state));
+            t.rejection = fmt::format("job {} is {}: only failed or expired jobs can be retried",
+                                      j.id, to_string(j.state));
             return;
         }
-        std::string previous = j.request_id ? fmt::format(" (previous request {})", *j.request_id) : "";
+        std::string previous =
+            j.request_id ? fmt::format(" (previous request {})", *j.request_id) : "";
         n().request_id.reset();
         n().status_url.reset();
         n().response_url.reset();

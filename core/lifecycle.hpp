@@ -18,12 +18,12 @@ namespace klingd::core {
 struct lifecycle_context {
     double retention_s = 3600;
     bool resubmit_unknown = false;
-    double backoff_base_s = 1;  // first retry delay (min_poll_interval_s)
-    double backoff_cap_s = 60;  // largest retry delay (max_poll_interval_s)
-    std::string base_url;       // for status URLs a submit answer left out
+    double backoff_base_s = 1; // first retry delay (min_poll_interval_s)
+    double backoff_cap_s = 60; // largest retry delay (max_poll_interval_s)
+    std::string base_url;      // for status URLs a submit answer left out
     const poll_planner* planner = nullptr;
     const duration_model* durations = nullptr; // of the job's model
-    double jitter01 = 0.5;      // a fresh uniform random number in [0, 1) for each call
+    double jitter01 = 0.5; // a fresh uniform random number in [0, 1) for each call
 };
 
 // The dispatcher chose this pending job for a submit.
@@ -51,8 +51,9 @@ struct ev_expire {};
 struct ev_cancel {};
 struct ev_retry {};
 
-using event = std::variant<ev_submit_begin, ev_submit_answer, ev_poll_answer, ev_result_answer, ev_download_done,
-                           ev_download_failed, ev_recover, ev_expire, ev_cancel, ev_retry>;
+using event =
+    std::variant<ev_submit_begin, ev_submit_answer, ev_poll_answer, ev_result_answer,
+                 ev_download_done, ev_download_failed, ev_recover, ev_expire, ev_cancel, ev_retry>;
 
 enum class work_kind { none, submit, poll, fetch_result, download };
 enum class persist_mode {
@@ -79,7 +80,7 @@ struct transition {
     std::string signal_reason;
     std::optional<double> duration_sample; // seconds from submission to completion, to learn from
     std::string rejection;                 // non-empty: the event does not apply to this job (409)
-    std::string log;                       // a line worth logging that is not history (a transient error)
+    std::string log; // a line worth logging that is not history (a transient error)
 };
 
 transition advance(const job& j, const event& e, time_point now, const lifecycle_context& ctx);

@@ -9,10 +9,14 @@ namespace klingd::core {
 namespace {
 using seconds_d = std::chrono::duration<double>;
 
-milliseconds to_ms(double s) { return milliseconds(static_cast<std::int64_t>(std::llround(s * 1000))); }
+milliseconds to_ms(double s) {
+    return milliseconds(static_cast<std::int64_t>(std::llround(s * 1000)));
+}
 } // namespace
 
-void poll_planner::set_scarcity(double s) { scarcity_ = std::clamp(s, 0.0, 1.0); }
+void poll_planner::set_scarcity(double s) {
+    scarcity_ = std::clamp(s, 0.0, 1.0);
+}
 
 time_point poll_planner::last_safe_poll(time_point submitted) const {
     // Room for a poll's answer and a result fetch before the API forgets the request.
@@ -21,8 +25,8 @@ time_point poll_planner::last_safe_poll(time_point submitted) const {
     return submitted + to_ms(policy_.retention_s - margin);
 }
 
-time_point poll_planner::next_poll(const duration_model& model, time_point submitted, time_point last_seen,
-                                   time_point now) const {
+time_point poll_planner::next_poll(const duration_model& model, time_point submitted,
+                                   time_point last_seen, time_point now) const {
     double elapsed = std::max(0.0, seconds_d(std::max(last_seen, submitted) - submitted).count());
     // The chance that the request finishes between this poll and the next.
     double p = 0.2 + 0.75 * scarcity_;
@@ -34,7 +38,8 @@ time_point poll_planner::next_poll(const duration_model& model, time_point submi
     if (elapsed < start) {
         next = std::min(next, start);
     } else {
-        // In the likely region, with budget to spare, keep the gap (and so the detection delay) short.
+        // In the likely region, with budget to spare, keep the gap (and so the detection delay)
+        // short.
         double ample_cap = std::max(policy_.min_interval_s * 2, model.median() / 30);
         double cap = ample_cap + (policy_.max_interval_s - ample_cap) * scarcity_;
         next = std::min(next, elapsed + cap);

@@ -43,7 +43,8 @@ bool rate_budget::try_acquire(time_point now) {
     return true;
 }
 
-void rate_budget::on_rate_limited(time_point now, std::optional<time_point> until, double jitter01) {
+void rate_budget::on_rate_limited(time_point now, std::optional<time_point> until,
+                                  double jitter01) {
     time_point resume;
     if (until) {
         consecutive_unhinted_ = 0;
@@ -54,7 +55,8 @@ void rate_budget::on_rate_limited(time_point now, std::optional<time_point> unti
         double cap_ms = std::min(60000.0, static_cast<double>(gap().count()) *
                                               std::pow(2.0, std::min(consecutive_unhinted_, 16)));
         double base_ms = static_cast<double>(gap().count());
-        resume = now + milliseconds(static_cast<std::int64_t>(base_ms + jitter01 * std::max(0.0, cap_ms - base_ms)));
+        resume = now + milliseconds(static_cast<std::int64_t>(
+                           base_ms + jitter01 * std::max(0.0, cap_ms - base_ms)));
     }
     blocked_until_ = std::max(blocked_until_, resume);
     // One decrease per episode: the answers of requests already in flight do not count again.

@@ -7,7 +7,9 @@
 
 namespace klingd::core {
 
-std::string url::origin() const { return fmt::format("{}://{}", scheme, host_header()); }
+std::string url::origin() const {
+    return fmt::format("{}://{}", scheme, host_header());
+}
 
 std::string url::host_header() const {
     bool v6 = host.find(':') != std::string::npos;
@@ -27,7 +29,8 @@ std::optional<url> parse_url(std::string_view s) {
     } else {
         return std::nullopt;
     }
-    if (s.size() > 8192 || std::any_of(s.begin(), s.end(), [](unsigned char c) { return c <= 0x20 || c == 0x7f; }))
+    if (s.size() > 8192 ||
+        std::any_of(s.begin(), s.end(), [](unsigned char c) { return c <= 0x20 || c == 0x7f; }))
         return std::nullopt;
     auto rest = s.substr(u.scheme.size() + 3);
     auto end = rest.find_first_of("/?#");
@@ -58,7 +61,8 @@ std::optional<url> parse_url(std::string_view s) {
     if (host.empty())
         return std::nullopt;
     if (!port.empty()) {
-        if (port.size() > 5 || !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; }))
+        if (port.size() > 5 ||
+            !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; }))
             return std::nullopt;
         unsigned p = static_cast<unsigned>(std::stoul(std::string(port)));
         if (p == 0 || p > 65535)
@@ -66,14 +70,16 @@ std::optional<url> parse_url(std::string_view s) {
         u.port = static_cast<std::uint16_t>(p);
     }
     u.host = std::string(host);
-    std::transform(u.host.begin(), u.host.end(), u.host.begin(), [](unsigned char c) { return std::tolower(c); });
+    std::transform(u.host.begin(), u.host.end(), u.host.begin(),
+                   [](unsigned char c) { return std::tolower(c); });
     return u;
 }
 
 namespace {
 bool is_ip_literal(const std::string& h) {
-    return h.find(':') != std::string::npos ||
-           std::all_of(h.begin(), h.end(), [](char c) { return (c >= '0' && c <= '9') || c == '.'; });
+    return h.find(':') != std::string::npos || std::all_of(h.begin(), h.end(), [](char c) {
+               return (c >= '0' && c <= '9') || c == '.';
+           });
 }
 // "api.segmind.com" -> "segmind.com"; "" for IP literals and single-label names.
 std::string parent_domain(const std::string& h) {
@@ -95,7 +101,8 @@ bool may_carry_api_key(const url& u, const url& base) {
     std::string parent = parent_domain(base.host);
     if (parent.empty() || parent.find('.') == std::string::npos)
         return false;
-    return u.host == parent || (u.host.size() > parent.size() + 1 && u.host.ends_with("." + parent));
+    return u.host == parent ||
+           (u.host.size() > parent.size() + 1 && u.host.ends_with("." + parent));
 }
 
 } // namespace klingd::core

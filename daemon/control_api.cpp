@@ -117,7 +117,9 @@ json::value number(double d) {
     return r;
 }
 
-json::object job_json(engine& e, const core::job& j) { return job_to_json(j, e.blocked_reason()); }
+json::object job_json(engine& e, const core::job& j) {
+    return job_to_json(j, e.blocked_reason());
+}
 
 control_response list_jobs(const control_request& req, engine& e, const target& t) {
     storage::job_filter f;
@@ -127,10 +129,11 @@ control_response list_jobs(const control_request& req, engine& e, const target& 
                 continue;
             auto s = core::parse_job_state(v);
             if (!s)
-                return error_response(req.version(), http::status::bad_request,
-                                      fmt::format("state \"{}\" is not a job state (pending, submitting, queued, "
-                                                  "processing, completed, failed, expired, cancelled)",
-                                                  v.substr(0, 40)));
+                return error_response(
+                    req.version(), http::status::bad_request,
+                    fmt::format("state \"{}\" is not a job state (pending, submitting, queued, "
+                                "processing, completed, failed, expired, cancelled)",
+                                v.substr(0, 40)));
             f.state = *s;
         } else if (k == "model") {
             if (!v.empty())
@@ -148,9 +151,10 @@ control_response list_jobs(const control_request& req, engine& e, const target& 
             if (!v.empty())
                 f.after = v;
         } else {
-            return error_response(req.version(), http::status::bad_request,
-                                  fmt::format("unknown query parameter \"{}\" (known: state, model, limit, after)",
-                                              k.substr(0, 40)));
+            return error_response(
+                req.version(), http::status::bad_request,
+                fmt::format("unknown query parameter \"{}\" (known: state, model, limit, after)",
+                            k.substr(0, 40)));
         }
     }
     auto jobs = e.list(f);
@@ -159,7 +163,8 @@ control_response list_jobs(const control_request& req, engine& e, const target& 
     for (auto& j : jobs)
         a.push_back(job_json(e, j));
     json::object o;
-    o["next"] = jobs.size() == f.limit && !jobs.empty() ? json::value(jobs.back().id) : json::value(nullptr);
+    o["next"] = jobs.size() == f.limit && !jobs.empty() ? json::value(jobs.back().id)
+                                                        : json::value(nullptr);
     o["jobs"] = std::move(a);
     return json_response(req.version(), http::status::ok, o);
 }
@@ -167,7 +172,8 @@ control_response list_jobs(const control_request& req, engine& e, const target& 
 control_response get_job(const control_request& req, engine& e, const std::string& id) {
     auto j = e.find(id);
     if (!j)
-        return error_response(req.version(), http::status::not_found, fmt::format("no job \"{}\"", id.substr(0, 128)));
+        return error_response(req.version(), http::status::not_found,
+                              fmt::format("no job \"{}\"", id.substr(0, 128)));
     auto o = job_json(e, *j);
     o["history"] = history_to_json(e.history(id));
     return json_response(req.version(), http::status::ok, o);
@@ -179,7 +185,8 @@ control_response post_job(const control_request& req, engine& e, const peer_info
         return error_response(req.version(), http::status::bad_request, parsed.error);
     std::vector<storage::insert_outcome> out;
     try {
-        out = e.add_jobs({*parsed.spec}, {fmt::format("socket (pid {}, uid {})", peer.pid, peer.uid)});
+        out = e.add_jobs({*parsed.spec},
+                         {fmt::format("socket (pid {}, uid {})", peer.pid, peer.uid)});
     } catch (const std::exception& ex) {
         return error_response(req.version(), http::status::service_unavailable,
                               fmt::format("cannot record the job: {}", ex.what()));
@@ -187,24 +194,27 @@ control_response post_job(const control_request& req, engine& e, const peer_info
     auto j = e.find(parsed.spec->id);
     switch (out.front()) {
     case storage::insert_outcome::inserted:
-        log::info("job {}: accepted over the socket from pid {} uid {}", parsed.spec->id, peer.pid, peer.uid);
+        log::info("job {}: accepted over the socket from pid {} uid {}", parsed.spec->id, peer.pid,
+                  peer.uid);
         return json_response(req.version(), http::status::created, job_json(e, *j));
     case storage::insert_outcome::same_content:
         return json_response(req.version(), http::status::ok, job_json(e, *j));
     case storage::insert_outcome::conflict:
         break;
     }
-    return error_response(req.version(), http::status::conflict,
-                          fmt::format("id \"{}\" is taken by a job with other content (a job id is unique for the "
-                                      "life of the database)",
-                                      parsed.spec->id));
+    return error_response(
+        req.version(), http::status::conflict,
+        fmt::format("id \"{}\" is taken by a job with other content (a job id is unique for the "
+                    "life of the database)",
+                    parsed.spec->id));
 }
 
-control_response job_action(const control_request& req, engine& e, const std::string& id, const std::string& action,
-                            const peer_info& peer) {
+control_response job_action(const control_request& req, engine& e, const std::string& id,
+                            const std::string& action, const peer_info& peer) {
     std::string why = action == "cancel" ? e.cancel(id) : e.retry(id);
     if (why == "not found")
-        return error_response(req.version(), http::status::not_found, fmt::format("no job \"{}\"", id.substr(0, 128)));
+        return error_response(req.version(), http::status::not_found,
+                              fmt::format("no job \"{}\"", id.substr(0, 128)));
     if (!why.empty())
         return error_response(req.version(), http::status::conflict, why);
     log::notice("job {}: {} requested by pid {} uid {}", id, action, peer.pid, peer.uid);
@@ -214,7 +224,8 @@ control_response job_action(const control_request& req, engine& e, const std::st
 json::object stats_json(engine& e) {
     json::object o;
     json::object jobs;
-    for (auto s : {"pending", "submitting", "queued", "processing", "completed", "failed", "expired", "cancelled"})
+    for (auto s : {"pending", "submitting", "queued", "processing", "completed", "failed",
+                   "expired", "cancelled"})
         jobs[s] = 0;
     for (auto& [state, n] : e.count_by_state())
         jobs[state] = n;
@@ -229,12 +240,14 @@ json::object stats_json(engine& e) {
     o["requests"] = std::move(req);
     o["rate_limited"] = e.stats().rate_limited;
     auto& b = e.budget();
-    auto now = std::chrono::time_point_cast<std::chrono::milliseconds>(std::chrono::system_clock::now());
+    auto now =
+        std::chrono::time_point_cast<std::chrono::milliseconds>(std::chrono::system_clock::now());
     json::object budget;
     budget["configured_rpm"] = number(b.configured_rpm());
     budget["allowed_rpm"] = number(b.allowed_rpm());
     budget["used_last_minute"] = b.used_last_minute(now);
-    budget["blocked_until"] = b.blocked(now) ? json::value(rfc3339(b.blocked_until())) : json::value(nullptr);
+    budget["blocked_until"] =
+        b.blocked(now) ? json::value(rfc3339(b.blocked_until())) : json::value(nullptr);
     o["budget"] = std::move(budget);
     o["paused"] = e.paused();
     auto blocked = e.blocked_reason();
@@ -267,17 +280,21 @@ std::string render_metrics(engine& e) {
     };
     family("klingd_jobs", "gauge", "Jobs by state.");
     auto counts = e.count_by_state();
-    for (auto s : {"pending", "submitting", "queued", "processing", "completed", "failed", "expired", "cancelled"}) {
+    for (auto s : {"pending", "submitting", "queued", "processing", "completed", "failed",
+                   "expired", "cancelled"}) {
         auto it = counts.find(s);
-        out += fmt::format("klingd_jobs{{state=\"{}\"}} {}\n", s, it == counts.end() ? 0 : it->second);
+        out +=
+            fmt::format("klingd_jobs{{state=\"{}\"}} {}\n", s, it == counts.end() ? 0 : it->second);
     }
     family("klingd_api_requests_total", "counter", "API requests by kind and answer.");
     for (auto& [kind, codes] : e.stats().requests)
         for (auto& [code, n] : codes)
-            out += fmt::format("klingd_api_requests_total{{kind=\"{}\",code=\"{}\"}} {}\n", kind, code, n);
+            out += fmt::format("klingd_api_requests_total{{kind=\"{}\",code=\"{}\"}} {}\n", kind,
+                               code, n);
     family("klingd_rate_limited_total", "counter", "429 answers.");
     out += fmt::format("klingd_rate_limited_total {}\n", e.stats().rate_limited);
-    family("klingd_allowed_requests_per_minute", "gauge", "The request rate klingd allows itself now.");
+    family("klingd_allowed_requests_per_minute", "gauge",
+           "The request rate klingd allows itself now.");
     out += fmt::format("klingd_allowed_requests_per_minute {}\n", e.budget().allowed_rpm());
     family("klingd_configured_requests_per_minute", "gauge", "api.requests_per_minute.");
     out += fmt::format("klingd_configured_requests_per_minute {}\n", e.budget().configured_rpm());
@@ -286,12 +303,16 @@ std::string render_metrics(engine& e) {
     family("klingd_jobs_in_flight", "gauge", "Submitted, unfinished jobs.");
     out += fmt::format("klingd_jobs_in_flight {}\n", e.in_flight());
     family("klingd_intake_total", "counter", "Jobs offered by outcome.");
-    out += fmt::format("klingd_intake_total{{outcome=\"accepted\"}} {}\n", e.stats().intake_accepted);
-    out += fmt::format("klingd_intake_total{{outcome=\"duplicate\"}} {}\n", e.stats().intake_duplicates);
-    out += fmt::format("klingd_intake_total{{outcome=\"conflict\"}} {}\n", e.stats().intake_rejected);
+    out +=
+        fmt::format("klingd_intake_total{{outcome=\"accepted\"}} {}\n", e.stats().intake_accepted);
+    out += fmt::format("klingd_intake_total{{outcome=\"duplicate\"}} {}\n",
+                       e.stats().intake_duplicates);
+    out +=
+        fmt::format("klingd_intake_total{{outcome=\"conflict\"}} {}\n", e.stats().intake_rejected);
     family("klingd_downloads_total", "counter", "Result downloads by outcome.");
     out += fmt::format("klingd_downloads_total{{outcome=\"ok\"}} {}\n", e.stats().downloads_ok);
-    out += fmt::format("klingd_downloads_total{{outcome=\"failed\"}} {}\n", e.stats().downloads_failed);
+    out += fmt::format("klingd_downloads_total{{outcome=\"failed\"}} {}\n",
+                       e.stats().downloads_failed);
     return out;
 }
 
@@ -304,7 +325,8 @@ control_response handle_request(const control_request& req, engine& e, const pee
     auto wrong_method = [&](std::string_view allowed) {
         auto r = error_response(req.version(), http::status::method_not_allowed,
                                 fmt::format("{} is not allowed here (allowed: {})",
-                                            std::string_view(req.method_string()).substr(0, 20), allowed));
+                                            std::string_view(req.method_string()).substr(0, 20),
+                                            allowed));
         r.set(http::field::allow, allowed);
         return r;
     };
@@ -322,7 +344,8 @@ control_response handle_request(const control_request& req, engine& e, const pee
             if (s.size() == 2 && s[1] == "health") {
                 if (method != http::verb::get)
                     return wrong_method("GET");
-                return json_response(req.version(), http::status::ok, json::object{{"status", "ok"}});
+                return json_response(req.version(), http::status::ok,
+                                     json::object{{"status", "ok"}});
             }
             if (s.size() == 2 && s[1] == "jobs") {
                 if (method == http::verb::get)
@@ -345,9 +368,10 @@ control_response handle_request(const control_request& req, engine& e, const pee
                 if (method != http::verb::post)
                     return wrong_method("POST");
                 e.set_paused(s[1] == "pause");
-                log::notice("submissions {} by pid {} uid {}", s[1] == "pause" ? "paused" : "resumed", peer.pid,
-                            peer.uid);
-                return json_response(req.version(), http::status::ok, json::object{{"paused", e.paused()}});
+                log::notice("submissions {} by pid {} uid {}",
+                            s[1] == "pause" ? "paused" : "resumed", peer.pid, peer.uid);
+                return json_response(req.version(), http::status::ok,
+                                     json::object{{"paused", e.paused()}});
             }
             if (s.size() == 2 && s[1] == "stats") {
                 if (method != http::verb::get)
@@ -360,8 +384,9 @@ control_response handle_request(const control_request& req, engine& e, const pee
                    std::string_view(req.target()).substr(0, 200), ex.what());
         return error_response(req.version(), http::status::internal_server_error, ex.what());
     }
-    return error_response(req.version(), http::status::not_found,
-                          fmt::format("no endpoint {}", std::string_view(req.target()).substr(0, 200)));
+    return error_response(
+        req.version(), http::status::not_found,
+        fmt::format("no endpoint {}", std::string_view(req.target()).substr(0, 200)));
 }
 
 } // namespace klingd::daemon

@@ -23,7 +23,8 @@ struct peer_info {
 control_response handle_request(const control_request& req, engine& e, const peer_info& peer);
 
 // A JSON error answer {"error": message}.
-control_response error_response(unsigned version, boost::beast::http::status status, const std::string& message);
+control_response error_response(unsigned version, boost::beast::http::status status,
+                                const std::string& message);
 
 // Prometheus text exposition of the engine's counters.
 std::string render_metrics(engine& e);

@@ -26,25 +26,30 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 using local = asio::local::stream_protocol;
 
-control_server::control_server(asio::io_context& io, const config::settings& s, engine& e, control_limits limits)
+control_server::control_server(asio::io_context& io, const config::settings& s, engine& e,
+                               control_limits limits)
     : io_(io), settings_(s), engine_(e), limits_(limits) {}
 
-control_server::~control_server() { stop(); }
+control_server::~control_server() {
+    stop();
+}
 
 void control_server::start() {
     const std::string& path = settings_.control.socket;
     namespace fs = std::filesystem;
     std::error_code fec;
     fs::create_directories(fs::path(path).parent_path(), fec);
-    struct stat st{};
+    struct stat st {};
     if (::lstat(path.c_str(), &st) == 0) {
         if (!S_ISSOCK(st.st_mode))
-            throw std::runtime_error(fmt::format("{} exists and is not a socket; refusing to replace it", path));
+            throw std::runtime_error(
+                fmt::format("{} exists and is not a socket; refusing to replace it", path));
         local::socket probe(io_);
         boost::system::error_code ec;
         probe.connect(local::endpoint(path), ec);
         if (!ec)
-            throw std::runtime_error(fmt::format("another process (klingd?) is listening on {}", path));
+            throw std::runtime_error(
+                fmt::format("another process (klingd?) is listening on {}", path));
         ::unlink(path.c_str());
     }
     acceptor_.emplace(io_);
@@ -55,9 +60,11 @@ void control_server::start() {
     acceptor_->bind(local::endpoint(path), ec);
     ::umask(old);
     if (ec)
-        throw std::runtime_error(fmt::format("cannot create the control socket {}: {}", path, ec.message()));
+        throw std::runtime_error(
+            fmt::format("cannot create the control socket {}: {}", path, ec.message()));
     if (::chmod(path.c_str(), settings_.control.socket_mode) != 0)
-        throw std::runtime_error(fmt::format("cannot set mode {:04o} on {}: {}", settings_.control.socket_mode, path,
+        throw std::runtime_error(fmt::format("cannot set mode {:04o} on {}: {}",
+                                             settings_.control.socket_mode, path,
                                              std::strerror(errno)));
     acceptor_->listen(asio::socket_base::max_listen_connections);
     asio::co_spawn(io_, accept_loop(), asio::detached);
@@ -113,17 +120,20 @@ asio::awaitable<void> control_server::session(local::socket sock) {
         parser.body_limit(limits_.body_bytes);
         boost::system::error_code ec;
         stream.expires_after(limits_.read_timeout);
-        co_await http::async_read(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
-        if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset)
+        co_await http::async_read(stream, buffer, parser,
+                                  asio::redirect_error(asio::use_awaitable, ec));
+        if (ec == http::error::end_of_stream || ec == asio::error::eof ||
+            ec == asio::error::connection_reset)
             co_return;
         if (ec == beast::error::timeout)
             co_return; // a half-sent request: drop it
         control_response res;
         bool close = false;
         if (ec) {
-            auto status = ec == http::error::body_limit     ? http::status::payload_too_large
-                          : ec == http::error::header_limit ? http::status::request_header_fields_too_large
-                                                            : http::status::bad_request;
+            auto status = ec == http::error::body_limit ? http::status::payload_too_large
+                          : ec == http::error::header_limit
+                              ? http::status::request_header_fields_too_large
+                              : http::status::bad_request;
             res = error_response(11, status, fmt::format("bad request: {}", ec.message()));
             close = true;
         } else {

@@ -23,7 +23,8 @@ struct control_limits {
 
 class control_server {
 public:
-    control_server(boost::asio::io_context& io, const config::settings& s, engine& e, control_limits limits = {});
+    control_server(boost::asio::io_context& io, const config::settings& s, engine& e,
+                   control_limits limits = {});
     ~control_server();
 
     // Creates the socket (replacing a stale one). Throws std::runtime_error when

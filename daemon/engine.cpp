@@ -34,16 +34,19 @@ std::chrono::milliseconds seconds_ms(double s) {
 
 } // namespace
 
-engine::engine(asio::io_context& io, const config::settings& s, storage::job_store& store, http_client& client)
-    : io_(io), settings_(s), store_(store), client_(client), base_(*core::parse_url(s.api.base_url)),
-      budget_(s.api.requests_per_minute),
+engine::engine(asio::io_context& io, const config::settings& s, storage::job_store& store,
+               http_client& client)
+    : io_(io), settings_(s), store_(store), client_(client),
+      base_(*core::parse_url(s.api.base_url)), budget_(s.api.requests_per_minute),
       planner_({s.jobs.min_poll_interval_s, s.jobs.max_poll_interval_s, s.jobs.result_retention_s}),
       wake_timer_(io) {
     for (auto& [slug, m] : s.models)
         durations_.emplace(slug, core::duration_model(m.expected_duration_s));
 }
 
-core::time_point engine::now() { return std::chrono::time_point_cast<std::chrono::milliseconds>(clock::now()); }
+core::time_point engine::now() {
+    return std::chrono::time_point_cast<std::chrono::milliseconds>(clock::now());
+}
 
 core::duration_model& engine::durations_for(const std::string& model) {
     auto it = durations_.find(model);
@@ -80,7 +83,8 @@ void engine::start() {
         if (tr.persist != core::persist_mode::none) {
             std::vector<storage::history_entry> h;
             if (!tr.note.empty())
-                h.push_back({t, std::string(core::to_string(tr.next.state)), tr.note, tr.next.request_id});
+                h.push_back(
+                    {t, std::string(core::to_string(tr.next.state)), tr.note, tr.next.request_id});
             changes.push_back({tr.next, std::move(h)});
         }
         if (tr.next.state != j.state)
@@ -95,8 +99,8 @@ void engine::start() {
         ++resumed;
     }
     store_.save_many(changes);
-    log::info("resumed {} unfinished jobs ({} submitted and unfinished){}", resumed, in_flight_jobs_,
-              paused_ ? "; submissions are paused" : "");
+    log::info("resumed {} unfinished jobs ({} submitted and unfinished){}", resumed,
+              in_flight_jobs_, paused_ ? "; submissions are paused" : "");
     asio::co_spawn(io_, dispatcher(), asio::detached);
     asio::co_spawn(io_, flusher(), asio::detached);
 }
@@ -106,7 +110,8 @@ asio::awaitable<void> engine::stop(std::chrono::milliseconds grace) {
     wake();
     asio::steady_timer t(io_);
     auto until = std::chrono::steady_clock::now() + grace;
-    while ((requests_in_flight_ > 0 || downloads_in_flight_ > 0) && std::chrono::steady_clock::now() < until) {
+    while ((requests_in_flight_ > 0 || downloads_in_flight_ > 0) &&
+           std::chrono::steady_clock::now() < until) {
         t.expires_after(std::chrono::milliseconds(20));
         boost::system::error_code ec;
         co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
@@ -117,7 +122,9 @@ asio::awaitable<void> engine::stop(std::chrono::milliseconds grace) {
     flush();
 }
 
-void engine::wake() { wake_timer_.cancel(); }
+void engine::wake() {
+    wake_timer_.cancel();
+}
 
 bool engine::submits_allowed(core::time_point t) {
     if (paused_ || stopping_)
@@ -165,7 +172,8 @@ bool engine::apply(const std::string& id, core::transition t) {
             if (auto p = pending_history_.find(id); p != pending_history_.end())
                 h = p->second;
             if (!t.note.empty())
-                h.push_back({t.next.updated_at, std::string(core::to_string(t.next.state)), t.note, t.next.request_id});
+                h.push_back({t.next.updated_at, std::string(core::to_string(t.next.state)), t.note,
+                             t.next.request_id});
             store_.save_many({{t.next, std::move(h)}});
             dirty_.erase(id);
             pending_history_.erase(id);
@@ -182,8 +190,9 @@ bool engine::apply(const std::string& id, core::transition t) {
     }
     if (t.persist == core::persist_mode::batched || !durable_ok) {
         if (!t.note.empty())
-            pending_history_[id].push_back(
-                {t.next.updated_at, std::string(core::to_string(t.next.state)), t.note, t.next.request_id});
+            pending_history_[id].push_back({t.next.updated_at,
+                                            std::string(core::to_string(t.next.state)), t.note,
+                                            t.next.request_id});
         dirty_[id] = t.next;
     }
 
@@ -197,11 +206,14 @@ bool engine::apply(const std::string& id, core::transition t) {
     if (!t.log.empty())
         log::info("job {}: {}", id, t.log);
     if (!t.note.empty()) {
-        auto lvl = t.next.state == job_state::failed || t.next.state == job_state::expired ? log::level::warning
-                                                                                           : log::level::info;
+        auto lvl = t.next.state == job_state::failed || t.next.state == job_state::expired
+                       ? log::level::warning
+                       : log::level::info;
         if (log::enabled(lvl))
             log::write(lvl, fmt::format("job {}{}: {}", id,
-                                        t.next.request_id ? fmt::format(" (request {})", *t.next.request_id) : "",
+                                        t.next.request_id
+                                            ? fmt::format(" (request {})", *t.next.request_id)
+                                            : "",
                                         t.note));
     }
     if (t.duration_sample)
@@ -227,17 +239,21 @@ void engine::note_signal(const core::transition& t, bool from_submit) {
     switch (t.signal) {
     case core::api_signal::rate_limited:
         ++stats_.rate_limited;
-        budget_.on_rate_limited(n, t.rate_limited_until, std::uniform_real_distribution<double>(0, 1)(rng_));
+        budget_.on_rate_limited(n, t.rate_limited_until,
+                                std::uniform_real_distribution<double>(0, 1)(rng_));
         log::info("rate limited (429); sends resume in {:.1f}s, allowed rate now {:.1f}/min",
-                  std::chrono::duration<double>(budget_.blocked_until() - n).count(), budget_.allowed_rpm());
+                  std::chrono::duration<double>(budget_.blocked_until() - n).count(),
+                  budget_.allowed_rpm());
         return;
     case core::api_signal::unauthorized:
     case core::api_signal::no_credits: {
         budget_.on_answer(n);
-        auto kind = t.signal == core::api_signal::unauthorized ? stop_kind::unauthorized : stop_kind::no_credits;
+        auto kind = t.signal == core::api_signal::unauthorized ? stop_kind::unauthorized
+                                                               : stop_kind::no_credits;
         if (stop_ != kind)
             log::error("submissions stopped: {} ({}); jobs stay pending; a probe is sent every {}s",
-                       kind == stop_kind::unauthorized ? "the API key was refused" : "the account has no credits",
+                       kind == stop_kind::unauthorized ? "the API key was refused"
+                                                       : "the account has no credits",
                        t.signal_reason, settings_.jobs.max_poll_interval_s);
         stop_ = kind;
         stop_reason_ = t.signal_reason;
@@ -260,9 +276,9 @@ void engine::note_signal(const core::transition& t, bool from_submit) {
 }
 
 void engine::count(const std::string& kind, const core::http_outcome& o) {
-    std::string key = o.how == core::http_outcome::transport::ok ? std::to_string(o.status)
+    std::string key = o.how == core::http_outcome::transport::ok         ? std::to_string(o.status)
                       : o.how == core::http_outcome::transport::not_sent ? "not_sent"
-                                                                           : "lost";
+                                                                         : "lost";
     if (o.too_large)
         key = "too_large";
     ++stats_.requests[kind][key];
@@ -275,14 +291,16 @@ void engine::flush() {
     changes.reserve(dirty_.size());
     for (auto& [id, j] : dirty_) {
         auto h = pending_history_.find(id);
-        changes.push_back({j, h == pending_history_.end() ? std::vector<storage::history_entry>{} : h->second});
+        changes.push_back(
+            {j, h == pending_history_.end() ? std::vector<storage::history_entry>{} : h->second});
     }
     try {
         store_.save_many(changes);
         dirty_.clear();
         pending_history_.clear();
     } catch (const storage::storage_error& e) {
-        log::error("cannot write {} job updates to the database: {}; will try again", changes.size(), e.what());
+        log::error("cannot write {} job updates to the database: {}; will try again",
+                   changes.size(), e.what());
     }
 }
 
@@ -326,7 +344,8 @@ asio::awaitable<void> engine::dispatcher() {
                 if (it == active_.end())
                     continue;
                 // "submitting" is committed before the POST leaves.
-                if (!apply(item->job_id, core::advance(it->second, core::ev_submit_begin{}, t, context_for(it->second))))
+                if (!apply(item->job_id, core::advance(it->second, core::ev_submit_begin{}, t,
+                                                       context_for(it->second))))
                     continue;
                 submits = submits_allowed(t);
             }
@@ -374,12 +393,14 @@ asio::awaitable<void> engine::execute(core::dispatch_queue::item item) {
         auto u = core::parse_url(fmt::format("{}/v2/{}", settings_.api.base_url, it->second.model));
         header_list headers;
         headers.emplace_back("x-api-key", key);
-        auto out = co_await client_.request(http::verb::post, *u, std::move(body), std::move(headers), max_body);
+        auto out = co_await client_.request(http::verb::post, *u, std::move(body),
+                                            std::move(headers), max_body);
         count("submit", out);
         it = active_.find(item.job_id);
         if (it == active_.end())
             co_return;
-        auto tr = core::advance(it->second, core::ev_submit_answer{std::move(out)}, now(), context_for(it->second));
+        auto tr = core::advance(it->second, core::ev_submit_answer{std::move(out)}, now(),
+                                context_for(it->second));
         note_signal(tr, true);
         apply(item.job_id, std::move(tr));
         co_return;
@@ -394,12 +415,13 @@ asio::awaitable<void> engine::execute(core::dispatch_queue::item item) {
     const auto& target = poll ? j.status_url : j.response_url;
     auto u = target ? core::parse_url(*target) : std::nullopt;
     if (!u || !core::may_carry_api_key(*u, base_)) {
-        u = core::parse_url(fmt::format("{}/v2/requests/{}{}", settings_.api.base_url, j.request_id.value_or(""),
-                                        poll ? "/status" : ""));
+        u = core::parse_url(fmt::format("{}/v2/requests/{}{}", settings_.api.base_url,
+                                        j.request_id.value_or(""), poll ? "/status" : ""));
     }
     header_list headers;
     headers.emplace_back("x-api-key", key);
-    auto out = co_await client_.request(http::verb::get, *u, std::string(), std::move(headers), max_body);
+    auto out =
+        co_await client_.request(http::verb::get, *u, std::string(), std::move(headers), max_body);
     count(poll ? "status" : "result", out);
     it = active_.find(item.job_id);
     if (it == active_.end())
@@ -428,8 +450,9 @@ asio::awaitable<void> engine::download(std::string id) {
         ++stats_.downloads_failed;
         auto i = active_.find(id);
         if (i != active_.end())
-            apply(id, core::advance(i->second, core::ev_download_failed{std::move(reason), retryable}, now(),
-                                    context_for(i->second)));
+            apply(id,
+                  core::advance(i->second, core::ev_download_failed{std::move(reason), retryable},
+                                now(), context_for(i->second)));
     };
 
     auto dir = output_dir::open(settings_.output.directory, id);
@@ -440,7 +463,8 @@ asio::awaitable<void> engine::download(std::string id) {
         co_return;
     }
     if (auto ec = dir->write_atomically("result.json", result)) {
-        fail(fmt::format("cannot write {}: {}", dir->final_path("result.json"), ec.message()), true);
+        fail(fmt::format("cannot write {}: {}", dir->final_path("result.json"), ec.message()),
+             true);
         co_return;
     }
     std::vector<std::string> paths{dir->final_path("result.json")};
@@ -448,24 +472,27 @@ asio::awaitable<void> engine::download(std::string id) {
     for (std::size_t i = 0; i < urls.size(); ++i) {
         auto u = core::parse_url(urls[i]);
         if (!u) {
-            fail(fmt::format("output URL is not a usable http(s) URL: {}", urls[i].substr(0, 200)), false);
+            fail(fmt::format("output URL is not a usable http(s) URL: {}", urls[i].substr(0, 200)),
+                 false);
             co_return;
         }
         std::string tmp = fmt::format(".download-{}.tmp", i + 1);
         dir->remove(tmp);
-        auto r = co_await client_.download(*u, dir->temp_path(tmp), settings_.output.max_download_bytes);
+        auto r =
+            co_await client_.download(*u, dir->temp_path(tmp), settings_.output.max_download_bytes);
         const auto& o = r.outcome;
         if (o.too_large) {
             dir->remove(tmp);
-            fail(fmt::format("{} is larger than output.max_download_bytes ({})", urls[i].substr(0, 200),
-                             settings_.output.max_download_bytes),
+            fail(fmt::format("{} is larger than output.max_download_bytes ({})",
+                             urls[i].substr(0, 200), settings_.output.max_download_bytes),
                  false);
             co_return;
         }
         if (o.how != core::http_outcome::transport::ok || o.status < 200 || o.status >= 300) {
             dir->remove(tmp);
-            fail(o.how != core::http_outcome::transport::ok ? o.message
-                                                            : fmt::format("HTTP {} for {}", o.status, urls[i].substr(0, 200)),
+            fail(o.how != core::http_outcome::transport::ok
+                     ? o.message
+                     : fmt::format("HTTP {} for {}", o.status, urls[i].substr(0, 200)),
                  true);
             co_return;
         }
@@ -481,7 +508,8 @@ asio::awaitable<void> engine::download(std::string id) {
     ++stats_.downloads_ok;
     it = active_.find(id);
     if (it != active_.end())
-        apply(id, core::advance(it->second, core::ev_download_done{std::move(paths)}, now(), context_for(it->second)));
+        apply(id, core::advance(it->second, core::ev_download_done{std::move(paths)}, now(),
+                                context_for(it->second)));
 }
 
 std::vector<storage::insert_outcome> engine::add_jobs(const std::vector<core::job_spec>& specs,
@@ -562,7 +590,8 @@ std::string engine::cancel(const std::string& id) {
 
 std::string engine::retry(const std::string& id) {
     if (auto it = active_.find(id); it != active_.end())
-        return core::advance(it->second, core::ev_retry{}, now(), context_for(it->second)).rejection;
+        return core::advance(it->second, core::ev_retry{}, now(), context_for(it->second))
+            .rejection;
     auto stored = store_.get(id);
     if (!stored)
         return "not found";

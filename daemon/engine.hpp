@@ -40,7 +40,8 @@ struct engine_stats {
 
 class engine {
 public:
-    engine(boost::asio::io_context& io, const config::settings& s, storage::job_store& store, http_client& client);
+    engine(boost::asio::io_context& io, const config::settings& s, storage::job_store& store,
+           http_client& client);
 
     // Loads unfinished jobs and starts the dispatcher. Throws storage_error when
     // the database cannot be read.

@@ -50,8 +50,9 @@ std::string describe(const error_code& ec) {
 }
 
 bool is_stale_connection_error(const error_code& ec) {
-    return ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
-           ec == asio::error::broken_pipe || ec == asio::ssl::error::stream_truncated;
+    return ec == http::error::end_of_stream || ec == asio::error::eof ||
+           ec == asio::error::connection_reset || ec == asio::error::broken_pipe ||
+           ec == asio::ssl::error::stream_truncated;
 }
 
 template <typename Body>
@@ -78,8 +79,8 @@ std::size_t http_client::idle_connections() const {
     return n;
 }
 
-asio::awaitable<std::unique_ptr<http_client::connection>> http_client::acquire(const core::url& u, bool for_post,
-                                                                               core::http_outcome& failure) {
+asio::awaitable<std::unique_ptr<http_client::connection>>
+http_client::acquire(const core::url& u, bool for_post, core::http_outcome& failure) {
     auto origin = u.origin();
     auto now = std::chrono::steady_clock::now();
     auto& pool = idle_[origin];
@@ -130,10 +131,11 @@ asio::awaitable<std::unique_ptr<http_client::connection>> http_client::acquire(c
         if (ec) {
             failure.how = transport::not_sent;
             std::string why = tls::verify_failure_reason(c->tls->native_handle());
-            failure.message = why.empty()
-                                  ? fmt::format("TLS handshake with {} failed: {}", u.host_header(), describe(ec))
-                                  : fmt::format("TLS handshake with {} failed: certificate not trusted: {}",
-                                                u.host_header(), why);
+            failure.message =
+                why.empty()
+                    ? fmt::format("TLS handshake with {} failed: {}", u.host_header(), describe(ec))
+                    : fmt::format("TLS handshake with {} failed: certificate not trusted: {}",
+                                  u.host_header(), why);
             co_return nullptr;
         }
     }
@@ -148,8 +150,9 @@ void http_client::release(std::unique_ptr<connection> c) {
         pool.push_back(std::move(c));
 }
 
-asio::awaitable<core::http_outcome> http_client::request(http::verb method, const core::url& u, std::string body,
-                                                         header_list headers, std::uint64_t max_body) {
+asio::awaitable<core::http_outcome> http_client::request(http::verb method, const core::url& u,
+                                                         std::string body, header_list headers,
+                                                         std::uint64_t max_body) {
     http::request<http::string_body> req{method, u.target, 11};
     req.set(http::field::host, u.host_header());
     req.set(http::field::user_agent, "klingd/" KLINGD_VERSION);
@@ -182,7 +185,8 @@ asio::awaitable<core::http_outcome> http_client::request(http::verb method, cons
                 co_return;
             wrote = true;
             c->tcp().expires_after(opts_.timeout);
-            co_await http::async_read(s, c->buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+            co_await http::async_read(s, c->buffer, parser,
+                                      asio::redirect_error(asio::use_awaitable, ec));
         });
         if (ec) {
             bool nothing_back = !parser.got_some();
@@ -198,8 +202,9 @@ asio::awaitable<core::http_outcome> http_client::request(http::verb method, cons
             out.how = (!wrote && !reused) ? transport::not_sent : transport::lost;
             if (!wrote && reused && post)
                 out.how = transport::not_sent; // the write itself failed: nothing left
-            out.message = fmt::format("{} {} {}: {}", nothing_back ? "no answer from" : "answer cut short from",
-                                      u.host_header(), wrote ? "after sending" : "while sending", describe(ec));
+            out.message = fmt::format(
+                "{} {} {}: {}", nothing_back ? "no answer from" : "answer cut short from",
+                u.host_header(), wrote ? "after sending" : "while sending", describe(ec));
             co_return out;
         }
         copy_rate_headers(parser, out);
@@ -242,10 +247,12 @@ asio::awaitable<download_result> http_client::download(const core::url& u, const
                 co_return;
             // The header first, then the body in pieces, each within the timeout.
             c->tcp().expires_after(opts_.timeout);
-            co_await http::async_read_header(s, c->buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+            co_await http::async_read_header(s, c->buffer, parser,
+                                             asio::redirect_error(asio::use_awaitable, ec));
             while (!ec && !parser.is_done()) {
                 c->tcp().expires_after(opts_.timeout);
-                co_await http::async_read_some(s, c->buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+                co_await http::async_read_some(s, c->buffer, parser,
+                                               asio::redirect_error(asio::use_awaitable, ec));
             }
         });
         if (ec) {
@@ -258,7 +265,8 @@ asio::awaitable<download_result> http_client::download(const core::url& u, const
                 r.outcome.message = fmt::format("download larger than {} bytes", max_bytes);
             } else {
                 r.outcome.how = transport::lost;
-                r.outcome.message = fmt::format("download from {} failed: {}", u.host_header(), describe(ec));
+                r.outcome.message =
+                    fmt::format("download from {} failed: {}", u.host_header(), describe(ec));
             }
             co_return r;
         }

@@ -39,13 +39,14 @@ using header_list = std::vector<std::pair<std::string, std::string>>;
 
 class http_client {
 public:
-    http_client(boost::asio::any_io_executor ex, boost::asio::ssl::context& tls, client_options opts);
+    http_client(boost::asio::any_io_executor ex, boost::asio::ssl::context& tls,
+                client_options opts);
     ~http_client();
 
     // One exchange. max_body: larger bodies are not read (outcome.too_large).
-    boost::asio::awaitable<core::http_outcome> request(boost::beast::http::verb method, const core::url& u,
-                                                       std::string body, header_list headers,
-                                                       std::uint64_t max_body);
+    boost::asio::awaitable<core::http_outcome> request(boost::beast::http::verb method,
+                                                       const core::url& u, std::string body,
+                                                       header_list headers, std::uint64_t max_body);
 
     // Streams a GET's body into path (created or truncated). A non-2xx answer,
     // a body over max_bytes or a transport error leave a partial file to delete.

@@ -16,7 +16,9 @@ std::string rfc3339(core::time_point t) {
 }
 
 namespace {
-json::value opt(const std::optional<std::string>& s) { return s ? json::value(*s) : json::value(nullptr); }
+json::value opt(const std::optional<std::string>& s) {
+    return s ? json::value(*s) : json::value(nullptr);
+}
 json::value opt_time(const std::optional<core::time_point>& t) {
     return t ? json::value(rfc3339(*t)) : json::value(nullptr);
 }

@@ -50,9 +50,10 @@ public:
         stream.expires_after(std::chrono::seconds(30));
         stream.socket().connect(local::endpoint(socket_), ec);
         if (ec)
-            throw unreachable(fmt::format("cannot reach klingd at {}: {} (is klingd running? is your user in the "
-                                          "socket's group? set --socket or $KLINGD_SOCKET)",
-                                          socket_, ec.message()));
+            throw unreachable(
+                fmt::format("cannot reach klingd at {}: {} (is klingd running? is your user in the "
+                            "socket's group? set --socket or $KLINGD_SOCKET)",
+                            socket_, ec.message()));
         http::request<http::string_body> req{method, target, 11};
         req.set(http::field::host, "localhost");
         req.set(http::field::user_agent, "klingctl");
@@ -68,7 +69,8 @@ public:
         if (!ec)
             http::read(stream, buf, parser, ec);
         if (ec)
-            throw unreachable(fmt::format("klingd at {} did not answer: {}", socket_, ec.message()));
+            throw unreachable(
+                fmt::format("klingd at {} did not answer: {}", socket_, ec.message()));
         reply r;
         r.status = static_cast<int>(parser.get().result_int());
         r.text = parser.get().body();
@@ -81,7 +83,9 @@ private:
     std::string socket_;
 };
 
-bool color_output() { return ::isatty(1) && !std::getenv("NO_COLOR"); }
+bool color_output() {
+    return ::isatty(1) && !std::getenv("NO_COLOR");
+}
 
 std::string str(const json::value& v, std::string_view key) {
     if (!v.is_object())
@@ -102,11 +106,11 @@ std::string error_of(const reply& r) {
 std::string paint(const std::string& state, bool color) {
     if (!color)
         return state;
-    const char* c = state == "completed"                       ? "32"
-                    : state == "failed" || state == "expired"   ? "31"
-                    : state == "cancelled"                      ? "90"
-                    : state == "pending"                        ? "33"
-                                                                : "36";
+    const char* c = state == "completed"                      ? "32"
+                    : state == "failed" || state == "expired" ? "31"
+                    : state == "cancelled"                    ? "90"
+                    : state == "pending"                      ? "33"
+                                                              : "36";
     return fmt::format("\033[{}m{}\033[0m", c, state);
 }
 
@@ -118,7 +122,8 @@ std::string ago(const std::string& rfc3339) {
     if (in.fail())
         return rfc3339;
     auto t = std::chrono::system_clock::from_time_t(timegm(&tm));
-    auto s = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now() - t).count();
+    auto s = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now() - t)
+                 .count();
     if (s < 0)
         s = 0;
     if (s < 120)
@@ -193,7 +198,8 @@ int cmd_submit(client& c, const std::vector<std::string>& files) {
         boost::system::error_code ec;
         auto v = json::parse(body, ec);
         if (!ec && v.is_object() && !v.as_object().contains("id")) {
-            std::string name = f.substr(f.find_last_of('/') == std::string::npos ? 0 : f.find_last_of('/') + 1);
+            std::string name =
+                f.substr(f.find_last_of('/') == std::string::npos ? 0 : f.find_last_of('/') + 1);
             if (name.ends_with(".json"))
                 name.resize(name.size() - 5);
             v.as_object()["id"] = name;
@@ -210,7 +216,8 @@ int cmd_submit(client& c, const std::vector<std::string>& files) {
     return rc;
 }
 
-int cmd_list(client& c, const std::string& state, const std::string& model, std::size_t limit, bool as_json) {
+int cmd_list(client& c, const std::string& state, const std::string& model, std::size_t limit,
+             bool as_json) {
     json::array all;
     std::string after;
     for (;;) {
@@ -252,13 +259,15 @@ int cmd_show(client& c, const std::string& id, bool as_json) {
     }
     bool color = color_output();
     const auto& o = r.body.as_object();
-    for (auto key : {"id", "model", "state", "request_id", "priority", "attempts", "polls", "created_at",
-                     "submitted_at", "finished_at", "updated_at", "error", "blocked"}) {
+    for (auto key :
+         {"id", "model", "state", "request_id", "priority", "attempts", "polls", "created_at",
+          "submitted_at", "finished_at", "updated_at", "error", "blocked"}) {
         auto v = str(r.body, key);
         if (v.empty() && key != std::string_view("request_id") && key != std::string_view("error"))
             continue;
         std::printf("%-13s %s\n", (std::string(key) + ":").c_str(),
-                    key == std::string_view("state") ? paint(v, color).c_str() : (v.empty() ? "-" : v.c_str()));
+                    key == std::string_view("state") ? paint(v, color).c_str()
+                                                     : (v.empty() ? "-" : v.c_str()));
     }
     std::puts("outputs:");
     for (auto& p : o.at("outputs").as_array())
@@ -266,12 +275,14 @@ int cmd_show(client& c, const std::string& id, bool as_json) {
     std::puts("history:");
     if (auto h = o.find("history"); h != o.end())
         for (auto& e : h->value().as_array())
-            std::printf("  %s  %-10s %s\n", str(e, "at").c_str(), str(e, "state").c_str(), str(e, "note").c_str());
+            std::printf("  %s  %-10s %s\n", str(e, "at").c_str(), str(e, "state").c_str(),
+                        str(e, "note").c_str());
     return exit_ok;
 }
 
 int cmd_wait(client& c, const std::vector<std::string>& ids, double timeout_s) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<long>(timeout_s * 1000));
+    auto deadline = std::chrono::steady_clock::now() +
+                    std::chrono::milliseconds(static_cast<long>(timeout_s * 1000));
     std::map<std::string, std::string> final;
     while (true) {
         for (auto& id : ids) {
@@ -346,7 +357,8 @@ int cmd_stats(client& c, bool as_json) {
     }
     const auto& b = o.at("budget").as_object();
     std::printf("budget: %s requests/min allowed now (configured %s), %s used in the last minute\n",
-                json::serialize(b.at("allowed_rpm")).c_str(), json::serialize(b.at("configured_rpm")).c_str(),
+                json::serialize(b.at("allowed_rpm")).c_str(),
+                json::serialize(b.at("configured_rpm")).c_str(),
                 json::serialize(b.at("used_last_minute")).c_str());
     std::printf("429 answers: %s\n", json::serialize(o.at("rate_limited")).c_str());
     auto blocked = str(r.body, "submissions_blocked");
@@ -359,8 +371,11 @@ int cmd_stats(client& c, bool as_json) {
 int main(int argc, char** argv) {
     CLI::App app{"klingctl: control klingd over its Unix socket"};
     app.require_subcommand(1);
-    std::string socket = std::getenv("KLINGD_SOCKET") ? std::getenv("KLINGD_SOCKET") : "/run/klingd/klingd.sock";
-    app.add_option("--socket", socket, "klingd's control socket (default: $KLINGD_SOCKET, else /run/klingd/klingd.sock)");
+    std::string socket =
+        std::getenv("KLINGD_SOCKET") ? std::getenv("KLINGD_SOCKET") : "/run/klingd/klingd.sock";
+    app.add_option(
+        "--socket", socket,
+        "klingd's control socket (default: $KLINGD_SOCKET, else /run/klingd/klingd.sock)");
 
     std::vector<std::string> files, ids;
     std::string id, state, model;
@@ -378,7 +393,8 @@ int main(int argc, char** argv) {
     auto* show = app.add_subcommand("show", "one job, with its history");
     show->add_option("ID", id, "job id")->required();
     show->add_flag("--json", as_json, "print the job object");
-    auto* wait = app.add_subcommand("wait", "block until the jobs are terminal; exit 0 when all completed");
+    auto* wait =
+        app.add_subcommand("wait", "block until the jobs are terminal; exit 0 when all completed");
     wait->add_option("ID", ids, "job ids")->required();
     wait->add_option("--timeout", timeout, "give up after this many seconds (exit 4)");
     auto* cancel = app.add_subcommand("cancel", "cancel a pending job");

@@ -64,7 +64,8 @@ int run(const config::settings& s) {
 
     asio::io_context io(1);
     daemon::client_options opts;
-    opts.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(s.api.request_timeout_s * 1000));
+    opts.timeout =
+        std::chrono::milliseconds(static_cast<std::int64_t>(s.api.request_timeout_s * 1000));
     opts.max_idle_per_origin = static_cast<std::size_t>(s.api.max_connections);
     daemon::http_client client(io.get_executor(), *tls_ctx, opts);
     daemon::engine engine(io, s, *store, client);
@@ -78,8 +79,8 @@ int run(const config::settings& s) {
         log::error("cannot start: {}", e.what());
         return 1;
     }
-    log::notice("klingd {} started: API {}, spool {}, output {}, {} requests/min", KLINGD_VERSION, s.api.base_url,
-                s.spool.directory, s.output.directory, s.api.requests_per_minute);
+    log::notice("klingd {} started: API {}, spool {}, output {}, {} requests/min", KLINGD_VERSION,
+                s.api.base_url, s.spool.directory, s.output.directory, s.api.requests_per_minute);
 
     asio::co_spawn(
         io,
@@ -93,28 +94,29 @@ int run(const config::settings& s) {
 
     asio::signal_set signals(io, SIGTERM, SIGINT);
     bool stopping = false;
-    std::function<void(const boost::system::error_code&, int)> on_signal = [&](const boost::system::error_code& ec,
-                                                                                 int sig) {
-        if (ec)
-            return;
-        if (stopping) {
-            log::warning("second signal {}: exiting at once", sig);
-            std::_Exit(1);
-        }
-        stopping = true;
-        sd_notify(0, "STOPPING=1");
-        log::notice("signal {}: stopping (requests in flight get a few seconds to finish)", sig);
-        spool.stop();
-        control.stop();
-        asio::co_spawn(
-            io,
-            [&]() -> asio::awaitable<void> {
-                co_await engine.stop(std::chrono::seconds(8));
-                io.stop();
-            },
-            asio::detached);
-        signals.async_wait(on_signal);
-    };
+    std::function<void(const boost::system::error_code&, int)> on_signal =
+        [&](const boost::system::error_code& ec, int sig) {
+            if (ec)
+                return;
+            if (stopping) {
+                log::warning("second signal {}: exiting at once", sig);
+                std::_Exit(1);
+            }
+            stopping = true;
+            sd_notify(0, "STOPPING=1");
+            log::notice("signal {}: stopping (requests in flight get a few seconds to finish)",
+                        sig);
+            spool.stop();
+            control.stop();
+            asio::co_spawn(
+                io,
+                [&]() -> asio::awaitable<void> {
+                    co_await engine.stop(std::chrono::seconds(8));
+                    io.stop();
+                },
+                asio::detached);
+            signals.async_wait(on_signal);
+        };
     signals.async_wait(on_signal);
 
     io.run();
@@ -129,8 +131,10 @@ int main(int argc, char** argv) {
     std::string config_path = default_config_path();
     bool check_config = false;
     bool version = false;
-    app.add_option("--config", config_path, "configuration file (default: $KLINGD_CONFIG, else /etc/klingd/klingd.toml)");
-    app.add_flag("--check-config", check_config, "validate the configuration, print it with secrets redacted, exit 0 or 2");
+    app.add_option("--config", config_path,
+                   "configuration file (default: $KLINGD_CONFIG, else /etc/klingd/klingd.toml)");
+    app.add_flag("--check-config", check_config,
+                 "validate the configuration, print it with secrets redacted, exit 0 or 2");
     app.add_flag("--version", version, "print the version and exit");
     try {
         app.parse(argc, argv);

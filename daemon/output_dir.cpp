@@ -9,10 +9,13 @@
 namespace klingd::daemon {
 
 namespace {
-boost::system::error_code last_error() { return {errno, boost::system::system_category()}; }
+boost::system::error_code last_error() {
+    return {errno, boost::system::system_category()};
+}
 } // namespace
 
-boost::system::result<output_dir> output_dir::open(const std::string& root, const std::string& job_id) {
+boost::system::result<output_dir> output_dir::open(const std::string& root,
+                                                   const std::string& job_id) {
     std::string path = root + "/" + job_id;
     if (::mkdir(path.c_str(), 0750) != 0 && errno != EEXIST)
         return last_error();
@@ -22,7 +25,9 @@ boost::system::result<output_dir> output_dir::open(const std::string& root, cons
     return output_dir(std::move(path), fd);
 }
 
-output_dir::output_dir(output_dir&& o) noexcept : path_(std::move(o.path_)), fd_(o.fd_) { o.fd_ = -1; }
+output_dir::output_dir(output_dir&& o) noexcept : path_(std::move(o.path_)), fd_(o.fd_) {
+    o.fd_ = -1;
+}
 
 output_dir::~output_dir() {
     if (fd_ >= 0)
@@ -33,9 +38,12 @@ std::string output_dir::temp_path(const std::string& name) const {
     return "/proc/self/fd/" + std::to_string(fd_) + "/" + name;
 }
 
-void output_dir::remove(const std::string& name) const { ::unlinkat(fd_, name.c_str(), 0); }
+void output_dir::remove(const std::string& name) const {
+    ::unlinkat(fd_, name.c_str(), 0);
+}
 
-boost::system::error_code output_dir::write_atomically(const std::string& name, const std::string& content) const {
+boost::system::error_code output_dir::write_atomically(const std::string& name,
+                                                       const std::string& content) const {
     std::string tmp = "." + name + ".tmp";
     remove(tmp);
     int fd = ::openat(fd_, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
@@ -64,7 +72,8 @@ boost::system::error_code output_dir::write_atomically(const std::string& name, 
     return commit(tmp, name);
 }
 
-boost::system::error_code output_dir::commit(const std::string& temp, const std::string& final_name) const {
+boost::system::error_code output_dir::commit(const std::string& temp,
+                                             const std::string& final_name) const {
     int fd = ::openat(fd_, temp.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return last_error();

@@ -11,7 +11,8 @@ namespace klingd::daemon {
 class output_dir {
 public:
     // Opens (creating) <root>/<job_id>. Fails when it is a symlink or not a folder.
-    static boost::system::result<output_dir> open(const std::string& root, const std::string& job_id);
+    static boost::system::result<output_dir> open(const std::string& root,
+                                                  const std::string& job_id);
     output_dir(output_dir&& o) noexcept;
     output_dir& operator=(output_dir&&) = delete;
     ~output_dir();
@@ -23,7 +24,8 @@ public:
     // Removes a leftover temporary of that name, if any.
     void remove(const std::string& name) const;
     // Writes content to name atomically. Returns the error (disk full, ...).
-    boost::system::error_code write_atomically(const std::string& name, const std::string& content) const;
+    boost::system::error_code write_atomically(const std::string& name,
+                                               const std::string& content) const;
     // fsyncs temp then renames it to final_name, and syncs the folder.
     boost::system::error_code commit(const std::string& temp, const std::string& final_name) const;
     std::string final_path(const std::string& name) const { return path_ + "/" + name; }

@@ -61,7 +61,9 @@ spool::spool(asio::io_context& io, const config::settings& s, engine& e)
     : io_(io), settings_(s), engine_(e), incoming_(s.spool.directory + "/incoming"),
       accepted_(s.spool.directory + "/accepted"), rejected_(s.spool.directory + "/rejected") {}
 
-spool::~spool() { stop(); }
+spool::~spool() {
+    stop();
+}
 
 void spool::start() {
     for (auto* d : {&incoming_, &accepted_, &rejected_})
@@ -71,12 +73,14 @@ void spool::start() {
         throw std::runtime_error(fmt::format("inotify: {}", std::strerror(errno)));
     events_.emplace(io_, inotify_fd_);
     if (!add_watch())
-        throw std::runtime_error(fmt::format("cannot watch {}: {}", incoming_, std::strerror(errno)));
+        throw std::runtime_error(
+            fmt::format("cannot watch {}: {}", incoming_, std::strerror(errno)));
     asio::co_spawn(io_, watch(), asio::detached);
 }
 
 bool spool::add_watch() {
-    watch_ = ::inotify_add_watch(inotify_fd_, incoming_.c_str(), IN_CLOSE_WRITE | IN_MOVED_TO | IN_ONLYDIR);
+    watch_ = ::inotify_add_watch(inotify_fd_, incoming_.c_str(),
+                                 IN_CLOSE_WRITE | IN_MOVED_TO | IN_ONLYDIR);
     return watch_ >= 0;
 }
 
@@ -107,11 +111,13 @@ asio::awaitable<std::size_t> spool::scan() {
     ::closedir(d);
     std::sort(names.begin(), names.end());
     for (std::size_t i = 0; i < names.size() && !stopping_; i += batch_size) {
-        std::vector<std::string> batch(names.begin() + static_cast<long>(i),
-                                       names.begin() + static_cast<long>(std::min(names.size(), i + batch_size)));
+        std::vector<std::string> batch(
+            names.begin() + static_cast<long>(i),
+            names.begin() + static_cast<long>(std::min(names.size(), i + batch_size)));
         take(batch);
         seen += batch.size();
-        co_await asio::post(io_, asio::use_awaitable); // let the rest of the loop run between batches
+        co_await asio::post(io_,
+                            asio::use_awaitable); // let the rest of the loop run between batches
     }
     co_return seen;
 }
@@ -121,7 +127,8 @@ asio::awaitable<void> spool::watch() {
     asio::steady_timer retry(io_);
     while (!stopping_ && events_) {
         boost::system::error_code ec;
-        std::size_t n = co_await events_->async_read_some(asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
+        std::size_t n = co_await events_->async_read_some(
+            asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
         if (stopping_ || !events_)
             co_return;
         if (ec) {
@@ -144,10 +151,13 @@ asio::awaitable<void> spool::watch() {
             }
         }
         for (std::size_t i = 0; i < names.size(); i += batch_size)
-            take(std::vector<std::string>(names.begin() + static_cast<long>(i),
-                                          names.begin() + static_cast<long>(std::min(names.size(), i + batch_size))));
+            take(std::vector<std::string>(
+                names.begin() + static_cast<long>(i),
+                names.begin() + static_cast<long>(std::min(names.size(), i + batch_size))));
         if (lost_watch) {
-            log::error("spool: {} was removed or is no longer readable; intake resumes when it is back", incoming_);
+            log::error(
+                "spool: {} was removed or is no longer readable; intake resumes when it is back",
+                incoming_);
             while (!stopping_ && !add_watch()) {
                 retry.expires_after(std::chrono::seconds(1));
                 co_await retry.async_wait(asio::redirect_error(asio::use_awaitable, ec));
@@ -178,7 +188,7 @@ void spool::take(const std::vector<std::string>& names) {
             log::error("spool: cannot open {}: {}", path, std::strerror(errno));
             continue;
         }
-        struct stat st{};
+        struct stat st {};
         ::fstat(fd, &st);
         if (!S_ISREG(st.st_mode)) {
             ::close(fd);
@@ -187,13 +197,14 @@ void spool::take(const std::vector<std::string>& names) {
         }
         if (!name.ends_with(".json")) {
             ::close(fd);
-            reject(name, "only *.json files are taken (write to a .tmp or dot name, then rename to NAME.json)");
+            reject(name, "only *.json files are taken (write to a .tmp or dot name, then rename to "
+                         "NAME.json)");
             continue;
         }
         if (static_cast<std::uint64_t>(st.st_size) > settings_.spool.max_file_bytes) {
             ::close(fd);
-            reject(name, fmt::format("the file is {} bytes; spool.max_file_bytes allows {}", st.st_size,
-                                     settings_.spool.max_file_bytes));
+            reject(name, fmt::format("the file is {} bytes; spool.max_file_bytes allows {}",
+                                     st.st_size, settings_.spool.max_file_bytes));
             continue;
         }
         std::string text(static_cast<std::size_t>(st.st_size), '\0');
@@ -224,7 +235,8 @@ void spool::take(const std::vector<std::string>& names) {
         outcomes = engine_.add_jobs(specs, sources);
     } catch (const std::exception& e) {
         // Not recorded: the files stay in incoming/ and are taken at the next scan or start.
-        log::error("spool: cannot record {} jobs: {}; their files stay in {}", specs.size(), e.what(), incoming_);
+        log::error("spool: cannot record {} jobs: {}; their files stay in {}", specs.size(),
+                   e.what(), incoming_);
         return;
     }
     for (std::size_t i = 0; i < specs.size(); ++i) {
@@ -234,13 +246,16 @@ void spool::take(const std::vector<std::string>& names) {
             move_to(files[i], accepted_);
             break;
         case storage::insert_outcome::same_content:
-            log::info("job {}: {} repeats a job already recorded; nothing to do", specs[i].id, printable(files[i]));
+            log::info("job {}: {} repeats a job already recorded; nothing to do", specs[i].id,
+                      printable(files[i]));
             move_to(files[i], accepted_);
             break;
         case storage::insert_outcome::conflict:
-            reject(files[i], fmt::format("id \"{}\" is taken by a job with other content (a job id is unique for "
-                                         "the life of the database; use another id)",
-                                         specs[i].id));
+            reject(files[i],
+                   fmt::format(
+                       "id \"{}\" is taken by a job with other content (a job id is unique for "
+                       "the life of the database; use another id)",
+                       specs[i].id));
             break;
         }
     }

@@ -39,9 +39,15 @@ std::string_view level_name(level l) {
     return "info";
 }
 
-void set_level(level l) { threshold.store(l, std::memory_order_relaxed); }
-level current_level() { return threshold.load(std::memory_order_relaxed); }
-bool enabled(level l) { return static_cast<int>(l) <= static_cast<int>(current_level()); }
+void set_level(level l) {
+    threshold.store(l, std::memory_order_relaxed);
+}
+level current_level() {
+    return threshold.load(std::memory_order_relaxed);
+}
+bool enabled(level l) {
+    return static_cast<int>(l) <= static_cast<int>(current_level());
+}
 
 void write(level l, std::string_view message) {
     std::string line;

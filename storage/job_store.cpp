@@ -49,11 +49,16 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 };
 
 constexpr const char* job_columns =
-    "id, model, priority, state, request_id, status_url, response_url, error, outputs, result, created_at, "
+    "id, model, priority, state, request_id, status_url, response_url, error, outputs, result, "
+    "created_at, "
     "updated_at, submitted_at, remote_done_at, finished_at, attempts, polls";
 
-std::int64_t ms(time_point t) { return t.time_since_epoch().count(); }
-time_point at_ms(std::int64_t v) { return time_point(core::milliseconds(v)); }
+std::int64_t ms(time_point t) {
+    return t.time_since_epoch().count();
+}
+time_point at_ms(std::int64_t v) {
+    return time_point(core::milliseconds(v));
+}
 std::optional<std::int64_t> opt_ms(const std::optional<time_point>& t) {
     return t ? std::optional<std::int64_t>(ms(*t)) : std::nullopt;
 }
@@ -91,22 +96,28 @@ job_store::job_store(const std::string& path)
         v.reset();
     }
     if (version > schema_version)
-        throw storage_error(fmt::format("{} has schema version {}, newer than this klingd understands ({}); "
-                                        "refusing to touch it",
-                                        path, version, schema_version),
-                            SQLITE_ERROR);
+        throw storage_error(
+            fmt::format("{} has schema version {}, newer than this klingd understands ({}); "
+                        "refusing to touch it",
+                        path, version, schema_version),
+            SQLITE_ERROR);
     db_.exec("PRAGMA journal_mode = WAL", "enable WAL");
     db_.exec("PRAGMA synchronous = FULL", "set synchronous");
     db_.exec("PRAGMA foreign_keys = ON", "enable foreign keys");
     migrate();
 
-    insert_.emplace(db_, "INSERT INTO jobs (id, model, params, priority, state, created_at, updated_at, source) "
-                         "VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5, ?6)");
+    insert_.emplace(
+        db_,
+        "INSERT INTO jobs (id, model, params, priority, state, created_at, updated_at, source) "
+        "VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5, ?6)");
     find_content_.emplace(db_, "SELECT model, params, priority FROM jobs WHERE id = ?1");
-    update_.emplace(db_, "UPDATE jobs SET state = ?2, request_id = ?3, status_url = ?4, response_url = ?5, "
-                         "error = ?6, outputs = ?7, result = ?8, updated_at = ?9, submitted_at = ?10, "
-                         "remote_done_at = ?11, finished_at = ?12, attempts = ?13, polls = ?14 WHERE id = ?1");
-    add_history_.emplace(db_, "INSERT INTO history (job_id, at, state, note, request_id) VALUES (?1, ?2, ?3, ?4, ?5)");
+    update_.emplace(
+        db_, "UPDATE jobs SET state = ?2, request_id = ?3, status_url = ?4, response_url = ?5, "
+             "error = ?6, outputs = ?7, result = ?8, updated_at = ?9, submitted_at = ?10, "
+             "remote_done_at = ?11, finished_at = ?12, attempts = ?13, polls = ?14 WHERE id = ?1");
+    add_history_.emplace(
+        db_,
+        "INSERT INTO history (job_id, at, state, note, request_id) VALUES (?1, ?2, ?3, ?4, ?5)");
     get_.emplace(db_, fmt::format("SELECT {}, params FROM jobs WHERE id = ?1", job_columns));
     params_.emplace(db_, "SELECT params FROM jobs WHERE id = ?1");
 }
@@ -125,14 +136,16 @@ void job_store::migrate() {
     }
 }
 
-insert_outcome job_store::insert(const core::job_spec& spec, time_point now, const std::string& source) {
+insert_outcome job_store::insert(const core::job_spec& spec, time_point now,
+                                 const std::string& source) {
     transaction t(db_);
     auto out = insert_many({spec}, now, {source});
     t.commit();
     return out.front();
 }
 
-std::vector<insert_outcome> job_store::insert_many(const std::vector<core::job_spec>& specs, time_point now,
+std::vector<insert_outcome> job_store::insert_many(const std::vector<core::job_spec>& specs,
+                                                   time_point now,
                                                    const std::vector<std::string>& sources) {
     std::optional<transaction> t;
     if (sqlite3_get_autocommit(db_.get()))
@@ -149,11 +162,17 @@ std::vector<insert_outcome> job_store::insert_many(const std::vector<core::job_s
             out.push_back(same ? insert_outcome::same_content : insert_outcome::conflict);
             continue;
         }
-        insert_->bind(1, s.id).bind(2, s.model).bind(3, s.params).bind(4, s.priority).bind(5, ms(now));
+        insert_->bind(1, s.id)
+            .bind(2, s.model)
+            .bind(3, s.params)
+            .bind(4, s.priority)
+            .bind(5, ms(now));
         insert_->bind(6, i < sources.size() ? sources[i] : std::string());
         insert_->run();
         add_history_->bind(1, s.id).bind(2, ms(now)).bind(3, "pending");
-        add_history_->bind(4, i < sources.size() && !sources[i].empty() ? "accepted from " + sources[i] : "accepted");
+        add_history_->bind(4, i < sources.size() && !sources[i].empty()
+                                  ? "accepted from " + sources[i]
+                                  : "accepted");
         add_history_->bind(5, std::nullopt).run();
         out.push_back(insert_outcome::inserted);
     }
@@ -163,7 +182,12 @@ std::vector<insert_outcome> job_store::insert_many(const std::vector<core::job_s
 }
 
 void job_store::write_history(const std::string& id, const history_entry& e) {
-    add_history_->bind(1, id).bind(2, ms(e.at)).bind(3, e.state).bind(4, e.note).bind(5, e.request_id).run();
+    add_history_->bind(1, id)
+        .bind(2, ms(e.at))
+        .bind(3, e.state)
+        .bind(4, e.note)
+        .bind(5, e.request_id)
+        .run();
 }
 
 void job_store::write_job(const core::job& j) {
@@ -179,7 +203,8 @@ void job_store::save(const core::job& j, const std::string& note) {
     transaction t(db_);
     write_job(j);
     if (!note.empty())
-        write_history(j.id, {j.updated_at, std::string(core::to_string(j.state)), note, j.request_id});
+        write_history(j.id,
+                      {j.updated_at, std::string(core::to_string(j.state)), note, j.request_id});
     t.commit();
 }
 
@@ -258,10 +283,12 @@ std::vector<core::job> job_store::list(const job_filter& f) {
 }
 
 std::vector<core::job> job_store::unfinished() {
-    statement s(db_, fmt::format("SELECT {}, CASE WHEN state IN ('pending','submitting') THEN params ELSE '' END "
-                                 "FROM jobs WHERE state IN ('pending','submitting','queued','processing') "
-                                 "ORDER BY rowid",
-                                 job_columns));
+    statement s(
+        db_, fmt::format(
+                 "SELECT {}, CASE WHEN state IN ('pending','submitting') THEN params ELSE '' END "
+                 "FROM jobs WHERE state IN ('pending','submitting','queued','processing') "
+                 "ORDER BY rowid",
+                 job_columns));
     std::vector<core::job> out;
     while (s.step())
         out.push_back(read_job(s, true));
@@ -277,7 +304,8 @@ std::string job_store::params_of(const std::string& id) {
 }
 
 std::vector<history_entry> job_store::history(const std::string& id) {
-    statement s(db_, "SELECT at, state, note, request_id FROM history WHERE job_id = ?1 ORDER BY rowid");
+    statement s(db_,
+                "SELECT at, state, note, request_id FROM history WHERE job_id = ?1 ORDER BY rowid");
     s.bind(1, id);
     std::vector<history_entry> out;
     while (s.step())
@@ -294,9 +322,11 @@ std::map<std::string, std::int64_t> job_store::count_by_state() {
 }
 
 std::vector<double> job_store::recent_durations(const std::string& model, int n) {
-    statement s(db_, "SELECT (remote_done_at - submitted_at) / 1000.0 FROM jobs WHERE model = ?1 AND state = "
-                     "'completed' AND remote_done_at IS NOT NULL AND submitted_at IS NOT NULL "
-                     "ORDER BY finished_at DESC LIMIT ?2");
+    statement s(
+        db_,
+        "SELECT (remote_done_at - submitted_at) / 1000.0 FROM jobs WHERE model = ?1 AND state = "
+        "'completed' AND remote_done_at IS NOT NULL AND submitted_at IS NOT NULL "
+        "ORDER BY finished_at DESC LIMIT ?2");
     s.bind(1, model).bind(2, n);
     std::vector<double> out;
     while (s.step())
@@ -315,7 +345,9 @@ std::optional<std::string> job_store::meta(const std::string& key) {
 }
 
 void job_store::set_meta(const std::string& key, const std::string& value) {
-    statement s(db_, "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2");
+    statement s(
+        db_,
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2");
     s.bind(1, key).bind(2, value).run();
 }
 

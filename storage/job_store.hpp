@@ -43,9 +43,11 @@ public:
     static constexpr int schema_version = 1;
 
     // Records a new job (state pending). Throws storage_error on failure.
-    insert_outcome insert(const core::job_spec& spec, core::time_point now, const std::string& source);
+    insert_outcome insert(const core::job_spec& spec, core::time_point now,
+                          const std::string& source);
     // Inserts many in one transaction; outcomes in the same order.
-    std::vector<insert_outcome> insert_many(const std::vector<core::job_spec>& specs, core::time_point now,
+    std::vector<insert_outcome> insert_many(const std::vector<core::job_spec>& specs,
+                                            core::time_point now,
                                             const std::vector<std::string>& sources);
 
     // Writes a job's mutable fields; a non-empty note is added to its history.

@@ -10,7 +10,8 @@ connection::connection(const std::string& path, int flags) {
     int rc = sqlite3_open_v2(path.c_str(), &raw, flags | SQLITE_OPEN_NOMUTEX, nullptr);
     db_.reset(raw);
     if (rc != SQLITE_OK)
-        throw storage_error(fmt::format("cannot open database {}: {}", path, raw ? sqlite3_errmsg(raw) : sqlite3_errstr(rc)),
+        throw storage_error(fmt::format("cannot open database {}: {}", path,
+                                        raw ? sqlite3_errmsg(raw) : sqlite3_errstr(rc)),
                             rc);
     sqlite3_extended_result_codes(raw, 1);
 }
@@ -31,8 +32,8 @@ void connection::exec(const std::string& sql, std::string_view what) {
 
 statement::statement(connection& c, std::string_view sql) : conn_(&c) {
     sqlite3_stmt* raw = nullptr;
-    int rc = sqlite3_prepare_v3(c.get(), sql.data(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT, &raw,
-                                nullptr);
+    int rc = sqlite3_prepare_v3(c.get(), sql.data(), static_cast<int>(sql.size()),
+                                SQLITE_PREPARE_PERSISTENT, &raw, nullptr);
     stmt_.reset(raw);
     if (rc != SQLITE_OK)
         c.fail(fmt::format("cannot prepare \"{}\"", sql.substr(0, 60)), rc);
@@ -45,7 +46,8 @@ statement& statement::bind(int i, std::int64_t v) {
 }
 
 statement& statement::bind(int i, std::string_view v) {
-    if (int rc = sqlite3_bind_text64(stmt_.get(), i, v.data(), v.size(), SQLITE_TRANSIENT, SQLITE_UTF8);
+    if (int rc =
+            sqlite3_bind_text64(stmt_.get(), i, v.data(), v.size(), SQLITE_TRANSIENT, SQLITE_UTF8);
         rc != SQLITE_OK)
         conn_->fail("bind", rc);
     return *this;
@@ -67,7 +69,12 @@ bool statement::step() {
     }
     std::string msg = sqlite3_errmsg(conn_->get());
     reset();
-    throw storage_error(fmt::format("{}: {}", sqlite3_sql(stmt_.get()) ? std::string_view(sqlite3_sql(stmt_.get())).substr(0, 60) : "", msg), rc);
+    throw storage_error(fmt::format("{}: {}",
+                                    sqlite3_sql(stmt_.get())
+                                        ? std::string_view(sqlite3_sql(stmt_.get())).substr(0, 60)
+                                        : "",
+                                    msg),
+                        rc);
 }
 
 void statement::run() {
@@ -80,13 +87,20 @@ void statement::reset() {
     sqlite3_clear_bindings(stmt_.get());
 }
 
-bool statement::is_null(int col) const { return sqlite3_column_type(stmt_.get(), col) == SQLITE_NULL; }
-std::int64_t statement::int64(int col) const { return sqlite3_column_int64(stmt_.get(), col); }
-double statement::real(int col) const { return sqlite3_column_double(stmt_.get(), col); }
+bool statement::is_null(int col) const {
+    return sqlite3_column_type(stmt_.get(), col) == SQLITE_NULL;
+}
+std::int64_t statement::int64(int col) const {
+    return sqlite3_column_int64(stmt_.get(), col);
+}
+double statement::real(int col) const {
+    return sqlite3_column_double(stmt_.get(), col);
+}
 
 std::string statement::text(int col) const {
     auto p = reinterpret_cast<const char*>(sqlite3_column_text(stmt_.get(), col));
-    return p ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(stmt_.get(), col))) : std::string();
+    return p ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(stmt_.get(), col)))
+             : std::string();
 }
 
 std::optional<std::string> statement::opt_text(int col) const {
@@ -101,7 +115,9 @@ std::optional<std::int64_t> statement::opt_int64(int col) const {
     return int64(col);
 }
 
-transaction::transaction(connection& c) : c_(c) { c_.exec("BEGIN IMMEDIATE", "begin transaction"); }
+transaction::transaction(connection& c) : c_(c) {
+    c_.exec("BEGIN IMMEDIATE", "begin transaction");
+}
 
 transaction::~transaction() {
     if (!done_)

@@ -140,7 +140,9 @@ struct bad_case {
     const char* expect_text;   // a part of the reason
 };
 
-void PrintTo(const bad_case& c, std::ostream* os) { *os << c.name; }
+void PrintTo(const bad_case& c, std::ostream* os) {
+    *os << c.name;
+}
 
 class config_rejects : public ::testing::TestWithParam<bad_case> {};
 
@@ -216,8 +218,9 @@ TEST_F(api_key_search, key_file_comes_first) {
     klingd::test::write_file(dir / "key", "from-file\n");
     ::chmod((dir / "key").c_str(), 0600);
     klingd::test::write_file(dir / "segmind-api-key", "from-credential\n");
-    auto r = parse_settings("[api]\napi_key_file = \"" + (dir / "key") + "\"\n", file,
-                            env_with({{"CREDENTIALS_DIRECTORY", dir.path()}, {"SEGMIND_API_KEY", "from-env"}}));
+    auto r = parse_settings(
+        "[api]\napi_key_file = \"" + (dir / "key") + "\"\n", file,
+        env_with({{"CREDENTIALS_DIRECTORY", dir.path()}, {"SEGMIND_API_KEY", "from-env"}}));
     ASSERT_TRUE(r.value) << r.errors.at(0);
     EXPECT_EQ(r.value->api_key.reveal(), "from-file");
     EXPECT_EQ(r.value->api_key_source, dir / "key");
@@ -226,15 +229,17 @@ TEST_F(api_key_search, key_file_comes_first) {
 
 TEST_F(api_key_search, then_the_systemd_credential) {
     klingd::test::write_file(dir / "segmind-api-key", "from-credential");
-    auto r = parse_settings("", file,
-                            env_with({{"CREDENTIALS_DIRECTORY", dir.path()}, {"SEGMIND_API_KEY", "from-env"}}));
+    auto r = parse_settings(
+        "", file,
+        env_with({{"CREDENTIALS_DIRECTORY", dir.path()}, {"SEGMIND_API_KEY", "from-env"}}));
     ASSERT_TRUE(r.value) << r.errors.at(0);
     EXPECT_EQ(r.value->api_key.reveal(), "from-credential");
 }
 
 TEST_F(api_key_search, then_the_environment) {
-    auto r = parse_settings("", file,
-                            env_with({{"CREDENTIALS_DIRECTORY", dir.path()}, {"SEGMIND_API_KEY", "from-env"}}));
+    auto r = parse_settings(
+        "", file,
+        env_with({{"CREDENTIALS_DIRECTORY", dir.path()}, {"SEGMIND_API_KEY", "from-env"}}));
     ASSERT_TRUE(r.value) << r.errors.at(0);
     EXPECT_EQ(r.value->api_key.reveal(), "from-env");
     EXPECT_EQ(r.value->api_key_source, "$SEGMIND_API_KEY");
@@ -249,11 +254,13 @@ TEST_F(api_key_search, none_is_an_error_that_says_where_to_put_it) {
 }
 
 TEST_F(api_key_search, unreadable_key_file_names_the_file_not_the_key) {
-    auto r = parse_settings("[api]\napi_key_file = \"" + (dir / "missing") + "\"\n", file, with_key);
+    auto r =
+        parse_settings("[api]\napi_key_file = \"" + (dir / "missing") + "\"\n", file, with_key);
     ASSERT_FALSE(r.value);
     ASSERT_EQ(r.errors.size(), 1u);
-    EXPECT_NE(r.errors[0].find(":2: api.api_key_file: cannot read the API key file " + (dir / "missing")),
-              std::string::npos)
+    EXPECT_NE(
+        r.errors[0].find(":2: api.api_key_file: cannot read the API key file " + (dir / "missing")),
+        std::string::npos)
         << r.errors[0];
 }
 
@@ -296,8 +303,8 @@ protected:
 
     std::pair<int, klingd::test::child_process*> run(std::vector<std::string> args,
                                                      std::map<std::string, std::string> env) {
-        proc_ = std::make_unique<klingd::test::child_process>(KLINGD_PATH, std::move(args), std::move(env),
-                                                              "checkcfg");
+        proc_ = std::make_unique<klingd::test::child_process>(KLINGD_PATH, std::move(args),
+                                                              std::move(env), "checkcfg");
         auto st = proc_->wait(std::chrono::seconds(10));
         return {st.value_or(-1), proc_.get()};
     }
@@ -306,7 +313,8 @@ protected:
 
 TEST_F(check_config_program, valid_config_prints_effective_settings_redacted) {
     klingd::test::write_file(dir / "k.toml", "[api]\nrequests_per_minute = 30\n");
-    auto [rc, p] = run({"--check-config", "--config", dir / "k.toml"}, {{"SEGMIND_API_KEY", "sk-live-SECRET-42"}});
+    auto [rc, p] = run({"--check-config", "--config", dir / "k.toml"},
+                       {{"SEGMIND_API_KEY", "sk-live-SECRET-42"}});
     EXPECT_EQ(rc, 0) << p->stderr_text();
     std::string out = p->stdout_text();
     EXPECT_NE(out.find("requests_per_minute = 30"), std::string::npos) << out;
@@ -319,19 +327,22 @@ TEST_F(check_config_program, invalid_config_exits_2_with_key_and_line) {
     klingd::test::write_file(dir / "k.toml", "[jobs]\n\nmax_poll_interval_s = 9000\n");
     auto [rc, p] = run({"--check-config", "--config", dir / "k.toml"}, {{"SEGMIND_API_KEY", "k"}});
     EXPECT_EQ(rc, 2);
-    EXPECT_NE(p->stderr_text().find(dir / "k.toml" + ":3: jobs.max_poll_interval_s"), std::string::npos)
+    EXPECT_NE(p->stderr_text().find(dir / "k.toml" + ":3: jobs.max_poll_interval_s"),
+              std::string::npos)
         << p->stderr_text();
 }
 
 TEST_F(check_config_program, missing_file_exits_2) {
-    auto [rc, p] = run({"--check-config", "--config", dir / "nope.toml"}, {{"SEGMIND_API_KEY", "k"}});
+    auto [rc, p] =
+        run({"--check-config", "--config", dir / "nope.toml"}, {{"SEGMIND_API_KEY", "k"}});
     EXPECT_EQ(rc, 2);
     EXPECT_NE(p->stderr_text().find("cannot read the configuration"), std::string::npos);
 }
 
 TEST_F(check_config_program, config_path_from_environment) {
     klingd::test::write_file(dir / "env.toml", "[api]\nmax_connections = 7\n");
-    auto [rc, p] = run({"--check-config"}, {{"SEGMIND_API_KEY", "k"}, {"KLINGD_CONFIG", dir / "env.toml"}});
+    auto [rc, p] =
+        run({"--check-config"}, {{"SEGMIND_API_KEY", "k"}, {"KLINGD_CONFIG", dir / "env.toml"}});
     EXPECT_EQ(rc, 0) << p->stderr_text();
     EXPECT_NE(p->stdout_text().find("max_connections = 7"), std::string::npos);
 }

@@ -58,7 +58,9 @@ struct bad {
     std::string default_id;
     const char* expect;
 };
-void PrintTo(const bad& b, std::ostream* os) { *os << b.name; }
+void PrintTo(const bad& b, std::ostream* os) {
+    *os << b.name;
+}
 
 class job_spec_rejects : public ::testing::TestWithParam<bad> {};
 

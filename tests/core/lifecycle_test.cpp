@@ -36,7 +36,8 @@ struct fixture : ::testing::Test {
         return j;
     }
 
-    static http_outcome answer(int status, std::string body, std::string retry_after = "", std::string reset = "") {
+    static http_outcome answer(int status, std::string body, std::string retry_after = "",
+                               std::string reset = "") {
         http_outcome o;
         o.status = status;
         o.body = std::move(body);
@@ -51,14 +52,18 @@ struct fixture : ::testing::Test {
         return o;
     }
 
-    transition go(const job& j, const event& e, time_point now = t0) { return advance(j, e, now, ctx); }
+    transition go(const job& j, const event& e, time_point now = t0) {
+        return advance(j, e, now, ctx);
+    }
 
     job submitting() { return go(pending_job(), ev_submit_begin{}).next; }
 
     job queued(time_point at = t0) {
-        auto t = go(submitting(), ev_submit_answer{answer(200, R"({"request_id":"r-1","status":"QUEUED",
+        auto t =
+            go(submitting(), ev_submit_answer{answer(200, R"({"request_id":"r-1","status":"QUEUED",
             "status_url":"https://api.segmind.com/v2/requests/r-1/status",
-            "response_url":"https://api.segmind.com/v2/requests/r-1"})")}, at);
+            "response_url":"https://api.segmind.com/v2/requests/r-1"})")},
+               at);
         EXPECT_EQ(t.next.state, job_state::queued);
         return t.next;
     }
@@ -90,11 +95,13 @@ TEST_F(fixture, submit_begin_on_a_non_pending_job_is_rejected_and_changes_nothin
 }
 
 TEST_F(fixture, submit_2xx_stores_request_id_durably_and_plans_a_poll) {
-    auto t = go(submitting(), ev_submit_answer{answer(200, R"({"request_id":"abc-123","status":"QUEUED",
+    auto t =
+        go(submitting(), ev_submit_answer{answer(200, R"({"request_id":"abc-123","status":"QUEUED",
         "status_url":"https://queue.segmind.com/v2/requests/abc-123/status","response_url":"https://queue.segmind.com/v2/requests/abc-123"})")});
     EXPECT_EQ(t.next.state, job_state::queued);
     EXPECT_EQ(t.next.request_id, "abc-123");
-    EXPECT_EQ(t.next.status_url, "https://queue.segmind.com/v2/requests/abc-123/status"); // followed as given
+    EXPECT_EQ(t.next.status_url,
+              "https://queue.segmind.com/v2/requests/abc-123/status"); // followed as given
     EXPECT_EQ(t.next.submitted_at, t0);
     EXPECT_EQ(t.persist, persist_mode::durable);
     EXPECT_EQ(t.work, work_kind::poll);
@@ -117,7 +124,8 @@ TEST_F(fixture, submit_2xx_without_request_id_fails_the_job_and_does_not_resubmi
 }
 
 TEST_F(fixture, submit_2xx_with_hostile_request_id_is_not_followed) {
-    auto t = go(submitting(), ev_submit_answer{answer(200, R"({"request_id":"../../etc/passwd"})")});
+    auto t =
+        go(submitting(), ev_submit_answer{answer(200, R"({"request_id":"../../etc/passwd"})")});
     EXPECT_EQ(t.next.state, job_state::failed);
 }
 
@@ -186,11 +194,12 @@ TEST_F(fixture, submit_5xx_retries_with_growing_jittered_backoff) {
     auto j2 = go(t1.next, ev_submit_begin{}).next;
     auto t2 = go(j2, ev_submit_answer{answer(500, "")});
     EXPECT_EQ(t2.not_before, t0 + milliseconds(2000)); // 0.5 * 2^2
-    EXPECT_EQ(t2.next.attempts, 2);                   // a 5xx is a real attempt
+    EXPECT_EQ(t2.next.attempts, 2);                    // a 5xx is a real attempt
 }
 
 TEST_F(fixture, submit_not_sent_is_retried_and_not_counted) {
-    auto t = go(submitting(), ev_submit_answer{transport_error(transport::not_sent, "connection refused")});
+    auto t = go(submitting(),
+                ev_submit_answer{transport_error(transport::not_sent, "connection refused")});
     EXPECT_EQ(t.next.state, job_state::pending);
     EXPECT_EQ(t.next.attempts, 0);
     EXPECT_EQ(t.work, work_kind::submit);
@@ -198,7 +207,8 @@ TEST_F(fixture, submit_not_sent_is_retried_and_not_counted) {
 }
 
 TEST_F(fixture, submit_answer_lost_fails_when_resubmit_unknown_is_false) {
-    auto t = go(submitting(), ev_submit_answer{transport_error(transport::lost, "timeout after 30s")});
+    auto t =
+        go(submitting(), ev_submit_answer{transport_error(transport::lost, "timeout after 30s")});
     EXPECT_EQ(t.next.state, job_state::failed);
     EXPECT_NE(t.next.error->find("may or may not exist"), std::string::npos);
     EXPECT_NE(t.next.error->find("klingctl retry j1"), std::string::npos);
@@ -206,7 +216,8 @@ TEST_F(fixture, submit_answer_lost_fails_when_resubmit_unknown_is_false) {
 
 TEST_F(fixture, submit_answer_lost_is_sent_again_when_resubmit_unknown_is_true) {
     ctx.resubmit_unknown = true;
-    auto t = go(submitting(), ev_submit_answer{transport_error(transport::lost, "connection reset")});
+    auto t =
+        go(submitting(), ev_submit_answer{transport_error(transport::lost, "connection reset")});
     EXPECT_EQ(t.next.state, job_state::pending);
     EXPECT_EQ(t.work, work_kind::submit);
     EXPECT_NE(t.note.find("resubmit_unknown = true"), std::string::npos);
@@ -222,7 +233,8 @@ TEST_F(fixture, poll_queued_then_processing_counts_polls_and_plans_the_next) {
     EXPECT_EQ(t.work, work_kind::poll);
     EXPECT_GT(t.not_before, t0 + seconds(30));
     EXPECT_EQ(t.persist, persist_mode::batched);
-    auto t2 = go(t.next, ev_poll_answer{answer(200, R"({"status":"PROCESSING"})")}, t0 + seconds(40));
+    auto t2 =
+        go(t.next, ev_poll_answer{answer(200, R"({"status":"PROCESSING"})")}, t0 + seconds(40));
     EXPECT_EQ(t2.next.state, job_state::processing);
     EXPECT_EQ(t2.next.polls, 2);
     EXPECT_EQ(t2.note, "queued -> processing");
@@ -241,7 +253,8 @@ TEST_F(fixture, poll_completed_asks_for_the_result_at_once_and_gives_a_duration_
 }
 
 TEST_F(fixture, poll_422_fails_with_the_detail) {
-    auto t = go(queued(), ev_poll_answer{answer(422, R"({"status":"FAILED","error":"RAI block"})")});
+    auto t =
+        go(queued(), ev_poll_answer{answer(422, R"({"status":"FAILED","error":"RAI block"})")});
     EXPECT_EQ(t.next.state, job_state::failed);
     EXPECT_NE(t.next.error->find("RAI block"), std::string::npos);
     EXPECT_EQ(t.persist, persist_mode::durable);
@@ -268,11 +281,13 @@ TEST_F(fixture, poll_5xx_and_transport_errors_retry_with_backoff) {
     EXPECT_EQ(t.next.failures, 1);
     EXPECT_EQ(t.next.state, job_state::queued);
     EXPECT_FALSE(t.log.empty());
-    auto t2 = go(t.next, ev_poll_answer{transport_error(transport::lost, "reset")}, t0 + seconds(6));
+    auto t2 =
+        go(t.next, ev_poll_answer{transport_error(transport::lost, "reset")}, t0 + seconds(6));
     EXPECT_EQ(t2.next.failures, 2);
     EXPECT_EQ(t2.work, work_kind::poll);
     EXPECT_EQ(t2.next.polls, 2);
-    auto t3 = go(t2.next, ev_poll_answer{transport_error(transport::not_sent, "refused")}, t0 + seconds(7));
+    auto t3 = go(t2.next, ev_poll_answer{transport_error(transport::not_sent, "refused")},
+                 t0 + seconds(7));
     EXPECT_EQ(t3.next.polls, 2); // not sent: not a poll
 }
 
@@ -328,7 +343,8 @@ TEST_F(fixture, result_still_running_goes_back_to_polling) {
 
 TEST_F(fixture, result_422_404_and_too_large) {
     auto j = result_due(t0 + seconds(60));
-    EXPECT_EQ(go(j, ev_result_answer{answer(422, R"({"error":"boom"})")}).next.state, job_state::failed);
+    EXPECT_EQ(go(j, ev_result_answer{answer(422, R"({"error":"boom"})")}).next.state,
+              job_state::failed);
     EXPECT_EQ(go(j, ev_result_answer{answer(404, "")}).next.state, job_state::expired);
     http_outcome big;
     big.too_large = true;
@@ -351,8 +367,10 @@ TEST_F(fixture, result_5xx_and_429_retry) {
 
 TEST_F(fixture, download_done_completes_with_outputs) {
     auto j = result_due(t0 + seconds(60));
-    j = go(j, ev_result_answer{answer(200, R"({"status":"COMPLETED","output":"https://c/x.png"})")}).next;
-    auto t = go(j, ev_download_done{{"/out/j1/result.json", "/out/j1/output.png"}}, t0 + seconds(62));
+    j = go(j, ev_result_answer{answer(200, R"({"status":"COMPLETED","output":"https://c/x.png"})")})
+            .next;
+    auto t =
+        go(j, ev_download_done{{"/out/j1/result.json", "/out/j1/output.png"}}, t0 + seconds(62));
     EXPECT_EQ(t.next.state, job_state::completed);
     EXPECT_EQ(t.next.outputs.size(), 2u);
     EXPECT_FALSE(t.next.result); // no longer kept in memory
@@ -362,7 +380,8 @@ TEST_F(fixture, download_done_completes_with_outputs) {
 
 TEST_F(fixture, download_failure_retries_then_gives_up) {
     auto j = result_due(t0 + seconds(60));
-    j = go(j, ev_result_answer{answer(200, R"({"status":"COMPLETED","output":"https://c/x.png"})")}).next;
+    j = go(j, ev_result_answer{answer(200, R"({"status":"COMPLETED","output":"https://c/x.png"})")})
+            .next;
     auto t = go(j, ev_download_failed{"HTTP 503", true});
     EXPECT_EQ(t.work, work_kind::download);
     EXPECT_EQ(t.next.state, job_state::processing);

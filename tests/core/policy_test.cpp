@@ -37,7 +37,8 @@ TEST(api_answer, classify_every_documented_code) {
 }
 
 TEST(api_answer, error_detail_prefers_the_error_field_and_strips_control_characters) {
-    EXPECT_EQ(error_detail(422, R"({"status":"FAILED","error":"content\nblocked"})"), "HTTP 422: content blocked");
+    EXPECT_EQ(error_detail(422, R"({"status":"FAILED","error":"content\nblocked"})"),
+              "HTTP 422: content blocked");
     EXPECT_EQ(error_detail(502, "<html>Bad Gateway</html>"), "HTTP 502: <html>Bad Gateway</html>");
     EXPECT_EQ(error_detail(500, ""), "HTTP 500: (no detail)");
     EXPECT_LE(error_detail(500, std::string(100000, 'x')).size(), 320u);
@@ -53,11 +54,15 @@ TEST(api_answer, parse_status_normalises) {
 }
 
 TEST(api_answer, output_urls_of_every_shape_and_only_http) {
-    EXPECT_EQ(output_urls(R"({"output":"https://c/x.png"})"), std::vector<std::string>{"https://c/x.png"});
-    EXPECT_EQ(output_urls(R"({"output":["https://c/1.png","https://c/2.png","https://c/1.png"]})").size(), 2u);
+    EXPECT_EQ(output_urls(R"({"output":"https://c/x.png"})"),
+              std::vector<std::string>{"https://c/x.png"});
+    EXPECT_EQ(
+        output_urls(R"({"output":["https://c/1.png","https://c/2.png","https://c/1.png"]})").size(),
+        2u);
     EXPECT_EQ(output_urls(R"({"video":{"url":"https://c/v.mp4","duration":5}})"),
               std::vector<std::string>{"https://c/v.mp4"});
-    EXPECT_EQ(output_urls(R"({"images":[{"url":"https://c/a.png"}]})"), std::vector<std::string>{"https://c/a.png"});
+    EXPECT_EQ(output_urls(R"({"images":[{"url":"https://c/a.png"}]})"),
+              std::vector<std::string>{"https://c/a.png"});
     EXPECT_TRUE(output_urls(R"({"output":"file:///etc/passwd"})").empty());
     EXPECT_TRUE(output_urls(R"({"output":"some text answer"})").empty());
     EXPECT_TRUE(output_urls("[]").empty());
@@ -188,11 +193,11 @@ TEST(poll_planner, ample_budget_waits_for_the_likely_region_then_polls_closely) 
     poll_planner p({1, 60, 3600});
     p.set_scarcity(0);
     auto first = p.next_poll(m, t0, t0, t0);
-    EXPECT_GT(first, t0 + seconds(20));      // nothing is done that early
-    EXPECT_LT(first, t0 + seconds(58));      // but before the median
+    EXPECT_GT(first, t0 + seconds(20)); // nothing is done that early
+    EXPECT_LT(first, t0 + seconds(58)); // but before the median
     auto second = p.next_poll(m, t0, first, first);
-    EXPECT_LE(second - first, seconds(2));   // close polls where completion is likely
-    EXPECT_GE(second - first, seconds(1));   // never below min_poll_interval_s
+    EXPECT_LE(second - first, seconds(2)); // close polls where completion is likely
+    EXPECT_GE(second - first, seconds(1)); // never below min_poll_interval_s
 }
 
 TEST(poll_planner, scarce_budget_polls_about_once_near_the_high_quantile) {
@@ -332,8 +337,9 @@ TEST(url, the_api_key_goes_only_to_the_api_origin_or_its_https_siblings) {
 }
 
 TEST(api_answer, submit_urls_pointing_elsewhere_are_replaced) {
-    auto f = parse_submit(R"({"request_id":"r1","status_url":"https://evil.example/steal","response_url":"https://queue.segmind.com/v2/requests/r1"})",
-                          "https://api.segmind.com");
+    auto f = parse_submit(
+        R"({"request_id":"r1","status_url":"https://evil.example/steal","response_url":"https://queue.segmind.com/v2/requests/r1"})",
+        "https://api.segmind.com");
     ASSERT_TRUE(f);
     EXPECT_EQ(f->status_url, "https://api.segmind.com/v2/requests/r1/status");
     EXPECT_EQ(f->response_url, "https://queue.segmind.com/v2/requests/r1");

@@ -19,8 +19,8 @@ namespace http = beast::http;
 namespace json = boost::json;
 using local = asio::local::stream_protocol;
 
-reply_json unix_request(const std::string& socket, const std::string& method, const std::string& target,
-                        const std::string& body) {
+reply_json unix_request(const std::string& socket, const std::string& method,
+                        const std::string& target, const std::string& body) {
     reply_json r;
     asio::io_context io;
     beast::basic_stream<local> stream(io);
@@ -51,7 +51,8 @@ reply_json unix_request(const std::string& socket, const std::string& method, co
 }
 
 daemon_env::daemon_env(daemon_options o) : opts_(std::move(o)), dir_("klingd") {
-    std::vector<std::string> args{"--time-scale", fmt::format("{}", opts_.scale), "--api-key", opts_.api_key};
+    std::vector<std::string> args{"--time-scale", fmt::format("{}", opts_.scale), "--api-key",
+                                  opts_.api_key};
     args.insert(args.end(), opts_.sim_args.begin(), opts_.sim_args.end());
     sim_ = std::make_unique<sim_process>(args);
     std::filesystem::create_directories(dir_ / "spool/incoming");
@@ -66,7 +67,8 @@ daemon_env::~daemon_env() {
 void daemon_env::write_config() {
     double s = opts_.scale;
     double rpm = opts_.requests_per_minute > 0 ? opts_.requests_per_minute : 60 / s;
-    std::string toml = fmt::format(R"([api]
+    std::string toml = fmt::format(
+        R"([api]
 base_url = "{}"
 ca_file = "{}"
 requests_per_minute = {}
@@ -91,20 +93,23 @@ resubmit_unknown = {}
 max_in_flight = {}
 {}
 )",
-                                   sim_->base_url(), sim_->ca_file(), rpm, dir_ / "klingd.db", dir_ / "spool",
-                                   dir_ / "output", socket(), 58 * s, 223 * s, 3600 * s, 1 * s, 60 * s,
-                                   opts_.resubmit_unknown ? "true" : "false", opts_.max_in_flight, opts_.extra_toml);
+        sim_->base_url(), sim_->ca_file(), rpm, dir_ / "klingd.db", dir_ / "spool", dir_ / "output",
+        socket(), 58 * s, 223 * s, 3600 * s, 1 * s, 60 * s,
+        opts_.resubmit_unknown ? "true" : "false", opts_.max_in_flight, opts_.extra_toml);
     write_file(config_path(), toml);
 }
 
 void daemon_env::start() {
     if (klingd_)
         old_logs_.push_back(klingd_->stderr_text());
-    klingd_ = std::make_unique<child_process>(KLINGD_PATH, std::vector<std::string>{"--config", config_path()},
-                                              std::map<std::string, std::string>{{"SEGMIND_API_KEY", opts_.api_key}},
-                                              "klingd" + std::to_string(generation_++));
+    klingd_ = std::make_unique<child_process>(
+        KLINGD_PATH, std::vector<std::string>{"--config", config_path()},
+        std::map<std::string, std::string>{{"SEGMIND_API_KEY", opts_.api_key}},
+        "klingd" + std::to_string(generation_++));
     bool up = eventually(
-        [&] { return !klingd_->running() || unix_request(socket(), "GET", "/v1/health").status == 200; },
+        [&] {
+            return !klingd_->running() || unix_request(socket(), "GET", "/v1/health").status == 200;
+        },
         std::chrono::seconds(20));
     if (!up || !klingd_->running())
         throw std::runtime_error("klingd did not start: " + klingd_->stderr_text());
@@ -115,8 +120,12 @@ int daemon_env::stop() {
     return klingd_->wait(std::chrono::seconds(20)).value_or(-1);
 }
 
-void daemon_env::kill9() { klingd_->kill_hard(); }
-bool daemon_env::running() { return klingd_ && klingd_->running(); }
+void daemon_env::kill9() {
+    klingd_->kill_hard();
+}
+bool daemon_env::running() {
+    return klingd_ && klingd_->running();
+}
 
 std::string daemon_env::log() const {
     std::string all;
@@ -133,7 +142,8 @@ void daemon_env::drop(const std::string& name, const std::string& content) {
     std::filesystem::rename(tmp, incoming() + "/" + name);
 }
 
-reply_json daemon_env::api(const std::string& method, const std::string& target, const std::string& body) {
+reply_json daemon_env::api(const std::string& method, const std::string& target,
+                           const std::string& body) {
     return unix_request(socket(), method, target, body);
 }
 
@@ -168,7 +178,8 @@ bool daemon_env::wait_terminal(const std::vector<std::string>& ids, std::chrono:
         [&] {
             std::map<std::string, std::string> states;
             for (auto& j : jobs())
-                states[std::string(j.at("id").as_string())] = std::string(j.at("state").as_string());
+                states[std::string(j.at("id").as_string())] =
+                    std::string(j.at("state").as_string());
             for (auto& id : ids) {
                 auto s = states[id];
                 if (s != "completed" && s != "failed" && s != "expired" && s != "cancelled")
@@ -180,8 +191,9 @@ bool daemon_env::wait_terminal(const std::vector<std::string>& ids, std::chrono:
 }
 
 json::value daemon_env::sim_stats(bool with_requests) {
-    auto r = https_request("GET", sim_->base_url() + (with_requests ? "/sim/stats" : "/sim/stats?requests=0"), "",
-                           {}, sim_->ca_file());
+    auto r = https_request(
+        "GET", sim_->base_url() + (with_requests ? "/sim/stats" : "/sim/stats?requests=0"), "", {},
+        sim_->ca_file());
     if (r.status != 200)
         throw std::runtime_error("sim stats: " + r.error);
     return json::parse(r.body);
@@ -194,15 +206,17 @@ void daemon_env::sim_config(const std::string& body) {
 }
 
 std::string image_job(const std::string& marker, const std::string& extra_params) {
-    return fmt::format(R"({{"model":"kling-o1","params":{{"prompt":"{} merge @Image1 into @Image2",)"
-                       R"("image_urls":["https://in.example/a.png","https://in.example/b.png"]{}}}}})",
-                       marker, extra_params);
+    return fmt::format(
+        R"({{"model":"kling-o1","params":{{"prompt":"{} merge @Image1 into @Image2",)"
+        R"("image_urls":["https://in.example/a.png","https://in.example/b.png"]{}}}}})",
+        marker, extra_params);
 }
 
 std::string video_job(const std::string& marker) {
-    return fmt::format(R"({{"model":"kling-o1-video-to-video-edit","params":{{"prompt":"{} use @image1",)"
-                       R"("video_url":"https://in.example/v.mp4","image_urls":["https://in.example/a.png"]}}}})",
-                       marker);
+    return fmt::format(
+        R"({{"model":"kling-o1-video-to-video-edit","params":{{"prompt":"{} use @image1",)"
+        R"("video_url":"https://in.example/v.mp4","image_urls":["https://in.example/a.png"]}}}})",
+        marker);
 }
 
 } // namespace klingd::test

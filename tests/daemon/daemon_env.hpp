@@ -21,15 +21,15 @@ struct reply_json {
 };
 
 // One request over a Unix socket; status 0 when nothing answered.
-reply_json unix_request(const std::string& socket, const std::string& method, const std::string& target,
-                        const std::string& body = {});
+reply_json unix_request(const std::string& socket, const std::string& method,
+                        const std::string& target, const std::string& body = {});
 
 struct daemon_options {
-    double scale = 0.02;             // the sim's time scale; klingd's durations follow it
-    double requests_per_minute = 0;  // 0: 60 per API minute, scaled
+    double scale = 0.02;            // the sim's time scale; klingd's durations follow it
+    double requests_per_minute = 0; // 0: 60 per API minute, scaled
     bool resubmit_unknown = false;
     int max_in_flight = 50;
-    std::string extra_toml;          // appended to [jobs]
+    std::string extra_toml; // appended to [jobs]
     std::vector<std::string> sim_args;
     std::string api_key = "test-key-1";
 };
@@ -57,7 +57,8 @@ public:
 
     // Writes a job file with write-then-rename.
     void drop(const std::string& name, const std::string& content);
-    reply_json api(const std::string& method, const std::string& target, const std::string& body = {});
+    reply_json api(const std::string& method, const std::string& target,
+                   const std::string& body = {});
     // The job object, or a null value when unknown.
     boost::json::value job(const std::string& id);
     std::string state(const std::string& id);

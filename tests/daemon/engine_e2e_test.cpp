@@ -20,7 +20,8 @@ std::string str(const json::value& v, std::string_view key) {
     auto it = o.find(key);
     if (it == o.end() || it->value().is_null())
         return {};
-    return it->value().is_string() ? std::string(it->value().as_string()) : json::serialize(it->value());
+    return it->value().is_string() ? std::string(it->value().as_string())
+                                   : json::serialize(it->value());
 }
 
 // How many accepted submits the sim saw per marker (the prompt's first word).
@@ -33,7 +34,8 @@ std::map<std::string, int> submissions_by_marker(const json::value& stats) {
     return out;
 }
 
-std::uint64_t count(const json::value& stats, std::string_view endpoint, std::string_view code = {}) {
+std::uint64_t count(const json::value& stats, std::string_view endpoint,
+                    std::string_view code = {}) {
     std::uint64_t n = 0;
     for (auto& [c, v] : stats.at(endpoint).as_object())
         if (code.empty() || c == code)
@@ -46,7 +48,8 @@ std::uint64_t api_requests(const json::value& stats) {
 }
 
 std::uint64_t answers_429(const json::value& stats) {
-    return count(stats, "submit", "429") + count(stats, "status", "429") + count(stats, "result", "429");
+    return count(stats, "submit", "429") + count(stats, "status", "429") +
+           count(stats, "result", "429");
 }
 
 // Completed with result.json and media that match, byte for byte, what the sim serves.
@@ -64,7 +67,8 @@ void expect_completed_with_exact_media(daemon_env& env, const std::string& id) {
     ASSERT_EQ(media.status, 200) << media.error;
     std::string media_path(outputs[1].as_string());
     EXPECT_EQ(media_path.rfind(env.output() + "/" + id + "/output.", 0), 0u) << media_path;
-    EXPECT_TRUE(read_file(media_path) == media.body) << id << ": media differ from what the sim serves";
+    EXPECT_TRUE(read_file(media_path) == media.body)
+        << id << ": media differ from what the sim serves";
 }
 
 TEST(engine_e2e, thirty_jobs_of_both_models_complete_once_with_byte_exact_media) {
@@ -115,7 +119,8 @@ TEST(engine_e2e, kill_9_at_several_moments_loses_no_job_and_submits_none_twice) 
         } else {
             // The only acceptable other end: caught in "submitting" by a kill, reported as such.
             EXPECT_EQ(str(j, "state"), "failed") << id;
-            EXPECT_NE(str(j, "error").find("resubmit_unknown = false"), std::string::npos) << str(j, "error");
+            EXPECT_NE(str(j, "error").find("resubmit_unknown = false"), std::string::npos)
+                << str(j, "error");
         }
     }
     EXPECT_GE(completed, 45);
@@ -136,7 +141,8 @@ TEST_P(in_flight_submit, follows_resubmit_unknown_and_says_so) {
     env.drop("slow.json", image_job("slow"));
     ASSERT_TRUE(eventually([&] { return env.state("slow") == "submitting"; }, 10s)) << env.log();
     // The sim has created the request and holds back its answer: kill klingd now.
-    ASSERT_TRUE(eventually([&] { return env.sim_stats(false).at("submissions").as_int64() == 1; }, 10s))
+    ASSERT_TRUE(
+        eventually([&] { return env.sim_stats(false).at("submissions").as_int64() == 1; }, 10s))
         << json::serialize(env.sim_stats(false)) << env.log();
     env.kill9();
     env.sim_config(R"({"slow_rate": 0})");
@@ -144,7 +150,8 @@ TEST_P(in_flight_submit, follows_resubmit_unknown_and_says_so) {
     if (!resubmit) {
         ASSERT_TRUE(eventually([&] { return env.state("slow") == "failed"; }, 10s));
         auto j = env.job("slow");
-        EXPECT_NE(str(j, "error").find("may or may not exist"), std::string::npos) << str(j, "error");
+        EXPECT_NE(str(j, "error").find("may or may not exist"), std::string::npos)
+            << str(j, "error");
         EXPECT_NE(str(j, "error").find("klingctl retry slow"), std::string::npos);
         EXPECT_EQ(env.sim_stats(false).at("submissions").as_int64(), 1); // not sent again
         auto r = env.api("POST", "/v1/jobs/slow/retry");
@@ -157,13 +164,17 @@ TEST_P(in_flight_submit, follows_resubmit_unknown_and_says_so) {
     std::string notes;
     for (auto& h : j.at("history").as_array())
         notes += str(h, "note") + "\n";
-    EXPECT_NE(notes.find(resubmit ? "resubmit_unknown = true" : "retry requested"), std::string::npos) << notes;
+    EXPECT_NE(notes.find(resubmit ? "resubmit_unknown = true" : "retry requested"),
+              std::string::npos)
+        << notes;
 }
 
-INSTANTIATE_TEST_SUITE_P(both, in_flight_submit, ::testing::Bool(),
-                         [](const auto& info) { return info.param ? "resubmit_true" : "resubmit_false"; });
+INSTANTIATE_TEST_SUITE_P(both, in_flight_submit, ::testing::Bool(), [](const auto& info) {
+    return info.param ? "resubmit_true" : "resubmit_false";
+});
 
-void run_budget_case(double daemon_rpm_per_api_minute, double max_requests_per_job, double max_429_share) {
+void run_budget_case(double daemon_rpm_per_api_minute, double max_requests_per_job,
+                     double max_429_share) {
     daemon_options o;
     o.scale = 0.05;
     o.requests_per_minute = daemon_rpm_per_api_minute / o.scale;
@@ -181,14 +192,18 @@ void run_budget_case(double daemon_rpm_per_api_minute, double max_requests_per_j
         ASSERT_EQ(env.state(id), "completed") << id << ": " << str(env.job(id), "error");
     auto stats = env.sim_stats(false);
     double per_job = static_cast<double>(api_requests(stats)) / 100;
-    double share_429 = static_cast<double>(answers_429(stats)) / static_cast<double>(api_requests(stats));
-    std::printf("budget case %g/min against 30/min: %.2f API requests per job, %.2f%% answered 429\n",
-                daemon_rpm_per_api_minute, per_job, share_429 * 100);
+    double share_429 =
+        static_cast<double>(answers_429(stats)) / static_cast<double>(api_requests(stats));
+    std::printf(
+        "budget case %g/min against 30/min: %.2f API requests per job, %.2f%% answered 429\n",
+        daemon_rpm_per_api_minute, per_job, share_429 * 100);
     EXPECT_LE(per_job, max_requests_per_job);
     EXPECT_LT(share_429, max_429_share);
 }
 
-TEST(engine_e2e, a_30_rpm_limit_costs_at_most_3_6_requests_per_job_and_few_429s) { run_budget_case(30, 3.6, 0.03); }
+TEST(engine_e2e, a_30_rpm_limit_costs_at_most_3_6_requests_per_job_and_few_429s) {
+    run_budget_case(30, 3.6, 0.03);
+}
 
 TEST(engine_e2e, configured_at_120_rpm_against_30_rpm_all_complete_with_under_10_percent_429) {
     run_budget_case(120, 1e9, 0.10);
@@ -211,7 +226,8 @@ TEST(engine_e2e, jobs_whose_daemon_was_down_past_retention_expire_and_are_not_po
     env.start();
     for (auto id : {"e1", "e2", "e3"})
         env.drop(std::string(id) + ".json", image_job(id));
-    ASSERT_TRUE(eventually([&] { return env.state("e1") == "queued" && env.state("e3") == "queued"; }, 10s));
+    ASSERT_TRUE(eventually(
+        [&] { return env.state("e1") == "queued" && env.state("e3") == "queued"; }, 10s));
     env.kill9();
     std::this_thread::sleep_for(2500ms);
     auto before = env.sim_stats(false);
@@ -220,7 +236,8 @@ TEST(engine_e2e, jobs_whose_daemon_was_down_past_retention_expire_and_are_not_po
     for (auto id : {"e1", "e2", "e3"}) {
         auto j = env.job(id);
         EXPECT_EQ(str(j, "state"), "expired");
-        EXPECT_NE(str(j, "error").find("down past the API's retention"), std::string::npos) << str(j, "error");
+        EXPECT_NE(str(j, "error").find("down past the API's retention"), std::string::npos)
+            << str(j, "error");
     }
     std::this_thread::sleep_for(1s);
     auto after = env.sim_stats(false);
@@ -254,10 +271,13 @@ TEST(engine_e2e, malformed_job_files_are_rejected_with_a_reason_while_a_good_job
         {"no-model.json", R"({"params": {}})", "model is required"},
         {"model-type.json", R"({"model": 5, "params": {}})", "model must be a string"},
         {"params-type.json", R"({"model": "kling-o1", "params": []})", "params must be an object"},
-        {"aspect.json", image_job("x", R"(,"aspect_ratio":"4:3")"), "params.aspect_ratio is \"4:3\": allowed values"},
-        {"not-url.json", R"({"model":"kling-o1","params":{"prompt":"p","image_urls":["not-a-url"]}})",
+        {"aspect.json", image_job("x", R"(,"aspect_ratio":"4:3")"),
+         "params.aspect_ratio is \"4:3\": allowed values"},
+        {"not-url.json",
+         R"({"model":"kling-o1","params":{"prompt":"p","image_urls":["not-a-url"]}})",
          "params.image_urls[0] \"not-a-url\" is not an absolute http"},
-        {"dotdot.json", R"({"model":"kling-o1","id":"../escape","params":{"prompt":"p","image_urls":["https://x/a"]}})",
+        {"dotdot.json",
+         R"({"model":"kling-o1","id":"../escape","params":{"prompt":"p","image_urls":["https://x/a"]}})",
          "id \"../escape\" starts with '.'"},
         {"nul.json", std::string("{\"model\":\"kling-o1\",\0\"params\":{}}", 32), "NUL byte"},
         {"huge.json", std::string(20u << 20, ' '), "spool.max_file_bytes allows 1048576"},
@@ -272,7 +292,9 @@ TEST(engine_e2e, malformed_job_files_are_rejected_with_a_reason_while_a_good_job
     expect_completed_with_exact_media(env, "good");
     std::string rejected = env.dir() + "/spool/rejected/";
     for (auto& c : cases) {
-        ASSERT_TRUE(eventually([&] { return std::filesystem::exists(rejected + c.name + ".error"); }, 5s)) << c.name;
+        ASSERT_TRUE(
+            eventually([&] { return std::filesystem::exists(rejected + c.name + ".error"); }, 5s))
+            << c.name;
         EXPECT_TRUE(std::filesystem::exists(rejected + c.name)) << c.name;
         std::string err = read_file(rejected + c.name + ".error");
         EXPECT_NE(err.find(c.expect), std::string::npos) << c.name << ": " << err;
@@ -290,8 +312,11 @@ TEST(engine_e2e, the_same_file_again_is_a_no_op_and_other_content_under_the_same
     ASSERT_TRUE(env.wait_terminal({"twice"}, 30s));
     env.drop("twice.json", image_job("twice"));
     env.drop("other.json", R"({"id":"twice",)" + image_job("different").substr(1));
-    ASSERT_TRUE(eventually([&] { return std::filesystem::exists(env.dir() + "/spool/rejected/other.json.error"); }, 5s));
-    EXPECT_NE(read_file(env.dir() + "/spool/rejected/other.json.error").find("is taken by a job with other content"),
+    ASSERT_TRUE(eventually(
+        [&] { return std::filesystem::exists(env.dir() + "/spool/rejected/other.json.error"); },
+        5s));
+    EXPECT_NE(read_file(env.dir() + "/spool/rejected/other.json.error")
+                  .find("is taken by a job with other content"),
               std::string::npos);
     ASSERT_TRUE(eventually([&] { return std::filesystem::is_empty(env.incoming()); }, 5s));
     EXPECT_TRUE(std::filesystem::exists(env.dir() + "/spool/accepted/twice.json.1"));
@@ -304,11 +329,13 @@ TEST(engine_e2e, a_401_stops_submissions_until_the_key_works_and_keeps_jobs_pend
     env.start();
     env.drop("a.json", image_job("a"));
     env.drop("b.json", image_job("b"));
-    ASSERT_TRUE(eventually([&] { return env.log().find("submissions stopped") != std::string::npos; }, 10s));
+    ASSERT_TRUE(eventually(
+        [&] { return env.log().find("submissions stopped") != std::string::npos; }, 10s));
     auto j = env.job("a");
     EXPECT_EQ(str(j, "state"), "pending");
     EXPECT_EQ(str(j, "attempts"), "0");
-    EXPECT_NE(str(j, "blocked").find("submissions stopped"), std::string::npos) << json::serialize(j);
+    EXPECT_NE(str(j, "blocked").find("submissions stopped"), std::string::npos)
+        << json::serialize(j);
     std::this_thread::sleep_for(3s); // several probe intervals (1.2 s here)
     auto refused = count(env.sim_stats(false), "submit", "401");
     EXPECT_GE(refused, 1u);
@@ -327,7 +354,8 @@ TEST(engine_e2e, a_406_stops_submissions_until_credits_return) {
     daemon_env env(o);
     env.start();
     env.drop("c.json", image_job("c"));
-    ASSERT_TRUE(eventually([&] { return str(env.job("c"), "blocked").find("HTTP 406") != std::string::npos; }, 10s))
+    ASSERT_TRUE(eventually(
+        [&] { return str(env.job("c"), "blocked").find("HTTP 406") != std::string::npos; }, 10s))
         << env.log();
     EXPECT_EQ(env.state("c"), "pending");
     env.sim_config(R"({"credits": 5})");
@@ -395,7 +423,8 @@ TEST(engine_e2e, sigterm_exits_0_and_the_next_start_resumes) {
     env.start();
     for (int i = 0; i < 6; ++i)
         env.drop(fmt::format("t{}.json", i), video_job(fmt::format("t{}", i)));
-    ASSERT_TRUE(eventually([&] { return env.state("t5") == "queued" || env.state("t5") == "processing"; }, 10s));
+    ASSERT_TRUE(eventually(
+        [&] { return env.state("t5") == "queued" || env.state("t5") == "processing"; }, 10s));
     auto t0 = std::chrono::steady_clock::now();
     EXPECT_EQ(env.stop(), 0);
     EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);

@@ -39,8 +39,10 @@ TEST_F(job_store_test, insert_is_idempotent_for_the_same_content_and_refuses_oth
     storage::job_store s(path);
     EXPECT_EQ(s.insert(spec("a"), t0, "spool:a.json"), storage::insert_outcome::inserted);
     EXPECT_EQ(s.insert(spec("a"), t0, "spool:a.json"), storage::insert_outcome::same_content);
-    EXPECT_EQ(s.insert(spec("a", R"({"prompt":"other"})"), t0, "socket"), storage::insert_outcome::conflict);
-    EXPECT_EQ(s.insert(spec("a", R"({"prompt":"p"})", 3), t0, "socket"), storage::insert_outcome::conflict);
+    EXPECT_EQ(s.insert(spec("a", R"({"prompt":"other"})"), t0, "socket"),
+              storage::insert_outcome::conflict);
+    EXPECT_EQ(s.insert(spec("a", R"({"prompt":"p"})", 3), t0, "socket"),
+              storage::insert_outcome::conflict);
     auto j = s.get("a");
     ASSERT_TRUE(j);
     EXPECT_EQ(j->state, job_state::pending);
@@ -54,7 +56,8 @@ TEST_F(job_store_test, insert_is_idempotent_for_the_same_content_and_refuses_oth
 TEST_F(job_store_test, insert_many_is_one_transaction_with_outcomes_in_order) {
     storage::job_store s(path);
     s.insert(spec("x"), t0, "");
-    auto out = s.insert_many({spec("y"), spec("x", R"({"prompt":"q"})"), spec("z")}, t0, {"a", "b", "c"});
+    auto out =
+        s.insert_many({spec("y"), spec("x", R"({"prompt":"q"})"), spec("z")}, t0, {"a", "b", "c"});
     ASSERT_EQ(out.size(), 3u);
     EXPECT_EQ(out[0], storage::insert_outcome::inserted);
     EXPECT_EQ(out[1], storage::insert_outcome::conflict);
@@ -199,7 +202,9 @@ TEST_F(job_store_test, a_database_from_a_newer_klingd_is_refused) {
         storage::job_store s(path);
         FAIL() << "opened a newer schema";
     } catch (const storage::storage_error& e) {
-        EXPECT_NE(std::string(e.what()).find("newer than this klingd understands"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("newer than this klingd understands"),
+                  std::string::npos)
+            << e.what();
     }
 }
 

@@ -61,8 +61,10 @@ child_process::child_process(std::string program, std::vector<std::string> args,
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&actions, 1, out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&actions, 2, err_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&actions, 1, out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                     0644);
+    posix_spawn_file_actions_addopen(&actions, 2, err_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                     0644);
     int rc = posix_spawn(&pid_, program.c_str(), &actions, nullptr, argv.data(), envp.data());
     posix_spawn_file_actions_destroy(&actions);
     if (rc != 0)
@@ -106,8 +108,12 @@ void child_process::kill_hard() {
     status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
-std::string child_process::stdout_text() const { return read_file(out_path_); }
-std::string child_process::stderr_text() const { return read_file(err_path_); }
+std::string child_process::stdout_text() const {
+    return read_file(out_path_);
+}
+std::string child_process::stderr_text() const {
+    return read_file(err_path_);
+}
 
 temp_dir::temp_dir(const std::string& tag) {
     path_ = test_root() + "/" + unique_name(tag);
@@ -138,7 +144,8 @@ void write_file(const std::string& path, const std::string& content) {
 std::string cert_dir() {
     std::string dir = std::string(KLINGD_BINARY_DIR) + "/test-certs";
     if (!fs::exists(dir + "/server.pem")) {
-        std::string cmd = std::string(KLINGD_SOURCE_DIR) + "/scripts/make-test-certs.sh '" + dir + "'";
+        std::string cmd =
+            std::string(KLINGD_SOURCE_DIR) + "/scripts/make-test-certs.sh '" + dir + "'";
         if (std::system(cmd.c_str()) != 0)
             throw std::runtime_error("scripts/make-test-certs.sh failed");
     }

@@ -15,8 +15,7 @@ class child_process {
 public:
     // Throws std::runtime_error when the program cannot be started.
     child_process(std::string program, std::vector<std::string> args,
-                  std::map<std::string, std::string> extra_env = {},
-                  std::string log_prefix = "");
+                  std::map<std::string, std::string> extra_env = {}, std::string log_prefix = "");
     child_process(const child_process&) = delete;
     child_process& operator=(const child_process&) = delete;
     ~child_process(); // SIGKILLs the child if it still runs
