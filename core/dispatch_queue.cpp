@@ -103,6 +103,11 @@ std::optional<dispatch_queue::item> dispatch_queue::pop_budgeted(bool submits_al
     return std::nullopt;
 }
 
+bool dispatch_queue::has_ready_submits() {
+    drop_stale(submits_);
+    return !submits_.empty();
+}
+
 std::optional<dispatch_queue::item> dispatch_queue::pop_download() {
     drop_stale(downloads_);
     if (downloads_.empty())

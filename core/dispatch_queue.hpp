@@ -44,7 +44,7 @@ public:
     // The earliest time at which waiting work becomes due; nullopt when nothing waits.
     std::optional<time_point> next_due();
 
-    std::size_t ready_submits() const { return submits_.size(); }
+    bool has_ready_submits();
     std::size_t scheduled() const { return live_.size(); }
 
 private:

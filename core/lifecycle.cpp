@@ -31,7 +31,8 @@ milliseconds backoff(const lifecycle_context& c, int failures) {
     return to_ms(std::max(c.backoff_base_s / 10, c.jitter01 * ceiling));
 }
 
-constexpr int max_get_failures_for_odd_answers = 10;
+// A 404 well inside the retention window is asked again this many times before it counts.
+constexpr int not_found_retries = 2;
 constexpr int max_download_failures = 20;
 
 struct machine {
@@ -114,17 +115,19 @@ struct machine {
                             seconds_d(at - now).count());
     }
 
-    void signal_from(const http_outcome& o, answer_class k) {
+    // from_submit: a 406 on a GET says nothing about submissions.
+    void signal_from(const http_outcome& o, answer_class k, bool from_submit = false) {
         if (k == answer_class::rate_limited) {
             t.signal = api_signal::rate_limited;
             t.rate_limited_until = rate_limit_until(o.retry_after, o.reset_at, now);
         } else if (k == answer_class::unauthorized) {
             t.signal = api_signal::unauthorized;
             t.signal_reason = error_detail(o.status, o.body);
-        } else if (k == answer_class::no_credits) {
+        } else if (k == answer_class::no_credits && from_submit) {
             t.signal = api_signal::no_credits;
             t.signal_reason = error_detail(o.status, o.body);
-        } else if (k != answer_class::server_error && k != answer_class::other) {
+        } else if (k != answer_class::server_error && k != answer_class::other &&
+                   k != answer_class::no_credits) {
             t.signal = api_signal::accepted;
         }
     }
@@ -138,8 +141,8 @@ struct machine {
         }
         ++n().attempts;
         n().polls = 0;
+        // The dispatcher sends the POST itself; nothing is queued meanwhile.
         to_state(job_state::submitting, fmt::format("attempt {}", n().attempts));
-        schedule(work_kind::submit, now);
     }
 
     void on(const ev_submit_answer& e) {
@@ -176,7 +179,7 @@ struct machine {
             return;
         }
         auto k = classify(o.status);
-        signal_from(o, k);
+        signal_from(o, k, true);
         switch (k) {
         case answer_class::ok: {
             auto f = parse_submit(o.body, c.base_url);
@@ -279,6 +282,8 @@ struct machine {
             fail(fmt::format("the request failed: {}", error_detail(o.status, o.body)));
             return;
         case answer_class::not_found:
+            if (n().failures < not_found_retries && !past_retention(n(), now, c.retention_s))
+                return retry_get(work_kind::poll, error_detail(o.status, o.body));
             expire(fmt::format(
                 "Segmind no longer knows request {} (HTTP 404 on poll; it keeps results {}s "
                 "after submission, and this one was submitted at {})",
@@ -289,12 +294,8 @@ struct machine {
             schedule(work_kind::poll, t.rate_limited_until.value_or(now));
             return;
         default:
-            if (k != answer_class::server_error && k != answer_class::unauthorized &&
-                n().failures + 1 >= max_get_failures_for_odd_answers) {
-                fail(fmt::format("polling request {} kept failing: {}", j.request_id.value_or("?"),
-                                 error_detail(o.status, o.body)));
-                return;
-            }
+            // 5xx, 401, 406, 403, ...: the request is paid for; keep asking until the API forgets
+            // it.
             return retry_get(work_kind::poll, error_detail(o.status, o.body));
         }
     }
@@ -339,6 +340,8 @@ struct machine {
             fail(fmt::format("the request failed: {}", error_detail(o.status, o.body)));
             return;
         case answer_class::not_found:
+            if (n().failures < not_found_retries && !past_retention(n(), now, c.retention_s))
+                return retry_get(work_kind::fetch_result, error_detail(o.status, o.body));
             expire(fmt::format("Segmind no longer has the result of request {} (HTTP 404)",
                                j.request_id.value_or("?")));
             return;
@@ -346,12 +349,8 @@ struct machine {
             schedule(work_kind::fetch_result, t.rate_limited_until.value_or(now));
             return;
         default:
-            if (k != answer_class::server_error && k != answer_class::unauthorized &&
-                n().failures + 1 >= max_get_failures_for_odd_answers) {
-                fail(fmt::format("fetching the result of request {} kept failing: {}",
-                                 j.request_id.value_or("?"), error_detail(o.status, o.body)));
-                return;
-            }
+            // 5xx, 401, 406, 403, ...: the request is paid for; keep asking until the API forgets
+            // it.
             return retry_get(work_kind::fetch_result, error_detail(o.status, o.body));
         }
     }

@@ -47,6 +47,9 @@ time_point poll_planner::next_poll(const duration_model& model, time_point submi
     double gap = std::clamp(next - elapsed, policy_.min_interval_s, policy_.max_interval_s);
     time_point at = std::max(last_seen, submitted) + to_ms(gap);
     at = std::min(at, last_safe_poll(submitted));
+    // Past the last safe poll too, polls keep min_interval_s apart: one job near its
+    // deadline must not take every slot of the budget.
+    at = std::max(at, std::max(last_seen, submitted) + to_ms(policy_.min_interval_s));
     return std::max(at, now);
 }
 

@@ -13,6 +13,7 @@ constexpr double min_rpm = 0.5;
 // growth: 2% of the configured rate per second of quiet.
 constexpr auto quiet_before_raise = std::chrono::seconds(20);
 constexpr double raise_per_second = 0.02;
+constexpr auto max_block = std::chrono::minutes(5);
 } // namespace
 
 rate_budget::rate_budget(double configured_rpm)
@@ -48,7 +49,8 @@ void rate_budget::on_rate_limited(time_point now, std::optional<time_point> unti
     time_point resume;
     if (until) {
         consecutive_unhinted_ = 0;
-        resume = *until;
+        // Honoured up to a bound: a longer block would let completed results expire unfetched.
+        resume = std::min(*until, now + max_block);
     } else {
         // Full jitter: uniform in [gap, min(60 s, gap * 2^n)].
         ++consecutive_unhinted_;

@@ -81,15 +81,12 @@ bool is_ip_literal(const std::string& h) {
                return (c >= '0' && c <= '9') || c == '.';
            });
 }
-// "api.segmind.com" -> "segmind.com"; "" for IP literals and single-label names.
+// The host without its first label ("api.segmind.com" -> "segmind.com"); "" for
+// IP literals and hosts of fewer than three labels.
 std::string parent_domain(const std::string& h) {
-    if (is_ip_literal(h))
+    if (is_ip_literal(h) || std::count(h.begin(), h.end(), '.') < 2)
         return {};
-    auto last = h.rfind('.');
-    if (last == std::string::npos)
-        return {};
-    auto second = h.rfind('.', last - 1);
-    return second == std::string::npos ? h : h.substr(second + 1);
+    return h.substr(h.find('.') + 1);
 }
 } // namespace
 
@@ -100,6 +97,11 @@ bool may_carry_api_key(const url& u, const url& base) {
         return false;
     std::string parent = parent_domain(base.host);
     if (parent.empty() || parent.find('.') == std::string::npos)
+        return false;
+    // Without the public suffix list, "co.uk" and "segmind.com" look alike: a
+    // two-letter top-level domain under a label of up to three letters counts as a public suffix.
+    auto dot = parent.rfind('.');
+    if (parent.find('.') == dot && parent.size() - dot - 1 <= 2 && dot <= 3)
         return false;
     return u.host == parent ||
            (u.host.size() > parent.size() + 1 && u.host.ends_with("." + parent));

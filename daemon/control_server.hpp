@@ -16,9 +16,9 @@ namespace klingd::daemon {
 
 struct control_limits {
     std::size_t header_bytes = 16 * 1024;
-    std::size_t body_bytes = 2 * 1024 * 1024;
+    std::size_t body_bytes = (1u << 20) + 4096; // a job file (spool.max_file_bytes) and some
     std::chrono::milliseconds read_timeout{10000};
-    std::size_t max_connections = 256;
+    std::size_t max_connections = 64;
 };
 
 class control_server {

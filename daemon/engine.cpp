@@ -24,6 +24,21 @@ namespace {
 constexpr std::size_t max_downloads = 4;
 constexpr auto flush_interval = std::chrono::milliseconds(500);
 
+// A coroutine that throws has lost track of its job: say so and end the process
+// (systemd restarts it; every job resumes from the database).
+void fatal_on_exception(std::exception_ptr e) {
+    if (!e)
+        return;
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+        log::error("internal error, exiting: {}", ex.what());
+    } catch (...) {
+        log::error("internal error, exiting");
+    }
+    std::abort();
+}
+
 bool counts_in_flight(job_state s) {
     return s == job_state::submitting || s == job_state::queued || s == job_state::processing;
 }
@@ -101,8 +116,8 @@ void engine::start() {
     store_.save_many(changes);
     log::info("resumed {} unfinished jobs ({} submitted and unfinished){}", resumed,
               in_flight_jobs_, paused_ ? "; submissions are paused" : "");
-    asio::co_spawn(io_, dispatcher(), asio::detached);
-    asio::co_spawn(io_, flusher(), asio::detached);
+    asio::co_spawn(io_, dispatcher(), fatal_on_exception);
+    asio::co_spawn(io_, flusher(), fatal_on_exception);
 }
 
 asio::awaitable<void> engine::stop(std::chrono::milliseconds grace) {
@@ -110,13 +125,27 @@ asio::awaitable<void> engine::stop(std::chrono::milliseconds grace) {
     wake();
     asio::steady_timer t(io_);
     auto until = std::chrono::steady_clock::now() + grace;
-    while ((requests_in_flight_ > 0 || downloads_in_flight_ > 0) &&
-           std::chrono::steady_clock::now() < until) {
+    // A submit's answer carries its request id: wait for it as long as it may take
+    // (else the job would wake up "submitting", outcome unknown); other work may be dropped.
+    auto submits_until = std::chrono::steady_clock::now() +
+                         std::max(grace, std::chrono::milliseconds(static_cast<std::int64_t>(
+                                             settings_.api.request_timeout_s * 1000 + 1000)));
+    while (true) {
+        auto n = std::chrono::steady_clock::now();
+        bool others =
+            (requests_in_flight_ > submits_in_flight_ || downloads_in_flight_ > 0) && n < until;
+        bool submits = submits_in_flight_ > 0 && n < submits_until;
+        if (!others && !submits)
+            break;
         t.expires_after(std::chrono::milliseconds(20));
         boost::system::error_code ec;
         co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     }
-    if (requests_in_flight_ > 0)
+    if (submits_in_flight_ > 0)
+        log::warning(
+            "stopping with {} submits unanswered; those jobs will be treated as outcome unknown",
+            submits_in_flight_);
+    else if (requests_in_flight_ > 0)
         log::warning("stopping with {} API requests still in flight; the next start resumes them",
                      requests_in_flight_);
     flush();
@@ -165,6 +194,7 @@ bool engine::apply(const std::string& id, core::transition t) {
         return false;
     }
     job& j = it->second;
+    scrub(t);
     bool durable_ok = true;
     if (t.persist == core::persist_mode::durable) {
         try {
@@ -232,6 +262,19 @@ bool engine::apply(const std::string& id, core::transition t) {
     }
     wake();
     return durable_ok;
+}
+
+void engine::scrub(core::transition& t) const {
+    const auto& key = settings_.api_key.reveal();
+    auto clean = [&](std::string& s) {
+        for (auto at = s.find(key); !key.empty() && at != std::string::npos; at = s.find(key, at))
+            s.replace(at, key.size(), "[redacted]");
+    };
+    if (t.next.error)
+        clean(*t.next.error);
+    clean(t.note);
+    clean(t.log);
+    clean(t.signal_reason);
 }
 
 void engine::note_signal(const core::transition& t, bool from_submit) {
@@ -324,7 +367,7 @@ asio::awaitable<void> engine::dispatcher() {
             if (!item)
                 break;
             ++downloads_in_flight_;
-            asio::co_spawn(io_, download(item->job_id), asio::detached);
+            asio::co_spawn(io_, download(item->job_id), fatal_on_exception);
         }
         bool submits = submits_allowed(t);
         while (requests_in_flight_ < max_requests && queue_.has_budgeted_ready(submits)) {
@@ -350,7 +393,9 @@ asio::awaitable<void> engine::dispatcher() {
                 submits = submits_allowed(t);
             }
             ++requests_in_flight_;
-            asio::co_spawn(io_, execute(*item), asio::detached);
+            if (item->kind == work_kind::submit)
+                ++submits_in_flight_;
+            asio::co_spawn(io_, execute(*item), fatal_on_exception);
         }
 
         std::optional<core::time_point> next = queue_.next_due();
@@ -360,7 +405,9 @@ asio::awaitable<void> engine::dispatcher() {
         };
         if (requests_in_flight_ < max_requests && queue_.has_budgeted_ready(submits))
             consider(budget_.next_slot());
-        if (stop_ != stop_kind::none && !paused_ && queue_.ready_submits() > 0)
+        if (stop_ != stop_kind::none && !paused_ && next_probe_ > t &&
+            in_flight_jobs_ < static_cast<std::size_t>(settings_.jobs.max_in_flight) &&
+            queue_.has_ready_submits())
             consider(next_probe_);
         if (next)
             wake_timer_.expires_after(std::max(std::chrono::milliseconds(1), *next - now()));
@@ -374,11 +421,14 @@ asio::awaitable<void> engine::dispatcher() {
 asio::awaitable<void> engine::execute(core::dispatch_queue::item item) {
     struct done_guard {
         engine& e;
+        bool submit;
         ~done_guard() {
             --e.requests_in_flight_;
+            if (submit)
+                --e.submits_in_flight_;
             e.wake();
         }
-    } guard{*this};
+    } guard{*this, item.kind == work_kind::submit};
 
     auto it = active_.find(item.job_id);
     if (it == active_.end())
@@ -388,8 +438,22 @@ asio::awaitable<void> engine::execute(core::dispatch_queue::item item) {
 
     if (item.kind == work_kind::submit) {
         std::string body = it->second.params;
-        if (body.empty())
-            body = store_.params_of(item.job_id);
+        if (body.empty()) {
+            try {
+                body = store_.params_of(item.job_id);
+            } catch (const storage::storage_error& e) {
+                log::error("job {}: cannot read its parameters: {}", item.job_id, e.what());
+            }
+        }
+        if (body.empty()) {
+            // Nothing was sent: back to pending, to be tried again.
+            core::http_outcome not_sent;
+            not_sent.how = core::http_outcome::transport::not_sent;
+            not_sent.message = "the job's parameters could not be read from the database";
+            apply(item.job_id, core::advance(it->second, core::ev_submit_answer{not_sent}, now(),
+                                             context_for(it->second)));
+            co_return;
+        }
         auto u = core::parse_url(fmt::format("{}/v2/{}", settings_.api.base_url, it->second.model));
         header_list headers;
         headers.emplace_back("x-api-key", key);

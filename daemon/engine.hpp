@@ -97,6 +97,8 @@ private:
     void flush();
     void count(const std::string& kind, const core::http_outcome& o);
     void note_signal(const core::transition& t, bool from_submit);
+    // Replaces the API key wherever a server echoed it into text we keep or log.
+    void scrub(core::transition& t) const;
 
     boost::asio::io_context& io_;
     const config::settings& settings_;
@@ -119,6 +121,7 @@ private:
     bool paused_ = false;
     std::size_t in_flight_jobs_ = 0; // submitting, queued, processing
     std::size_t requests_in_flight_ = 0;
+    std::size_t submits_in_flight_ = 0;
     std::size_t downloads_in_flight_ = 0;
     double scarcity_ = 0;
 

@@ -26,6 +26,13 @@ namespace {
 namespace asio = boost::asio;
 using namespace klingd;
 
+// An io_context whose pending operations (suspended coroutines) can be destroyed
+// while the objects they point back to still exist, instead of after them.
+struct daemon_io : asio::io_context {
+    using asio::io_context::io_context;
+    void drop_pending() { shutdown(); }
+};
+
 std::string default_config_path() {
     if (const char* p = std::getenv("KLINGD_CONFIG"); p && *p)
         return p;
@@ -62,14 +69,16 @@ int run(const config::settings& s) {
         return 2;
     }
 
-    asio::io_context io(1);
+    daemon_io io(1);
     daemon::client_options opts;
     opts.timeout =
         std::chrono::milliseconds(static_cast<std::int64_t>(s.api.request_timeout_s * 1000));
     opts.max_idle_per_origin = static_cast<std::size_t>(s.api.max_connections);
     daemon::http_client client(io.get_executor(), *tls_ctx, opts);
     daemon::engine engine(io, s, *store, client);
-    daemon::control_server control(io, s, engine);
+    daemon::control_limits limits;
+    limits.body_bytes = s.spool.max_file_bytes + 4096;
+    daemon::control_server control(io, s, engine, limits);
     daemon::spool spool(io, s, engine);
     try {
         engine.start();
@@ -120,6 +129,7 @@ int run(const config::settings& s) {
     signals.async_wait(on_signal);
 
     io.run();
+    io.drop_pending();
     log::notice("klingd stopped");
     return 0;
 }

@@ -77,7 +77,7 @@ boost::system::error_code output_dir::commit(const std::string& temp,
     int fd = ::openat(fd_, temp.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return last_error();
-    if (::fsync(fd) != 0) {
+    if (::fchmod(fd, 0640) != 0 || ::fsync(fd) != 0) {
         auto ec = last_error();
         ::close(fd);
         return ec;

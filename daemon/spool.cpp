@@ -84,6 +84,23 @@ bool spool::add_watch() {
     return watch_ >= 0;
 }
 
+void spool::rescan_later() {
+    if (rescan_pending_ || stopping_)
+        return;
+    rescan_pending_ = true;
+    asio::co_spawn(
+        io_,
+        [this]() -> asio::awaitable<void> {
+            asio::steady_timer t(io_, std::chrono::seconds(5));
+            boost::system::error_code ec;
+            co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+            rescan_pending_ = false;
+            if (!stopping_)
+                co_await scan();
+        },
+        asio::detached);
+}
+
 void spool::stop() {
     stopping_ = true;
     if (events_) {
@@ -235,8 +252,10 @@ void spool::take(const std::vector<std::string>& names) {
         outcomes = engine_.add_jobs(specs, sources);
     } catch (const std::exception& e) {
         // Not recorded: the files stay in incoming/ and are taken at the next scan or start.
-        log::error("spool: cannot record {} jobs: {}; their files stay in {}", specs.size(),
-                   e.what(), incoming_);
+        log::error(
+            "spool: cannot record {} jobs: {}; their files stay in {} and are tried again in 5s",
+            specs.size(), e.what(), incoming_);
+        rescan_later();
         return;
     }
     for (std::size_t i = 0; i < specs.size(); ++i) {

@@ -35,6 +35,8 @@ private:
     boost::asio::awaitable<void> watch();
     bool add_watch();
     void take(const std::vector<std::string>& names);
+    // Scans incoming/ again in a few seconds (after files could not be recorded).
+    void rescan_later();
     void reject(const std::string& name, const std::string& why);
     void move_to(const std::string& name, const std::string& folder);
 
@@ -46,6 +48,7 @@ private:
     int watch_ = -1;
     std::optional<boost::asio::posix::stream_descriptor> events_;
     bool stopping_ = false;
+    bool rescan_pending_ = false;
 };
 
 } // namespace klingd::daemon

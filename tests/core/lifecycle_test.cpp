@@ -82,7 +82,7 @@ TEST_F(fixture, submit_begin_marks_submitting_durably_and_counts_the_attempt) {
     EXPECT_EQ(t.next.state, job_state::submitting);
     EXPECT_EQ(t.next.attempts, 1);
     EXPECT_EQ(t.persist, persist_mode::durable);
-    EXPECT_EQ(t.work, work_kind::submit);
+    EXPECT_EQ(t.work, work_kind::none); // the dispatcher sends it; nothing else is queued meanwhile
     EXPECT_EQ(t.note, "pending -> submitting: attempt 1");
 }
 
@@ -261,7 +261,13 @@ TEST_F(fixture, poll_422_fails_with_the_detail) {
 }
 
 TEST_F(fixture, poll_404_expires_and_is_not_polled_again) {
-    auto t = go(queued(), ev_poll_answer{answer(404, R"({"error":"Request r-1 not found"})")});
+    // A 404 well inside the retention window is asked again twice before it counts.
+    auto first = go(queued(), ev_poll_answer{answer(404, R"({"error":"Request r-1 not found"})")});
+    EXPECT_EQ(first.next.state, job_state::queued);
+    EXPECT_EQ(first.work, work_kind::poll);
+    auto second = go(first.next, ev_poll_answer{answer(404, "")});
+    EXPECT_EQ(second.work, work_kind::poll);
+    auto t = go(second.next, ev_poll_answer{answer(404, R"({"error":"Request r-1 not found"})")});
     EXPECT_EQ(t.next.state, job_state::expired);
     EXPECT_NE(t.next.error->find("404"), std::string::npos);
     EXPECT_EQ(t.work, work_kind::none);
@@ -304,14 +310,18 @@ TEST_F(fixture, poll_failing_past_retention_expires) {
     EXPECT_EQ(t.next.state, job_state::expired);
 }
 
-TEST_F(fixture, poll_odd_4xx_fails_after_repeated_answers) {
+TEST_F(fixture, poll_odd_4xx_and_406_are_retried_until_the_api_forgets_the_request) {
     auto j = queued();
-    j.failures = 9;
-    auto t = go(j, ev_poll_answer{answer(403, R"({"error":"Forbidden"})")});
-    EXPECT_EQ(t.next.state, job_state::failed);
-    auto j2 = queued();
-    auto t2 = go(j2, ev_poll_answer{answer(403, R"({"error":"Forbidden"})")});
-    EXPECT_EQ(t2.work, work_kind::poll);
+    j.failures = 50;
+    for (int code : {400, 403, 406, 410}) {
+        auto t = go(j, ev_poll_answer{answer(code, R"({"error":"odd"})")}, t0 + seconds(100));
+        EXPECT_EQ(t.next.state, job_state::queued) << code;
+        EXPECT_EQ(t.work, work_kind::poll) << code;
+        EXPECT_NE(t.signal, api_signal::no_credits)
+            << "a 406 on a GET says nothing about submissions";
+    }
+    EXPECT_EQ(go(j, ev_poll_answer{answer(403, "")}, t0 + seconds(3600)).next.state,
+              job_state::expired);
 }
 
 TEST_F(fixture, poll_401_signals_and_retries) {
@@ -345,7 +355,11 @@ TEST_F(fixture, result_422_404_and_too_large) {
     auto j = result_due(t0 + seconds(60));
     EXPECT_EQ(go(j, ev_result_answer{answer(422, R"({"error":"boom"})")}).next.state,
               job_state::failed);
-    EXPECT_EQ(go(j, ev_result_answer{answer(404, "")}).next.state, job_state::expired);
+    EXPECT_EQ(go(j, ev_result_answer{answer(404, "")}).work,
+              work_kind::fetch_result); // asked again
+    auto retried = j;
+    retried.failures = 2;
+    EXPECT_EQ(go(retried, ev_result_answer{answer(404, "")}).next.state, job_state::expired);
     http_outcome big;
     big.too_large = true;
     big.message = "body over 8388608 bytes";

@@ -225,19 +225,21 @@ TEST(poll_planner, scarce_budget_polls_about_once_near_the_high_quantile) {
     EXPECT_LT(polls / n, 1.3);
 }
 
-TEST(poll_planner, never_further_apart_than_max_interval_nor_past_the_safe_deadline) {
+TEST(poll_planner, never_further_apart_than_max_interval_and_a_poll_just_before_the_safe_deadline) {
     duration_model m(3000); // a prior far longer than the retention window
     poll_planner p({1, 60, 3600});
     p.set_scarcity(1);
     time_point last = t0;
-    for (int i = 0; i < 200; ++i) {
+    bool hit_deadline = false;
+    for (int i = 0; i < 400 && last < t0 + seconds(3600); ++i) {
         auto at = p.next_poll(m, t0, last, last);
         EXPECT_LE(at - last, seconds(60));
-        EXPECT_LE(at, p.last_safe_poll(t0));
-        if (at == last)
-            break;
+        EXPECT_GE(at - last, seconds(1))
+            << "never closer than min_interval_s, even past the deadline";
+        hit_deadline = hit_deadline || at == p.last_safe_poll(t0);
         last = at;
     }
+    EXPECT_TRUE(hit_deadline);
     EXPECT_LT(p.last_safe_poll(t0), t0 + seconds(3600));
 }
 
@@ -343,5 +345,23 @@ TEST(api_answer, submit_urls_pointing_elsewhere_are_replaced) {
     ASSERT_TRUE(f);
     EXPECT_EQ(f->status_url, "https://api.segmind.com/v2/requests/r1/status");
     EXPECT_EQ(f->response_url, "https://queue.segmind.com/v2/requests/r1");
+}
+} // namespace
+
+namespace {
+using namespace klingd::core;
+
+TEST(rate_budget, a_hint_of_an_hour_blocks_at_most_five_minutes) {
+    const time_point now{milliseconds(1'800'000'000'000)};
+    rate_budget b(60);
+    b.on_rate_limited(now, now + std::chrono::minutes(59), 0.5);
+    EXPECT_EQ(b.blocked_until(), now + std::chrono::minutes(5));
+}
+
+TEST(url, no_key_for_siblings_under_a_public_suffix) {
+    auto base = *parse_url("https://api.example.co.uk");
+    EXPECT_TRUE(may_carry_api_key(*parse_url("https://queue.example.co.uk/x"), base));
+    auto short_base = *parse_url("https://x.co.uk");
+    EXPECT_FALSE(may_carry_api_key(*parse_url("https://attacker.co.uk/x"), short_base));
 }
 } // namespace
