@@ -155,6 +155,7 @@ struct machine {
             ++n().failures;
             --n().attempts; // nothing reached the API
             auto at = now + backoff(c, n().failures);
+            n().error = fmt::format("last submit attempt not sent: {}; retrying", o.message);
             back_to_pending(fmt::format("submit not sent ({}); retrying in {:.1f}s", o.message,
                                         seconds_d(at - now).count()),
                             at);

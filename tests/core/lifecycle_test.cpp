@@ -201,6 +201,9 @@ TEST_F(fixture, submit_not_sent_is_retried_and_not_counted) {
     auto t = go(submitting(),
                 ev_submit_answer{transport_error(transport::not_sent, "connection refused")});
     EXPECT_EQ(t.next.state, job_state::pending);
+    ASSERT_TRUE(t.next.error);
+    EXPECT_NE(t.next.error->find("connection refused"),
+              std::string::npos); // visible in the job list
     EXPECT_EQ(t.next.attempts, 0);
     EXPECT_EQ(t.work, work_kind::submit);
     EXPECT_GT(t.not_before, t0);
