@@ -9,6 +9,7 @@
 #include <charconv>
 #include <cmath>
 #include <fmt/format.h>
+#include <set>
 
 namespace klingd::daemon {
 
@@ -278,111 +279,177 @@ std::string render_metrics(engine& e) {
     auto family = [&](std::string_view name, std::string_view type, std::string_view help) {
         out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
     };
-    family("klingd_jobs", "gauge", "Jobs by state.");
-    auto counts = e.count_by_state();
-    for (auto s : {"pending", "submitting", "queued", "processing", "completed", "failed",
-                   "expired", "cancelled"}) {
-        auto it = counts.find(s);
-        out +=
-            fmt::format("klingd_jobs{{state=\"{}\"}} {}\n", s, it == counts.end() ? 0 : it->second);
-    }
-    family("klingd_api_requests_total", "counter", "API requests by kind and answer.");
-    for (auto& [kind, codes] : e.stats().requests)
+    auto label = [](std::string_view v) {
+        std::string o;
+        for (char c : v) {
+            if (c == '\\' || c == '"')
+                o += '\\';
+            if (c == '\n') {
+                o += "\\n";
+                continue;
+            }
+            o += c;
+        }
+        return o;
+    };
+    const auto& st = e.stats();
+    family("klingd_jobs", "gauge", "Jobs by state and model.");
+    auto counts = e.count_by_state_and_model();
+    std::set<std::string> models;
+    for (auto& [k, n] : counts)
+        models.insert(k.second);
+    for (auto& m : models)
+        for (auto s : {"pending", "submitting", "queued", "processing", "completed", "failed",
+                       "expired", "cancelled"}) {
+            auto it = counts.find({s, m});
+            out += fmt::format("klingd_jobs{{state=\"{}\",model=\"{}\"}} {}\n", s, label(m),
+                               it == counts.end() ? 0 : it->second);
+        }
+    family("klingd_api_requests_total", "counter",
+           "API requests by kind (submit, status, result) and answer.");
+    for (auto& [kind, codes] : st.requests)
         for (auto& [code, n] : codes)
             out += fmt::format("klingd_api_requests_total{{kind=\"{}\",code=\"{}\"}} {}\n", kind,
                                code, n);
+    family("klingd_polls_total", "counter", "Status polls sent.");
+    out += fmt::format("klingd_polls_total {}\n", st.polls);
     family("klingd_rate_limited_total", "counter", "429 answers.");
-    out += fmt::format("klingd_rate_limited_total {}\n", e.stats().rate_limited);
+    out += fmt::format("klingd_rate_limited_total {}\n", st.rate_limited);
     family("klingd_allowed_requests_per_minute", "gauge",
            "The request rate klingd allows itself now.");
     out += fmt::format("klingd_allowed_requests_per_minute {}\n", e.budget().allowed_rpm());
     family("klingd_configured_requests_per_minute", "gauge", "api.requests_per_minute.");
     out += fmt::format("klingd_configured_requests_per_minute {}\n", e.budget().configured_rpm());
+    family("klingd_detection_delay_seconds", "summary",
+           "Estimated time from a request's completion at the API to klingd seeing it.");
+    out += fmt::format("klingd_detection_delay_seconds_sum {}\n", st.detection_delay_sum_s);
+    out += fmt::format("klingd_detection_delay_seconds_count {}\n", st.detection_delay_count);
+    family("klingd_oldest_pending_job_age_seconds", "gauge",
+           "How long the oldest pending job has waited.");
+    out += fmt::format("klingd_oldest_pending_job_age_seconds {}\n", e.oldest_pending_age_s());
     family("klingd_submissions_paused", "gauge", "1 while submissions are paused.");
     out += fmt::format("klingd_submissions_paused {}\n", e.paused() ? 1 : 0);
+    family("klingd_submissions_blocked", "gauge",
+           "1 while submissions are stopped by a 401 or 406.");
+    out += fmt::format("klingd_submissions_blocked {}\n",
+                       !e.paused() && !e.blocked_reason().empty() ? 1 : 0);
     family("klingd_jobs_in_flight", "gauge", "Submitted, unfinished jobs.");
     out += fmt::format("klingd_jobs_in_flight {}\n", e.in_flight());
-    family("klingd_intake_total", "counter", "Jobs offered by outcome.");
-    out +=
-        fmt::format("klingd_intake_total{{outcome=\"accepted\"}} {}\n", e.stats().intake_accepted);
-    out += fmt::format("klingd_intake_total{{outcome=\"duplicate\"}} {}\n",
-                       e.stats().intake_duplicates);
-    out +=
-        fmt::format("klingd_intake_total{{outcome=\"conflict\"}} {}\n", e.stats().intake_rejected);
+    family("klingd_intake_total", "counter", "Jobs offered, by outcome.");
+    out += fmt::format("klingd_intake_total{{outcome=\"accepted\"}} {}\n", st.intake_accepted);
+    out += fmt::format("klingd_intake_total{{outcome=\"duplicate\"}} {}\n", st.intake_duplicates);
+    out += fmt::format("klingd_intake_total{{outcome=\"conflict\"}} {}\n", st.intake_rejected);
+    out += fmt::format("klingd_intake_total{{outcome=\"invalid\"}} {}\n", st.intake_invalid);
     family("klingd_downloads_total", "counter", "Result downloads by outcome.");
-    out += fmt::format("klingd_downloads_total{{outcome=\"ok\"}} {}\n", e.stats().downloads_ok);
-    out += fmt::format("klingd_downloads_total{{outcome=\"failed\"}} {}\n",
-                       e.stats().downloads_failed);
+    out += fmt::format("klingd_downloads_total{{outcome=\"ok\"}} {}\n", st.downloads_ok);
+    out += fmt::format("klingd_downloads_total{{outcome=\"failed\"}} {}\n", st.downloads_failed);
     return out;
 }
+
+namespace {
+
+// A route: method, path pattern ("{id}" matches one segment) and its handler.
+struct route {
+    http::verb method;
+    std::vector<std::string_view> pattern;
+    control_response (*handle)(const control_request&, engine&, const peer_info&, const target&,
+                               const std::string& id);
+};
+
+control_response metrics(const control_request& req, engine& e, const peer_info&, const target&,
+                         const std::string&) {
+    control_response res{http::status::ok, req.version()};
+    res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+    res.body() = render_metrics(e);
+    res.prepare_payload();
+    return res;
+}
+
+control_response pause_or_resume(const control_request& req, engine& e, const peer_info& peer,
+                                 bool pause) {
+    e.set_paused(pause);
+    log::notice("submissions {} by pid {} uid {}", pause ? "paused" : "resumed", peer.pid,
+                peer.uid);
+    return json_response(req.version(), http::status::ok, json::object{{"paused", e.paused()}});
+}
+
+// clang-format off
+const route routes[] = {
+    {http::verb::get, {"metrics"}, metrics},
+    {http::verb::get, {"v1", "health"}, [](const control_request& req, engine&, const peer_info&, const target&, const std::string&) {
+        return json_response(req.version(), http::status::ok, json::object{{"status", "ok"}, {"version", KLINGD_VERSION}});
+    }},
+    {http::verb::get, {"v1", "jobs"}, [](const control_request& req, engine& e, const peer_info&, const target& t, const std::string&) {
+        return list_jobs(req, e, t);
+    }},
+    {http::verb::post, {"v1", "jobs"}, [](const control_request& req, engine& e, const peer_info& p, const target&, const std::string&) {
+        return post_job(req, e, p);
+    }},
+    {http::verb::get, {"v1", "jobs", "{id}"}, [](const control_request& req, engine& e, const peer_info&, const target&, const std::string& id) {
+        return get_job(req, e, id);
+    }},
+    {http::verb::post, {"v1", "jobs", "{id}", "cancel"}, [](const control_request& req, engine& e, const peer_info& p, const target&, const std::string& id) {
+        return job_action(req, e, id, "cancel", p);
+    }},
+    {http::verb::post, {"v1", "jobs", "{id}", "retry"}, [](const control_request& req, engine& e, const peer_info& p, const target&, const std::string& id) {
+        return job_action(req, e, id, "retry", p);
+    }},
+    {http::verb::post, {"v1", "pause"}, [](const control_request& req, engine& e, const peer_info& p, const target&, const std::string&) {
+        return pause_or_resume(req, e, p, true);
+    }},
+    {http::verb::post, {"v1", "resume"}, [](const control_request& req, engine& e, const peer_info& p, const target&, const std::string&) {
+        return pause_or_resume(req, e, p, false);
+    }},
+    {http::verb::get, {"v1", "stats"}, [](const control_request& req, engine& e, const peer_info&, const target&, const std::string&) {
+        return json_response(req.version(), http::status::ok, stats_json(e));
+    }},
+};
+// clang-format on
+
+bool matches(const route& r, const std::vector<std::string>& segments, std::string& id) {
+    if (r.pattern.size() != segments.size())
+        return false;
+    for (std::size_t i = 0; i < segments.size(); ++i) {
+        if (r.pattern[i] == "{id}")
+            id = segments[i];
+        else if (r.pattern[i] != segments[i])
+            return false;
+    }
+    return true;
+}
+
+} // namespace
 
 control_response handle_request(const control_request& req, engine& e, const peer_info& peer) {
     auto t = parse_target(req.target());
     if (!t.problem.empty())
         return error_response(req.version(), http::status::bad_request, t.problem);
-    const auto& s = t.segments;
-    auto method = req.method();
-    auto wrong_method = [&](std::string_view allowed) {
+    std::string allowed;
+    for (const auto& r : routes) {
+        std::string id;
+        if (!matches(r, t.segments, id))
+            continue;
+        if (r.method != req.method()) {
+            allowed += allowed.empty() ? "" : ", ";
+            allowed += std::string(http::to_string(r.method));
+            continue;
+        }
+        try {
+            return r.handle(req, e, peer, t, id);
+        } catch (const std::exception& ex) {
+            log::error("control: {} {} failed: {}",
+                       std::string_view(req.method_string()).substr(0, 20),
+                       std::string_view(req.target()).substr(0, 200), ex.what());
+            return error_response(req.version(), http::status::internal_server_error, ex.what());
+        }
+    }
+    if (!allowed.empty()) {
         auto r = error_response(req.version(), http::status::method_not_allowed,
                                 fmt::format("{} is not allowed here (allowed: {})",
                                             std::string_view(req.method_string()).substr(0, 20),
                                             allowed));
         r.set(http::field::allow, allowed);
         return r;
-    };
-    try {
-        if (s.size() == 1 && s[0] == "metrics") {
-            if (method != http::verb::get)
-                return wrong_method("GET");
-            control_response res{http::status::ok, req.version()};
-            res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
-            res.body() = render_metrics(e);
-            res.prepare_payload();
-            return res;
-        }
-        if (s.size() >= 2 && s[0] == "v1") {
-            if (s.size() == 2 && s[1] == "health") {
-                if (method != http::verb::get)
-                    return wrong_method("GET");
-                return json_response(req.version(), http::status::ok,
-                                     json::object{{"status", "ok"}});
-            }
-            if (s.size() == 2 && s[1] == "jobs") {
-                if (method == http::verb::get)
-                    return list_jobs(req, e, t);
-                if (method == http::verb::post)
-                    return post_job(req, e, peer);
-                return wrong_method("GET, POST");
-            }
-            if (s.size() == 3 && s[1] == "jobs") {
-                if (method != http::verb::get)
-                    return wrong_method("GET");
-                return get_job(req, e, s[2]);
-            }
-            if (s.size() == 4 && s[1] == "jobs" && (s[3] == "cancel" || s[3] == "retry")) {
-                if (method != http::verb::post)
-                    return wrong_method("POST");
-                return job_action(req, e, s[2], s[3], peer);
-            }
-            if (s.size() == 2 && (s[1] == "pause" || s[1] == "resume")) {
-                if (method != http::verb::post)
-                    return wrong_method("POST");
-                e.set_paused(s[1] == "pause");
-                log::notice("submissions {} by pid {} uid {}",
-                            s[1] == "pause" ? "paused" : "resumed", peer.pid, peer.uid);
-                return json_response(req.version(), http::status::ok,
-                                     json::object{{"paused", e.paused()}});
-            }
-            if (s.size() == 2 && s[1] == "stats") {
-                if (method != http::verb::get)
-                    return wrong_method("GET");
-                return json_response(req.version(), http::status::ok, stats_json(e));
-            }
-        }
-    } catch (const std::exception& ex) {
-        log::error("control: {} {} failed: {}", std::string_view(req.method_string()).substr(0, 20),
-                   std::string_view(req.target()).substr(0, 200), ex.what());
-        return error_response(req.version(), http::status::internal_server_error, ex.what());
     }
     return error_response(
         req.version(), http::status::not_found,

@@ -8,6 +8,7 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core/basic_stream.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
@@ -27,8 +28,8 @@ namespace http = beast::http;
 using local = asio::local::stream_protocol;
 
 control_server::control_server(asio::io_context& io, const config::settings& s, engine& e,
-                               control_limits limits)
-    : io_(io), settings_(s), engine_(e), limits_(limits) {}
+                               event_hub& events, control_limits limits)
+    : io_(io), settings_(s), engine_(e), events_(events), limits_(limits) {}
 
 control_server::~control_server() {
     stop();
@@ -138,6 +139,15 @@ asio::awaitable<void> control_server::session(local::socket sock) {
             close = true;
         } else {
             auto req = parser.release();
+            std::string_view target = req.target();
+            if (req.method() == http::verb::get &&
+                (target == "/v1/events" || target.starts_with("/v1/events?"))) {
+                std::string filter;
+                if (auto at = target.find("id="); at != std::string_view::npos)
+                    filter = std::string(target.substr(at + 3, target.find('&', at) - at - 3));
+                co_await stream_events(stream, std::move(filter));
+                co_return;
+            }
             res = handle_request(req, engine_, peer);
             close = !req.keep_alive();
         }
@@ -149,6 +159,45 @@ asio::awaitable<void> control_server::session(local::socket sock) {
             co_return;
         }
     }
+}
+
+template <typename Stream>
+asio::awaitable<void> control_server::stream_events(Stream& stream, std::string job_filter) {
+    auto sub = events_.subscribe(io_.get_executor(), std::move(job_filter));
+    std::string out =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\n"
+        "Connection: close\r\n\r\n";
+    boost::system::error_code ec;
+    while (!ec) {
+        if (!out.empty()) {
+            stream.expires_after(limits_.read_timeout);
+            co_await asio::async_write(stream, asio::buffer(out),
+                                       asio::redirect_error(asio::use_awaitable, ec));
+            out.clear();
+            if (ec)
+                break;
+        }
+        if (sub->overflowed) {
+            out = "{\"type\":\"overflow\",\"error\":\"too far behind; reconnect\"}\n";
+            stream.expires_after(limits_.read_timeout);
+            co_await asio::async_write(stream, asio::buffer(out),
+                                       asio::redirect_error(asio::use_awaitable, ec));
+            break;
+        }
+        if (sub->queue.empty()) {
+            sub->wake.expires_after(std::chrono::seconds(15));
+            boost::system::error_code wec;
+            co_await sub->wake.async_wait(asio::redirect_error(asio::use_awaitable, wec));
+            if (!wec && sub->queue.empty())
+                out = "{\"type\":\"heartbeat\"}\n"; // also finds clients that went away
+        }
+        while (!sub->queue.empty()) {
+            out += sub->queue.front();
+            sub->queue.pop_front();
+        }
+    }
+    boost::system::error_code sec;
+    stream.socket().shutdown(local::socket::shutdown_both, sec);
 }
 
 } // namespace klingd::daemon

@@ -6,6 +6,7 @@
 
 #include "config/settings.hpp"
 #include "daemon/engine.hpp"
+#include "daemon/event_hub.hpp"
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
@@ -24,7 +25,7 @@ struct control_limits {
 class control_server {
 public:
     control_server(boost::asio::io_context& io, const config::settings& s, engine& e,
-                   control_limits limits = {});
+                   event_hub& events, control_limits limits = {});
     ~control_server();
 
     // Creates the socket (replacing a stale one). Throws std::runtime_error when
@@ -35,10 +36,14 @@ public:
 private:
     boost::asio::awaitable<void> accept_loop();
     boost::asio::awaitable<void> session(boost::asio::local::stream_protocol::socket sock);
+    // GET /v1/events: job changes as NDJSON lines until the client goes away.
+    template <typename Stream>
+    boost::asio::awaitable<void> stream_events(Stream& stream, std::string job_filter);
 
     boost::asio::io_context& io_;
     const config::settings& settings_;
     engine& engine_;
+    event_hub& events_;
     control_limits limits_;
     std::optional<boost::asio::local::stream_protocol::acceptor> acceptor_;
     std::size_t sessions_ = 0;

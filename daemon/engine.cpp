@@ -246,8 +246,14 @@ bool engine::apply(const std::string& id, core::transition t) {
                                             : "",
                                         t.note));
     }
-    if (t.duration_sample)
+    if (t.duration_sample) {
         durations_for(t.next.model).add_sample(*t.duration_sample);
+        if (t.next.remote_done_at) {
+            stats_.detection_delay_sum_s +=
+                std::chrono::duration<double>(t.next.updated_at - *t.next.remote_done_at).count();
+            ++stats_.detection_delay_count;
+        }
+    }
 
     j = std::move(t.next);
     if (j.state != job_state::pending && j.state != job_state::submitting && !j.params.empty())
@@ -325,6 +331,8 @@ void engine::count(const std::string& kind, const core::http_outcome& o) {
     if (o.too_large)
         key = "too_large";
     ++stats_.requests[kind][key];
+    if (kind == "status" && o.how != core::http_outcome::transport::not_sent)
+        ++stats_.polls;
 }
 
 void engine::flush() {
@@ -635,6 +643,19 @@ std::vector<storage::history_entry> engine::history(const std::string& id) {
 std::map<std::string, std::int64_t> engine::count_by_state() {
     flush();
     return store_.count_by_state();
+}
+
+std::map<std::pair<std::string, std::string>, std::int64_t> engine::count_by_state_and_model() {
+    flush();
+    return store_.count_by_state_and_model();
+}
+
+double engine::oldest_pending_age_s() {
+    std::optional<core::time_point> oldest;
+    for (auto& [id, j] : active_)
+        if (j.state == job_state::pending && (!oldest || j.created_at < *oldest))
+            oldest = j.created_at;
+    return oldest ? std::chrono::duration<double>(now() - *oldest).count() : 0.0;
 }
 
 std::string engine::cancel(const std::string& id) {

@@ -36,6 +36,11 @@ struct engine_stats {
     std::uint64_t intake_accepted = 0;
     std::uint64_t intake_rejected = 0;
     std::uint64_t intake_duplicates = 0;
+    std::uint64_t intake_invalid = 0; // spool files rejected as malformed
+    std::uint64_t polls = 0;
+    // Estimated delay from completion at the API to klingd seeing it (half the last poll gap).
+    double detection_delay_sum_s = 0;
+    std::uint64_t detection_delay_count = 0;
 };
 
 class engine {
@@ -73,6 +78,10 @@ public:
     std::size_t in_flight() const { return in_flight_jobs_; }
     std::size_t active() const { return active_.size(); }
     std::map<std::string, std::int64_t> count_by_state();
+    std::map<std::pair<std::string, std::string>, std::int64_t> count_by_state_and_model();
+    // Seconds the oldest pending job has waited; 0 when none waits.
+    double oldest_pending_age_s();
+    void note_invalid_file() { ++stats_.intake_invalid; }
 
     // Called after each job change (for watchers); may be empty.
     std::function<void(const core::job&, const std::string& note)> on_change;

@@ -47,6 +47,19 @@ json::object job_to_json(const core::job& j, const std::string& blocked) {
     return o;
 }
 
+std::string event_line(const core::job& j, const std::string& note, core::time_point at) {
+    json::object o;
+    o["type"] = "job";
+    o["at"] = rfc3339(at);
+    o["id"] = j.id;
+    o["model"] = j.model;
+    o["state"] = core::to_string(j.state);
+    o["note"] = note;
+    o["request_id"] = opt(j.request_id);
+    o["error"] = opt(j.error);
+    return json::serialize(o) + "\n";
+}
+
 json::array history_to_json(const std::vector<storage::history_entry>& h) {
     json::array a;
     for (auto& e : h) {

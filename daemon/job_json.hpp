@@ -18,4 +18,7 @@ std::string rfc3339(core::time_point t);
 boost::json::object job_to_json(const core::job& j, const std::string& blocked = {});
 boost::json::array history_to_json(const std::vector<storage::history_entry>& h);
 
+// One line of the event stream: {"at","id","state","note","request_id","error"} and a newline.
+std::string event_line(const core::job& j, const std::string& note, core::time_point at);
+
 } // namespace klingd::daemon

@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core/basic_stream.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
@@ -14,6 +15,7 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <set>
 #include <sstream>
 #include <thread>
 #include <unistd.h>
@@ -334,6 +336,82 @@ int cmd_action(client& c, const std::string& target) {
     return exit_ok;
 }
 
+// Follows GET /v1/events and prints each change as it happens, until interrupted
+// (or, with ids, until those jobs are all terminal).
+int cmd_watch(client& c, const std::string& socket, const std::vector<std::string>& ids,
+              bool as_json) {
+    asio::io_context io;
+    local::socket sock(io);
+    boost::system::error_code ec;
+    sock.connect(local::endpoint(socket), ec);
+    if (ec)
+        throw unreachable(
+            fmt::format("cannot reach klingd at {}: {} (is klingd running? is your user in the "
+                        "socket's group? set --socket or $KLINGD_SOCKET)",
+                        socket, ec.message()));
+    std::string target = ids.size() == 1 ? "/v1/events?id=" + query_escape(ids[0]) : "/v1/events";
+    std::string req =
+        fmt::format("GET {} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: klingctl\r\n\r\n", target);
+    asio::write(sock, asio::buffer(req), ec);
+    bool color = color_output();
+    std::set<std::string> open(ids.begin(), ids.end());
+    std::string buf;
+    bool header_done = false;
+    char chunk[8192];
+    while (!ec) {
+        std::size_t n = sock.read_some(asio::buffer(chunk), ec);
+        buf.append(chunk, n);
+        if (!header_done) {
+            auto end = buf.find("\r\n\r\n");
+            if (end == std::string::npos)
+                continue;
+            if (buf.compare(0, 12, "HTTP/1.1 200") != 0) {
+                std::fprintf(stderr, "klingctl: klingd refused the event stream: %s\n",
+                             buf.substr(0, buf.find("\r\n")).c_str());
+                return exit_job;
+            }
+            buf.erase(0, end + 4);
+            header_done = true;
+            // Subscribed: now jobs that are already finished can be told apart without a gap.
+            for (auto& id : ids) {
+                auto r = c.call(http::verb::get, "/v1/jobs/" + query_escape(id));
+                std::string st = r.status == 200 ? str(r.body, "state") : "not found";
+                if (terminal(st) || r.status == 404) {
+                    std::printf("%s: %s\n", id.c_str(), st.c_str());
+                    open.erase(id);
+                }
+            }
+            std::fflush(stdout);
+            if (!ids.empty() && open.empty())
+                return exit_ok;
+        }
+        for (auto nl = buf.find('\n'); nl != std::string::npos; nl = buf.find('\n')) {
+            std::string line = buf.substr(0, nl);
+            buf.erase(0, nl + 1);
+            boost::system::error_code jec;
+            auto v = json::parse(line, jec);
+            if (jec || str(v, "type") != "job")
+                continue;
+            std::string id = str(v, "id");
+            if (!ids.empty() && !open.count(id) &&
+                std::find(ids.begin(), ids.end(), id) == ids.end())
+                continue;
+            if (as_json)
+                std::printf("%s\n", line.c_str());
+            else
+                std::printf("%s  %-24s %-10s %s\n", str(v, "at").c_str(), id.c_str(),
+                            paint(str(v, "state"), color).c_str(), str(v, "note").c_str());
+            std::fflush(stdout);
+            if (terminal(str(v, "state")))
+                open.erase(id);
+            if (!ids.empty() && open.empty())
+                return exit_ok;
+        }
+    }
+    std::fprintf(stderr, "klingctl: the event stream ended: %s\n", ec.message().c_str());
+    return exit_unreachable;
+}
+
 int cmd_stats(client& c, bool as_json) {
     auto r = c.call(http::verb::get, "/v1/stats");
     if (r.status != 200) {
@@ -403,6 +481,10 @@ int main(int argc, char** argv) {
     retry->add_option("ID", id, "job id")->required();
     auto* pause = app.add_subcommand("pause", "stop submitting (polling goes on)");
     auto* resume = app.add_subcommand("resume", "submit again");
+    auto* watch = app.add_subcommand(
+        "watch", "print job changes as they happen (with IDs: until those are terminal)");
+    watch->add_option("ID", ids, "only these jobs");
+    watch->add_flag("--json", as_json, "print the events as JSON lines");
     auto* stats = app.add_subcommand("stats", "jobs by state, API requests, budget");
     stats->add_flag("--json", as_json, "print the JSON");
 
@@ -432,6 +514,8 @@ int main(int argc, char** argv) {
             return cmd_action(c, "/v1/resume");
         if (*stats)
             return cmd_stats(c, as_json);
+        if (*watch)
+            return cmd_watch(c, socket, ids, as_json);
     } catch (const unreachable& e) {
         std::fprintf(stderr, "klingctl: %s\n", e.what());
         return exit_unreachable;

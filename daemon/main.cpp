@@ -3,7 +3,9 @@
 #include "config/loader.hpp"
 #include "daemon/control_server.hpp"
 #include "daemon/engine.hpp"
+#include "daemon/event_hub.hpp"
 #include "daemon/http_client.hpp"
+#include "daemon/job_json.hpp"
 #include "daemon/spool.hpp"
 #include "runtime/log.hpp"
 #include "runtime/tls.hpp"
@@ -78,7 +80,12 @@ int run(const config::settings& s) {
     daemon::engine engine(io, s, *store, client);
     daemon::control_limits limits;
     limits.body_bytes = s.spool.max_file_bytes + 4096;
-    daemon::control_server control(io, s, engine, limits);
+    daemon::event_hub events;
+    engine.on_change = [&](const core::job& j, const std::string& note) {
+        if (!note.empty())
+            events.publish(j.id, daemon::event_line(j, note, j.updated_at));
+    };
+    daemon::control_server control(io, s, engine, events, limits);
     daemon::spool spool(io, s, engine);
     try {
         engine.start();

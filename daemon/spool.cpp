@@ -274,7 +274,8 @@ void spool::take(const std::vector<std::string>& names) {
                    fmt::format(
                        "id \"{}\" is taken by a job with other content (a job id is unique for "
                        "the life of the database; use another id)",
-                       specs[i].id));
+                       specs[i].id),
+                   false);
             break;
         }
     }
@@ -297,12 +298,14 @@ void spool::move_to(const std::string& name, const std::string& folder) {
         log::error("spool: cannot move {} to {}: {}", from, to, std::strerror(errno));
 }
 
-void spool::reject(const std::string& name, const std::string& why) {
+void spool::reject(const std::string& name, const std::string& why, bool malformed) {
     std::string line = fmt::format("{}: {}", printable(name), why);
     for (auto& c : line)
         if (c == '\n' || c == '\r')
             c = ' ';
     log::warning("spool: rejected {}", line);
+    if (malformed)
+        engine_.note_invalid_file();
     std::string to = free_name(rejected_, name);
     std::string error_path = to + ".error";
     std::string tmp = rejected_ + "/.error.tmp";

@@ -37,7 +37,8 @@ private:
     void take(const std::vector<std::string>& names);
     // Scans incoming/ again in a few seconds (after files could not be recorded).
     void rescan_later();
-    void reject(const std::string& name, const std::string& why);
+    // malformed: count it as an invalid file (a conflict of ids is counted by the engine).
+    void reject(const std::string& name, const std::string& why, bool malformed = true);
     void move_to(const std::string& name, const std::string& folder);
 
     boost::asio::io_context& io_;

@@ -321,6 +321,14 @@ std::map<std::string, std::int64_t> job_store::count_by_state() {
     return out;
 }
 
+std::map<std::pair<std::string, std::string>, std::int64_t> job_store::count_by_state_and_model() {
+    statement s(db_, "SELECT state, model, count(*) FROM jobs GROUP BY state, model");
+    std::map<std::pair<std::string, std::string>, std::int64_t> out;
+    while (s.step())
+        out[{s.text(0), s.text(1)}] = s.int64(2);
+    return out;
+}
+
 std::vector<double> job_store::recent_durations(const std::string& model, int n) {
     statement s(
         db_,

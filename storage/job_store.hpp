@@ -66,6 +66,8 @@ public:
     std::string params_of(const std::string& id);
     std::vector<history_entry> history(const std::string& id);
     std::map<std::string, std::int64_t> count_by_state();
+    // (state, model) -> number of jobs.
+    std::map<std::pair<std::string, std::string>, std::int64_t> count_by_state_and_model();
     // Seconds from submission to completion of the latest completed requests of a model.
     std::vector<double> recent_durations(const std::string& model, int n);
 

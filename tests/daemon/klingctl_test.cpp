@@ -15,7 +15,8 @@ struct run_result {
     std::string out, err;
 };
 
-run_result klingctl(const std::vector<std::string>& args, const std::map<std::string, std::string>& env = {}) {
+run_result klingctl(const std::vector<std::string>& args,
+                    const std::map<std::string, std::string>& env = {}) {
     child_process p(KLINGCTL_PATH, args, env, "klingctl");
     auto rc = p.wait(60s);
     return {rc.value_or(-1), p.stdout_text(), p.stderr_text()};
@@ -27,7 +28,8 @@ protected:
         env_ = new daemon_env();
         env_->start();
         env_->drop("done.json", image_job("done"));
-        env_->drop("broken.json", image_job("broken").replace(image_job("x").find("merge"), 5, "SIM_FAIL"));
+        env_->drop("broken.json",
+                   image_job("broken").replace(image_job("x").find("merge"), 5, "SIM_FAIL"));
         ASSERT_TRUE(env_->wait_terminal({"done", "broken"}, 60s)) << env_->log();
     }
     static void TearDownTestSuite() {
@@ -74,8 +76,8 @@ TEST_F(klingctl_test, show_prints_fields_and_history_or_json) {
     auto j = klingctl(with_socket({"show", "done", "--json"}));
     ASSERT_EQ(j.rc, 0);
     auto o = json::parse(j.out).as_object();
-    for (auto key : {"id", "model", "state", "request_id", "error", "outputs", "priority", "created_at",
-                     "updated_at", "attempts", "polls", "history"})
+    for (auto key : {"id", "model", "state", "request_id", "error", "outputs", "priority",
+                     "created_at", "updated_at", "attempts", "polls", "history"})
         EXPECT_TRUE(o.contains(key)) << key;
     EXPECT_EQ(klingctl(with_socket({"show", "nope"})).rc, 1);
 }
@@ -116,16 +118,20 @@ TEST(klingd_tls, an_untrusted_server_gets_nothing_and_the_job_says_why) {
     write_file(env.config_path(), cfg);
     env.start();
     env.drop("tls.json", image_job("tls"));
-    ASSERT_TRUE(eventually([&] {
-        auto j = env.job("tls");
-        return j.is_object() && !j.at("error").is_null();
-    }, 10s)) << env.log();
+    ASSERT_TRUE(eventually(
+        [&] {
+            auto j = env.job("tls");
+            return j.is_object() && !j.at("error").is_null();
+        },
+        10s))
+        << env.log();
     auto j = env.job("tls");
     EXPECT_EQ(j.at("state").as_string(), "pending");
     std::string err(j.at("error").as_string());
     EXPECT_NE(err.find("certificate not trusted"), std::string::npos) << err;
     EXPECT_EQ(env.sim_stats(false).at("submissions").as_int64(), 0);
-    EXPECT_EQ(env.sim_stats(false).at("submit").as_object().size(), 0u) << "no request reached the server";
+    EXPECT_EQ(env.sim_stats(false).at("submit").as_object().size(), 0u)
+        << "no request reached the server";
 }
 
 } // namespace
