@@ -38,8 +38,13 @@ control_server::~control_server() {
 void control_server::start() {
     const std::string& path = settings_.control.socket;
     namespace fs = std::filesystem;
+    // A folder made here is for the service (and its group) only; RuntimeDirectory= makes it under
+    // systemd.
+    auto parent = fs::path(path).parent_path();
     std::error_code fec;
-    fs::create_directories(fs::path(path).parent_path(), fec);
+    if (!fs::exists(parent, fec) && fs::create_directories(parent, fec))
+        fs::permissions(parent,
+                        fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec, fec);
     struct stat st {};
     if (::lstat(path.c_str(), &st) == 0) {
         if (!S_ISSOCK(st.st_mode))

@@ -7,6 +7,7 @@
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
+#include <csignal>
 #include <filesystem>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -59,6 +60,26 @@ TEST_F(control_test, health_and_the_socket_mode) {
     ASSERT_EQ(::stat(env.socket().c_str(), &st), 0);
     EXPECT_TRUE(S_ISSOCK(st.st_mode));
     EXPECT_EQ(st.st_mode & 0777, 0660u);
+}
+
+TEST(control_socket, a_folder_it_creates_is_closed_to_others) {
+    daemon_env env;
+    std::string cfg = read_file(env.config_path());
+    auto at = cfg.find("klingd.sock");
+    cfg.replace(at, 11, "run/sub/klingd.sock");
+    write_file(env.config_path(), cfg);
+    child_process k(KLINGD_PATH, {"--config", env.config_path()},
+                    {{"SEGMIND_API_KEY", "test-key-1"}}, "klingd");
+    std::string sock = env.dir() + "/run/sub/klingd.sock";
+    ASSERT_TRUE(
+        eventually([&] { return unix_request(sock, "GET", "/v1/health").status == 200; }, 10s))
+        << k.stderr_text();
+    struct stat st {};
+    ASSERT_EQ(::stat((env.dir() + "/run/sub").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0750u);
+    k.signal(SIGTERM);
+    EXPECT_EQ(k.wait(10s).value_or(-1), 0);
+    EXPECT_FALSE(std::filesystem::exists(sock)) << "the socket is removed on exit";
 }
 
 TEST_F(control_test, curl_over_the_unix_socket_works) {
