@@ -176,6 +176,15 @@ long highest_image_reference(std::string_view prompt) {
     return highest;
 }
 
+// The prompt may not name more images than image_urls holds.
+void check_image_references(checker& c, const json::object& p, long images,
+                            std::string_view spelling) {
+    long ref = highest_image_reference(p.at("prompt").as_string());
+    if (ref > images)
+        c.fail(fmt::format("params.prompt refers to {}{} but params.image_urls has {} URL{}",
+                           spelling, ref, images, images == 1 ? "" : "s"));
+}
+
 std::optional<std::string> check_kling_o1(const json::object& p) {
     checker c{p, {}};
     c.only_known("kling-o1",
@@ -185,13 +194,8 @@ std::optional<std::string> check_kling_o1(const json::object& p) {
     c.enum_field("aspect_ratio", {"auto", "16:9", "9:16", "1:1"});
     c.enum_field("output_format", {"png", "jpg"});
     c.enum_field("resolution", {"1K"});
-    if (!c.failed()) {
-        long ref = highest_image_reference(p.at("prompt").as_string());
-        if (ref > images)
-            c.fail(
-                fmt::format("params.prompt refers to @Image{} but params.image_urls has {} URL{}",
-                            ref, images, images == 1 ? "" : "s"));
-    }
+    if (!c.failed())
+        check_image_references(c, p, images, "@Image");
     return c.problem;
 }
 
@@ -233,13 +237,8 @@ std::optional<std::string> check_video_edit(const json::object& p) {
                 c.url_array(&r->value(), where + ".reference_image_urls", false);
         }
     }
-    if (!c.failed() && images >= 0) {
-        long ref = highest_image_reference(p.at("prompt").as_string());
-        if (ref > images)
-            c.fail(
-                fmt::format("params.prompt refers to @image{} but params.image_urls has {} URL{}",
-                            ref, images, images == 1 ? "" : "s"));
-    }
+    if (!c.failed() && images >= 0)
+        check_image_references(c, p, images, "@image");
     return c.problem;
 }
 

@@ -132,6 +132,32 @@ struct machine {
         }
     }
 
+    // A status or result GET that did not answer 2xx.
+    void on_get_error(answer_class k, const http_outcome& o, work_kind w) {
+        switch (k) {
+        case answer_class::failed:
+            fail(fmt::format("the request failed: {}", error_detail(o.status, o.body)));
+            return;
+        case answer_class::not_found:
+            // Asked again a couple of times while well inside the retention window.
+            if (n().failures < not_found_retries && !past_retention(n(), now, c.retention_s))
+                return retry_get(w, error_detail(o.status, o.body));
+            expire(fmt::format(
+                "Segmind no longer knows request {} (HTTP 404 on {}; it keeps results "
+                "{}s after submission, and this one was submitted at {})",
+                j.request_id.value_or("?"), w == work_kind::poll ? "poll" : "result fetch",
+                c.retention_s, j.submitted_at ? rfc3339(*j.submitted_at) : "an unknown time"));
+            return;
+        case answer_class::rate_limited:
+            schedule(w, t.rate_limited_until.value_or(now));
+            return;
+        default:
+            // 5xx, 401, 406, 403, ...: the request is paid for; keep asking until the API forgets
+            // it.
+            return retry_get(w, error_detail(o.status, o.body));
+        }
+    }
+
     // --- events ---
 
     void on(const ev_submit_begin&) {
@@ -279,25 +305,8 @@ struct machine {
             }
             return;
         }
-        case answer_class::failed:
-            fail(fmt::format("the request failed: {}", error_detail(o.status, o.body)));
-            return;
-        case answer_class::not_found:
-            if (n().failures < not_found_retries && !past_retention(n(), now, c.retention_s))
-                return retry_get(work_kind::poll, error_detail(o.status, o.body));
-            expire(fmt::format(
-                "Segmind no longer knows request {} (HTTP 404 on poll; it keeps results {}s "
-                "after submission, and this one was submitted at {})",
-                j.request_id.value_or("?"), c.retention_s,
-                j.submitted_at ? rfc3339(*j.submitted_at) : "an unknown time"));
-            return;
-        case answer_class::rate_limited:
-            schedule(work_kind::poll, t.rate_limited_until.value_or(now));
-            return;
         default:
-            // 5xx, 401, 406, 403, ...: the request is paid for; keep asking until the API forgets
-            // it.
-            return retry_get(work_kind::poll, error_detail(o.status, o.body));
+            return on_get_error(k, o, work_kind::poll);
         }
     }
 
@@ -337,22 +346,8 @@ struct machine {
             schedule(work_kind::download, now);
             return;
         }
-        case answer_class::failed:
-            fail(fmt::format("the request failed: {}", error_detail(o.status, o.body)));
-            return;
-        case answer_class::not_found:
-            if (n().failures < not_found_retries && !past_retention(n(), now, c.retention_s))
-                return retry_get(work_kind::fetch_result, error_detail(o.status, o.body));
-            expire(fmt::format("Segmind no longer has the result of request {} (HTTP 404)",
-                               j.request_id.value_or("?")));
-            return;
-        case answer_class::rate_limited:
-            schedule(work_kind::fetch_result, t.rate_limited_until.value_or(now));
-            return;
         default:
-            // 5xx, 401, 406, 403, ...: the request is paid for; keep asking until the API forgets
-            // it.
-            return retry_get(work_kind::fetch_result, error_detail(o.status, o.body));
+            return on_get_error(k, o, work_kind::fetch_result);
         }
     }
 

@@ -34,6 +34,17 @@ struct unreachable : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// Connects to the socket; throws unreachable saying what to check.
+void connect_or_throw(local::socket& sock, const std::string& path) {
+    boost::system::error_code ec;
+    sock.connect(local::endpoint(path), ec);
+    if (ec)
+        throw unreachable(
+            fmt::format("cannot reach klingd at {}: {} (is klingd running? is your user in the "
+                        "socket's group? set --socket or $KLINGD_SOCKET)",
+                        path, ec.message()));
+}
+
 struct reply {
     int status = 0;
     json::value body;
@@ -50,12 +61,7 @@ public:
         beast::basic_stream<local> stream(io);
         boost::system::error_code ec;
         stream.expires_after(std::chrono::seconds(30));
-        stream.socket().connect(local::endpoint(socket_), ec);
-        if (ec)
-            throw unreachable(
-                fmt::format("cannot reach klingd at {}: {} (is klingd running? is your user in the "
-                            "socket's group? set --socket or $KLINGD_SOCKET)",
-                            socket_, ec.message()));
+        connect_or_throw(stream.socket(), socket_);
         http::request<http::string_body> req{method, target, 11};
         req.set(http::field::host, "localhost");
         req.set(http::field::user_agent, "klingctl");
@@ -343,12 +349,7 @@ int cmd_watch(client& c, const std::string& socket, const std::vector<std::strin
     asio::io_context io;
     local::socket sock(io);
     boost::system::error_code ec;
-    sock.connect(local::endpoint(socket), ec);
-    if (ec)
-        throw unreachable(
-            fmt::format("cannot reach klingd at {}: {} (is klingd running? is your user in the "
-                        "socket's group? set --socket or $KLINGD_SOCKET)",
-                        socket, ec.message()));
+    connect_or_throw(sock, socket);
     std::string target = ids.size() == 1 ? "/v1/events?id=" + query_escape(ids[0]) : "/v1/events";
     std::string req =
         fmt::format("GET {} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: klingctl\r\n\r\n", target);

@@ -126,7 +126,7 @@ TEST(klingd_tls, an_untrusted_server_gets_nothing_and_the_job_says_why) {
         10s))
         << env.log();
     auto j = env.job("tls");
-        // Waiting to be sent again (or being retried right now), never further.
+    // Waiting to be sent again (or being retried right now), never further.
     std::string state(j.at("state").as_string());
     EXPECT_TRUE(state == "pending" || state == "submitting") << state;
     std::string err(j.at("error").as_string());
