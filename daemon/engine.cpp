@@ -366,8 +366,8 @@ asio::awaitable<void> engine::flusher() {
 }
 
 asio::awaitable<void> engine::dispatcher() {
-    const auto max_requests = static_cast<std::size_t>(settings_.api.max_connections);
     while (!stopping_) {
+        const auto max_requests = static_cast<std::size_t>(settings_.api.max_connections);
         auto t = now();
         queue_.promote(t);
         while (downloads_in_flight_ < max_downloads) {
@@ -686,6 +686,18 @@ std::string engine::retry(const std::string& id) {
     active_.emplace(id, *stored);
     apply(id, std::move(tr));
     return {};
+}
+
+void engine::reconfigure() {
+    budget_.reconfigure(settings_.api.requests_per_minute);
+    planner_.set_policy({settings_.jobs.min_poll_interval_s, settings_.jobs.max_poll_interval_s,
+                         settings_.jobs.result_retention_s});
+    for (auto& [slug, m] : settings_.models)
+        durations_for(slug).set_prior(m.expected_duration_s);
+    // A new key may be the fix for a 401: probe at once.
+    if (stop_ != stop_kind::none)
+        next_probe_ = now();
+    wake();
 }
 
 void engine::set_paused(bool paused) {

@@ -68,6 +68,8 @@ public:
     std::string cancel(const std::string& id);
     std::string retry(const std::string& id);
     void set_paused(bool paused);
+    // The settings changed (SIGHUP): budget, poll policy and model priors follow them.
+    void reconfigure();
     bool paused() const { return paused_; }
 
     // Why submissions are not going out now (paused, 401, 406), or "".

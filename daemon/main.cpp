@@ -1,11 +1,13 @@
 // klingd's entry point: command line, configuration, then the daemon on one
 // io_context thread until SIGTERM or SIGINT.
 #include "config/loader.hpp"
+#include "config/reload.hpp"
 #include "daemon/control_server.hpp"
 #include "daemon/engine.hpp"
 #include "daemon/event_hub.hpp"
 #include "daemon/http_client.hpp"
 #include "daemon/job_json.hpp"
+#include "daemon/service_notifier.hpp"
 #include "daemon/spool.hpp"
 #include "runtime/log.hpp"
 #include "runtime/tls.hpp"
@@ -41,10 +43,15 @@ std::string default_config_path() {
     return "/etc/klingd/klingd.toml";
 }
 
-int run(const config::settings& s) {
+void apply_log_level(const config::settings& s) {
     log::level lvl;
     if (log::parse_level(s.log_level, lvl))
         log::set_level(lvl);
+}
+
+// s is the live configuration: SIGHUP updates what may change in place.
+int run(config::settings& s, const std::string& config_path) {
+    apply_log_level(s);
     std::signal(SIGPIPE, SIG_IGN);
 
     namespace fs = std::filesystem;
@@ -87,6 +94,7 @@ int run(const config::settings& s) {
     };
     daemon::control_server control(io, s, engine, events, limits);
     daemon::spool spool(io, s, engine);
+    daemon::service_notifier notifier(io, engine);
     try {
         engine.start();
         control.start();
@@ -104,7 +112,8 @@ int run(const config::settings& s) {
             auto n = co_await spool.scan();
             if (n > 0)
                 log::info("spool: start-up scan looked at {} files", n);
-            sd_notify(0, "READY=1");
+            notifier.ready();
+            notifier.start();
         },
         asio::detached);
 
@@ -119,7 +128,7 @@ int run(const config::settings& s) {
                 std::_Exit(1);
             }
             stopping = true;
-            sd_notify(0, "STOPPING=1");
+            notifier.stopping();
             log::notice("signal {}: stopping (requests in flight get a few seconds to finish)",
                         sig);
             spool.stop();
@@ -134,6 +143,35 @@ int run(const config::settings& s) {
             signals.async_wait(on_signal);
         };
     signals.async_wait(on_signal);
+
+    // SIGHUP: read the file again; apply what may change live, report the rest.
+    asio::signal_set hup(io, SIGHUP);
+    std::function<void(const boost::system::error_code&, int)> on_hup =
+        [&](const boost::system::error_code& ec, int) {
+            if (ec)
+                return;
+            notifier.reloading();
+            auto fresh = config::load_settings(config_path, config::process_environment());
+            if (!fresh.value) {
+                for (auto& e : fresh.errors)
+                    log::error("reload: invalid configuration, keeping the running one: {}", e);
+            } else {
+                for (auto& w : fresh.warnings)
+                    log::warning("reload: {}", w);
+                auto changes = config::apply_reload(s, *fresh.value);
+                apply_log_level(s);
+                client.set_timeout(std::chrono::milliseconds(
+                    static_cast<std::int64_t>(s.api.request_timeout_s * 1000)));
+                engine.reconfigure();
+                if (changes.empty())
+                    log::notice("reload: nothing changed");
+                for (auto& c : changes)
+                    log::notice("reload: {}", c);
+            }
+            notifier.ready();
+            hup.async_wait(on_hup);
+        };
+    hup.async_wait(on_hup);
 
     io.run();
     io.drop_pending();
@@ -175,5 +213,5 @@ int main(int argc, char** argv) {
         std::fputs(config::render_settings(*loaded.value).c_str(), stdout);
         return 0;
     }
-    return run(*loaded.value);
+    return run(*loaded.value, config_path);
 }

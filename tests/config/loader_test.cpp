@@ -359,3 +359,42 @@ TEST_F(check_config_program, unknown_option_is_usage_error) {
 }
 
 } // namespace
+
+#include "config/reload.hpp"
+
+namespace {
+
+TEST(config_reload, applies_what_may_change_and_reports_what_needs_a_restart) {
+    auto cur = *parse("").value;
+    auto fresh = *parse(R"(
+log_level = "debug"
+[api]
+requests_per_minute = 120
+base_url = "https://other.example"
+[jobs]
+max_in_flight = 7
+[models."kling-o1"]
+expected_duration_s = 40
+)",
+                        env_with({{"SEGMIND_API_KEY", "a-new-key"}}))
+                      .value;
+    auto lines = klingd::config::apply_reload(cur, fresh);
+    EXPECT_EQ(cur.log_level, "debug");
+    EXPECT_EQ(cur.api.requests_per_minute, 120);
+    EXPECT_EQ(cur.jobs.max_in_flight, 7);
+    EXPECT_EQ(cur.models.at("kling-o1").expected_duration_s, 40);
+    EXPECT_EQ(cur.api.base_url, "https://api.segmind.com"); // needs a restart
+    EXPECT_EQ(cur.api_key.reveal(), "a-new-key");
+    std::string all;
+    for (auto& l : lines)
+        all += l + "\n";
+    EXPECT_NE(all.find("api.requests_per_minute: 60 -> 120"), std::string::npos) << all;
+    EXPECT_NE(all.find("api.base_url changed to https://other.example but needs a restart"),
+              std::string::npos);
+    EXPECT_NE(all.find("the API key was read again"), std::string::npos);
+    EXPECT_EQ(all.find("a-new-key"), std::string::npos) << "never the key itself";
+    EXPECT_EQ(all.find("sk-test-0123456789"), std::string::npos);
+    EXPECT_TRUE(klingd::config::apply_reload(cur, cur).empty());
+}
+
+} // namespace

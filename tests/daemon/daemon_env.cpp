@@ -99,12 +99,12 @@ max_in_flight = {}
     write_file(config_path(), toml);
 }
 
-void daemon_env::start() {
+void daemon_env::start(std::map<std::string, std::string> extra_env) {
     if (klingd_)
         old_logs_.push_back(klingd_->stderr_text());
+    extra_env["SEGMIND_API_KEY"] = opts_.api_key;
     klingd_ = std::make_unique<child_process>(
-        KLINGD_PATH, std::vector<std::string>{"--config", config_path()},
-        std::map<std::string, std::string>{{"SEGMIND_API_KEY", opts_.api_key}},
+        KLINGD_PATH, std::vector<std::string>{"--config", config_path()}, std::move(extra_env),
         "klingd" + std::to_string(generation_++));
     bool up = eventually(
         [&] {
@@ -122,6 +122,9 @@ int daemon_env::stop() {
 
 void daemon_env::kill9() {
     klingd_->kill_hard();
+}
+void daemon_env::signal(int sig) {
+    klingd_->signal(sig);
 }
 bool daemon_env::running() {
     return klingd_ && klingd_->running();

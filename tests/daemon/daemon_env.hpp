@@ -39,8 +39,9 @@ public:
     explicit daemon_env(daemon_options o = {});
     ~daemon_env();
 
-    // Starts klingd and waits until its socket answers /v1/health.
-    void start();
+    // Starts klingd (with extra environment) and waits until its socket answers /v1/health.
+    void start(std::map<std::string, std::string> extra_env = {});
+    void signal(int sig);
     // SIGTERM and wait; returns the exit status.
     int stop();
     void kill9();

@@ -1,0 +1,75 @@
+// Field-by-field comparison of two validated configurations.
+#include "config/reload.hpp"
+
+#include <fmt/format.h>
+
+namespace klingd::config {
+
+namespace {
+
+struct differ {
+    std::vector<std::string> lines;
+
+    template <typename T>
+    void apply(std::string_view key, T& cur, const T& fresh) {
+        if (cur == fresh)
+            return;
+        lines.push_back(fmt::format("{}: {} -> {}", key, cur, fresh));
+        cur = fresh;
+    }
+    template <typename T>
+    void restart_only(std::string_view key, const T& cur, const T& fresh) {
+        if (cur != fresh)
+            lines.push_back(fmt::format("{} changed to {} but needs a restart; still using {}", key,
+                                        fresh, cur));
+    }
+};
+
+} // namespace
+
+std::vector<std::string> apply_reload(settings& cur, const settings& fresh) {
+    differ d;
+    d.apply("log_level", cur.log_level, fresh.log_level);
+    d.restart_only("api.base_url", cur.api.base_url, fresh.api.base_url);
+    d.restart_only("api.ca_file", cur.api.ca_file, fresh.api.ca_file);
+    d.apply("api.requests_per_minute", cur.api.requests_per_minute, fresh.api.requests_per_minute);
+    d.apply("api.max_connections", cur.api.max_connections, fresh.api.max_connections);
+    d.apply("api.request_timeout_s", cur.api.request_timeout_s, fresh.api.request_timeout_s);
+    d.apply("api.max_result_bytes", cur.api.max_result_bytes, fresh.api.max_result_bytes);
+    d.restart_only("storage.database", cur.storage.database, fresh.storage.database);
+    d.restart_only("spool.directory", cur.spool.directory, fresh.spool.directory);
+    d.apply("spool.max_file_bytes", cur.spool.max_file_bytes, fresh.spool.max_file_bytes);
+    d.restart_only("output.directory", cur.output.directory, fresh.output.directory);
+    d.apply("output.max_download_bytes", cur.output.max_download_bytes,
+            fresh.output.max_download_bytes);
+    d.restart_only("control.socket", cur.control.socket, fresh.control.socket);
+    d.restart_only("control.socket_mode", fmt::format("{:04o}", cur.control.socket_mode),
+                   fmt::format("{:04o}", fresh.control.socket_mode));
+    d.apply("jobs.max_in_flight", cur.jobs.max_in_flight, fresh.jobs.max_in_flight);
+    d.apply("jobs.result_retention_s", cur.jobs.result_retention_s, fresh.jobs.result_retention_s);
+    d.apply("jobs.min_poll_interval_s", cur.jobs.min_poll_interval_s,
+            fresh.jobs.min_poll_interval_s);
+    d.apply("jobs.max_poll_interval_s", cur.jobs.max_poll_interval_s,
+            fresh.jobs.max_poll_interval_s);
+    d.apply("jobs.resubmit_unknown", cur.jobs.resubmit_unknown, fresh.jobs.resubmit_unknown);
+    for (auto& [slug, m] : fresh.models) {
+        auto it = cur.models.find(slug);
+        double old = it == cur.models.end() ? 0 : it->second.expected_duration_s;
+        if (old != m.expected_duration_s) {
+            d.lines.push_back(fmt::format("models.\"{}\".expected_duration_s: {} -> {}", slug, old,
+                                          m.expected_duration_s));
+            cur.models[slug] = m;
+        }
+    }
+    if (cur.api_key.reveal() != fresh.api_key.reveal() ||
+        cur.api_key_source != fresh.api_key_source) {
+        d.lines.push_back(
+            fmt::format("the API key was read again (from {})", fresh.api_key_source));
+        cur.api_key = fresh.api_key;
+        cur.api_key_source = fresh.api_key_source;
+        cur.api.api_key_file = fresh.api.api_key_file;
+    }
+    return d.lines;
+}
+
+} // namespace klingd::config
