@@ -9,7 +9,7 @@ RUN ./scripts/install-deps.sh \
 
 FROM debian:12-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libsqlite3-0 libssl3 libfmt9 libboost-json1.81.0 libsystemd0 ca-certificates \
+ && apt-get install -y --no-install-recommends libsqlite3-0 libssl3 libfmt9 libboost-json1.81.0 libsystemd0 libtomlplusplus3 ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --home-dir /var/lib/klingd --shell /usr/sbin/nologin klingd \
  && install -d -o klingd -g klingd /var/lib/klingd /var/spool/klingd /run/klingd /etc/klingd

@@ -10,7 +10,7 @@ packages=(
   libsqlite3-dev sqlite3 libssl-dev openssl
   libgtest-dev libgmock-dev
   libtomlplusplus-dev libcli11-dev libsystemd-dev libfmt-dev
-  curl python3 ca-certificates
+  curl python3 ca-certificates systemd dpkg-dev file
 )
 
 missing=()

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Packaging and service-definition checks, one per ctest test:
+#   packaging_test.sh CHECK SOURCE_DIR BUILD_DIR KLINGD
+# Checks: unit-security, unit-verify, install-tree, deb, dockerfile, example-config.
+set -euo pipefail
+check=$1 src=$2 build=$3 klingd=$4
+fail() { echo "FAIL: $*" >&2; exit 1; }
+skip() { echo "SKIPPED: $*"; exit 0; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+case $check in
+unit-security)
+  command -v systemd-analyze >/dev/null || skip "systemd-analyze is not installed"
+  out=$(systemd-analyze security --offline=true "$src/systemd/klingd.service" 2>&1)
+  score=$(echo "$out" | sed -n 's/.*Overall exposure level for klingd.service: \([0-9.]*\).*/\1/p')
+  [ -n "$score" ] || fail "no score in: $out"
+  echo "exposure: $score"
+  awk -v s="$score" 'BEGIN { exit !(s <= 2.0) }' || fail "exposure $score is above 2.0"
+  ;;
+unit-verify)
+  command -v systemd-analyze >/dev/null || skip "systemd-analyze is not installed"
+  # The unit as installed, but pointing at the binary just built.
+  sed "s|/usr/bin/klingd|$klingd|" "$src/systemd/klingd.service" > "$tmp/klingd.service"
+  out=$(systemd-analyze verify "$tmp/klingd.service" 2>&1) || fail "verify failed: $out"
+  [ -z "$out" ] || fail "verify complained: $out"
+  ;;
+install-tree)
+  DESTDIR="$tmp/root" cmake --install "$build" --prefix /usr >/dev/null
+  (cd "$tmp/root" && find . -type f | sort) > "$tmp/files"
+  for f in ./usr/bin/klingd ./usr/bin/klingctl ./usr/lib/systemd/system/klingd.service \
+           ./usr/lib/sysusers.d/klingd.conf ./usr/lib/tmpfiles.d/klingd.conf ./etc/klingd/klingd.toml \
+           ./usr/share/doc/klingd/README.md ./usr/share/doc/klingd/examples/jobs/landscape-merge.json; do
+    grep -qx "$f" "$tmp/files" || fail "missing $f in: $(cat "$tmp/files")"
+  done
+  [ -x "$tmp/root/usr/bin/klingd" ] || fail "klingd is not executable"
+  ! grep -q segmind-sim "$tmp/files" || fail "the test emulator is not installed"
+  "$tmp/root/usr/bin/klingd" --version | grep -q '^klingd ' || fail "installed klingd does not run"
+  ;;
+deb)
+  (cd "$build" && cpack -G DEB -B "$tmp/deb" >/dev/null) || fail "cpack failed"
+  deb=$(ls "$tmp"/deb/klingd_*.deb) || fail "no .deb made"
+  dpkg-deb -c "$deb" > "$tmp/contents"
+  for f in ./usr/bin/klingd ./usr/bin/klingctl ./usr/lib/systemd/system/klingd.service ./etc/klingd/klingd.toml \
+           ./usr/lib/sysusers.d/klingd.conf ./usr/lib/tmpfiles.d/klingd.conf; do
+    grep -q " $f\$" "$tmp/contents" || fail "no $f in the package: $(cat "$tmp/contents")"
+  done
+  depends=$(dpkg-deb -f "$deb" Depends)
+  echo "Depends: $depends"
+  for lib in libsqlite3-0 libssl3 libsystemd0 libfmt9 libboost-json1.81.0 systemd ca-certificates; do
+    echo "$depends" | grep -q "$lib" || fail "Depends lacks $lib: $depends"
+  done
+  dpkg-deb -e "$deb" "$tmp/control"
+  grep -qx /etc/klingd/klingd.toml "$tmp/control/conffiles" || fail "the config is not a conffile"
+  size=$(stat -c %s "$deb")
+  [ "$size" -lt 20000000 ] || fail "the package is $size bytes: not stripped?"
+  ;;
+dockerfile)
+  f="$src/Dockerfile"
+  [ "$(grep -c '^FROM ' "$f")" -ge 2 ] || fail "not multi-stage"
+  grep -q '^FROM debian:12 AS build' "$f" || fail "build stage is not Debian 12"
+  last_from=$(grep -n '^FROM ' "$f" | tail -1 | cut -d: -f1)
+  tail -n +"$last_from" "$f" > "$tmp/runtime"
+  ! grep -q -- '-dev' "$tmp/runtime" || fail "the runtime stage installs -dev packages"
+  grep -q '^USER klingd' "$tmp/runtime" || fail "does not run as the non-root user klingd"
+  grep -q '^VOLUME .*/var/lib/klingd' "$tmp/runtime" || fail "state is not a volume"
+  grep -q '^VOLUME .*/var/spool/klingd' "$tmp/runtime" || fail "the spool is not a volume"
+  grep -q '^HEALTHCHECK .*klingctl' "$tmp/runtime" || fail "no HEALTHCHECK with klingctl"
+  grep -q 'COPY --from=build' "$tmp/runtime" || fail "the runtime stage does not copy from the build stage"
+  # Every shared library klingd links (as dpkg-shlibdeps finds for the .deb) is installed at run time.
+  for lib in libsqlite3-0 libssl3 libfmt9 libboost-json1.81.0 libsystemd0 libtomlplusplus3 ca-certificates; do
+    grep -q "$lib" "$tmp/runtime" || fail "the runtime stage does not install $lib"
+  done
+  ;;
+example-config)
+  SEGMIND_API_KEY=example "$klingd" --check-config --config "$src/examples/klingd.toml" > "$tmp/out" \
+    || fail "examples/klingd.toml is not valid"
+  grep -q 'requests_per_minute = 60' "$tmp/out" || fail "unexpected effective configuration"
+  ;;
+*)
+  fail "unknown check $check"
+  ;;
+esac
+echo "ok: $check"
