@@ -599,6 +599,8 @@ std::vector<storage::insert_outcome> engine::add_jobs(const std::vector<core::jo
             j.priority = specs[i].priority;
             j.created_at = t;
             j.updated_at = t;
+                        // Prompts can be private: a job's content is logged only at log_level = "debug".
+            log::debug("job {}: model {}, priority {}, params {}", j.id, j.model, j.priority, j.params);
             auto [it, ok] = active_.emplace(j.id, std::move(j));
             schedule(it->second, work_kind::submit, t);
             if (on_change)
