@@ -4,6 +4,7 @@
 #include "daemon/output_dir.hpp"
 #include "runtime/log.hpp"
 
+#include <algorithm>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -384,9 +385,11 @@ asio::awaitable<void> engine::dispatcher() {
             auto item = queue_.pop_budgeted(submits);
             if (!item)
                 break;
-            // Is the budget the bottleneck? (work still waiting after this one)
-            double sample = queue_.has_budgeted_ready(submits) ? 1.0 : 0.0;
-            scarcity_ = 0.95 * scarcity_ + 0.05 * sample;
+            // Is the budget the bottleneck? Work that waited for it about as long as a
+            // poll interval says so; a burst the budget drains in moments does not.
+            double waited = std::chrono::duration<double>(t - item->not_before).count();
+            double sample = std::clamp(waited / settings_.jobs.min_poll_interval_s, 0.0, 1.0);
+            scarcity_ = 0.9 * scarcity_ + 0.1 * sample;
             planner_.set_scarcity(scarcity_);
             if (item->kind == work_kind::submit) {
                 if (stop_ != stop_kind::none)
@@ -599,8 +602,9 @@ std::vector<storage::insert_outcome> engine::add_jobs(const std::vector<core::jo
             j.priority = specs[i].priority;
             j.created_at = t;
             j.updated_at = t;
-                        // Prompts can be private: a job's content is logged only at log_level = "debug".
-            log::debug("job {}: model {}, priority {}, params {}", j.id, j.model, j.priority, j.params);
+            // Prompts can be private: a job's content is logged only at log_level = "debug".
+            log::debug("job {}: model {}, priority {}, params {}", j.id, j.model, j.priority,
+                       j.params);
             auto [it, ok] = active_.emplace(j.id, std::move(j));
             schedule(it->second, work_kind::submit, t);
             if (on_change)

@@ -1,0 +1,349 @@
+#!/usr/bin/env python3
+"""klingd's benchmark suite: klingd against the official SDK's policy (sdk-baseline)
+on the same workloads, both against segmind-sim over TLS with scaled time.
+
+    bench/run.py [--only a,b,d] [--scale 0.1] [--json results.json]
+
+Every figure comes from the emulator's statistics (requests by endpoint and
+answer, when each request completed and when a client first saw it) or from
+/proc, never from klingd's own counters. Detection delays are given in API
+seconds (real seconds divided by the time scale), as the SDK's published
+figures are.
+
+Workloads:
+  a  ample budget: 24 kling-o1 + 8 video edits at once, no rate limit
+  b  scarce budget: the emulator allows 30 requests/min; 120 kling-o1 jobs
+  d  intake: 10,000 job files dropped at once (klingd paused: intake only)
+"""
+import argparse
+import http.client
+import json
+import os
+import shutil
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.path.join(ROOT, "build")
+KEY = "bench-key"
+
+
+def build():
+    subprocess.run([os.path.join(ROOT, "scripts/install-deps.sh")], check=True)
+    subprocess.run(["cmake", "-S", ROOT, "-B", BUILD, "-G", "Ninja", "-DCMAKE_BUILD_TYPE=RelWithDebInfo"],
+                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", BUILD, "--target", "klingd", "klingctl", "segmind-sim", "sdk-baseline"],
+                   check=True, stdout=subprocess.DEVNULL)
+    certs = os.path.join(BUILD, "test-certs")
+    subprocess.run([os.path.join(ROOT, "scripts/make-test-certs.sh"), certs], check=True)
+    return certs
+
+
+class Sim:
+    def __init__(self, work, certs, scale, args=()):
+        self.port_file = os.path.join(work, "sim.port")
+        self.certs = certs
+        self.log = open(os.path.join(work, "sim.log"), "w")
+        self.proc = subprocess.Popen(
+            [os.path.join(BUILD, "sim/segmind-sim"), "--tls-cert", f"{certs}/server.pem", "--tls-key",
+             f"{certs}/server.key", "--port-file", self.port_file, "--time-scale", str(scale), "--api-key", KEY,
+             *args], stdout=self.log, stderr=self.log)
+        for _ in range(200):
+            if os.path.exists(self.port_file) and open(self.port_file).read().strip():
+                break
+            time.sleep(0.02)
+        self.port = int(open(self.port_file).read())
+        self.base = f"https://127.0.0.1:{self.port}"
+
+    def stats(self, requests=True):
+        ctx = ssl.create_default_context(cafile=f"{self.certs}/ca.pem")
+        c = http.client.HTTPSConnection("127.0.0.1", self.port, context=ctx, timeout=60)
+        c.request("GET", "/sim/stats" + ("" if requests else "?requests=0"))
+        return json.loads(c.getresponse().read())
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+class UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("localhost", timeout=60)
+        self.unix_path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(self.unix_path)
+        self.sock = s
+
+
+class Klingd:
+    def __init__(self, work, sim, scale, rpm_api, max_in_flight=50, extra=""):
+        self.work = work
+        self.socket = os.path.join(work, "klingd.sock")
+        os.makedirs(os.path.join(work, "spool/incoming"), exist_ok=True)
+        s = scale
+        self.config = os.path.join(work, "klingd.toml")
+        with open(self.config, "w") as f:
+            f.write(f"""log_level = "notice"
+[api]
+base_url = "{sim.base}"
+ca_file = "{sim.certs}/ca.pem"
+requests_per_minute = {rpm_api / s}
+max_connections = 8
+request_timeout_s = 30
+[storage]
+database = "{work}/klingd.db"
+[spool]
+directory = "{work}/spool"
+[output]
+directory = "{work}/output"
+[control]
+socket = "{self.socket}"
+[jobs]
+max_in_flight = {max_in_flight}
+result_retention_s = {3600 * s}
+min_poll_interval_s = {1 * s}
+max_poll_interval_s = {60 * s}
+[models."kling-o1"]
+expected_duration_s = {58 * s}
+[models."kling-o1-video-to-video-edit"]
+expected_duration_s = {223 * s}
+{extra}
+""")
+        self.proc = None
+
+    def start(self):
+        self.log = open(os.path.join(self.work, "klingd.log"), "a")
+        env = dict(os.environ, SEGMIND_API_KEY=KEY)
+        self.proc = subprocess.Popen([os.path.join(BUILD, "daemon/klingd"), "--config", self.config], env=env,
+                                     stdout=self.log, stderr=self.log)
+        for _ in range(500):
+            try:
+                if self.api("GET", "/v1/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.01)
+        raise RuntimeError("klingd did not start; see " + self.work + "/klingd.log")
+
+    def api(self, method, path):
+        c = UnixHTTP(self.socket)
+        c.request(method, path)
+        r = c.getresponse()
+        return r.status, json.loads(r.read() or b"null")
+
+    def stats(self):
+        return self.api("GET", "/v1/stats")[1]
+
+    def rss_kib(self):
+        for line in open(f"/proc/{self.proc.pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=60)
+
+
+def image_job(i, tag):
+    return {"model": "kling-o1", "params": {"prompt": f"{tag}{i:06d} merge @Image1 into @Image2",
+                                             "image_urls": ["https://in.example/a.png", "https://in.example/b.png"]}}
+
+
+def video_job(i, tag):
+    return {"model": "kling-o1-video-to-video-edit",
+            "params": {"prompt": f"{tag}{i:06d} replace the background with @image1",
+                       "video_url": "https://in.example/v.mp4", "image_urls": ["https://in.example/a.png"]}}
+
+
+def api_requests(st):
+    return sum(sum(st[e].values()) for e in ("submit", "status", "result"))
+
+
+def answers(st, code):
+    return sum(st[e].get(code, 0) for e in ("submit", "status", "result"))
+
+
+def pct(values, p):
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    k = (len(v) - 1) * p / 100
+    f = int(k)
+    c = min(f + 1, len(v) - 1)
+    return v[f] + (v[c] - v[f]) * (k - f)
+
+
+def delays_api_s(st, scale):
+    out = []
+    for r in st["requests"]:
+        if r.get("completed_at_ms") and r.get("first_seen_at_ms") and r.get("outcome") == "COMPLETED":
+            out.append((r["first_seen_at_ms"] - r["completed_at_ms"]) / 1000 / scale)
+    return out
+
+
+def run_baseline(work, sim, jobs, scale):
+    path = os.path.join(work, "jobs.json")
+    json.dump(jobs, open(path, "w"))
+    env = dict(os.environ, SEGMIND_API_KEY=KEY)
+    out = subprocess.run([os.path.join(BUILD, "bench/sdk-baseline"), "--base-url", sim.base, "--ca-file",
+                          f"{sim.certs}/ca.pem", "--jobs", path, "--scale", str(scale)],
+                         env=env, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def run_klingd(work, sim, jobs, scale, rpm_api, timeout_s):
+    k = Klingd(work, sim, scale, rpm_api)
+    k.start()
+    inc = os.path.join(work, "spool/incoming")
+    for i, j in enumerate(jobs):
+        name = f"job{i:06d}.json"
+        with open(os.path.join(inc, "." + name), "w") as f:
+            json.dump(j, f)
+        os.rename(os.path.join(inc, "." + name), os.path.join(inc, name))
+    deadline = time.time() + timeout_s
+    done = {}
+    while time.time() < deadline:
+        jobs_by_state = k.stats()["jobs"]
+        done = {s: jobs_by_state[s] for s in ("completed", "failed", "expired", "cancelled")}
+        if sum(done.values()) >= len(jobs):
+            break
+        time.sleep(0.2)
+    k.stop()
+    return done
+
+
+def workload_a(work, certs, scale):
+    jobs = [image_job(i, "a") for i in range(24)] + [video_job(i, "v") for i in range(8)]
+    rows = {}
+    for who in ("baseline", "klingd"):
+        d = tempfile.mkdtemp(dir=work, prefix=f"a-{who}-")
+        sim = Sim(d, certs, scale)
+        t0 = time.time()
+        outcome = run_baseline(d, sim, jobs, scale) if who == "baseline" else run_klingd(d, sim, jobs, scale,
+                                                                                          6000, 600)
+        wall = time.time() - t0
+        st = sim.stats()
+        sim.stop()
+        delays = delays_api_s(st, scale)
+        completed = sum(1 for r in st["requests"] if r.get("outcome") == "COMPLETED")
+        rows[who] = {"outcome": outcome, "completed": completed, "requests": api_requests(st),
+                     "requests_per_job": api_requests(st) / len(jobs), "delay_p50": pct(delays, 50),
+                     "delay_p95": pct(delays, 95), "wall_s": wall}
+    return rows
+
+
+def workload_b(work, certs, scale, n=120):
+    jobs = [image_job(i, "b") for i in range(n)]
+    rows = {}
+    for who in ("baseline", "klingd"):
+        d = tempfile.mkdtemp(dir=work, prefix=f"b-{who}-")
+        sim = Sim(d, certs, scale, ["--rpm", "30"])
+        outcome = run_baseline(d, sim, jobs, scale) if who == "baseline" else run_klingd(d, sim, jobs, scale, 30,
+                                                                                          1800)
+        st = sim.stats()
+        sim.stop()
+        reqs = st["requests"]
+        seen = [r for r in reqs if r.get("outcome") == "COMPLETED" and r.get("first_seen_at_ms")]
+        completed = len(seen)
+        span_api_min = ((max(r["first_seen_at_ms"] for r in seen) - min(r["submitted_at_ms"] for r in reqs))
+                        / 1000 / scale / 60) if seen else float("nan")
+        rows[who] = {"outcome": outcome, "completed": completed, "completed_share": completed / n,
+                     "requests": api_requests(st),
+                     "requests_per_completed": api_requests(st) / completed if completed else float("inf"),
+                     "throughput_per_api_min": completed / span_api_min if seen else 0.0,
+                     "ceiling_per_api_min": 30 / 3, "share_429": answers(st, "429") / max(1, api_requests(st))}
+    return rows
+
+
+def workload_d(work, certs, scale, n=10000):
+    d = tempfile.mkdtemp(dir=work, prefix="d-")
+    sim = Sim(d, certs, scale)
+    k = Klingd(d, sim, scale, 60)
+    k.start()
+    k.api("POST", "/v1/pause")
+    staging = os.path.join(d, "staging")
+    os.makedirs(staging)
+    for i in range(n):
+        with open(os.path.join(staging, f"job{i:06d}.json"), "w") as f:
+            json.dump(image_job(i, "d"), f)
+    inc = os.path.join(d, "spool/incoming")
+    t0 = time.time()
+    for name in os.listdir(staging):  # dropped "at once": renames into incoming/
+        os.rename(os.path.join(staging, name), os.path.join(inc, name))
+    dropped = time.time() - t0
+    while True:
+        pending = k.stats()["jobs"]["pending"]
+        if pending >= n:
+            break
+        if time.time() - t0 > 300:
+            break
+        time.sleep(0.02)
+    elapsed = time.time() - t0
+    accepted = len(os.listdir(os.path.join(d, "spool/accepted")))
+    k.stop()
+    sim.stop()
+    return {"klingd": {"files": n, "recorded": pending, "moved_to_accepted": accepted, "seconds": elapsed,
+                       "drop_seconds": dropped, "files_per_s": pending / elapsed}}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="a,b,d")
+    ap.add_argument("--scale", type=float, default=0.1)
+    ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = ap.parse_args()
+    certs = build()
+    work = tempfile.mkdtemp(prefix="klingd-bench-")
+    results = {}
+    try:
+        for w in args.only.split(","):
+            print(f"== workload {w} ...", file=sys.stderr, flush=True)
+            results[w] = {"a": lambda: workload_a(work, certs, args.scale),
+                          "b": lambda: workload_b(work, certs, args.scale),
+                          "d": lambda: workload_d(work, certs, args.scale)}[w]()
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"scale {args.scale}; delays in API seconds; figures from segmind-sim's statistics")
+    if "a" in results:
+        a = results["a"]
+        b, k = a["baseline"], a["klingd"]
+        print("\n(a) ample budget, 24 kling-o1 + 8 video edits")
+        print(f"  {'':24}{'baseline':>12}{'klingd':>12}{'ratio':>8}")
+        for key, label in (("completed", "completed"), ("requests_per_job", "API requests per job"),
+                           ("delay_p50", "detection p50 (s)"), ("delay_p95", "detection p95 (s)")):
+            ratio = k[key] / b[key] if b[key] else float("nan")
+            print(f"  {label:24}{b[key]:>12.2f}{k[key]:>12.2f}{ratio:>8.2f}")
+    if "b" in results:
+        r = results["b"]
+        b, k = r["baseline"], r["klingd"]
+        print("\n(b) scarce budget (30 requests/min), 120 kling-o1")
+        print(f"  {'':28}{'baseline':>12}{'klingd':>12}")
+        for key, label in (("completed_share", "jobs completed (share)"),
+                           ("requests_per_completed", "API requests per completed"),
+                           ("throughput_per_api_min", "completed per API minute"),
+                           ("share_429", "share of 429 answers")):
+            print(f"  {label:28}{b[key]:>12.3f}{k[key]:>12.3f}")
+        print(f"  ceiling (budget / 3): {k['ceiling_per_api_min']:.1f} per API minute; klingd reaches "
+              f"{k['throughput_per_api_min'] / k['ceiling_per_api_min']:.0%}")
+        print(f"  baseline outcomes: {b['outcome']}")
+    if "d" in results:
+        d = results["d"]["klingd"]
+        print(f"\n(d) intake: {d['recorded']} of {d['files']} files recorded in {d['seconds']:.2f} s "
+              f"= {d['files_per_s']:.0f} files/s ({d['moved_to_accepted']} moved to accepted/)")
+    if args.json:
+        json.dump(results, open(args.json, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
