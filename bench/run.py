@@ -13,6 +13,7 @@ figures are.
 Workloads:
   a  ample budget: 24 kling-o1 + 8 video edits at once, no rate limit
   b  scarce budget: the emulator allows 30 requests/min; 120 kling-o1 jobs
+  c  scale: 100,000 jobs in flight (real time): memory; restart to READY and first poll
   d  intake: 10,000 job files dropped at once (klingd paused: intake only)
 """
 import argparse
@@ -264,6 +265,48 @@ def workload_b(work, certs, scale, n=120):
     return rows
 
 
+def workload_c(work, certs, n=100000):
+    """100,000 jobs in flight with long run times (real time, scale 1): klingd's
+    resident memory, then a restart: time to READY and to the first poll."""
+    d = tempfile.mkdtemp(dir=work, prefix="c-")
+    sim = Sim(d, certs, 1.0, ["--median", "kling-o1=10000000", "--queue-s", "0"])
+    k = Klingd(d, sim, 1.0, 1000000, max_in_flight=n)
+    # Polls far apart: with 100,000 requests in flight the budget goes to submits first.
+    with open(k.config) as f:
+        text = f.read().replace("max_poll_interval_s = 60.0", "max_poll_interval_s = 1800")
+    open(k.config, "w").write(text)
+    staging = os.path.join(d, "staging")
+    os.makedirs(staging)
+    for i in range(n):
+        with open(os.path.join(staging, f"job{i:06d}.json"), "w") as f:
+            json.dump(image_job(i, "c"), f)
+    k.start()
+    inc = os.path.join(d, "spool/incoming")
+    for name in os.listdir(staging):
+        os.rename(os.path.join(staging, name), os.path.join(inc, name))
+    t0 = time.time()
+    while k.stats()["in_flight"] < n and time.time() - t0 < 900:
+        time.sleep(0.5)
+    fill_s = time.time() - t0
+    in_flight = k.stats()["in_flight"]
+    time.sleep(5)
+    rss = k.rss_kib()
+    k.stop()
+    polls_before = sum(sim.stats(False)["status"].values())
+    t1 = time.time()
+    k.start()  # returns once /v1/health answers (READY is sent at the same moment)
+    ready_s = time.time() - t1
+    while sum(sim.stats(False)["status"].values()) == polls_before and time.time() - t1 < 60:
+        time.sleep(0.01)
+    first_poll_s = time.time() - t1
+    rss_after = k.rss_kib()
+    k.stop()
+    sim.stop()
+    return {"klingd": {"jobs": n, "in_flight": in_flight, "fill_s": fill_s, "rss_mib": rss / 1024,
+                       "restart_ready_s": ready_s, "restart_first_poll_s": first_poll_s,
+                       "rss_after_restart_mib": rss_after / 1024}}
+
+
 def workload_d(work, certs, scale, n=10000):
     d = tempfile.mkdtemp(dir=work, prefix="d-")
     sim = Sim(d, certs, scale)
@@ -297,7 +340,7 @@ def workload_d(work, certs, scale, n=10000):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="a,b,d")
+    ap.add_argument("--only", default="a,b,c,d")
     ap.add_argument("--scale", type=float, default=0.1)
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -310,6 +353,7 @@ def main():
             print(f"== workload {w} ...", file=sys.stderr, flush=True)
             results[w] = {"a": lambda: workload_a(work, certs, args.scale),
                           "b": lambda: workload_b(work, certs, args.scale),
+                                                    "c": lambda: workload_c(work, certs),
                           "d": lambda: workload_d(work, certs, args.scale)}[w]()
     finally:
         if not args.keep:
@@ -337,6 +381,11 @@ def main():
         print(f"  ceiling (budget / 3): {k['ceiling_per_api_min']:.1f} per API minute; klingd reaches "
               f"{k['throughput_per_api_min'] / k['ceiling_per_api_min']:.0%}")
         print(f"  baseline outcomes: {b['outcome']}")
+    if "c" in results:
+        c = results["c"]["klingd"]
+        print(f"\n(c) scale: {c['in_flight']} of {c['jobs']} jobs in flight after {c['fill_s']:.0f} s; resident memory "
+              f"{c['rss_mib']:.0f} MiB; restart: READY after {c['restart_ready_s']:.2f} s, first poll after "
+              f"{c['restart_first_poll_s']:.2f} s (memory then {c['rss_after_restart_mib']:.0f} MiB)")
     if "d" in results:
         d = results["d"]["klingd"]
         print(f"\n(d) intake: {d['recorded']} of {d['files']} files recorded in {d['seconds']:.2f} s "

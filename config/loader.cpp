@@ -310,8 +310,8 @@ const key_rule api_keys[] = {
     {"ca_file", [](context& c, const toml::node& n, settings& s) { assign(read_path(c, n, "api.ca_file", true), s.api.ca_file); }},
     {"requests_per_minute", [](context& c, const toml::node& n, settings& s) {
         auto v = read_number(c, n, "api.requests_per_minute", "requests");
-        if (v && (*v <= 0 || *v > 100000))
-            c.error(n, "api.requests_per_minute", fmt::format("{} is out of range: must be above 0 and at most 100000", *v));
+        if (v && (*v <= 0 || *v > 1000000))
+            c.error(n, "api.requests_per_minute", fmt::format("{} is out of range: must be above 0 and at most 1000000", *v));
         else
             assign(v, s.api.requests_per_minute);
     }},
