@@ -235,6 +235,13 @@ def workload_a(work, certs, scale):
         st = sim.stats()
         sim.stop()
         delays = delays_api_s(st, scale)
+        if os.environ.get("BENCH_VERBOSE"):
+            late = sorted((r for r in st["requests"] if r.get("first_seen_at_ms") and r.get("completed_at_ms")),
+                          key=lambda r: r["completed_at_ms"] - r["first_seen_at_ms"])[:4]
+            for r in late:
+                print(f"  {who} late: {r['model']} run {(r['completed_at_ms'] - r['submitted_at_ms']) / 100:.1f} s, "
+                      f"seen {(r['first_seen_at_ms'] - r['completed_at_ms']) / 100:.2f} s after, "
+                      f"{r['status_polls']} polls", file=sys.stderr)
         completed = sum(1 for r in st["requests"] if r.get("outcome") == "COMPLETED")
         rows[who] = {"outcome": outcome, "completed": completed, "requests": api_requests(st),
                      "requests_per_job": api_requests(st) / len(jobs), "delay_p50": pct(delays, 50),

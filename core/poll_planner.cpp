@@ -34,13 +34,13 @@ time_point poll_planner::next_poll(const duration_model& model, time_point submi
     double target_f = f + p * (1 - f);
     double next = target_f >= 0.9999 ? elapsed + policy_.max_interval_s : model.quantile(target_f);
     // Before `start`, polls are wasted: almost no request is done yet.
-    double start = model.quantile(0.05 + 0.87 * scarcity_);
+    double start = model.quantile(0.08 + 0.84 * scarcity_);
     if (elapsed < start) {
         next = std::min(next, start);
     } else {
         // In the likely region, with budget to spare, keep the gap (and so the detection delay)
         // short.
-        double ample_cap = policy_.min_interval_s * 1.8;
+        double ample_cap = policy_.min_interval_s * 1.5;
         double cap = ample_cap + (policy_.max_interval_s - ample_cap) * scarcity_;
         next = std::min(next, elapsed + cap);
     }
