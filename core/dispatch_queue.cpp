@@ -79,7 +79,8 @@ bool dispatch_queue::has_budgeted_ready(bool submits_allowed) {
     return !submits_.empty();
 }
 
-std::optional<dispatch_queue::item> dispatch_queue::pop_budgeted(bool submits_allowed) {
+std::optional<dispatch_queue::item> dispatch_queue::pop_budgeted(bool submits_allowed,
+                                                                 time_point urgent_before) {
     drop_stale(results_);
     if (!results_.empty()) {
         entry e = std::move(results_.front());
@@ -87,17 +88,21 @@ std::optional<dispatch_queue::item> dispatch_queue::pop_budgeted(bool submits_al
         return take(e);
     }
     drop_stale(polls_);
-    if (!polls_.empty()) {
+    if (submits_allowed)
+        drop_stale(submits_);
+    bool submit_waits = submits_allowed && !submits_.empty();
+    bool submit_turn = submit_waits && polls_since_submit_ >= polls_per_submit;
+    if (!polls_.empty() && (!submit_turn || polls_.top().deadline < urgent_before)) {
         entry e = polls_.top();
         polls_.pop();
+        if (submit_waits)
+            ++polls_since_submit_;
         return take(e);
     }
-    if (!submits_allowed)
-        return std::nullopt;
-    drop_stale(submits_);
-    if (!submits_.empty()) {
+    if (submit_waits) {
         entry e = submits_.top();
         submits_.pop();
+        polls_since_submit_ = 0;
         return take(e);
     }
     return std::nullopt;

@@ -37,7 +37,11 @@ public:
     void promote(time_point now);
 
     // The next budgeted request (result, poll, submit); submits only when allowed.
-    std::optional<item> pop_budgeted(bool submits_allowed);
+    // While polls and submits both wait, every fourth send is a submit (else a
+    // steady stream of polls would starve submissions for good), unless the
+    // earliest poll's deadline is before urgent_before: such polls always go first.
+    std::optional<item> pop_budgeted(bool submits_allowed,
+                                     time_point urgent_before = time_point::max());
     bool has_budgeted_ready(bool submits_allowed);
     std::optional<item> pop_download();
 
@@ -82,6 +86,8 @@ private:
     void drop_stale(Q& q);
     std::optional<item> take(const entry& e);
 
+    static constexpr int polls_per_submit = 3;
+    int polls_since_submit_ = 0;
     std::uint64_t next_ticket_ = 1;
     std::unordered_map<std::string, std::uint64_t> live_; // job id -> its current ticket
     heap<later_due> waiting_;

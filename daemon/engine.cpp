@@ -382,7 +382,9 @@ asio::awaitable<void> engine::dispatcher() {
         while (requests_in_flight_ < max_requests && queue_.has_budgeted_ready(submits)) {
             if (!budget_.try_acquire(t))
                 break;
-            auto item = queue_.pop_budgeted(submits);
+            // Polls this close to their deadline never give way to a submit.
+            auto urgent = t + seconds_ms(2 * settings_.jobs.max_poll_interval_s);
+            auto item = queue_.pop_budgeted(submits, urgent);
             if (!item)
                 break;
             // Is the budget the bottleneck? Work that waited for it about as long as a

@@ -365,3 +365,31 @@ TEST(url, no_key_for_siblings_under_a_public_suffix) {
     EXPECT_FALSE(may_carry_api_key(*parse_url("https://attacker.co.uk/x"), short_base));
 }
 } // namespace
+
+namespace {
+using namespace klingd::core;
+
+TEST(dispatch_queue, a_stream_of_polls_does_not_starve_submits_but_urgent_polls_go_first) {
+    const time_point now{milliseconds(1'800'000'000'000)};
+    dispatch_queue q;
+    for (int i = 0; i < 20; ++i)
+        q.schedule("p" + std::to_string(i), work_kind::poll, now, now + std::chrono::hours(1));
+    q.schedule("s1", work_kind::submit, now, {}, 0, now);
+    q.schedule("s2", work_kind::submit, now, {}, 0, now);
+    q.promote(now);
+    std::string order;
+    for (int i = 0; i < 8; ++i)
+        order += q.pop_budgeted(true, now + std::chrono::minutes(2))->job_id[0];
+    EXPECT_EQ(order, "pppsppps");
+    // A poll near its deadline is never passed over.
+    dispatch_queue u;
+    for (int i = 0; i < 6; ++i)
+        u.schedule("u" + std::to_string(i), work_kind::poll, now, now + std::chrono::seconds(30));
+    u.schedule("s", work_kind::submit, now, {}, 0, now);
+    u.promote(now);
+    std::string urgent_order;
+    for (int i = 0; i < 7; ++i)
+        urgent_order += u.pop_budgeted(true, now + std::chrono::minutes(2))->job_id[0];
+    EXPECT_EQ(urgent_order, "uuuuuus");
+}
+} // namespace
