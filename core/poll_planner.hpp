@@ -21,11 +21,9 @@ class poll_planner {
 public:
     explicit poll_planner(poll_policy policy) : policy_(policy) {}
     void set_policy(poll_policy p) { policy_ = p; }
-    const poll_policy& policy() const { return policy_; }
 
     // scarcity in [0, 1]: 0 when the budget is ample, 1 when requests wait for it.
     void set_scarcity(double s);
-    double scarcity() const { return scarcity_; }
 
     // The next poll of a request submitted at `submitted`, last seen unfinished at
     // `last_seen` (== submitted before the first poll).

@@ -257,7 +257,7 @@ json::object stats_json(engine& e) {
     json::object intake;
     intake["accepted"] = e.stats().intake_accepted;
     intake["duplicates"] = e.stats().intake_duplicates;
-    intake["conflicts"] = e.stats().intake_rejected;
+    intake["conflicts"] = e.stats().intake_conflicts;
     o["intake"] = std::move(intake);
     json::object dl;
     dl["ok"] = e.stats().downloads_ok;
@@ -338,7 +338,7 @@ std::string render_metrics(engine& e) {
     family("klingd_intake_total", "counter", "Jobs offered, by outcome.");
     out += fmt::format("klingd_intake_total{{outcome=\"accepted\"}} {}\n", st.intake_accepted);
     out += fmt::format("klingd_intake_total{{outcome=\"duplicate\"}} {}\n", st.intake_duplicates);
-    out += fmt::format("klingd_intake_total{{outcome=\"conflict\"}} {}\n", st.intake_rejected);
+    out += fmt::format("klingd_intake_total{{outcome=\"conflict\"}} {}\n", st.intake_conflicts);
     out += fmt::format("klingd_intake_total{{outcome=\"invalid\"}} {}\n", st.intake_invalid);
     family("klingd_downloads_total", "counter", "Result downloads by outcome.");
     out += fmt::format("klingd_downloads_total{{outcome=\"ok\"}} {}\n", st.downloads_ok);

@@ -617,7 +617,7 @@ std::vector<storage::insert_outcome> engine::add_jobs(const std::vector<core::jo
             ++stats_.intake_duplicates;
             break;
         case storage::insert_outcome::conflict:
-            ++stats_.intake_rejected;
+            ++stats_.intake_conflicts;
             break;
         }
     }

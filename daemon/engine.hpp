@@ -34,7 +34,7 @@ struct engine_stats {
     std::uint64_t downloads_ok = 0;
     std::uint64_t downloads_failed = 0;
     std::uint64_t intake_accepted = 0;
-    std::uint64_t intake_rejected = 0;
+    std::uint64_t intake_conflicts = 0;
     std::uint64_t intake_duplicates = 0;
     std::uint64_t intake_invalid = 0; // spool files rejected as malformed
     std::uint64_t polls = 0;
@@ -78,7 +78,6 @@ public:
     const core::rate_budget& budget() const { return budget_; }
     core::rate_budget& budget() { return budget_; }
     std::size_t in_flight() const { return in_flight_jobs_; }
-    std::size_t active() const { return active_.size(); }
     std::map<std::string, std::int64_t> count_by_state();
     std::map<std::pair<std::string, std::string>, std::int64_t> count_by_state_and_model();
     // Seconds the oldest pending job has waited; 0 when none waits.

@@ -29,9 +29,4 @@ void event_hub::publish(const std::string& job_id, const std::string& line) {
     }
 }
 
-std::size_t event_hub::subscribers() {
-    std::erase_if(subs_, [](const auto& w) { return w.expired(); });
-    return subs_.size();
-}
-
 } // namespace klingd::daemon

@@ -28,7 +28,6 @@ public:
                                           std::string job_filter);
     // Queues line for every subscriber (whose filter matches job_id) and wakes it.
     void publish(const std::string& job_id, const std::string& line);
-    std::size_t subscribers();
 
 private:
     std::vector<std::weak_ptr<subscriber>> subs_;

@@ -72,13 +72,6 @@ http_client::http_client(asio::any_io_executor ex, asio::ssl::context& tls, clie
 
 http_client::~http_client() = default;
 
-std::size_t http_client::idle_connections() const {
-    std::size_t n = 0;
-    for (auto& [o, v] : idle_)
-        n += v.size();
-    return n;
-}
-
 asio::awaitable<std::unique_ptr<http_client::connection>>
 http_client::acquire(const core::url& u, bool for_post, core::http_outcome& failure) {
     auto origin = u.origin();
@@ -118,7 +111,6 @@ http_client::acquire(const core::url& u, bool for_post, core::http_outcome& fail
         co_return nullptr;
     }
     tcp.socket().set_option(asio::ip::tcp::no_delay(true), ec);
-    ++connects_;
     if (c->tls) {
         if (auto e = tls::prepare_client_stream(*c->tls, u.host); e) {
             failure.how = transport::not_sent;

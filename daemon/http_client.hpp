@@ -54,9 +54,6 @@ public:
                                                      std::uint64_t max_bytes);
 
     void set_timeout(std::chrono::milliseconds t) { opts_.timeout = t; }
-    std::size_t idle_connections() const;
-    // Connections opened so far (each costs a TLS handshake).
-    std::uint64_t connects() const { return connects_; }
 
     struct connection;
 
@@ -69,7 +66,6 @@ private:
     boost::asio::ssl::context& tls_;
     client_options opts_;
     std::map<std::string, std::vector<std::unique_ptr<connection>>> idle_;
-    std::uint64_t connects_ = 0;
 };
 
 } // namespace klingd::daemon

@@ -23,22 +23,6 @@ bool parse_level(std::string_view name, level& out) {
     return false;
 }
 
-std::string_view level_name(level l) {
-    switch (l) {
-    case level::error:
-        return "error";
-    case level::warning:
-        return "warning";
-    case level::notice:
-        return "notice";
-    case level::info:
-        return "info";
-    case level::debug:
-        return "debug";
-    }
-    return "info";
-}
-
 void set_level(level l) {
     threshold.store(l, std::memory_order_relaxed);
 }

@@ -12,7 +12,6 @@ enum class level { error = 3, warning = 4, notice = 5, info = 6, debug = 7 };
 
 // Returns false, and leaves out untouched, when name is not a level.
 bool parse_level(std::string_view name, level& out);
-std::string_view level_name(level l);
 
 void set_level(level l);
 level current_level();
