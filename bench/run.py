@@ -91,7 +91,7 @@ class Klingd:
         s = scale
         self.config = os.path.join(work, "klingd.toml")
         with open(self.config, "w") as f:
-            f.write(f"""log_level = "notice"
+            f.write(f"""log_level = "{os.environ.get('BENCH_LOG', 'notice')}"
 [api]
 base_url = "{sim.base}"
 ca_file = "{sim.certs}/ca.pem"
@@ -260,6 +260,12 @@ def workload_b(work, certs, scale, n=120):
         st = sim.stats()
         sim.stop()
         reqs = st["requests"]
+        if os.environ.get("BENCH_VERBOSE") and who == "klingd":
+            by_order = sorted(reqs, key=lambda r: r["submitted_at_ms"])
+            print("  klingd status polls per job, in submission order: "
+                  + "".join(str(min(9, r["status_polls"])) for r in by_order), file=sys.stderr)
+            print(f"  submits {sum(st['submit'].values())}, status {sum(st['status'].values())}, "
+                  f"result {sum(st['result'].values())}", file=sys.stderr)
         seen = [r for r in reqs if r.get("outcome") == "COMPLETED" and r.get("first_seen_at_ms")]
         completed = len(seen)
         span_api_min = ((max(r["first_seen_at_ms"] for r in seen) - min(r["submitted_at_ms"] for r in reqs))

@@ -27,6 +27,7 @@ struct http_outcome {
     std::string reset_at;    // x-rate-limit-reset-at-utc
     std::string message;     // the transport error, for humans
     bool too_large = false;  // the body exceeded the configured limit and was not read
+    bool local_io = false;   // writing the local file failed (disk full, read-only, I/O error)
 };
 
 enum class answer_class {

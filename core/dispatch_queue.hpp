@@ -50,6 +50,10 @@ public:
 
     bool has_ready_submits();
     std::size_t scheduled() const { return live_.size(); }
+    // Due budgeted work (an upper bound: entries replaced since are dropped lazily).
+    std::size_t ready_budgeted(bool submits_allowed) const {
+        return results_.size() + polls_.size() + (submits_allowed ? submits_.size() : 0);
+    }
 
 private:
     struct entry {

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace klingd::core {
 
@@ -61,18 +62,53 @@ void duration_model::set_prior(double prior_median_s) {
 }
 
 void duration_model::add_sample(double seconds) {
-    if (!(seconds > 0) || !std::isfinite(seconds))
+    add_interval(seconds, seconds);
+}
+
+void duration_model::add_interval(double lo, double hi) {
+    if (!(hi > 0) || !std::isfinite(hi) || !(lo <= hi) || !std::isfinite(lo))
         return;
-    double l = std::log(seconds);
+    interval iv{lo > 0 ? std::log(lo) : -std::numeric_limits<double>::infinity(), std::log(hi)};
     if (logs_.size() < ring_size) {
-        logs_.push_back(l);
+        logs_.push_back(iv);
     } else {
-        logs_[next_] = l;
+        logs_[next_] = iv;
     }
     next_ = (next_ + 1) % ring_size;
     ++count_;
     refit();
 }
+
+namespace {
+double std_normal_pdf(double z) {
+    return std::isinf(z) ? 0.0 : std::exp(-z * z / 2) / std::sqrt(2 * M_PI);
+}
+
+// Mean and second moment of a normal(mu, sigma) restricted to (a, b]; a may be -infinity.
+void truncated_moments(double mu, double sigma, double a, double b, double& m1, double& m2) {
+    if (!(b - a > 1e-9)) {
+        m1 = b;
+        m2 = b * b;
+        return;
+    }
+    double za = std::isinf(a) ? -std::numeric_limits<double>::infinity() : (a - mu) / sigma;
+    double zb = (b - mu) / sigma;
+    double mass = normal_cdf(zb) - (std::isinf(za) ? 0.0 : normal_cdf(za));
+    if (mass < 1e-12) {
+        // Far out in a tail: the nearer end stands for the interval.
+        double x = std::isinf(a) || std::abs(zb) < std::abs(za) ? b : a;
+        m1 = x;
+        m2 = x * x;
+        return;
+    }
+    double pa = std_normal_pdf(za), pb = std_normal_pdf(zb);
+    double za_pa = std::isinf(za) ? 0.0 : za * pa;
+    double mean_z = (pa - pb) / mass;
+    double var_z = std::max(0.0, 1 + (za_pa - zb * pb) / mass - mean_z * mean_z);
+    m1 = mu + sigma * mean_z;
+    m2 = sigma * sigma * var_z + m1 * m1;
+}
+} // namespace
 
 void duration_model::refit() {
     double n = static_cast<double>(logs_.size());
@@ -81,19 +117,38 @@ void duration_model::refit() {
         sigma_ = prior_sigma_;
         return;
     }
-    double mean = 0;
-    for (double l : logs_)
-        mean += l;
-    mean /= n;
-    double var = 0;
-    for (double l : logs_)
-        var += (l - mean) * (l - mean);
-    var = n > 1 ? var / (n - 1) : prior_sigma_ * prior_sigma_;
-    mu_ = (prior_weight * prior_mu_ + n * mean) / (prior_weight + n);
-    // the prior's spread plus the disagreement between prior and data
-    double prior_var = prior_sigma_ * prior_sigma_ + (prior_mu_ - mu_) * (prior_mu_ - mu_);
-    double v = (prior_weight * prior_var + n * var) / (prior_weight + n);
-    sigma_ = std::clamp(std::sqrt(v), min_sigma, max_sigma);
+    // EM: each interval stands for the expected log-duration (and its square) of a
+    // duration inside it under the current fit; the prior counts as prior_weight samples.
+    double mu = mu_, sigma = std::clamp(sigma_, min_sigma, max_sigma);
+    for (int round = 0; round < 8; ++round) {
+        double s1 = 0, s2 = 0;
+        for (const auto& iv : logs_) {
+            double m1, m2;
+            truncated_moments(mu, sigma, iv.lo, iv.hi, m1, m2);
+            s1 += m1;
+            s2 += m2;
+        }
+        double mean = s1 / n;
+        double var =
+            n > 1 ? std::max(0.0, s2 / n - mean * mean) * n / (n - 1) : prior_sigma_ * prior_sigma_;
+        double next_mu = (prior_weight * prior_mu_ + n * mean) / (prior_weight + n);
+        // the prior's spread plus the disagreement between prior and data
+        double prior_var =
+            prior_sigma_ * prior_sigma_ + (prior_mu_ - next_mu) * (prior_mu_ - next_mu);
+        double v = (prior_weight * prior_var + n * var) / (prior_weight + n);
+        double next_sigma = std::clamp(std::sqrt(v), min_sigma, max_sigma);
+        bool settled = std::abs(next_mu - mu) < 1e-4 && std::abs(next_sigma - sigma) < 1e-4;
+        mu = next_mu;
+        sigma = next_sigma;
+        if (settled)
+            break;
+    }
+    mu_ = mu;
+    sigma_ = sigma;
+}
+
+double duration_model::prior_share() const {
+    return prior_weight / (prior_weight + static_cast<double>(logs_.size()));
 }
 
 double duration_model::median() const {

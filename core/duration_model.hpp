@@ -14,6 +14,11 @@ public:
 
     // A completed request's duration from submission to completion, in seconds.
     void add_sample(double seconds);
+    // A completed request whose duration is only known to lie in (lo, hi]: it was last seen
+    // unfinished lo seconds after submission (0: never polled before) and seen done at hi.
+    // With sparse polls the interval is wide and its midpoint is biased; the fit treats it
+    // as censored data instead (maximum likelihood by EM on the log scale).
+    void add_interval(double lo, double hi);
     void set_prior(double prior_median_s);
 
     double median() const;
@@ -23,13 +28,19 @@ public:
     // The time by which a share p of requests is done; p in (0, 1).
     double quantile(double p) const;
     std::size_t samples() const { return count_; }
+    // How much of the fit is still the prior: 1 with no samples, towards 0 with many.
+    double prior_share() const;
 
 private:
     void refit();
 
     double prior_mu_;
     double prior_sigma_;
-    std::vector<double> logs_; // ring of the most recent log-durations
+    struct interval {
+        double lo; // log of the lower bound; -infinity when unbounded
+        double hi; // log of the upper bound; == lo when exact
+    };
+    std::vector<interval> logs_; // ring of the most recent log-durations
     std::size_t next_ = 0;
     std::size_t count_ = 0;
     double mu_;

@@ -293,7 +293,8 @@ struct machine {
                 auto last = std::max(j.last_poll_at, j.submitted_at.value_or(now));
                 n().remote_done_at = last + (now - last) / 2;
                 if (j.submitted_at)
-                    t.duration_sample = seconds_d(*n().remote_done_at - *j.submitted_at).count();
+                    t.duration_sample = {seconds_d(last - *j.submitted_at).count(),
+                                         seconds_d(now - *j.submitted_at).count()};
                 n().phase = job_phase::result_due;
                 to_state(job_state::processing, "the API reports COMPLETED", persist_mode::batched);
                 schedule(work_kind::fetch_result, now);
@@ -369,7 +370,7 @@ struct machine {
             return;
         }
         ++n().failures;
-        if (!e.retryable || n().failures >= max_download_failures) {
+        if (!e.retryable || (!e.local && n().failures >= max_download_failures)) {
             fail(fmt::format("downloading the output failed{}: {}",
                              e.retryable ? fmt::format(" {} times", n().failures) : "", e.reason));
             return;

@@ -43,6 +43,9 @@ struct ev_download_done {
 struct ev_download_failed {
     std::string reason;
     bool retryable = true;
+    // Writing the files here failed (a full disk, a read-only folder): the result is safe in
+    // the database, so this is retried for as long as it takes, not counted against the job.
+    bool local = false;
 };
 // The daemon (re)started with this job in the database.
 struct ev_recover {};
@@ -78,9 +81,14 @@ struct transition {
     api_signal signal = api_signal::none;
     std::optional<time_point> rate_limited_until;
     std::string signal_reason;
-    std::optional<double> duration_sample; // seconds from submission to completion, to learn from
-    std::string rejection;                 // non-empty: the event does not apply to this job (409)
-    std::string log; // a line worth logging that is not history (a transient error)
+    // Seconds from submission to completion, to learn from: known to lie in (lo, hi].
+    struct duration_interval {
+        double lo;
+        double hi;
+    };
+    std::optional<duration_interval> duration_sample;
+    std::string rejection; // non-empty: the event does not apply to this job (409)
+    std::string log;       // a line worth logging that is not history (a transient error)
 };
 
 transition advance(const job& j, const event& e, time_point now, const lifecycle_context& ctx);

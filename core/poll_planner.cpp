@@ -14,6 +14,19 @@ milliseconds to_ms(double s) {
 }
 } // namespace
 
+double scarcity_meter::observe(time_point due, time_point now) {
+    double waited = std::max(0.0, seconds_d(now - due).count());
+    double sample = unit_s_ > 0 ? std::min(1.0, waited / unit_s_) : 1.0;
+    double dt = last_ ? std::max(0.0, seconds_d(now - *last_).count()) : tau_s_;
+    if (!last_ || now > *last_)
+        last_ = now;
+    double alpha = tau_s_ > 0 ? 1 - std::exp(-dt / tau_s_) : 1.0;
+    // A sample always moves the value a little, so a lone long wait is not ignored.
+    alpha = std::max(alpha, 0.001);
+    value_ += alpha * (sample - value_);
+    return value_;
+}
+
 void poll_planner::set_scarcity(double s) {
     scarcity_ = std::clamp(s, 0.0, 1.0);
 }
@@ -33,15 +46,20 @@ time_point poll_planner::next_poll(const duration_model& model, time_point submi
     double f = model.cdf(elapsed);
     double target_f = f + p * (1 - f);
     double next = target_f >= 0.9999 ? elapsed + policy_.max_interval_s : model.quantile(target_f);
-    // Before `start`, polls are wasted: almost no request is done yet.
-    double start = model.quantile(0.08 + 0.84 * scarcity_);
+    // Before `start`, polls are wasted: almost no request is done yet. The wide prior's 8%
+    // quantile is about the 1% quantile of what the API shows; a learned fit is narrower, so
+    // it starts from its own 2% quantile.
+    double start_low = 0.02 + 0.06 * model.prior_share();
+    double start = model.quantile(start_low + (0.92 - start_low) * scarcity_);
     if (elapsed < start) {
         next = std::min(next, start);
     } else {
         // In the likely region, with budget to spare, keep the gap (and so the detection delay)
         // short.
-        double ample_cap = policy_.min_interval_s * 1.5;
-        double cap = ample_cap + (policy_.max_interval_s - ample_cap) * scarcity_;
+        // The gap widens with the square of scarcity: a little pressure on the budget
+        // must not cost detection delay out of proportion.
+        double ample_cap = policy_.min_interval_s * 1.9;
+        double cap = ample_cap + (policy_.max_interval_s - ample_cap) * scarcity_ * scarcity_;
         next = std::min(next, elapsed + cap);
     }
     double gap = std::clamp(next - elapsed, policy_.min_interval_s, policy_.max_interval_s);

@@ -9,7 +9,33 @@
 #include "core/duration_model.hpp"
 #include "core/job.hpp"
 
+#include <optional>
+
 namespace klingd::core {
+
+// How scarce the request budget is, in [0, 1], from how long dispatched work waited
+// past its due time. Samples are weighted by the time between them (time constant
+// `tau_s`), not counted: a burst of submits that the budget drains in a moment
+// gives many samples in no time and must not look like lasting scarcity, while
+// work that keeps waiting a poll interval or more drives it to 1 within seconds.
+class scarcity_meter {
+public:
+    // tau_s: the time constant; unit_s: the wait that counts as fully scarce.
+    scarcity_meter(double tau_s, double unit_s) : tau_s_(tau_s), unit_s_(unit_s) {}
+    void set_scale(double tau_s, double unit_s) {
+        tau_s_ = tau_s;
+        unit_s_ = unit_s;
+    }
+    // Work due at `due` was dispatched at `now`.
+    double observe(time_point due, time_point now);
+    double value() const { return value_; }
+
+private:
+    double tau_s_;
+    double unit_s_;
+    double value_ = 0;
+    std::optional<time_point> last_;
+};
 
 struct poll_policy {
     double min_interval_s = 1;

@@ -55,7 +55,7 @@ engine::engine(asio::io_context& io, const config::settings& s, storage::job_sto
     : io_(io), settings_(s), store_(store), client_(client),
       base_(*core::parse_url(s.api.base_url)), budget_(s.api.requests_per_minute),
       planner_({s.jobs.min_poll_interval_s, s.jobs.max_poll_interval_s, s.jobs.result_retention_s}),
-      wake_timer_(io) {
+      scarcity_(10 * s.jobs.min_poll_interval_s, s.jobs.min_poll_interval_s), wake_timer_(io) {
     for (auto& [slug, m] : s.models)
         durations_.emplace(slug, core::duration_model(m.expected_duration_s));
 }
@@ -248,7 +248,7 @@ bool engine::apply(const std::string& id, core::transition t) {
                                         t.note));
     }
     if (t.duration_sample) {
-        durations_for(t.next.model).add_sample(*t.duration_sample);
+        durations_for(t.next.model).add_interval(t.duration_sample->lo, t.duration_sample->hi);
         if (t.next.remote_done_at) {
             stats_.detection_delay_sum_s +=
                 std::chrono::duration<double>(t.next.updated_at - *t.next.remote_done_at).count();
@@ -389,10 +389,13 @@ asio::awaitable<void> engine::dispatcher() {
                 break;
             // Is the budget the bottleneck? Work that waited for it about as long as a
             // poll interval says so; a burst the budget drains in moments does not.
-            double waited = std::chrono::duration<double>(t - item->not_before).count();
-            double sample = std::clamp(waited / settings_.jobs.min_poll_interval_s, 0.0, 1.0);
-            scarcity_ = 0.9 * scarcity_ + 0.1 * sample;
-            planner_.set_scarcity(scarcity_);
+            // A backlog the budget needs many poll intervals to drain is scarcity at once,
+            // before the waits show it (120 submits at 30/min at the start, say).
+            double drain_s = static_cast<double>(queue_.ready_budgeted(submits)) * 60 /
+                             std::max(1.0, budget_.allowed_rpm());
+            double backlog =
+                std::clamp((drain_s / settings_.jobs.min_poll_interval_s - 1) / 9, 0.0, 1.0);
+            planner_.set_scarcity(std::max(scarcity_.observe(item->not_before, t), backlog));
             if (item->kind == work_kind::submit) {
                 if (stop_ != stop_kind::none)
                     next_probe_ = t + seconds_ms(settings_.jobs.max_poll_interval_s);
@@ -523,24 +526,24 @@ asio::awaitable<void> engine::download(std::string id) {
     if (it == active_.end() || !it->second.result)
         co_return;
     std::string result = *it->second.result;
-    auto fail = [&](std::string reason, bool retryable) {
+    auto fail = [&](std::string reason, bool retryable, bool local = false) {
         ++stats_.downloads_failed;
         auto i = active_.find(id);
         if (i != active_.end())
-            apply(id,
-                  core::advance(i->second, core::ev_download_failed{std::move(reason), retryable},
-                                now(), context_for(i->second)));
+            apply(id, core::advance(i->second,
+                                    core::ev_download_failed{std::move(reason), retryable, local},
+                                    now(), context_for(i->second)));
     };
 
     auto dir = output_dir::open(settings_.output.directory, id);
     if (!dir) {
         fail(fmt::format("cannot use the output folder {}/{}: {}", settings_.output.directory, id,
                          dir.error().message()),
-             true);
+             true, true);
         co_return;
     }
     if (auto ec = dir->write_atomically("result.json", result)) {
-        fail(fmt::format("cannot write {}: {}", dir->final_path("result.json"), ec.message()),
+        fail(fmt::format("cannot write {}: {}", dir->final_path("result.json"), ec.message()), true,
              true);
         co_return;
     }
@@ -570,14 +573,15 @@ asio::awaitable<void> engine::download(std::string id) {
             fail(o.how != core::http_outcome::transport::ok
                      ? o.message
                      : fmt::format("HTTP {} for {}", o.status, urls[i].substr(0, 200)),
-                 true);
+                 true, o.local_io);
             co_return;
         }
         std::string ext = core::media_extension(urls[i], r.content_type);
         std::string name = i == 0 ? "output." + ext : fmt::format("output-{}.{}", i + 1, ext);
         if (auto ec = dir->commit(tmp, name)) {
             dir->remove(tmp);
-            fail(fmt::format("cannot write {}: {}", dir->final_path(name), ec.message()), true);
+            fail(fmt::format("cannot write {}: {}", dir->final_path(name), ec.message()), true,
+                 true);
             co_return;
         }
         paths.push_back(dir->final_path(name));
@@ -700,6 +704,8 @@ void engine::reconfigure() {
     budget_.reconfigure(settings_.api.requests_per_minute);
     planner_.set_policy({settings_.jobs.min_poll_interval_s, settings_.jobs.max_poll_interval_s,
                          settings_.jobs.result_retention_s});
+    scarcity_.set_scale(10 * settings_.jobs.min_poll_interval_s,
+                        settings_.jobs.min_poll_interval_s);
     for (auto& [slug, m] : settings_.models)
         durations_for(slug).set_prior(m.expected_duration_s);
     // A new key may be the fix for a 401: probe at once.

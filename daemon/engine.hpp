@@ -120,6 +120,7 @@ private:
     core::dispatch_queue queue_;
     core::rate_budget budget_;
     core::poll_planner planner_;
+    core::scarcity_meter scarcity_;
     std::map<std::string, core::duration_model> durations_;
     // Batched writes: the latest state of each changed job and the history lines to write with it.
     std::unordered_map<std::string, core::job> dirty_;
@@ -133,7 +134,6 @@ private:
     std::size_t requests_in_flight_ = 0;
     std::size_t submits_in_flight_ = 0;
     std::size_t downloads_in_flight_ = 0;
-    double scarcity_ = 0;
 
     // Submissions stopped by a 401 or 406 until a probe submit gets through.
     enum class stop_kind { none, unauthorized, no_credits } stop_ = stop_kind::none;

@@ -12,6 +12,7 @@
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
+#include <cerrno>
 #include <fmt/format.h>
 #include <optional>
 
@@ -42,6 +43,23 @@ struct http_client::connection {
 };
 
 namespace {
+
+// Errors of the file a download is written to, not of the network.
+bool is_local_write_error(const boost::system::error_code& ec) {
+    if (ec.category() != boost::system::system_category() &&
+        ec.category() != boost::system::generic_category())
+        return false;
+    switch (ec.value()) {
+    case ENOSPC:
+    case EDQUOT:
+    case EROFS:
+    case EFBIG:
+    case EIO:
+        return true;
+    default:
+        return false;
+    }
+}
 
 std::string describe(const error_code& ec) {
     if (ec == beast::error::timeout)
@@ -228,6 +246,7 @@ asio::awaitable<download_result> http_client::download(const core::url& u, const
         parser.get().body().open(path.c_str(), beast::file_mode::write, ec);
         if (ec) {
             r.outcome.how = transport::not_sent;
+            r.outcome.local_io = true;
             r.outcome.message = fmt::format("cannot write {}: {}", path, ec.message());
             release(std::move(c));
             co_return r;
@@ -255,6 +274,10 @@ asio::awaitable<download_result> http_client::download(const core::url& u, const
             if (ec == http::error::body_limit) {
                 r.outcome.too_large = true;
                 r.outcome.message = fmt::format("download larger than {} bytes", max_bytes);
+            } else if (is_local_write_error(ec)) {
+                r.outcome.how = transport::lost;
+                r.outcome.local_io = true;
+                r.outcome.message = fmt::format("cannot write {}: {}", path, ec.message());
             } else {
                 r.outcome.how = transport::lost;
                 r.outcome.message =

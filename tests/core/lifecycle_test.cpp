@@ -252,7 +252,9 @@ TEST_F(fixture, poll_completed_asks_for_the_result_at_once_and_gives_a_duration_
     EXPECT_EQ(t.work, work_kind::fetch_result);
     EXPECT_EQ(t.not_before, t0 + seconds(60));
     ASSERT_TRUE(t.duration_sample);
-    EXPECT_DOUBLE_EQ(*t.duration_sample, 55.0); // midpoint of the last "not done" and "done"
+    // Between the last "not done" and "done".
+    EXPECT_DOUBLE_EQ(t.duration_sample->lo, 50.0);
+    EXPECT_DOUBLE_EQ(t.duration_sample->hi, 60.0);
 }
 
 TEST_F(fixture, poll_422_fails_with_the_detail) {
@@ -407,6 +409,19 @@ TEST_F(fixture, download_failure_retries_then_gives_up) {
     EXPECT_EQ(go(j, ev_download_failed{"HTTP 503", true}).next.state, job_state::failed);
     j.failures = 0;
     EXPECT_EQ(go(j, ev_download_failed{"URL is not http(s)", false}).next.state, job_state::failed);
+}
+
+TEST_F(fixture, a_full_local_disk_never_fails_the_job_and_keeps_the_result) {
+    auto j = result_due(t0 + seconds(60));
+    j = go(j, ev_result_answer{answer(200, R"({"status":"COMPLETED","output":"https://c/x.png"})")})
+            .next;
+    j.failures = 500;
+    auto t = go(j, ev_download_failed{"cannot write out/x: No space left on device", true, true});
+    EXPECT_EQ(t.work, work_kind::download);
+    EXPECT_EQ(t.next.state, job_state::processing);
+    EXPECT_TRUE(t.next.result);
+    EXPECT_LE(t.not_before - t0, seconds(static_cast<int>(ctx.backoff_cap_s) + 1))
+        << "the retry waits at most the backoff cap";
 }
 
 // --- recovery, expiry, cancel, retry ---

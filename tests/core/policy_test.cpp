@@ -393,3 +393,81 @@ TEST(dispatch_queue, a_stream_of_polls_does_not_starve_submits_but_urgent_polls_
     EXPECT_EQ(urgent_order, "uuuuuus");
 }
 } // namespace
+
+TEST(poll_planner, a_learned_model_starts_polling_at_its_own_low_quantile) {
+    duration_model m(58, 0.35);
+    std::mt19937 rng(3);
+    std::lognormal_distribution<double> d(std::log(58), 0.25);
+    for (int i = 0; i < 200; ++i)
+        m.add_sample(d(rng));
+    ASSERT_LT(m.prior_share(), 0.05);
+    poll_planner p({1, 60, 3600});
+    p.set_scarcity(0);
+    double first = std::chrono::duration<double>(p.next_poll(m, t0, t0, t0) - t0).count();
+    // At most 3% of such requests are done before the first poll.
+    EXPECT_LE(m.cdf(first), 0.03);
+    EXPECT_GE(m.cdf(first), 0.01);
+}
+
+TEST(scarcity_meter, a_burst_drained_in_moments_is_not_scarcity_but_lasting_waits_are) {
+    scarcity_meter s(10, 1); // tau 10 s; a wait of 1 s counts as fully scarce
+    time_point t = t0;
+    // 32 submits paced 1 ms apart, the last waiting 32 ms.
+    for (int i = 0; i < 32; ++i) {
+        t += milliseconds(1);
+        s.observe(t - milliseconds(i + 1), t);
+    }
+    EXPECT_LT(s.value(), 0.01);
+    // Then work keeps waiting 2 s for the budget, one dispatch every 2 s.
+    for (int i = 0; i < 15; ++i) {
+        t += seconds(2);
+        s.observe(t - seconds(2), t);
+    }
+    EXPECT_GT(s.value(), 0.9);
+    // And it relaxes once nothing waits.
+    for (int i = 0; i < 30; ++i) {
+        t += seconds(1);
+        s.observe(t, t);
+    }
+    EXPECT_LT(s.value(), 0.1);
+}
+
+TEST(poll_planner, a_little_scarcity_widens_the_gap_only_a_little) {
+    duration_model m(58);
+    poll_planner p({1, 60, 3600});
+    p.set_scarcity(0.1);
+    auto at = t0 + seconds(50);
+    // 1.9 s with no scarcity; a linear widening would give 7.7 s here.
+    EXPECT_LE(p.next_poll(m, t0, at, at) - at, milliseconds(2600));
+}
+
+TEST(duration_model, wide_censored_intervals_are_fitted_without_the_midpoint_bias) {
+    // Sparse polls: each request is polled once at 80 s, then every 20 s until done.
+    std::mt19937 rng(11);
+    std::lognormal_distribution<double> d(std::log(58), 0.25);
+    duration_model censored(58, 0.35), midpoint(58, 0.35);
+    for (int i = 0; i < 256; ++i) {
+        double t = d(rng);
+        double lo = 0, hi = 80;
+        while (hi < t) {
+            lo = hi;
+            hi += 20;
+        }
+        censored.add_interval(lo, hi);
+        midpoint.add_sample((lo + hi) / 2);
+    }
+    EXPECT_NEAR(censored.median(), 58, 4);
+    EXPECT_NEAR(censored.sigma(), 0.25, 0.08);
+    // What the midpoints would have said: a median far too short.
+    EXPECT_LT(midpoint.median(), 50);
+}
+
+TEST(duration_model, exact_samples_and_bad_intervals) {
+    duration_model m(58, 0.35);
+    m.add_interval(70, 60); // lo > hi: ignored
+    m.add_interval(-1, std::nan(""));
+    EXPECT_EQ(m.samples(), 0u);
+    for (int i = 0; i < 100; ++i)
+        m.add_interval(40, 40);
+    EXPECT_NEAR(m.median(), 40, 2);
+}
