@@ -40,7 +40,7 @@ public:
     // is not a database, is from a newer klingd, or cannot be opened; it is never overwritten.
     explicit job_store(const std::string& path);
 
-    static constexpr int schema_version = 1;
+    static constexpr int schema_version = 2;
 
     // Records a new job (state pending). Throws storage_error on failure.
     insert_outcome insert(const core::job_spec& spec, core::time_point now,
