@@ -43,6 +43,20 @@ void make_dir(const std::string& path) {
         throw std::runtime_error(fmt::format("{} is not a folder", path));
 }
 
+// accepted/ or rejected/ may have been removed with the rest of the spool while klingd
+// ran; put it back rather than leave files in incoming/ forever.
+void restore_dir(const std::string& path) {
+    std::error_code ec;
+    if (fs::is_directory(fs::symlink_status(path, ec)))
+        return;
+    try {
+        make_dir(path);
+        log::notice("spool: {} was missing and is created again", path);
+    } catch (const std::exception& e) {
+        log::error("spool: {}", e.what());
+    }
+}
+
 // What a file name looks like in a one-line message: control characters escaped.
 std::string printable(const std::string& s) {
     std::string out;
@@ -79,8 +93,9 @@ void spool::start() {
 }
 
 bool spool::add_watch() {
+    // IN_CREATE for symbolic links, which are made without a write or a rename.
     watch_ = ::inotify_add_watch(inotify_fd_, incoming_.c_str(),
-                                 IN_CLOSE_WRITE | IN_MOVED_TO | IN_ONLYDIR);
+                                 IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_ONLYDIR);
     return watch_ >= 0;
 }
 
@@ -164,6 +179,14 @@ asio::awaitable<void> spool::watch() {
             if (ev->len > 0 && (ev->mask & (IN_CLOSE_WRITE | IN_MOVED_TO))) {
                 std::string name(ev->name);
                 if (!ignored(name))
+                    names.push_back(std::move(name));
+            } else if (ev->len > 0 && (ev->mask & IN_CREATE) && !(ev->mask & IN_ISDIR)) {
+                // A file just created is still being written (its IN_CLOSE_WRITE follows);
+                // only a symbolic link is complete now, to be refused.
+                std::string name(ev->name);
+                struct stat st {};
+                if (!ignored(name) && ::lstat((incoming_ + "/" + name).c_str(), &st) == 0 &&
+                    S_ISLNK(st.st_mode))
                     names.push_back(std::move(name));
             }
         }
@@ -293,6 +316,7 @@ std::string free_name(const std::string& folder, const std::string& name) {
 
 void spool::move_to(const std::string& name, const std::string& folder) {
     std::string from = incoming_ + "/" + name;
+    restore_dir(folder);
     std::string to = free_name(folder, name);
     if (::rename(from.c_str(), to.c_str()) != 0)
         log::error("spool: cannot move {} to {}: {}", from, to, std::strerror(errno));
@@ -306,6 +330,7 @@ void spool::reject(const std::string& name, const std::string& why, bool malform
     log::warning("spool: rejected {}", line);
     if (malformed)
         engine_.note_invalid_file();
+    restore_dir(rejected_);
     std::string to = free_name(rejected_, name);
     std::string error_path = to + ".error";
     std::string tmp = rejected_ + "/.error.tmp";
