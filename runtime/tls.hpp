@@ -2,7 +2,9 @@
 // host name always verified) and for segmind-sim's server side.
 #pragma once
 
+#include <boost/asio/ip/address.hpp>
 #include <boost/asio/ssl.hpp>
+#include <openssl/x509v3.h>
 #include <string>
 
 namespace klingd::tls {
@@ -19,12 +21,23 @@ boost::asio::ssl::context make_server_context(const std::string& cert_file,
 template <typename SslStream>
 boost::system::error_code prepare_client_stream(SslStream& stream, const std::string& host) {
     boost::system::error_code ec;
-    if (!SSL_set_tlsext_host_name(stream.native_handle(), host.c_str())) {
+    SSL* ssl = stream.native_handle();
+    // OpenSSL checks the name itself, so a mismatch is reported as such ("hostname
+    // mismatch", "IP address mismatch") rather than as an unspecified failure.
+    bool ip = false;
+    boost::asio::ip::make_address(host, ec);
+    ip = !ec;
+    ec.clear();
+    int ok = ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host.c_str())
+                : SSL_set1_host(ssl, host.c_str());
+    // SNI carries host names only (RFC 6066), never an address.
+    if (ok == 1 && !ip)
+        ok = static_cast<int>(SSL_set_tlsext_host_name(ssl, host.c_str()));
+    if (ok != 1) {
         ec.assign(static_cast<int>(::ERR_get_error()), boost::asio::error::get_ssl_category());
         return ec;
     }
     stream.set_verify_mode(boost::asio::ssl::verify_peer);
-    stream.set_verify_callback(boost::asio::ssl::host_name_verification(host));
     return ec;
 }
 
