@@ -24,16 +24,6 @@ namespace asio = boost::asio;
 using local = asio::local::stream_protocol;
 using namespace std::chrono_literals;
 
-std::string str(const json::value& v, std::string_view key) {
-    if (!v.is_object())
-        return {};
-    auto it = v.as_object().find(key);
-    if (it == v.as_object().end() || it->value().is_null())
-        return {};
-    return it->value().is_string() ? std::string(it->value().as_string())
-                                   : json::serialize(it->value());
-}
-
 struct run_result {
     int rc;
     std::string out, err;

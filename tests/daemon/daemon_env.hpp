@@ -46,6 +46,8 @@ public:
     int stop();
     void kill9();
     bool running();
+    // The running klingd's process id (-1 when none runs).
+    int pid();
 
     const daemon_options& options() const { return opts_; }
     sim_process& sim() { return *sim_; }
@@ -84,5 +86,19 @@ private:
 // A kling-o1 job whose prompt carries a unique marker (tests find it in the sim's stats).
 std::string image_job(const std::string& marker, const std::string& extra_params = "");
 std::string video_job(const std::string& marker);
+
+// A field of a JSON object as text: strings as they are, other values serialised, "" when
+// absent or null.
+std::string str(const boost::json::value& v, std::string_view key);
+// How many accepted submits the sim saw per marker (the prompt's first word).
+std::map<std::string, int> submissions_by_marker(const boost::json::value& stats);
+// Requests the sim counted for an endpoint (submit, status, result), of one answer code or all.
+std::uint64_t count(const boost::json::value& stats, std::string_view endpoint,
+                    std::string_view code = {});
+std::uint64_t api_requests(const boost::json::value& stats);
+std::uint64_t answers_429(const boost::json::value& stats);
+// Completed with result.json and media that match, byte for byte, what the sim serves
+// (gtest failures otherwise).
+void expect_completed_with_exact_media(daemon_env& env, const std::string& id);
 
 } // namespace klingd::test

@@ -15,62 +15,6 @@ using namespace klingd::test;
 namespace json = boost::json;
 using namespace std::chrono_literals;
 
-std::string str(const json::value& v, std::string_view key) {
-    auto& o = v.as_object();
-    auto it = o.find(key);
-    if (it == o.end() || it->value().is_null())
-        return {};
-    return it->value().is_string() ? std::string(it->value().as_string())
-                                   : json::serialize(it->value());
-}
-
-// How many accepted submits the sim saw per marker (the prompt's first word).
-std::map<std::string, int> submissions_by_marker(const json::value& stats) {
-    std::map<std::string, int> out;
-    for (auto& r : stats.at("requests").as_array()) {
-        std::string prompt(r.at("prompt").as_string());
-        out[prompt.substr(0, prompt.find(' '))]++;
-    }
-    return out;
-}
-
-std::uint64_t count(const json::value& stats, std::string_view endpoint,
-                    std::string_view code = {}) {
-    std::uint64_t n = 0;
-    for (auto& [c, v] : stats.at(endpoint).as_object())
-        if (code.empty() || c == code)
-            n += v.as_int64();
-    return n;
-}
-
-std::uint64_t api_requests(const json::value& stats) {
-    return count(stats, "submit") + count(stats, "status") + count(stats, "result");
-}
-
-std::uint64_t answers_429(const json::value& stats) {
-    return count(stats, "submit", "429") + count(stats, "status", "429") +
-           count(stats, "result", "429");
-}
-
-// Completed with result.json and media that match, byte for byte, what the sim serves.
-void expect_completed_with_exact_media(daemon_env& env, const std::string& id) {
-    auto j = env.job(id);
-    ASSERT_TRUE(j.is_object()) << id;
-    ASSERT_EQ(str(j, "state"), "completed") << id << ": " << str(j, "error");
-    auto& outputs = j.at("outputs").as_array();
-    ASSERT_EQ(outputs.size(), 2u) << id;
-    std::string result_path(outputs[0].as_string());
-    EXPECT_EQ(result_path, env.output() + "/" + id + "/result.json");
-    auto result = json::parse(read_file(result_path));
-    std::string url(result.at("output").as_string());
-    auto media = https_request("GET", url, "", {}, env.sim().ca_file());
-    ASSERT_EQ(media.status, 200) << media.error;
-    std::string media_path(outputs[1].as_string());
-    EXPECT_EQ(media_path.rfind(env.output() + "/" + id + "/output.", 0), 0u) << media_path;
-    EXPECT_TRUE(read_file(media_path) == media.body)
-        << id << ": media differ from what the sim serves";
-}
-
 TEST(engine_e2e, thirty_jobs_of_both_models_complete_once_with_byte_exact_media) {
     daemon_env env;
     env.start();

@@ -13,7 +13,9 @@ sim_process::sim_process(std::vector<std::string> extra_args,
     plain_ = std::find(extra_args.begin(), extra_args.end(), "--plain") != extra_args.end();
     std::string port_file = dir_ / "port";
     std::vector<std::string> args{"--listen", "127.0.0.1:0", "--port-file", port_file};
-    if (!plain_) {
+    bool own_cert =
+        std::find(extra_args.begin(), extra_args.end(), "--tls-cert") != extra_args.end();
+    if (!plain_ && !own_cert) {
         args.insert(args.end(), {"--tls-cert", cert_dir() + "/server.pem", "--tls-key",
                                  cert_dir() + "/server.key"});
     }

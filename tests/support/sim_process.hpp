@@ -15,8 +15,8 @@ namespace klingd::test {
 class sim_process {
 public:
     // extra_args go after --listen, --port-file and the TLS options; pass
-    // "--plain" for HTTP. Throws std::runtime_error, with the sim's stderr,
-    // when it is not listening within 10 seconds.
+    // "--plain" for HTTP, or --tls-cert and --tls-key for another certificate. Throws
+    // std::runtime_error, with the sim's stderr, when it is not listening within 10 seconds.
     explicit sim_process(std::vector<std::string> extra_args = {},
                          std::map<std::string, std::string> extra_env = {});
 

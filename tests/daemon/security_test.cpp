@@ -1,0 +1,305 @@
+// Attacks on klingd's promises: TLS it must not trust, plain HTTP off loopback, the
+// API key leaking anywhere, other local users on the control socket, job ids and
+// planted symlinks that try to write outside the spool and output folders, and
+// server data that is too large.
+#include "tests/daemon/daemon_env.hpp"
+
+#include <filesystem>
+#include <fmt/format.h>
+#include <grp.h>
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace {
+
+using namespace klingd::test;
+namespace json = boost::json;
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+void set_base_url(daemon_env& env, const std::string& url, const std::string& ca = {}) {
+    std::string cfg = read_file(env.config_path());
+    auto b = cfg.find("base_url = \"");
+    auto e = cfg.find('"', b + 12);
+    cfg.replace(b + 12, e - b - 12, url);
+    if (!ca.empty()) {
+        b = cfg.find("ca_file = \"");
+        e = cfg.find('"', b + 11);
+        cfg.replace(b + 11, e - b - 11, ca);
+    }
+    write_file(env.config_path(), cfg);
+}
+
+struct tls_case {
+    const char* name;
+    const char* cert; // the sim's certificate (and key) in the test certificates
+    const char* reason;
+};
+
+class bad_certificate : public ::testing::TestWithParam<tls_case> {};
+
+TEST_P(bad_certificate, no_request_is_sent_and_the_error_says_which) {
+    daemon_options o;
+    o.sim_args = {"--tls-cert", cert_dir() + "/" + GetParam().cert + ".pem", "--tls-key",
+                  cert_dir() + "/" + GetParam().cert + ".key", "--log-requests"};
+    daemon_env env(o);
+    env.start();
+    env.drop("t.json", image_job("t"));
+    ASSERT_TRUE(eventually([&] { return !str(env.job("t"), "error").empty(); }, 10s)) << env.log();
+    auto j = env.job("t");
+    std::string state = str(j, "state");
+    EXPECT_TRUE(state == "pending" || state == "submitting") << state;
+    std::string err = str(j, "error");
+    EXPECT_NE(err.find("certificate not trusted"), std::string::npos) << err;
+    EXPECT_NE(err.find(GetParam().reason), std::string::npos) << err;
+    // The sim logs every request it reads; its certificate is bad for this test's client too.
+    std::string sim_log = env.sim().process().stderr_text();
+    EXPECT_EQ(sim_log.find("/v2/"), std::string::npos) << "a request reached the server:\n"
+                                                       << sim_log;
+    EXPECT_EQ(env.stop(), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    tls, bad_certificate,
+    ::testing::Values(tls_case{"untrusted_ca", "untrusted", "unable to get local issuer"},
+                      tls_case{"wrong_host_name", "wrong-host", "IP address mismatch"},
+                      tls_case{"expired", "expired", "certificate has expired"}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+TEST(plain_http, works_end_to_end_to_loopback_and_is_refused_for_any_other_host) {
+    daemon_env env;
+    sim_process plain({"--plain", "--time-scale", "0.02", "--api-key", env.options().api_key});
+    set_base_url(env, plain.base_url());
+    env.start();
+    env.drop("h.json", image_job("h"));
+    ASSERT_TRUE(env.wait_terminal({"h"}, 30s)) << env.log();
+    EXPECT_EQ(str(env.job("h"), "state"), "completed") << str(env.job("h"), "error");
+    EXPECT_EQ(env.stop(), 0);
+
+    set_base_url(env, "http://api.segmind.example");
+    child_process k(KLINGD_PATH, {"--config", env.config_path()},
+                    {{"SEGMIND_API_KEY", env.options().api_key}}, "klingd-http");
+    EXPECT_EQ(k.wait(20s).value_or(-1), 2);
+    EXPECT_NE(k.stderr_text().find("api.base_url"), std::string::npos) << k.stderr_text();
+    EXPECT_NE(k.stderr_text().find("loopback"), std::string::npos) << k.stderr_text();
+}
+
+// Every file under a folder, recursively, with its content.
+void expect_no_key_in_tree(const std::string& root, const std::string& key) {
+    if (!fs::exists(root))
+        return;
+    for (auto& e : fs::recursive_directory_iterator(root)) {
+        if (!e.is_regular_file())
+            continue;
+        EXPECT_EQ(read_file(e.path()).find(key), std::string::npos)
+            << "the API key is in " << e.path();
+    }
+}
+
+TEST(secrets, the_api_key_appears_in_no_log_database_answer_output_or_config_dump) {
+    daemon_options o;
+    o.api_key = "sk-LEAKCHECK-5f1e0c9a7b3d";
+    daemon_env env(o);
+    env.start();
+    std::vector<std::string> ids;
+    for (int i = 0; i < 4; ++i) {
+        ids.push_back(fmt::format("k{}", i));
+        env.drop(ids.back() + ".json", image_job(ids.back()));
+    }
+    ids.push_back("kv");
+    env.drop("kv.json", video_job("kv"));
+    ids.push_back("kfail");
+    env.drop("kfail.json", image_job("SIM_FAIL"));
+    env.drop("bad.json", "{ not json");
+    ASSERT_TRUE(env.wait_terminal(ids, 60s)) << env.log();
+    // A 401 too: the sim stops accepting the key, and the server's words are logged.
+    env.sim_config(R"({"api_key":"another-key"})");
+    env.drop("k401.json", image_job("k401"));
+    ASSERT_TRUE(eventually([&] { return count(env.sim_stats(false), "submit", "401") > 0; }, 20s))
+        << env.log();
+    ASSERT_TRUE(eventually([&] { return env.log().find("401") != std::string::npos; }, 10s));
+    env.signal(SIGHUP);
+
+    const std::string& key = o.api_key;
+    std::vector<std::string> answers;
+    for (auto target : {"/v1/health", "/v1/jobs?limit=500", "/v1/stats", "/metrics"})
+        answers.push_back(env.api("GET", target).text);
+    for (auto& id : ids)
+        answers.push_back(env.api("GET", "/v1/jobs/" + id).text);
+    answers.push_back(env.api("GET", "/v1/jobs/k401").text);
+    answers.push_back(env.api("POST", "/v1/jobs", "{\"bad\":").text);
+    for (auto& a : answers) {
+        EXPECT_FALSE(a.empty());
+        EXPECT_EQ(a.find(key), std::string::npos) << "the API key is in a socket answer: " << a;
+    }
+    EXPECT_EQ(env.stop(), 0);
+
+    std::string log = env.log();
+    EXPECT_NE(log.find("k401"), std::string::npos) << "the log is not the one we think";
+    EXPECT_EQ(log.find(key), std::string::npos) << "the API key is in the log";
+    expect_no_key_in_tree(env.output(), key);
+    expect_no_key_in_tree(env.dir() + "/spool", key);
+    for (auto f : {"klingd.db", "klingd.db-wal", "klingd.db-shm"})
+        if (fs::exists(env.dir() + "/" + f)) {
+            EXPECT_EQ(read_file(env.dir() + "/" + f).find(key), std::string::npos)
+                << "the API key is in " << f;
+        }
+    // The configuration dump, with the key from the environment and from a key file.
+    child_process check(KLINGD_PATH, {"--config", env.config_path(), "--check-config"},
+                        {{"SEGMIND_API_KEY", key}}, "klingd-check");
+    EXPECT_EQ(check.wait(20s).value_or(-1), 0) << check.stderr_text();
+    EXPECT_NE(check.stdout_text().find("api_key"), std::string::npos) << check.stdout_text();
+    EXPECT_EQ((check.stdout_text() + check.stderr_text()).find(key), std::string::npos);
+    std::string key_file = env.dir() + "/api-key";
+    write_file(key_file, key + "\n");
+    ::chmod(key_file.c_str(), 0600);
+    std::string cfg = read_file(env.config_path());
+    cfg.replace(cfg.find("[api]\n"), 6, "[api]\napi_key_file = \"" + key_file + "\"\n");
+    write_file(env.config_path(), cfg);
+    child_process check2(KLINGD_PATH, {"--config", env.config_path(), "--check-config"}, {},
+                         "klingd-check2");
+    EXPECT_EQ(check2.wait(20s).value_or(-1), 0) << check2.stderr_text();
+    EXPECT_EQ((check2.stdout_text() + check2.stderr_text()).find(key), std::string::npos);
+}
+
+// Connects to a Unix socket as another user (in a child process); returns errno or 0.
+int connect_as(uid_t uid, gid_t gid, const std::string& path) {
+    int pipefd[2];
+    if (::pipe(pipefd) != 0)
+        return -1;
+    pid_t pid = ::fork();
+    if (pid == 0) {
+        ::close(pipefd[0]);
+        int result = 0;
+        if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0) {
+            result = -2;
+        } else {
+            int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+            sockaddr_un a{};
+            a.sun_family = AF_UNIX;
+            std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
+            result = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 ? 0 : errno;
+        }
+        (void)!::write(pipefd[1], &result, sizeof result);
+        ::_exit(0);
+    }
+    ::close(pipefd[1]);
+    int result = -3;
+    (void)!::read(pipefd[0], &result, sizeof result);
+    ::close(pipefd[0]);
+    ::waitpid(pid, nullptr, 0);
+    return result;
+}
+
+TEST(control_socket, mode_and_owner_as_configured_and_another_user_is_kept_out) {
+    if (::geteuid() != 0)
+        GTEST_SKIP() << "needs root to act as another user";
+    daemon_env env;
+    env.start();
+    struct stat st {};
+    ASSERT_EQ(::stat(env.socket().c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0660u);
+    EXPECT_EQ(st.st_uid, ::geteuid()) << "owned by the user klingd runs as";
+    EXPECT_EQ(st.st_gid, ::getegid());
+    const uid_t nobody = 65534;
+    int err = connect_as(nobody, nobody, env.socket());
+    ASSERT_NE(err, -2) << "cannot become nobody here";
+    EXPECT_EQ(err, EACCES) << "another user reached a socket of mode 0660";
+    EXPECT_EQ(env.stop(), 0);
+
+    // The same user is let in when the mode allows it, so the refusal above was the mode's.
+    // (Only where nobody can reach the test folder at all.)
+    std::string cfg = read_file(env.config_path());
+    cfg.replace(cfg.find("[control]\n"), 10, "[control]\nsocket_mode = \"0666\"\n");
+    write_file(env.config_path(), cfg);
+    env.start();
+    ASSERT_EQ(::stat(env.socket().c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0666u);
+    int open_err = connect_as(nobody, nobody, env.socket());
+    if (open_err == EACCES)
+        std::cout << "[ note     ] nobody cannot reach " << env.dir()
+                  << " at all; the positive check is skipped\n";
+    else
+        EXPECT_EQ(open_err, 0);
+    EXPECT_EQ(env.stop(), 0);
+}
+
+TEST(paths, no_job_id_or_planted_symlink_writes_outside_the_spool_and_output_folders) {
+    daemon_env env;
+    std::string outside = env.dir() + "/outside";
+    fs::create_directories(outside);
+    // A valid job file outside the spool, and a symlink to it planted in incoming/.
+    write_file(outside + "/target.json", image_job("planted"));
+    env.start();
+    fs::create_symlink(outside + "/target.json", env.incoming() + "/planted.json");
+    // Ids that try to leave their folder, by socket and by file.
+    for (std::string id : {"../escape", "/tmp/abs", "a/b", "..", ".", "x\\y", "%2e%2e"}) {
+        auto r = env.api("POST", "/v1/jobs",
+                         json::serialize(json::object{{"id", id},
+                                                      {"model", "kling-o1"},
+                                                      {"params", json::parse(
+                                                                     R"({"prompt":"p @Image1",
+                                                                     "image_urls":["https://in.example/a.png"]})")}}));
+        EXPECT_EQ(r.status, 400) << id << ": " << r.text;
+    }
+    env.drop(
+        "byfile.json",
+        R"({"id":"../../byfile","model":"kling-o1","params":{"prompt":"p @Image1","image_urls":["https://in.example/a.png"]}})");
+    // A symlink planted where a job's output folder will go.
+    fs::create_symlink(outside, env.output() + "/victim");
+    env.drop("victim.json", image_job("victim"));
+    env.drop("fine.json", image_job("fine"));
+    ASSERT_TRUE(env.wait_terminal({"fine"}, 30s)) << env.log();
+    expect_completed_with_exact_media(env, "fine");
+
+    ASSERT_TRUE(eventually(
+        [&] { return fs::exists(env.dir() + "/spool/rejected/planted.json.error"); }, 10s));
+    EXPECT_NE(read_file(env.dir() + "/spool/rejected/planted.json.error").find("symbolic link"),
+              std::string::npos);
+    EXPECT_EQ(read_file(outside + "/target.json"), image_job("planted")) << "target changed";
+    ASSERT_TRUE(eventually(
+        [&] { return fs::exists(env.dir() + "/spool/rejected/byfile.json.error"); }, 10s));
+    EXPECT_TRUE(env.job("planted").is_null());
+    EXPECT_TRUE(env.job("byfile").is_null());
+    // The victim waits with the reason; nothing was written through the symlink.
+    ASSERT_TRUE(eventually([&] { return !str(env.job("victim"), "error").empty(); }, 30s))
+        << env.log();
+    EXPECT_NE(str(env.job("victim"), "state"), "completed");
+    EXPECT_NE(str(env.job("victim"), "error").find("victim"), std::string::npos)
+        << str(env.job("victim"), "error");
+    std::vector<std::string> written;
+    for (auto& e : fs::directory_iterator(outside))
+        written.push_back(e.path().filename());
+    EXPECT_EQ(written, std::vector<std::string>{"target.json"}) << "written outside";
+    // Once the symlink is gone, the victim completes in a real folder.
+    fs::remove(env.output() + "/victim");
+    ASSERT_TRUE(env.wait_terminal({"victim"}, 90s)) << env.log();
+    expect_completed_with_exact_media(env, "victim");
+    EXPECT_FALSE(fs::is_symlink(env.output() + "/victim"));
+    EXPECT_EQ(env.stop(), 0);
+}
+
+TEST(server_data, a_download_larger_than_the_limit_is_refused_and_leaves_no_file) {
+    daemon_options o;
+    o.sim_args = {"--media-bytes-image", "300000"};
+    daemon_env env(o);
+    std::string cfg = read_file(env.config_path());
+    cfg.replace(cfg.find("[output]\n"), 9, "[output]\nmax_download_bytes = 100000\n");
+    write_file(env.config_path(), cfg);
+    env.start();
+    env.drop("big.json", image_job("big"));
+    ASSERT_TRUE(env.wait_terminal({"big"}, 30s)) << env.log();
+    auto j = env.job("big");
+    EXPECT_EQ(str(j, "state"), "failed");
+    EXPECT_NE(str(j, "error").find("output.max_download_bytes"), std::string::npos)
+        << str(j, "error");
+    for (auto& e : fs::directory_iterator(env.output() + "/big"))
+        EXPECT_EQ(e.path().filename(), "result.json") << "a partial download was left behind";
+    EXPECT_EQ(env.stop(), 0);
+}
+
+} // namespace
