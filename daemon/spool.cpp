@@ -154,42 +154,64 @@ asio::awaitable<std::size_t> spool::scan() {
     co_return seen;
 }
 
+// What a buffer of inotify events says: the names to take, whether to rescan (the
+// queue overflowed), whether the watch is gone. Not in the coroutine: an inotify_event
+// (a flexible array member) cannot live in a coroutine frame.
+namespace {
+struct event_batch {
+    std::vector<std::string> names;
+    bool rescan = false;
+    bool lost_watch = false;
+};
+
+event_batch read_events(const std::string& incoming, const char* buf, std::size_t n) {
+    event_batch out;
+    for (std::size_t off = 0; off + sizeof(inotify_event) <= n;) {
+        inotify_event ev;
+        std::memcpy(&ev, buf + off, sizeof ev); // the buffer may not be aligned for it
+        const char* ev_name = buf + off + sizeof ev;
+        off += sizeof(inotify_event) + ev.len;
+        if (off > n)
+            break;
+        if (ev.mask & IN_Q_OVERFLOW)
+            out.rescan = true;
+        if (ev.mask & IN_IGNORED)
+            out.lost_watch = true;
+        if (ev.len == 0)
+            continue;
+        std::string name(ev_name, ::strnlen(ev_name, ev.len));
+        if (ignored(name))
+            continue;
+        if (ev.mask & (IN_CLOSE_WRITE | IN_MOVED_TO)) {
+            out.names.push_back(std::move(name));
+        } else if ((ev.mask & IN_CREATE) && !(ev.mask & IN_ISDIR)) {
+            // A file just created is still being written (its IN_CLOSE_WRITE follows);
+            // only a symbolic link is complete now, to be refused.
+            struct stat st {};
+            if (::lstat((incoming + "/" + name).c_str(), &st) == 0 && S_ISLNK(st.st_mode))
+                out.names.push_back(std::move(name));
+        }
+    }
+    return out;
+}
+} // namespace
+
 asio::awaitable<void> spool::watch() {
-    alignas(inotify_event) char buf[64 * 1024];
+    // On the heap: GCC 12 does not honour alignas for locals of a coroutine frame (UBSan
+    // found a misaligned access here); read_events copies each event out anyway.
+    std::vector<char> buf(64 * 1024);
     asio::steady_timer retry(io_);
     while (!stopping_ && events_) {
         boost::system::error_code ec;
         std::size_t n = co_await events_->async_read_some(
-            asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
+            asio::buffer(buf.data(), buf.size()), asio::redirect_error(asio::use_awaitable, ec));
         if (stopping_ || !events_)
             co_return;
         if (ec) {
             log::error("spool: reading inotify events failed: {}", ec.message());
             co_return;
         }
-        std::vector<std::string> names;
-        bool rescan = false, lost_watch = false;
-        for (std::size_t off = 0; off < n;) {
-            auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
-            off += sizeof(inotify_event) + ev->len;
-            if (ev->mask & IN_Q_OVERFLOW)
-                rescan = true;
-            if (ev->mask & IN_IGNORED)
-                lost_watch = true;
-            if (ev->len > 0 && (ev->mask & (IN_CLOSE_WRITE | IN_MOVED_TO))) {
-                std::string name(ev->name);
-                if (!ignored(name))
-                    names.push_back(std::move(name));
-            } else if (ev->len > 0 && (ev->mask & IN_CREATE) && !(ev->mask & IN_ISDIR)) {
-                // A file just created is still being written (its IN_CLOSE_WRITE follows);
-                // only a symbolic link is complete now, to be refused.
-                std::string name(ev->name);
-                struct stat st {};
-                if (!ignored(name) && ::lstat((incoming_ + "/" + name).c_str(), &st) == 0 &&
-                    S_ISLNK(st.st_mode))
-                    names.push_back(std::move(name));
-            }
-        }
+        auto [names, rescan, lost_watch] = read_events(incoming_, buf.data(), n);
         for (std::size_t i = 0; i < names.size(); i += batch_size)
             take(std::vector<std::string>(
                 names.begin() + static_cast<long>(i),
