@@ -425,9 +425,15 @@ asio::awaitable<void> engine::dispatcher() {
             in_flight_jobs_ < static_cast<std::size_t>(settings_.jobs.max_in_flight) &&
             queue_.has_ready_submits())
             consider(next_probe_);
-        if (next)
-            wake_timer_.expires_after(std::max(std::chrono::milliseconds(1), *next - now()));
-        else
+        if (next) {
+            // Wake-ups are rounded up to a tick (a fiftieth of min_poll_interval_s, 1 to
+            // 10 ms), so polls due close together go out on one wake-up, not one each.
+            auto tick = std::clamp(seconds_ms(settings_.jobs.min_poll_interval_s / 50),
+                                   core::milliseconds(1), core::milliseconds(10));
+            auto wait = std::max(core::milliseconds(1),
+                                 std::chrono::ceil<core::milliseconds>(*next - now()));
+            wake_timer_.expires_after((wait + tick - core::milliseconds(1)) / tick * tick);
+        } else
             wake_timer_.expires_after(std::chrono::hours(1));
         boost::system::error_code ec;
         co_await wake_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
