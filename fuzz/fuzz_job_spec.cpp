@@ -1,0 +1,162 @@
+// Fuzz target: job files as the spool and POST /v1/jobs read them
+// (core::parse_job_spec and, through it, model_params_problem, job_id_problem and
+// canonical_json). An accepted spec must be valid by every rule it was checked
+// against, its params must be canonical JSON, and the job file rebuilt from it
+// must parse to the same spec; a rejection must say why.
+//
+// Known finding, checked only with KLINGD_FUZZ_STRICT=1 (fuzz/findings/fuzz_job_spec-1, -2):
+// Boost.JSON 1.81 parses numbers imprecisely, so a double in params may come back
+// one or two units in the last place off after serialize and parse, and the
+// canonical text is then not a fixed point. Without it, doubles compare with a
+// relative tolerance of 1e-14 and everything else exactly.
+//
+// Known finding, checked only with KLINGD_FUZZ_STRICT=1 (fuzz/findings/fuzz_job_spec-3..5):
+// Boost.JSON 1.81 parses a number beyond the double range (1e400) as infinity,
+// and 0e400 as NaN, and serializes them as Infinity and NaN, which are not JSON:
+// such params (of a model that passes through) are accepted and stored as
+// invalid JSON. Without it, canonical params holding Infinity or NaN are let pass.
+//
+// Input: the job file's text. When it holds a NUL byte, the text before the first
+// NUL is the job file and the rest is the file name's id (default_id); the whole
+// input is also parsed as it is, with no default id.
+#include "core/job_spec.hpp"
+
+#include <algorithm>
+#include <boost/json.hpp>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+
+namespace {
+
+namespace json = boost::json;
+using klingd::core::job_spec;
+using klingd::core::spec_result;
+
+bool strict() {
+    static const bool on = [] {
+        const char* v = std::getenv("KLINGD_FUZZ_STRICT");
+        return v && *v && std::string_view(v) != "0";
+    }();
+    return on;
+}
+
+// Equal JSON, doubles within a relative 1e-14 (see the known finding above).
+bool same_json(const json::value& a, const json::value& b) {
+    if (a.is_double() && b.is_double()) {
+        double x = a.get_double(), y = b.get_double();
+        return x == y || std::fabs(x - y) <= 1e-14 * std::max(std::fabs(x), std::fabs(y));
+    }
+    if (a.kind() != b.kind())
+        return false;
+    if (a.is_array()) {
+        const auto &p = a.get_array(), &q = b.get_array();
+        if (p.size() != q.size())
+            return false;
+        for (std::size_t i = 0; i < p.size(); ++i)
+            if (!same_json(p[i], q[i]))
+                return false;
+        return true;
+    }
+    if (a.is_object()) {
+        const auto &p = a.get_object(), &q = b.get_object();
+        if (p.size() != q.size())
+            return false;
+        for (auto& kv : p) {
+            auto it = q.find(kv.key());
+            if (it == q.end() || !same_json(kv.value(), it->value()))
+                return false;
+        }
+        return true;
+    }
+    return a == b;
+}
+
+// The canonical texts a and b are the same: exactly, or (not strict) as JSON up to doubles.
+bool same_canonical(const std::string& a, const std::string& b) {
+    if (a == b)
+        return true;
+    if (strict())
+        return false;
+    boost::system::error_code ea, eb;
+    json::parse_options opts;
+    opts.max_depth = 64;
+    json::value va = json::parse(a, ea, {}, opts), vb = json::parse(b, eb, {}, opts);
+    return !ea && !eb && same_json(va, vb);
+}
+
+[[noreturn]] void violated(const char* what) {
+    std::fprintf(stderr, "fuzz_job_spec: invariant violated: %s\n", what);
+    __builtin_trap();
+}
+
+void check(bool ok, const char* what) {
+    if (!ok)
+        violated(what);
+}
+
+void check_result(const spec_result& r) {
+    check(r.spec.has_value() == r.error.empty(), "exactly one of spec and error is set");
+    if (!r.spec)
+        return;
+    const job_spec& s = *r.spec;
+    check(!klingd::core::job_id_problem(s.id), "an accepted id is a valid job id");
+    check(!klingd::core::job_id_problem(s.model), "an accepted model is a valid slug");
+    check(s.priority >= -1000000 && s.priority <= 1000000, "priority is in range");
+
+    // params: canonical JSON of an object that passes the model's rules.
+    boost::system::error_code ec;
+    json::parse_options opts;
+    opts.max_depth = 64;
+    json::value params = json::parse(s.params, ec, {}, opts);
+    if (ec && !strict() &&
+        (s.params.find("Infinity") != std::string::npos ||
+         s.params.find("NaN") != std::string::npos))
+        return; // the known finding above
+    check(!ec, "canonical params are valid JSON");
+    check(params.is_object(), "params are an object");
+    check(same_canonical(klingd::core::canonical_json(params), s.params),
+          "canonical params are a fixed point");
+    check(!klingd::core::model_params_problem(s.model, params.as_object()),
+          "canonical params pass the model's rules again");
+
+    // The job file rebuilt from the spec parses to the same spec, whatever default id.
+    std::string rebuilt = "{\"id\":" + json::serialize(json::string(s.id)) +
+                          ",\"model\":" + json::serialize(json::string(s.model)) +
+                          ",\"params\":" + s.params +
+                          ",\"priority\":" + std::to_string(s.priority) + "}";
+    spec_result again = klingd::core::parse_job_spec(rebuilt, "");
+    if (!again.spec)
+        std::fprintf(stderr, "rebuilt job rejected: %s\n", again.error.c_str());
+    check(again.spec.has_value(), "the rebuilt job file is accepted");
+    check(again.spec->id == s.id && again.spec->model == s.model &&
+              same_canonical(again.spec->params, s.params) && again.spec->priority == s.priority,
+          "the rebuilt job file gives the same spec");
+}
+
+void run(std::string_view text, std::string_view default_id) {
+    spec_result r = klingd::core::parse_job_spec(text, default_id);
+    check_result(r);
+    // Without an "id" field the id comes from default_id.
+    if (r.spec && text.find("\"id\"") == std::string_view::npos &&
+        text.find("\\u") == std::string_view::npos)
+        check(r.spec->id == default_id, "a job without an id field takes the default id");
+}
+
+} // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    if (size > (1u << 20) + 4096)
+        return 0; // the spool and the socket refuse larger files before parsing
+    std::string_view input(reinterpret_cast<const char*>(data), size);
+    run(input, "");
+    if (auto nul = input.find('\0'); nul != std::string_view::npos)
+        run(input.substr(0, nul), input.substr(nul + 1));
+    else
+        run(input, "from-file-name");
+    return 0;
+}
