@@ -2,7 +2,7 @@
 """klingd's benchmark suite: klingd against the official SDK's policy (sdk-baseline)
 on the same workloads, both against segmind-sim over TLS with scaled time.
 
-    bench/run.py [--only a,b,d] [--scale 0.1] [--json results.json]
+    bench/run.py [--only a,b,d,e] [--scale 0.1] [--json results.json]
 
 Every figure comes from the emulator's statistics (requests by endpoint and
 answer, when each request completed and when a client first saw it) or from
@@ -15,6 +15,8 @@ Workloads:
   b  scarce budget: the emulator allows 30 requests/min; 120 kling-o1 jobs
   c  scale: 100,000 jobs in flight (real time): memory; restart to READY and first poll
   d  intake: 10,000 job files dropped at once (klingd paused: intake only)
+  e  raw client speed: about 2,000 status polls/s, no rate limit (real time): CPU per
+     request, event-loop lag
 """
 import argparse
 import http.client
@@ -27,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -351,9 +354,75 @@ def workload_d(work, certs, scale, n=10000):
                        "drop_seconds": dropped, "files_per_s": pending / elapsed}}
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of a process, from /proc/PID/stat."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def workload_e(work, certs, jobs=4000, window_s=20):
+    """Raw client speed (real time): 4,000 requests in flight that never finish, a
+    prior that says they should have, so each is polled every 1.9 x
+    min_poll_interval_s (1 s): about 2,100 status polls per second over keep-alive
+    TLS, no rate limit. CPU from /proc over a window, divided by the polls the sim
+    answered in it; event-loop lag from the latency of /v1/health probes sent every
+    10 ms meanwhile (answered by the same loop, so an upper bound of its lag)."""
+    d = tempfile.mkdtemp(dir=work, prefix="e-")
+    sim = Sim(d, certs, 1.0, ["--median", "kling-o1=10000000", "--queue-s", "0"])
+    k = Klingd(d, sim, 1.0, 1000000, max_in_flight=jobs)
+    with open(k.config) as f:
+        text = f.read().replace("expected_duration_s = 58.0", "expected_duration_s = 1")
+    open(k.config, "w").write(text)
+    staging = os.path.join(d, "staging")
+    os.makedirs(staging)
+    for i in range(jobs):
+        with open(os.path.join(staging, f"job{i:06d}.json"), "w") as f:
+            json.dump(image_job(i, "e"), f)
+    k.start()
+    inc = os.path.join(d, "spool/incoming")
+    for name in os.listdir(staging):
+        os.rename(os.path.join(staging, name), os.path.join(inc, name))
+    t0 = time.time()
+    while k.stats()["in_flight"] < jobs and time.time() - t0 < 300:
+        time.sleep(0.5)
+    time.sleep(5)  # steady polling
+    lat = []
+    stop = threading.Event()
+
+    def probe():
+        while not stop.is_set():
+            a = time.perf_counter()
+            k.api("GET", "/v1/health")
+            lat.append((time.perf_counter() - a) * 1000)
+            time.sleep(0.01)
+
+    th = threading.Thread(target=probe)
+    polls0 = sum(sim.stats(False)["status"].values())
+    cpu0, w0 = cpu_seconds(k.proc.pid), time.time()
+    th.start()
+    if os.environ.get("BENCH_PERF"):  # a CPU profile of klingd over the window: perf report -i FILE
+        subprocess.run(["perf", "record", "-g", "-p", str(k.proc.pid), "-o", os.environ["BENCH_PERF"], "--",
+                        "sleep", str(window_s)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    else:
+        time.sleep(window_s)
+    polls1 = sum(sim.stats(False)["status"].values())
+    cpu1, w1 = cpu_seconds(k.proc.pid), time.time()
+    stop.set()
+    th.join()
+    rss = k.rss_kib()
+    k.stop()
+    sim.stop()
+    polls = polls1 - polls0
+    return {"klingd": {"jobs": jobs, "window_s": w1 - w0, "polls": polls, "polls_per_s": polls / (w1 - w0),
+                       "cpu_s": cpu1 - cpu0, "cpu_us_per_request": (cpu1 - cpu0) / max(1, polls) * 1e6,
+                       "cpu_share": (cpu1 - cpu0) / (w1 - w0), "probes": len(lat),
+                       "lag_p50_ms": pct(lat, 50), "lag_p99_ms": pct(lat, 99), "lag_max_ms": max(lat),
+                       "rss_mib": rss / 1024}}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="a,b,c,d")
+    ap.add_argument("--only", default="a,b,c,d,e")
     ap.add_argument("--scale", type=float, default=0.1)
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -366,8 +435,9 @@ def main():
             print(f"== workload {w} ...", file=sys.stderr, flush=True)
             results[w] = {"a": lambda: workload_a(work, certs, args.scale),
                           "b": lambda: workload_b(work, certs, args.scale),
-                                                    "c": lambda: workload_c(work, certs),
-                          "d": lambda: workload_d(work, certs, args.scale)}[w]()
+                          "c": lambda: workload_c(work, certs),
+                          "d": lambda: workload_d(work, certs, args.scale),
+                          "e": lambda: workload_e(work, certs)}[w]()
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -403,6 +473,12 @@ def main():
         d = results["d"]["klingd"]
         print(f"\n(d) intake: {d['recorded']} of {d['files']} files recorded in {d['seconds']:.2f} s "
               f"= {d['files_per_s']:.0f} files/s ({d['moved_to_accepted']} moved to accepted/)")
+    if "e" in results:
+        e = results["e"]["klingd"]
+        print(f"\n(e) raw client speed: {e['polls_per_s']:.0f} status polls/s over keep-alive TLS for "
+              f"{e['window_s']:.0f} s; klingd CPU {e['cpu_us_per_request']:.1f} us per request "
+              f"({e['cpu_share']:.0%} of a core); /v1/health latency p50 {e['lag_p50_ms']:.2f} ms, "
+              f"p99 {e['lag_p99_ms']:.2f} ms, max {e['lag_max_ms']:.1f} ms ({e['probes']} probes)")
     if args.json:
         json.dump(results, open(args.json, "w"), indent=1)
 

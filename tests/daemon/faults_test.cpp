@@ -141,7 +141,11 @@ TEST(soak, a_flaky_api_and_repeated_kill_9_lose_nothing_and_submit_nothing_twice
     std::cout << fmt::format("[ figures  ] {} jobs, {} kills, {:.0f} s; resident memory: first "
                              "quarter {:.1f} MiB, last quarter {:.1f} MiB ({} samples)\n",
                              jobs, kills, rss.back().t, first, last, rss.size());
+#if defined(__SANITIZE_ADDRESS__)
+    std::cout << "[ note     ] AddressSanitizer's quarantine grows by design; memory not judged\n";
+#else
     EXPECT_LE(last, first * 1.15 + 2) << "memory grew over the run";
+#endif
     auto stats = env.sim_stats(false);
     std::cout << fmt::format("[ figures  ] sim: {} submissions, {} API requests\n",
                              stats.at("submissions").as_int64(), api_requests(stats));
