@@ -16,10 +16,12 @@ constexpr double raise_per_second = 0.02;
 constexpr auto max_block = std::chrono::minutes(5);
 } // namespace
 
-rate_budget::rate_budget(double configured_rpm)
-    : configured_(std::max(configured_rpm, min_rpm)), allowed_(configured_) {}
+rate_budget::rate_budget(double configured_rpm, milliseconds tolerance)
+    : configured_(std::max(configured_rpm, min_rpm)), allowed_(configured_),
+      tolerance_(std::max(tolerance, milliseconds(0))) {}
 
-void rate_budget::reconfigure(double configured_rpm) {
+void rate_budget::reconfigure(double configured_rpm, milliseconds tolerance) {
+    tolerance_ = std::max(tolerance, milliseconds(0));
     double old = configured_;
     configured_ = std::max(configured_rpm, min_rpm);
     // keep the learned reduction in proportion
@@ -31,14 +33,21 @@ milliseconds rate_budget::gap() const {
 }
 
 time_point rate_budget::next_slot() const {
-    time_point t = last_send_ == time_point{} ? time_point{} : last_send_ + gap();
+    if (!tat_us_)
+        return blocked_until_;
+    double earliest_us = *tat_us_ - static_cast<double>(tolerance_.count()) * 1000;
+    time_point t{milliseconds(static_cast<std::int64_t>(std::ceil(earliest_us / 1000)))};
     return std::max(t, blocked_until_);
 }
 
 bool rate_budget::try_acquire(time_point now) {
-    if (now < next_slot())
+    if (now < blocked_until_)
         return false;
-    last_send_ = now;
+    double now_us = static_cast<double>(now.time_since_epoch().count()) * 1000;
+    double tat = tat_us_ ? std::max(*tat_us_, now_us) : now_us;
+    if (tat - now_us > static_cast<double>(tolerance_.count()) * 1000)
+        return false;
+    tat_us_ = tat + interval_us();
     sends_.push_back(now);
     used_last_minute(now);
     return true;

@@ -1,8 +1,10 @@
 // The account's request budget, shared by every API call. Sends are paced
-// evenly (one every 60/rate seconds) so that no window of any length, the API's
-// or ours, sees a burst. A 429 blocks every send until the time the API names
-// (or a jittered backoff) and lowers the rate the daemon allows itself, since
-// the true limit may be below the configured one; quiet time raises it back.
+// evenly (one every 60/rate seconds, to the microsecond) so that no window of
+// any length, the API's or ours, sees a burst; a send may come early by at most
+// a small tolerance (the dispatcher's wake-up tick), so that at high rates a
+// wake-up sends everything the tick accrued instead of one request. A 429 blocks every send until
+// the time the API names (or a jittered backoff) and lowers the rate the daemon allows itself,
+// since the true limit may be below the configured one; quiet time raises it back.
 #pragma once
 
 #include "core/job.hpp"
@@ -14,10 +16,11 @@ namespace klingd::core {
 
 class rate_budget {
 public:
-    explicit rate_budget(double configured_rpm);
+    // tolerance: how much earlier than its even slot a send may go (0: exactly on it).
+    explicit rate_budget(double configured_rpm, milliseconds tolerance = milliseconds(0));
 
-    // A new configured rate (SIGHUP); the allowed rate is capped to it.
-    void reconfigure(double configured_rpm);
+    // A new configured rate and tolerance (SIGHUP); the allowed rate is capped to it.
+    void reconfigure(double configured_rpm, milliseconds tolerance = milliseconds(0));
 
     // The earliest time the next request may go out.
     time_point next_slot() const;
@@ -39,10 +42,14 @@ public:
 
 private:
     milliseconds gap() const;
+    double interval_us() const { return 60e6 / allowed_; }
 
     double configured_;
     double allowed_;
-    time_point last_send_{};
+    milliseconds tolerance_;
+    // The theoretical time of the next even slot, in microseconds since the epoch
+    // (GCRA's "theoretical arrival time"); nullopt before the first send.
+    std::optional<double> tat_us_;
     time_point blocked_until_{};
     time_point last_decrease_{};
     time_point last_raise_{};

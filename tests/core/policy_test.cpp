@@ -114,6 +114,37 @@ TEST(rate_budget, paces_evenly_at_the_configured_rate) {
     EXPECT_EQ(b.used_last_minute(t0 + seconds(61)), 0u);
 }
 
+TEST(rate_budget, slots_shorter_than_a_millisecond_keep_their_rate) {
+    // 600,000/min is one send every 100 us. Time comes in milliseconds: a gap rounded to
+    // a millisecond would cap it at 1,000/s; a millisecond's tolerance lets each step send all.
+    rate_budget b(600000, milliseconds(1));
+    int sent = 0;
+    for (int ms = 0; ms < 1000; ++ms)
+        while (b.try_acquire(t0 + milliseconds(ms)))
+            ++sent;
+    EXPECT_GE(sent, 9990);
+    EXPECT_LE(sent, 10001);
+}
+
+TEST(rate_budget, a_tolerance_lets_one_wake_up_send_what_the_tick_accrued_and_no_more) {
+    rate_budget b(60000, milliseconds(10)); // one a millisecond, up to 10 ms early
+    int burst = 0;
+    while (b.try_acquire(t0))
+        ++burst;
+    EXPECT_EQ(burst, 11); // the slot due now and the ten of the next 10 ms
+    EXPECT_EQ(b.next_slot(), t0 + milliseconds(1));
+    int next = 0;
+    while (b.try_acquire(t0 + milliseconds(10)))
+        ++next;
+    EXPECT_EQ(next, 10); // the long-run rate is still exactly the configured one
+    // At a slow rate the tolerance changes almost nothing: sends stay about a second apart.
+    rate_budget slow(60, milliseconds(10));
+    EXPECT_TRUE(slow.try_acquire(t0));
+    EXPECT_FALSE(slow.try_acquire(t0 + milliseconds(989)));
+    EXPECT_TRUE(slow.try_acquire(t0 + milliseconds(990)));
+    EXPECT_FALSE(slow.try_acquire(t0 + milliseconds(991)));
+}
+
 TEST(rate_budget, a_429_blocks_until_the_named_time_and_lowers_the_rate_once_per_episode) {
     rate_budget b(60);
     ASSERT_TRUE(b.try_acquire(t0));
