@@ -237,10 +237,16 @@ std::optional<submit_fields> parse_submit(std::string_view body, std::string_vie
 }
 
 std::string parse_status(std::string_view body) {
-    auto v = parse_json(body);
-    if (!v || !v->is_object())
+    // Polls are the hot path: a status answer is small, so parse it into a stack buffer.
+    unsigned char buf[4096];
+    json::monotonic_resource mr(buf, sizeof buf);
+    boost::system::error_code ec;
+    json::parse_options opts;
+    opts.max_depth = 64;
+    json::value v = json::parse(body, ec, &mr, opts);
+    if (ec || !v.is_object())
         return {};
-    std::string s = string_field(v->as_object(), "status");
+    std::string s = string_field(v.as_object(), "status");
     std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::toupper(c); });
     if (s == "QUEUED" || s == "PROCESSING" || s == "COMPLETED" || s == "FAILED")
         return s;

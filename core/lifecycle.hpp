@@ -10,6 +10,7 @@
 
 #include <optional>
 #include <string>
+#include <string_view>
 #include <variant>
 #include <vector>
 
@@ -20,7 +21,7 @@ struct lifecycle_context {
     bool resubmit_unknown = false;
     double backoff_base_s = 1; // first retry delay (min_poll_interval_s)
     double backoff_cap_s = 60; // largest retry delay (max_poll_interval_s)
-    std::string base_url;      // for status URLs a submit answer left out
+    std::string_view base_url; // for status URLs a submit answer left out (must outlive the call)
     const poll_planner* planner = nullptr;
     const duration_model* durations = nullptr; // of the job's model
     double jitter01 = 0.5; // a fresh uniform random number in [0, 1) for each call
@@ -61,7 +62,9 @@ using event =
 enum class work_kind { none, submit, poll, fetch_result, download };
 enum class persist_mode {
     none,    // nothing worth writing
-    batched, // counters and soft state: may be written with others a little later
+    lazy,    // a counter only (a poll that found the request still running): written along
+             // with the job's next write, or at shutdown
+    batched, // soft state: may be written with others a little later
     durable, // commit before acting on it
 };
 enum class api_signal {

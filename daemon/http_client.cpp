@@ -9,11 +9,13 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
 #include <cerrno>
 #include <fmt/format.h>
+#include <iterator>
 #include <optional>
 
 namespace klingd::daemon {
@@ -163,20 +165,33 @@ void http_client::release(std::unique_ptr<connection> c) {
 asio::awaitable<core::http_outcome> http_client::request(http::verb method, const core::url& u,
                                                          std::string body, header_list headers,
                                                          std::uint64_t max_body) {
-    http::request<http::string_body> req{method, u.target, 11};
-    req.set(http::field::host, u.host_header());
-    req.set(http::field::user_agent, "klingd/" KLINGD_VERSION);
-    req.set(http::field::accept, "application/json");
-    for (auto& [k, v] : headers)
-        req.set(k, v);
-    if (method == http::verb::post) {
-        req.set(http::field::content_type, "application/json");
-        req.body() = std::move(body);
-    }
-    req.keep_alive(true);
-    req.prepare_payload();
-
     bool post = method == http::verb::post;
+    // The request's bytes, written at once: cheaper than Beast's serializer on the hot
+    // path of polls, and one TLS record. No value may break out of its header line.
+    std::string host = u.host_header();
+    bool clean = true;
+    auto check = [&](std::string_view v) {
+        clean = clean && v.find_first_of("\r\n") == std::string_view::npos;
+        return v;
+    };
+    std::string wire =
+        fmt::format("{} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: klingd/" KLINGD_VERSION
+                    "\r\nAccept: application/json\r\n",
+                    std::string_view(http::to_string(method)), check(u.target), check(host));
+    for (auto& [k, v] : headers)
+        fmt::format_to(std::back_inserter(wire), "{}: {}\r\n", check(k), check(v));
+    if (post || !body.empty())
+        fmt::format_to(std::back_inserter(wire),
+                       "Content-Type: application/json\r\nContent-Length: {}\r\n", body.size());
+    wire += "\r\n";
+    wire += body;
+    if (!clean) {
+        core::http_outcome bad;
+        bad.how = transport::not_sent;
+        bad.message = fmt::format("a header for {} contains a line break", host);
+        co_return bad;
+    }
+
     for (int attempt = 0;; ++attempt) {
         core::http_outcome out;
         auto c = co_await acquire(u, post, out);
@@ -190,7 +205,8 @@ asio::awaitable<core::http_outcome> http_client::request(http::verb method, cons
         bool wrote = false;
         co_await c->with_stream([&](auto& s) -> asio::awaitable<void> {
             c->tcp().expires_after(opts_.timeout);
-            co_await http::async_write(s, req, asio::redirect_error(asio::use_awaitable, ec));
+            co_await asio::async_write(s, asio::buffer(wire),
+                                       asio::redirect_error(asio::use_awaitable, ec));
             if (ec)
                 co_return;
             wrote = true;
