@@ -284,6 +284,7 @@ struct machine {
             if (status == "QUEUED" || status == "PROCESSING") {
                 n().failures = 0;
                 n().last_poll_at = now;
+                t.persist = persist_mode::lazy; // unless the state moves on
                 if (status == "PROCESSING" && j.state == job_state::queued)
                     to_state(job_state::processing, "", persist_mode::batched);
                 schedule_poll();

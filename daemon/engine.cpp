@@ -48,12 +48,20 @@ std::chrono::milliseconds seconds_ms(double s) {
     return std::chrono::milliseconds(static_cast<std::int64_t>(s * 1000));
 }
 
+// Wake-ups are rounded up to a tick (a fiftieth of min_poll_interval_s, 1 to 10 ms),
+// so polls due close together go out on one wake-up, not one each; the budget lets
+// a send come that much before its even slot, so a wake-up sends all the tick accrued.
+core::milliseconds wake_tick(const config::settings& s) {
+    return std::clamp(seconds_ms(s.jobs.min_poll_interval_s / 50), core::milliseconds(1),
+                      core::milliseconds(10));
+}
+
 } // namespace
 
 engine::engine(asio::io_context& io, const config::settings& s, storage::job_store& store,
                http_client& client)
     : io_(io), settings_(s), store_(store), client_(client),
-      base_(*core::parse_url(s.api.base_url)), budget_(s.api.requests_per_minute),
+      base_(*core::parse_url(s.api.base_url)), budget_(s.api.requests_per_minute, wake_tick(s)),
       planner_({s.jobs.min_poll_interval_s, s.jobs.max_poll_interval_s, s.jobs.result_retention_s}),
       scarcity_(10 * s.jobs.min_poll_interval_s, s.jobs.min_poll_interval_s), wake_timer_(io) {
     for (auto& [slug, m] : s.models)
@@ -149,11 +157,22 @@ asio::awaitable<void> engine::stop(std::chrono::milliseconds grace) {
     else if (requests_in_flight_ > 0)
         log::warning("stopping with {} API requests still in flight; the next start resumes them",
                      requests_in_flight_);
+    for (const auto& id : lazy_)
+        dirty_.try_emplace(id);
+    lazy_.clear();
     flush();
 }
 
 void engine::wake() {
+    if (armed_until_ == core::time_point::min())
+        return;
+    armed_until_ = core::time_point::min();
     wake_timer_.cancel();
+}
+
+void engine::wake_by(core::time_point at) {
+    if (at < armed_until_)
+        wake();
 }
 
 bool engine::submits_allowed(core::time_point t) {
@@ -219,12 +238,14 @@ bool engine::apply(const std::string& id, core::transition t) {
             return false;
         }
     }
+    if (t.persist == core::persist_mode::lazy)
+        lazy_.insert(id);
     if (t.persist == core::persist_mode::batched || !durable_ok) {
         if (!t.note.empty())
             pending_history_[id].push_back({t.next.updated_at,
                                             std::string(core::to_string(t.next.state)), t.note,
                                             t.next.request_id});
-        dirty_[id] = t.next;
+        dirty_.try_emplace(id);
     }
 
     bool was = counts_in_flight(j.state);
@@ -263,11 +284,18 @@ bool engine::apply(const std::string& id, core::transition t) {
         on_change(j, t.note);
     if (core::is_terminal(j.state)) {
         queue_.cancel(id);
+        if (auto d = dirty_.find(id); d != dirty_.end())
+            d->second = std::move(j); // its last state is still to be written
+        lazy_.erase(id);
         active_.erase(it);
+        wake(); // a slot in max_in_flight may be free
     } else {
         schedule(j, t.work, t.not_before);
+        if (was != is)
+            wake();
+        else if (t.work != work_kind::none)
+            wake_by(t.not_before);
     }
-    wake();
     return durable_ok;
 }
 
@@ -341,10 +369,17 @@ void engine::flush() {
         return;
     std::vector<storage::job_store::change> changes;
     changes.reserve(dirty_.size());
-    for (auto& [id, j] : dirty_) {
+    for (auto& [id, copy] : dirty_) {
+        const job* j = copy ? &*copy : nullptr;
+        if (!j) {
+            auto a = active_.find(id);
+            if (a == active_.end())
+                continue;
+            j = &a->second;
+        }
         auto h = pending_history_.find(id);
         changes.push_back(
-            {j, h == pending_history_.end() ? std::vector<storage::history_entry>{} : h->second});
+            {*j, h == pending_history_.end() ? std::vector<storage::history_entry>{} : h->second});
     }
     try {
         store_.save_many(changes);
@@ -426,17 +461,19 @@ asio::awaitable<void> engine::dispatcher() {
             queue_.has_ready_submits())
             consider(next_probe_);
         if (next) {
-            // Wake-ups are rounded up to a tick (a fiftieth of min_poll_interval_s, 1 to
-            // 10 ms), so polls due close together go out on one wake-up, not one each.
-            auto tick = std::clamp(seconds_ms(settings_.jobs.min_poll_interval_s / 50),
-                                   core::milliseconds(1), core::milliseconds(10));
+            auto tick = wake_tick(settings_);
             auto wait = std::max(core::milliseconds(1),
                                  std::chrono::ceil<core::milliseconds>(*next - now()));
-            wake_timer_.expires_after((wait + tick - core::milliseconds(1)) / tick * tick);
-        } else
+            wait = (wait + tick - core::milliseconds(1)) / tick * tick;
+            wake_timer_.expires_after(wait);
+            armed_until_ = now() + wait;
+        } else {
             wake_timer_.expires_after(std::chrono::hours(1));
+            armed_until_ = core::time_point::max();
+        }
         boost::system::error_code ec;
         co_await wake_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        armed_until_ = core::time_point::min();
     }
 }
 
@@ -448,7 +485,9 @@ asio::awaitable<void> engine::execute(core::dispatch_queue::item item) {
             --e.requests_in_flight_;
             if (submit)
                 --e.submits_in_flight_;
-            e.wake();
+            // A connection is free: only work that waits for one needs the dispatcher now.
+            if (e.queue_.ready_budgeted(true) > 0 || e.stopping_)
+                e.wake();
         }
     } guard{*this, item.kind == work_kind::submit};
 
@@ -707,7 +746,7 @@ std::string engine::retry(const std::string& id) {
 }
 
 void engine::reconfigure() {
-    budget_.reconfigure(settings_.api.requests_per_minute);
+    budget_.reconfigure(settings_.api.requests_per_minute, wake_tick(settings_));
     planner_.set_policy({settings_.jobs.min_poll_interval_s, settings_.jobs.max_poll_interval_s,
                          settings_.jobs.result_retention_s});
     scarcity_.set_scale(10 * settings_.jobs.min_poll_interval_s,

@@ -24,6 +24,7 @@
 #include <random>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 
 namespace klingd::daemon {
 
@@ -95,7 +96,9 @@ private:
     boost::asio::awaitable<void> flusher();
     boost::asio::awaitable<void> execute(core::dispatch_queue::item item);
     boost::asio::awaitable<void> download(std::string id);
+    // Makes the dispatcher run now. wake_by: only if it would otherwise sleep past `at`.
     void wake();
+    void wake_by(core::time_point at);
 
     core::lifecycle_context context_for(const core::job& j);
     core::duration_model& durations_for(const std::string& model);
@@ -122,12 +125,18 @@ private:
     core::poll_planner planner_;
     core::scarcity_meter scarcity_;
     std::map<std::string, core::duration_model> durations_;
-    // Batched writes: the latest state of each changed job and the history lines to write with it.
-    std::unordered_map<std::string, core::job> dirty_;
+    // Batched writes: the jobs whose latest state is not in the database yet (nullopt: the
+    // state is the one in active_; a copy only once the job has left active_) and the
+    // history lines to write with it.
+    std::unordered_map<std::string, std::optional<core::job>> dirty_;
     std::unordered_map<std::string, std::vector<storage::history_entry>> pending_history_;
+    // Jobs with a lazy change (a poll count) that only shutdown writes, if nothing else does.
+    std::unordered_set<std::string> lazy_;
     std::mt19937_64 rng_{std::random_device{}()};
 
     boost::asio::steady_timer wake_timer_;
+    // When the dispatcher's sleep ends; min while it runs or a wake-up is on its way.
+    core::time_point armed_until_ = core::time_point::min();
     bool stopping_ = false;
     bool paused_ = false;
     std::size_t in_flight_jobs_ = 0; // submitting, queued, processing

@@ -235,11 +235,17 @@ TEST_F(fixture, poll_queued_then_processing_counts_polls_and_plans_the_next) {
     EXPECT_EQ(t.next.polls, 1);
     EXPECT_EQ(t.work, work_kind::poll);
     EXPECT_GT(t.not_before, t0 + seconds(30));
-    EXPECT_EQ(t.persist, persist_mode::batched);
+    // Only the counter moved: it is written with the job's next write.
+    EXPECT_EQ(t.persist, persist_mode::lazy);
     auto t2 =
         go(t.next, ev_poll_answer{answer(200, R"({"status":"PROCESSING"})")}, t0 + seconds(40));
     EXPECT_EQ(t2.next.state, job_state::processing);
     EXPECT_EQ(t2.next.polls, 2);
+    EXPECT_EQ(t2.persist, persist_mode::batched);
+    auto t3 =
+        go(t2.next, ev_poll_answer{answer(200, R"({"status":"PROCESSING"})")}, t0 + seconds(50));
+    EXPECT_EQ(t3.next.polls, 3);
+    EXPECT_EQ(t3.persist, persist_mode::lazy);
     EXPECT_EQ(t2.note, "queued -> processing");
 }
 
