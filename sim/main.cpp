@@ -138,6 +138,9 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--media-bytes-video", s.media_bytes_video, "size of video outputs")
         ->capture_default_str();
+    app.add_option("--result-padding", s.result_padding,
+                   "bytes of filler in a completed result's body (to test size limits)")
+        ->capture_default_str();
     app.add_option("--seed", seed, "seed of the random generator (default: random, logged)");
     app.add_flag("--log-requests", log_requests, "log one line per request");
 

@@ -349,6 +349,8 @@ api_answer service::result(std::string_view id, std::string_view api_key, time_p
     if (st == state::completed) {
         out["output"] = fmt::format("{}/media/{}.{}", cfg_.public_url, r->id, extension(r->kind));
         out["metrics"] = json::object{{"inference_time", round_ms(r->run_api_s)}};
+        if (cfg_.result_padding > 0)
+            out["padding"] = std::string(cfg_.result_padding, 'x');
     }
     return json_answer(200, out);
 }

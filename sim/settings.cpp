@@ -26,6 +26,8 @@ std::string check_settings(const settings& s) {
         return fmt::format("--queue-s must be 0 or more, not {}", s.queue_s);
     if (!(s.retention_s > 0))
         return fmt::format("--retention-s must be greater than 0, not {}", s.retention_s);
+    if (s.result_padding > (std::uint64_t{64} << 20))
+        return fmt::format("--result-padding must be at most 64 MiB, not {}", s.result_padding);
     if (s.rpm < 0)
         return fmt::format("--rpm must be 0 (unlimited) or more, not {}", s.rpm);
     if (s.credits < -1)

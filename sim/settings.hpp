@@ -33,6 +33,7 @@ struct settings {
     double slow_s = 0; // real seconds
     std::uint64_t media_bytes_image = 65536;
     std::uint64_t media_bytes_video = 1048576;
+    std::uint64_t result_padding = 0; // bytes of filler in a completed result's body
     std::uint64_t seed = 0;
 };
 

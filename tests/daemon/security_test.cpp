@@ -302,4 +302,23 @@ TEST(server_data, a_download_larger_than_the_limit_is_refused_and_leaves_no_file
     EXPECT_EQ(env.stop(), 0);
 }
 
+TEST(server_data, a_result_body_larger_than_the_limit_is_refused_and_nothing_is_written) {
+    daemon_options o;
+    o.sim_args = {"--result-padding", "20000"};
+    daemon_env env(o);
+    std::string cfg = read_file(env.config_path());
+    cfg.replace(cfg.find("[api]\n"), 6, "[api]\nmax_result_bytes = 8192\n");
+    write_file(env.config_path(), cfg);
+    env.start();
+    env.drop("huge.json", image_job("huge"));
+    ASSERT_TRUE(env.wait_terminal({"huge"}, 30s)) << env.log();
+    auto j = env.job("huge");
+    EXPECT_EQ(str(j, "state"), "failed");
+    EXPECT_NE(str(j, "error").find("api.max_result_bytes"), std::string::npos) << str(j, "error");
+    EXPECT_FALSE(fs::exists(env.output() + "/huge")) << "nothing of a refused result is written";
+    // The status polls (small answers) were not refused: the limit applies per body.
+    EXPECT_FALSE(env.sim_stats().as_object().at("status").as_object().empty());
+    EXPECT_EQ(env.stop(), 0);
+}
+
 } // namespace
