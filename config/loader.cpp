@@ -3,6 +3,9 @@
 // the key and line on failure; cross-key rules run after all keys are read.
 #include "config/loader.hpp"
 
+#include "core/job_spec.hpp"
+#include "core/url.hpp"
+
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -20,6 +23,22 @@ namespace klingd::config {
 namespace {
 
 namespace fs = std::filesystem;
+
+// s as a TOML basic string: quotes, backslashes and control characters escaped.
+std::string quote(std::string_view s) {
+    std::string out = "\"";
+    for (char ch : s) {
+        auto u = static_cast<unsigned char>(ch);
+        if (ch == '"' || ch == '\\')
+            (out += '\\') += ch;
+        else if (u < 0x20 || u == 0x7f)
+            out += fmt::format("\\u{:04X}", u);
+        else
+            out += ch;
+    }
+    out += '"';
+    return out;
+}
 
 struct context {
     std::string file;
@@ -233,6 +252,10 @@ void parse_base_url(context& c, const toml::node& n, api_settings& api) {
         c.error(n, key, fmt::format("\"{}\" has no host", url));
         return;
     }
+    if (auto why = core::host_problem(host)) {
+        c.error(n, key, fmt::format("\"{}\" has a bad host: {}", url, *why));
+        return;
+    }
     unsigned port = scheme == "https" ? 443 : 80;
     if (!port_text.empty() || rest.ends_with(':')) {
         if (port_text.empty() || port_text.size() > 5 ||
@@ -391,7 +414,7 @@ void parse_section(context& c, const section_rule& rule, const toml::node& node,
     for (auto&& [k, v] : *table) {
         std::string full = fmt::format("{}.{}", rule.name, k.str());
         auto it = std::find_if(rule.keys.begin(), rule.keys.end(),
-                               [&](const key_rule& r) { return r.name == k.str(); });
+                               [&, name = k.str()](const key_rule& r) { return r.name == name; });
         if (it == rule.keys.end()) {
             c.error(
                 k.source().begin.line, full,
@@ -411,6 +434,12 @@ void parse_models(context& c, const toml::node& node, settings& s, std::size_t l
         return;
     }
     for (auto&& [slug, v] : *table) {
+        if (auto why = core::job_id_problem(slug.str())) {
+            // quoted as TOML would, so that a control character shows as an escape
+            c.error(slug.source().begin.line, "models",
+                    fmt::format("[models.{}]: the model slug {}", quote(slug.str()), *why));
+            continue;
+        }
         std::string name = fmt::format("models.\"{}\"", slug.str());
         auto model = v.as_table();
         if (!model) {
@@ -527,24 +556,6 @@ void find_api_key(context& c, settings& s, const env_lookup& env) {
         "($CREDENTIALS_DIRECTORY/segmind-api-key), or set $SEGMIND_API_KEY");
 }
 
-std::string quote(std::string_view s) {
-    std::string out = "\"";
-    for (char ch : s) {
-        switch (ch) {
-        case '"':
-            out += "\\\"";
-            break;
-        case '\\':
-            out += "\\\\";
-            break;
-        default:
-            out += ch;
-        }
-    }
-    out += '"';
-    return out;
-}
-
 } // namespace
 
 env_lookup process_environment() {
@@ -591,8 +602,9 @@ load_result parse_settings(std::string_view toml_text, const std::string& source
             parse_models(c, v, s, line);
             continue;
         }
-        auto sec = std::find_if(std::begin(sections), std::end(sections),
-                                [&](const section_rule& r) { return r.name == k.str(); });
+        auto sec =
+            std::find_if(std::begin(sections), std::end(sections),
+                         [&, name = k.str()](const section_rule& r) { return r.name == name; });
         if (sec == std::end(sections)) {
             c.error(line, k.str(),
                     "unknown key or table (known: log_level, [api], [storage], [spool], [output], "

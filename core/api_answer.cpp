@@ -3,6 +3,7 @@
 #include "core/api_answer.hpp"
 
 #include "core/url.hpp"
+#include "core/utf8.hpp"
 
 #include <algorithm>
 #include <boost/json.hpp>
@@ -203,8 +204,10 @@ std::string error_detail(int http_status, std::string_view body) {
     }
     if (detail.empty())
         detail = std::string(trim(body.substr(0, 300)));
+    // Server text: no control characters, and valid UTF-8 (it goes into JSON answers).
+    std::string repaired = valid_utf8(detail);
     std::string clean;
-    for (char c : detail.substr(0, 500))
+    for (char c : utf8_prefix(repaired, 500))
         clean += (static_cast<unsigned char>(c) < 0x20) ? ' ' : c;
     if (clean.empty())
         clean = "(no detail)";

@@ -2,8 +2,11 @@
 // (segmind-v2.md): required fields, types, allowed values, absolute http(s) URLs.
 #include "core/job_spec.hpp"
 
+#include "core/utf8.hpp"
+
 #include <algorithm>
 #include <boost/json.hpp>
+#include <cmath>
 #include <fmt/format.h>
 
 namespace klingd::core {
@@ -15,7 +18,7 @@ namespace {
 std::string show(const json::value& v) {
     std::string s = json::serialize(v);
     if (s.size() > 80)
-        s = s.substr(0, 77) + "...";
+        s = std::string(utf8_prefix(s, 77)) + "...";
     return s;
 }
 
@@ -242,6 +245,26 @@ std::optional<std::string> check_video_edit(const json::object& p) {
     return c.problem;
 }
 
+// The path of the first number in v that is not finite ("params.a[2]"), or nullopt.
+// Boost.JSON reads 1e400 as infinity (and 0e400 as NaN) and would write them back
+// as Infinity and NaN, which are not JSON.
+std::optional<std::string> non_finite_number(const json::value& v, const std::string& path) {
+    if (v.is_double())
+        return std::isfinite(v.as_double()) ? std::nullopt : std::optional<std::string>(path);
+    if (v.is_array()) {
+        const auto& a = v.as_array();
+        for (std::size_t i = 0; i < a.size(); ++i)
+            if (auto p = non_finite_number(a[i], fmt::format("{}[{}]", path, i)))
+                return p;
+    } else if (v.is_object()) {
+        for (auto& kv : v.as_object())
+            if (auto p = non_finite_number(kv.value(),
+                                           fmt::format("{}.{}", path, utf8_prefix(kv.key(), 80))))
+                return p;
+    }
+    return std::nullopt;
+}
+
 void canonical_into(const json::value& v, std::string& out) {
     if (v.is_object()) {
         const auto& o = v.as_object();
@@ -349,6 +372,8 @@ spec_result parse_job_spec(std::string_view text, std::string_view default_id) {
         return err("params is required: an object with the model's parameters");
     if (!pa->value().is_object())
         return err(fmt::format("params must be an object, found {}", kind_of(pa->value())));
+    if (auto p = non_finite_number(pa->value(), "params"))
+        return err(fmt::format("{} is a number beyond the range of a double (about 1.8e308)", *p));
     if (auto p = model_params_problem(spec.model, pa->value().as_object()))
         return err(*p);
     spec.params = canonical_json(pa->value());

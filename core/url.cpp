@@ -18,6 +18,30 @@ std::string url::host_header() const {
     return default_port ? h : fmt::format("{}:{}", h, port);
 }
 
+std::optional<std::string> host_problem(std::string_view host) {
+    if (host.empty())
+        return "the host is empty";
+    if (host.front() == '[') {
+        if (host.size() < 3 || host.back() != ']')
+            return "an IPv6 address must be one bracketed address, such as [::1]";
+        auto inside = host.substr(1, host.size() - 2);
+        bool v6 = inside.find(':') != std::string_view::npos &&
+                  std::all_of(inside.begin(), inside.end(), [](char c) {
+                      return std::isxdigit(static_cast<unsigned char>(c)) || c == ':' || c == '.';
+                  });
+        if (!v6)
+            return "the brackets hold something other than an IPv6 address";
+        return std::nullopt;
+    }
+    bool name = std::all_of(host.begin(), host.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '~' ||
+               c == '-';
+    });
+    if (!name)
+        return "a host name may hold only letters, digits, '.', '_', '~' and '-'";
+    return std::nullopt;
+}
+
 std::optional<url> parse_url(std::string_view s) {
     url u;
     if (s.starts_with("https://")) {
@@ -47,7 +71,7 @@ std::optional<url> parse_url(std::string_view s) {
         auto close = authority.find(']');
         if (close == std::string_view::npos)
             return std::nullopt;
-        host = authority.substr(1, close - 1);
+        host = authority.substr(0, close + 1);
         auto after = authority.substr(close + 1);
         if (!after.empty()) {
             if (after[0] != ':')
@@ -58,8 +82,10 @@ std::optional<url> parse_url(std::string_view s) {
         host = authority.substr(0, colon);
         port = authority.substr(colon + 1);
     }
-    if (host.empty())
+    if (host_problem(host))
         return std::nullopt;
+    if (host.front() == '[')
+        host = host.substr(1, host.size() - 2);
     if (!port.empty()) {
         if (port.size() > 5 ||
             !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; }))

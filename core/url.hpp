@@ -25,6 +25,11 @@ struct url {
 // nullopt when s is not an absolute http(s) URL with a host and a valid port.
 std::optional<url> parse_url(std::string_view s);
 
+// What is wrong with a URL's host as written between "//" and the port (an IPv6
+// address in brackets), or nullopt: a name or IPv4 address of letters, digits and
+// "._~-", or a bracketed IPv6 address of hex digits, ':' and '.'.
+std::optional<std::string> host_problem(std::string_view host);
+
 // True when u may be sent the API key: same origin as base, or an https URL on
 // the same parent domain as base's host (api.segmind.com -> queue.segmind.com).
 bool may_carry_api_key(const url& u, const url& base);

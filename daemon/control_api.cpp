@@ -2,6 +2,7 @@
 #include "daemon/control_api.hpp"
 
 #include "core/job_spec.hpp"
+#include "core/utf8.hpp"
 #include "daemon/job_json.hpp"
 #include "runtime/log.hpp"
 
@@ -270,7 +271,8 @@ json::object stats_json(engine& e) {
 
 control_response error_response(unsigned version, http::status status, const std::string& message) {
     json::object o;
-    o["error"] = message;
+    // Messages quote what the client sent (a target, an id): JSON needs valid UTF-8.
+    o["error"] = core::valid_utf8(message);
     return json_response(version, status, o);
 }
 

@@ -11,6 +11,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http/verb.hpp>
 #include <fmt/format.h>
+#include <stdexcept>
 
 namespace klingd::daemon {
 
@@ -56,12 +57,20 @@ core::milliseconds wake_tick(const config::settings& s) {
                       core::milliseconds(10));
 }
 
+// The configuration accepts only base URLs the HTTP client parses; anything else is a bug.
+core::url parsed_base_url(const std::string& base_url) {
+    auto u = core::parse_url(base_url);
+    if (!u)
+        throw std::invalid_argument("api.base_url is not a usable URL: " + base_url);
+    return *u;
+}
+
 } // namespace
 
 engine::engine(asio::io_context& io, const config::settings& s, storage::job_store& store,
                http_client& client)
-    : io_(io), settings_(s), store_(store), client_(client),
-      base_(*core::parse_url(s.api.base_url)), budget_(s.api.requests_per_minute, wake_tick(s)),
+    : io_(io), settings_(s), store_(store), client_(client), base_(parsed_base_url(s.api.base_url)),
+      budget_(s.api.requests_per_minute, wake_tick(s)),
       planner_({s.jobs.min_poll_interval_s, s.jobs.max_poll_interval_s, s.jobs.result_retention_s}),
       scarcity_(10 * s.jobs.min_poll_interval_s, s.jobs.min_poll_interval_s), wake_timer_(io) {
     for (auto& [slug, m] : s.models)

@@ -1,6 +1,8 @@
 // JSON rendering of jobs and their history.
 #include "daemon/job_json.hpp"
 
+#include "core/utf8.hpp"
+
 #include <boost/json.hpp>
 #include <fmt/chrono.h>
 #include <fmt/format.h>
@@ -16,8 +18,9 @@ std::string rfc3339(core::time_point t) {
 }
 
 namespace {
+// Text that may quote a server's bytes (errors, notes) is repaired to valid UTF-8.
 json::value opt(const std::optional<std::string>& s) {
-    return s ? json::value(*s) : json::value(nullptr);
+    return s ? json::value(core::valid_utf8(*s)) : json::value(nullptr);
 }
 json::value opt_time(const std::optional<core::time_point>& t) {
     return t ? json::value(rfc3339(*t)) : json::value(nullptr);
@@ -54,7 +57,7 @@ std::string event_line(const core::job& j, const std::string& note, core::time_p
     o["id"] = j.id;
     o["model"] = j.model;
     o["state"] = core::to_string(j.state);
-    o["note"] = note;
+    o["note"] = core::valid_utf8(note);
     o["request_id"] = opt(j.request_id);
     o["error"] = opt(j.error);
     return json::serialize(o) + "\n";
@@ -66,7 +69,7 @@ json::array history_to_json(const std::vector<storage::history_entry>& h) {
         json::object o;
         o["at"] = rfc3339(e.at);
         o["state"] = e.state;
-        o["note"] = e.note;
+        o["note"] = core::valid_utf8(e.note);
         o["request_id"] = opt(e.request_id);
         a.push_back(std::move(o));
     }

@@ -13,11 +13,9 @@
 // {"error": "non-empty"}; an accepted job must then be found; the API key never
 // appears in an answer. KLINGD_FUZZ_VERBOSE=1 prints each request and answer.
 //
-// Known finding, checked only with KLINGD_FUZZ_STRICT=1
-// (fuzz/findings/fuzz_control_request-*): error messages quote the request's
-// bytes (target, id, query values) and cut job file values at a byte count, so a
-// JSON answer may carry invalid UTF-8, which JSON parsers (Boost.JSON's included)
-// refuse. Without it, answers are parsed with invalid UTF-8 allowed.
+// Finding fixed, now seeds (fuzz/corpus/fuzz_control_request/finding-*): error
+// messages quoted the request's bytes and cut job file values at a byte count, so
+// an answer could carry invalid UTF-8. Answers are parsed as strict JSON.
 #include "config/settings.hpp"
 #include "daemon/control_api.hpp"
 #include "daemon/engine.hpp"
@@ -52,14 +50,6 @@ using namespace klingd;
 constexpr std::string_view api_key = "fuzz-control-key-8d2e61f0b7";
 constexpr std::uint64_t jobs_per_database = 200;
 constexpr int requests_per_input = 8;
-
-bool strict() {
-    static const bool on = [] {
-        const char* v = std::getenv("KLINGD_FUZZ_STRICT");
-        return v && *v && std::string_view(v) != "0";
-    }();
-    return on;
-}
 
 [[noreturn]] void violated(const char* what, std::string_view detail = {}) {
     std::fprintf(stderr, "fuzz_control_request: invariant violated: %s\n%.*s\n", what,
@@ -150,7 +140,6 @@ std::optional<json::value> parse_json(std::string_view body) {
     boost::system::error_code ec;
     json::parse_options opts;
     opts.max_depth = 64;
-    opts.allow_invalid_utf8 = !strict(); // the known finding above
     json::value v = json::parse(body, ec, {}, opts);
     if (ec)
         return std::nullopt;

@@ -1,5 +1,6 @@
 // Job files: what is accepted, and that each rejection names field, value and what is allowed.
 #include "core/job_spec.hpp"
+#include "core/utf8.hpp"
 
 #include <boost/json.hpp>
 #include <gtest/gtest.h>
@@ -82,6 +83,8 @@ INSTANTIATE_TEST_SUITE_P(all, job_spec_rejects, ::testing::Values(
     bad{"invalid_json", "{\"model\": \"kling-o1\",\n \"params\": {", "x", "not valid JSON (line 2"},
     bad{"trailing_garbage", good_image + "xx", "x", "not valid JSON"},
     bad{"not_an_object", "[1,2]", "x", "must be a JSON object, found an array"},
+    bad{"number_beyond_double", R"({"model":"flux","params":{"g":{"a":[1,1e400]}}})", "x", "params.g.a[1] is a number beyond the range of a double"},
+    bad{"number_nan", R"({"model":"flux","params":{"seed":0e400}})", "x", "params.seed is a number beyond"},
     bad{"nul_byte", std::string("{\"model\"\0:1}", 12), "x", "NUL byte at offset 8"},
     bad{"binary_garbage", std::string("\x89PNG\r\n\x1a\n\xff\xfe", 10), "x", "not valid JSON"},
     bad{"deep_nesting", std::string(100, '[') + std::string(100, ']'), "x", "not valid JSON"},
@@ -139,6 +142,19 @@ TEST(job_spec, id_rules) {
     EXPECT_TRUE(job_id_problem(".."));
     EXPECT_TRUE(job_id_problem("a\nb"));
     EXPECT_TRUE(job_id_problem("é"));
+}
+
+TEST(job_spec, a_long_value_quoted_in_a_message_is_cut_between_characters) {
+    std::string value;
+    for (int i = 0; i < 60; ++i)
+        value += "\xC3\xA9"; // é: its 2 bytes must not be parted at the cut
+    auto r = parse_job_spec(
+        R"({"model":"kling-o1","params":{"prompt":"p","image_urls":["https://e/a"],"aspect_ratio":"a)" +
+            value + R"("}})",
+        "x");
+    ASSERT_FALSE(r.spec);
+    EXPECT_NE(r.error.find("..."), std::string::npos) << r.error;
+    EXPECT_EQ(klingd::core::valid_utf8(r.error), r.error) << r.error;
 }
 
 } // namespace

@@ -5,6 +5,7 @@
 #include "core/poll_planner.hpp"
 #include "core/rate_budget.hpp"
 #include "core/url.hpp"
+#include "core/utf8.hpp"
 
 #include <cmath>
 #include <gtest/gtest.h>
@@ -355,6 +356,41 @@ TEST(url, parses_origin_and_target) {
     EXPECT_FALSE(parse_url("https://x:0/"));
     EXPECT_FALSE(parse_url("https:///path"));
     EXPECT_FALSE(parse_url("https://x/a b"));
+    // A host is a name, an IPv4 address or one bracketed IPv6 address, nothing else.
+    EXPECT_FALSE(parse_url("https://[]:93/"));
+    EXPECT_FALSE(parse_url("https://x[::1]:9443/"));
+    EXPECT_FALSE(parse_url("https://Z::1]:9443/v2"));
+    EXPECT_FALSE(parse_url("https://[api.segmind.com]/"));
+    EXPECT_FALSE(parse_url("https://a:b:443/"));
+    EXPECT_TRUE(parse_url("https://[2001:db8::1]:8443/x"));
+    EXPECT_TRUE(parse_url("https://queue_1.segmind-api.com/x"));
+}
+
+TEST(utf8, invalid_bytes_become_replacement_characters_and_cuts_keep_sequences_whole) {
+    EXPECT_EQ(valid_utf8("caf\xC3\xA9"), "caf\xC3\xA9");
+    EXPECT_EQ(valid_utf8("a\xFF"
+                         "b"),
+              "a\xEF\xBF\xBD"
+              "b");
+    EXPECT_EQ(valid_utf8("\xC0\xAF"), "\xEF\xBF\xBD\xEF\xBF\xBD");                 // overlong '/'
+    EXPECT_EQ(valid_utf8("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD"); // a surrogate
+    EXPECT_EQ(valid_utf8("\xF0\x9F\x98\x80"), "\xF0\x9F\x98\x80");
+    EXPECT_EQ(valid_utf8("\xF0\x9F\x98"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD"); // cut short
+    EXPECT_EQ(utf8_prefix("ab\xC3\xA9", 3), "ab");
+    EXPECT_EQ(utf8_prefix("ab\xC3\xA9", 4), "ab\xC3\xA9");
+    EXPECT_EQ(utf8_prefix("\xF0\x9F\x98\x80z", 3), "");
+    EXPECT_EQ(utf8_prefix("abc", 2), "ab");
+}
+
+TEST(api_answer, a_servers_error_text_comes_back_as_valid_utf8) {
+    auto d = error_detail(500, "{\"error\":\"bad \xFF byte\"}");
+    // Boost.JSON refuses the invalid body, so the raw text is used, repaired.
+    EXPECT_EQ(valid_utf8(d), d);
+    EXPECT_NE(d.find("bad \xEF\xBF\xBD byte"), std::string::npos) << d;
+    std::string long_text(251, 'x'); // the raw text is cut at 300 bytes, inside an é
+    for (int i = 0; i < 100; ++i)
+        long_text += "\xC3\xA9";
+    EXPECT_EQ(valid_utf8(error_detail(502, long_text)), error_detail(502, long_text));
 }
 
 TEST(url, the_api_key_goes_only_to_the_api_origin_or_its_https_siblings) {
