@@ -58,7 +58,9 @@ time_point poll_planner::next_poll(const duration_model& model, time_point submi
         // short.
         // The gap widens with the square of scarcity: a little pressure on the budget
         // must not cost detection delay out of proportion.
-        double ample_cap = policy_.min_interval_s * 1.9;
+        // Twice min_interval_s apart, less a fiftieth (the most the dispatcher rounds a
+        // wake-up up by): a request that finishes is seen within 2 x min_interval_s.
+        double ample_cap = policy_.min_interval_s * (2 - 1.0 / 50);
         double cap = ample_cap + (policy_.max_interval_s - ample_cap) * scarcity_ * scarcity_;
         next = std::min(next, elapsed + cap);
     }
