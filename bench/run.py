@@ -2,7 +2,7 @@
 """klingd's benchmark suite: klingd against the official SDK's policy (sdk-baseline)
 on the same workloads, both against segmind-sim over TLS with scaled time.
 
-    bench/run.py [--only a,b,d,e] [--scale 0.1] [--json results.json]
+    bench/run.py [--only a,aw,b,c,d,e] [--rounds N] [--scale 0.1] [--json results.json]
 
 Every figure comes from the emulator's statistics (requests by endpoint and
 answer, when each request completed and when a client first saw it) or from
@@ -11,7 +11,8 @@ seconds (real seconds divided by the time scale), as the SDK's published
 figures are.
 
 Workloads:
-  a  ample budget: 24 kling-o1 + 8 video edits at once, no rate limit
+  a  ample budget: 24 kling-o1 + 8 video edits at once, no rate limit, fresh database
+  aw the same, klingd starting from the database of an earlier batch (learned run times)
   b  scarce budget: the emulator allows 30 requests/min; 120 kling-o1 jobs
   c  scale: 100,000 jobs in flight (real time): memory; restart to READY and first poll
   d  intake: 10,000 job files dropped at once (klingd paused: intake only)
@@ -22,6 +23,7 @@ import argparse
 import http.client
 import json
 import os
+import random
 import shutil
 import socket
 import ssl
@@ -204,20 +206,26 @@ def run_baseline(work, sim, jobs, scale):
     return json.loads(out.stdout)
 
 
-def run_klingd(work, sim, jobs, scale, rpm_api, timeout_s):
+def run_klingd(work, sim, jobs, scale, rpm_api, timeout_s, database=None, prefix="job"):
+    """database: a klingd.db to start from (one that has learned from earlier jobs)."""
     k = Klingd(work, sim, scale, rpm_api)
+    if database:
+        shutil.copy(database, os.path.join(work, "klingd.db"))
     k.start()
+    before = k.stats()["jobs"]
     inc = os.path.join(work, "spool/incoming")
     for i, j in enumerate(jobs):
-        name = f"job{i:06d}.json"
+        name = f"{prefix}{i:06d}.json"
         with open(os.path.join(inc, "." + name), "w") as f:
             json.dump(j, f)
         os.rename(os.path.join(inc, "." + name), os.path.join(inc, name))
     deadline = time.time() + timeout_s
+    ended = ("completed", "failed", "expired", "cancelled")
     done = {}
     while time.time() < deadline:
         jobs_by_state = k.stats()["jobs"]
-        done = {s: jobs_by_state[s] for s in ("completed", "failed", "expired", "cancelled")}
+        # a warm database holds the earlier batch: only this batch's jobs count
+        done = {s: jobs_by_state[s] - before.get(s, 0) for s in ended}
         if sum(done.values()) >= len(jobs):
             break
         time.sleep(0.2)
@@ -225,15 +233,27 @@ def run_klingd(work, sim, jobs, scale, rpm_api, timeout_s):
     return done
 
 
-def workload_a(work, certs, scale):
+def workload_a(work, certs, scale, warm=False):
+    """warm: klingd starts from the database of an earlier batch of the same workload
+    (its duration model has learned), as a daemon that has been running would; else
+    from a fresh database, planning the whole batch from the configured priors."""
     jobs = [image_job(i, "a") for i in range(24)] + [video_job(i, "v") for i in range(8)]
+    database = None
+    if warm:
+        d = tempfile.mkdtemp(dir=work, prefix="a-warm-up-")
+        sim = Sim(d, certs, scale)
+        run_klingd(d, sim, jobs, scale, 6000, 600, prefix="warmup")
+        sim.stop()
+        database = os.path.join(d, "klingd.db")
     rows = {}
+    # The same seed for both: each submission draws the same run time in both runs.
+    seed = str(random.randrange(1, 2**63))
     for who in ("baseline", "klingd"):
         d = tempfile.mkdtemp(dir=work, prefix=f"a-{who}-")
-        sim = Sim(d, certs, scale)
+        sim = Sim(d, certs, scale, ["--seed", seed])
         t0 = time.time()
         outcome = run_baseline(d, sim, jobs, scale) if who == "baseline" else run_klingd(d, sim, jobs, scale,
-                                                                                          6000, 600)
+                                                                                          6000, 600, database)
         wall = time.time() - t0
         st = sim.stats()
         sim.stop()
@@ -245,19 +265,25 @@ def workload_a(work, certs, scale):
                 print(f"  {who} late: {r['model']} run {(r['completed_at_ms'] - r['submitted_at_ms']) / 100:.1f} s, "
                       f"seen {(r['first_seen_at_ms'] - r['completed_at_ms']) / 100:.2f} s after, "
                       f"{r['status_polls']} polls", file=sys.stderr)
+        if os.environ.get("BENCH_VERBOSE"):
+            runs = sorted(round((r["completed_at_ms"] - r["submitted_at_ms"]) / 100, 1)
+                          for r in st["requests"] if r.get("completed_at_ms"))
+            print(f"  {who} run times (API s): {runs}", file=sys.stderr)
         completed = sum(1 for r in st["requests"] if r.get("outcome") == "COMPLETED")
         rows[who] = {"outcome": outcome, "completed": completed, "requests": api_requests(st),
-                     "requests_per_job": api_requests(st) / len(jobs), "delay_p50": pct(delays, 50),
-                     "delay_p95": pct(delays, 95), "wall_s": wall}
+                     "jobs": len(jobs), "requests_per_job": api_requests(st) / len(jobs),
+                     "delay_p50": pct(delays, 50), "delay_p95": pct(delays, 95), "delays": delays,
+                     "wall_s": wall}
     return rows
 
 
 def workload_b(work, certs, scale, n=120):
     jobs = [image_job(i, "b") for i in range(n)]
     rows = {}
+    seed = str(random.randrange(1, 2**63))
     for who in ("baseline", "klingd"):
         d = tempfile.mkdtemp(dir=work, prefix=f"b-{who}-")
-        sim = Sim(d, certs, scale, ["--rpm", "30"])
+        sim = Sim(d, certs, scale, ["--rpm", "30", "--seed", seed])
         outcome = run_baseline(d, sim, jobs, scale) if who == "baseline" else run_klingd(d, sim, jobs, scale, 30,
                                                                                           1800)
         st = sim.stats()
@@ -422,37 +448,55 @@ def workload_e(work, certs, jobs=4000, window_s=20):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="a,b,c,d,e")
+    ap.add_argument("--only", default="a,aw,b,c,d,e")
     ap.add_argument("--scale", type=float, default=0.1)
+    ap.add_argument("--rounds", type=int, default=1, help="run each workload this many times")
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args()
     certs = build()
     work = tempfile.mkdtemp(prefix="klingd-bench-")
     results = {}
+    runs = {"a": lambda: workload_a(work, certs, args.scale),
+            "aw": lambda: workload_a(work, certs, args.scale, warm=True),
+            "b": lambda: workload_b(work, certs, args.scale),
+            "c": lambda: workload_c(work, certs),
+            "d": lambda: workload_d(work, certs, args.scale),
+            "e": lambda: workload_e(work, certs)}
     try:
         for w in args.only.split(","):
-            print(f"== workload {w} ...", file=sys.stderr, flush=True)
-            results[w] = {"a": lambda: workload_a(work, certs, args.scale),
-                          "b": lambda: workload_b(work, certs, args.scale),
-                          "c": lambda: workload_c(work, certs),
-                          "d": lambda: workload_d(work, certs, args.scale),
-                          "e": lambda: workload_e(work, certs)}[w]()
+            results[w] = []
+            for r in range(args.rounds):
+                print(f"== workload {w}, round {r + 1} of {args.rounds} ...", file=sys.stderr, flush=True)
+                results[w].append(runs[w]())
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(f"scale {args.scale}; delays in API seconds; figures from segmind-sim's statistics")
-    if "a" in results:
-        a = results["a"]
-        b, k = a["baseline"], a["klingd"]
-        print("\n(a) ample budget, 24 kling-o1 + 8 video edits")
-        print(f"  {'':24}{'baseline':>12}{'klingd':>12}{'ratio':>8}")
-        for key, label in (("completed", "completed"), ("requests_per_job", "API requests per job"),
-                           ("delay_p50", "detection p50 (s)"), ("delay_p95", "detection p95 (s)")):
-            ratio = k[key] / b[key] if b[key] else float("nan")
-            print(f"  {label:24}{b[key]:>12.2f}{k[key]:>12.2f}{ratio:>8.2f}")
-    if "b" in results:
-        r = results["b"]
+    for w, title in (("a", "fresh database"), ("aw", "warm: the database of an earlier batch")):
+        if w not in results:
+            continue
+        print(f"\n({w}) ample budget, 24 kling-o1 + 8 video edits; {title}")
+        print(f"  {'round':8}{'baseline req/job':>18}{'klingd req/job':>16}{'ratio':>7}"
+              f"{'baseline p50/p95 (s)':>22}{'klingd p50/p95 (s)':>20}")
+        rounds = results[w]
+        pooled = {who: {"requests": sum(r[who]["requests"] for r in rounds),
+                        "jobs": sum(r[who]["jobs"] for r in rounds),
+                        "delays": [d for r in rounds for d in r[who]["delays"]]} for who in ("baseline", "klingd")}
+        for who in pooled:
+            p = pooled[who]
+            p.update(requests_per_job=p["requests"] / p["jobs"], delay_p50=pct(p["delays"], 50),
+                     delay_p95=pct(p["delays"], 95))
+        for i, r in enumerate(rounds + ([pooled] if len(rounds) > 1 else [])):
+            b, k = r["baseline"], r["klingd"]
+            label = str(i + 1) if i < len(rounds) else "all"
+            print(f"  {label:8}{b['requests_per_job']:>18.2f}{k['requests_per_job']:>16.2f}"
+                  f"{k['requests_per_job'] / b['requests_per_job']:>7.2f}"
+                  f"{b['delay_p50']:>11.2f} /{b['delay_p95']:>5.2f}{k['delay_p50']:>13.2f} /{k['delay_p95']:>5.2f}")
+        incomplete = [i + 1 for i, r in enumerate(rounds) if r["klingd"]["completed"] < r["klingd"]["jobs"]]
+        if incomplete:
+            print(f"  klingd did not complete every job in round(s) {incomplete}")
+    for r in results.get("b", []):
         b, k = r["baseline"], r["klingd"]
         print("\n(b) scarce budget (30 requests/min), 120 kling-o1")
         print(f"  {'':28}{'baseline':>12}{'klingd':>12}")
@@ -464,17 +508,14 @@ def main():
         print(f"  ceiling (budget / 3): {k['ceiling_per_api_min']:.1f} per API minute; klingd reaches "
               f"{k['throughput_per_api_min'] / k['ceiling_per_api_min']:.0%}")
         print(f"  baseline outcomes: {b['outcome']}")
-    if "c" in results:
-        c = results["c"]["klingd"]
+    for c in (r["klingd"] for r in results.get("c", [])):
         print(f"\n(c) scale: {c['in_flight']} of {c['jobs']} jobs in flight after {c['fill_s']:.0f} s; resident memory "
               f"{c['rss_mib']:.0f} MiB; restart: READY after {c['restart_ready_s']:.2f} s, first poll after "
               f"{c['restart_first_poll_s']:.2f} s (memory then {c['rss_after_restart_mib']:.0f} MiB)")
-    if "d" in results:
-        d = results["d"]["klingd"]
+    for d in (r["klingd"] for r in results.get("d", [])):
         print(f"\n(d) intake: {d['recorded']} of {d['files']} files recorded in {d['seconds']:.2f} s "
               f"= {d['files_per_s']:.0f} files/s ({d['moved_to_accepted']} moved to accepted/)")
-    if "e" in results:
-        e = results["e"]["klingd"]
+    for e in (r["klingd"] for r in results.get("e", [])):
         print(f"\n(e) raw client speed: {e['polls_per_s']:.0f} status polls/s over keep-alive TLS for "
               f"{e['window_s']:.0f} s; klingd CPU {e['cpu_us_per_request']:.1f} us per request "
               f"({e['cpu_share']:.0%} of a core); /v1/health latency p50 {e['lag_p50_ms']:.2f} ms, "
