@@ -2,6 +2,7 @@
 // (segmind-v2.md): required fields, types, allowed values, absolute http(s) URLs.
 #include "core/job_spec.hpp"
 
+#include "core/json_exact.hpp"
 #include "core/utf8.hpp"
 
 #include <algorithm>
@@ -339,11 +340,9 @@ spec_result parse_job_spec(std::string_view text, std::string_view default_id) {
     json::parse_options opts;
     opts.max_depth = 32;
     boost::system::error_code ec;
-    json::value root = json::parse(text, ec, {}, opts);
+    std::size_t n = 0; // where the parser stopped: the error's place
+    json::value root = parse_json_exact(text, opts, ec, n);
     if (ec) {
-        // Locate the error by parsing incrementally: the parser stops where the text goes wrong.
-        json::stream_parser p({}, opts);
-        std::size_t n = p.write_some(text.data(), text.size(), ec);
         std::size_t line = 1 + std::count(text.begin(), text.begin() + static_cast<long>(n), '\n');
         return err(fmt::format("not valid JSON (line {}, byte {}): {}", line, n, ec.message()));
     }

@@ -4,20 +4,20 @@
 // against, its params must be canonical JSON, and the job file rebuilt from it
 // must parse to the same spec; a rejection must say why.
 //
-// Known finding, checked only with KLINGD_FUZZ_STRICT=1 (fuzz/findings/fuzz_job_spec-1, -2):
-// Boost.JSON 1.81 parses numbers imprecisely, so a double in params may come back
-// one or two units in the last place off after serialize and parse, and the
-// canonical text is then not a fixed point. Without it, doubles compare with a
-// relative tolerance of 1e-14 and everything else exactly.
+// Finding fixed, now seeds (fuzz/corpus/fuzz_job_spec/finding-4, -5): Boost.JSON
+// 1.81 read long numbers a unit or two in the last place off, so canonical params
+// were not a fixed point; job files are now parsed with correctly rounded doubles.
 //
-// Finding fixed, now seeds (fuzz/corpus/fuzz_job_spec/finding-*): Boost.JSON 1.81
+// Finding fixed, now seeds (fuzz/corpus/fuzz_job_spec/finding-1..3): Boost.JSON 1.81
 // parses 1e400 as infinity and 0e400 as NaN and writes them as Infinity and NaN,
-// which are not JSON; such params are now refused, naming the number's path.
+// which are not JSON; a number beyond a double is now refused, naming its path,
+// and 0e400 is read as the 0 it is.
 //
 // Input: the job file's text. When it holds a NUL byte, the text before the first
 // NUL is the job file and the rest is the file name's id (default_id); the whole
 // input is also parsed as it is, with no default id.
 #include "core/job_spec.hpp"
+#include "core/json_exact.hpp"
 
 #include <algorithm>
 #include <boost/json.hpp>
@@ -34,58 +34,6 @@ namespace {
 namespace json = boost::json;
 using klingd::core::job_spec;
 using klingd::core::spec_result;
-
-bool strict() {
-    static const bool on = [] {
-        const char* v = std::getenv("KLINGD_FUZZ_STRICT");
-        return v && *v && std::string_view(v) != "0";
-    }();
-    return on;
-}
-
-// Equal JSON, doubles within a relative 1e-14 (see the known finding above).
-bool same_json(const json::value& a, const json::value& b) {
-    if (a.is_double() && b.is_double()) {
-        double x = a.get_double(), y = b.get_double();
-        return x == y || std::fabs(x - y) <= 1e-14 * std::max(std::fabs(x), std::fabs(y));
-    }
-    if (a.kind() != b.kind())
-        return false;
-    if (a.is_array()) {
-        const auto &p = a.get_array(), &q = b.get_array();
-        if (p.size() != q.size())
-            return false;
-        for (std::size_t i = 0; i < p.size(); ++i)
-            if (!same_json(p[i], q[i]))
-                return false;
-        return true;
-    }
-    if (a.is_object()) {
-        const auto &p = a.get_object(), &q = b.get_object();
-        if (p.size() != q.size())
-            return false;
-        for (auto& kv : p) {
-            auto it = q.find(kv.key());
-            if (it == q.end() || !same_json(kv.value(), it->value()))
-                return false;
-        }
-        return true;
-    }
-    return a == b;
-}
-
-// The canonical texts a and b are the same: exactly, or (not strict) as JSON up to doubles.
-bool same_canonical(const std::string& a, const std::string& b) {
-    if (a == b)
-        return true;
-    if (strict())
-        return false;
-    boost::system::error_code ea, eb;
-    json::parse_options opts;
-    opts.max_depth = 64;
-    json::value va = json::parse(a, ea, {}, opts), vb = json::parse(b, eb, {}, opts);
-    return !ea && !eb && same_json(va, vb);
-}
 
 [[noreturn]] void violated(const char* what) {
     std::fprintf(stderr, "fuzz_job_spec: invariant violated: %s\n", what);
@@ -110,11 +58,11 @@ void check_result(const spec_result& r) {
     boost::system::error_code ec;
     json::parse_options opts;
     opts.max_depth = 64;
-    json::value params = json::parse(s.params, ec, {}, opts);
+    std::size_t consumed = 0;
+    json::value params = klingd::core::parse_json_exact(s.params, opts, ec, consumed);
     check(!ec, "canonical params are valid JSON");
     check(params.is_object(), "params are an object");
-    check(same_canonical(klingd::core::canonical_json(params), s.params),
-          "canonical params are a fixed point");
+    check(klingd::core::canonical_json(params) == s.params, "canonical params are a fixed point");
     check(!klingd::core::model_params_problem(s.model, params.as_object()),
           "canonical params pass the model's rules again");
 
@@ -128,7 +76,7 @@ void check_result(const spec_result& r) {
         std::fprintf(stderr, "rebuilt job rejected: %s\n", again.error.c_str());
     check(again.spec.has_value(), "the rebuilt job file is accepted");
     check(again.spec->id == s.id && again.spec->model == s.model &&
-              same_canonical(again.spec->params, s.params) && again.spec->priority == s.priority,
+              again.spec->params == s.params && again.spec->priority == s.priority,
           "the rebuilt job file gives the same spec");
 }
 
