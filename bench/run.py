@@ -388,8 +388,8 @@ def cpu_seconds(pid):
 
 def workload_e(work, certs, jobs=4000, window_s=20):
     """Raw client speed (real time): 4,000 requests in flight that never finish, a
-    prior that says they should have, so each is polled every 1.9 x
-    min_poll_interval_s (1 s): about 2,100 status polls per second over keep-alive
+    prior that says they should have, so each is polled every 1.98 x
+    min_poll_interval_s (1 s): about 2,000 status polls per second over keep-alive
     TLS, no rate limit. CPU from /proc over a window, divided by the polls the sim
     answered in it; event-loop lag from the latency of /v1/health probes sent every
     10 ms meanwhile (answered by the same loop, so an upper bound of its lag)."""
