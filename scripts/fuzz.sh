@@ -19,11 +19,9 @@ usage() {
 secs=${1:-60}
 [[ "$secs" =~ ^[1-9][0-9]*$ ]] || usage
 
-./scripts/install-deps.sh
-# clang (libFuzzer) is needed here only, not by the default build and tests.
-if ! command -v clang++ >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then apt-get install -y --no-install-recommends clang; else sudo apt-get install -y --no-install-recommends clang; fi
-fi
+# clang and its sanitizer and libFuzzer runtimes are needed here only, not by the
+# default build and tests.
+./scripts/install-deps.sh clang libclang-rt-dev
 targets=(fuzz_job_spec fuzz_config fuzz_api_answer fuzz_control_request)
 build="build-fuzz"
 CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DKLINGD_FUZZ=ON -DBUILD_TESTING=OFF \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs every Debian package that building, testing and running the klingd
-# demo needs. Idempotent: installs only what is missing; runs apt-get update at
-# most once. Works as root or through sudo.
+# demo needs, and the extra packages named as arguments (scripts/fuzz.sh: clang).
+# Idempotent: installs only what is missing; runs apt-get update at most once.
+# Works as root or through sudo.
 set -euo pipefail
 
 packages=(
@@ -11,6 +12,7 @@ packages=(
   libgtest-dev libgmock-dev
   libtomlplusplus-dev libcli11-dev libsystemd-dev libfmt-dev
   curl python3 ca-certificates systemd dpkg-dev file
+  "$@"
 )
 
 missing=()
