@@ -32,24 +32,32 @@ milliseconds rate_budget::gap() const {
     return milliseconds(static_cast<std::int64_t>(std::ceil(60000.0 / allowed_)));
 }
 
+time_point rate_budget::window_slot() const {
+    // Early sends (the tolerance) must not add up to more than the rate in any minute.
+    auto limit = static_cast<std::size_t>(std::max(1.0, std::floor(allowed_)));
+    if (sends_.size() < limit)
+        return time_point::min();
+    return sends_[sends_.size() - limit] + std::chrono::minutes(1);
+}
+
 time_point rate_budget::next_slot() const {
-    if (!tat_us_)
-        return blocked_until_;
-    double earliest_us = *tat_us_ - static_cast<double>(tolerance_.count()) * 1000;
-    time_point t{milliseconds(static_cast<std::int64_t>(std::ceil(earliest_us / 1000)))};
-    return std::max(t, blocked_until_);
+    time_point t = blocked_until_;
+    if (last_slot_us_) {
+        double earliest_us =
+            *last_slot_us_ + interval_us() - static_cast<double>(tolerance_.count()) * 1000;
+        t = std::max(
+            t, time_point{milliseconds(static_cast<std::int64_t>(std::ceil(earliest_us / 1000)))});
+    }
+    return std::max(t, window_slot());
 }
 
 bool rate_budget::try_acquire(time_point now) {
-    if (now < blocked_until_)
+    used_last_minute(now);
+    if (now < next_slot())
         return false;
     double now_us = static_cast<double>(now.time_since_epoch().count()) * 1000;
-    double tat = tat_us_ ? std::max(*tat_us_, now_us) : now_us;
-    if (tat - now_us > static_cast<double>(tolerance_.count()) * 1000)
-        return false;
-    tat_us_ = tat + interval_us();
+    last_slot_us_ = last_slot_us_ ? std::max(*last_slot_us_ + interval_us(), now_us) : now_us;
     sends_.push_back(now);
-    used_last_minute(now);
     return true;
 }
 

@@ -43,13 +43,16 @@ public:
 private:
     milliseconds gap() const;
     double interval_us() const { return 60e6 / allowed_; }
+    // The earliest time the last minute's sends leave room for one more; min when they do.
+    time_point window_slot() const;
 
     double configured_;
     double allowed_;
     milliseconds tolerance_;
-    // The theoretical time of the next even slot, in microseconds since the epoch
-    // (GCRA's "theoretical arrival time"); nullopt before the first send.
-    std::optional<double> tat_us_;
+    // The even slot the last send took, in microseconds since the epoch; nullopt before
+    // the first send. The next slot is one interval later at the rate allowed now, so
+    // a new rate (SIGHUP, recovery after 429s) moves it at once.
+    std::optional<double> last_slot_us_;
     time_point blocked_until_{};
     time_point last_decrease_{};
     time_point last_raise_{};

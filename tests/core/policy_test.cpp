@@ -138,12 +138,28 @@ TEST(rate_budget, a_tolerance_lets_one_wake_up_send_what_the_tick_accrued_and_no
     while (b.try_acquire(t0 + milliseconds(10)))
         ++next;
     EXPECT_EQ(next, 10); // the long-run rate is still exactly the configured one
+    // However early sends come, no minute holds more than the rate.
+    rate_budget capped(60, milliseconds(10));
+    int in_a_minute = 0;
+    for (int ms = 0; ms < 60000; ++ms)
+        in_a_minute += capped.try_acquire(t0 + milliseconds(ms));
+    EXPECT_EQ(in_a_minute, 60);
+    EXPECT_EQ(capped.next_slot(), t0 + seconds(60));
     // At a slow rate the tolerance changes almost nothing: sends stay about a second apart.
     rate_budget slow(60, milliseconds(10));
     EXPECT_TRUE(slow.try_acquire(t0));
     EXPECT_FALSE(slow.try_acquire(t0 + milliseconds(989)));
     EXPECT_TRUE(slow.try_acquire(t0 + milliseconds(990)));
     EXPECT_FALSE(slow.try_acquire(t0 + milliseconds(991)));
+}
+
+TEST(rate_budget, a_new_rate_moves_the_next_slot_at_once) {
+    rate_budget b(1); // one a minute
+    ASSERT_TRUE(b.try_acquire(t0));
+    EXPECT_EQ(b.next_slot(), t0 + seconds(60));
+    b.reconfigure(60); // SIGHUP: one a second
+    EXPECT_EQ(b.next_slot(), t0 + seconds(1));
+    EXPECT_TRUE(b.try_acquire(t0 + seconds(1)));
 }
 
 TEST(rate_budget, a_429_blocks_until_the_named_time_and_lowers_the_rate_once_per_episode) {
