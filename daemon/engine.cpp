@@ -173,14 +173,15 @@ asio::awaitable<void> engine::stop(std::chrono::milliseconds grace) {
 }
 
 void engine::wake() {
-    if (armed_until_ == core::time_point::min())
+    if (armed_until_ == std::chrono::steady_clock::time_point::min())
         return;
-    armed_until_ = core::time_point::min();
+    armed_until_ = std::chrono::steady_clock::time_point::min();
     wake_timer_.cancel();
 }
 
 void engine::wake_by(core::time_point at) {
-    if (at < armed_until_)
+    // `at` is wall clock, the timer steady: compare what is left of each.
+    if (std::chrono::steady_clock::now() + (at - now()) < armed_until_)
         wake();
 }
 
@@ -254,7 +255,7 @@ bool engine::apply(const std::string& id, core::transition t) {
             pending_history_[id].push_back({t.next.updated_at,
                                             std::string(core::to_string(t.next.state)), t.note,
                                             t.next.request_id});
-        dirty_.try_emplace(id);
+        dirty_.insert_or_assign(id, std::nullopt); // the state in active_, not an old copy
     }
 
     bool was = counts_in_flight(j.state);
@@ -475,14 +476,13 @@ asio::awaitable<void> engine::dispatcher() {
                                  std::chrono::ceil<core::milliseconds>(*next - now()));
             wait = (wait + tick - core::milliseconds(1)) / tick * tick;
             wake_timer_.expires_after(wait);
-            armed_until_ = now() + wait;
         } else {
             wake_timer_.expires_after(std::chrono::hours(1));
-            armed_until_ = core::time_point::max();
         }
+        armed_until_ = wake_timer_.expiry();
         boost::system::error_code ec;
         co_await wake_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-        armed_until_ = core::time_point::min();
+        armed_until_ = std::chrono::steady_clock::time_point::min();
     }
 }
 

@@ -135,8 +135,10 @@ private:
     std::mt19937_64 rng_{std::random_device{}()};
 
     boost::asio::steady_timer wake_timer_;
-    // When the dispatcher's sleep ends; min while it runs or a wake-up is on its way.
-    core::time_point armed_until_ = core::time_point::min();
+    // When the dispatcher's sleep ends, on the timer's (steady) clock: job times are wall
+    // clock and may jump; min while it runs or a wake-up is on its way.
+    std::chrono::steady_clock::time_point armed_until_ =
+        std::chrono::steady_clock::time_point::min();
     bool stopping_ = false;
     bool paused_ = false;
     std::size_t in_flight_jobs_ = 0; // submitting, queued, processing
