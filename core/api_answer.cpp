@@ -16,11 +16,12 @@ namespace json = boost::json;
 
 namespace {
 
-std::optional<json::value> parse_json(std::string_view body) {
+// sp: where the value's memory comes from (default: the heap).
+std::optional<json::value> parse_json(std::string_view body, json::storage_ptr sp = {}) {
     boost::system::error_code ec;
     json::parse_options opts;
     opts.max_depth = 64;
-    json::value v = json::parse(body, ec, {}, opts);
+    json::value v = json::parse(body, ec, std::move(sp), opts);
     if (ec)
         return std::nullopt;
     return v;
@@ -243,13 +244,10 @@ std::string parse_status(std::string_view body) {
     // Polls are the hot path: a status answer is small, so parse it into a stack buffer.
     unsigned char buf[4096];
     json::monotonic_resource mr(buf, sizeof buf);
-    boost::system::error_code ec;
-    json::parse_options opts;
-    opts.max_depth = 64;
-    json::value v = json::parse(body, ec, &mr, opts);
-    if (ec || !v.is_object())
+    auto v = parse_json(body, &mr);
+    if (!v || !v->is_object())
         return {};
-    std::string s = string_field(v.as_object(), "status");
+    std::string s = string_field(v->as_object(), "status");
     std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::toupper(c); });
     if (s == "QUEUED" || s == "PROCESSING" || s == "COMPLETED" || s == "FAILED")
         return s;
