@@ -262,11 +262,11 @@ def workload_a(work, certs, scale, warm=False):
             late = sorted((r for r in st["requests"] if r.get("first_seen_at_ms") and r.get("completed_at_ms")),
                           key=lambda r: r["completed_at_ms"] - r["first_seen_at_ms"])[:4]
             for r in late:
-                print(f"  {who} late: {r['model']} run {(r['completed_at_ms'] - r['submitted_at_ms']) / 100:.1f} s, "
-                      f"seen {(r['first_seen_at_ms'] - r['completed_at_ms']) / 100:.2f} s after, "
+                run_s = (r["completed_at_ms"] - r["submitted_at_ms"]) / 1000 / scale
+                late_s = (r["first_seen_at_ms"] - r["completed_at_ms"]) / 1000 / scale
+                print(f"  {who} late: {r['model']} run {run_s:.1f} s, seen {late_s:.2f} s after, "
                       f"{r['status_polls']} polls", file=sys.stderr)
-        if os.environ.get("BENCH_VERBOSE"):
-            runs = sorted(round((r["completed_at_ms"] - r["submitted_at_ms"]) / 100, 1)
+            runs = sorted(round((r["completed_at_ms"] - r["submitted_at_ms"]) / 1000 / scale, 1)
                           for r in st["requests"] if r.get("completed_at_ms"))
             print(f"  {who} run times (API s): {runs}", file=sys.stderr)
         completed = sum(1 for r in st["requests"] if r.get("outcome") == "COMPLETED")

@@ -2,9 +2,10 @@
 // evenly (one every 60/rate seconds, to the microsecond) so that no window of
 // any length, the API's or ours, sees a burst; a send may come early by at most
 // a small tolerance (the dispatcher's wake-up tick), so that at high rates a
-// wake-up sends everything the tick accrued instead of one request. A 429 blocks every send until
-// the time the API names (or a jittered backoff) and lowers the rate the daemon allows itself,
-// since the true limit may be below the configured one; quiet time raises it back.
+// wake-up sends everything the tick accrued instead of one request. A 429 blocks
+// every send until the time the API names (or a jittered backoff) and lowers the
+// rate the daemon allows itself, since the true limit may be below the configured
+// one; quiet time raises it back.
 #pragma once
 
 #include "core/job.hpp"
