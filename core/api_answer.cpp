@@ -2,6 +2,7 @@
 // bounded sizes, checked types, no exceptions escape.
 #include "core/api_answer.hpp"
 
+#include "core/time_text.hpp"
 #include "core/url.hpp"
 #include "core/utf8.hpp"
 
@@ -65,16 +66,6 @@ void collect_urls(const json::value& v, std::vector<std::string>& out, int depth
     }
 }
 
-// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
-std::int64_t days_from_civil(std::int64_t y, unsigned m, unsigned d) {
-    y -= m <= 2;
-    const std::int64_t era = (y >= 0 ? y : y - 399) / 400;
-    const unsigned yoe = static_cast<unsigned>(y - era * 400);
-    const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + static_cast<std::int64_t>(doe) - 719468;
-}
-
 bool all_digits(std::string_view s) {
     return !s.empty() &&
            std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
@@ -103,38 +94,10 @@ std::optional<time_point> parse_reset_at(std::string_view s) {
             return std::nullopt;
         return time_point(milliseconds(static_cast<std::int64_t>(secs * 1000)));
     }
-    if (s.size() < 19 || s[4] != '-' || s[7] != '-' ||
-        (s[10] != 'T' && s[10] != 't' && s[10] != ' ') || s[13] != ':' || s[16] != ':')
+    auto t = parse_rfc3339(s, zone_rule::utc_if_missing);
+    if (!t || t->time_since_epoch().count() <= 0)
         return std::nullopt;
-    auto num = [&](std::size_t pos, std::size_t len) -> long {
-        auto part = s.substr(pos, len);
-        return all_digits(part) ? std::stol(std::string(part)) : -1;
-    };
-    long y = num(0, 4), mo = num(5, 2), d = num(8, 2), h = num(11, 2), mi = num(14, 2),
-         se = num(17, 2);
-    if (y < 1970 || mo < 1 || mo > 12 || d < 1 || d > 31 || h < 0 || h > 23 || mi < 0 || mi > 59 ||
-        se < 0 || se > 60)
-        return std::nullopt;
-    std::size_t i = 19;
-    std::int64_t ms = 0;
-    if (i < s.size() && s[i] == '.') {
-        std::size_t start = ++i;
-        while (i < s.size() && s[i] >= '0' && s[i] <= '9')
-            ++i;
-        if (i == start)
-            return std::nullopt;
-        auto frac = std::string(s.substr(start, std::min<std::size_t>(3, i - start)));
-        while (frac.size() < 3)
-            frac += '0';
-        ms = std::stol(frac);
-    }
-    auto zone = s.substr(i);
-    if (!(zone == "Z" || zone == "z" || zone == "+00:00" || zone == "+0000" || zone.empty()))
-        return std::nullopt;
-    std::int64_t secs =
-        days_from_civil(y, static_cast<unsigned>(mo), static_cast<unsigned>(d)) * 86400 + h * 3600 +
-        mi * 60 + se;
-    return time_point(milliseconds(secs * 1000 + ms));
+    return time_point(*t);
 }
 
 // Retry-After: delay-seconds or an IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT").
@@ -147,18 +110,9 @@ std::optional<time_point> parse_retry_after(std::string_view s, time_point now) 
             return std::nullopt;
         return now + std::chrono::seconds(std::stol(std::string(s)));
     }
-    static constexpr std::string_view months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                                  "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-    // "Sun, 06 Nov 1994 08:49:37 GMT"
-    if (s.size() != 29 || s.substr(25) != " GMT" || s[3] != ',')
-        return std::nullopt;
-    auto mon = s.substr(8, 3);
-    auto it = std::find(std::begin(months), std::end(months), mon);
-    if (it == std::end(months))
-        return std::nullopt;
-    std::string iso = fmt::format("{}-{:02}-{}T{}Z", s.substr(12, 4), (it - std::begin(months)) + 1,
-                                  s.substr(5, 2), s.substr(17, 8));
-    return parse_reset_at(iso);
+    if (auto t = parse_http_date(s))
+        return time_point(*t);
+    return std::nullopt;
 }
 
 } // namespace

@@ -4,9 +4,10 @@
 // safe to retry; a lost submit answer is an unknown outcome (no idempotency key).
 #include "core/lifecycle.hpp"
 
+#include "core/time_text.hpp"
+
 #include <algorithm>
 #include <cmath>
-#include <fmt/chrono.h>
 #include <fmt/format.h>
 
 namespace klingd::core {
@@ -20,8 +21,7 @@ milliseconds to_ms(double s) {
 }
 
 std::string rfc3339(time_point t) {
-    return fmt::format("{:%Y-%m-%dT%H:%M:%S}Z",
-                       std::chrono::time_point_cast<std::chrono::seconds>(t));
+    return format_rfc3339(t, time_precision::seconds);
 }
 
 // Full jitter: uniform in [0, min(cap, base * 2^failures)], at least a tenth of base.

@@ -2,6 +2,7 @@
 #include "daemon/control_api.hpp"
 
 #include "core/job_spec.hpp"
+#include "core/time_text.hpp"
 #include "core/utf8.hpp"
 #include "daemon/job_json.hpp"
 #include "runtime/log.hpp"
@@ -249,7 +250,7 @@ json::object stats_json(engine& e) {
     budget["allowed_rpm"] = number(b.allowed_rpm());
     budget["used_last_minute"] = b.used_last_minute(now);
     budget["blocked_until"] =
-        b.blocked(now) ? json::value(rfc3339(b.blocked_until())) : json::value(nullptr);
+        b.blocked(now) ? json::value(core::format_rfc3339(b.blocked_until())) : json::value(nullptr);
     o["budget"] = std::move(budget);
     o["paused"] = e.paused();
     auto blocked = e.blocked_reason();

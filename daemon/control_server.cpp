@@ -12,6 +12,7 @@
 #include <boost/beast/core/basic_stream.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -160,10 +161,28 @@ asio::awaitable<void> control_server::session(local::socket sock) {
         stream.expires_after(limits_.read_timeout);
         co_await http::async_write(stream, res, asio::redirect_error(asio::use_awaitable, ec));
         if (ec || close) {
-            stream.socket().shutdown(local::socket::shutdown_both, ec);
+            co_await linger_close(stream);
             co_return;
         }
     }
+}
+
+// Closes the way HTTP servers do after an answer that ends a connection early: the
+// write side is shut so the client sees the whole answer and its end, then what the
+// client still sends is read and dropped for a moment (closing with unread bytes
+// would reset the connection and could destroy the answer before the client reads it).
+asio::awaitable<void> control_server::linger_close(beast::basic_stream<local>& stream) {
+    boost::system::error_code ec;
+    stream.socket().shutdown(local::socket::shutdown_send, ec);
+    if (ec)
+        co_return;
+    constexpr std::size_t max_drain = 1 << 20;
+    std::array<char, 16384> scratch;
+    std::size_t drained = 0;
+    stream.expires_after(std::chrono::milliseconds(500));
+    while (!ec && drained < max_drain)
+        drained += co_await stream.async_read_some(asio::buffer(scratch),
+                                                   asio::redirect_error(asio::use_awaitable, ec));
 }
 
 template <typename Stream>

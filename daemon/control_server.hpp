@@ -11,6 +11,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <boost/beast/core/basic_stream.hpp>
 #include <optional>
 
 namespace klingd::daemon {
@@ -36,6 +37,9 @@ public:
 private:
     boost::asio::awaitable<void> accept_loop();
     boost::asio::awaitable<void> session(boost::asio::local::stream_protocol::socket sock);
+    // Ends a connection after an early answer without destroying that answer.
+    boost::asio::awaitable<void>
+    linger_close(boost::beast::basic_stream<boost::asio::local::stream_protocol>& stream);
     // GET /v1/events: job changes as NDJSON lines until the client goes away.
     template <typename Stream>
     boost::asio::awaitable<void> stream_events(Stream& stream, std::string job_filter);

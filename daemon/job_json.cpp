@@ -1,23 +1,19 @@
 // JSON rendering of jobs and their history.
 #include "daemon/job_json.hpp"
 
+#include "core/time_text.hpp"
 #include "core/utf8.hpp"
 
 #include <boost/json.hpp>
-#include <fmt/chrono.h>
-#include <fmt/format.h>
 
 namespace klingd::daemon {
 
 namespace json = boost::json;
 
-std::string rfc3339(core::time_point t) {
-    auto secs = std::chrono::time_point_cast<std::chrono::seconds>(t);
-    auto ms = (t - secs).count();
-    return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03}Z", secs, ms);
-}
-
 namespace {
+std::string rfc3339(core::time_point t) {
+    return core::format_rfc3339(t);
+}
 // Text that may quote a server's bytes (errors, notes) is repaired to valid UTF-8.
 json::value opt(const std::optional<std::string>& s) {
     return s ? json::value(core::valid_utf8(*s)) : json::value(nullptr);

@@ -12,8 +12,6 @@
 
 namespace klingd::daemon {
 
-std::string rfc3339(core::time_point t);
-
 // blocked: why a pending job is not being submitted now (paused, 401, 406), or "".
 boost::json::object job_to_json(const core::job& j, const std::string& blocked = {});
 boost::json::array history_to_json(const std::vector<storage::history_entry>& h);

@@ -1,6 +1,8 @@
 // klingctl: the command line client of klingd's control socket (interface.md,
 // "klingctl"). Exit codes: 0 success, 1 a job failed/expired/was cancelled/was
 // not found (or a request was refused), 2 usage, 3 klingd unreachable, 4 wait timed out.
+#include "core/time_text.hpp"
+
 #include <CLI/CLI.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
@@ -124,13 +126,10 @@ std::string paint(const std::string& state, bool color) {
 
 // "3s ago", "5m ago", "2h ago", "4d ago" for an RFC 3339 UTC time.
 std::string ago(const std::string& rfc3339) {
-    std::tm tm{};
-    std::istringstream in(rfc3339);
-    in >> std::get_time(&tm, "%Y-%m-%dT%H:%M:%S");
-    if (in.fail())
+    auto t = klingd::core::parse_rfc3339(rfc3339);
+    if (!t)
         return rfc3339;
-    auto t = std::chrono::system_clock::from_time_t(timegm(&tm));
-    auto s = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now() - t)
+    auto s = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now() - *t)
                  .count();
     if (s < 0)
         s = 0;

@@ -85,7 +85,8 @@ TEST(api_answer, reset_at_in_every_accepted_format) {
     EXPECT_EQ(rate_limit_until("", "1800000045.5", t0), t0 + milliseconds(45500));
     EXPECT_FALSE(rate_limit_until("", "2027-13-15T08:00:30Z", t0));
     EXPECT_FALSE(rate_limit_until("", "tomorrow", t0));
-    EXPECT_FALSE(rate_limit_until("", "2027-01-15T08:00:30+05:00", t0));
+    // An offset is read as RFC 3339 says: 13:00:30+05:00 is 08:00:30Z.
+    EXPECT_EQ(rate_limit_until("", "2027-01-15T13:00:30+05:00", t0), t0 + seconds(30));
 }
 
 TEST(api_answer, both_headers_the_later_wins_past_times_mean_now_absurd_means_none) {

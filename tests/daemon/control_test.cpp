@@ -1,6 +1,7 @@
 // The control socket of a real klingd: every endpoint's success and error
 // answers, Prometheus text checked strictly, the event stream, hostile clients,
 // and a scripted klingctl session with its exit codes.
+#include "core/time_text.hpp"
 #include "tests/daemon/daemon_env.hpp"
 
 #include <boost/asio/io_context.hpp>
@@ -290,36 +291,97 @@ TEST_F(control_test, metrics_is_strict_prometheus_text) {
     EXPECT_NE(text.find("klingd_detection_delay_seconds_count 1"), std::string::npos);
 }
 
-TEST_F(control_test, the_event_stream_shows_each_change_as_it_happens) {
-    asio::io_context io;
-    local::socket sock(io);
-    sock.connect(local::endpoint(env.socket()));
-    std::string req = "GET /v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n";
-    asio::write(sock, asio::buffer(req));
-    std::this_thread::sleep_for(100ms);
-    env.drop("ev.json", image_job("ev"));
-    std::string got;
-    auto deadline = std::chrono::steady_clock::now() + 30s;
-    while (got.find("\"state\":\"completed\"") == std::string::npos &&
-           std::chrono::steady_clock::now() < deadline) {
-        char buf[4096];
-        boost::system::error_code ec;
-        std::size_t n = sock.read_some(asio::buffer(buf), ec);
-        ASSERT_FALSE(ec) << ec.message();
-        got.append(buf, n);
+// A subscriber of /v1/events: connects, and returns once the answer's header has
+// arrived, so that every change after that is in its stream.
+class event_reader {
+public:
+    explicit event_reader(const std::string& socket) : sock_(io_) {
+        sock_.connect(local::endpoint(socket));
+        std::string req = "GET /v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        asio::write(sock_, asio::buffer(req));
+        read_until("\r\n\r\n", 10s);
+        auto split = got_.find("\r\n\r\n");
+        header = got_.substr(0, split);
+        got_.erase(0, split + 4);
     }
-    EXPECT_EQ(got.rfind("HTTP/1.1 200 OK", 0), 0u);
-    EXPECT_NE(got.find("application/x-ndjson"), std::string::npos);
+    // Reads until text appears in the stream or the deadline passes; false then.
+    bool read_until(const std::string& text, std::chrono::seconds timeout) {
+        auto deadline = std::chrono::steady_clock::now() + timeout;
+        while (got_.find(text) == std::string::npos) {
+            auto left = deadline - std::chrono::steady_clock::now();
+            if (left <= 0s)
+                return false;
+            timeval tv{std::max<long>(1, std::chrono::ceil<std::chrono::seconds>(left).count()), 0};
+            ::setsockopt(sock_.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+            char buf[4096];
+            boost::system::error_code ec;
+            std::size_t n = sock_.read_some(asio::buffer(buf), ec);
+            if (ec)
+                return false;
+            got_.append(buf, n);
+        }
+        return true;
+    }
+    // The JSON lines read so far.
+    std::vector<json::value> lines() const {
+        std::vector<json::value> out;
+        std::istringstream in(got_);
+        std::string line;
+        while (std::getline(in, line))
+            if (!line.empty())
+                out.push_back(json::parse(line));
+        return out;
+    }
+    std::string header;
+
+private:
+    asio::io_context io_;
+    local::socket sock_;
+    std::string got_;
+};
+
+TEST_F(control_test, the_event_stream_shows_each_change_as_it_happens) {
+    event_reader events(env.socket());
+    EXPECT_EQ(events.header.rfind("HTTP/1.1 200 OK", 0), 0u);
+    EXPECT_NE(events.header.find("application/x-ndjson"), std::string::npos);
+    env.drop("ev.json", image_job("ev"));
+    ASSERT_TRUE(events.read_until("\"state\":\"completed\"", 30s));
     std::vector<std::string> states;
-    std::istringstream in(got.substr(got.find("\r\n\r\n") + 4));
-    std::string line;
-    while (std::getline(in, line))
-        if (!line.empty())
-            states.push_back(str(json::parse(line), "state"));
+    for (auto& line : events.lines())
+        if (str(line, "type") == "job")
+            states.push_back(str(line, "state"));
     std::vector<std::string> expected{"pending", "submitting", "queued"};
     ASSERT_GE(states.size(), 4u);
     EXPECT_EQ(std::vector<std::string>(states.begin(), states.begin() + 3), expected);
     EXPECT_EQ(states.back(), "completed");
+}
+
+// Every timestamp the socket gives is UTC, also on a host whose zone is nine hours east.
+TEST(control_socket, timestamps_are_utc_on_a_host_in_tokyo) {
+    daemon_env env;
+    env.start({{"TZ", "Asia/Tokyo"}});
+    event_reader events(env.socket());
+    auto before = std::chrono::system_clock::now();
+    env.drop("tz.json", image_job("tz"));
+    ASSERT_TRUE(events.read_until("\"state\":\"completed\"", 30s)) << env.log();
+    auto after = std::chrono::system_clock::now();
+    std::vector<std::string> stamps;
+    for (auto& line : events.lines())
+        if (str(line, "type") == "job")
+            stamps.push_back(str(line, "at"));
+    auto j = env.job("tz");
+    for (auto key : {"created_at", "updated_at", "submitted_at", "finished_at"})
+        stamps.push_back(str(j, key));
+    for (auto& h : j.at("history").as_array())
+        stamps.push_back(str(h, "at"));
+    ASSERT_GE(stamps.size(), 12u);
+    for (auto& s : stamps) {
+        auto t = klingd::core::parse_rfc3339(s);
+        ASSERT_TRUE(t) << s;
+        EXPECT_TRUE(s.ends_with("Z")) << s;
+        EXPECT_GE(*t, std::chrono::floor<std::chrono::milliseconds>(before) - 2s) << s;
+        EXPECT_LE(*t, after + 2s) << s;
+    }
 }
 
 // Hostile clients: the daemon answers others within a second throughout, and stays up.
@@ -336,7 +398,12 @@ protected:
         local::socket s(io);
         s.connect(local::endpoint(env.socket()));
         boost::system::error_code ec;
+        // The daemon may answer and stop reading before all is sent: the write may fail,
+        // and the answer is read all the same.
         asio::write(s, asio::buffer(bytes), ec);
+        ec = {};
+        timeval tv{10, 0}; // a daemon that never answers fails the test, not hangs it
+        ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
         std::string answer;
         if (read_answer) {
             char buf[4096];

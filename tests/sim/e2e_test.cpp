@@ -1,5 +1,6 @@
 // End-to-end tests: the real segmind-sim program as a child process, spoken to
 // over real TLS (verified against the test CA) or plain HTTP.
+#include "core/time_text.hpp"
 #include "sim/media.hpp"
 #include "tests/support/https_client.hpp"
 #include "tests/support/sim_process.hpp"
@@ -212,9 +213,9 @@ TEST(sim_e2e, rate_limit_429_carries_retry_after_and_reset_time) {
     EXPECT_LE(retry_after, 3);
     std::string reset = limited.headers.at("x-rate-limit-reset-at-utc");
     ASSERT_TRUE(std::regex_match(reset, std::regex(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)"))) << reset;
-    std::tm tm{};
-    ::strptime(reset.c_str(), "%Y-%m-%dT%H:%M:%SZ", &tm);
-    auto reset_at = std::chrono::system_clock::from_time_t(::timegm(&tm));
+    auto parsed = klingd::core::parse_rfc3339(reset);
+    ASSERT_TRUE(parsed) << reset;
+    std::chrono::system_clock::time_point reset_at = *parsed;
     auto now = std::chrono::system_clock::now();
     EXPECT_GT(reset_at, now - 1s);
     EXPECT_LT(reset_at, now + 4s);
