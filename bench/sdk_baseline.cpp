@@ -85,8 +85,8 @@ asio::awaitable<void> run_job(asio::io_context& io, klingd::daemon::http_client&
             abort_for(st);
             co_return;
         }
-        std::string s = klingd::core::parse_status(st.body);
-        if (s == "COMPLETED") {
+        auto s = klingd::core::parse_status(st.body);
+        if (s == klingd::core::remote_status::completed) {
             auto res = co_await client.request(http::verb::get, response_url, std::string(),
                                                headers, 8u << 20);
             if (res.how != http_outcome::transport::ok || res.status != 200)
@@ -95,7 +95,7 @@ asio::awaitable<void> run_job(asio::io_context& io, klingd::daemon::http_client&
                 finish("completed");
             co_return;
         }
-        if (s == "FAILED") {
+        if (s == klingd::core::remote_status::failed) {
             finish("failed");
             co_return;
         }

@@ -194,22 +194,53 @@ std::optional<submit_fields> parse_submit(std::string_view body, std::string_vie
     return f;
 }
 
-std::string parse_status(std::string_view body) {
+std::string_view to_string(request_kind k) {
+    switch (k) {
+    case request_kind::submit:
+        return "submit";
+    case request_kind::status:
+        return "status";
+    case request_kind::result:
+        break;
+    }
+    return "result";
+}
+
+std::string_view to_string(remote_status s) {
+    switch (s) {
+    case remote_status::queued:
+        return "QUEUED";
+    case remote_status::processing:
+        return "PROCESSING";
+    case remote_status::completed:
+        return "COMPLETED";
+    case remote_status::failed:
+        return "FAILED";
+    case remote_status::unknown:
+        break;
+    }
+    return "";
+}
+
+remote_status parse_status(std::string_view body) {
     // Polls are the hot path: a status answer is small, so parse it into a stack buffer.
     unsigned char buf[4096];
     json::monotonic_resource mr(buf, sizeof buf);
     auto v = parse_json(body, &mr);
     if (!v || !v->is_object())
-        return {};
+        return remote_status::unknown;
     std::string s = string_field(v->as_object(), "status");
     std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::toupper(c); });
-    if (s == "QUEUED" || s == "PROCESSING" || s == "COMPLETED" || s == "FAILED")
-        return s;
-    if (s == "SUCCEEDED" || s == "SUCCESS")
-        return "COMPLETED";
-    if (s == "IN_PROGRESS" || s == "RUNNING")
-        return "PROCESSING";
-    return {};
+    static constexpr std::pair<std::string_view, remote_status> names[] = {
+        {"QUEUED", remote_status::queued},         {"PROCESSING", remote_status::processing},
+        {"IN_PROGRESS", remote_status::processing}, {"RUNNING", remote_status::processing},
+        {"COMPLETED", remote_status::completed},   {"SUCCEEDED", remote_status::completed},
+        {"SUCCESS", remote_status::completed},     {"FAILED", remote_status::failed},
+    };
+    for (auto [name, status] : names)
+        if (s == name)
+            return status;
+    return remote_status::unknown;
 }
 
 std::vector<std::string> output_urls(std::string_view body) {

@@ -60,8 +60,17 @@ struct submit_fields {
 // nullopt when there is no usable request_id.
 std::optional<submit_fields> parse_submit(std::string_view body, std::string_view base_url);
 
-// "QUEUED", "PROCESSING", "COMPLETED", "FAILED", or "" when the body has no status.
-std::string parse_status(std::string_view body);
+// The kinds of API request klingd makes.
+enum class request_kind { submit, status, result };
+std::string_view to_string(request_kind k);
+
+// The status of a request at the API, as a status answer reports it.
+enum class remote_status { unknown, queued, processing, completed, failed };
+std::string_view to_string(remote_status s);
+
+// The status a status (or result) body reports; the API's aliases (SUCCEEDED,
+// IN_PROGRESS, ...) are mapped, any case. unknown when the body has no known status.
+remote_status parse_status(std::string_view body);
 
 // The media URLs a result body points at: "output" as a string, an array of
 // strings, or objects with "url"; also "images"/"video" shapes. Only http(s) URLs.

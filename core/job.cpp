@@ -6,7 +6,7 @@
 namespace klingd::core {
 
 namespace {
-constexpr std::array<std::pair<job_state, std::string_view>, 8> names{{
+constexpr std::array<std::pair<job_state, std::string_view>, std::size(all_job_states)> names{{
     {job_state::pending, "pending"},
     {job_state::submitting, "submitting"},
     {job_state::queued, "queued"},
@@ -30,6 +30,13 @@ std::optional<job_state> parse_job_state(std::string_view name) {
         if (n == name)
             return st;
     return std::nullopt;
+}
+
+std::string job_state_names() {
+    std::string out;
+    for (auto s : all_job_states)
+        out += (out.empty() ? "" : ", ") + std::string(to_string(s));
+    return out;
 }
 
 bool is_terminal(job_state s) {

@@ -27,7 +27,14 @@ enum class job_state {
     cancelled
 };
 
+// Every state, in the contract's order.
+inline constexpr job_state all_job_states[] = {
+    job_state::pending,   job_state::submitting, job_state::queued,  job_state::processing,
+    job_state::completed, job_state::failed,     job_state::expired, job_state::cancelled};
+
 std::string_view to_string(job_state s);
+// "pending, submitting, ..., cancelled": for messages that list them.
+std::string job_state_names();
 // nullopt when the name is not a state.
 std::optional<job_state> parse_job_state(std::string_view name);
 bool is_terminal(job_state s);

@@ -280,15 +280,15 @@ struct machine {
         signal_from(o, k);
         switch (k) {
         case answer_class::ok: {
-            std::string status = parse_status(o.body);
-            if (status == "QUEUED" || status == "PROCESSING") {
+            auto status = parse_status(o.body);
+            if (status == remote_status::queued || status == remote_status::processing) {
                 n().failures = 0;
                 n().last_poll_at = now;
                 t.persist = persist_mode::lazy; // unless the state moves on
-                if (status == "PROCESSING" && j.state == job_state::queued)
+                if (status == remote_status::processing && j.state == job_state::queued)
                     to_state(job_state::processing, "", persist_mode::batched);
                 schedule_poll();
-            } else if (status == "COMPLETED") {
+            } else if (status == remote_status::completed) {
                 n().failures = 0;
                 // The request finished between the last "not done" answer and this one.
                 auto last = std::max(j.last_poll_at, j.submitted_at.value_or(now));
@@ -299,7 +299,7 @@ struct machine {
                 n().phase = job_phase::result_due;
                 to_state(job_state::processing, "the API reports COMPLETED", persist_mode::batched);
                 schedule(work_kind::fetch_result, now);
-            } else if (status == "FAILED") {
+            } else if (status == remote_status::failed) {
                 fail(fmt::format("the request failed: {}", error_detail(o.status, o.body)));
             } else {
                 retry_get(work_kind::poll, fmt::format("status answer without a known status: {}",
@@ -329,15 +329,15 @@ struct machine {
         signal_from(o, k);
         switch (k) {
         case answer_class::ok: {
-            std::string status = parse_status(o.body);
-            if (status == "QUEUED" || status == "PROCESSING") {
+            auto status = parse_status(o.body);
+            if (status == remote_status::queued || status == remote_status::processing) {
                 // The status endpoint ran ahead of the result endpoint: poll again.
                 n().phase = job_phase::none;
                 n().last_poll_at = now;
                 schedule_poll();
                 return;
             }
-            if (status == "FAILED") {
+            if (status == remote_status::failed) {
                 fail(fmt::format("the request failed: {}", error_detail(o.status, o.body)));
                 return;
             }

@@ -134,9 +134,8 @@ control_response list_jobs(const control_request& req, engine& e, const target& 
             if (!s)
                 return error_response(
                     req.version(), http::status::bad_request,
-                    fmt::format("state \"{}\" is not a job state (pending, submitting, queued, "
-                                "processing, completed, failed, expired, cancelled)",
-                                v.substr(0, 40)));
+                    fmt::format("state \"{}\" is not a job state ({})", v.substr(0, 40),
+                                core::job_state_names()));
             f.state = *s;
         } else if (k == "model") {
             if (!v.empty())
@@ -227,9 +226,8 @@ control_response job_action(const control_request& req, engine& e, const std::st
 json::object stats_json(engine& e) {
     json::object o;
     json::object jobs;
-    for (auto s : {"pending", "submitting", "queued", "processing", "completed", "failed",
-                   "expired", "cancelled"})
-        jobs[s] = 0;
+    for (auto s : core::all_job_states)
+        jobs[core::to_string(s)] = 0;
     for (auto& [state, n] : e.count_by_state())
         jobs[state] = n;
     o["jobs"] = std::move(jobs);
@@ -238,7 +236,7 @@ json::object stats_json(engine& e) {
         json::object c;
         for (auto& [code, n] : codes)
             c[code] = n;
-        req[kind] = std::move(c);
+        req[core::to_string(kind)] = std::move(c);
     }
     o["requests"] = std::move(req);
     o["rate_limited"] = e.stats().rate_limited;
@@ -302,9 +300,9 @@ std::string render_metrics(engine& e) {
     for (auto& [k, n] : counts)
         models.insert(k.second);
     for (auto& m : models)
-        for (auto s : {"pending", "submitting", "queued", "processing", "completed", "failed",
-                       "expired", "cancelled"}) {
-            auto it = counts.find({s, m});
+        for (auto st : core::all_job_states) {
+            auto s = core::to_string(st);
+            auto it = counts.find({std::string(s), m});
             out += fmt::format("klingd_jobs{{state=\"{}\",model=\"{}\"}} {}\n", s, label(m),
                                it == counts.end() ? 0 : it->second);
         }
@@ -312,8 +310,8 @@ std::string render_metrics(engine& e) {
            "API requests by kind (submit, status, result) and answer.");
     for (auto& [kind, codes] : st.requests)
         for (auto& [code, n] : codes)
-            out += fmt::format("klingd_api_requests_total{{kind=\"{}\",code=\"{}\"}} {}\n", kind,
-                               code, n);
+            out += fmt::format("klingd_api_requests_total{{kind=\"{}\",code=\"{}\"}} {}\n",
+                               core::to_string(kind), code, n);
     family("klingd_polls_total", "counter", "Status polls sent.");
     out += fmt::format("klingd_polls_total {}\n", st.polls);
     family("klingd_rate_limited_total", "counter", "429 answers.");

@@ -363,14 +363,14 @@ void engine::note_signal(const core::transition& t, bool from_submit) {
     }
 }
 
-void engine::count(const std::string& kind, const core::http_outcome& o) {
+void engine::count(core::request_kind kind, const core::http_outcome& o) {
     std::string key = o.how == core::http_outcome::transport::ok         ? std::to_string(o.status)
                       : o.how == core::http_outcome::transport::not_sent ? "not_sent"
                                                                          : "lost";
     if (o.too_large)
         key = "too_large";
     ++stats_.requests[kind][key];
-    if (kind == "status" && o.how != core::http_outcome::transport::not_sent)
+    if (kind == core::request_kind::status && o.how != core::http_outcome::transport::not_sent)
         ++stats_.polls;
 }
 
@@ -529,7 +529,7 @@ asio::awaitable<void> engine::execute(core::dispatch_queue::item item) {
         headers.emplace_back("x-api-key", key);
         auto out = co_await client_.request(http::verb::post, *u, std::move(body),
                                             std::move(headers), max_body);
-        count("submit", out);
+        count(core::request_kind::submit, out);
         it = active_.find(item.job_id);
         if (it == active_.end())
             co_return;
@@ -556,7 +556,7 @@ asio::awaitable<void> engine::execute(core::dispatch_queue::item item) {
     headers.emplace_back("x-api-key", key);
     auto out =
         co_await client_.request(http::verb::get, *u, std::string(), std::move(headers), max_body);
-    count(poll ? "status" : "result", out);
+    count(poll ? core::request_kind::status : core::request_kind::result, out);
     it = active_.find(item.job_id);
     if (it == active_.end())
         co_return;

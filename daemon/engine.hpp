@@ -29,8 +29,8 @@
 namespace klingd::daemon {
 
 struct engine_stats {
-    // API requests by kind ("submit", "status", "result") and answer ("200", "429", "transport")
-    std::map<std::string, std::map<std::string, std::uint64_t>> requests;
+    // API requests by kind and answer ("200", "429", "not_sent", "lost", "too_large")
+    std::map<core::request_kind, std::map<std::string, std::uint64_t>> requests;
     std::uint64_t rate_limited = 0;
     std::uint64_t downloads_ok = 0;
     std::uint64_t downloads_failed = 0;
@@ -108,7 +108,7 @@ private:
     void schedule(const core::job& j, core::work_kind w, core::time_point at);
     bool submits_allowed(core::time_point now);
     void flush();
-    void count(const std::string& kind, const core::http_outcome& o);
+    void count(core::request_kind kind, const core::http_outcome& o);
     void note_signal(const core::transition& t, bool from_submit);
     // Replaces the API key wherever a server echoed it into text we keep or log.
     void scrub(core::transition& t) const;

@@ -19,13 +19,15 @@ service_notifier::service_notifier(asio::io_context& io, engine& e) : io_(io), e
 
 std::string service_notifier::status_line() {
     auto counts = engine_.count_by_state();
-    auto n = [&](const char* s) {
-        return counts.count(s) ? counts[s] : 0;
+    auto n = [&](core::job_state st) {
+        auto it = counts.find(std::string(core::to_string(st)));
+        return it == counts.end() ? 0 : it->second;
     };
     std::string blocked = engine_.blocked_reason();
     return fmt::format("{} pending, {} in flight, {} completed, {} failed, {} expired; {:.0f} "
                        "requests/min allowed{}",
-                       n("pending"), engine_.in_flight(), n("completed"), n("failed"), n("expired"),
+                       n(core::job_state::pending), engine_.in_flight(), n(core::job_state::completed),
+                       n(core::job_state::failed), n(core::job_state::expired),
                        engine_.budget().allowed_rpm(), blocked.empty() ? "" : "; " + blocked);
 }
 

@@ -144,9 +144,9 @@ void check_submit(std::string_view body, std::string_view base_url) {
 }
 
 void check_status(std::string_view body) {
-    std::string s = parse_status(body);
-    check(s.empty() || s == "QUEUED" || s == "PROCESSING" || s == "COMPLETED" || s == "FAILED",
-          "parse_status gives a known state or nothing", s);
+    auto s = parse_status(body);
+    check(s == remote_status::unknown || !to_string(s).empty(),
+          "parse_status gives a known state or nothing", std::string(to_string(s)));
 }
 
 std::string check_media_extension(std::string_view u, std::string_view content_type) {

@@ -46,12 +46,16 @@ TEST(api_answer, error_detail_prefers_the_error_field_and_strips_control_charact
 }
 
 TEST(api_answer, parse_status_normalises) {
-    EXPECT_EQ(parse_status(R"({"status":"QUEUED"})"), "QUEUED");
-    EXPECT_EQ(parse_status(R"({"status":"processing"})"), "PROCESSING");
-    EXPECT_EQ(parse_status(R"({"status":"COMPLETED","output":"x"})"), "COMPLETED");
-    EXPECT_EQ(parse_status(R"({"status":"WEIRD"})"), "");
-    EXPECT_EQ(parse_status(R"({"status":5})"), "");
-    EXPECT_EQ(parse_status("not json"), "");
+    EXPECT_EQ(parse_status(R"({"status":"QUEUED"})"), remote_status::queued);
+    EXPECT_EQ(parse_status(R"({"status":"processing"})"), remote_status::processing);
+    EXPECT_EQ(parse_status(R"({"status":"In_Progress"})"), remote_status::processing);
+    EXPECT_EQ(parse_status(R"({"status":"COMPLETED","output":"x"})"), remote_status::completed);
+    EXPECT_EQ(parse_status(R"({"status":"succeeded"})"), remote_status::completed);
+    EXPECT_EQ(parse_status(R"({"status":"FAILED"})"), remote_status::failed);
+    EXPECT_EQ(parse_status(R"({"status":"WEIRD"})"), remote_status::unknown);
+    EXPECT_EQ(parse_status(R"({"status":5})"), remote_status::unknown);
+    EXPECT_EQ(parse_status("not json"), remote_status::unknown);
+    EXPECT_EQ(to_string(remote_status::completed), "COMPLETED");
 }
 
 TEST(api_answer, output_urls_of_every_shape_and_only_http) {
