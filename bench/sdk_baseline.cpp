@@ -53,7 +53,7 @@ asio::awaitable<void> run_job(asio::io_context& io, klingd::daemon::http_client&
         return finish(fmt::format("aborted_{}", o.status));
     };
     klingd::daemon::header_list headers{{"x-api-key", key}};
-    auto submit_url = klingd::core::parse_url(base + "/v2/" + model);
+    auto submit_url = klingd::core::http_url::parse(base + "/v2/" + model);
     auto sub = co_await client.request(http::verb::post, *submit_url, params, headers, 8u << 20);
     if (sub.how != http_outcome::transport::ok || sub.status != 200) {
         abort_for(sub);
@@ -65,8 +65,8 @@ asio::awaitable<void> run_job(asio::io_context& io, klingd::daemon::http_client&
         co_return;
     }
     double interval = (model == "kling-o1-video-to-video-edit" ? 2.0 : 1.0) * scale;
-    auto status_url = *klingd::core::parse_url(fields->status_url);
-    auto response_url = *klingd::core::parse_url(fields->response_url);
+    auto status_url = *klingd::core::http_url::parse(fields->status_url);
+    auto response_url = *klingd::core::http_url::parse(fields->response_url);
     auto deadline =
         std::chrono::steady_clock::now() + std::chrono::duration<double>(deadline_s * scale);
     asio::steady_timer t(io);

@@ -7,6 +7,8 @@
 #include "core/url.hpp"
 
 #include <algorithm>
+#include <boost/url/ipv4_address.hpp>
+#include <boost/url/ipv6_address.hpp>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -178,27 +180,12 @@ std::optional<std::string> read_path(context& c, const toml::node& n, std::strin
 }
 
 bool is_loopback_host(std::string_view host) {
-    if (host == "localhost" || host == "::1" || host == "[::1]")
+    if (host == "localhost")
         return true;
-    // 127.0.0.0/8, dotted quad only
-    if (!host.starts_with("127."))
-        return false;
-    int parts = 0;
-    std::size_t i = 0;
-    while (i <= host.size()) {
-        std::size_t j = host.find('.', i);
-        if (j == std::string_view::npos)
-            j = host.size();
-        auto part = host.substr(i, j - i);
-        if (part.empty() || part.size() > 3 ||
-            !std::all_of(part.begin(), part.end(),
-                         [](char ch) { return ch >= '0' && ch <= '9'; }) ||
-            std::stoi(std::string(part)) > 255)
-            return false;
-        ++parts;
-        i = j + 1;
-    }
-    return parts == 4;
+    if (auto v4 = boost::urls::parse_ipv4_address(host))
+        return v4->is_loopback(); // 127.0.0.0/8
+    auto v6 = boost::urls::parse_ipv6_address(host);
+    return v6 && v6->is_loopback();
 }
 
 void parse_base_url(context& c, const toml::node& n, api_settings& api) {
@@ -206,81 +193,40 @@ void parse_base_url(context& c, const toml::node& n, api_settings& api) {
     auto v = read_string(c, n, key);
     if (!v)
         return;
-    std::string_view url = *v;
-    std::string scheme;
-    if (url.starts_with("https://")) {
-        scheme = "https";
-    } else if (url.starts_with("http://")) {
-        scheme = "http";
-    } else {
-        c.error(
-            n, key,
-            fmt::format("\"{}\" must start with https:// (or http:// for a loopback host)", url));
+    std::string_view text = *v;
+    auto u = core::http_url::parse(text);
+    if (!u) {
+        if (u.error() == core::errc::url_not_http)
+            c.error(n, key,
+                    fmt::format("\"{}\" must start with https:// (or http:// for a loopback host)",
+                                text));
+        else if (u.error() == core::errc::url_has_userinfo)
+            c.error(n, key, fmt::format("\"{}\" must be scheme://host[:port], without path, query or user", text));
+        else
+            c.error(n, key, fmt::format("\"{}\" {}", text, u.error().message()));
         return;
     }
-    auto rest = url.substr(scheme.size() + 3);
-    if (rest.ends_with('/'))
-        rest.remove_suffix(1);
-    if (rest.find_first_of("/?#@ ") != std::string_view::npos) {
-        c.error(
-            n, key,
-            fmt::format("\"{}\" must be scheme://host[:port], without path, query or user", url));
+    auto path = u->get().encoded_path();
+    if ((!path.empty() && path != "/") || u->get().has_query() ||
+        text.find('#') != std::string_view::npos) {
+        c.error(n, key,
+                fmt::format("\"{}\" must be scheme://host[:port], without path, query or user",
+                            text));
         return;
     }
-    std::string_view host = rest;
-    std::string_view port_text;
-    if (rest.starts_with('[')) {
-        auto close = rest.find(']');
-        if (close == std::string_view::npos) {
-            c.error(n, key, fmt::format("\"{}\" has an unclosed IPv6 address", url));
-            return;
-        }
-        host = rest.substr(0, close + 1);
-        auto after = rest.substr(close + 1);
-        if (!after.empty()) {
-            if (after[0] != ':') {
-                c.error(n, key, fmt::format("\"{}\" is not scheme://host[:port]", url));
-                return;
-            }
-            port_text = after.substr(1);
-        }
-    } else if (auto colon = rest.rfind(':'); colon != std::string_view::npos) {
-        host = rest.substr(0, colon);
-        port_text = rest.substr(colon + 1);
-    }
-    if (host.empty()) {
-        c.error(n, key, fmt::format("\"{}\" has no host", url));
-        return;
-    }
-    if (auto why = core::host_problem(host)) {
-        c.error(n, key, fmt::format("\"{}\" has a bad host: {}", url, *why));
-        return;
-    }
-    unsigned port = scheme == "https" ? 443 : 80;
-    if (!port_text.empty() || rest.ends_with(':')) {
-        if (port_text.empty() || port_text.size() > 5 ||
-            !std::all_of(port_text.begin(), port_text.end(),
-                         [](char ch) { return ch >= '0' && ch <= '9'; }) ||
-            (port = static_cast<unsigned>(std::stoul(std::string(port_text)))) == 0 ||
-            port > 65535) {
-            c.error(n, key, fmt::format("\"{}\" has a bad port: must be 1 to 65535", url));
-            return;
-        }
-    }
-    if (scheme == "http" && !is_loopback_host(host)) {
+    if (!u->tls() && !is_loopback_host(u->host())) {
         c.error(n, key,
                 fmt::format("\"{}\": plain http:// is allowed only to a loopback host "
                             "(localhost, 127.0.0.0/8, [::1]); use https://",
-                            url));
+                            text));
         return;
     }
-    api.base_url = std::string(url.substr(0, scheme.size() + 3 + rest.size()));
-    api.scheme = scheme;
-    std::string h(host);
-    if (h.starts_with('['))
-        h = h.substr(1, h.size() - 2);
-    api.host = h;
-    api.port = static_cast<std::uint16_t>(port);
+    if (text.ends_with('/'))
+        text.remove_suffix(1);
+    api.base_url = std::string(text);
+    api.scheme = u->tls() ? "https" : "http";
+    api.host = u->host();
+    api.port = u->port();
 }
 
 void parse_socket_mode(context& c, const toml::node& n, control_settings& control) {

@@ -36,9 +36,7 @@ std::string string_field(const json::object& o, std::string_view key) {
 }
 
 bool is_http_url(std::string_view s) {
-    if (!(s.starts_with("https://") || s.starts_with("http://")) || s.size() > 8192)
-        return false;
-    return std::none_of(s.begin(), s.end(), [](unsigned char c) { return c <= 0x20 || c == 0x7f; });
+    return http_url::parse(s).has_value();
 }
 
 bool is_safe_request_id(std::string_view id) {
@@ -180,9 +178,9 @@ std::optional<submit_fields> parse_submit(std::string_view body, std::string_vie
         return std::nullopt;
     // Follow the URLs as given (as the SDK does) only where the API key may go;
     // otherwise build them from the configured base.
-    auto base = parse_url(base_url);
+    auto base = http_url::parse(base_url);
     auto trusted = [&](const std::string& s) {
-        auto u = parse_url(s);
+        auto u = http_url::parse(s);
         return u && base && may_carry_api_key(*u, *base);
     };
     f.status_url = string_field(o, "status_url");

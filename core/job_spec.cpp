@@ -3,6 +3,7 @@
 #include "core/job_spec.hpp"
 
 #include "core/json_exact.hpp"
+#include "core/url.hpp"
 #include "core/utf8.hpp"
 
 #include <algorithm>
@@ -47,29 +48,6 @@ std::string_view kind_of(const json::value& v) {
 bool valid_name_char(char c) {
     return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
            c == '_' || c == '-';
-}
-
-// Why s is not an absolute http(s) URL with a host, or nullopt.
-std::optional<std::string> url_problem(std::string_view s) {
-    std::string_view rest;
-    if (s.starts_with("https://"))
-        rest = s.substr(8);
-    else if (s.starts_with("http://"))
-        rest = s.substr(7);
-    else
-        return "is not an absolute http:// or https:// URL";
-    auto host_end = rest.find_first_of("/?#");
-    auto authority = rest.substr(0, host_end);
-    if (auto at = authority.rfind('@'); at != std::string_view::npos)
-        authority = authority.substr(at + 1);
-    if (authority.empty() || authority.starts_with(':'))
-        return "has no host";
-    if (s.size() > 8192)
-        return "is longer than 8192 characters";
-    for (unsigned char c : s)
-        if (c <= 0x20 || c == 0x7f)
-            return "contains a space or a control character";
-    return std::nullopt;
 }
 
 struct checker {
@@ -123,8 +101,8 @@ struct checker {
     void url_value(const json::value& v, const std::string& where) {
         if (!v.is_string())
             return fail(fmt::format("{} must be a URL string, found {}", where, kind_of(v)));
-        if (auto p = url_problem(v.as_string()))
-            fail(fmt::format("{} {} {}", where, show(v), *p));
+        if (auto u = http_url::parse(v.as_string()); !u)
+            fail(fmt::format("{} {} {}", where, show(v), u.error().message()));
     }
 
     void url_field(std::string_view name, bool required) {

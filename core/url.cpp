@@ -1,104 +1,146 @@
-// URL parsing for the HTTP client and the key-scope rule.
+// http_url over Boost.URL, and the key-scope rule.
 #include "core/url.hpp"
 
 #include <algorithm>
-#include <cctype>
+#include <boost/url/encode.hpp>
+#include <boost/url/parse.hpp>
+#include <boost/url/rfc/pchars.hpp>
+#include <boost/url/rfc/reserved_chars.hpp>
+#include <charconv>
 #include <fmt/format.h>
 
 namespace klingd::core {
 
-std::string url::origin() const {
-    return fmt::format("{}://{}", scheme, host_header());
+namespace urls = boost::urls;
+
+namespace {
+
+bool name_char(char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '~' ||
+           c == '-';
 }
 
-std::string url::host_header() const {
-    bool v6 = host.find(':') != std::string::npos;
-    std::string h = v6 ? "[" + host + "]" : host;
-    bool default_port = (scheme == "https" && port == 443) || (scheme == "http" && port == 80);
-    return default_port ? h : fmt::format("{}:{}", h, port);
+// Percent-encodes the bytes a URI may not hold as they are (not reserved, not
+// unreserved, not '%'), as browsers do, so that such a link still names its file.
+std::string encode_stray_bytes(std::string_view s) {
+    constexpr auto allowed = urls::unreserved_chars + urls::grammar::lut_chars(":/?#[]@!$&'()*+,;=%");
+    if (std::all_of(s.begin(), s.end(), [&](char c) { return allowed(c); }))
+        return std::string(s);
+    urls::encoding_opts opts;
+    return urls::encode(s, allowed, opts);
 }
 
-std::optional<std::string> host_problem(std::string_view host) {
-    if (host.empty())
-        return "the host is empty";
-    if (host.front() == '[') {
-        if (host.size() < 3 || host.back() != ']')
-            return "an IPv6 address must be one bracketed address, such as [::1]";
-        auto inside = host.substr(1, host.size() - 2);
-        bool v6 = inside.find(':') != std::string_view::npos &&
-                  std::all_of(inside.begin(), inside.end(), [](char c) {
-                      return std::isxdigit(static_cast<unsigned char>(c)) || c == ':' || c == '.';
-                  });
-        if (!v6)
-            return "the brackets hold something other than an IPv6 address";
-        return std::nullopt;
-    }
-    bool name = std::all_of(host.begin(), host.end(), [](char c) {
-        return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '~' ||
-               c == '-';
-    });
-    if (!name)
-        return "a host name may hold only letters, digits, '.', '_', '~' and '-'";
-    return std::nullopt;
-}
-
-std::optional<url> parse_url(std::string_view s) {
-    url u;
-    if (s.starts_with("https://")) {
-        u.scheme = "https";
-        u.port = 443;
-    } else if (s.starts_with("http://")) {
-        u.scheme = "http";
-        u.port = 80;
-    } else {
-        return std::nullopt;
-    }
-    if (s.size() > 8192 ||
-        std::any_of(s.begin(), s.end(), [](unsigned char c) { return c <= 0x20 || c == 0x7f; }))
-        return std::nullopt;
-    auto rest = s.substr(u.scheme.size() + 3);
-    auto end = rest.find_first_of("/?#");
-    auto authority = rest.substr(0, end);
-    u.target = end == std::string_view::npos ? "/" : std::string(rest.substr(end));
-    if (auto hash = u.target.find('#'); hash != std::string::npos)
-        u.target.resize(hash);
-    if (u.target.empty() || u.target[0] == '?')
-        u.target = "/" + u.target;
-    if (authority.find('@') != std::string_view::npos)
-        return std::nullopt; // no credentials in URLs
-    std::string_view host = authority, port;
-    if (authority.starts_with('[')) {
-        auto close = authority.find(']');
-        if (close == std::string_view::npos)
-            return std::nullopt;
-        host = authority.substr(0, close + 1);
-        auto after = authority.substr(close + 1);
-        if (!after.empty()) {
-            if (after[0] != ':')
-                return std::nullopt;
-            port = after.substr(1);
-        }
-    } else if (auto colon = authority.rfind(':'); colon != std::string_view::npos) {
-        host = authority.substr(0, colon);
-        port = authority.substr(colon + 1);
-    }
-    if (host_problem(host))
-        return std::nullopt;
-    if (host.front() == '[')
-        host = host.substr(1, host.size() - 2);
-    if (!port.empty()) {
-        if (port.size() > 5 ||
-            !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; }))
-            return std::nullopt;
-        unsigned p = static_cast<unsigned>(std::stoul(std::string(port)));
-        if (p == 0 || p > 65535)
-            return std::nullopt;
-        u.port = static_cast<std::uint16_t>(p);
-    }
-    u.host = std::string(host);
-    std::transform(u.host.begin(), u.host.end(), u.host.begin(),
-                   [](unsigned char c) { return std::tolower(c); });
+// parse_uri, less a bug of Boost.URL 1.81: it reads "http://127.0.0.1.evil.example:81/"
+// as the IPv4 host 127.0.0.1 and the path ".evil.example:81/", though a path after an
+// authority starts with '/'. Such a host is a name: parse it with a letter before it,
+// which no IPv4 address has, and set the name afterwards.
+boost::system::result<urls::url> parse_absolute(const std::string& text) {
+    auto parsed = urls::parse_uri(text);
+    if (!parsed)
+        return parsed.error();
+    auto path = parsed->encoded_path();
+    if (path.empty() || path.starts_with('/'))
+        return urls::url(*parsed);
+    auto at = text.find("//");
+    if (parsed->host_type() != urls::host_type::ipv4 || at == std::string::npos)
+        return boost::system::error_code(EINVAL, boost::system::generic_category());
+    std::string with_letter = text.substr(0, at + 2) + "x" + text.substr(at + 2);
+    auto patched = urls::parse_uri(with_letter); // a view of with_letter
+    if (!patched || patched->host_type() != urls::host_type::name)
+        return boost::system::error_code(EINVAL, boost::system::generic_category());
+    urls::url u(*patched);
+    std::string name(u.encoded_host().substr(1)); // a copy: the setter rewrites the buffer
+    u.set_encoded_host_name(name);
     return u;
+}
+
+} // namespace
+
+result<http_url> http_url::parse(std::string_view s) {
+    auto lower_prefix = [&](std::string_view p) {
+        return s.size() >= p.size() && std::equal(p.begin(), p.end(), s.begin(), [](char a, char b) {
+                   return a == std::tolower(static_cast<unsigned char>(b));
+               });
+    };
+    if (!lower_prefix("https://") && !lower_prefix("http://"))
+        return error(errc::url_not_http);
+    if (s.size() > 8192)
+        return error(errc::url_too_long);
+    if (std::any_of(s.begin(), s.end(), [](unsigned char c) { return c <= 0x20 || c == 0x7f; }))
+        return error(errc::url_bad_character);
+    std::string text = encode_stray_bytes(s);
+    auto parsed = parse_absolute(text);
+    if (!parsed) {
+        auto authority = text.substr(text.find("//") + 2);
+        authority = authority.substr(0, authority.find_first_of("/?#"));
+        bool brackets = authority.find_first_of("[]") != std::string::npos;
+        return error(brackets ? errc::url_bad_host : errc::url_malformed);
+    }
+    http_url out;
+    out.url_ = std::move(*parsed);
+    auto& u = out.url_;
+    u.normalize_scheme();
+    if (u.scheme_id() != urls::scheme::https && u.scheme_id() != urls::scheme::http)
+        return error(errc::url_not_http);
+    if (u.has_userinfo())
+        return error(errc::url_has_userinfo);
+    switch (u.host_type()) {
+    case urls::host_type::ipv4:
+    case urls::host_type::ipv6:
+        break;
+    case urls::host_type::name: {
+        std::string_view host = u.encoded_host();
+        if (host.empty())
+            return error(errc::url_no_host);
+        if (!std::all_of(host.begin(), host.end(), name_char))
+            return error(errc::url_bad_host);
+        break;
+    }
+    default:
+        return error(errc::url_bad_host);
+    }
+    u.normalize_authority(); // lower-case host
+    out.port_ = u.scheme_id() == urls::scheme::https ? 443 : 80;
+    if (u.has_port()) {
+        auto p = u.port();
+        unsigned n = 0;
+        auto [end, ec] = std::from_chars(p.data(), p.data() + p.size(), n);
+        if (p.empty() || ec != std::errc() || end != p.data() + p.size() || n == 0 || n > 65535)
+            return error(errc::url_bad_port);
+        out.port_ = static_cast<std::uint16_t>(n);
+    }
+    u.remove_fragment();
+    return out;
+}
+
+std::string http_url::host() const {
+    return std::string(url_.encoded_host_address());
+}
+
+std::string http_url::target() const {
+    std::string t(url_.encoded_path());
+    if (t.empty())
+        t = "/";
+    if (url_.has_query())
+        t += "?" + std::string(url_.encoded_query());
+    return t;
+}
+
+std::string http_url::origin() const {
+    return fmt::format("{}://{}", url_.scheme(), host_header());
+}
+
+std::string http_url::host_header() const {
+    std::string h(url_.encoded_host()); // an IPv6 address keeps its brackets
+    bool default_port = (tls() && port_ == 443) || (!tls() && port_ == 80);
+    return default_port ? h : fmt::format("{}:{}", h, port_);
+}
+
+http_url http_url::with_target(std::string_view path) const {
+    http_url out = *this;
+    out.url_.remove_query();
+    out.url_.set_encoded_path(path);
+    return out;
 }
 
 namespace {
@@ -116,12 +158,13 @@ std::string parent_domain(const std::string& h) {
 }
 } // namespace
 
-bool may_carry_api_key(const url& u, const url& base) {
-    if (u.scheme == base.scheme && u.host == base.host && u.port == base.port)
+bool may_carry_api_key(const http_url& u, const http_url& base) {
+    auto host = u.host(), base_host = base.host();
+    if (u.tls() == base.tls() && host == base_host && u.port() == base.port())
         return true;
     if (!u.tls())
         return false;
-    std::string parent = parent_domain(base.host);
+    std::string parent = parent_domain(base_host);
     if (parent.empty() || parent.find('.') == std::string::npos)
         return false;
     // Without the public suffix list, "co.uk" and "segmind.com" look alike: a
@@ -129,8 +172,7 @@ bool may_carry_api_key(const url& u, const url& base) {
     auto dot = parent.rfind('.');
     if (parent.find('.') == dot && parent.size() - dot - 1 <= 2 && dot <= 3)
         return false;
-    return u.host == parent ||
-           (u.host.size() > parent.size() + 1 && u.host.ends_with("." + parent));
+    return host == parent || (host.size() > parent.size() + 1 && host.ends_with("." + parent));
 }
 
 } // namespace klingd::core

@@ -1,37 +1,51 @@
-// Absolute http(s) URLs: parsed into origin and target, and the rule for which
-// URLs may receive the API key.
+// The one URL type: Boost.URL. http_url is a boost::urls::url that klingd may
+// send a request to (an absolute http(s) URL with a host it accepts and a valid
+// port); it answers what the HTTP client needs (origin, Host header, target) and
+// carries the rule for which URLs may receive the API key.
 #pragma once
 
+#include "core/error.hpp"
+
+#include <boost/url/url.hpp>
 #include <cstdint>
-#include <optional>
 #include <string>
 #include <string_view>
 
 namespace klingd::core {
 
-struct url {
-    std::string scheme; // "http" or "https"
-    std::string host;   // without brackets for IPv6
-    std::uint16_t port = 0;
-    std::string target; // path and query, at least "/"
+class http_url {
+public:
+    // The URL in s, or why it is not one klingd sends requests to (errc::url_*):
+    // scheme http or https; a host that is a name of letters, digits and "._~-", an
+    // IPv4 address or a bracketed IPv6 address; a port from 1 to 65535 or none; no
+    // user information; at most 8192 characters, none a space or a control
+    // character. Characters a URL may not hold as they are (such as '|' or UTF-8)
+    // are percent-encoded; the fragment is dropped; the host is lower-cased.
+    static result<http_url> parse(std::string_view s);
 
-    bool tls() const { return scheme == "https"; }
+    const boost::urls::url& get() const { return url_; }
+    bool tls() const { return url_.scheme_id() == boost::urls::scheme::https; }
+    // The host without brackets ("::1" for [::1]), lower-case.
+    std::string host() const;
+    std::uint16_t port() const { return port_; }
+    // The path and query, at least "/".
+    std::string target() const;
     // "https://host:port", the key of a connection pool.
     std::string origin() const;
-    // The Host header value.
+    // The Host header value (the port only when it is not the scheme's).
     std::string host_header() const;
+    std::string_view text() const { return url_.buffer(); }
+
+    // The same URL with its path and query replaced by target ("/v2/requests/ID/status").
+    http_url with_target(std::string_view path) const;
+
+private:
+    boost::urls::url url_;
+    std::uint16_t port_ = 0;
 };
-
-// nullopt when s is not an absolute http(s) URL with a host and a valid port.
-std::optional<url> parse_url(std::string_view s);
-
-// What is wrong with a URL's host as written between "//" and the port (an IPv6
-// address in brackets), or nullopt: a name or IPv4 address of letters, digits and
-// "._~-", or a bracketed IPv6 address of hex digits, ':' and '.'.
-std::optional<std::string> host_problem(std::string_view host);
 
 // True when u may be sent the API key: same origin as base, or an https URL on
 // the same parent domain as base's host (api.segmind.com -> queue.segmind.com).
-bool may_carry_api_key(const url& u, const url& base);
+bool may_carry_api_key(const http_url& u, const http_url& base);
 
 } // namespace klingd::core

@@ -58,8 +58,8 @@ core::milliseconds wake_tick(const config::settings& s) {
 }
 
 // The configuration accepts only base URLs the HTTP client parses; anything else is a bug.
-core::url parsed_base_url(const std::string& base_url) {
-    auto u = core::parse_url(base_url);
+core::http_url parsed_base_url(const std::string& base_url) {
+    auto u = core::http_url::parse(base_url);
     if (!u)
         throw std::invalid_argument("api.base_url is not a usable URL: " + base_url);
     return *u;
@@ -524,10 +524,10 @@ asio::awaitable<void> engine::execute(core::dispatch_queue::item item) {
                                              context_for(it->second)));
             co_return;
         }
-        auto u = core::parse_url(fmt::format("{}/v2/{}", settings_.api.base_url, it->second.model));
+        auto u = base_.with_target(fmt::format("/v2/{}", it->second.model));
         header_list headers;
         headers.emplace_back("x-api-key", key);
-        auto out = co_await client_.request(http::verb::post, *u, std::move(body),
+        auto out = co_await client_.request(http::verb::post, u, std::move(body),
                                             std::move(headers), max_body);
         count(core::request_kind::submit, out);
         it = active_.find(item.job_id);
@@ -547,15 +547,15 @@ asio::awaitable<void> engine::execute(core::dispatch_queue::item item) {
     }
     bool poll = item.kind == work_kind::poll;
     const auto& target = poll ? j.status_url : j.response_url;
-    auto u = target ? core::parse_url(*target) : std::nullopt;
-    if (!u || !core::may_carry_api_key(*u, base_)) {
-        u = core::parse_url(fmt::format("{}/v2/requests/{}{}", settings_.api.base_url,
-                                        j.request_id.value_or(""), poll ? "/status" : ""));
-    }
+    auto parsed = target ? core::http_url::parse(*target) : core::result<core::http_url>();
+    auto u = parsed && core::may_carry_api_key(*parsed, base_)
+                 ? *parsed
+                 : base_.with_target(fmt::format("/v2/requests/{}{}", j.request_id.value_or(""),
+                                                 poll ? "/status" : ""));
     header_list headers;
     headers.emplace_back("x-api-key", key);
     auto out =
-        co_await client_.request(http::verb::get, *u, std::string(), std::move(headers), max_body);
+        co_await client_.request(http::verb::get, u, std::string(), std::move(headers), max_body);
     count(poll ? core::request_kind::status : core::request_kind::result, out);
     it = active_.find(item.job_id);
     if (it == active_.end())
@@ -604,9 +604,9 @@ asio::awaitable<void> engine::download(std::string id) {
     std::vector<std::string> paths{dir->final_path("result.json")};
     auto urls = core::output_urls(result);
     for (std::size_t i = 0; i < urls.size(); ++i) {
-        auto u = core::parse_url(urls[i]);
+        auto u = core::http_url::parse(urls[i]);
         if (!u) {
-            fail(fmt::format("output URL is not a usable http(s) URL: {}", urls[i].substr(0, 200)),
+            fail(fmt::format("output URL {} {}", urls[i].substr(0, 200), u.error().message()),
                  false);
             co_return;
         }

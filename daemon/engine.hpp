@@ -117,7 +117,7 @@ private:
     const config::settings& settings_;
     storage::job_store& store_;
     http_client& client_;
-    core::url base_;
+    core::http_url base_;
 
     std::unordered_map<std::string, core::job> active_;
     core::dispatch_queue queue_;

@@ -93,7 +93,7 @@ http_client::http_client(asio::any_io_executor ex, asio::ssl::context& tls, clie
 http_client::~http_client() = default;
 
 asio::awaitable<std::unique_ptr<http_client::connection>>
-http_client::acquire(const core::url& u, bool for_post, core::http_outcome& failure) {
+http_client::acquire(const core::http_url& u, bool for_post, core::http_outcome& failure) {
     auto origin = u.origin();
     auto now = std::chrono::steady_clock::now();
     auto& pool = idle_[origin];
@@ -111,11 +111,11 @@ http_client::acquire(const core::url& u, bool for_post, core::http_outcome& fail
     c->origin = origin;
     error_code ec;
     asio::ip::tcp::resolver resolver(ex_);
-    auto endpoints = co_await resolver.async_resolve(u.host, std::to_string(u.port),
+    auto endpoints = co_await resolver.async_resolve(u.host(), std::to_string(u.port()),
                                                      asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
         failure.how = transport::not_sent;
-        failure.message = fmt::format("cannot resolve {}: {}", u.host, describe(ec));
+        failure.message = fmt::format("cannot resolve {}: {}", u.host(), describe(ec));
         co_return nullptr;
     }
     if (u.tls())
@@ -132,9 +132,9 @@ http_client::acquire(const core::url& u, bool for_post, core::http_outcome& fail
     }
     tcp.socket().set_option(asio::ip::tcp::no_delay(true), ec);
     if (c->tls) {
-        if (auto e = tls::prepare_client_stream(*c->tls, u.host); e) {
+        if (auto e = tls::prepare_client_stream(*c->tls, u.host()); e) {
             failure.how = transport::not_sent;
-            failure.message = fmt::format("TLS set-up for {} failed: {}", u.host, e.message());
+            failure.message = fmt::format("TLS set-up for {} failed: {}", u.host(), e.message());
             co_return nullptr;
         }
         tcp.expires_after(opts_.timeout);
@@ -162,7 +162,7 @@ void http_client::release(std::unique_ptr<connection> c) {
         pool.push_back(std::move(c));
 }
 
-asio::awaitable<core::http_outcome> http_client::request(http::verb method, const core::url& u,
+asio::awaitable<core::http_outcome> http_client::request(http::verb method, const core::http_url& u,
                                                          std::string body, header_list headers,
                                                          std::uint64_t max_body) {
     bool post = method == http::verb::post;
@@ -177,7 +177,7 @@ asio::awaitable<core::http_outcome> http_client::request(http::verb method, cons
     std::string wire =
         fmt::format("{} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: klingd/" KLINGD_VERSION
                     "\r\nAccept: application/json\r\n",
-                    std::string_view(http::to_string(method)), check(u.target), check(host));
+                    std::string_view(http::to_string(method)), check(u.target()), check(host));
     for (auto& [k, v] : headers)
         fmt::format_to(std::back_inserter(wire), "{}: {}\r\n", check(k), check(v));
     if (post || !body.empty())
@@ -242,9 +242,9 @@ asio::awaitable<core::http_outcome> http_client::request(http::verb method, cons
     }
 }
 
-asio::awaitable<download_result> http_client::download(const core::url& u, const std::string& path,
+asio::awaitable<download_result> http_client::download(const core::http_url& u, const std::string& path,
                                                        std::uint64_t max_bytes) {
-    http::request<http::empty_body> req{http::verb::get, u.target, 11};
+    http::request<http::empty_body> req{http::verb::get, u.target(), 11};
     req.set(http::field::host, u.host_header());
     req.set(http::field::user_agent, "klingd/" KLINGD_VERSION);
     req.keep_alive(true);

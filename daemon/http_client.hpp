@@ -45,12 +45,12 @@ public:
 
     // One exchange. max_body: larger bodies are not read (outcome.too_large).
     boost::asio::awaitable<core::http_outcome> request(boost::beast::http::verb method,
-                                                       const core::url& u, std::string body,
+                                                       const core::http_url& u, std::string body,
                                                        header_list headers, std::uint64_t max_body);
 
     // Streams a GET's body into path (created or truncated). A non-2xx answer,
     // a body over max_bytes or a transport error leave a partial file to delete.
-    boost::asio::awaitable<download_result> download(const core::url& u, const std::string& path,
+    boost::asio::awaitable<download_result> download(const core::http_url& u, const std::string& path,
                                                      std::uint64_t max_bytes);
 
     void set_timeout(std::chrono::milliseconds t) { opts_.timeout = t; }
@@ -58,7 +58,7 @@ public:
     struct connection;
 
 private:
-    boost::asio::awaitable<std::unique_ptr<connection>> acquire(const core::url& u, bool for_post,
+    boost::asio::awaitable<std::unique_ptr<connection>> acquire(const core::http_url& u, bool for_post,
                                                                 core::http_outcome& failure);
     void release(std::unique_ptr<connection> c);
 

@@ -127,17 +127,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
     const klingd::config::settings& s = *r.value;
     check(!s.api_key.empty(), "valid settings have an API key");
-    auto base = klingd::core::parse_url(s.api.base_url);
+    auto base = klingd::core::http_url::parse(s.api.base_url);
     check(base.has_value(), "api.base_url is a URL for the HTTP client", s.api.base_url);
-    // (api.host keeps the case it was written in; parse_url lowers it.)
-    check(base->scheme == s.api.scheme && base->port == s.api.port &&
-              std::equal(base->host.begin(), base->host.end(), s.api.host.begin(), s.api.host.end(),
-                         [](char a, char b) {
-                             return std::tolower(static_cast<unsigned char>(a)) ==
-                                    std::tolower(static_cast<unsigned char>(b));
-                         }),
+    check((base->tls() ? "https" : "http") == s.api.scheme && base->port() == s.api.port &&
+              base->host() == s.api.host,
           "api.scheme, host and port are those of api.base_url", s.api.base_url);
-    check(base->target == "/", "api.base_url has no path", s.api.base_url);
+    check(base->target() == "/", "api.base_url has no path", s.api.base_url);
     check(s.jobs.min_poll_interval_s <= s.jobs.max_poll_interval_s &&
               s.jobs.max_poll_interval_s <= s.jobs.result_retention_s / 2,
           "poll intervals fit the retention");

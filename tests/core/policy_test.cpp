@@ -360,18 +360,29 @@ TEST(dispatch_queue, downloads_are_not_budgeted) {
 namespace {
 using namespace klingd::core;
 
+std::optional<http_url> parse_url(std::string_view s) {
+    auto u = http_url::parse(s);
+    return u ? std::optional(*u) : std::nullopt;
+}
+
 TEST(url, parses_origin_and_target) {
     auto u = parse_url("https://API.Segmind.com/v2/requests/x/status?a=1#frag");
     ASSERT_TRUE(u);
-    EXPECT_EQ(u->host, "api.segmind.com");
-    EXPECT_EQ(u->port, 443);
-    EXPECT_EQ(u->target, "/v2/requests/x/status?a=1");
+    EXPECT_EQ(u->host(), "api.segmind.com");
+    EXPECT_EQ(u->port(), 443);
+    EXPECT_EQ(u->target(), "/v2/requests/x/status?a=1");
     EXPECT_EQ(u->origin(), "https://api.segmind.com");
     auto v6 = parse_url("http://[::1]:8080");
     ASSERT_TRUE(v6);
-    EXPECT_EQ(v6->host, "::1");
-    EXPECT_EQ(v6->target, "/");
+    EXPECT_EQ(v6->host(), "::1");
+    EXPECT_EQ(v6->target(), "/");
     EXPECT_EQ(v6->host_header(), "[::1]:8080");
+    EXPECT_EQ(v6->origin(), "http://[::1]:8080");
+    EXPECT_EQ(parse_url("https://h:8443?x=1")->target(), "/?x=1");
+    EXPECT_EQ(parse_url("https://h/a/b?c=d")->with_target("/v2/requests/r1").text(),
+              "https://h/v2/requests/r1");
+    // Characters a URL may not hold as they are are percent-encoded, as browsers do.
+    EXPECT_EQ(parse_url("https://cdn.example/a|b/\xC3\xA9.png")->target(), "/a%7Cb/%C3%A9.png");
     EXPECT_FALSE(parse_url("ftp://x/"));
     EXPECT_FALSE(parse_url("https://user:pw@x/"));
     EXPECT_FALSE(parse_url("https://x:0/"));
@@ -383,8 +394,33 @@ TEST(url, parses_origin_and_target) {
     EXPECT_FALSE(parse_url("https://Z::1]:9443/v2"));
     EXPECT_FALSE(parse_url("https://[api.segmind.com]/"));
     EXPECT_FALSE(parse_url("https://a:b:443/"));
+    EXPECT_FALSE(parse_url("https://x:99999/"));
+    EXPECT_FALSE(parse_url("https://x:/"));
+    EXPECT_FALSE(parse_url("https://x/%zz"));
+    EXPECT_FALSE(parse_url("https://h%41st/"));
     EXPECT_TRUE(parse_url("https://[2001:db8::1]:8443/x"));
     EXPECT_TRUE(parse_url("https://queue_1.segmind-api.com/x"));
+    EXPECT_TRUE(parse_url("HTTPS://x.example/"));
+}
+
+TEST(url, each_refusal_says_why) {
+    EXPECT_EQ(http_url::parse("ftp://x/").error(), errc::url_not_http);
+    EXPECT_EQ(http_url::parse("https://u@x/").error(), errc::url_has_userinfo);
+    EXPECT_EQ(http_url::parse("https://:443/").error(), errc::url_no_host);
+    EXPECT_EQ(http_url::parse("https://a!b/").error(), errc::url_bad_host);
+    EXPECT_EQ(http_url::parse("https://x:0/").error(), errc::url_bad_port);
+    EXPECT_EQ(http_url::parse("https://x/ y").error(), errc::url_bad_character);
+    EXPECT_EQ(http_url::parse("https://x/" + std::string(8200, 'a')).error(), errc::url_too_long);
+    EXPECT_EQ(http_url::parse("https://x[::1]/").error(), errc::url_bad_host);
+    EXPECT_EQ(http_url::parse("https://x/%zz").error(), errc::url_malformed);
+    // Boost.URL 1.81 alone takes this for host 127.0.0.1 and path ".evil.example:81/x".
+    auto lookalike = http_url::parse("http://127.0.0.1.evil.example:81/x");
+    ASSERT_TRUE(lookalike);
+    EXPECT_EQ(lookalike->host(), "127.0.0.1.evil.example");
+    EXPECT_EQ(lookalike->port(), 81);
+    EXPECT_EQ(lookalike->target(), "/x");
+    EXPECT_EQ(http_url::parse("https://x:0/").error().message(),
+              "has a bad port: must be 1 to 65535");
 }
 
 TEST(utf8, invalid_bytes_become_replacement_characters_and_cuts_keep_sequences_whole) {
