@@ -38,6 +38,8 @@ public:
             return "the id is taken by a job with other content";
         case errc::invalid_job:
             return "the job does not validate";
+        case errc::bad_request:
+            return "malformed request";
         case errc::store_busy:
             return "the database is locked by another process";
         case errc::store_full:

@@ -27,6 +27,7 @@ enum class errc {
     wrong_state,    // the job's state does not allow the action
     id_conflict,    // the id is taken by a job with other content
     invalid_job,    // a job file or request that does not validate
+    bad_request,    // a malformed request on the control socket
     // Storage and files
     store_busy,      // the database is locked by another process
     store_full,      // the disk or the database is full

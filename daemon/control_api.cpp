@@ -8,6 +8,7 @@
 #include "runtime/log.hpp"
 
 #include <boost/json.hpp>
+#include <boost/url/parse.hpp>
 #include <charconv>
 #include <cmath>
 #include <fmt/format.h>
@@ -30,85 +31,24 @@ control_response json_response(unsigned version, http::status status, const json
     return res;
 }
 
-int hex(char c) {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-// Percent-decoding; nullopt for a malformed escape.
-std::optional<std::string> decode(std::string_view s) {
-    std::string out;
-    for (std::size_t i = 0; i < s.size(); ++i) {
-        if (s[i] == '%') {
-            if (i + 2 >= s.size())
-                return std::nullopt;
-            int a = hex(s[i + 1]), b = hex(s[i + 2]);
-            if (a < 0 || b < 0)
-                return std::nullopt;
-            out += static_cast<char>(a * 16 + b);
-            i += 2;
-        } else if (s[i] == '+') {
-            out += ' ';
-        } else {
-            out += s[i];
-        }
-    }
-    return out;
-}
-
 struct target {
     std::vector<std::string> segments;
     std::map<std::string, std::string> query;
-    std::string problem;
 };
 
-target parse_target(std::string_view t) {
+// The request target as Boost.URL reads it (origin-form: path and query, each
+// percent-decoded, '+' a space in the query); why not when it is malformed.
+core::result<target> parse_target(std::string_view text) {
+    auto u = boost::urls::parse_origin_form(text);
+    if (!u)
+        return core::error(core::errc::bad_request, "malformed request target (path or query)");
     target out;
-    auto q = t.find('?');
-    auto path = t.substr(0, q);
-    std::size_t i = 0;
-    while (i < path.size()) {
-        while (i < path.size() && path[i] == '/')
-            ++i;
-        auto j = path.find('/', i);
-        if (j == std::string_view::npos)
-            j = path.size();
-        if (j > i) {
-            auto seg = decode(path.substr(i, j - i));
-            if (!seg) {
-                out.problem = "malformed percent-escape in the path";
-                return out;
-            }
-            out.segments.push_back(std::move(*seg));
-        }
-        i = j;
-    }
-    if (q != std::string_view::npos) {
-        auto qs = t.substr(q + 1);
-        std::size_t k = 0;
-        while (k <= qs.size()) {
-            auto amp = qs.find('&', k);
-            if (amp == std::string_view::npos)
-                amp = qs.size();
-            auto pair = qs.substr(k, amp - k);
-            if (!pair.empty()) {
-                auto eq = pair.find('=');
-                auto key = decode(pair.substr(0, eq));
-                auto value = decode(eq == std::string_view::npos ? "" : pair.substr(eq + 1));
-                if (!key || !value) {
-                    out.problem = "malformed percent-escape in the query";
-                    return out;
-                }
-                out.query[*key] = *value;
-            }
-            k = amp + 1;
-        }
-    }
+    for (auto seg : u->segments())
+        if (!seg.empty())
+            out.segments.push_back(seg);
+    for (auto p : u->params())
+        if (!p.key.empty() || p.has_value)
+            out.query[p.key] = p.value;
     return out;
 }
 
@@ -353,12 +293,11 @@ namespace {
 struct route {
     http::verb method;
     std::vector<std::string_view> pattern;
-    control_response (*handle)(const control_request&, engine&, const peer_info&, const target&,
-                               const std::string& id);
+    control_outcome (*handle)(const control_request&, engine&, const peer_info&, const target&,
+                              const std::string& id);
 };
 
-control_response metrics(const control_request& req, engine& e, const peer_info&, const target&,
-                         const std::string&) {
+control_response metrics(const control_request& req, engine& e) {
     control_response res{http::status::ok, req.version()};
     res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
     res.body() = render_metrics(e);
@@ -374,34 +313,52 @@ control_response pause_or_resume(const control_request& req, engine& e, const pe
     return json_response(req.version(), http::status::ok, json::object{{"paused", e.paused()}});
 }
 
+// GET /v1/events[?id=ID]: a stream the server writes, not an answer.
+control_outcome events(const control_request& req, const target& t) {
+    event_stream s;
+    for (auto& [k, v] : t.query) {
+        if (k != "id")
+            return error_response(
+                req.version(), http::status::bad_request,
+                fmt::format("unknown query parameter \"{}\" (known: id)", k.substr(0, 40)));
+        s.job_filter = v;
+    }
+    return s;
+}
+
 // clang-format off
 const route routes[] = {
-    {http::verb::get, {"metrics"}, metrics},
-    {http::verb::get, {"v1", "health"}, [](const control_request& req, engine&, const peer_info&, const target&, const std::string&) {
+    {http::verb::get, {"metrics"}, [](const control_request& req, engine& e, const peer_info&, const target&, const std::string&) -> control_outcome {
+        return metrics(req, e);
+    }},
+    {http::verb::get, {"v1", "health"}, [](const control_request& req, engine&, const peer_info&, const target&, const std::string&) -> control_outcome {
         return json_response(req.version(), http::status::ok, json::object{{"status", "ok"}, {"version", KLINGD_VERSION}});
     }},
-    {http::verb::get, {"v1", "jobs"}, [](const control_request& req, engine& e, const peer_info&, const target& t, const std::string&) {
+    {http::verb::get, {"v1", "events"}, [](const control_request& req, engine&, const peer_info&, const target& t, const std::string&) {
+        return events(req, t);
+    }},
+    {http::verb::get, {"v1", "jobs"}, [](const control_request& req, engine& e, const peer_info&, const target& t, const std::string&) -> control_outcome {
         return list_jobs(req, e, t);
     }},
-    {http::verb::post, {"v1", "jobs"}, [](const control_request& req, engine& e, const peer_info& p, const target&, const std::string&) {
+    {http::verb::post, {"v1", "jobs"}, [](const control_request& req, engine& e, const peer_info& p, const target&, const std::string&) -> control_outcome {
         return post_job(req, e, p);
     }},
-    {http::verb::get, {"v1", "jobs", "{id}"}, [](const control_request& req, engine& e, const peer_info&, const target&, const std::string& id) {
+    {http::verb::get, {"v1", "jobs", "{id}"}, [](const control_request& req, engine& e, const peer_info&, const target&, const std::string& id) -> control_outcome {
         return get_job(req, e, id);
     }},
-    {http::verb::post, {"v1", "jobs", "{id}", "cancel"}, [](const control_request& req, engine& e, const peer_info& p, const target&, const std::string& id) {
+    {http::verb::post, {"v1", "jobs", "{id}", "cancel"}, [](const control_request& req, engine& e, const peer_info& p, const target&, const std::string& id) -> control_outcome {
         return job_action(req, e, id, "cancel", p);
     }},
-    {http::verb::post, {"v1", "jobs", "{id}", "retry"}, [](const control_request& req, engine& e, const peer_info& p, const target&, const std::string& id) {
+    {http::verb::post, {"v1", "jobs", "{id}", "retry"}, [](const control_request& req, engine& e, const peer_info& p, const target&, const std::string& id) -> control_outcome {
         return job_action(req, e, id, "retry", p);
     }},
-    {http::verb::post, {"v1", "pause"}, [](const control_request& req, engine& e, const peer_info& p, const target&, const std::string&) {
+    {http::verb::post, {"v1", "pause"}, [](const control_request& req, engine& e, const peer_info& p, const target&, const std::string&) -> control_outcome {
         return pause_or_resume(req, e, p, true);
     }},
-    {http::verb::post, {"v1", "resume"}, [](const control_request& req, engine& e, const peer_info& p, const target&, const std::string&) {
+    {http::verb::post, {"v1", "resume"}, [](const control_request& req, engine& e, const peer_info& p, const target&, const std::string&) -> control_outcome {
         return pause_or_resume(req, e, p, false);
     }},
-    {http::verb::get, {"v1", "stats"}, [](const control_request& req, engine& e, const peer_info&, const target&, const std::string&) {
+    {http::verb::get, {"v1", "stats"}, [](const control_request& req, engine& e, const peer_info&, const target&, const std::string&) -> control_outcome {
         return json_response(req.version(), http::status::ok, stats_json(e));
     }},
 };
@@ -421,14 +378,14 @@ bool matches(const route& r, const std::vector<std::string>& segments, std::stri
 
 } // namespace
 
-control_response handle_request(const control_request& req, engine& e, const peer_info& peer) {
+control_outcome route_request(const control_request& req, engine& e, const peer_info& peer) {
     auto t = parse_target(req.target());
-    if (!t.problem.empty())
-        return error_response(req.version(), http::status::bad_request, t.problem);
+    if (!t)
+        return error_response(req.version(), http::status::bad_request, t.error().message());
     std::string allowed;
     for (const auto& r : routes) {
         std::string id;
-        if (!matches(r, t.segments, id))
+        if (!matches(r, t->segments, id))
             continue;
         if (r.method != req.method()) {
             allowed += allowed.empty() ? "" : ", ";
@@ -436,7 +393,7 @@ control_response handle_request(const control_request& req, engine& e, const pee
             continue;
         }
         try {
-            return r.handle(req, e, peer, t, id);
+            return r.handle(req, e, peer, *t, id);
         } catch (const std::exception& ex) {
             log::error("control: {} {} failed: {}",
                        std::string_view(req.method_string()).substr(0, 20),

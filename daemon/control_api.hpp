@@ -7,6 +7,7 @@
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <string>
+#include <variant>
 
 namespace klingd::daemon {
 
@@ -20,7 +21,17 @@ struct peer_info {
     int gid = -1;
 };
 
-control_response handle_request(const control_request& req, engine& e, const peer_info& peer);
+// GET /v1/events: the server streams job changes (NDJSON) to the client, of one job
+// when job_filter is set.
+struct event_stream {
+    std::string job_filter;
+};
+
+// What a request gets: an answer, or the event stream.
+using control_outcome = std::variant<control_response, event_stream>;
+
+// Routes a request through the route table: every error is an answer, never an exception.
+control_outcome route_request(const control_request& req, engine& e, const peer_info& peer);
 
 // A JSON error answer {"error": message}.
 control_response error_response(unsigned version, boost::beast::http::status status,

@@ -145,16 +145,12 @@ asio::awaitable<void> control_server::session(local::socket sock) {
             close = true;
         } else {
             auto req = parser.release();
-            std::string_view target = req.target();
-            if (req.method() == http::verb::get &&
-                (target == "/v1/events" || target.starts_with("/v1/events?"))) {
-                std::string filter;
-                if (auto at = target.find("id="); at != std::string_view::npos)
-                    filter = std::string(target.substr(at + 3, target.find('&', at) - at - 3));
-                co_await stream_events(stream, std::move(filter));
+            auto outcome = route_request(req, engine_, peer);
+            if (auto* s = std::get_if<event_stream>(&outcome)) {
+                co_await stream_events(stream, req.version(), std::move(s->job_filter));
                 co_return;
             }
-            res = handle_request(req, engine_, peer);
+            res = std::move(std::get<control_response>(outcome));
             close = !req.keep_alive();
         }
         res.keep_alive(!close);
@@ -186,12 +182,19 @@ asio::awaitable<void> control_server::linger_close(beast::basic_stream<local>& s
 }
 
 template <typename Stream>
-asio::awaitable<void> control_server::stream_events(Stream& stream, std::string job_filter) {
+asio::awaitable<void> control_server::stream_events(Stream& stream, unsigned version,
+                                                    std::string job_filter) {
     auto sub = events_.subscribe(io_.get_executor(), std::move(job_filter));
-    std::string out =
-        "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\n"
-        "Connection: close\r\n\r\n";
+    // The header, then NDJSON lines until the connection ends (no length: it closes).
+    http::response<http::empty_body> head{http::status::ok, version};
+    head.set(http::field::content_type, "application/x-ndjson");
+    head.set(http::field::cache_control, "no-store");
+    head.keep_alive(false);
+    http::response_serializer<http::empty_body> sr{head};
     boost::system::error_code ec;
+    stream.expires_after(limits_.read_timeout);
+    co_await http::async_write_header(stream, sr, asio::redirect_error(asio::use_awaitable, ec));
+    std::string out;
     while (!ec) {
         if (!out.empty()) {
             stream.expires_after(limits_.read_timeout);

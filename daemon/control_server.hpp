@@ -42,7 +42,8 @@ private:
     linger_close(boost::beast::basic_stream<boost::asio::local::stream_protocol>& stream);
     // GET /v1/events: job changes as NDJSON lines until the client goes away.
     template <typename Stream>
-    boost::asio::awaitable<void> stream_events(Stream& stream, std::string job_filter);
+    boost::asio::awaitable<void> stream_events(Stream& stream, unsigned version,
+                                               std::string job_filter);
 
     boost::asio::io_context& io_;
     const config::settings& settings_;

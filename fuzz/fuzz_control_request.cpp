@@ -1,7 +1,7 @@
 // Fuzz target: the control socket's request handling. The input is what a
 // client writes to the socket: raw HTTP/1.1 bytes, parsed with Beast's request
 // parser under the server's header and body limits (control_server.cpp), each
-// complete request handed to daemon::handle_request with a real engine on a real
+// complete request handed to daemon::route_request with a real engine on a real
 // SQLite database. Up to eight pipelined requests per input, as on a keep-alive
 // connection, so that a POST /v1/jobs can be followed by a GET, cancel or retry.
 //
@@ -244,10 +244,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         rest.remove_prefix(used);
         daemon::control_request req = parser.release();
         std::string_view target = req.target();
-        if (req.method() == http::verb::get &&
-            (target == "/v1/events" || target.starts_with("/v1/events?")))
-            break; // the event stream is the server's, not handle_request's
-        daemon::control_response res = daemon::handle_request(req, e, peer);
+        auto outcome = daemon::route_request(req, e, peer);
+        if (std::holds_alternative<daemon::event_stream>(outcome))
+            break; // the event stream is the server's to write
+        daemon::control_response res = std::move(std::get<daemon::control_response>(outcome));
         if (verbose)
             std::fprintf(stderr, "%s %s -> %u %.200s\n", std::string(req.method_string()).c_str(),
                          std::string(target).c_str(), res.result_int(), res.body().c_str());
