@@ -40,6 +40,10 @@ public:
             return "the job does not validate";
         case errc::bad_request:
             return "malformed request";
+        case errc::unreachable:
+            return "klingd cannot be reached";
+        case errc::stream_ended:
+            return "klingd closed the event stream";
         case errc::store_busy:
             return "the database is locked by another process";
         case errc::store_full:

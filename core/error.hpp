@@ -28,6 +28,9 @@ enum class errc {
     id_conflict,    // the id is taken by a job with other content
     invalid_job,    // a job file or request that does not validate
     bad_request,    // a malformed request on the control socket
+    // The control socket, from the client's side
+    unreachable,  // klingd cannot be reached or did not answer
+    stream_ended, // klingd closed the event stream
     // Storage and files
     store_busy,      // the database is locked by another process
     store_full,      // the disk or the database is full

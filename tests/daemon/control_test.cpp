@@ -1,6 +1,7 @@
 // The control socket of a real klingd: every endpoint's success and error
 // answers, Prometheus text checked strictly, the event stream, hostile clients,
 // and a scripted klingctl session with its exit codes.
+#include "client/control_client.hpp"
 #include "core/time_text.hpp"
 #include "tests/daemon/daemon_env.hpp"
 
@@ -291,61 +292,60 @@ TEST_F(control_test, metrics_is_strict_prometheus_text) {
     EXPECT_NE(text.find("klingd_detection_delay_seconds_count 1"), std::string::npos);
 }
 
-// A subscriber of /v1/events: connects, and returns once the answer's header has
-// arrived, so that every change after that is in its stream.
+// A subscriber of /v1/events (client::event_subscription): open() returns once the
+// answer's header has arrived, so every change after that is in its stream.
 class event_reader {
 public:
-    explicit event_reader(const std::string& socket) : sock_(io_) {
-        sock_.connect(local::endpoint(socket));
-        std::string req = "GET /v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n";
-        asio::write(sock_, asio::buffer(req));
-        read_until("\r\n\r\n", 10s);
-        auto split = got_.find("\r\n\r\n");
-        header = got_.substr(0, split);
-        got_.erase(0, split + 4);
+    explicit event_reader(const std::string& socket) {
+        auto s = klingd::client::event_subscription::open(socket);
+        if (!s)
+            throw std::runtime_error(s.error().message());
+        sub_.emplace(std::move(*s));
     }
-    // Reads until text appears in the stream or the deadline passes; false then.
-    bool read_until(const std::string& text, std::chrono::seconds timeout) {
+    // Reads lines until one of type "job" has the state, or the deadline passes; false then.
+    bool read_until_state(const std::string& state, std::chrono::seconds timeout) {
         auto deadline = std::chrono::steady_clock::now() + timeout;
-        while (got_.find(text) == std::string::npos) {
-            auto left = deadline - std::chrono::steady_clock::now();
-            if (left <= 0s)
+        while (std::chrono::steady_clock::now() < deadline) {
+            auto ev = sub_->next(std::chrono::ceil<std::chrono::milliseconds>(
+                deadline - std::chrono::steady_clock::now()));
+            if (!ev)
                 return false;
-            timeval tv{std::max<long>(1, std::chrono::ceil<std::chrono::seconds>(left).count()), 0};
-            ::setsockopt(sock_.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-            char buf[4096];
-            boost::system::error_code ec;
-            std::size_t n = sock_.read_some(asio::buffer(buf), ec);
-            if (ec)
-                return false;
-            got_.append(buf, n);
+            if (!*ev)
+                continue;
+            lines_.push_back(**ev);
+            if (str(**ev, "type") == "job" && str(**ev, "state") == state)
+                return true;
         }
-        return true;
+        return false;
     }
-    // The JSON lines read so far.
-    std::vector<json::value> lines() const {
-        std::vector<json::value> out;
-        std::istringstream in(got_);
-        std::string line;
-        while (std::getline(in, line))
-            if (!line.empty())
-                out.push_back(json::parse(line));
-        return out;
-    }
-    std::string header;
+    const std::vector<json::value>& lines() const { return lines_; }
 
 private:
-    asio::io_context io_;
-    local::socket sock_;
-    std::string got_;
+    std::optional<klingd::client::event_subscription> sub_;
+    std::vector<json::value> lines_;
 };
 
 TEST_F(control_test, the_event_stream_shows_each_change_as_it_happens) {
+    {
+        // The header as a client sees it.
+        asio::io_context io;
+        local::socket raw(io);
+        raw.connect(local::endpoint(env.socket()));
+        asio::write(raw, asio::buffer(std::string("GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")));
+        timeval tv{10, 0};
+        ::setsockopt(raw.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        std::string head;
+        char buf[1024];
+        boost::system::error_code ec;
+        while (!ec && head.find("\r\n\r\n") == std::string::npos)
+            head.append(buf, raw.read_some(asio::buffer(buf), ec));
+        EXPECT_EQ(head.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << head;
+        EXPECT_NE(head.find("Content-Type: application/x-ndjson"), std::string::npos) << head;
+        EXPECT_NE(head.find("Connection: close"), std::string::npos) << head;
+    }
     event_reader events(env.socket());
-    EXPECT_EQ(events.header.rfind("HTTP/1.1 200 OK", 0), 0u);
-    EXPECT_NE(events.header.find("application/x-ndjson"), std::string::npos);
     env.drop("ev.json", image_job("ev"));
-    ASSERT_TRUE(events.read_until("\"state\":\"completed\"", 30s));
+    ASSERT_TRUE(events.read_until_state("completed", 30s));
     std::vector<std::string> states;
     for (auto& line : events.lines())
         if (str(line, "type") == "job")
@@ -363,7 +363,7 @@ TEST(control_socket, timestamps_are_utc_on_a_host_in_tokyo) {
     event_reader events(env.socket());
     auto before = std::chrono::system_clock::now();
     env.drop("tz.json", image_job("tz"));
-    ASSERT_TRUE(events.read_until("\"state\":\"completed\"", 30s)) << env.log();
+    ASSERT_TRUE(events.read_until_state("completed", 30s)) << env.log();
     auto after = std::chrono::system_clock::now();
     std::vector<std::string> stamps;
     for (auto& line : events.lines())

@@ -1,11 +1,9 @@
 // The end-to-end environment: processes, configuration and socket calls.
 #include "tests/daemon/daemon_env.hpp"
 
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/local/stream_protocol.hpp>
-#include <boost/beast/core/basic_stream.hpp>
-#include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http.hpp>
+#include "client/control_client.hpp"
+
+#include <boost/beast/http/verb.hpp>
 #include <csignal>
 #include <filesystem>
 #include <fmt/format.h>
@@ -14,41 +12,16 @@
 
 namespace klingd::test {
 
-namespace asio = boost::asio;
-namespace beast = boost::beast;
-namespace http = beast::http;
+namespace http = boost::beast::http;
 namespace json = boost::json;
-using local = asio::local::stream_protocol;
 
 reply_json unix_request(const std::string& socket, const std::string& method,
                         const std::string& target, const std::string& body) {
-    reply_json r;
-    asio::io_context io;
-    beast::basic_stream<local> stream(io);
-    boost::system::error_code ec;
-    stream.socket().connect(local::endpoint(socket), ec);
-    if (ec)
-        return r;
-    http::request<http::string_body> req{http::string_to_verb(method), target, 11};
-    req.set(http::field::host, "localhost");
-    if (!body.empty()) {
-        req.set(http::field::content_type, "application/json");
-        req.body() = body;
-    }
-    req.prepare_payload();
-    stream.expires_after(std::chrono::seconds(30));
-    http::write(stream, req, ec);
-    beast::flat_buffer buf;
-    http::response_parser<http::string_body> p;
-    p.body_limit(512u << 20);
-    if (!ec)
-        http::read(stream, buf, p, ec);
-    if (ec)
-        return r;
-    r.status = static_cast<int>(p.get().result_int());
-    r.text = p.get().body();
-    r.body = json::parse(r.text, ec);
-    return r;
+    client::control_client c(socket);
+    auto r = c.call(http::string_to_verb(method), target, body);
+    if (!r)
+        return {};
+    return {r->status, std::move(r->body), std::move(r->text)};
 }
 
 daemon_env::daemon_env(daemon_options o) : opts_(std::move(o)), dir_("klingd") {

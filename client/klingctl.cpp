@@ -1,34 +1,27 @@
 // klingctl: the command line client of klingd's control socket (interface.md,
 // "klingctl"). Exit codes: 0 success, 1 a job failed/expired/was cancelled/was
 // not found (or a request was refused), 2 usage, 3 klingd unreachable, 4 wait timed out.
+#include "client/control_client.hpp"
 #include "core/time_text.hpp"
 
 #include <CLI/CLI.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/local/stream_protocol.hpp>
-#include <boost/asio/write.hpp>
-#include <boost/beast/core/basic_stream.hpp>
-#include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
+#include <algorithm>
 #include <chrono>
+#include <map>
 #include <cstdio>
 #include <fmt/format.h>
 #include <fstream>
-#include <iomanip>
 #include <iostream>
 #include <set>
 #include <sstream>
-#include <thread>
 #include <unistd.h>
 
 namespace {
 
-namespace asio = boost::asio;
-namespace beast = boost::beast;
-namespace http = beast::http;
+namespace http = boost::beast::http;
 namespace json = boost::json;
-using local = asio::local::stream_protocol;
 
 constexpr int exit_ok = 0, exit_job = 1, exit_usage = 2, exit_unreachable = 3, exit_timeout = 4;
 
@@ -36,61 +29,25 @@ struct unreachable : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
-// Connects to the socket; throws unreachable saying what to check.
-void connect_or_throw(local::socket& sock, const std::string& path) {
-    boost::system::error_code ec;
-    sock.connect(local::endpoint(path), ec);
-    if (ec)
-        throw unreachable(
-            fmt::format("cannot reach klingd at {}: {} (is klingd running? is your user in the "
-                        "socket's group? set --socket or $KLINGD_SOCKET)",
-                        path, ec.message()));
-}
+using klingd::client::job_target;
+using klingd::client::reply;
+using klingd::client::with_query;
 
-struct reply {
-    int status = 0;
-    json::value body;
-    std::string text;
-};
-
+// The control client, with klingd being unreachable an exception that ends the command.
 class client {
 public:
-    explicit client(std::string socket) : socket_(std::move(socket)) {}
-
+    explicit client(std::string socket) : c_(std::move(socket)) {}
     // Throws unreachable when the socket cannot be used.
     reply call(http::verb method, const std::string& target, const std::string& body = {}) {
-        asio::io_context io;
-        beast::basic_stream<local> stream(io);
-        boost::system::error_code ec;
-        stream.expires_after(std::chrono::seconds(30));
-        connect_or_throw(stream.socket(), socket_);
-        http::request<http::string_body> req{method, target, 11};
-        req.set(http::field::host, "localhost");
-        req.set(http::field::user_agent, "klingctl");
-        if (!body.empty()) {
-            req.set(http::field::content_type, "application/json");
-            req.body() = body;
-        }
-        req.prepare_payload();
-        http::write(stream, req, ec);
-        beast::flat_buffer buf;
-        http::response_parser<http::string_body> parser;
-        parser.body_limit(256u << 20);
-        if (!ec)
-            http::read(stream, buf, parser, ec);
-        if (ec)
-            throw unreachable(
-                fmt::format("klingd at {} did not answer: {}", socket_, ec.message()));
-        reply r;
-        r.status = static_cast<int>(parser.get().result_int());
-        r.text = parser.get().body();
-        boost::system::error_code jec;
-        r.body = json::parse(r.text, jec);
-        return r;
+        auto r = c_.call(method, target, body);
+        if (!r)
+            throw unreachable(r.error().message());
+        return std::move(*r);
     }
+    const std::string& socket() const { return c_.socket(); }
 
 private:
-    std::string socket_;
+    klingd::client::control_client c_;
 };
 
 bool color_output() {
@@ -144,17 +101,6 @@ std::string ago(const std::string& rfc3339) {
 
 bool terminal(const std::string& s) {
     return s == "completed" || s == "failed" || s == "expired" || s == "cancelled";
-}
-
-std::string query_escape(const std::string& s) {
-    std::string out;
-    for (unsigned char c : s) {
-        if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~')
-            out += static_cast<char>(c);
-        else
-            out += fmt::format("%{:02X}", c);
-    }
-    return out;
 }
 
 void print_table(const json::array& jobs) {
@@ -229,13 +175,9 @@ int cmd_list(client& c, const std::string& state, const std::string& model, std:
     std::string after;
     for (;;) {
         std::size_t page = limit ? std::min<std::size_t>(limit - all.size(), 1000) : 1000;
-        std::string target = fmt::format("/v1/jobs?limit={}", page);
-        if (!state.empty())
-            target += "&state=" + query_escape(state);
-        if (!model.empty())
-            target += "&model=" + query_escape(model);
-        if (!after.empty())
-            target += "&after=" + query_escape(after);
+        std::string limit_text = std::to_string(page);
+        std::string target = with_query(
+            "/v1/jobs", {{"limit", limit_text}, {"state", state}, {"model", model}, {"after", after}});
         auto r = c.call(http::verb::get, target);
         if (r.status != 200) {
             std::fprintf(stderr, "klingctl: %s\n", error_of(r).c_str());
@@ -255,7 +197,7 @@ int cmd_list(client& c, const std::string& state, const std::string& model, std:
 }
 
 int cmd_show(client& c, const std::string& id, bool as_json) {
-    auto r = c.call(http::verb::get, "/v1/jobs/" + query_escape(id));
+    auto r = c.call(http::verb::get, job_target(id));
     if (r.status != 200) {
         std::fprintf(stderr, "klingctl: %s\n", error_of(r).c_str());
         return exit_job;
@@ -287,37 +229,69 @@ int cmd_show(client& c, const std::string& id, bool as_json) {
     return exit_ok;
 }
 
+// Subscribes to the event stream (of one job when only one is named); exit_unreachable
+// (thrown) when klingd cannot be reached.
+klingd::client::event_subscription subscribe(client& c, const std::vector<std::string>& ids) {
+    auto sub = klingd::client::event_subscription::open(c.socket(), ids.size() == 1 ? ids[0] : "");
+    if (!sub && sub.error() == klingd::core::errc::unreachable)
+        throw unreachable(sub.error().message());
+    if (!sub)
+        throw std::runtime_error(sub.error().message());
+    return std::move(*sub);
+}
+
+// What a terminal job ended as: "completed", or "failed: why" and the like.
+std::string outcome_of(const json::value& job) {
+    auto st = str(job, "state");
+    return st + (st == "completed" ? "" : ": " + str(job, "error"));
+}
+
+// Follows the event stream until every job is terminal: subscribed first, then each
+// job's state is read, so no change falls between the two. An overflowed stream is
+// opened again the same way.
 int cmd_wait(client& c, const std::vector<std::string>& ids, double timeout_s) {
     auto deadline = std::chrono::steady_clock::now() +
                     std::chrono::milliseconds(static_cast<long>(timeout_s * 1000));
     std::map<std::string, std::string> final;
-    while (true) {
-        for (auto& id : ids) {
+    std::set<std::string> wanted(ids.begin(), ids.end());
+    while (final.size() < wanted.size()) {
+        auto sub = subscribe(c, ids);
+        for (auto& id : wanted) {
             if (final.count(id))
                 continue;
-            auto r = c.call(http::verb::get, "/v1/jobs/" + query_escape(id));
-            if (r.status == 404) {
+            auto r = c.call(http::verb::get, job_target(id));
+            if (r.status == 404)
                 final[id] = "not found";
-                continue;
-            }
-            if (r.status != 200) {
-                std::fprintf(stderr, "klingctl: %s: %s\n", id.c_str(), error_of(r).c_str());
-                final[id] = "error";
-                continue;
-            }
-            auto st = str(r.body, "state");
-            if (terminal(st))
-                final[id] = st + (st == "completed" ? "" : ": " + str(r.body, "error"));
+            else if (r.status != 200)
+                final[id] = "error: " + error_of(r);
+            else if (terminal(str(r.body, "state")))
+                final[id] = outcome_of(r.body);
         }
-        if (final.size() == ids.size())
-            break;
-        if (timeout_s > 0 && std::chrono::steady_clock::now() >= deadline) {
-            for (auto& id : ids)
-                if (!final.count(id))
-                    std::printf("%s: still running\n", id.c_str());
-            return exit_timeout;
+        bool overflowed = false;
+        while (final.size() < wanted.size() && !overflowed) {
+            auto left = std::chrono::milliseconds(60'000);
+            if (timeout_s > 0) {
+                left = std::chrono::ceil<std::chrono::milliseconds>(
+                    deadline - std::chrono::steady_clock::now());
+                if (left.count() <= 0) {
+                    for (auto& id : ids)
+                        if (!final.count(id))
+                            std::printf("%s: still running\n", id.c_str());
+                    return exit_timeout;
+                }
+            }
+            auto ev = sub.next(left);
+            if (!ev)
+                throw unreachable(ev.error().message());
+            if (!*ev)
+                continue;
+            const auto& v = **ev;
+            if (str(v, "type") == "overflow")
+                overflowed = true;
+            else if (str(v, "type") == "job" && wanted.count(str(v, "id")) &&
+                     terminal(str(v, "state")))
+                final.emplace(str(v, "id"), outcome_of(v));
         }
-        std::this_thread::sleep_for(std::chrono::milliseconds(250));
     }
     int rc = exit_ok;
     for (auto& id : ids) {
@@ -343,73 +317,48 @@ int cmd_action(client& c, const std::string& target) {
 
 // Follows GET /v1/events and prints each change as it happens, until interrupted
 // (or, with ids, until those jobs are all terminal).
-int cmd_watch(client& c, const std::string& socket, const std::vector<std::string>& ids,
-              bool as_json) {
-    asio::io_context io;
-    local::socket sock(io);
-    boost::system::error_code ec;
-    connect_or_throw(sock, socket);
-    std::string target = ids.size() == 1 ? "/v1/events?id=" + query_escape(ids[0]) : "/v1/events";
-    std::string req =
-        fmt::format("GET {} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: klingctl\r\n\r\n", target);
-    asio::write(sock, asio::buffer(req), ec);
+int cmd_watch(client& c, const std::vector<std::string>& ids, bool as_json) {
+    auto sub = subscribe(c, ids);
     bool color = color_output();
     std::set<std::string> open(ids.begin(), ids.end());
-    std::string buf;
-    bool header_done = false;
-    char chunk[8192];
-    while (!ec) {
-        std::size_t n = sock.read_some(asio::buffer(chunk), ec);
-        buf.append(chunk, n);
-        if (!header_done) {
-            auto end = buf.find("\r\n\r\n");
-            if (end == std::string::npos)
-                continue;
-            if (buf.compare(0, 12, "HTTP/1.1 200") != 0) {
-                std::fprintf(stderr, "klingctl: klingd refused the event stream: %s\n",
-                             buf.substr(0, buf.find("\r\n")).c_str());
-                return exit_job;
-            }
-            buf.erase(0, end + 4);
-            header_done = true;
-            // Subscribed: now jobs that are already finished can be told apart without a gap.
-            for (auto& id : ids) {
-                auto r = c.call(http::verb::get, "/v1/jobs/" + query_escape(id));
-                std::string st = r.status == 200 ? str(r.body, "state") : "not found";
-                if (terminal(st) || r.status == 404) {
-                    std::printf("%s: %s\n", id.c_str(), st.c_str());
-                    open.erase(id);
-                }
-            }
-            std::fflush(stdout);
-            if (!ids.empty() && open.empty())
-                return exit_ok;
-        }
-        for (auto nl = buf.find('\n'); nl != std::string::npos; nl = buf.find('\n')) {
-            std::string line = buf.substr(0, nl);
-            buf.erase(0, nl + 1);
-            boost::system::error_code jec;
-            auto v = json::parse(line, jec);
-            if (jec || str(v, "type") != "job")
-                continue;
-            std::string id = str(v, "id");
-            if (!ids.empty() && !open.count(id) &&
-                std::find(ids.begin(), ids.end(), id) == ids.end())
-                continue;
-            if (as_json)
-                std::printf("%s\n", line.c_str());
-            else
-                std::printf("%s  %-24s %-10s %s\n", str(v, "at").c_str(), id.c_str(),
-                            paint(str(v, "state"), color).c_str(), str(v, "note").c_str());
-            std::fflush(stdout);
-            if (terminal(str(v, "state")))
-                open.erase(id);
-            if (!ids.empty() && open.empty())
-                return exit_ok;
+    // Subscribed: now jobs that are already finished can be told apart without a gap.
+    for (auto& id : ids) {
+        auto r = c.call(http::verb::get, job_target(id));
+        std::string st = r.status == 200 ? str(r.body, "state") : "not found";
+        if (terminal(st) || r.status == 404) {
+            std::printf("%s: %s\n", id.c_str(), st.c_str());
+            open.erase(id);
         }
     }
-    std::fprintf(stderr, "klingctl: the event stream ended: %s\n", ec.message().c_str());
-    return exit_unreachable;
+    std::fflush(stdout);
+    while (ids.empty() || !open.empty()) {
+        auto ev = sub.next(std::chrono::minutes(1));
+        if (!ev) {
+            std::fprintf(stderr, "klingctl: %s\n", ev.error().message().c_str());
+            return exit_unreachable;
+        }
+        if (!*ev)
+            continue;
+        const auto& v = **ev;
+        if (str(v, "type") == "overflow") {
+            std::fprintf(stderr, "klingctl: fell too far behind the event stream; run watch again\n");
+            return exit_unreachable;
+        }
+        if (str(v, "type") != "job")
+            continue;
+        std::string id = str(v, "id");
+        if (!ids.empty() && std::find(ids.begin(), ids.end(), id) == ids.end())
+            continue;
+        if (as_json)
+            std::printf("%s\n", json::serialize(v).c_str());
+        else
+            std::printf("%s  %-24s %-10s %s\n", str(v, "at").c_str(), id.c_str(),
+                        paint(str(v, "state"), color).c_str(), str(v, "note").c_str());
+        std::fflush(stdout);
+        if (terminal(str(v, "state")))
+            open.erase(id);
+    }
+    return exit_ok;
 }
 
 int cmd_stats(client& c, bool as_json) {
@@ -505,9 +454,9 @@ int main(int argc, char** argv) {
         if (*wait)
             return cmd_wait(c, ids, timeout);
         if (*cancel)
-            return cmd_action(c, "/v1/jobs/" + query_escape(id) + "/cancel");
+            return cmd_action(c, job_target(id, "cancel"));
         if (*retry)
-            return cmd_action(c, "/v1/jobs/" + query_escape(id) + "/retry");
+            return cmd_action(c, job_target(id, "retry"));
         if (*pause)
             return cmd_action(c, "/v1/pause");
         if (*resume)
@@ -515,7 +464,7 @@ int main(int argc, char** argv) {
         if (*stats)
             return cmd_stats(c, as_json);
         if (*watch)
-            return cmd_watch(c, socket, ids, as_json);
+            return cmd_watch(c, ids, as_json);
     } catch (const unreachable& e) {
         std::fprintf(stderr, "klingctl: %s\n", e.what());
         return exit_unreachable;
