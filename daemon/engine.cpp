@@ -1,7 +1,7 @@
-// The dispatcher loop, request execution, downloads, and persistence batching.
+// The dispatcher loop (carrying out the dispatch policy's actions), request
+// execution, and applying transitions.
 #include "daemon/engine.hpp"
 
-#include "daemon/output_dir.hpp"
 #include "runtime/log.hpp"
 
 #include <algorithm>
@@ -49,14 +49,6 @@ std::chrono::milliseconds seconds_ms(double s) {
     return std::chrono::milliseconds(static_cast<std::int64_t>(s * 1000));
 }
 
-// Wake-ups are rounded up to a tick (a fiftieth of min_poll_interval_s, 1 to 10 ms),
-// so polls due close together go out on one wake-up, not one each; the budget lets
-// a send come that much before its even slot, so a wake-up sends all the tick accrued.
-core::milliseconds wake_tick(const config::settings& s) {
-    return std::clamp(seconds_ms(s.jobs.min_poll_interval_s / 50), core::milliseconds(1),
-                      core::milliseconds(10));
-}
-
 // The configuration accepts only base URLs the HTTP client parses; anything else is a bug.
 core::http_url parsed_base_url(const std::string& base_url) {
     auto u = core::http_url::parse(base_url);
@@ -70,15 +62,27 @@ core::http_url parsed_base_url(const std::string& base_url) {
 engine::engine(asio::io_context& io, const config::settings& s, storage::job_store& store,
                http_client& client)
     : io_(io), settings_(s), store_(store), client_(client), base_(parsed_base_url(s.api.base_url)),
-      budget_(s.api.requests_per_minute, wake_tick(s)),
+      budget_(s.api.requests_per_minute, core::wake_tick(s.jobs.min_poll_interval_s)),
       planner_({s.jobs.min_poll_interval_s, s.jobs.max_poll_interval_s, s.jobs.result_retention_s}),
-      scarcity_(10 * s.jobs.min_poll_interval_s, s.jobs.min_poll_interval_s), wake_timer_(io) {
+      gate_(seconds_ms(s.jobs.max_poll_interval_s)),
+      policy_(queue_, budget_, planner_, gate_, limits()), journal_(store), downloader_(client, s),
+      wake_timer_(io) {
     for (auto& [slug, m] : s.models)
         durations_.emplace(slug, core::duration_model(m.expected_duration_s));
 }
 
 core::time_point engine::now() {
     return std::chrono::time_point_cast<std::chrono::milliseconds>(clock::now());
+}
+
+core::dispatch_limits engine::limits() const {
+    core::dispatch_limits l;
+    l.max_requests = static_cast<std::size_t>(settings_.api.max_connections);
+    l.max_downloads = max_downloads;
+    l.max_in_flight = static_cast<std::size_t>(settings_.jobs.max_in_flight);
+    l.min_poll_interval_s = settings_.jobs.min_poll_interval_s;
+    l.max_poll_interval_s = settings_.jobs.max_poll_interval_s;
+    return l;
 }
 
 core::duration_model& engine::durations_for(const std::string& model) {
@@ -102,7 +106,7 @@ core::lifecycle_context engine::context_for(const job& j) {
 }
 
 void engine::start() {
-    paused_ = store_.meta("paused").value_or("0") == "1";
+    gate_.set_paused(store_.meta("paused").value_or("0") == "1");
     for (auto& [model, d] : durations_)
         for (double secs : store_.recent_durations(model, 200))
             d.add_sample(secs);
@@ -133,13 +137,14 @@ void engine::start() {
     }
     store_.save_many(changes);
     log::info("resumed {} unfinished jobs ({} submitted and unfinished){}", resumed,
-              in_flight_jobs_, paused_ ? "; submissions are paused" : "");
+              in_flight_jobs_, gate_.paused() ? "; submissions are paused" : "");
     asio::co_spawn(io_, dispatcher(), fatal_on_exception);
     asio::co_spawn(io_, flusher(), fatal_on_exception);
 }
 
 asio::awaitable<void> engine::stop(std::chrono::milliseconds grace) {
     stopping_ = true;
+    gate_.set_stopping();
     wake();
     asio::steady_timer t(io_);
     auto until = std::chrono::steady_clock::now() + grace;
@@ -166,9 +171,7 @@ asio::awaitable<void> engine::stop(std::chrono::milliseconds grace) {
     else if (requests_in_flight_ > 0)
         log::warning("stopping with {} API requests still in flight; the next start resumes them",
                      requests_in_flight_);
-    for (const auto& id : lazy_)
-        dirty_.try_emplace(id);
-    lazy_.clear();
+    journal_.include_lazy();
     flush();
 }
 
@@ -185,25 +188,6 @@ void engine::wake_by(core::time_point at) {
         wake();
 }
 
-bool engine::submits_allowed(core::time_point t) {
-    if (paused_ || stopping_)
-        return false;
-    if (in_flight_jobs_ >= static_cast<std::size_t>(settings_.jobs.max_in_flight))
-        return false;
-    if (stop_ != stop_kind::none)
-        return t >= next_probe_; // one probe submit per interval
-    return true;
-}
-
-std::string engine::blocked_reason() const {
-    if (paused_)
-        return "submissions are paused (klingctl resume)";
-    if (stop_ != stop_kind::none)
-        return fmt::format("submissions stopped: {}; a probe is sent every {}s", stop_reason_,
-                           settings_.jobs.max_poll_interval_s);
-    return {};
-}
-
 void engine::schedule(const job& j, work_kind w, core::time_point at) {
     if (w == work_kind::none) {
         queue_.cancel(j.id);
@@ -213,6 +197,50 @@ void engine::schedule(const job& j, work_kind w, core::time_point at) {
     if (j.submitted_at)
         deadline = *j.submitted_at + seconds_ms(settings_.jobs.result_retention_s);
     queue_.schedule(j.id, w, at, deadline, j.priority, j.created_at);
+}
+
+bool engine::persist(const std::string& id, const core::transition& t) {
+    std::optional<storage::history_entry> line;
+    if (!t.note.empty())
+        line = storage::history_entry{t.next.updated_at, std::string(core::to_string(t.next.state)),
+                                      t.note, t.next.request_id};
+    switch (t.persist) {
+    case core::persist_mode::durable:
+        if (auto r = journal_.write_now(t.next, line); !r) {
+            log::error("job {}: cannot record \"{}\" in the database: {}", id, t.note,
+                       r.error().message());
+            // Nothing may be sent before "submitting" is committed: the caller tries later.
+            if (t.next.state == job_state::submitting)
+                return false;
+            journal_.defer(id, std::move(line));
+        }
+        return true;
+    case core::persist_mode::batched:
+        journal_.defer(id, std::move(line));
+        return true;
+    case core::persist_mode::lazy:
+        journal_.defer_lazy(id);
+        return true;
+    case core::persist_mode::none:
+        break;
+    }
+    return true;
+}
+
+void engine::log_transition(const std::string& id, const core::transition& t) {
+    if (!t.log.empty())
+        log::info("job {}: {}", id, t.log);
+    if (t.note.empty())
+        return;
+    auto lvl = t.next.state == job_state::failed || t.next.state == job_state::expired
+                   ? log::level::warning
+                   : log::level::info;
+    if (log::enabled(lvl))
+        log::write(lvl, fmt::format("job {}{}: {}", id,
+                                    t.next.request_id
+                                        ? fmt::format(" (request {})", *t.next.request_id)
+                                        : "",
+                                    t.note));
 }
 
 bool engine::apply(const std::string& id, core::transition t) {
@@ -225,59 +253,18 @@ bool engine::apply(const std::string& id, core::transition t) {
     }
     job& j = it->second;
     scrub(t);
-    bool durable_ok = true;
-    if (t.persist == core::persist_mode::durable) {
-        try {
-            std::vector<storage::history_entry> h;
-            if (auto p = pending_history_.find(id); p != pending_history_.end())
-                h = p->second;
-            if (!t.note.empty())
-                h.push_back({t.next.updated_at, std::string(core::to_string(t.next.state)), t.note,
-                             t.next.request_id});
-            store_.save_many({{t.next, std::move(h)}});
-            dirty_.erase(id);
-            pending_history_.erase(id);
-        } catch (const storage::storage_error& e) {
-            durable_ok = false;
-            log::error("job {}: cannot record \"{}\" in the database: {}", id, t.note, e.what());
-        }
-        if (!durable_ok && t.next.state == job_state::submitting) {
-            // Nothing may be sent before "submitting" is committed: try again later.
-            schedule(j, work_kind::submit, now() + std::chrono::seconds(5));
-            wake();
-            return false;
-        }
+    if (!persist(id, t)) {
+        schedule(j, work_kind::submit, now() + std::chrono::seconds(5));
+        wake();
+        return false;
     }
-    if (t.persist == core::persist_mode::lazy)
-        lazy_.insert(id);
-    if (t.persist == core::persist_mode::batched || !durable_ok) {
-        if (!t.note.empty())
-            pending_history_[id].push_back({t.next.updated_at,
-                                            std::string(core::to_string(t.next.state)), t.note,
-                                            t.next.request_id});
-        dirty_.insert_or_assign(id, std::nullopt); // the state in active_, not an old copy
-    }
-
     bool was = counts_in_flight(j.state);
     bool is = counts_in_flight(t.next.state);
     if (was && !is)
         --in_flight_jobs_;
     else if (!was && is)
         ++in_flight_jobs_;
-
-    if (!t.log.empty())
-        log::info("job {}: {}", id, t.log);
-    if (!t.note.empty()) {
-        auto lvl = t.next.state == job_state::failed || t.next.state == job_state::expired
-                       ? log::level::warning
-                       : log::level::info;
-        if (log::enabled(lvl))
-            log::write(lvl, fmt::format("job {}{}: {}", id,
-                                        t.next.request_id
-                                            ? fmt::format(" (request {})", *t.next.request_id)
-                                            : "",
-                                        t.note));
-    }
+    log_transition(id, t);
     if (t.duration_sample) {
         durations_for(t.next.model).add_interval(t.duration_sample->lo, t.duration_sample->hi);
         if (t.next.remote_done_at) {
@@ -294,9 +281,7 @@ bool engine::apply(const std::string& id, core::transition t) {
         on_change(j, t.note);
     if (core::is_terminal(j.state)) {
         queue_.cancel(id);
-        if (auto d = dirty_.find(id); d != dirty_.end())
-            d->second = std::move(j); // its last state is still to be written
-        lazy_.erase(id);
+        journal_.retire(j);
         active_.erase(it);
         wake(); // a slot in max_in_flight may be free
     } else {
@@ -306,7 +291,7 @@ bool engine::apply(const std::string& id, core::transition t) {
         else if (t.work != work_kind::none)
             wake_by(t.not_before);
     }
-    return durable_ok;
+    return true;
 }
 
 void engine::scrub(core::transition& t) const {
@@ -324,8 +309,7 @@ void engine::scrub(core::transition& t) const {
 
 void engine::note_signal(const core::transition& t, bool from_submit) {
     auto n = now();
-    switch (t.signal) {
-    case core::api_signal::rate_limited:
+    if (t.signal == core::api_signal::rate_limited) {
         ++stats_.rate_limited;
         budget_.on_rate_limited(n, t.rate_limited_until,
                                 std::uniform_real_distribution<double>(0, 1)(rng_));
@@ -333,33 +317,18 @@ void engine::note_signal(const core::transition& t, bool from_submit) {
                   std::chrono::duration<double>(budget_.blocked_until() - n).count(),
                   budget_.allowed_rpm());
         return;
-    case core::api_signal::unauthorized:
-    case core::api_signal::no_credits: {
-        budget_.on_answer(n);
-        auto kind = t.signal == core::api_signal::unauthorized ? stop_kind::unauthorized
-                                                               : stop_kind::no_credits;
-        if (stop_ != kind)
-            log::error("submissions stopped: {} ({}); jobs stay pending; a probe is sent every {}s",
-                       kind == stop_kind::unauthorized ? "the API key was refused"
-                                                       : "the account has no credits",
-                       t.signal_reason, settings_.jobs.max_poll_interval_s);
-        stop_ = kind;
-        stop_reason_ = t.signal_reason;
-        next_probe_ = n + seconds_ms(settings_.jobs.max_poll_interval_s);
-        return;
     }
-    case core::api_signal::accepted:
-        budget_.on_answer(n);
-        if ((stop_ == stop_kind::unauthorized) || (stop_ == stop_kind::no_credits && from_submit)) {
-            log::notice("submissions resume: the API accepts requests again");
-            stop_ = stop_kind::none;
-            stop_reason_.clear();
+    budget_.on_answer(n);
+    bool was_stopped = gate_.stopped();
+    auto line = gate_.on_signal(t.signal, t.signal_reason, n, from_submit);
+    if (line.empty())
+        return;
+    if (gate_.stopped()) {
+        log::error("{}", line);
+    } else {
+        log::notice("{}", line);
+        if (was_stopped)
             wake();
-        }
-        return;
-    case core::api_signal::none:
-        budget_.on_answer(n);
-        return;
     }
 }
 
@@ -375,30 +344,12 @@ void engine::count(core::request_kind kind, const core::http_outcome& o) {
 }
 
 void engine::flush() {
-    if (dirty_.empty())
-        return;
-    std::vector<storage::job_store::change> changes;
-    changes.reserve(dirty_.size());
-    for (auto& [id, copy] : dirty_) {
-        const job* j = copy ? &*copy : nullptr;
-        if (!j) {
-            auto a = active_.find(id);
-            if (a == active_.end())
-                continue;
-            j = &a->second;
-        }
-        auto h = pending_history_.find(id);
-        changes.push_back(
-            {*j, h == pending_history_.end() ? std::vector<storage::history_entry>{} : h->second});
-    }
-    try {
-        store_.save_many(changes);
-        dirty_.clear();
-        pending_history_.clear();
-    } catch (const storage::storage_error& e) {
-        log::error("cannot write {} job updates to the database: {}; will try again",
-                   changes.size(), e.what());
-    }
+    auto r = journal_.flush([this](const std::string& id) -> const job* {
+        auto a = active_.find(id);
+        return a == active_.end() ? nullptr : &a->second;
+    });
+    if (!r)
+        log::error("cannot write to the database: {}; will try again", r.error().message());
 }
 
 asio::awaitable<void> engine::flusher() {
@@ -411,74 +362,36 @@ asio::awaitable<void> engine::flusher() {
     }
 }
 
+bool engine::begin_submit(const std::string& id, core::time_point t) {
+    auto it = active_.find(id);
+    if (it == active_.end())
+        return false;
+    // "submitting" is committed before the POST leaves.
+    return apply(id, core::advance(it->second, core::ev_submit_begin{}, t, context_for(it->second)));
+}
+
 asio::awaitable<void> engine::dispatcher() {
     while (!stopping_) {
-        const auto max_requests = static_cast<std::size_t>(settings_.api.max_connections);
         auto t = now();
-        queue_.promote(t);
-        while (downloads_in_flight_ < max_downloads) {
-            auto item = queue_.pop_download();
-            if (!item)
-                break;
+        auto action = policy_.next_action(t, counts());
+        if (auto* d = std::get_if<core::start_download>(&action)) {
             ++downloads_in_flight_;
-            asio::co_spawn(io_, download(item->job_id), fatal_on_exception);
+            asio::co_spawn(io_, download(d->item.job_id), fatal_on_exception);
+            continue;
         }
-        bool submits = submits_allowed(t);
-        while (requests_in_flight_ < max_requests && queue_.has_budgeted_ready(submits)) {
-            if (!budget_.try_acquire(t))
-                break;
-            // Polls this close to their deadline never give way to a submit.
-            auto urgent = t + seconds_ms(2 * settings_.jobs.max_poll_interval_s);
-            auto item = queue_.pop_budgeted(submits, urgent);
-            if (!item)
-                break;
-            // Is the budget the bottleneck? Work that waited for it about as long as a
-            // poll interval says so; a burst the budget drains in moments does not.
-            // A backlog the budget needs many poll intervals to drain is scarcity at once,
-            // before the waits show it (120 submits at 30/min at the start, say).
-            double drain_s = static_cast<double>(queue_.ready_budgeted(submits)) * 60 /
-                             std::max(1.0, budget_.allowed_rpm());
-            double backlog =
-                std::clamp((drain_s / settings_.jobs.min_poll_interval_s - 1) / 9, 0.0, 1.0);
-            planner_.set_scarcity(std::max(scarcity_.observe(item->not_before, t), backlog));
-            if (item->kind == work_kind::submit) {
-                if (stop_ != stop_kind::none)
-                    next_probe_ = t + seconds_ms(settings_.jobs.max_poll_interval_s);
-                auto it = active_.find(item->job_id);
-                if (it == active_.end())
-                    continue;
-                // "submitting" is committed before the POST leaves.
-                if (!apply(item->job_id, core::advance(it->second, core::ev_submit_begin{}, t,
-                                                       context_for(it->second))))
-                    continue;
-                submits = submits_allowed(t);
-            }
+        if (auto* r = std::get_if<core::send_request>(&action)) {
+            bool submit = r->item.kind == work_kind::submit;
+            if (submit && !begin_submit(r->item.job_id, t))
+                continue;
             ++requests_in_flight_;
-            if (item->kind == work_kind::submit)
+            if (submit)
                 ++submits_in_flight_;
-            asio::co_spawn(io_, execute(*item), fatal_on_exception);
+            asio::co_spawn(io_, execute(std::move(r->item)), fatal_on_exception);
+            continue;
         }
-
-        std::optional<core::time_point> next = queue_.next_due();
-        auto consider = [&](core::time_point at) {
-            if (!next || at < *next)
-                next = at;
-        };
-        if (requests_in_flight_ < max_requests && queue_.has_budgeted_ready(submits))
-            consider(budget_.next_slot());
-        if (stop_ != stop_kind::none && !paused_ && next_probe_ > t &&
-            in_flight_jobs_ < static_cast<std::size_t>(settings_.jobs.max_in_flight) &&
-            queue_.has_ready_submits())
-            consider(next_probe_);
-        if (next) {
-            auto tick = wake_tick(settings_);
-            auto wait = std::max(core::milliseconds(1),
-                                 std::chrono::ceil<core::milliseconds>(*next - now()));
-            wait = (wait + tick - core::milliseconds(1)) / tick * tick;
-            wake_timer_.expires_after(wait);
-        } else {
-            wake_timer_.expires_after(std::chrono::hours(1));
-        }
+        auto at = std::get<core::sleep_until>(action).at;
+        wake_timer_.expires_after(at ? policy_.sleep_for(*at, now())
+                                     : core::milliseconds(std::chrono::hours(1)));
         armed_until_ = wake_timer_.expiry();
         boost::system::error_code ec;
         co_await wake_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
@@ -579,72 +492,14 @@ asio::awaitable<void> engine::download(std::string id) {
     auto it = active_.find(id);
     if (it == active_.end() || !it->second.result)
         co_return;
-    std::string result = *it->second.result;
-    auto fail = [&](std::string reason, bool retryable, bool local = false) {
+    auto ev = co_await downloader_.fetch(id, *it->second.result);
+    if (std::holds_alternative<core::ev_download_done>(ev))
+        ++stats_.downloads_ok;
+    else
         ++stats_.downloads_failed;
-        auto i = active_.find(id);
-        if (i != active_.end())
-            apply(id, core::advance(i->second,
-                                    core::ev_download_failed{std::move(reason), retryable, local},
-                                    now(), context_for(i->second)));
-    };
-
-    auto dir = output_dir::open(settings_.output.directory, id);
-    if (!dir) {
-        fail(fmt::format("cannot use the output folder {}/{}: {}", settings_.output.directory, id,
-                         dir.error().message()),
-             true, true);
-        co_return;
-    }
-    if (auto ec = dir->write_atomically("result.json", result)) {
-        fail(fmt::format("cannot write {}: {}", dir->final_path("result.json"), ec.message()), true,
-             true);
-        co_return;
-    }
-    std::vector<std::string> paths{dir->final_path("result.json")};
-    auto urls = core::output_urls(result);
-    for (std::size_t i = 0; i < urls.size(); ++i) {
-        auto u = core::http_url::parse(urls[i]);
-        if (!u) {
-            fail(fmt::format("output URL {} {}", urls[i].substr(0, 200), u.error().message()),
-                 false);
-            co_return;
-        }
-        std::string tmp = fmt::format(".download-{}.tmp", i + 1);
-        dir->remove(tmp);
-        auto r =
-            co_await client_.download(*u, dir->temp_path(tmp), settings_.output.max_download_bytes);
-        const auto& o = r.outcome;
-        if (o.too_large) {
-            dir->remove(tmp);
-            fail(fmt::format("{} is larger than output.max_download_bytes ({})",
-                             urls[i].substr(0, 200), settings_.output.max_download_bytes),
-                 false);
-            co_return;
-        }
-        if (o.how != core::http_outcome::transport::ok || o.status < 200 || o.status >= 300) {
-            dir->remove(tmp);
-            fail(o.how != core::http_outcome::transport::ok
-                     ? o.message
-                     : fmt::format("HTTP {} for {}", o.status, urls[i].substr(0, 200)),
-                 true, o.local_io);
-            co_return;
-        }
-        std::string ext = core::media_extension(urls[i], r.content_type);
-        std::string name = i == 0 ? "output." + ext : fmt::format("output-{}.{}", i + 1, ext);
-        if (auto ec = dir->commit(tmp, name)) {
-            dir->remove(tmp);
-            fail(fmt::format("cannot write {}: {}", dir->final_path(name), ec.message()), true,
-                 true);
-            co_return;
-        }
-        paths.push_back(dir->final_path(name));
-    }
-    ++stats_.downloads_ok;
     it = active_.find(id);
     if (it != active_.end())
-        apply(id, core::advance(it->second, core::ev_download_done{std::move(paths)}, now(),
-                                context_for(it->second)));
+        apply(id, core::advance(it->second, ev, now(), context_for(it->second)));
 }
 
 std::vector<storage::insert_outcome> engine::add_jobs(const std::vector<core::job_spec>& specs,
@@ -755,23 +610,23 @@ std::string engine::retry(const std::string& id) {
 }
 
 void engine::reconfigure() {
-    budget_.reconfigure(settings_.api.requests_per_minute, wake_tick(settings_));
+    budget_.reconfigure(settings_.api.requests_per_minute,
+                        core::wake_tick(settings_.jobs.min_poll_interval_s));
     planner_.set_policy({settings_.jobs.min_poll_interval_s, settings_.jobs.max_poll_interval_s,
                          settings_.jobs.result_retention_s});
-    scarcity_.set_scale(10 * settings_.jobs.min_poll_interval_s,
-                        settings_.jobs.min_poll_interval_s);
+    policy_.set_limits(limits());
+    gate_.set_probe_interval(seconds_ms(settings_.jobs.max_poll_interval_s));
     for (auto& [slug, m] : settings_.models)
         durations_for(slug).set_prior(m.expected_duration_s);
     // A new key may be the fix for a 401: probe at once.
-    if (stop_ != stop_kind::none)
-        next_probe_ = now();
+    gate_.probe_now(now());
     wake();
 }
 
 void engine::set_paused(bool paused) {
-    if (paused_ == paused)
+    if (gate_.paused() == paused)
         return;
-    paused_ = paused;
+    gate_.set_paused(paused);
     try {
         store_.set_meta("paused", paused ? "1" : "0");
     } catch (const storage::storage_error& e) {

@@ -1,19 +1,23 @@
-// The engine drives every job through the API. It owns the jobs in flight, the
-// dispatch queue, the request budget and the poll planner; it sends requests
-// through the HTTP client, feeds each answer to the pure lifecycle, persists
-// what a transition asks (durably before acting, or batched), and downloads
-// results. One io_context thread: no locks.
+// The engine is the conductor: it keeps the active jobs, carries out what the
+// dispatch policy decides (core/dispatch_policy: what to send next and when), sends
+// requests through the HTTP client, feeds each answer to the pure lifecycle, hands
+// what a transition asks to persist to the job journal (durably before acting, or
+// batched), and results to the downloader. One io_context thread: no locks.
 #pragma once
 
 #include "config/settings.hpp"
+#include "core/dispatch_policy.hpp"
 #include "core/dispatch_queue.hpp"
 #include "core/duration_model.hpp"
 #include "core/job_spec.hpp"
 #include "core/lifecycle.hpp"
 #include "core/poll_planner.hpp"
 #include "core/rate_budget.hpp"
+#include "core/submission_gate.hpp"
 #include "core/url.hpp"
+#include "daemon/downloader.hpp"
 #include "daemon/http_client.hpp"
+#include "daemon/job_journal.hpp"
 #include "storage/job_store.hpp"
 
 #include <boost/asio/awaitable.hpp>
@@ -24,7 +28,6 @@
 #include <random>
 #include <string>
 #include <unordered_map>
-#include <unordered_set>
 
 namespace klingd::daemon {
 
@@ -71,10 +74,10 @@ public:
     void set_paused(bool paused);
     // The settings changed (SIGHUP): budget, poll policy and model priors follow them.
     void reconfigure();
-    bool paused() const { return paused_; }
+    bool paused() const { return gate_.paused(); }
 
     // Why submissions are not going out now (paused, 401, 406), or "".
-    std::string blocked_reason() const;
+    std::string blocked_reason() const { return gate_.blocked_reason(); }
     const engine_stats& stats() const { return stats_; }
     const core::rate_budget& budget() const { return budget_; }
     core::rate_budget& budget() { return budget_; }
@@ -96,6 +99,8 @@ private:
     boost::asio::awaitable<void> flusher();
     boost::asio::awaitable<void> execute(core::dispatch_queue::item item);
     boost::asio::awaitable<void> download(std::string id);
+    // Sends a submit that has passed the gate; false when "submitting" could not be committed.
+    bool begin_submit(const std::string& id, core::time_point t);
     // Makes the dispatcher run now. wake_by: only if it would otherwise sleep past `at`.
     void wake();
     void wake_by(core::time_point at);
@@ -105,13 +110,19 @@ private:
     // Applies a transition to the job in memory, persists, schedules. Returns false
     // when a durable write failed (the transition is then not in effect).
     bool apply(const std::string& id, core::transition t);
+    // Persists what the transition asks; false when a durable "submitting" failed.
+    bool persist(const std::string& id, const core::transition& t);
+    void log_transition(const std::string& id, const core::transition& t);
     void schedule(const core::job& j, core::work_kind w, core::time_point at);
-    bool submits_allowed(core::time_point now);
     void flush();
     void count(core::request_kind kind, const core::http_outcome& o);
     void note_signal(const core::transition& t, bool from_submit);
     // Replaces the API key wherever a server echoed it into text we keep or log.
     void scrub(core::transition& t) const;
+    core::dispatch_limits limits() const;
+    core::in_flight_counts counts() const {
+        return {requests_in_flight_, downloads_in_flight_, in_flight_jobs_};
+    }
 
     boost::asio::io_context& io_;
     const config::settings& settings_;
@@ -123,15 +134,11 @@ private:
     core::dispatch_queue queue_;
     core::rate_budget budget_;
     core::poll_planner planner_;
-    core::scarcity_meter scarcity_;
+    core::submission_gate gate_;
+    core::dispatch_policy policy_;
     std::map<std::string, core::duration_model> durations_;
-    // Batched writes: the jobs whose latest state is not in the database yet (nullopt: the
-    // state is the one in active_; a copy only once the job has left active_) and the
-    // history lines to write with it.
-    std::unordered_map<std::string, std::optional<core::job>> dirty_;
-    std::unordered_map<std::string, std::vector<storage::history_entry>> pending_history_;
-    // Jobs with a lazy change (a poll count) that only shutdown writes, if nothing else does.
-    std::unordered_set<std::string> lazy_;
+    job_journal journal_;
+    downloader downloader_;
     std::mt19937_64 rng_{std::random_device{}()};
 
     boost::asio::steady_timer wake_timer_;
@@ -140,16 +147,10 @@ private:
     std::chrono::steady_clock::time_point armed_until_ =
         std::chrono::steady_clock::time_point::min();
     bool stopping_ = false;
-    bool paused_ = false;
     std::size_t in_flight_jobs_ = 0; // submitting, queued, processing
     std::size_t requests_in_flight_ = 0;
     std::size_t submits_in_flight_ = 0;
     std::size_t downloads_in_flight_ = 0;
-
-    // Submissions stopped by a 401 or 406 until a probe submit gets through.
-    enum class stop_kind { none, unauthorized, no_credits } stop_ = stop_kind::none;
-    std::string stop_reason_;
-    core::time_point next_probe_{};
 
     engine_stats stats_;
 };

@@ -5,6 +5,20 @@
 
 namespace klingd::storage {
 
+core::errc errc_of(const storage_error& e) {
+    switch (e.code() & 0xff) { // the primary result code
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return core::errc::store_busy;
+    case SQLITE_FULL:
+        return core::errc::store_full;
+    case SQLITE_READONLY:
+        return core::errc::store_read_only;
+    default:
+        return core::errc::store_failed;
+    }
+}
+
 connection::connection(const std::string& path, int flags) {
     sqlite3* raw = nullptr;
     int rc = sqlite3_open_v2(path.c_str(), &raw, flags | SQLITE_OPEN_NOMUTEX, nullptr);

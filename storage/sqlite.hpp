@@ -3,6 +3,8 @@
 // back unless committed. Failures throw storage_error with SQLite's message.
 #pragma once
 
+#include "core/error.hpp"
+
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -21,6 +23,9 @@ public:
 private:
     int code_;
 };
+
+// The kind of a storage failure in klingd's error category (busy, full, read-only, other).
+core::errc errc_of(const storage_error& e);
 
 class connection {
 public:

@@ -1,0 +1,62 @@
+// Result and media files of a job, written atomically into its output folder.
+#include "daemon/downloader.hpp"
+
+#include "daemon/output_dir.hpp"
+
+#include <fmt/format.h>
+
+namespace klingd::daemon {
+
+boost::asio::awaitable<core::event> downloader::fetch(std::string id, std::string result) {
+    auto failed = [](std::string reason, bool retryable, bool local = false) -> core::event {
+        return core::ev_download_failed{std::move(reason), retryable, local};
+    };
+    auto dir = output_dir::open(settings_.output.directory, id);
+    if (!dir)
+        co_return failed(fmt::format("cannot use the output folder {}/{}: {}",
+                                     settings_.output.directory, id, dir.error().message()),
+                         true, true);
+    if (auto ec = dir->write_atomically("result.json", result))
+        co_return failed(
+            fmt::format("cannot write {}: {}", dir->final_path("result.json"), ec.message()), true,
+            true);
+    std::vector<std::string> paths{dir->final_path("result.json")};
+    auto urls = core::output_urls(result);
+    for (std::size_t i = 0; i < urls.size(); ++i) {
+        auto u = core::http_url::parse(urls[i]);
+        if (!u)
+            co_return failed(
+                fmt::format("output URL {} {}", urls[i].substr(0, 200), u.error().message()),
+                false);
+        std::string tmp = fmt::format(".download-{}.tmp", i + 1);
+        dir->remove(tmp);
+        auto r =
+            co_await client_.download(*u, dir->temp_path(tmp), settings_.output.max_download_bytes);
+        const auto& o = r.outcome;
+        if (o.too_large) {
+            dir->remove(tmp);
+            co_return failed(fmt::format("{} is larger than output.max_download_bytes ({})",
+                                         urls[i].substr(0, 200),
+                                         settings_.output.max_download_bytes),
+                             false);
+        }
+        if (o.how != core::http_outcome::transport::ok || o.status < 200 || o.status >= 300) {
+            dir->remove(tmp);
+            co_return failed(o.how != core::http_outcome::transport::ok
+                                 ? o.message
+                                 : fmt::format("HTTP {} for {}", o.status, urls[i].substr(0, 200)),
+                             true, o.local_io);
+        }
+        std::string ext = core::media_extension(urls[i], r.content_type);
+        std::string name = i == 0 ? "output." + ext : fmt::format("output-{}.{}", i + 1, ext);
+        if (auto ec = dir->commit(tmp, name)) {
+            dir->remove(tmp);
+            co_return failed(fmt::format("cannot write {}: {}", dir->final_path(name), ec.message()),
+                             true, true);
+        }
+        paths.push_back(dir->final_path(name));
+    }
+    co_return core::ev_download_done{std::move(paths)};
+}
+
+} // namespace klingd::daemon

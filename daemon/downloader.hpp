@@ -1,0 +1,28 @@
+// A job's result to disk: result.json and every media file its result names,
+// each streamed to a temporary file, fsynced and renamed into the job's output
+// folder. Media requests never carry the API key. The outcome is the lifecycle's
+// event (done, with the paths; or failed, with the reason and whether to retry).
+#pragma once
+
+#include "config/settings.hpp"
+#include "core/lifecycle.hpp"
+#include "daemon/http_client.hpp"
+
+#include <boost/asio/awaitable.hpp>
+#include <string>
+
+namespace klingd::daemon {
+
+class downloader {
+public:
+    downloader(http_client& client, const config::settings& s) : client_(client), settings_(s) {}
+
+    // ev_download_done or ev_download_failed, never an exception for an expected failure.
+    boost::asio::awaitable<core::event> fetch(std::string id, std::string result);
+
+private:
+    http_client& client_;
+    const config::settings& settings_;
+};
+
+} // namespace klingd::daemon

@@ -1,0 +1,57 @@
+// The write-behind journal of job changes. A change is written now (durable:
+// "submitting" before a POST, a request id, a result) or remembered for the next
+// flush (batched: most polls' outcomes) or only for a flush at shutdown (lazy: a
+// poll counter). Crash rules: a durable write carries every history line the job
+// still owes, so history never lags a state that is in the database; a failed
+// durable write leaves the change batched, to be written with the next flush; a
+// job that leaves memory keeps its last state here until it is written.
+#pragma once
+
+#include "core/error.hpp"
+#include "core/job.hpp"
+#include "storage/job_store.hpp"
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+namespace klingd::daemon {
+
+class job_journal {
+public:
+    explicit job_journal(storage::job_store& store) : store_(store) {}
+
+    // The job as it is in memory now, or null when it is not active.
+    using lookup = std::function<const core::job*(const std::string& id)>;
+
+    // Writes j now, with the history it owes and `line`. On failure (the detail says
+    // why) nothing is kept: the caller defers the change or gives it up.
+    core::result<void> write_now(const core::job& j, std::optional<storage::history_entry> line);
+    // Remembers that the job changed (its state is read at the flush) and `line`.
+    void defer(const std::string& id, std::optional<storage::history_entry> line);
+    // Remembers a change only a flush at shutdown needs to write (a poll counter).
+    void defer_lazy(const std::string& id);
+    // The job leaves memory: its last state stays here until written.
+    void retire(const core::job& j);
+    // Shutdown: lazy changes are written too.
+    void include_lazy();
+
+    // Writes every deferred change in one transaction; on failure keeps them all.
+    core::result<void> flush(const lookup& active);
+    bool empty() const { return dirty_.empty(); }
+    std::size_t pending() const { return dirty_.size(); }
+
+private:
+    storage::job_store& store_;
+    // The jobs whose latest state is not in the database yet (nullopt: the state is the
+    // one in memory; a copy only once the job has left memory) and the history lines
+    // to write with it.
+    std::unordered_map<std::string, std::optional<core::job>> dirty_;
+    std::unordered_map<std::string, std::vector<storage::history_entry>> history_;
+    std::unordered_set<std::string> lazy_;
+};
+
+} // namespace klingd::daemon
