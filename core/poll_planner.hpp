@@ -50,6 +50,7 @@ public:
 
     // scarcity in [0, 1]: 0 when the budget is ample, 1 when requests wait for it.
     void set_scarcity(double s);
+    double scarcity() const { return scarcity_; }
 
     // The next poll of a request submitted at `submitted`, last seen unfinished at
     // `last_seen` (== submitted before the first poll).

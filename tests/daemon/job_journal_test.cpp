@@ -1,0 +1,121 @@
+// The job journal in-process on a real SQLite file: what is written when, and
+// its crash rules (durable writes carry owed history; a job that left memory keeps
+// its last state until written; a failed flush keeps everything).
+#include "daemon/job_journal.hpp"
+#include "tests/support/child_process.hpp"
+
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+
+namespace {
+
+using namespace klingd;
+using core::job_state;
+
+const core::time_point t0{core::milliseconds(1'800'000'000'000)};
+
+class journal : public ::testing::Test {
+protected:
+    test::temp_dir dir{"journal"};
+    std::optional<storage::job_store> store;
+    std::optional<daemon::job_journal> j;
+    std::map<std::string, core::job> active;
+
+    void SetUp() override {
+        store.emplace(dir / "klingd.db");
+        j.emplace(*store);
+        store->insert(core::job_spec{"a", "kling-o1", R"({"prompt":"x"})", 0}, t0, "test");
+        active["a"] = *store->get("a");
+    }
+    daemon::job_journal::lookup lookup() {
+        return [this](const std::string& id) -> const core::job* {
+            auto it = active.find(id);
+            return it == active.end() ? nullptr : &it->second;
+        };
+    }
+    static storage::history_entry line(job_state s, std::string note) {
+        return {t0, std::string(core::to_string(s)), std::move(note), std::nullopt};
+    }
+    // The state the database holds now, read by a second connection as a restart would.
+    std::string stored_state(const std::string& id) {
+        storage::job_store other(dir / "klingd.db");
+        auto got = other.get(id);
+        return got ? std::string(core::to_string(got->state)) : "none";
+    }
+    std::size_t stored_history(const std::string& id) {
+        storage::job_store other(dir / "klingd.db");
+        return other.history(id).size();
+    }
+};
+
+TEST_F(journal, a_deferred_change_is_written_only_by_the_flush) {
+    active["a"].state = job_state::queued;
+    active["a"].request_id = "r1";
+    j->defer("a", line(job_state::queued, "queued at the API"));
+    EXPECT_EQ(stored_state("a"), "pending");
+    EXPECT_EQ(j->pending(), 1u);
+    ASSERT_TRUE(j->flush(lookup()));
+    EXPECT_EQ(stored_state("a"), "queued");
+    EXPECT_EQ(stored_history("a"), 2u);
+    EXPECT_TRUE(j->empty());
+}
+
+TEST_F(journal, a_durable_write_carries_the_history_the_job_owes) {
+    active["a"].state = job_state::queued;
+    j->defer("a", line(job_state::queued, "one"));
+    j->defer("a", line(job_state::queued, "two"));
+    core::job next = active["a"];
+    next.state = job_state::processing;
+    ASSERT_TRUE(j->write_now(next, line(job_state::processing, "three")));
+    EXPECT_EQ(stored_state("a"), "processing");
+    EXPECT_EQ(stored_history("a"), 4u); // accepted, one, two, three
+    EXPECT_TRUE(j->empty());
+}
+
+TEST_F(journal, lazy_changes_wait_for_shutdown) {
+    active["a"].polls = 7;
+    j->defer_lazy("a");
+    ASSERT_TRUE(j->flush(lookup()));
+    {
+        storage::job_store other(dir / "klingd.db");
+        EXPECT_EQ(other.get("a")->polls, 0);
+    }
+    j->include_lazy();
+    ASSERT_TRUE(j->flush(lookup()));
+    storage::job_store other(dir / "klingd.db");
+    EXPECT_EQ(other.get("a")->polls, 7);
+}
+
+TEST_F(journal, a_job_that_left_memory_keeps_its_last_state_until_written) {
+    active["a"].state = job_state::cancelled;
+    j->defer("a", line(job_state::cancelled, "cancelled"));
+    j->retire(active["a"]);
+    active.erase("a");
+    ASSERT_TRUE(j->flush(lookup()));
+    EXPECT_EQ(stored_state("a"), "cancelled");
+}
+
+TEST_F(journal, a_locked_database_fails_the_flush_and_nothing_is_lost) {
+    active["a"].state = job_state::queued;
+    j->defer("a", line(job_state::queued, "queued"));
+    sqlite3* locker = nullptr;
+    ASSERT_EQ(sqlite3_open((dir / "klingd.db").c_str(), &locker), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(locker, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
+    store->db().exec("PRAGMA busy_timeout = 50", "test: short busy timeout");
+    auto r = j->flush(lookup());
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error(), core::errc::store_busy) << r.error().message();
+    core::job next = active["a"];
+    next.state = job_state::processing;
+    auto w = j->write_now(next, line(job_state::processing, "now"));
+    ASSERT_FALSE(w);
+    EXPECT_EQ(w.error(), core::errc::store_busy);
+    EXPECT_EQ(j->pending(), 1u) << "the deferred change is kept";
+    sqlite3_exec(locker, "ROLLBACK", nullptr, nullptr, nullptr);
+    sqlite3_close(locker);
+    ASSERT_TRUE(j->flush(lookup()));
+    EXPECT_EQ(stored_state("a"), "queued");
+    EXPECT_EQ(stored_history("a"), 2u);
+}
+
+} // namespace
