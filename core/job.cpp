@@ -44,4 +44,16 @@ bool is_terminal(job_state s) {
            s == job_state::cancelled;
 }
 
+job shifted(job j, milliseconds d) {
+    if (d == milliseconds(0))
+        return j;
+    for (auto* t : {&j.created_at, &j.updated_at, &j.last_poll_at})
+        if (*t != time_point{})
+            *t += d;
+    for (auto* t : {&j.submitted_at, &j.remote_done_at, &j.finished_at})
+        if (*t)
+            **t += d;
+    return j;
+}
+
 } // namespace klingd::core

@@ -75,4 +75,7 @@ struct job {
     time_point last_poll_at{}; // when the last "not done yet" answer was seen (not persisted)
 };
 
+// The job with every time moved by d (between the daemon's monotonic time and the wall clock).
+job shifted(job j, milliseconds d);
+
 } // namespace klingd::core

@@ -119,7 +119,8 @@ struct machine {
     void signal_from(const http_outcome& o, answer_class k, bool from_submit = false) {
         if (k == answer_class::rate_limited) {
             t.signal = api_signal::rate_limited;
-            t.rate_limited_until = rate_limit_until(o.retry_after, o.reset_at, now);
+            if (auto until = rate_limit_until(o.retry_after, o.reset_at, now + c.wall_offset))
+                t.rate_limited_until = *until - c.wall_offset;
         } else if (k == answer_class::unauthorized) {
             t.signal = api_signal::unauthorized;
             t.signal_reason = error_detail(o.status, o.body);
@@ -146,7 +147,7 @@ struct machine {
                 "Segmind no longer knows request {} (HTTP 404 on {}; it keeps results "
                 "{}s after submission, and this one was submitted at {})",
                 j.request_id.value_or("?"), w == work_kind::poll ? "poll" : "result fetch",
-                c.retention_s, j.submitted_at ? rfc3339(*j.submitted_at) : "an unknown time"));
+                c.retention_s, j.submitted_at ? rfc3339(*j.submitted_at + c.wall_offset) : "an unknown time"));
             return;
         case answer_class::rate_limited:
             schedule(w, t.rate_limited_until.value_or(now));
@@ -417,7 +418,7 @@ struct machine {
                 expire(fmt::format(
                     "klingd was down past the API's retention of {}s after submission (at {}); "
                     "the result of request {} is gone",
-                    c.retention_s, j.submitted_at ? rfc3339(*j.submitted_at) : "?",
+                    c.retention_s, j.submitted_at ? rfc3339(*j.submitted_at + c.wall_offset) : "?",
                     j.request_id.value_or("?")));
                 return;
             }
@@ -437,7 +438,7 @@ struct machine {
         expire(fmt::format(
             "request {} was not fetched within the API's retention of {}s after submission (at {})",
             j.request_id.value_or("?"), c.retention_s,
-            j.submitted_at ? rfc3339(*j.submitted_at) : "?"));
+            j.submitted_at ? rfc3339(*j.submitted_at + c.wall_offset) : "?"));
     }
 
     void on(const ev_cancel&) {

@@ -25,6 +25,9 @@ struct lifecycle_context {
     const poll_planner* planner = nullptr;
     const duration_model* durations = nullptr; // of the job's model
     double jitter01 = 0.5; // a fresh uniform random number in [0, 1) for each call
+    // How far the wall clock is ahead of `now` (the daemon's monotonic time): an API's
+    // reset time is wall-clock text.
+    milliseconds wall_offset{0};
 };
 
 // The dispatcher chose this pending job for a submit.

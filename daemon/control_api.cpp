@@ -181,14 +181,13 @@ json::object stats_json(engine& e) {
     o["requests"] = std::move(req);
     o["rate_limited"] = e.stats().rate_limited;
     auto& b = e.budget();
-    auto now =
-        std::chrono::time_point_cast<std::chrono::milliseconds>(std::chrono::system_clock::now());
+    auto now = e.time().now();
     json::object budget;
     budget["configured_rpm"] = number(b.configured_rpm());
     budget["allowed_rpm"] = number(b.allowed_rpm());
     budget["used_last_minute"] = b.used_last_minute(now);
     budget["blocked_until"] =
-        b.blocked(now) ? json::value(core::format_rfc3339(b.blocked_until())) : json::value(nullptr);
+        b.blocked(now) ? json::value(core::format_rfc3339(e.time().to_wall(b.blocked_until()))) : json::value(nullptr);
     o["budget"] = std::move(budget);
     o["paused"] = e.paused();
     auto blocked = e.blocked_reason();

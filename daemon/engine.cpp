@@ -60,19 +60,16 @@ core::http_url parsed_base_url(const std::string& base_url) {
 } // namespace
 
 engine::engine(asio::io_context& io, const config::settings& s, storage::job_store& store,
-               http_client& client)
-    : io_(io), settings_(s), store_(store), client_(client), base_(parsed_base_url(s.api.base_url)),
+               http_client& client, const clock& clk)
+    : io_(io), settings_(s), store_(store), client_(client), clock_(clk),
+      base_(parsed_base_url(s.api.base_url)),
       budget_(s.api.requests_per_minute, core::wake_tick(s.jobs.min_poll_interval_s)),
       planner_({s.jobs.min_poll_interval_s, s.jobs.max_poll_interval_s, s.jobs.result_retention_s}),
       gate_(seconds_ms(s.jobs.max_poll_interval_s)),
-      policy_(queue_, budget_, planner_, gate_, limits()), journal_(store), downloader_(client, s),
+      policy_(queue_, budget_, planner_, gate_, limits()), journal_(store, clk), downloader_(client, s),
       wake_timer_(io) {
     for (auto& [slug, m] : s.models)
         durations_.emplace(slug, core::duration_model(m.expected_duration_s));
-}
-
-core::time_point engine::now() {
-    return std::chrono::time_point_cast<std::chrono::milliseconds>(clock::now());
 }
 
 core::dispatch_limits engine::limits() const {
@@ -102,6 +99,7 @@ core::lifecycle_context engine::context_for(const job& j) {
     c.planner = &planner_;
     c.durations = &durations_for(j.model);
     c.jitter01 = std::uniform_real_distribution<double>(0, 1)(rng_);
+    c.wall_offset = clock_.wall_offset();
     return c;
 }
 
@@ -113,6 +111,8 @@ void engine::start() {
 
     auto t = now();
     auto jobs = store_.unfinished();
+    for (auto& j : jobs)
+        j = core::shifted(std::move(j), -clock_.wall_offset()); // downtime: by the wall clock
     std::vector<storage::job_store::change> changes;
     std::size_t resumed = 0;
     for (auto& j : jobs) {
@@ -278,7 +278,7 @@ bool engine::apply(const std::string& id, core::transition t) {
     if (j.state != job_state::pending && j.state != job_state::submitting && !j.params.empty())
         std::string().swap(j.params); // submitted: the body is in the database if ever needed again
     if (on_change)
-        on_change(j, t.note);
+        on_change(clock_.wall_offset() == core::milliseconds(0) ? j : to_wall(j), t.note);
     if (core::is_terminal(j.state)) {
         queue_.cancel(id);
         journal_.retire(j);
@@ -505,7 +505,7 @@ asio::awaitable<void> engine::download(std::string id) {
 std::vector<storage::insert_outcome> engine::add_jobs(const std::vector<core::job_spec>& specs,
                                                       const std::vector<std::string>& sources) {
     auto t = now();
-    auto outcomes = store_.insert_many(specs, t, sources);
+    auto outcomes = store_.insert_many(specs, clock_.to_wall(t), sources);
     for (std::size_t i = 0; i < specs.size(); ++i) {
         switch (outcomes[i]) {
         case storage::insert_outcome::inserted: {
@@ -523,7 +523,7 @@ std::vector<storage::insert_outcome> engine::add_jobs(const std::vector<core::jo
             auto [it, ok] = active_.emplace(j.id, std::move(j));
             schedule(it->second, work_kind::submit, t);
             if (on_change)
-                on_change(it->second, "accepted");
+                on_change(to_wall(it->second), "accepted");
             break;
         }
         case storage::insert_outcome::same_content:
@@ -540,7 +540,7 @@ std::vector<storage::insert_outcome> engine::add_jobs(const std::vector<core::jo
 
 std::optional<job> engine::find(const std::string& id) {
     if (auto it = active_.find(id); it != active_.end())
-        return it->second;
+        return to_wall(it->second);
     return store_.get(id);
 }
 
@@ -550,7 +550,7 @@ std::vector<job> engine::list(const storage::job_filter& f) {
     for (auto& j : jobs)
         if (auto it = active_.find(j.id); it != active_.end()) {
             std::string params;
-            j = it->second;
+            j = to_wall(it->second);
             j.params.swap(params);
         }
     return jobs;
@@ -601,6 +601,7 @@ std::string engine::retry(const std::string& id) {
     auto stored = store_.get(id);
     if (!stored)
         return "not found";
+    *stored = core::shifted(std::move(*stored), -clock_.wall_offset());
     auto tr = core::advance(*stored, core::ev_retry{}, now(), context_for(*stored));
     if (!tr.rejection.empty())
         return tr.rejection;

@@ -15,6 +15,7 @@
 #include "core/rate_budget.hpp"
 #include "core/submission_gate.hpp"
 #include "core/url.hpp"
+#include "daemon/clock.hpp"
 #include "daemon/downloader.hpp"
 #include "daemon/http_client.hpp"
 #include "daemon/job_journal.hpp"
@@ -49,8 +50,9 @@ struct engine_stats {
 
 class engine {
 public:
+    // clk: the one clock the engine reads (daemon/clock.hpp).
     engine(boost::asio::io_context& io, const config::settings& s, storage::job_store& store,
-           http_client& client);
+           http_client& client, const clock& clk);
 
     // Loads unfinished jobs and starts the dispatcher. Throws storage_error when
     // the database cannot be read.
@@ -88,12 +90,15 @@ public:
     double oldest_pending_age_s();
     void note_invalid_file() { ++stats_.intake_invalid; }
 
-    // Called after each job change (for watchers); may be empty.
+    const clock& time() const { return clock_; }
+
+    // Called after each job change (for watchers), with times on the wall clock; may be empty.
     std::function<void(const core::job&, const std::string& note)> on_change;
 
 private:
-    using clock = std::chrono::system_clock;
-    static core::time_point now();
+    core::time_point now() const { return clock_.now(); }
+    // A job as the outside sees it: its times on the wall clock.
+    core::job to_wall(const core::job& j) const { return core::shifted(j, clock_.wall_offset()); }
 
     boost::asio::awaitable<void> dispatcher();
     boost::asio::awaitable<void> flusher();
@@ -128,6 +133,7 @@ private:
     const config::settings& settings_;
     storage::job_store& store_;
     http_client& client_;
+    const clock& clock_;
     core::http_url base_;
 
     std::unordered_map<std::string, core::job> active_;

@@ -10,8 +10,11 @@ core::result<void> job_journal::write_now(const core::job& j,
         h = p->second;
     if (line)
         h.push_back(*line);
+    auto offset = clock_.wall_offset();
+    for (auto& e : h)
+        e.at += offset;
     try {
-        store_.save_many({{j, std::move(h)}});
+        store_.save_many({{core::shifted(j, offset), std::move(h)}});
     } catch (const storage::storage_error& e) {
         return core::error(storage::errc_of(e), e.what());
     }
@@ -47,13 +50,16 @@ core::result<void> job_journal::flush(const lookup& active) {
         return {};
     std::vector<storage::job_store::change> changes;
     changes.reserve(dirty_.size());
+    auto offset = clock_.wall_offset();
     for (auto& [id, copy] : dirty_) {
         const core::job* j = copy ? &*copy : active(id);
         if (!j)
             continue;
         auto h = history_.find(id);
-        changes.push_back(
-            {*j, h == history_.end() ? std::vector<storage::history_entry>{} : h->second});
+        changes.push_back({core::shifted(*j, offset),
+                           h == history_.end() ? std::vector<storage::history_entry>{} : h->second});
+        for (auto& e : changes.back().history)
+            e.at += offset;
     }
     try {
         store_.save_many(changes);

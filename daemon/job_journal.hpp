@@ -9,6 +9,7 @@
 
 #include "core/error.hpp"
 #include "core/job.hpp"
+#include "daemon/clock.hpp"
 #include "storage/job_store.hpp"
 
 #include <functional>
@@ -22,7 +23,8 @@ namespace klingd::daemon {
 
 class job_journal {
 public:
-    explicit job_journal(storage::job_store& store) : store_(store) {}
+    // Jobs are written with their times on the wall clock of clk.
+    job_journal(storage::job_store& store, const clock& clk) : store_(store), clock_(clk) {}
 
     // The job as it is in memory now, or null when it is not active.
     using lookup = std::function<const core::job*(const std::string& id)>;
@@ -46,6 +48,7 @@ public:
 
 private:
     storage::job_store& store_;
+    const clock& clock_;
     // The jobs whose latest state is not in the database yet (nullopt: the state is the
     // one in memory; a copy only once the job has left memory) and the history lines
     // to write with it.

@@ -84,7 +84,8 @@ int run(config::settings& s, const std::string& config_path) {
         std::chrono::milliseconds(static_cast<std::int64_t>(s.api.request_timeout_s * 1000));
     opts.max_idle_per_origin = static_cast<std::size_t>(s.api.max_connections);
     daemon::http_client client(io.get_executor(), *tls_ctx, opts);
-    daemon::engine engine(io, s, *store, client);
+    daemon::system_clock clk;
+    daemon::engine engine(io, s, *store, client, clk);
     daemon::control_limits limits;
     limits.body_bytes = s.spool.max_file_bytes + 4096;
     daemon::event_hub events;

@@ -70,6 +70,7 @@ struct world {
     asio::ssl::context tls{asio::ssl::context::tls_client};
     std::optional<daemon::http_client> client;
     std::optional<storage::job_store> store;
+    daemon::system_clock clock;
     std::optional<daemon::engine> engine;
     std::uint64_t events = 0;
 
@@ -105,7 +106,7 @@ struct world {
         store.emplace(settings.storage.database);
         // Durability is not under test here; fsync per commit would be most of the run time.
         store->db().exec("PRAGMA synchronous = OFF", "fuzz: synchronous off");
-        engine.emplace(io, settings, *store, *client);
+        engine.emplace(io, settings, *store, *client, clock);
         engine->on_change = [this](const core::job& j, const std::string& note) {
             events += daemon::event_line(j, note, j.updated_at).size();
         };

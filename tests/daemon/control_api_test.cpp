@@ -29,6 +29,7 @@ protected:
     boost::asio::ssl::context tls{boost::asio::ssl::context::tls_client};
     std::optional<daemon::http_client> client;
     std::optional<storage::job_store> store;
+    daemon::manual_clock clock{core::time_point{core::milliseconds(1'800'000'000'000)}};
     std::optional<daemon::engine> engine;
 
     void SetUp() override {
@@ -39,7 +40,7 @@ protected:
         settings.output.directory = dir / "output";
         client.emplace(io.get_executor(), tls, daemon::client_options{});
         store.emplace(settings.storage.database);
-        engine.emplace(io, settings, *store, *client);
+        engine.emplace(io, settings, *store, *client, clock);
     }
 
     daemon::control_outcome call(http::verb method, const std::string& target,

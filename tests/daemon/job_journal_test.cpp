@@ -18,12 +18,13 @@ class journal : public ::testing::Test {
 protected:
     test::temp_dir dir{"journal"};
     std::optional<storage::job_store> store;
+    daemon::manual_clock clock{t0};
     std::optional<daemon::job_journal> j;
     std::map<std::string, core::job> active;
 
     void SetUp() override {
         store.emplace(dir / "klingd.db");
-        j.emplace(*store);
+        j.emplace(*store, clock);
         store->insert(core::job_spec{"a", "kling-o1", R"({"prompt":"x"})", 0}, t0, "test");
         active["a"] = *store->get("a");
     }
@@ -116,6 +117,27 @@ TEST_F(journal, a_locked_database_fails_the_flush_and_nothing_is_lost) {
     ASSERT_TRUE(j->flush(lookup()));
     EXPECT_EQ(stored_state("a"), "queued");
     EXPECT_EQ(stored_history("a"), 2u);
+}
+
+} // namespace
+
+namespace {
+
+TEST_F(journal, times_go_to_the_database_on_the_wall_clock_after_it_is_stepped) {
+    // Engine time stays monotonic; the wall clock jumps an hour ahead (NTP).
+    clock.step_wall(std::chrono::hours(1));
+    active["a"].state = job_state::queued;
+    active["a"].submitted_at = t0 + core::milliseconds(500);
+    active["a"].updated_at = t0 + core::milliseconds(500);
+    j->defer("a", storage::history_entry{t0 + core::milliseconds(500), "queued", "queued", "r1"});
+    ASSERT_TRUE(j->flush(lookup()));
+    storage::job_store other(dir / "klingd.db");
+    auto stored = other.get("a");
+    ASSERT_TRUE(stored && stored->submitted_at);
+    EXPECT_EQ(*stored->submitted_at, t0 + std::chrono::hours(1) + core::milliseconds(500));
+    EXPECT_EQ(other.history("a").back().at, t0 + std::chrono::hours(1) + core::milliseconds(500));
+    // And back, as a restart reads it: the same engine time.
+    EXPECT_EQ(clock.from_wall(*stored->submitted_at), t0 + core::milliseconds(500));
 }
 
 } // namespace
