@@ -321,14 +321,13 @@ int cmd_watch(client& c, const std::vector<std::string>& ids, bool as_json) {
     auto sub = subscribe(c, ids);
     bool color = color_output();
     std::set<std::string> open(ids.begin(), ids.end());
-    // Subscribed: now jobs that are already finished can be told apart without a gap.
+    // Subscribed: each named job's state now, then its changes, without a gap between.
     for (auto& id : ids) {
         auto r = c.call(http::verb::get, job_target(id));
         std::string st = r.status == 200 ? str(r.body, "state") : "not found";
-        if (terminal(st) || r.status == 404) {
-            std::printf("%s: %s\n", id.c_str(), st.c_str());
+        std::printf("%s: %s\n", id.c_str(), st.c_str());
+        if (terminal(st) || r.status == 404)
             open.erase(id);
-        }
     }
     std::fflush(stdout);
     while (ids.empty() || !open.empty()) {

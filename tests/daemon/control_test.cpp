@@ -199,7 +199,10 @@ TEST_F(control_test, pause_survives_a_restart_and_resume_submits) {
     ASSERT_TRUE(eventually([&] { return env.state("z") == "pending"; }, 5s));
     EXPECT_EQ(env.stop(), 0);
     env.start();
-    std::this_thread::sleep_for(500ms);
+    // The engine has loaded the paused state and its jobs before it says so.
+    ASSERT_TRUE(eventually(
+        [&] { return env.log().find("submissions are paused") != std::string::npos; }, 10s))
+        << env.log();
     EXPECT_EQ(env.state("z"), "pending");
     EXPECT_EQ(env.api("GET", "/v1/stats").body.at("paused").as_bool(), true);
     EXPECT_EQ(env.sim_stats(false).at("submissions").as_int64(), 0);
@@ -450,10 +453,8 @@ TEST_F(hostile_client, half_a_request_does_not_hold_the_daemon) {
         asio::write(*idle.back(), asio::buffer(std::string(
                                       "POST /v1/jobs HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")));
     }
-    for (int i = 0; i < 5; ++i) {
+    for (int i = 0; i < 5; ++i)
         expect_responsive();
-        std::this_thread::sleep_for(200ms);
-    }
     env.drop("alive.json", image_job("alive"));
     ASSERT_TRUE(env.wait_terminal({"alive"}, 30s));
     EXPECT_TRUE(env.running());
@@ -514,7 +515,9 @@ TEST_F(control_test, klingctl_watch_follows_changes_until_the_jobs_finish) {
     env.drop("w.json", image_job("w"));
     ASSERT_TRUE(eventually([&] { return env.state("w") == "pending"; }, 5s));
     child_process watch(KLINGCTL_PATH, {"--socket", env.socket(), "watch", "w"}, {}, "watch");
-    std::this_thread::sleep_for(300ms);
+    // Its first line comes once it has subscribed: every change after it is in its stream.
+    ASSERT_TRUE(eventually([&] { return watch.stdout_text().starts_with("w: pending\n"); }, 10s))
+        << watch.stdout_text() << watch.stderr_text();
     env.api("POST", "/v1/resume");
     ASSERT_EQ(watch.wait(30s).value_or(-1), 0) << watch.stderr_text();
     std::string out = watch.stdout_text();
