@@ -254,8 +254,8 @@ int cmd_wait(client& c, const std::vector<std::string>& ids, double timeout_s) {
                     std::chrono::milliseconds(static_cast<long>(timeout_s * 1000));
     std::map<std::string, std::string> final;
     std::set<std::string> wanted(ids.begin(), ids.end());
-    while (final.size() < wanted.size()) {
-        auto sub = subscribe(c, ids);
+    // Reads the state of every job not known to be terminal yet.
+    auto read_states = [&] {
         for (auto& id : wanted) {
             if (final.count(id))
                 continue;
@@ -267,6 +267,10 @@ int cmd_wait(client& c, const std::vector<std::string>& ids, double timeout_s) {
             else if (terminal(str(r.body, "state")))
                 final[id] = outcome_of(r.body);
         }
+    };
+    while (final.size() < wanted.size()) {
+        auto sub = subscribe(c, ids);
+        read_states();
         bool overflowed = false;
         while (final.size() < wanted.size() && !overflowed) {
             auto left = std::chrono::milliseconds(60'000);
@@ -280,11 +284,15 @@ int cmd_wait(client& c, const std::vector<std::string>& ids, double timeout_s) {
                     return exit_timeout;
                 }
             }
-            auto ev = sub.next(left);
+            // Quiet for a while (or a heartbeat): read the states again, in case a change
+            // came before the stream could show it.
+            auto ev = sub.next(std::min(left, std::chrono::milliseconds(20'000)));
             if (!ev)
                 throw unreachable(ev.error().message());
-            if (!*ev)
+            if (!*ev || str(**ev, "type") == "heartbeat") {
+                read_states();
                 continue;
+            }
             const auto& v = **ev;
             if (str(v, "type") == "overflow")
                 overflowed = true;

@@ -35,8 +35,16 @@ std::string string_field(const json::object& o, std::string_view key) {
     return std::string(it->value().as_string());
 }
 
-bool is_http_url(std::string_view s) {
-    return http_url::parse(s).has_value();
+// What looks like a link to a file (http(s), no spaces): collected even when http_url
+// would refuse it, so that the download fails loudly with the reason instead of the
+// job completing without the file.
+bool looks_like_http_url(std::string_view s) {
+    std::string head(s.substr(0, 8));
+    std::transform(head.begin(), head.end(), head.begin(),
+                   [](unsigned char c) { return std::tolower(c); });
+    if (!(head.starts_with("https://") || head.starts_with("http://")) || s.size() > 8192)
+        return false;
+    return std::none_of(s.begin(), s.end(), [](unsigned char c) { return c <= 0x20 || c == 0x7f; });
 }
 
 bool is_safe_request_id(std::string_view id) {
@@ -51,7 +59,7 @@ void collect_urls(const json::value& v, std::vector<std::string>& out, int depth
     if (depth > 4 || out.size() >= 64)
         return;
     if (v.is_string()) {
-        if (is_http_url(v.as_string()))
+        if (looks_like_http_url(v.as_string()))
             out.emplace_back(v.as_string());
     } else if (v.is_array()) {
         for (auto& e : v.as_array())

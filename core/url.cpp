@@ -22,12 +22,25 @@ bool name_char(char c) {
 
 // Percent-encodes the bytes a URI may not hold as they are (not reserved, not
 // unreserved, not '%'), as browsers do, so that such a link still names its file.
+// Brackets are left as they are only in the authority (an IPv6 address), and a '%' only
+// where it starts an escape ("50%.png" names the file "50%.png").
 std::string encode_stray_bytes(std::string_view s) {
-    constexpr auto allowed = urls::unreserved_chars + urls::grammar::lut_chars(":/?#[]@!$&'()*+,;=%");
-    if (std::all_of(s.begin(), s.end(), [&](char c) { return allowed(c); }))
-        return std::string(s);
-    urls::encoding_opts opts;
-    return urls::encode(s, allowed, opts);
+    constexpr auto allowed = urls::unreserved_chars + urls::grammar::lut_chars(":/?#@!$&'()*+,;=");
+    auto hex = [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; };
+    auto authority_end = s.find_first_of("/?#", s.find("//") + 2);
+    std::string out;
+    out.reserve(s.size());
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        char c = s[i];
+        bool keep = allowed(c) ||
+                    (c == '%' && i + 2 < s.size() && hex(s[i + 1]) && hex(s[i + 2])) ||
+                    ((c == '[' || c == ']') && i < authority_end);
+        if (keep)
+            out += c;
+        else
+            out += fmt::format("%{:02X}", static_cast<unsigned char>(c));
+    }
+    return out;
 }
 
 // parse_uri, less a bug of Boost.URL 1.81: it reads "http://127.0.0.1.evil.example:81/"
@@ -47,6 +60,9 @@ boost::system::result<urls::url> parse_absolute(const std::string& text) {
     std::string with_letter = text.substr(0, at + 2) + "x" + text.substr(at + 2);
     auto patched = urls::parse_uri(with_letter); // a view of with_letter
     if (!patched || patched->host_type() != urls::host_type::name)
+        return boost::system::error_code(EINVAL, boost::system::generic_category());
+    // The same bug once more ("http://1.2.3.4.nip.io:80evil/x"): the path must start with '/'.
+    if (auto p = patched->encoded_path(); !p.empty() && !p.starts_with('/'))
         return boost::system::error_code(EINVAL, boost::system::generic_category());
     urls::url u(*patched);
     std::string name(u.encoded_host().substr(1)); // a copy: the setter rewrites the buffer
@@ -101,7 +117,7 @@ result<http_url> http_url::parse(std::string_view s) {
     }
     u.normalize_authority(); // lower-case host
     out.port_ = u.scheme_id() == urls::scheme::https ? 443 : 80;
-    if (u.has_port()) {
+    if (u.has_port() && !u.port().empty()) { // "host:" is the default port (RFC 3986)
         auto p = u.port();
         unsigned n = 0;
         auto [end, ec] = std::from_chars(p.data(), p.data() + p.size(), n);

@@ -320,6 +320,9 @@ control_outcome events(const control_request& req, const target& t) {
             return error_response(
                 req.version(), http::status::bad_request,
                 fmt::format("unknown query parameter \"{}\" (known: id)", k.substr(0, 40)));
+        if (v.empty())
+            return error_response(req.version(), http::status::bad_request,
+                                  "id must name a job (leave it out for every job's events)");
         s.job_filter = v;
     }
     return s;

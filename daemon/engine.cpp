@@ -460,7 +460,8 @@ asio::awaitable<void> engine::execute(core::dispatch_queue::item item) {
     }
     bool poll = item.kind == work_kind::poll;
     const auto& target = poll ? j.status_url : j.response_url;
-    auto parsed = target ? core::http_url::parse(*target) : core::result<core::http_url>();
+    auto parsed = target ? core::http_url::parse(*target)
+                         : core::result<core::http_url>(core::error(core::errc::url_malformed));
     auto u = parsed && core::may_carry_api_key(*parsed, base_)
                  ? *parsed
                  : base_.with_target(fmt::format("/v2/requests/{}{}", j.request_id.value_or(""),
@@ -541,6 +542,9 @@ std::vector<storage::insert_outcome> engine::add_jobs(const std::vector<core::jo
 std::optional<job> engine::find(const std::string& id) {
     if (auto it = active_.find(id); it != active_.end())
         return to_wall(it->second);
+    // Finished, its last state not in the database yet (a failed write waits for the flush).
+    if (const job* r = journal_.retired(id))
+        return to_wall(*r);
     return store_.get(id);
 }
 
@@ -551,6 +555,10 @@ std::vector<job> engine::list(const storage::job_filter& f) {
         if (auto it = active_.find(j.id); it != active_.end()) {
             std::string params;
             j = to_wall(it->second);
+            j.params.swap(params);
+        } else if (const job* r = journal_.retired(j.id)) {
+            std::string params;
+            j = to_wall(*r);
             j.params.swap(params);
         }
     return jobs;

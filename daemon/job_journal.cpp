@@ -39,6 +39,11 @@ void job_journal::retire(const core::job& j) {
     lazy_.erase(j.id);
 }
 
+const core::job* job_journal::retired(const std::string& id) const {
+    auto d = dirty_.find(id);
+    return d != dirty_.end() && d->second ? &*d->second : nullptr;
+}
+
 void job_journal::include_lazy() {
     for (const auto& id : lazy_)
         dirty_.try_emplace(id);

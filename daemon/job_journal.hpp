@@ -38,6 +38,8 @@ public:
     void defer_lazy(const std::string& id);
     // The job leaves memory: its last state stays here until written.
     void retire(const core::job& j);
+    // The last state of a job that left memory and is not written yet, or null.
+    const core::job* retired(const std::string& id) const;
     // Shutdown: lazy changes are written too.
     void include_lazy();
 

@@ -175,11 +175,18 @@ TEST(dispatch_policy, a_seeded_random_run_keeps_the_budget_and_loses_no_work) {
             r.queue.schedule(id, kind, now + milliseconds(rng() % 5000), now + minutes(30));
             scheduled[id] = 1;
         }
-        auto a = r.policy.next_action(now, {});
+        // Random loads: at the connection cap nothing may be sent.
+        in_flight_counts f{rng() % 10, rng() % 5, rng() % 60};
+        auto a = r.policy.next_action(now, f);
         if (auto* s = std::get_if<send_request>(&a)) {
+            EXPECT_LT(f.requests, r.policy.limits().max_requests);
+            if (s->item.kind == work_kind::submit)
+                EXPECT_LT(f.jobs, r.policy.limits().max_in_flight);
             sends.push_back(now);
             taken[s->item.job_id] += 1;
-            scheduled.erase(s->item.job_id);
+            EXPECT_EQ(scheduled.erase(s->item.job_id), 1u) << s->item.job_id << " taken twice";
+        } else if (std::holds_alternative<start_download>(a)) {
+            ADD_FAILURE() << "no download was scheduled";
         } else {
             auto at = std::get<sleep_until>(a).at;
             now = at ? std::max(now + milliseconds(1), *at) : now + milliseconds(rng() % 2000 + 1);
@@ -191,7 +198,7 @@ TEST(dispatch_policy, a_seeded_random_run_keeps_the_budget_and_loses_no_work) {
         if (auto* s = std::get_if<send_request>(&a)) {
             sends.push_back(now);
             taken[s->item.job_id] += 1;
-            scheduled.erase(s->item.job_id);
+            EXPECT_EQ(scheduled.erase(s->item.job_id), 1u) << s->item.job_id << " taken twice";
             continue;
         }
         auto at = std::get<sleep_until>(a).at;

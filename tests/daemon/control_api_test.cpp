@@ -95,14 +95,16 @@ TEST_F(control_api, each_error_has_its_status_and_says_what) {
         {http::verb::get, "/v1/jobs?limit=0", "", 400, "limit must be an integer from 1 to 10000"},
         {http::verb::get, "/v1/jobs?limit=x", "", 400, "limit must be"},
         {http::verb::get, "/v1/jobs?colour=red", "", 400, "unknown query parameter \"colour\""},
-        {http::verb::post, "/v1/jobs", "{", 400, ""},
+        {http::verb::post, "/v1/jobs", "{", 400, "not valid JSON"},
         {http::verb::post, "/v1/jobs", R"({"id":"x","model":"kling-o1","params":{}})", 400,
          "params.prompt"},
         {http::verb::post, "/v1/jobs", other_content.c_str(), 409,
          "taken by a job with other content"},
         {http::verb::post, "/v1/jobs/none/cancel", "", 404, "no job \"none\""},
         {http::verb::post, "/v1/jobs/none/retry", "", 404, "no job \"none\""},
-        {http::verb::post, "/v1/jobs/known/retry", "", 409, ""},
+        {http::verb::post, "/v1/jobs/known/retry", "", 409, "only failed or expired jobs can be retried"},
+        {http::verb::get, "/v1/jobs?state=cancelled+", "", 400, "state \"cancelled \" is not"},
+        {http::verb::get, "/v1/events?id=", "", 400, "id must name a job"},
         {http::verb::delete_, "/v1/jobs", "", 405, "DELETE is not allowed here (allowed: GET, POST)"},
         {http::verb::post, "/v1/health", "", 405, "allowed: GET"},
         {http::verb::post, "/v1/events", "", 405, "allowed: GET"},
@@ -143,8 +145,9 @@ TEST_F(control_api, jobs_are_added_found_listed_and_cancelled) {
     auto by_state = body_of(answer(http::verb::get, "/v1/jobs?state=cancelled&model=kling-o1"));
     ASSERT_EQ(by_state.at("jobs").as_array().size(), 1u);
     EXPECT_EQ(by_state.at("jobs").as_array().at(0).at("id").as_string(), "j1");
-    // A decoded '+' and %20 in the query are spaces: no model by that name.
-    EXPECT_TRUE(body_of(answer(http::verb::get, "/v1/jobs?model=kling+o1")).at("jobs").as_array().empty());
+    // The query is percent-decoded: %2D is '-'.
+    auto decoded = body_of(answer(http::verb::get, "/v1/jobs?model=kling%2Do1&state=cancelled"));
+    ASSERT_EQ(decoded.at("jobs").as_array().size(), 1u);
 }
 
 TEST_F(control_api, pause_resume_stats_health_and_metrics) {
