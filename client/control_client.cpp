@@ -8,6 +8,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
 #include <boost/url/url.hpp>
 #include <fmt/format.h>
 
@@ -46,6 +47,16 @@ http::request<http::string_body> make_request(http::verb method, std::string_vie
 }
 
 } // namespace
+
+std::string field(const json::value& v, std::string_view key) {
+    if (!v.is_object())
+        return {};
+    auto it = v.as_object().find(key);
+    if (it == v.as_object().end() || it->value().is_null())
+        return {};
+    return it->value().is_string() ? std::string(it->value().as_string())
+                                   : json::serialize(it->value());
+}
 
 std::string job_target(std::string_view id, std::string_view action) {
     boost::urls::url u;

@@ -26,6 +26,10 @@ struct reply {
     std::string text;
 };
 
+// A field of a JSON object as text: strings as they are, other values serialised, ""
+// when absent, null, or v is no object.
+std::string field(const boost::json::value& v, std::string_view key);
+
 // "/v1/jobs/ID" or "/v1/jobs/ID/ACTION", the id percent-encoded.
 std::string job_target(std::string_view id, std::string_view action = {});
 // path?k=v&... with each key and value percent-encoded; empty values are left out.

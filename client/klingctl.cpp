@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <optional>
 #include <cstdio>
 #include <fmt/format.h>
 #include <fstream>
@@ -55,14 +56,7 @@ bool color_output() {
 }
 
 std::string str(const json::value& v, std::string_view key) {
-    if (!v.is_object())
-        return {};
-    auto it = v.as_object().find(key);
-    if (it == v.as_object().end() || it->value().is_null())
-        return {};
-    if (it->value().is_string())
-        return std::string(it->value().as_string());
-    return json::serialize(it->value());
+    return klingd::client::field(v, key);
 }
 
 std::string error_of(const reply& r) {
@@ -196,8 +190,10 @@ int cmd_list(client& c, const std::string& state, const std::string& model, std:
     return exit_ok;
 }
 
-int cmd_show(client& c, const std::string& id, bool as_json) {
-    auto r = c.call(http::verb::get, job_target(id));
+// GETs target; the exit status when that is all there is to do (an error, or --json
+// printed the answer), else nullopt and the answer in r.
+std::optional<int> get_or_print(client& c, const std::string& target, bool as_json, reply& r) {
+    r = c.call(http::verb::get, target);
     if (r.status != 200) {
         std::fprintf(stderr, "klingctl: %s\n", error_of(r).c_str());
         return exit_job;
@@ -206,6 +202,13 @@ int cmd_show(client& c, const std::string& id, bool as_json) {
         std::puts(json::serialize(r.body).c_str());
         return exit_ok;
     }
+    return std::nullopt;
+}
+
+int cmd_show(client& c, const std::string& id, bool as_json) {
+    reply r;
+    if (auto rc = get_or_print(c, job_target(id), as_json, r))
+        return *rc;
     bool color = color_output();
     const auto& o = r.body.as_object();
     for (auto key :
@@ -369,15 +372,9 @@ int cmd_watch(client& c, const std::vector<std::string>& ids, bool as_json) {
 }
 
 int cmd_stats(client& c, bool as_json) {
-    auto r = c.call(http::verb::get, "/v1/stats");
-    if (r.status != 200) {
-        std::fprintf(stderr, "klingctl: %s\n", error_of(r).c_str());
-        return exit_job;
-    }
-    if (as_json) {
-        std::puts(json::serialize(r.body).c_str());
-        return exit_ok;
-    }
+    reply r;
+    if (auto rc = get_or_print(c, "/v1/stats", as_json, r))
+        return *rc;
     const auto& o = r.body.as_object();
     std::puts("jobs:");
     for (auto& [k, v] : o.at("jobs").as_object())
@@ -400,58 +397,61 @@ int cmd_stats(client& c, bool as_json) {
     return exit_ok;
 }
 
-} // namespace
-
-int main(int argc, char** argv) {
-    CLI::App app{"klingctl: control klingd over its Unix socket"};
-    app.require_subcommand(1);
+// The command line: each subcommand and what it takes.
+struct command_line {
     std::string socket =
         std::getenv("KLINGD_SOCKET") ? std::getenv("KLINGD_SOCKET") : "/run/klingd/klingd.sock";
-    app.add_option(
-        "--socket", socket,
-        "klingd's control socket (default: $KLINGD_SOCKET, else /run/klingd/klingd.sock)");
-
     std::vector<std::string> files, ids;
     std::string id, state, model;
     bool as_json = false;
     double timeout = 0;
     std::size_t limit = 0;
+    CLI::App* submit = nullptr;
+    CLI::App* list = nullptr;
+    CLI::App* show = nullptr;
+    CLI::App* wait = nullptr;
+    CLI::App* cancel = nullptr;
+    CLI::App* retry = nullptr;
+    CLI::App* pause = nullptr;
+    CLI::App* resume = nullptr;
+    CLI::App* watch = nullptr;
+    CLI::App* stats = nullptr;
 
-    auto* submit = app.add_subcommand("submit", "send job files, print each id");
-    submit->add_option("FILE", files, "job files")->required();
-    auto* list = app.add_subcommand("list", "list jobs");
-    list->add_option("--state", state, "only jobs in this state");
-    list->add_option("--model", model, "only jobs of this model");
-    list->add_option("--limit", limit, "at most this many");
-    list->add_flag("--json", as_json, "print the JSON array of job objects");
-    auto* show = app.add_subcommand("show", "one job, with its history");
-    show->add_option("ID", id, "job id")->required();
-    show->add_flag("--json", as_json, "print the job object");
-    auto* wait =
-        app.add_subcommand("wait", "block until the jobs are terminal; exit 0 when all completed");
-    wait->add_option("ID", ids, "job ids")->required();
-    wait->add_option("--timeout", timeout, "give up after this many seconds (exit 4)");
-    auto* cancel = app.add_subcommand("cancel", "cancel a pending job");
-    cancel->add_option("ID", id, "job id")->required();
-    auto* retry = app.add_subcommand("retry", "submit a failed or expired job again");
-    retry->add_option("ID", id, "job id")->required();
-    auto* pause = app.add_subcommand("pause", "stop submitting (polling goes on)");
-    auto* resume = app.add_subcommand("resume", "submit again");
-    auto* watch = app.add_subcommand(
-        "watch", "print job changes as they happen (with IDs: until those are terminal)");
-    watch->add_option("ID", ids, "only these jobs");
-    watch->add_flag("--json", as_json, "print the events as JSON lines");
-    auto* stats = app.add_subcommand("stats", "jobs by state, API requests, budget");
-    stats->add_flag("--json", as_json, "print the JSON");
-
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::ParseError& e) {
-        int rc = app.exit(e);
-        return rc == 0 ? exit_ok : exit_usage;
+    void define(CLI::App& app) {
+        app.require_subcommand(1);
+        app.add_option(
+            "--socket", socket,
+            "klingd's control socket (default: $KLINGD_SOCKET, else /run/klingd/klingd.sock)");
+        submit = app.add_subcommand("submit", "send job files, print each id");
+        submit->add_option("FILE", files, "job files")->required();
+        list = app.add_subcommand("list", "list jobs");
+        list->add_option("--state", state, "only jobs in this state");
+        list->add_option("--model", model, "only jobs of this model");
+        list->add_option("--limit", limit, "at most this many");
+        list->add_flag("--json", as_json, "print the JSON array of job objects");
+        show = app.add_subcommand("show", "one job, with its history");
+        show->add_option("ID", id, "job id")->required();
+        show->add_flag("--json", as_json, "print the job object");
+        wait = app.add_subcommand("wait",
+                                  "block until the jobs are terminal; exit 0 when all completed");
+        wait->add_option("ID", ids, "job ids")->required();
+        wait->add_option("--timeout", timeout, "give up after this many seconds (exit 4)");
+        cancel = app.add_subcommand("cancel", "cancel a pending job");
+        cancel->add_option("ID", id, "job id")->required();
+        retry = app.add_subcommand("retry", "submit a failed or expired job again");
+        retry->add_option("ID", id, "job id")->required();
+        pause = app.add_subcommand("pause", "stop submitting (polling goes on)");
+        resume = app.add_subcommand("resume", "submit again");
+        watch = app.add_subcommand(
+            "watch", "print job changes as they happen (with IDs: until those are terminal)");
+        watch->add_option("ID", ids, "only these jobs");
+        watch->add_flag("--json", as_json, "print the events as JSON lines");
+        stats = app.add_subcommand("stats", "jobs by state, API requests, budget");
+        stats->add_flag("--json", as_json, "print the JSON");
     }
-    client c(socket);
-    try {
+
+    // Runs the chosen subcommand; throws unreachable when klingd cannot be reached.
+    int run(client& c) const {
         if (*submit)
             return cmd_submit(c, files);
         if (*list)
@@ -472,6 +472,25 @@ int main(int argc, char** argv) {
             return cmd_stats(c, as_json);
         if (*watch)
             return cmd_watch(c, ids, as_json);
+        return exit_usage;
+    }
+};
+
+} // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"klingctl: control klingd over its Unix socket"};
+    command_line cl;
+    cl.define(app);
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        int rc = app.exit(e);
+        return rc == 0 ? exit_ok : exit_usage;
+    }
+    client c(cl.socket);
+    try {
+        return cl.run(c);
     } catch (const unreachable& e) {
         std::fprintf(stderr, "klingctl: %s\n", e.what());
         return exit_unreachable;
@@ -479,5 +498,4 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "klingctl: unexpected answer: %s\n", e.what());
         return exit_job;
     }
-    return exit_usage;
 }

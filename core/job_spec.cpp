@@ -10,6 +10,7 @@
 #include <boost/json.hpp>
 #include <cmath>
 #include <fmt/format.h>
+#include <variant>
 
 namespace klingd::core {
 namespace json = boost::json;
@@ -305,16 +306,16 @@ std::optional<std::string> model_params_problem(std::string_view model,
     return std::nullopt;
 }
 
-spec_result parse_job_spec(std::string_view text, std::string_view default_id) {
-    auto err = [](std::string msg) {
-        return spec_result{std::nullopt, std::move(msg)};
-    };
-    if (text.empty())
-        return err("the job is empty: expected a JSON object {\"model\": ..., \"params\": {...}}");
-    if (text.find('\0') != std::string_view::npos)
-        return err(fmt::format("the job contains a NUL byte at offset {}: not a JSON text",
-                               text.find('\0')));
+namespace {
 
+// The job text as a JSON object of known fields, or why not.
+std::variant<json::value, std::string> parse_root(std::string_view text) {
+    if (text.empty())
+        return std::string(
+            "the job is empty: expected a JSON object {\"model\": ..., \"params\": {...}}");
+    if (text.find('\0') != std::string_view::npos)
+        return fmt::format("the job contains a NUL byte at offset {}: not a JSON text",
+                           text.find('\0'));
     json::parse_options opts;
     opts.max_depth = 32;
     boost::system::error_code ec;
@@ -322,71 +323,91 @@ spec_result parse_job_spec(std::string_view text, std::string_view default_id) {
     json::value root = parse_json_exact(text, opts, ec, n);
     if (ec) {
         std::size_t line = 1 + std::count(text.begin(), text.begin() + static_cast<long>(n), '\n');
-        return err(fmt::format("not valid JSON (line {}, byte {}): {}", line, n, ec.message()));
+        return fmt::format("not valid JSON (line {}, byte {}): {}", line, n, ec.message());
     }
     if (!root.is_object())
-        return err(fmt::format("the job must be a JSON object, found {}", kind_of(root)));
-    const auto& o = root.as_object();
-    for (auto& kv : o) {
+        return fmt::format("the job must be a JSON object, found {}", kind_of(root));
+    for (auto& kv : root.as_object()) {
         auto k = std::string_view(kv.key());
         if (k != "model" && k != "params" && k != "id" && k != "priority")
-            return err(
-                fmt::format("unknown field \"{}\" (allowed: model, params, id, priority)", k));
+            return fmt::format("unknown field \"{}\" (allowed: model, params, id, priority)", k);
     }
+    return root;
+}
 
-    job_spec spec;
+std::optional<std::string> read_model_and_params(const json::object& o, job_spec& spec) {
     auto m = o.find("model");
     if (m == o.end())
-        return err("model is required (e.g. \"kling-o1\")");
+        return "model is required (e.g. \"kling-o1\")";
     if (!m->value().is_string())
-        return err(fmt::format("model must be a string, found {}", kind_of(m->value())));
+        return fmt::format("model must be a string, found {}", kind_of(m->value()));
     spec.model = m->value().as_string();
     if (auto p = job_id_problem(spec.model))
-        return err(fmt::format("model {} is not a model slug: it {}", show(m->value()), *p));
-
+        return fmt::format("model {} is not a model slug: it {}", show(m->value()), *p);
     auto pa = o.find("params");
     if (pa == o.end())
-        return err("params is required: an object with the model's parameters");
+        return "params is required: an object with the model's parameters";
     if (!pa->value().is_object())
-        return err(fmt::format("params must be an object, found {}", kind_of(pa->value())));
+        return fmt::format("params must be an object, found {}", kind_of(pa->value()));
     if (auto p = non_finite_number(pa->value(), "params"))
-        return err(fmt::format("{} is a number beyond the range of a double (about 1.8e308)", *p));
+        return fmt::format("{} is a number beyond the range of a double (about 1.8e308)", *p);
     if (auto p = model_params_problem(spec.model, pa->value().as_object()))
-        return err(*p);
+        return p;
     spec.params = canonical_json(pa->value());
+    return std::nullopt;
+}
 
+std::optional<std::string> read_id(const json::object& o, std::string_view default_id,
+                                   job_spec& spec) {
     if (auto id = o.find("id"); id != o.end()) {
         if (!id->value().is_string())
-            return err(fmt::format("id must be a string, found {}", kind_of(id->value())));
+            return fmt::format("id must be a string, found {}", kind_of(id->value()));
         spec.id = id->value().as_string();
         if (auto p = job_id_problem(spec.id))
-            return err(fmt::format("id {} {}", show(id->value()), *p));
-    } else {
-        spec.id = default_id;
-        if (spec.id.empty())
-            return err("id is required here (there is no file name to take it from)");
-        if (auto p = job_id_problem(spec.id))
-            return err(
-                fmt::format("the file name gives the job id \"{}\", which {}; add an \"id\" field",
-                            spec.id.substr(0, 140), *p));
+            return fmt::format("id {} {}", show(id->value()), *p);
+        return std::nullopt;
     }
+    spec.id = default_id;
+    if (spec.id.empty())
+        return "id is required here (there is no file name to take it from)";
+    if (auto p = job_id_problem(spec.id))
+        return fmt::format("the file name gives the job id \"{}\", which {}; add an \"id\" field",
+                           spec.id.substr(0, 140), *p);
+    return std::nullopt;
+}
 
-    if (auto pr = o.find("priority"); pr != o.end()) {
-        const auto& v = pr->value();
-        std::int64_t n;
-        if (v.is_int64())
-            n = v.as_int64();
-        else if (v.is_uint64() && v.as_uint64() <= 1000000)
-            n = static_cast<std::int64_t>(v.as_uint64());
-        else if (v.is_uint64())
-            n = 1000001;
-        else
-            return err(fmt::format("priority must be an integer, found {}", show(v)));
-        if (n < -1000000 || n > 1000000)
-            return err(
-                fmt::format("priority {} is out of range: from -1000000 to 1000000", show(v)));
-        spec.priority = static_cast<int>(n);
-    }
+std::optional<std::string> read_priority(const json::object& o, job_spec& spec) {
+    auto pr = o.find("priority");
+    if (pr == o.end())
+        return std::nullopt;
+    const auto& v = pr->value();
+    std::int64_t n;
+    if (v.is_int64())
+        n = v.as_int64();
+    else if (v.is_uint64() && v.as_uint64() <= 1000000)
+        n = static_cast<std::int64_t>(v.as_uint64());
+    else if (v.is_uint64())
+        n = 1000001;
+    else
+        return fmt::format("priority must be an integer, found {}", show(v));
+    if (n < -1000000 || n > 1000000)
+        return fmt::format("priority {} is out of range: from -1000000 to 1000000", show(v));
+    spec.priority = static_cast<int>(n);
+    return std::nullopt;
+}
+
+} // namespace
+
+spec_result parse_job_spec(std::string_view text, std::string_view default_id) {
+    auto root = parse_root(text);
+    if (auto* why = std::get_if<std::string>(&root))
+        return {std::nullopt, std::move(*why)};
+    const auto& o = std::get<json::value>(root).as_object();
+    job_spec spec;
+    for (auto problem : {read_model_and_params(o, spec), read_id(o, default_id, spec),
+                         read_priority(o, spec)})
+        if (problem)
+            return {std::nullopt, std::move(*problem)};
     return {std::move(spec), {}};
 }
 

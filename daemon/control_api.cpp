@@ -153,14 +153,14 @@ control_response post_job(const control_request& req, engine& e, const peer_info
 
 control_response job_action(const control_request& req, engine& e, const std::string& id,
                             const std::string& action, const peer_info& peer) {
-    std::string why = action == "cancel" ? e.cancel(id) : e.retry(id);
-    if (why == "not found")
-        return error_response(req.version(), http::status::not_found,
-                              fmt::format("no job \"{}\"", id.substr(0, 128)));
-    if (!why.empty())
-        return error_response(req.version(), http::status::conflict, why);
+    auto done = action == "cancel" ? e.cancel(id) : e.retry(id);
+    if (!done)
+        return error_response(req.version(),
+                              done.error() == core::errc::job_not_found ? http::status::not_found
+                                                                        : http::status::conflict,
+                              done.error().message());
     log::notice("job {}: {} requested by pid {} uid {}", id, action, peer.pid, peer.uid);
-    return json_response(req.version(), http::status::ok, job_json(e, *e.find(id)));
+    return json_response(req.version(), http::status::ok, job_json(e, *done));
 }
 
 json::object stats_json(engine& e) {
@@ -214,26 +214,29 @@ control_response error_response(unsigned version, http::status status, const std
     return json_response(version, status, o);
 }
 
-std::string render_metrics(engine& e) {
-    std::string out;
-    auto family = [&](std::string_view name, std::string_view type, std::string_view help) {
-        out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
-    };
-    auto label = [](std::string_view v) {
-        std::string o;
-        for (char c : v) {
-            if (c == '\\' || c == '"')
-                o += '\\';
-            if (c == '\n') {
-                o += "\\n";
-                continue;
-            }
-            o += c;
+namespace {
+
+void family(std::string& out, std::string_view name, std::string_view type, std::string_view help) {
+    out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+}
+
+// A label value escaped as the exposition format wants.
+std::string label(std::string_view v) {
+    std::string o;
+    for (char c : v) {
+        if (c == '\\' || c == '"')
+            o += '\\';
+        if (c == '\n') {
+            o += "\\n";
+            continue;
         }
-        return o;
-    };
-    const auto& st = e.stats();
-    family("klingd_jobs", "gauge", "Jobs by state and model.");
+        o += c;
+    }
+    return o;
+}
+
+void render_jobs(std::string& out, engine& e) {
+    family(out, "klingd_jobs", "gauge", "Jobs by state and model.");
     auto counts = e.count_by_state_and_model();
     std::set<std::string> models;
     for (auto& [k, n] : counts)
@@ -245,6 +248,17 @@ std::string render_metrics(engine& e) {
             out += fmt::format("klingd_jobs{{state=\"{}\",model=\"{}\"}} {}\n", s, label(m),
                                it == counts.end() ? 0 : it->second);
         }
+}
+
+} // namespace
+
+std::string render_metrics(engine& e) {
+    std::string out;
+    auto family = [&](std::string_view name, std::string_view type, std::string_view help) {
+        klingd::daemon::family(out, name, type, help);
+    };
+    const auto& st = e.stats();
+    render_jobs(out, e);
     family("klingd_api_requests_total", "counter",
            "API requests by kind (submit, status, result) and answer.");
     for (auto& [kind, codes] : st.requests)

@@ -413,52 +413,59 @@ asio::awaitable<void> engine::execute(core::dispatch_queue::item item) {
         }
     } guard{*this, item.kind == work_kind::submit};
 
-    auto it = active_.find(item.job_id);
+    if (!active_.count(item.job_id))
+        co_return;
+    if (item.kind == work_kind::submit)
+        co_await send_submit(item.job_id);
+    else
+        co_await send_get(item.job_id, item.kind == work_kind::poll);
+}
+
+std::string engine::submit_body(const job& j) {
+    if (!j.params.empty())
+        return j.params;
+    try {
+        return store_.params_of(j.id);
+    } catch (const storage::storage_error& e) {
+        log::error("job {}: cannot read its parameters: {}", j.id, e.what());
+        return {};
+    }
+}
+
+asio::awaitable<void> engine::send_submit(const std::string& id) {
+    auto it = active_.find(id);
+    std::string body = submit_body(it->second);
+    if (body.empty()) {
+        // Nothing was sent: back to pending, to be tried again.
+        core::http_outcome not_sent;
+        not_sent.how = core::http_outcome::transport::not_sent;
+        not_sent.message = "the job's parameters could not be read from the database";
+        apply(id, core::advance(it->second, core::ev_submit_answer{not_sent}, now(),
+                                context_for(it->second)));
+        co_return;
+    }
+    auto u = base_.with_target(fmt::format("/v2/{}", it->second.model));
+    header_list headers;
+    headers.emplace_back("x-api-key", settings_.api_key.reveal());
+    auto out = co_await client_.request(http::verb::post, u, std::move(body), std::move(headers),
+                                        settings_.api.max_result_bytes);
+    count(core::request_kind::submit, out);
+    it = active_.find(id);
     if (it == active_.end())
         co_return;
-    const auto& key = settings_.api_key.reveal();
-    const auto max_body = settings_.api.max_result_bytes;
+    auto tr = core::advance(it->second, core::ev_submit_answer{std::move(out)}, now(),
+                            context_for(it->second));
+    note_signal(tr, true);
+    apply(id, std::move(tr));
+}
 
-    if (item.kind == work_kind::submit) {
-        std::string body = it->second.params;
-        if (body.empty()) {
-            try {
-                body = store_.params_of(item.job_id);
-            } catch (const storage::storage_error& e) {
-                log::error("job {}: cannot read its parameters: {}", item.job_id, e.what());
-            }
-        }
-        if (body.empty()) {
-            // Nothing was sent: back to pending, to be tried again.
-            core::http_outcome not_sent;
-            not_sent.how = core::http_outcome::transport::not_sent;
-            not_sent.message = "the job's parameters could not be read from the database";
-            apply(item.job_id, core::advance(it->second, core::ev_submit_answer{not_sent}, now(),
-                                             context_for(it->second)));
-            co_return;
-        }
-        auto u = base_.with_target(fmt::format("/v2/{}", it->second.model));
-        header_list headers;
-        headers.emplace_back("x-api-key", key);
-        auto out = co_await client_.request(http::verb::post, u, std::move(body),
-                                            std::move(headers), max_body);
-        count(core::request_kind::submit, out);
-        it = active_.find(item.job_id);
-        if (it == active_.end())
-            co_return;
-        auto tr = core::advance(it->second, core::ev_submit_answer{std::move(out)}, now(),
-                                context_for(it->second));
-        note_signal(tr, true);
-        apply(item.job_id, std::move(tr));
-        co_return;
-    }
-
-    job& j = it->second;
+asio::awaitable<void> engine::send_get(const std::string& id, bool poll) {
+    job& j = active_.find(id)->second;
     if (core::past_retention(j, now(), settings_.jobs.result_retention_s) && !j.result) {
-        apply(item.job_id, core::advance(j, core::ev_expire{}, now(), context_for(j)));
+        apply(id, core::advance(j, core::ev_expire{}, now(), context_for(j)));
         co_return;
     }
-    bool poll = item.kind == work_kind::poll;
+    // The URL the answer gave, where the key may go; else the API's own.
     const auto& target = poll ? j.status_url : j.response_url;
     auto parsed = target ? core::http_url::parse(*target)
                          : core::result<core::http_url>(core::error(core::errc::url_malformed));
@@ -467,18 +474,18 @@ asio::awaitable<void> engine::execute(core::dispatch_queue::item item) {
                  : base_.with_target(fmt::format("/v2/requests/{}{}", j.request_id.value_or(""),
                                                  poll ? "/status" : ""));
     header_list headers;
-    headers.emplace_back("x-api-key", key);
-    auto out =
-        co_await client_.request(http::verb::get, u, std::string(), std::move(headers), max_body);
+    headers.emplace_back("x-api-key", settings_.api_key.reveal());
+    auto out = co_await client_.request(http::verb::get, u, std::string(), std::move(headers),
+                                        settings_.api.max_result_bytes);
     count(poll ? core::request_kind::status : core::request_kind::result, out);
-    it = active_.find(item.job_id);
+    auto it = active_.find(id);
     if (it == active_.end())
         co_return;
     core::event ev = poll ? core::event{core::ev_poll_answer{std::move(out)}}
                           : core::event{core::ev_result_answer{std::move(out)}};
     auto tr = core::advance(it->second, ev, now(), context_for(it->second));
     note_signal(tr, false);
-    apply(item.job_id, std::move(tr));
+    apply(id, std::move(tr));
 }
 
 asio::awaitable<void> engine::download(std::string id) {
@@ -587,35 +594,50 @@ double engine::oldest_pending_age_s() {
     return oldest ? std::chrono::duration<double>(now() - *oldest).count() : 0.0;
 }
 
-std::string engine::cancel(const std::string& id) {
+namespace {
+core::error no_such_job(const std::string& id) {
+    return {core::errc::job_not_found, fmt::format("no job \"{}\"", id.substr(0, 128))};
+}
+} // namespace
+
+core::result<job> engine::cancel(const std::string& id) {
     auto it = active_.find(id);
     if (it == active_.end()) {
         auto stored = store_.get(id);
         if (!stored)
-            return "not found";
-        return core::advance(*stored, core::ev_cancel{}, now(), context_for(*stored)).rejection;
+            return no_such_job(id);
+        return core::error(
+            core::errc::wrong_state,
+            core::advance(*stored, core::ev_cancel{}, now(), context_for(*stored)).rejection);
     }
     auto tr = core::advance(it->second, core::ev_cancel{}, now(), context_for(it->second));
     if (!tr.rejection.empty())
-        return tr.rejection;
+        return core::error(core::errc::wrong_state, tr.rejection);
     apply(id, std::move(tr));
-    return {};
+    auto j = find(id);
+    if (!j)
+        return no_such_job(id);
+    return *j;
 }
 
-std::string engine::retry(const std::string& id) {
+core::result<job> engine::retry(const std::string& id) {
     if (auto it = active_.find(id); it != active_.end())
-        return core::advance(it->second, core::ev_retry{}, now(), context_for(it->second))
-            .rejection;
+        return core::error(
+            core::errc::wrong_state,
+            core::advance(it->second, core::ev_retry{}, now(), context_for(it->second)).rejection);
     auto stored = store_.get(id);
     if (!stored)
-        return "not found";
+        return no_such_job(id);
     *stored = core::shifted(std::move(*stored), -clock_.wall_offset());
     auto tr = core::advance(*stored, core::ev_retry{}, now(), context_for(*stored));
     if (!tr.rejection.empty())
-        return tr.rejection;
+        return core::error(core::errc::wrong_state, tr.rejection);
     active_.emplace(id, *stored);
     apply(id, std::move(tr));
-    return {};
+    auto j = find(id);
+    if (!j)
+        return no_such_job(id);
+    return *j;
 }
 
 void engine::reconfigure() {

@@ -69,10 +69,10 @@ public:
     std::vector<core::job> list(const storage::job_filter& f);
     std::vector<storage::history_entry> history(const std::string& id);
 
-    // "" when the job was cancelled / queued for retry; else why not (the job is
-    // unknown: "not found", or the lifecycle's reason).
-    std::string cancel(const std::string& id);
-    std::string retry(const std::string& id);
+    // The job, cancelled or pending again; errc::job_not_found, or errc::wrong_state with
+    // the lifecycle's reason.
+    core::result<core::job> cancel(const std::string& id);
+    core::result<core::job> retry(const std::string& id);
     void set_paused(bool paused);
     // The settings changed (SIGHUP): budget, poll policy and model priors follow them.
     void reconfigure();
@@ -103,6 +103,11 @@ private:
     boost::asio::awaitable<void> dispatcher();
     boost::asio::awaitable<void> flusher();
     boost::asio::awaitable<void> execute(core::dispatch_queue::item item);
+    boost::asio::awaitable<void> send_submit(const std::string& id);
+    // A status poll, or the result fetch.
+    boost::asio::awaitable<void> send_get(const std::string& id, bool poll);
+    // The body of a job's submit: in memory, else from the database; "" when unreadable.
+    std::string submit_body(const core::job& j);
     boost::asio::awaitable<void> download(std::string id);
     // Sends a submit that has passed the gate; false when "submitting" could not be committed.
     bool begin_submit(const std::string& id, core::time_point t);

@@ -162,12 +162,13 @@ void http_client::release(std::unique_ptr<connection> c) {
         pool.push_back(std::move(c));
 }
 
-asio::awaitable<core::http_outcome> http_client::request(http::verb method, const core::http_url& u,
-                                                         std::string body, header_list headers,
-                                                         std::uint64_t max_body) {
+namespace {
+
+// The request's bytes, written at once: cheaper than Beast's serializer on the hot path
+// of polls, and one TLS record. nullopt when a value would break out of its header line.
+std::optional<std::string> request_bytes(http::verb method, const core::http_url& u,
+                                         const std::string& body, const header_list& headers) {
     bool post = method == http::verb::post;
-    // The request's bytes, written at once: cheaper than Beast's serializer on the hot
-    // path of polls, and one TLS record. No value may break out of its header line.
     std::string host = u.host_header();
     bool clean = true;
     auto check = [&](std::string_view v) {
@@ -185,12 +186,25 @@ asio::awaitable<core::http_outcome> http_client::request(http::verb method, cons
                        "Content-Type: application/json\r\nContent-Length: {}\r\n", body.size());
     wire += "\r\n";
     wire += body;
-    if (!clean) {
+    if (!clean)
+        return std::nullopt;
+    return wire;
+}
+
+} // namespace
+
+asio::awaitable<core::http_outcome> http_client::request(http::verb method, const core::http_url& u,
+                                                         std::string body, header_list headers,
+                                                         std::uint64_t max_body) {
+    bool post = method == http::verb::post;
+    auto bytes = request_bytes(method, u, body, headers);
+    if (!bytes) {
         core::http_outcome bad;
         bad.how = transport::not_sent;
-        bad.message = fmt::format("a header for {} contains a line break", host);
+        bad.message = fmt::format("a header for {} contains a line break", u.host_header());
         co_return bad;
     }
+    const std::string& wire = *bytes;
 
     for (int attempt = 0;; ++attempt) {
         core::http_outcome out;

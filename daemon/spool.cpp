@@ -2,6 +2,7 @@
 #include "daemon/spool.hpp"
 
 #include "core/job_spec.hpp"
+#include "daemon/output_dir.hpp"
 #include "runtime/log.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -234,62 +235,84 @@ asio::awaitable<void> spool::watch() {
     }
 }
 
+namespace {
+
+// A descriptor closed when it goes out of scope.
+struct unique_fd {
+    int fd = -1;
+    explicit unique_fd(int f) : fd(f) {}
+    unique_fd(const unique_fd&) = delete;
+    unique_fd& operator=(const unique_fd&) = delete;
+    ~unique_fd() {
+        if (fd >= 0)
+            ::close(fd);
+    }
+};
+
+// The whole file behind fd (at most size bytes).
+std::string read_all(int fd, std::size_t size) {
+    std::string text(size, '\0');
+    std::size_t got = 0;
+    while (got < text.size()) {
+        ssize_t r = ::read(fd, text.data() + got, text.size() - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += static_cast<std::size_t>(r);
+    }
+    text.resize(got);
+    return text;
+}
+
+} // namespace
+
+spool::candidate spool::read_candidate(const std::string& name) const {
+    std::string path = incoming_ + "/" + name;
+    unique_fd f(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+    if (f.fd < 0) {
+        if (errno == ENOENT)
+            return skip{}; // taken already (a scan and an event for the same file)
+        if (errno == ELOOP)
+            return rejection{"is a symbolic link; put the job file itself into incoming/"};
+        log::error("spool: cannot open {}: {}", path, std::strerror(errno));
+        return skip{};
+    }
+    struct stat st {};
+    ::fstat(f.fd, &st);
+    if (!S_ISREG(st.st_mode))
+        return rejection{"is not a regular file"};
+    if (!name.ends_with(".json"))
+        return rejection{"only *.json files are taken (write to a .tmp or dot name, then rename "
+                         "to NAME.json)"};
+    if (static_cast<std::uint64_t>(st.st_size) > settings_.spool.max_file_bytes)
+        return rejection{fmt::format("the file is {} bytes; spool.max_file_bytes allows {}",
+                                     st.st_size, settings_.spool.max_file_bytes)};
+    auto parsed = core::parse_job_spec(read_all(f.fd, static_cast<std::size_t>(st.st_size)),
+                                       name.substr(0, name.size() - 5));
+    if (!parsed.spec)
+        return rejection{parsed.error};
+    return std::move(*parsed.spec);
+}
+
 void spool::take(const std::vector<std::string>& names) {
     std::vector<core::job_spec> specs;
     std::vector<std::string> sources, files;
     for (const auto& name : names) {
-        std::string path = incoming_ + "/" + name;
-        int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-        if (fd < 0) {
-            if (errno == ENOENT)
-                continue; // taken already (a scan and an event for the same file)
-            if (errno == ELOOP) {
-                reject(name, "is a symbolic link; put the job file itself into incoming/");
-                continue;
-            }
-            log::error("spool: cannot open {}: {}", path, std::strerror(errno));
-            continue;
+        auto c = read_candidate(name);
+        if (auto* r = std::get_if<rejection>(&c)) {
+            reject(name, r->why);
+        } else if (auto* spec = std::get_if<core::job_spec>(&c)) {
+            specs.push_back(std::move(*spec));
+            sources.push_back("spool:" + name);
+            files.push_back(name);
         }
-        struct stat st {};
-        ::fstat(fd, &st);
-        if (!S_ISREG(st.st_mode)) {
-            ::close(fd);
-            reject(name, "is not a regular file");
-            continue;
-        }
-        if (!name.ends_with(".json")) {
-            ::close(fd);
-            reject(name, "only *.json files are taken (write to a .tmp or dot name, then rename to "
-                         "NAME.json)");
-            continue;
-        }
-        if (static_cast<std::uint64_t>(st.st_size) > settings_.spool.max_file_bytes) {
-            ::close(fd);
-            reject(name, fmt::format("the file is {} bytes; spool.max_file_bytes allows {}",
-                                     st.st_size, settings_.spool.max_file_bytes));
-            continue;
-        }
-        std::string text(static_cast<std::size_t>(st.st_size), '\0');
-        std::size_t got = 0;
-        while (got < text.size()) {
-            ssize_t r = ::read(fd, text.data() + got, text.size() - got);
-            if (r < 0 && errno == EINTR)
-                continue;
-            if (r <= 0)
-                break;
-            got += static_cast<std::size_t>(r);
-        }
-        ::close(fd);
-        text.resize(got);
-        auto parsed = core::parse_job_spec(text, name.substr(0, name.size() - 5));
-        if (!parsed.spec) {
-            reject(name, parsed.error);
-            continue;
-        }
-        specs.push_back(std::move(*parsed.spec));
-        sources.push_back("spool:" + name);
-        files.push_back(name);
     }
+    record(specs, sources, files);
+}
+
+void spool::record(const std::vector<core::job_spec>& specs,
+                   const std::vector<std::string>& sources, const std::vector<std::string>& files) {
     if (specs.empty())
         return;
     std::vector<storage::insert_outcome> outcomes;
@@ -354,18 +377,11 @@ void spool::reject(const std::string& name, const std::string& why, bool malform
         engine_.note_invalid_file();
     restore_dir(rejected_);
     std::string to = free_name(rejected_, name);
-    std::string error_path = to + ".error";
-    std::string tmp = rejected_ + "/.error.tmp";
-    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0640);
-    if (fd >= 0) {
-        line += '\n';
-        bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
-        ::close(fd);
-        if (!ok || ::rename(tmp.c_str(), error_path.c_str()) != 0)
-            log::error("spool: cannot write {}: {}", error_path, std::strerror(errno));
-    } else {
-        log::error("spool: cannot write {}: {}", error_path, std::strerror(errno));
-    }
+    std::string error_name = to.substr(rejected_.size() + 1) + ".error";
+    auto dir = output_dir::open(settings_.spool.directory, "rejected");
+    auto ec = dir ? dir->write_atomically(error_name, line + '\n') : dir.error();
+    if (ec)
+        log::error("spool: cannot write {}/{}: {}", rejected_, error_name, ec.message());
     std::string from = incoming_ + "/" + name;
     if (::rename(from.c_str(), to.c_str()) != 0)
         log::error("spool: cannot move {} to {}: {}", from, to, std::strerror(errno));

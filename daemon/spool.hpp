@@ -7,12 +7,14 @@
 #pragma once
 
 #include "config/settings.hpp"
+#include "core/job_spec.hpp"
 #include "daemon/engine.hpp"
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <string>
+#include <variant>
 #include <vector>
 
 namespace klingd::daemon {
@@ -35,6 +37,16 @@ private:
     boost::asio::awaitable<void> watch();
     bool add_watch();
     void take(const std::vector<std::string>& names);
+    // What a file in incoming/ is: gone (skip), to be rejected (and why), or a job.
+    struct skip {};
+    struct rejection {
+        std::string why;
+    };
+    using candidate = std::variant<skip, rejection, core::job_spec>;
+    candidate read_candidate(const std::string& name) const;
+    // Records the jobs read, then moves their files to accepted/ (or rejected/ for a conflict).
+    void record(const std::vector<core::job_spec>& specs, const std::vector<std::string>& sources,
+                const std::vector<std::string>& files);
     // Scans incoming/ again in a few seconds (after files could not be recorded).
     void rescan_later();
     // malformed: count it as an invalid file (a conflict of ids is counted by the engine).

@@ -200,13 +200,7 @@ std::string video_job(const std::string& marker) {
 }
 
 std::string str(const json::value& v, std::string_view key) {
-    if (!v.is_object())
-        return {};
-    auto it = v.as_object().find(key);
-    if (it == v.as_object().end() || it->value().is_null())
-        return {};
-    return it->value().is_string() ? std::string(it->value().as_string())
-                                   : json::serialize(it->value());
+    return client::field(v, key);
 }
 
 std::map<std::string, int> submissions_by_marker(const json::value& stats) {

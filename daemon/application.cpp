@@ -1,0 +1,168 @@
+// Start-up, the signal loops, reload and shutdown.
+#include "daemon/application.hpp"
+
+#include "config/loader.hpp"
+#include "config/reload.hpp"
+#include "daemon/job_json.hpp"
+#include "runtime/log.hpp"
+#include "runtime/tls.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+
+namespace klingd::daemon {
+
+namespace asio = boost::asio;
+
+namespace {
+
+void apply_log_level(const config::settings& s) {
+    log::level lvl;
+    if (log::parse_level(s.log_level, lvl))
+        log::set_level(lvl);
+}
+
+// The folders the database and the results go in; throws start_failure.
+const config::settings& with_folders(const config::settings& s) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    fs::create_directories(fs::path(s.storage.database).parent_path(), ec);
+    fs::create_directories(s.output.directory, ec);
+    if (ec)
+        throw start_failure(1, fmt::format("cannot create the output folder {}: {}",
+                                           s.output.directory, ec.message()));
+    return s;
+}
+
+storage::job_store open_store(const std::string& path) try {
+    return storage::job_store(path);
+} catch (const storage::storage_error& e) {
+    throw start_failure(1, fmt::format("cannot use the database: {}", e.what()));
+}
+
+asio::ssl::context make_tls(const std::string& ca_file) try {
+    return tls::make_client_context(ca_file);
+} catch (const std::exception& e) {
+    throw start_failure(2, fmt::format("api.ca_file: {}", e.what()));
+}
+
+client_options client_options_of(const config::settings& s) {
+    client_options o;
+    o.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(s.api.request_timeout_s * 1000));
+    o.max_idle_per_origin = static_cast<std::size_t>(s.api.max_connections);
+    return o;
+}
+
+control_limits control_limits_of(const config::settings& s) {
+    control_limits l;
+    l.body_bytes = s.spool.max_file_bytes + 4096;
+    return l;
+}
+
+} // namespace
+
+application::application(config::settings& s, std::string config_path)
+    : settings_((apply_log_level(s), s)), config_path_(std::move(config_path)),
+      store_(open_store(with_folders(s).storage.database)), tls_(make_tls(s.api.ca_file)),
+      client_(io_.get_executor(), tls_, client_options_of(s)),
+      engine_(io_, s, store_, client_, clock_),
+      control_(io_, s, engine_, events_, control_limits_of(s)), spool_(io_, s, engine_),
+      notifier_(io_, engine_) {
+    engine_.on_change = [this](const core::job& j, const std::string& note) {
+        if (!note.empty())
+            events_.publish(j.id, event_line(j, note, j.updated_at));
+    };
+}
+
+application::~application() {
+    io_.drop_pending(); // suspended coroutines refer to the parts: drop them first
+}
+
+int application::run() {
+    std::signal(SIGPIPE, SIG_IGN);
+    try {
+        engine_.start();
+        control_.start();
+        spool_.start();
+    } catch (const std::exception& e) {
+        log::error("cannot start: {}", e.what());
+        return 1;
+    }
+    log::notice("klingd {} started: API {}, spool {}, output {}, {} requests/min", KLINGD_VERSION,
+                settings_.api.base_url, settings_.spool.directory, settings_.output.directory,
+                settings_.api.requests_per_minute);
+    asio::co_spawn(io_, start_up(), asio::detached);
+    asio::co_spawn(io_, stop_on_signal(), asio::detached);
+    asio::co_spawn(io_, reload_on_hup(), asio::detached);
+    io_.run();
+    io_.drop_pending();
+    log::notice("klingd stopped");
+    return 0;
+}
+
+asio::awaitable<void> application::start_up() {
+    auto n = co_await spool_.scan();
+    if (n > 0)
+        log::info("spool: start-up scan looked at {} files", n);
+    notifier_.ready();
+    notifier_.start();
+}
+
+// The first SIGTERM or SIGINT stops gracefully (requests in flight get a few seconds);
+// a second one exits at once.
+asio::awaitable<void> application::stop_on_signal() {
+    asio::signal_set signals(io_, SIGTERM, SIGINT);
+    int sig = co_await signals.async_wait(asio::use_awaitable);
+    notifier_.stopping();
+    log::notice("signal {}: stopping (requests in flight get a few seconds to finish)", sig);
+    spool_.stop();
+    control_.stop();
+    asio::co_spawn(
+        io_,
+        [this]() -> asio::awaitable<void> {
+            co_await engine_.stop(std::chrono::seconds(8));
+            io_.stop();
+        },
+        asio::detached);
+    sig = co_await signals.async_wait(asio::use_awaitable);
+    log::warning("second signal {}: exiting at once", sig);
+    std::_Exit(1);
+}
+
+asio::awaitable<void> application::reload_on_hup() {
+    asio::signal_set hup(io_, SIGHUP);
+    for (;;) {
+        co_await hup.async_wait(asio::use_awaitable);
+        notifier_.reloading();
+        reload();
+        notifier_.ready();
+    }
+}
+
+// SIGHUP: read the file again; apply what may change live, report the rest.
+void application::reload() {
+    auto fresh = config::load_settings(config_path_, config::process_environment());
+    if (!fresh.value) {
+        for (auto& e : fresh.errors)
+            log::error("reload: invalid configuration, keeping the running one: {}", e);
+        return;
+    }
+    for (auto& w : fresh.warnings)
+        log::warning("reload: {}", w);
+    auto changes = config::apply_reload(settings_, *fresh.value);
+    apply_log_level(settings_);
+    client_.set_timeout(
+        std::chrono::milliseconds(static_cast<std::int64_t>(settings_.api.request_timeout_s * 1000)));
+    engine_.reconfigure();
+    if (changes.empty())
+        log::notice("reload: nothing changed");
+    for (auto& c : changes)
+        log::notice("reload: {}", c);
+}
+
+} // namespace klingd::daemon
