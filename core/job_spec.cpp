@@ -398,17 +398,17 @@ std::optional<std::string> read_priority(const json::object& o, job_spec& spec) 
 
 } // namespace
 
-spec_result parse_job_spec(std::string_view text, std::string_view default_id) {
+result<job_spec> parse_job_spec(std::string_view text, std::string_view default_id) {
     auto root = parse_root(text);
     if (auto* why = std::get_if<std::string>(&root))
-        return {std::nullopt, std::move(*why)};
+        return error(errc::invalid_job, std::move(*why));
     const auto& o = std::get<json::value>(root).as_object();
     job_spec spec;
     for (auto problem : {read_model_and_params(o, spec), read_id(o, default_id, spec),
                          read_priority(o, spec)})
         if (problem)
-            return {std::nullopt, std::move(*problem)};
-    return {std::move(spec), {}};
+            return error(errc::invalid_job, std::move(*problem));
+    return spec;
 }
 
 } // namespace klingd::core

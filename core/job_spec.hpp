@@ -3,6 +3,8 @@
 // the value and what is allowed.
 #pragma once
 
+#include "core/error.hpp"
+
 #include <boost/json/fwd.hpp>
 #include <optional>
 #include <string>
@@ -17,14 +19,10 @@ struct job_spec {
     int priority = 0;
 };
 
-struct spec_result {
-    std::optional<job_spec> spec; // empty when error is set
-    std::string error;
-};
-
 // Parses a job file. default_id is used when the file has no "id" (the file name
-// without ".json"); pass "" when there is no file name.
-spec_result parse_job_spec(std::string_view text, std::string_view default_id);
+// without ".json"); pass "" when there is no file name. errc::invalid_job with one
+// line saying what is wrong and where otherwise.
+result<job_spec> parse_job_spec(std::string_view text, std::string_view default_id);
 
 // Why id is not a valid job id, or nullopt when it is.
 std::optional<std::string> job_id_problem(std::string_view id);

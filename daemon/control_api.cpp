@@ -123,20 +123,20 @@ control_response get_job(const control_request& req, engine& e, const std::strin
 
 control_response post_job(const control_request& req, engine& e, const peer_info& peer) {
     auto parsed = core::parse_job_spec(req.body(), "");
-    if (!parsed.spec)
-        return error_response(req.version(), http::status::bad_request, parsed.error);
+    if (!parsed)
+        return error_response(req.version(), http::status::bad_request, parsed.error().message());
     std::vector<storage::insert_outcome> out;
     try {
-        out = e.add_jobs({*parsed.spec},
+        out = e.add_jobs({*parsed},
                          {fmt::format("socket (pid {}, uid {})", peer.pid, peer.uid)});
     } catch (const std::exception& ex) {
         return error_response(req.version(), http::status::service_unavailable,
                               fmt::format("cannot record the job: {}", ex.what()));
     }
-    auto j = e.find(parsed.spec->id);
+    auto j = e.find(parsed->id);
     switch (out.front()) {
     case storage::insert_outcome::inserted:
-        log::info("job {}: accepted over the socket from pid {} uid {}", parsed.spec->id, peer.pid,
+        log::info("job {}: accepted over the socket from pid {} uid {}", parsed->id, peer.pid,
                   peer.uid);
         return json_response(req.version(), http::status::created, job_json(e, *j));
     case storage::insert_outcome::same_content:
@@ -148,7 +148,7 @@ control_response post_job(const control_request& req, engine& e, const peer_info
         req.version(), http::status::conflict,
         fmt::format("id \"{}\" is taken by a job with other content (a job id is unique for the "
                     "life of the database)",
-                    parsed.spec->id));
+                    parsed->id));
 }
 
 control_response job_action(const control_request& req, engine& e, const std::string& id,

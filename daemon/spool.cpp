@@ -290,9 +290,9 @@ spool::candidate spool::read_candidate(const std::string& name) const {
                                      st.st_size, settings_.spool.max_file_bytes)};
     auto parsed = core::parse_job_spec(read_all(f.fd, static_cast<std::size_t>(st.st_size)),
                                        name.substr(0, name.size() - 5));
-    if (!parsed.spec)
-        return rejection{parsed.error};
-    return std::move(*parsed.spec);
+    if (!parsed)
+        return rejection{parsed.error().message()};
+    return std::move(*parsed);
 }
 
 void spool::take(const std::vector<std::string>& names) {

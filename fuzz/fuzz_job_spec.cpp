@@ -33,7 +33,7 @@ namespace {
 
 namespace json = boost::json;
 using klingd::core::job_spec;
-using klingd::core::spec_result;
+using spec_result = klingd::core::result<klingd::core::job_spec>;
 
 [[noreturn]] void violated(const char* what) {
     std::fprintf(stderr, "fuzz_job_spec: invariant violated: %s\n", what);
@@ -46,10 +46,10 @@ void check(bool ok, const char* what) {
 }
 
 void check_result(const spec_result& r) {
-    check(r.spec.has_value() == r.error.empty(), "exactly one of spec and error is set");
-    if (!r.spec)
+    check(r.has_value() || !r.error().detail.empty(), "a refused job says what is wrong");
+    if (!r)
         return;
-    const job_spec& s = *r.spec;
+    const job_spec& s = *r;
     check(!klingd::core::job_id_problem(s.id), "an accepted id is a valid job id");
     check(!klingd::core::job_id_problem(s.model), "an accepted model is a valid slug");
     check(s.priority >= -1000000 && s.priority <= 1000000, "priority is in range");
@@ -72,11 +72,11 @@ void check_result(const spec_result& r) {
                           ",\"params\":" + s.params +
                           ",\"priority\":" + std::to_string(s.priority) + "}";
     spec_result again = klingd::core::parse_job_spec(rebuilt, "");
-    if (!again.spec)
-        std::fprintf(stderr, "rebuilt job rejected: %s\n", again.error.c_str());
-    check(again.spec.has_value(), "the rebuilt job file is accepted");
-    check(again.spec->id == s.id && again.spec->model == s.model &&
-              again.spec->params == s.params && again.spec->priority == s.priority,
+    if (!again)
+        std::fprintf(stderr, "rebuilt job rejected: %s\n", again.error().message().c_str());
+    check(again.has_value(), "the rebuilt job file is accepted");
+    check(again->id == s.id && again->model == s.model &&
+              again->params == s.params && again->priority == s.priority,
           "the rebuilt job file gives the same spec");
 }
 
@@ -84,9 +84,9 @@ void run(std::string_view text, std::string_view default_id) {
     spec_result r = klingd::core::parse_job_spec(text, default_id);
     check_result(r);
     // Without an "id" field the id comes from default_id.
-    if (r.spec && text.find("\"id\"") == std::string_view::npos &&
+    if (r && text.find("\"id\"") == std::string_view::npos &&
         text.find("\\u") == std::string_view::npos)
-        check(r.spec->id == default_id, "a job without an id field takes the default id");
+        check(r->id == default_id, "a job without an id field takes the default id");
 }
 
 } // namespace

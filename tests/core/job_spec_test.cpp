@@ -19,38 +19,38 @@ const std::string good_video =
 
 TEST(job_spec, accepts_a_kling_o1_job_and_takes_the_id_from_the_file_name) {
     auto r = parse_job_spec(good_image, "from-file");
-    ASSERT_TRUE(r.spec) << r.error;
-    EXPECT_EQ(r.spec->id, "from-file");
-    EXPECT_EQ(r.spec->model, "kling-o1");
-    EXPECT_EQ(r.spec->priority, 0);
+    ASSERT_TRUE(r) << r.error().message();
+    EXPECT_EQ(r->id, "from-file");
+    EXPECT_EQ(r->model, "kling-o1");
+    EXPECT_EQ(r->priority, 0);
 }
 
 TEST(job_spec, accepts_a_video_edit_job_with_elements) {
     auto r = parse_job_spec(good_video, "ignored");
-    ASSERT_TRUE(r.spec) << r.error;
-    EXPECT_EQ(r.spec->id, "vid-1");
-    EXPECT_EQ(r.spec->priority, 5);
+    ASSERT_TRUE(r) << r.error().message();
+    EXPECT_EQ(r->id, "vid-1");
+    EXPECT_EQ(r->priority, 5);
 }
 
 TEST(job_spec, other_models_pass_through_unchecked) {
     auto r = parse_job_spec(R"({"model":"flux-schnell","params":{"anything":[1,2,3]}})", "x");
-    ASSERT_TRUE(r.spec) << r.error;
-    EXPECT_EQ(r.spec->params, R"({"anything":[1,2,3]})");
+    ASSERT_TRUE(r) << r.error().message();
+    EXPECT_EQ(r->params, R"({"anything":[1,2,3]})");
 }
 
 TEST(job_spec, params_are_canonical_so_key_order_does_not_matter) {
     auto a = parse_job_spec(R"({"model":"m","params":{"b":1,"a":{"d":2,"c":3}}})", "x");
     auto b = parse_job_spec(R"({"params":{"a":{"c":3,"d":2},"b":1},"model":"m"})", "x");
-    ASSERT_TRUE(a.spec && b.spec);
-    EXPECT_EQ(a.spec->params, b.spec->params);
-    EXPECT_EQ(a.spec->params, R"({"a":{"c":3,"d":2},"b":1})");
+    ASSERT_TRUE(a && b);
+    EXPECT_EQ(a->params, b->params);
+    EXPECT_EQ(a->params, R"({"a":{"c":3,"d":2},"b":1})");
 }
 
 TEST(job_spec, explicit_nulls_for_optional_params_are_allowed) {
     auto r = parse_job_spec(
         R"({"model":"kling-o1-video-to-video-edit","params":{"prompt":"p","video_url":"https://v/x.mp4","elements":null}})",
         "x");
-    EXPECT_TRUE(r.spec) << r.error;
+    EXPECT_TRUE(r) << r.error().message();
 }
 
 struct bad {
@@ -68,9 +68,9 @@ class job_spec_rejects : public ::testing::TestWithParam<bad> {};
 TEST_P(job_spec_rejects, with_a_message_naming_the_problem) {
     const auto& b = GetParam();
     auto r = parse_job_spec(b.text, b.default_id);
-    EXPECT_FALSE(r.spec);
-    EXPECT_NE(r.error.find(b.expect), std::string::npos) << "error was: " << r.error;
-    EXPECT_EQ(r.error.find('\n'), std::string::npos) << "the .error file is one line";
+    EXPECT_FALSE(r);
+    EXPECT_NE(r.error().message().find(b.expect), std::string::npos) << "error was: " << r.error().message();
+    EXPECT_EQ(r.error().message().find('\n'), std::string::npos) << "the .error file is one line";
 }
 
 std::string image_with(const std::string& params) {
@@ -149,16 +149,16 @@ TEST(job_spec, numbers_are_read_exactly_and_written_back_as_read) {
     auto r = parse_job_spec(
         R"({"model":"flux","params":{"x":38888888888888888888888888888888888888888888888888888888888888888888888888888888888888888.5,"z":0e400,"y":0.1}})",
         "n");
-    ASSERT_TRUE(r.spec) << r.error;
+    ASSERT_TRUE(r) << r.error().message();
     // The correctly rounded double of x (as Python's float() reads it), 0e400 as 0.
-    EXPECT_EQ(r.spec->params, R"({"x":3.8888888888888886E88,"y":1E-1,"z":0E0})");
+    EXPECT_EQ(r->params, R"({"x":3.8888888888888886E88,"y":1E-1,"z":0E0})");
     // The premise: Boost.JSON's own parser reads x differently.
     auto boost_x = boost::json::parse("388888888888888888888888888888888888888888888888888888888888"
                                       "88888888888888888888888888888.5");
     EXPECT_NE(boost::json::serialize(boost_x), "3.8888888888888886E88");
-    auto again = parse_job_spec(R"({"model":"flux","params":)" + r.spec->params + "}", "n");
-    ASSERT_TRUE(again.spec) << again.error;
-    EXPECT_EQ(again.spec->params, r.spec->params);
+    auto again = parse_job_spec(R"({"model":"flux","params":)" + r->params + "}", "n");
+    ASSERT_TRUE(again) << again.error().message();
+    EXPECT_EQ(again->params, r->params);
 }
 
 TEST(job_spec, a_long_value_quoted_in_a_message_is_cut_between_characters) {
@@ -169,9 +169,9 @@ TEST(job_spec, a_long_value_quoted_in_a_message_is_cut_between_characters) {
         R"({"model":"kling-o1","params":{"prompt":"p","image_urls":["https://e/a"],"aspect_ratio":"a)" +
             value + R"("}})",
         "x");
-    ASSERT_FALSE(r.spec);
-    EXPECT_NE(r.error.find("..."), std::string::npos) << r.error;
-    EXPECT_EQ(klingd::core::valid_utf8(r.error), r.error) << r.error;
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message().find("..."), std::string::npos) << r.error().message();
+    EXPECT_EQ(klingd::core::valid_utf8(r.error().message()), r.error().message()) << r.error().message();
 }
 
 } // namespace
