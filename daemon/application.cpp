@@ -75,7 +75,7 @@ application::application(config::settings& s, std::string config_path)
       notifier_(io_, engine_) {
     engine_.on_change = [this](const core::job& j, const std::string& note) {
         if (!note.empty())
-            events_.publish(j.id, event_line(j, note, j.updated_at));
+            events_.publish(j.id, event_line(j, note, clock_.to_wall(j.updated_at)));
     };
 }
 

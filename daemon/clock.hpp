@@ -20,7 +20,7 @@ public:
     virtual core::time_point wall_now() const = 0;
 
     // How far the wall clock is ahead of engine time (0 until the wall clock is stepped).
-    core::milliseconds wall_offset() const { return wall_now() - now(); }
+    virtual core::milliseconds wall_offset() const { return wall_now() - now(); }
     core::time_point to_wall(core::time_point t) const { return t + wall_offset(); }
     core::time_point from_wall(core::time_point w) const { return w - wall_offset(); }
 };
@@ -31,9 +31,11 @@ public:
     system_clock();
     core::time_point now() const override;
     core::time_point wall_now() const override;
+    // Measured to the nanosecond, then rounded: 0 while the clocks run together.
+    core::milliseconds wall_offset() const override;
 
 private:
-    core::time_point wall_at_start_;
+    std::chrono::system_clock::time_point wall_at_start_;
     std::chrono::steady_clock::time_point steady_at_start_;
 };
 

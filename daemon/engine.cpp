@@ -278,7 +278,7 @@ bool engine::apply(const std::string& id, core::transition t) {
     if (j.state != job_state::pending && j.state != job_state::submitting && !j.params.empty())
         std::string().swap(j.params); // submitted: the body is in the database if ever needed again
     if (on_change)
-        on_change(clock_.wall_offset() == core::milliseconds(0) ? j : to_wall(j), t.note);
+        on_change(j, t.note);
     if (core::is_terminal(j.state)) {
         queue_.cancel(id);
         journal_.retire(j);
@@ -531,7 +531,7 @@ std::vector<storage::insert_outcome> engine::add_jobs(const std::vector<core::jo
             auto [it, ok] = active_.emplace(j.id, std::move(j));
             schedule(it->second, work_kind::submit, t);
             if (on_change)
-                on_change(to_wall(it->second), "accepted");
+                on_change(it->second, "accepted");
             break;
         }
         case storage::insert_outcome::same_content:

@@ -92,7 +92,8 @@ public:
 
     const clock& time() const { return clock_; }
 
-    // Called after each job change (for watchers), with times on the wall clock; may be empty.
+    // Called after each job change (for watchers), the job's times in engine time (turn
+    // them into wall-clock times with time().to_wall()); may be empty.
     std::function<void(const core::job&, const std::string& note)> on_change;
 
 private:
