@@ -335,9 +335,16 @@ int cmd_watch(client& c, const std::vector<std::string>& ids, bool as_json) {
     // Subscribed: each named job's state now, then its changes, without a gap between.
     for (auto& id : ids) {
         auto r = c.call(http::verb::get, job_target(id));
-        std::string st = r.status == 200 ? str(r.body, "state") : "not found";
-        std::printf("%s: %s\n", id.c_str(), st.c_str());
-        if (terminal(st) || r.status == 404)
+        std::string st = r.status == 200   ? str(r.body, "state")
+                         : r.status == 404 ? "not found"
+                                           : "error: " + error_of(r);
+        if (as_json)
+            std::printf("%s\n", json::serialize(json::object{{"type", "state"}, {"id", id},
+                                                             {"state", st}})
+                                    .c_str());
+        else
+            std::printf("%s: %s\n", id.c_str(), st.c_str());
+        if (r.status != 200 || terminal(st))
             open.erase(id);
     }
     std::fflush(stdout);

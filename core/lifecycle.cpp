@@ -265,6 +265,22 @@ struct machine {
         }
     }
 
+    // A GET's answer: a transport failure is retried and an error answer handled here
+    // (nullopt then); a 2xx gives the status its body reports.
+    std::optional<remote_status> answer_status(const http_outcome& o, work_kind w) {
+        if (o.how != http_outcome::transport::ok) {
+            retry_get(w, o.message);
+            return std::nullopt;
+        }
+        auto k = classify(o.status);
+        signal_from(o, k);
+        if (k != answer_class::ok) {
+            on_get_error(k, o, w);
+            return std::nullopt;
+        }
+        return parse_status(o.body);
+    }
+
     void on(const ev_poll_answer& e) {
         if ((j.state != job_state::queued && j.state != job_state::processing) ||
             j.phase != job_phase::none) {
@@ -275,41 +291,32 @@ struct machine {
         if (o.how != http_outcome::transport::not_sent)
             ++n().polls;
         t.persist = persist_mode::batched;
-        if (o.how != http_outcome::transport::ok)
-            return retry_get(work_kind::poll, o.message);
-        auto k = classify(o.status);
-        signal_from(o, k);
-        switch (k) {
-        case answer_class::ok: {
-            auto status = parse_status(o.body);
-            if (status == remote_status::queued || status == remote_status::processing) {
-                n().failures = 0;
-                n().last_poll_at = now;
-                t.persist = persist_mode::lazy; // unless the state moves on
-                if (status == remote_status::processing && j.state == job_state::queued)
-                    to_state(job_state::processing, "", persist_mode::batched);
-                schedule_poll();
-            } else if (status == remote_status::completed) {
-                n().failures = 0;
-                // The request finished between the last "not done" answer and this one.
-                auto last = std::max(j.last_poll_at, j.submitted_at.value_or(now));
-                n().remote_done_at = last + (now - last) / 2;
-                if (j.submitted_at)
-                    t.duration_sample = {seconds_d(last - *j.submitted_at).count(),
-                                         seconds_d(now - *j.submitted_at).count()};
-                n().phase = job_phase::result_due;
-                to_state(job_state::processing, "the API reports COMPLETED", persist_mode::batched);
-                schedule(work_kind::fetch_result, now);
-            } else if (status == remote_status::failed) {
-                fail(fmt::format("the request failed: {}", error_detail(o.status, o.body)));
-            } else {
-                retry_get(work_kind::poll, fmt::format("status answer without a known status: {}",
-                                                       error_detail(o.status, o.body)));
-            }
+        auto status = answer_status(o, work_kind::poll);
+        if (!status)
             return;
-        }
-        default:
-            return on_get_error(k, o, work_kind::poll);
+        if (*status == remote_status::queued || *status == remote_status::processing) {
+            n().failures = 0;
+            n().last_poll_at = now;
+            t.persist = persist_mode::lazy; // unless the state moves on
+            if (*status == remote_status::processing && j.state == job_state::queued)
+                to_state(job_state::processing, "", persist_mode::batched);
+            schedule_poll();
+        } else if (*status == remote_status::completed) {
+            n().failures = 0;
+            // The request finished between the last "not done" answer and this one.
+            auto last = std::max(j.last_poll_at, j.submitted_at.value_or(now));
+            n().remote_done_at = last + (now - last) / 2;
+            if (j.submitted_at)
+                t.duration_sample = {seconds_d(last - *j.submitted_at).count(),
+                                     seconds_d(now - *j.submitted_at).count()};
+            n().phase = job_phase::result_due;
+            to_state(job_state::processing, "the API reports COMPLETED", persist_mode::batched);
+            schedule(work_kind::fetch_result, now);
+        } else if (*status == remote_status::failed) {
+            fail(fmt::format("the request failed: {}", error_detail(o.status, o.body)));
+        } else {
+            retry_get(work_kind::poll, fmt::format("status answer without a known status: {}",
+                                                   error_detail(o.status, o.body)));
         }
     }
 
@@ -324,34 +331,25 @@ struct machine {
                              o.message));
             return;
         }
-        if (o.how != http_outcome::transport::ok)
-            return retry_get(work_kind::fetch_result, o.message);
-        auto k = classify(o.status);
-        signal_from(o, k);
-        switch (k) {
-        case answer_class::ok: {
-            auto status = parse_status(o.body);
-            if (status == remote_status::queued || status == remote_status::processing) {
-                // The status endpoint ran ahead of the result endpoint: poll again.
-                n().phase = job_phase::none;
-                n().last_poll_at = now;
-                schedule_poll();
-                return;
-            }
-            if (status == remote_status::failed) {
-                fail(fmt::format("the request failed: {}", error_detail(o.status, o.body)));
-                return;
-            }
-            n().failures = 0;
-            n().result = o.body;
-            n().phase = job_phase::download_due;
-            to_state(job_state::processing, "result fetched", persist_mode::durable);
-            schedule(work_kind::download, now);
+        auto status = answer_status(o, work_kind::fetch_result);
+        if (!status)
+            return;
+        if (*status == remote_status::queued || *status == remote_status::processing) {
+            // The status endpoint ran ahead of the result endpoint: poll again.
+            n().phase = job_phase::none;
+            n().last_poll_at = now;
+            schedule_poll();
             return;
         }
-        default:
-            return on_get_error(k, o, work_kind::fetch_result);
+        if (*status == remote_status::failed) {
+            fail(fmt::format("the request failed: {}", error_detail(o.status, o.body)));
+            return;
         }
+        n().failures = 0;
+        n().result = o.body;
+        n().phase = job_phase::download_due;
+        to_state(job_state::processing, "result fetched", persist_mode::durable);
+        schedule(work_kind::download, now);
     }
 
     void on(const ev_download_done& e) {

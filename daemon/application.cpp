@@ -21,6 +21,21 @@ namespace asio = boost::asio;
 
 namespace {
 
+// A loop of the daemon that throws has lost track of its duty: say so and end the
+// process (systemd restarts it; every job resumes from the database).
+void exit_on_exception(std::exception_ptr e) {
+    if (!e)
+        return;
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+        log::error("internal error, exiting: {}", ex.what());
+    } catch (...) {
+        log::error("internal error, exiting");
+    }
+    std::abort();
+}
+
 void apply_log_level(const config::settings& s) {
     log::level lvl;
     if (log::parse_level(s.log_level, lvl))
@@ -72,7 +87,7 @@ application::application(config::settings& s, std::string config_path)
       client_(io_.get_executor(), tls_, client_options_of(s)),
       engine_(io_, s, store_, client_, clock_),
       control_(io_, s, engine_, events_, control_limits_of(s)), spool_(io_, s, engine_),
-      notifier_(io_, engine_) {
+      notifier_(io_, engine_), stop_signals_(io_, SIGTERM, SIGINT), reload_signals_(io_, SIGHUP) {
     engine_.on_change = [this](const core::job& j, const std::string& note) {
         if (!note.empty())
             events_.publish(j.id, event_line(j, note, clock_.to_wall(j.updated_at)));
@@ -96,9 +111,9 @@ int application::run() {
     log::notice("klingd {} started: API {}, spool {}, output {}, {} requests/min", KLINGD_VERSION,
                 settings_.api.base_url, settings_.spool.directory, settings_.output.directory,
                 settings_.api.requests_per_minute);
-    asio::co_spawn(io_, start_up(), asio::detached);
-    asio::co_spawn(io_, stop_on_signal(), asio::detached);
-    asio::co_spawn(io_, reload_on_hup(), asio::detached);
+    asio::co_spawn(io_, stop_on_signal(), exit_on_exception);
+    asio::co_spawn(io_, reload_on_hup(), exit_on_exception);
+    asio::co_spawn(io_, start_up(), exit_on_exception);
     io_.run();
     io_.drop_pending();
     log::notice("klingd stopped");
@@ -116,7 +131,7 @@ asio::awaitable<void> application::start_up() {
 // The first SIGTERM or SIGINT stops gracefully (requests in flight get a few seconds);
 // a second one exits at once.
 asio::awaitable<void> application::stop_on_signal() {
-    asio::signal_set signals(io_, SIGTERM, SIGINT);
+    auto& signals = stop_signals_;
     int sig = co_await signals.async_wait(asio::use_awaitable);
     notifier_.stopping();
     log::notice("signal {}: stopping (requests in flight get a few seconds to finish)", sig);
@@ -128,16 +143,15 @@ asio::awaitable<void> application::stop_on_signal() {
             co_await engine_.stop(std::chrono::seconds(8));
             io_.stop();
         },
-        asio::detached);
+        exit_on_exception);
     sig = co_await signals.async_wait(asio::use_awaitable);
     log::warning("second signal {}: exiting at once", sig);
     std::_Exit(1);
 }
 
 asio::awaitable<void> application::reload_on_hup() {
-    asio::signal_set hup(io_, SIGHUP);
     for (;;) {
-        co_await hup.async_wait(asio::use_awaitable);
+        co_await reload_signals_.async_wait(asio::use_awaitable);
         notifier_.reloading();
         reload();
         notifier_.ready();

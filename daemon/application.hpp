@@ -63,6 +63,9 @@ private:
     control_server control_;
     spool spool_;
     service_notifier notifier_;
+    // Made with the application, so no signal finds its default action once klingd runs.
+    boost::asio::signal_set stop_signals_;
+    boost::asio::signal_set reload_signals_;
 };
 
 } // namespace klingd::daemon

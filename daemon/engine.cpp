@@ -135,6 +135,11 @@ void engine::start() {
         schedule(it->second, tr.work, tr.not_before);
         ++resumed;
     }
+    for (auto& c : changes) { // to the database on the wall clock
+        c.j = core::shifted(std::move(c.j), clock_.wall_offset());
+        for (auto& e : c.history)
+            e.at += clock_.wall_offset();
+    }
     store_.save_many(changes);
     log::info("resumed {} unfinished jobs ({} submitted and unfinished){}", resumed,
               in_flight_jobs_, gate_.paused() ? "; submissions are paused" : "");
@@ -600,15 +605,25 @@ core::error no_such_job(const std::string& id) {
 }
 } // namespace
 
+std::optional<job> engine::inactive_job(const std::string& id) {
+    if (const job* r = journal_.retired(id))
+        return *r; // its last state, not yet in the database
+    auto stored = store_.get(id);
+    if (stored)
+        *stored = core::shifted(std::move(*stored), -clock_.wall_offset());
+    return stored;
+}
+
 core::result<job> engine::cancel(const std::string& id) {
     auto it = active_.find(id);
     if (it == active_.end()) {
-        auto stored = store_.get(id);
+        auto stored = inactive_job(id);
         if (!stored)
             return no_such_job(id);
-        return core::error(
-            core::errc::wrong_state,
-            core::advance(*stored, core::ev_cancel{}, now(), context_for(*stored)).rejection);
+        auto why = core::advance(*stored, core::ev_cancel{}, now(), context_for(*stored)).rejection;
+        return core::error(core::errc::wrong_state,
+                           why.empty() ? fmt::format("job {} is {}", id, core::to_string(stored->state))
+                                       : why);
     }
     auto tr = core::advance(it->second, core::ev_cancel{}, now(), context_for(it->second));
     if (!tr.rejection.empty())
@@ -625,10 +640,9 @@ core::result<job> engine::retry(const std::string& id) {
         return core::error(
             core::errc::wrong_state,
             core::advance(it->second, core::ev_retry{}, now(), context_for(it->second)).rejection);
-    auto stored = store_.get(id);
+    auto stored = inactive_job(id);
     if (!stored)
         return no_such_job(id);
-    *stored = core::shifted(std::move(*stored), -clock_.wall_offset());
     auto tr = core::advance(*stored, core::ev_retry{}, now(), context_for(*stored));
     if (!tr.rejection.empty())
         return core::error(core::errc::wrong_state, tr.rejection);

@@ -107,6 +107,8 @@ private:
     boost::asio::awaitable<void> send_submit(const std::string& id);
     // A status poll, or the result fetch.
     boost::asio::awaitable<void> send_get(const std::string& id, bool poll);
+    // A job not in memory, in engine time: the journal's unwritten copy, else the database's.
+    std::optional<core::job> inactive_job(const std::string& id);
     // The body of a job's submit: in memory, else from the database; "" when unreadable.
     std::string submit_body(const core::job& j);
     boost::asio::awaitable<void> download(std::string id);

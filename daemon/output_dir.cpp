@@ -43,8 +43,10 @@ void output_dir::remove(const std::string& name) const {
 }
 
 boost::system::error_code output_dir::write_atomically(const std::string& name,
-                                                       const std::string& content) const {
-    std::string tmp = "." + name + ".tmp";
+                                                       const std::string& content,
+                                                       durability d) const {
+    // A short fixed name: a long final name still fits, and nothing else writes here meanwhile.
+    std::string tmp = ".write.tmp";
     remove(tmp);
     int fd = ::openat(fd_, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
     if (fd < 0)
@@ -69,15 +71,16 @@ boost::system::error_code output_dir::write_atomically(const std::string& name,
         remove(tmp);
         return ec;
     }
-    return commit(tmp, name);
+    return commit(tmp, name, d);
 }
 
 boost::system::error_code output_dir::commit(const std::string& temp,
-                                             const std::string& final_name) const {
+                                             const std::string& final_name, durability d) const {
+    bool sync = d == durability::synced;
     int fd = ::openat(fd_, temp.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return last_error();
-    if (::fchmod(fd, 0640) != 0 || ::fsync(fd) != 0) {
+    if (::fchmod(fd, 0640) != 0 || (sync && ::fsync(fd) != 0)) {
         auto ec = last_error();
         ::close(fd);
         return ec;
@@ -85,7 +88,7 @@ boost::system::error_code output_dir::commit(const std::string& temp,
     ::close(fd);
     if (::renameat(fd_, temp.c_str(), fd_, final_name.c_str()) != 0)
         return last_error();
-    if (::fsync(fd_) != 0)
+    if (sync && ::fsync(fd_) != 0)
         return last_error();
     return {};
 }

@@ -23,11 +23,15 @@ public:
     std::string temp_path(const std::string& name) const;
     // Removes a leftover temporary of that name, if any.
     void remove(const std::string& name) const;
+    // synced: the file and the folder are fsynced (results); renamed: whole or absent, but
+    // a power cut may lose it (a rejected file's .error, cheap enough for the event loop).
+    enum class durability { synced, renamed };
     // Writes content to name atomically. Returns the error (disk full, ...).
-    boost::system::error_code write_atomically(const std::string& name,
-                                               const std::string& content) const;
-    // fsyncs temp then renames it to final_name, and syncs the folder.
-    boost::system::error_code commit(const std::string& temp, const std::string& final_name) const;
+    boost::system::error_code write_atomically(const std::string& name, const std::string& content,
+                                               durability d = durability::synced) const;
+    // fsyncs temp then renames it to final_name, and syncs the folder (as d says).
+    boost::system::error_code commit(const std::string& temp, const std::string& final_name,
+                                     durability d = durability::synced) const;
     std::string final_path(const std::string& name) const { return path_ + "/" + name; }
 
 private:

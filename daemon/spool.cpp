@@ -379,7 +379,8 @@ void spool::reject(const std::string& name, const std::string& why, bool malform
     std::string to = free_name(rejected_, name);
     std::string error_name = to.substr(rejected_.size() + 1) + ".error";
     auto dir = output_dir::open(settings_.spool.directory, "rejected");
-    auto ec = dir ? dir->write_atomically(error_name, line + '\n') : dir.error();
+    auto ec = dir ? dir->write_atomically(error_name, line + '\n', output_dir::durability::renamed)
+                  : dir.error();
     if (ec)
         log::error("spool: cannot write {}/{}: {}", rejected_, error_name, ec.message());
     std::string from = incoming_ + "/" + name;

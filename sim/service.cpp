@@ -315,15 +315,25 @@ api_answer service::not_found(std::string_view id) const {
     return error_answer(404, fmt::format("Request {} not found", id));
 }
 
-api_answer service::status(std::string_view id, std::string_view api_key, time_point now,
-                           std::optional<time_point> seen_at) {
+std::variant<service::record*, api_answer>
+service::reach(std::string_view id, std::string_view api_key, time_point now,
+               std::optional<time_point> seen_at, std::uint64_t record::*counter) {
     if (auto refused = gate(api_key, now))
         return *refused;
     record* r = find_live(id, now);
     if (!r)
         return not_found(id);
-    ++r->status_polls;
+    ++(r->*counter);
     note_seen(*r, now, seen_at);
+    return r;
+}
+
+api_answer service::status(std::string_view id, std::string_view api_key, time_point now,
+                           std::optional<time_point> seen_at) {
+    auto reached = reach(id, api_key, now, seen_at, &record::status_polls);
+    if (auto* refused = std::get_if<api_answer>(&reached))
+        return std::move(*refused);
+    record* r = std::get<record*>(reached);
     auto st = state_at(*r, now);
     if (st == state::failed)
         return failed_answer(*r);
@@ -335,13 +345,10 @@ api_answer service::status(std::string_view id, std::string_view api_key, time_p
 
 api_answer service::result(std::string_view id, std::string_view api_key, time_point now,
                            std::optional<time_point> seen_at) {
-    if (auto refused = gate(api_key, now))
-        return *refused;
-    record* r = find_live(id, now);
-    if (!r)
-        return not_found(id);
-    ++r->result_fetches;
-    note_seen(*r, now, seen_at);
+    auto reached = reach(id, api_key, now, seen_at, &record::result_fetches);
+    if (auto* refused = std::get_if<api_answer>(&reached))
+        return std::move(*refused);
+    record* r = std::get<record*>(reached);
     auto st = state_at(*r, now);
     if (st == state::failed)
         return failed_answer(*r);

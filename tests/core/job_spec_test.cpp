@@ -68,7 +68,8 @@ class job_spec_rejects : public ::testing::TestWithParam<bad> {};
 TEST_P(job_spec_rejects, with_a_message_naming_the_problem) {
     const auto& b = GetParam();
     auto r = parse_job_spec(b.text, b.default_id);
-    EXPECT_FALSE(r);
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error(), klingd::core::errc::invalid_job);
     EXPECT_NE(r.error().message().find(b.expect), std::string::npos) << "error was: " << r.error().message();
     EXPECT_EQ(r.error().message().find('\n'), std::string::npos) << "the .error file is one line";
 }

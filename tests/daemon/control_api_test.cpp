@@ -14,6 +14,7 @@
 #include <boost/json.hpp>
 #include <gtest/gtest.h>
 #include <optional>
+#include <sqlite3.h>
 
 namespace {
 
@@ -176,6 +177,31 @@ TEST_F(control_api, the_event_stream_is_a_route_with_a_decoded_filter) {
     ASSERT_TRUE(std::holds_alternative<daemon::event_stream>(one));
     EXPECT_EQ(std::get<daemon::event_stream>(one).job_filter, "a b");
     EXPECT_TRUE(std::holds_alternative<daemon::control_response>(call(http::verb::get, "/v1/events?xid=a")));
+}
+
+} // namespace
+
+namespace {
+
+// A cancel whose write failed (the database locked by another process) is still the
+// job's state for the next request: a second cancel says "cancelled", not "pending".
+TEST_F(control_api, a_job_whose_last_write_failed_is_answered_from_the_journal) {
+    add("locked");
+    store->db().exec("PRAGMA busy_timeout = 50", "test: short busy timeout");
+    sqlite3* other = nullptr;
+    ASSERT_EQ(sqlite3_open(settings.storage.database.c_str(), &other), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
+    auto first = answer(http::verb::post, "/v1/jobs/locked/cancel");
+    EXPECT_EQ(first.result_int(), 200u) << first.body();
+    EXPECT_EQ(body_of(first).at("state").as_string(), "cancelled");
+    EXPECT_EQ(body_of(answer(http::verb::get, "/v1/jobs/locked")).at("state").as_string(),
+              "cancelled")
+        << "read from the journal while the database is locked";
+    auto again = answer(http::verb::post, "/v1/jobs/locked/cancel");
+    EXPECT_EQ(again.result_int(), 409u);
+    EXPECT_NE(error_of(again).find("cancelled"), std::string::npos) << again.body();
+    sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr);
+    sqlite3_close(other);
 }
 
 } // namespace

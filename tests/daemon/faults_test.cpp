@@ -236,6 +236,8 @@ TEST(database, locked_by_another_process_for_a_while_delays_but_loses_nothing) {
     ASSERT_TRUE(eventually([&] { return env.jobs().size() == ids.size(); }, 10s));
     sqlite3* db = nullptr;
     ASSERT_EQ(sqlite3_open((env.dir() + "/klingd.db").c_str(), &db), SQLITE_OK);
+    // klingd may be writing at this moment: wait for the lock rather than fail at once.
+    sqlite3_busy_timeout(db, 10000);
     ASSERT_EQ(sqlite3_exec(db, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
     // Longer than klingd's busy timeout (5 s): its writes fail and are tried again.
     for (int i = 0; i < 5; ++i) {
