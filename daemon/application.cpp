@@ -21,21 +21,6 @@ namespace asio = boost::asio;
 
 namespace {
 
-// A loop of the daemon that throws has lost track of its duty: say so and end the
-// process (systemd restarts it; every job resumes from the database).
-void exit_on_exception(std::exception_ptr e) {
-    if (!e)
-        return;
-    try {
-        std::rethrow_exception(e);
-    } catch (const std::exception& ex) {
-        log::error("internal error, exiting: {}", ex.what());
-    } catch (...) {
-        log::error("internal error, exiting");
-    }
-    std::abort();
-}
-
 void apply_log_level(const config::settings& s) {
     log::level lvl;
     if (log::parse_level(s.log_level, lvl))
@@ -111,9 +96,9 @@ int application::run() {
     log::notice("klingd {} started: API {}, spool {}, output {}, {} requests/min", KLINGD_VERSION,
                 settings_.api.base_url, settings_.spool.directory, settings_.output.directory,
                 settings_.api.requests_per_minute);
-    asio::co_spawn(io_, stop_on_signal(), exit_on_exception);
-    asio::co_spawn(io_, reload_on_hup(), exit_on_exception);
-    asio::co_spawn(io_, start_up(), exit_on_exception);
+    asio::co_spawn(io_, stop_on_signal(), log::exit_on_exception);
+    asio::co_spawn(io_, reload_on_hup(), log::exit_on_exception);
+    asio::co_spawn(io_, start_up(), log::exit_on_exception);
     io_.run();
     io_.drop_pending();
     log::notice("klingd stopped");
@@ -143,7 +128,7 @@ asio::awaitable<void> application::stop_on_signal() {
             co_await engine_.stop(std::chrono::seconds(8));
             io_.stop();
         },
-        exit_on_exception);
+        log::exit_on_exception);
     sig = co_await signals.async_wait(asio::use_awaitable);
     log::warning("second signal {}: exiting at once", sig);
     std::_Exit(1);

@@ -26,21 +26,6 @@ namespace {
 constexpr std::size_t max_downloads = 4;
 constexpr auto flush_interval = std::chrono::milliseconds(500);
 
-// A coroutine that throws has lost track of its job: say so and end the process
-// (systemd restarts it; every job resumes from the database).
-void fatal_on_exception(std::exception_ptr e) {
-    if (!e)
-        return;
-    try {
-        std::rethrow_exception(e);
-    } catch (const std::exception& ex) {
-        log::error("internal error, exiting: {}", ex.what());
-    } catch (...) {
-        log::error("internal error, exiting");
-    }
-    std::abort();
-}
-
 bool counts_in_flight(job_state s) {
     return s == job_state::submitting || s == job_state::queued || s == job_state::processing;
 }
@@ -143,8 +128,8 @@ void engine::start() {
     store_.save_many(changes);
     log::info("resumed {} unfinished jobs ({} submitted and unfinished){}", resumed,
               in_flight_jobs_, gate_.paused() ? "; submissions are paused" : "");
-    asio::co_spawn(io_, dispatcher(), fatal_on_exception);
-    asio::co_spawn(io_, flusher(), fatal_on_exception);
+    asio::co_spawn(io_, dispatcher(), log::exit_on_exception);
+    asio::co_spawn(io_, flusher(), log::exit_on_exception);
 }
 
 asio::awaitable<void> engine::stop(std::chrono::milliseconds grace) {
@@ -381,7 +366,7 @@ asio::awaitable<void> engine::dispatcher() {
         auto action = policy_.next_action(t, counts());
         if (auto* d = std::get_if<core::start_download>(&action)) {
             ++downloads_in_flight_;
-            asio::co_spawn(io_, download(d->item.job_id), fatal_on_exception);
+            asio::co_spawn(io_, download(d->item.job_id), log::exit_on_exception);
             continue;
         }
         if (auto* r = std::get_if<core::send_request>(&action)) {
@@ -391,7 +376,7 @@ asio::awaitable<void> engine::dispatcher() {
             ++requests_in_flight_;
             if (submit)
                 ++submits_in_flight_;
-            asio::co_spawn(io_, execute(std::move(r->item)), fatal_on_exception);
+            asio::co_spawn(io_, execute(std::move(r->item)), log::exit_on_exception);
             continue;
         }
         auto at = std::get<core::sleep_until>(action).at;

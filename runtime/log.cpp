@@ -2,6 +2,7 @@
 #include "runtime/log.hpp"
 
 #include <atomic>
+#include <cstdlib>
 #include <unistd.h>
 
 namespace klingd::log {
@@ -58,6 +59,19 @@ void write(level l, std::string_view message) {
         p += n;
         left -= static_cast<std::size_t>(n);
     }
+}
+
+void exit_on_exception(std::exception_ptr e) {
+    if (!e)
+        return;
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+        error("internal error, exiting: {}", ex.what());
+    } catch (...) {
+        error("internal error, exiting");
+    }
+    std::abort();
 }
 
 } // namespace klingd::log

@@ -2,6 +2,8 @@
 // journald keeps the level. Messages below the configured level are dropped.
 #pragma once
 
+#include <exception>
+
 #include <fmt/format.h>
 #include <string>
 #include <string_view>
@@ -45,5 +47,10 @@ void debug(fmt::format_string<Args...> f, Args&&... args) {
     if (enabled(level::debug))
         write(level::debug, fmt::format(f, std::forward<Args>(args)...));
 }
+
+// The completion handler of a daemon coroutine that must never throw: one that does
+// has lost track of its duty, so this logs why and ends the process (systemd
+// restarts it; every job resumes from the database).
+void exit_on_exception(std::exception_ptr e);
 
 } // namespace klingd::log

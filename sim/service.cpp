@@ -315,7 +315,7 @@ api_answer service::not_found(std::string_view id) const {
     return error_answer(404, fmt::format("Request {} not found", id));
 }
 
-std::variant<service::record*, api_answer>
+std::variant<std::pair<service::record*, service::state>, api_answer>
 service::reach(std::string_view id, std::string_view api_key, time_point now,
                std::optional<time_point> seen_at, std::uint64_t record::*counter) {
     if (auto refused = gate(api_key, now))
@@ -325,18 +325,18 @@ service::reach(std::string_view id, std::string_view api_key, time_point now,
         return not_found(id);
     ++(r->*counter);
     note_seen(*r, now, seen_at);
-    return r;
+    auto st = state_at(*r, now);
+    if (st == state::failed)
+        return failed_answer(*r);
+    return std::pair{r, st};
 }
 
 api_answer service::status(std::string_view id, std::string_view api_key, time_point now,
                            std::optional<time_point> seen_at) {
     auto reached = reach(id, api_key, now, seen_at, &record::status_polls);
-    if (auto* refused = std::get_if<api_answer>(&reached))
-        return std::move(*refused);
-    record* r = std::get<record*>(reached);
-    auto st = state_at(*r, now);
-    if (st == state::failed)
-        return failed_answer(*r);
+    if (auto* answer = std::get_if<api_answer>(&reached))
+        return std::move(*answer);
+    auto [r, st] = std::get<std::pair<record*, state>>(reached);
     int s = static_cast<int>(st);
     return json_answer(200, json::object{{"request_id", r->id},
                                          {"status", state_name(s)},
@@ -346,12 +346,9 @@ api_answer service::status(std::string_view id, std::string_view api_key, time_p
 api_answer service::result(std::string_view id, std::string_view api_key, time_point now,
                            std::optional<time_point> seen_at) {
     auto reached = reach(id, api_key, now, seen_at, &record::result_fetches);
-    if (auto* refused = std::get_if<api_answer>(&reached))
-        return std::move(*refused);
-    record* r = std::get<record*>(reached);
-    auto st = state_at(*r, now);
-    if (st == state::failed)
-        return failed_answer(*r);
+    if (auto* answer = std::get_if<api_answer>(&reached))
+        return std::move(*answer);
+    auto [r, st] = std::get<std::pair<record*, state>>(reached);
     json::object out{{"request_id", r->id}, {"status", state_name(static_cast<int>(st))}};
     if (st == state::completed) {
         out["output"] = fmt::format("{}/media/{}.{}", cfg_.public_url, r->id, extension(r->kind));
