@@ -168,7 +168,7 @@ core::result<event_subscription> event_subscription::open(const std::string& soc
     std::size_t end;
     while (!ec && (end = i.buffer.find("\r\n\r\n")) == std::string::npos) {
         auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline -
-                                                                  std::chrono::steady_clock::now());
+                                                                 std::chrono::steady_clock::now());
         if (left.count() <= 0)
             ec = asio::error::timed_out;
         else if (std::size_t n; !(ec = i.read_some(left, n)) && n == 0 &&
@@ -188,7 +188,8 @@ core::result<event_subscription> event_subscription::open(const std::string& soc
     return s;
 }
 
-core::result<std::optional<json::value>> event_subscription::next(std::chrono::milliseconds timeout) {
+core::result<std::optional<json::value>>
+event_subscription::next(std::chrono::milliseconds timeout) {
     auto& i = *impl_;
     auto deadline = std::chrono::steady_clock::now() + timeout;
     for (;;) {
@@ -201,8 +202,8 @@ core::result<std::optional<json::value>> event_subscription::next(std::chrono::m
                 continue; // not a line of the stream's kind: skip it
             return std::optional<json::value>(std::move(v));
         }
-        auto left =
-            std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline -
+                                                                 std::chrono::steady_clock::now());
         if (left.count() <= 0)
             return std::optional<json::value>();
         std::size_t n = 0;

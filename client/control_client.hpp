@@ -58,10 +58,9 @@ class event_subscription {
 public:
     // errc::unreachable when the socket cannot be used; errc::bad_request when
     // klingd refused the stream (the detail quotes its answer).
-    static core::result<event_subscription> open(const std::string& socket,
-                                                 std::string_view job_filter = {},
-                                                 std::chrono::milliseconds timeout =
-                                                     std::chrono::seconds(10));
+    static core::result<event_subscription>
+    open(const std::string& socket, std::string_view job_filter = {},
+         std::chrono::milliseconds timeout = std::chrono::seconds(10));
     event_subscription(event_subscription&&) noexcept;
     event_subscription& operator=(event_subscription&&) noexcept;
     ~event_subscription();

@@ -5,16 +5,16 @@
 #include "core/time_text.hpp"
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
-#include <algorithm>
 #include <chrono>
-#include <map>
-#include <optional>
 #include <cstdio>
 #include <fmt/format.h>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <unistd.h>
@@ -171,7 +171,8 @@ int cmd_list(client& c, const std::string& state, const std::string& model, std:
         std::size_t page = limit ? std::min<std::size_t>(limit - all.size(), 1000) : 1000;
         std::string limit_text = std::to_string(page);
         std::string target = with_query(
-            "/v1/jobs", {{"limit", limit_text}, {"state", state}, {"model", model}, {"after", after}});
+            "/v1/jobs",
+            {{"limit", limit_text}, {"state", state}, {"model", model}, {"after", after}});
         auto r = c.call(http::verb::get, target);
         if (r.status != 200) {
             std::fprintf(stderr, "klingctl: %s\n", error_of(r).c_str());
@@ -339,9 +340,9 @@ int cmd_watch(client& c, const std::vector<std::string>& ids, bool as_json) {
                          : r.status == 404 ? "not found"
                                            : "error: " + error_of(r);
         if (as_json)
-            std::printf("%s\n", json::serialize(json::object{{"type", "state"}, {"id", id},
-                                                             {"state", st}})
-                                    .c_str());
+            std::printf("%s\n",
+                        json::serialize(json::object{{"type", "state"}, {"id", id}, {"state", st}})
+                            .c_str());
         else
             std::printf("%s: %s\n", id.c_str(), st.c_str());
         if (r.status != 200 || terminal(st))
@@ -358,7 +359,8 @@ int cmd_watch(client& c, const std::vector<std::string>& ids, bool as_json) {
             continue;
         const auto& v = **ev;
         if (str(v, "type") == "overflow") {
-            std::fprintf(stderr, "klingctl: fell too far behind the event stream; run watch again\n");
+            std::fprintf(stderr,
+                         "klingctl: fell too far behind the event stream; run watch again\n");
             return exit_unreachable;
         }
         if (str(v, "type") != "job")

@@ -201,7 +201,9 @@ void parse_base_url(context& c, const toml::node& n, api_settings& api) {
                     fmt::format("\"{}\" must start with https:// (or http:// for a loopback host)",
                                 text));
         else if (u.error() == core::errc::url_has_userinfo)
-            c.error(n, key, fmt::format("\"{}\" must be scheme://host[:port], without path, query or user", text));
+            c.error(n, key,
+                    fmt::format("\"{}\" must be scheme://host[:port], without path, query or user",
+                                text));
         else
             c.error(n, key, fmt::format("\"{}\" {}", text, u.error().message()));
         return;
@@ -209,9 +211,9 @@ void parse_base_url(context& c, const toml::node& n, api_settings& api) {
     auto path = u->get().encoded_path();
     if ((!path.empty() && path != "/") || u->get().has_query() ||
         text.find('#') != std::string_view::npos) {
-        c.error(n, key,
-                fmt::format("\"{}\" must be scheme://host[:port], without path, query or user",
-                            text));
+        c.error(
+            n, key,
+            fmt::format("\"{}\" must be scheme://host[:port], without path, query or user", text));
         return;
     }
     if (!u->tls() && !is_loopback_host(u->host())) {

@@ -238,10 +238,10 @@ remote_status parse_status(std::string_view body) {
     std::string s = string_field(v->as_object(), "status");
     std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::toupper(c); });
     static constexpr std::pair<std::string_view, remote_status> names[] = {
-        {"QUEUED", remote_status::queued},         {"PROCESSING", remote_status::processing},
+        {"QUEUED", remote_status::queued},          {"PROCESSING", remote_status::processing},
         {"IN_PROGRESS", remote_status::processing}, {"RUNNING", remote_status::processing},
-        {"COMPLETED", remote_status::completed},   {"SUCCEEDED", remote_status::completed},
-        {"SUCCESS", remote_status::completed},     {"FAILED", remote_status::failed},
+        {"COMPLETED", remote_status::completed},    {"SUCCEEDED", remote_status::completed},
+        {"SUCCESS", remote_status::completed},      {"FAILED", remote_status::failed},
     };
     for (auto [name, status] : names)
         if (s == name)

@@ -37,9 +37,8 @@ dispatch_action dispatch_policy::next_action(time_point now, const in_flight_cou
     return sleep_until{next_wake(now, f, submits)};
 }
 
-std::optional<send_request> dispatch_policy::take_budgeted(time_point now,
-                                                           const in_flight_counts& f,
-                                                           bool submits) {
+std::optional<send_request>
+dispatch_policy::take_budgeted(time_point now, const in_flight_counts& f, bool submits) {
     if (f.requests >= limits_.max_requests || !queue_.has_budgeted_ready(submits))
         return std::nullopt;
     if (!budget_.try_acquire(now))

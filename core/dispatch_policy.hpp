@@ -64,8 +64,7 @@ public:
 private:
     std::optional<send_request> take_budgeted(time_point now, const in_flight_counts& f,
                                               bool submits);
-    std::optional<time_point> next_wake(time_point now, const in_flight_counts& f,
-                                        bool submits);
+    std::optional<time_point> next_wake(time_point now, const in_flight_counts& f, bool submits);
 
     dispatch_queue& queue_;
     rate_budget& budget_;

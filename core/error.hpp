@@ -23,11 +23,11 @@ enum class errc {
     url_too_long,      // more than 8192 characters
     url_bad_character, // a space or a control character
     // Jobs and their actions
-    job_not_found,  // no job with that id
-    wrong_state,    // the job's state does not allow the action
-    id_conflict,    // the id is taken by a job with other content
-    invalid_job,    // a job file or request that does not validate
-    bad_request,    // a malformed request on the control socket
+    job_not_found, // no job with that id
+    wrong_state,   // the job's state does not allow the action
+    id_conflict,   // the id is taken by a job with other content
+    invalid_job,   // a job file or request that does not validate
+    bad_request,   // a malformed request on the control socket
     // The control socket, from the client's side
     unreachable,  // klingd cannot be reached or did not answer
     stream_ended, // klingd closed the event stream

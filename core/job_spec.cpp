@@ -404,8 +404,8 @@ result<job_spec> parse_job_spec(std::string_view text, std::string_view default_
         return error(errc::invalid_job, std::move(*why));
     const auto& o = std::get<json::value>(root).as_object();
     job_spec spec;
-    for (auto problem : {read_model_and_params(o, spec), read_id(o, default_id, spec),
-                         read_priority(o, spec)})
+    for (auto problem :
+         {read_model_and_params(o, spec), read_id(o, default_id, spec), read_priority(o, spec)})
         if (problem)
             return error(errc::invalid_job, std::move(*problem));
     return spec;

@@ -147,7 +147,8 @@ struct machine {
                 "Segmind no longer knows request {} (HTTP 404 on {}; it keeps results "
                 "{}s after submission, and this one was submitted at {})",
                 j.request_id.value_or("?"), w == work_kind::poll ? "poll" : "result fetch",
-                c.retention_s, j.submitted_at ? rfc3339(*j.submitted_at + c.wall_offset) : "an unknown time"));
+                c.retention_s,
+                j.submitted_at ? rfc3339(*j.submitted_at + c.wall_offset) : "an unknown time"));
             return;
         case answer_class::rate_limited:
             schedule(w, t.rate_limited_until.value_or(now));

@@ -26,7 +26,9 @@ bool name_char(char c) {
 // where it starts an escape ("50%.png" names the file "50%.png").
 std::string encode_stray_bytes(std::string_view s) {
     constexpr auto allowed = urls::unreserved_chars + urls::grammar::lut_chars(":/?#@!$&'()*+,;=");
-    auto hex = [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; };
+    auto hex = [](char c) {
+        return std::isxdigit(static_cast<unsigned char>(c)) != 0;
+    };
     auto authority_end = s.find_first_of("/?#", s.find("//") + 2);
     std::string out;
     out.reserve(s.size());
@@ -74,7 +76,8 @@ boost::system::result<urls::url> parse_absolute(const std::string& text) {
 
 result<http_url> http_url::parse(std::string_view s) {
     auto lower_prefix = [&](std::string_view p) {
-        return s.size() >= p.size() && std::equal(p.begin(), p.end(), s.begin(), [](char a, char b) {
+        return s.size() >= p.size() &&
+               std::equal(p.begin(), p.end(), s.begin(), [](char a, char b) {
                    return a == std::tolower(static_cast<unsigned char>(b));
                });
     };

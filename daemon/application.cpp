@@ -53,7 +53,8 @@ asio::ssl::context make_tls(const std::string& ca_file) try {
 
 client_options client_options_of(const config::settings& s) {
     client_options o;
-    o.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(s.api.request_timeout_s * 1000));
+    o.timeout =
+        std::chrono::milliseconds(static_cast<std::int64_t>(s.api.request_timeout_s * 1000));
     o.max_idle_per_origin = static_cast<std::size_t>(s.api.max_connections);
     return o;
 }
@@ -155,8 +156,8 @@ void application::reload() {
         log::warning("reload: {}", w);
     auto changes = config::apply_reload(settings_, *fresh.value);
     apply_log_level(settings_);
-    client_.set_timeout(
-        std::chrono::milliseconds(static_cast<std::int64_t>(settings_.api.request_timeout_s * 1000)));
+    client_.set_timeout(std::chrono::milliseconds(
+        static_cast<std::int64_t>(settings_.api.request_timeout_s * 1000)));
     engine_.reconfigure();
     if (changes.empty())
         log::notice("reload: nothing changed");

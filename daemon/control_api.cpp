@@ -72,10 +72,9 @@ control_response list_jobs(const control_request& req, engine& e, const target& 
                 continue;
             auto s = core::parse_job_state(v);
             if (!s)
-                return error_response(
-                    req.version(), http::status::bad_request,
-                    fmt::format("state \"{}\" is not a job state ({})", v.substr(0, 40),
-                                core::job_state_names()));
+                return error_response(req.version(), http::status::bad_request,
+                                      fmt::format("state \"{}\" is not a job state ({})",
+                                                  v.substr(0, 40), core::job_state_names()));
             f.state = *s;
         } else if (k == "model") {
             if (!v.empty())
@@ -127,8 +126,7 @@ control_response post_job(const control_request& req, engine& e, const peer_info
         return error_response(req.version(), http::status::bad_request, parsed.error().message());
     std::vector<storage::insert_outcome> out;
     try {
-        out = e.add_jobs({*parsed},
-                         {fmt::format("socket (pid {}, uid {})", peer.pid, peer.uid)});
+        out = e.add_jobs({*parsed}, {fmt::format("socket (pid {}, uid {})", peer.pid, peer.uid)});
     } catch (const std::exception& ex) {
         return error_response(req.version(), http::status::service_unavailable,
                               fmt::format("cannot record the job: {}", ex.what()));
@@ -187,7 +185,8 @@ json::object stats_json(engine& e) {
     budget["allowed_rpm"] = number(b.allowed_rpm());
     budget["used_last_minute"] = b.used_last_minute(now);
     budget["blocked_until"] =
-        b.blocked(now) ? json::value(core::format_rfc3339(e.time().to_wall(b.blocked_until()))) : json::value(nullptr);
+        b.blocked(now) ? json::value(core::format_rfc3339(e.time().to_wall(b.blocked_until())))
+                       : json::value(nullptr);
     o["budget"] = std::move(budget);
     o["paused"] = e.paused();
     auto blocked = e.blocked_reason();

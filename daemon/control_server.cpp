@@ -4,6 +4,7 @@
 #include "daemon/control_api.hpp"
 #include "runtime/log.hpp"
 
+#include <array>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -12,7 +13,6 @@
 #include <boost/beast/core/basic_stream.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
-#include <array>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>

@@ -51,8 +51,9 @@ boost::asio::awaitable<core::event> downloader::fetch(std::string id, std::strin
         std::string name = i == 0 ? "output." + ext : fmt::format("output-{}.{}", i + 1, ext);
         if (auto ec = dir->commit(tmp, name)) {
             dir->remove(tmp);
-            co_return failed(fmt::format("cannot write {}: {}", dir->final_path(name), ec.message()),
-                             true, true);
+            co_return failed(
+                fmt::format("cannot write {}: {}", dir->final_path(name), ec.message()), true,
+                true);
         }
         paths.push_back(dir->final_path(name));
     }

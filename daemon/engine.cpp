@@ -51,8 +51,8 @@ engine::engine(asio::io_context& io, const config::settings& s, storage::job_sto
       budget_(s.api.requests_per_minute, core::wake_tick(s.jobs.min_poll_interval_s)),
       planner_({s.jobs.min_poll_interval_s, s.jobs.max_poll_interval_s, s.jobs.result_retention_s}),
       gate_(seconds_ms(s.jobs.max_poll_interval_s)),
-      policy_(queue_, budget_, planner_, gate_, limits()), journal_(store, clk), downloader_(client, s),
-      wake_timer_(io) {
+      policy_(queue_, budget_, planner_, gate_, limits()), journal_(store, clk),
+      downloader_(client, s), wake_timer_(io) {
     for (auto& [slug, m] : s.models)
         durations_.emplace(slug, core::duration_model(m.expected_duration_s));
 }
@@ -226,11 +226,11 @@ void engine::log_transition(const std::string& id, const core::transition& t) {
                    ? log::level::warning
                    : log::level::info;
     if (log::enabled(lvl))
-        log::write(lvl, fmt::format("job {}{}: {}", id,
-                                    t.next.request_id
-                                        ? fmt::format(" (request {})", *t.next.request_id)
-                                        : "",
-                                    t.note));
+        log::write(
+            lvl,
+            fmt::format("job {}{}: {}", id,
+                        t.next.request_id ? fmt::format(" (request {})", *t.next.request_id) : "",
+                        t.note));
 }
 
 bool engine::apply(const std::string& id, core::transition t) {
@@ -357,7 +357,8 @@ bool engine::begin_submit(const std::string& id, core::time_point t) {
     if (it == active_.end())
         return false;
     // "submitting" is committed before the POST leaves.
-    return apply(id, core::advance(it->second, core::ev_submit_begin{}, t, context_for(it->second)));
+    return apply(id,
+                 core::advance(it->second, core::ev_submit_begin{}, t, context_for(it->second)));
 }
 
 asio::awaitable<void> engine::dispatcher() {
@@ -606,9 +607,9 @@ core::result<job> engine::cancel(const std::string& id) {
         if (!stored)
             return no_such_job(id);
         auto why = core::advance(*stored, core::ev_cancel{}, now(), context_for(*stored)).rejection;
-        return core::error(core::errc::wrong_state,
-                           why.empty() ? fmt::format("job {} is {}", id, core::to_string(stored->state))
-                                       : why);
+        return core::error(
+            core::errc::wrong_state,
+            why.empty() ? fmt::format("job {} is {}", id, core::to_string(stored->state)) : why);
     }
     auto tr = core::advance(it->second, core::ev_cancel{}, now(), context_for(it->second));
     if (!tr.rejection.empty())

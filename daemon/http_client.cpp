@@ -256,8 +256,8 @@ asio::awaitable<core::http_outcome> http_client::request(http::verb method, cons
     }
 }
 
-asio::awaitable<download_result> http_client::download(const core::http_url& u, const std::string& path,
-                                                       std::uint64_t max_bytes) {
+asio::awaitable<download_result>
+http_client::download(const core::http_url& u, const std::string& path, std::uint64_t max_bytes) {
     http::request<http::empty_body> req{http::verb::get, u.target(), 11};
     req.set(http::field::host, u.host_header());
     req.set(http::field::user_agent, "klingd/" KLINGD_VERSION);

@@ -50,16 +50,16 @@ public:
 
     // Streams a GET's body into path (created or truncated). A non-2xx answer,
     // a body over max_bytes or a transport error leave a partial file to delete.
-    boost::asio::awaitable<download_result> download(const core::http_url& u, const std::string& path,
-                                                     std::uint64_t max_bytes);
+    boost::asio::awaitable<download_result>
+    download(const core::http_url& u, const std::string& path, std::uint64_t max_bytes);
 
     void set_timeout(std::chrono::milliseconds t) { opts_.timeout = t; }
 
     struct connection;
 
 private:
-    boost::asio::awaitable<std::unique_ptr<connection>> acquire(const core::http_url& u, bool for_post,
-                                                                core::http_outcome& failure);
+    boost::asio::awaitable<std::unique_ptr<connection>>
+    acquire(const core::http_url& u, bool for_post, core::http_outcome& failure);
     void release(std::unique_ptr<connection> c);
 
     boost::asio::any_io_executor ex_;

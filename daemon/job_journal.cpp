@@ -61,8 +61,9 @@ core::result<void> job_journal::flush(const lookup& active) {
         if (!j)
             continue;
         auto h = history_.find(id);
-        changes.push_back({core::shifted(*j, offset),
-                           h == history_.end() ? std::vector<storage::history_entry>{} : h->second});
+        changes.push_back({core::shifted(*j, offset), h == history_.end()
+                                                          ? std::vector<storage::history_entry>{}
+                                                          : h->second});
         for (auto& e : changes.back().history)
             e.at += offset;
     }

@@ -74,8 +74,8 @@ boost::system::error_code output_dir::write_atomically(const std::string& name,
     return commit(tmp, name, d);
 }
 
-boost::system::error_code output_dir::commit(const std::string& temp,
-                                             const std::string& final_name, durability d) const {
+boost::system::error_code output_dir::commit(const std::string& temp, const std::string& final_name,
+                                             durability d) const {
     bool sync = d == durability::synced;
     int fd = ::openat(fd_, temp.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)

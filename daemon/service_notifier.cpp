@@ -26,9 +26,10 @@ std::string service_notifier::status_line() {
     std::string blocked = engine_.blocked_reason();
     return fmt::format("{} pending, {} in flight, {} completed, {} failed, {} expired; {:.0f} "
                        "requests/min allowed{}",
-                       n(core::job_state::pending), engine_.in_flight(), n(core::job_state::completed),
-                       n(core::job_state::failed), n(core::job_state::expired),
-                       engine_.budget().allowed_rpm(), blocked.empty() ? "" : "; " + blocked);
+                       n(core::job_state::pending), engine_.in_flight(),
+                       n(core::job_state::completed), n(core::job_state::failed),
+                       n(core::job_state::expired), engine_.budget().allowed_rpm(),
+                       blocked.empty() ? "" : "; " + blocked);
 }
 
 void service_notifier::ready() {

@@ -46,7 +46,8 @@ void check(bool ok, const char* what) {
 }
 
 void check_result(const spec_result& r) {
-    check(r.has_value() || (r.error() == klingd::core::errc::invalid_job && !r.error().detail.empty()),
+    check(r.has_value() ||
+              (r.error() == klingd::core::errc::invalid_job && !r.error().detail.empty()),
           "a refused job is invalid_job and says what is wrong");
     if (!r)
         return;
@@ -76,8 +77,8 @@ void check_result(const spec_result& r) {
     if (!again)
         std::fprintf(stderr, "rebuilt job rejected: %s\n", again.error().message().c_str());
     check(again.has_value(), "the rebuilt job file is accepted");
-    check(again->id == s.id && again->model == s.model &&
-              again->params == s.params && again->priority == s.priority,
+    check(again->id == s.id && again->model == s.model && again->params == s.params &&
+              again->priority == s.priority,
           "the rebuilt job file gives the same spec");
 }
 

@@ -217,7 +217,9 @@ std::vector<insert_outcome> job_store::insert_many(const std::vector<core::job_s
             .bind(5, ms(now));
         insert_->bind(6, i < sources.size() ? sources[i] : std::string());
         insert_->run();
-        add_history_->bind(1, s.id).bind(2, ms(now)).bind(3, core::to_string(core::job_state::pending));
+        add_history_->bind(1, s.id)
+            .bind(2, ms(now))
+            .bind(3, core::to_string(core::job_state::pending));
         add_history_->bind(4, i < sources.size() && !sources[i].empty()
                                   ? "accepted from " + sources[i]
                                   : "accepted");

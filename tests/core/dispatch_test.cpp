@@ -80,7 +80,8 @@ TEST(dispatch_policy, polls_near_their_deadline_never_give_way_to_submits) {
         r.queue.schedule("p" + std::to_string(i), work_kind::poll, t0, t0 + seconds(100));
     std::string order;
     for (int i = 0; i < 9; ++i)
-        order += as<send_request>(r.policy.next_action(t0 + seconds(i), {})).item.job_id.substr(0, 1);
+        order +=
+            as<send_request>(r.policy.next_action(t0 + seconds(i), {})).item.job_id.substr(0, 1);
     EXPECT_EQ(order, "ppppppsss");
     // Far from their deadline, every fourth send is a submit.
     rig calm(l);
@@ -90,7 +91,8 @@ TEST(dispatch_policy, polls_near_their_deadline_never_give_way_to_submits) {
         calm.queue.schedule("p" + std::to_string(i), work_kind::poll, t0, t0 + minutes(50));
     order.clear();
     for (int i = 0; i < 9; ++i)
-        order += as<send_request>(calm.policy.next_action(t0 + seconds(i), {})).item.job_id.substr(0, 1);
+        order +=
+            as<send_request>(calm.policy.next_action(t0 + seconds(i), {})).item.job_id.substr(0, 1);
     EXPECT_EQ(order, "pppspppss");
 }
 
@@ -129,8 +131,7 @@ TEST(submission_gate, a_401_stops_submits_and_one_probe_goes_per_interval) {
     EXPECT_TRUE(g.allows(t0 + seconds(60), 0, 10)) << "the probe is due";
     g.on_submit_sent(t0 + seconds(60));
     EXPECT_FALSE(g.allows(t0 + seconds(61), 0, 10)) << "one probe per interval";
-    EXPECT_EQ(g.blocked_reason(),
-              "submissions stopped: again; a probe is sent every 60s");
+    EXPECT_EQ(g.blocked_reason(), "submissions stopped: again; a probe is sent every 60s");
     // A poll that gets through proves the key: submissions resume.
     EXPECT_NE(g.on_signal(api_signal::accepted, "", t0 + seconds(62), false), "");
     EXPECT_TRUE(g.allows(t0 + seconds(62), 0, 10));
@@ -171,7 +172,8 @@ TEST(dispatch_policy, a_seeded_random_run_keeps_the_budget_and_loses_no_work) {
     for (int step = 0; step < 5000; ++step) {
         if (rng() % 3 == 0) {
             std::string id = "j" + std::to_string(rng() % 200);
-            auto kind = std::array{work_kind::submit, work_kind::poll, work_kind::fetch_result}[rng() % 3];
+            auto kind =
+                std::array{work_kind::submit, work_kind::poll, work_kind::fetch_result}[rng() % 3];
             r.queue.schedule(id, kind, now + milliseconds(rng() % 5000), now + minutes(30));
             scheduled[id] = 1;
         }

@@ -70,7 +70,8 @@ TEST_P(job_spec_rejects, with_a_message_naming_the_problem) {
     auto r = parse_job_spec(b.text, b.default_id);
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error(), klingd::core::errc::invalid_job);
-    EXPECT_NE(r.error().message().find(b.expect), std::string::npos) << "error was: " << r.error().message();
+    EXPECT_NE(r.error().message().find(b.expect), std::string::npos)
+        << "error was: " << r.error().message();
     EXPECT_EQ(r.error().message().find('\n'), std::string::npos) << "the .error file is one line";
 }
 
@@ -172,7 +173,8 @@ TEST(job_spec, a_long_value_quoted_in_a_message_is_cut_between_characters) {
         "x");
     ASSERT_FALSE(r);
     EXPECT_NE(r.error().message().find("..."), std::string::npos) << r.error().message();
-    EXPECT_EQ(klingd::core::valid_utf8(r.error().message()), r.error().message()) << r.error().message();
+    EXPECT_EQ(klingd::core::valid_utf8(r.error().message()), r.error().message())
+        << r.error().message();
 }
 
 } // namespace

@@ -103,10 +103,12 @@ TEST_F(control_api, each_error_has_its_status_and_says_what) {
          "taken by a job with other content"},
         {http::verb::post, "/v1/jobs/none/cancel", "", 404, "no job \"none\""},
         {http::verb::post, "/v1/jobs/none/retry", "", 404, "no job \"none\""},
-        {http::verb::post, "/v1/jobs/known/retry", "", 409, "only failed or expired jobs can be retried"},
+        {http::verb::post, "/v1/jobs/known/retry", "", 409,
+         "only failed or expired jobs can be retried"},
         {http::verb::get, "/v1/jobs?state=cancelled+", "", 400, "state \"cancelled \" is not"},
         {http::verb::get, "/v1/events?id=", "", 400, "id must name a job"},
-        {http::verb::delete_, "/v1/jobs", "", 405, "DELETE is not allowed here (allowed: GET, POST)"},
+        {http::verb::delete_, "/v1/jobs", "", 405,
+         "DELETE is not allowed here (allowed: GET, POST)"},
         {http::verb::post, "/v1/health", "", 405, "allowed: GET"},
         {http::verb::post, "/v1/events", "", 405, "allowed: GET"},
         {http::verb::get, "/v1/events?xid=known", "", 400, "unknown query parameter \"xid\""},
@@ -176,7 +178,8 @@ TEST_F(control_api, the_event_stream_is_a_route_with_a_decoded_filter) {
     auto one = call(http::verb::get, "/v1/events?id=a%20b");
     ASSERT_TRUE(std::holds_alternative<daemon::event_stream>(one));
     EXPECT_EQ(std::get<daemon::event_stream>(one).job_filter, "a b");
-    EXPECT_TRUE(std::holds_alternative<daemon::control_response>(call(http::verb::get, "/v1/events?xid=a")));
+    EXPECT_TRUE(std::holds_alternative<daemon::control_response>(
+        call(http::verb::get, "/v1/events?xid=a")));
 }
 
 } // namespace

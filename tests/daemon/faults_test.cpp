@@ -245,8 +245,8 @@ TEST(database, locked_by_another_process_for_a_while_delays_but_loses_nothing) {
         env.drop(ids.back() + ".json", image_job(ids.back()));
     }
     // Held until klingd's writes have failed on it (after its 5 s busy timeout).
-    ASSERT_TRUE(eventually(
-        [&] { return env.log().find("database is locked") != std::string::npos; }, 30s))
+    ASSERT_TRUE(
+        eventually([&] { return env.log().find("database is locked") != std::string::npos; }, 30s))
         << env.log();
     sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
     sqlite3_close(db);
