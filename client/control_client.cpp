@@ -169,11 +169,9 @@ core::result<event_subscription> event_subscription::open(const std::string& soc
     while (!ec && (end = i.buffer.find("\r\n\r\n")) == std::string::npos) {
         auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline -
                                                                  std::chrono::steady_clock::now());
-        if (left.count() <= 0)
-            ec = asio::error::timed_out;
-        else if (std::size_t n; !(ec = i.read_some(left, n)) && n == 0 &&
-                                std::chrono::steady_clock::now() >= deadline)
-            ec = asio::error::timed_out;
+        std::size_t n = 0;
+        ec = left.count() <= 0 ? boost::system::error_code(asio::error::timed_out)
+                               : i.read_some(left, n); // a timeout reads 0 and loops to the check
     }
     if (ec)
         return unreachable(socket, ec, true);

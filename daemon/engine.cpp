@@ -120,12 +120,8 @@ void engine::start() {
         schedule(it->second, tr.work, tr.not_before);
         ++resumed;
     }
-    for (auto& c : changes) { // to the database on the wall clock
-        c.j = core::shifted(std::move(c.j), clock_.wall_offset());
-        for (auto& e : c.history)
-            e.at += clock_.wall_offset();
-    }
-    store_.save_many(changes);
+    if (auto r = journal_.write(std::move(changes)); !r)
+        throw std::runtime_error("cannot record the recovered jobs: " + r.error().message());
     log::info("resumed {} unfinished jobs ({} submitted and unfinished){}", resumed,
               in_flight_jobs_, gate_.paused() ? "; submissions are paused" : "");
     asio::co_spawn(io_, dispatcher(), log::exit_on_exception);

@@ -54,8 +54,8 @@ public:
     engine(boost::asio::io_context& io, const config::settings& s, storage::job_store& store,
            http_client& client, const clock& clk);
 
-    // Loads unfinished jobs and starts the dispatcher. Throws storage_error when
-    // the database cannot be read.
+    // Loads unfinished jobs and starts the dispatcher. Throws (storage_error or
+    // std::runtime_error) when the database cannot be read or written.
     void start();
     // Stops sending new work, waits (bounded) for requests in flight so their
     // answers are recorded, and flushes batched writes.

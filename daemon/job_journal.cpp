@@ -3,6 +3,21 @@
 
 namespace klingd::daemon {
 
+core::result<void> job_journal::write(std::vector<storage::job_store::change> changes) {
+    auto offset = clock_.wall_offset(); // to the database on the wall clock
+    for (auto& c : changes) {
+        c.j = core::shifted(std::move(c.j), offset);
+        for (auto& e : c.history)
+            e.at += offset;
+    }
+    try {
+        store_.save_many(changes);
+    } catch (const storage::storage_error& e) {
+        return core::error(storage::errc_of(e), e.what());
+    }
+    return {};
+}
+
 core::result<void> job_journal::write_now(const core::job& j,
                                           std::optional<storage::history_entry> line) {
     std::vector<storage::history_entry> h;
@@ -10,14 +25,8 @@ core::result<void> job_journal::write_now(const core::job& j,
         h = p->second;
     if (line)
         h.push_back(*line);
-    auto offset = clock_.wall_offset();
-    for (auto& e : h)
-        e.at += offset;
-    try {
-        store_.save_many({{core::shifted(j, offset), std::move(h)}});
-    } catch (const storage::storage_error& e) {
-        return core::error(storage::errc_of(e), e.what());
-    }
+    if (auto r = write({{j, std::move(h)}}); !r)
+        return r;
     dirty_.erase(j.id);
     history_.erase(j.id);
     return {};
@@ -55,24 +64,17 @@ core::result<void> job_journal::flush(const lookup& active) {
         return {};
     std::vector<storage::job_store::change> changes;
     changes.reserve(dirty_.size());
-    auto offset = clock_.wall_offset();
     for (auto& [id, copy] : dirty_) {
         const core::job* j = copy ? &*copy : active(id);
         if (!j)
             continue;
         auto h = history_.find(id);
-        changes.push_back({core::shifted(*j, offset), h == history_.end()
-                                                          ? std::vector<storage::history_entry>{}
-                                                          : h->second});
-        for (auto& e : changes.back().history)
-            e.at += offset;
+        changes.push_back(
+            {*j, h == history_.end() ? std::vector<storage::history_entry>{} : h->second});
     }
-    try {
-        store_.save_many(changes);
-    } catch (const storage::storage_error& e) {
-        return core::error(storage::errc_of(e),
-                           std::to_string(changes.size()) + " job updates: " + e.what());
-    }
+    auto n = changes.size();
+    if (auto r = write(std::move(changes)); !r)
+        return core::error(r.error().code, std::to_string(n) + " job updates: " + r.error().detail);
     dirty_.clear();
     history_.clear();
     return {};

@@ -43,6 +43,9 @@ public:
     // Shutdown: lazy changes are written too.
     void include_lazy();
 
+    // Writes changes now, in one transaction, their times on the wall clock (start-up's
+    // recovered jobs); nothing is kept on failure.
+    core::result<void> write(std::vector<storage::job_store::change> changes);
     // Writes every deferred change in one transaction; on failure keeps them all.
     core::result<void> flush(const lookup& active);
     bool empty() const { return dirty_.empty(); }
