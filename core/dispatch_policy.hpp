@@ -58,8 +58,6 @@ public:
     dispatch_action next_action(time_point now, const in_flight_counts& f);
     // How long to sleep for an action's `at` (at least 1 ms, rounded up to the tick).
     milliseconds sleep_for(time_point at, time_point now) const;
-    // The scarcity the planner was last given.
-    double scarcity() const { return scarcity_.value(); }
 
 private:
     std::optional<send_request> take_budgeted(time_point now, const in_flight_counts& f,
