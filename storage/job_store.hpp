@@ -1,10 +1,13 @@
-// The jobs database: schema with forward migrations (PRAGMA user_version), WAL,
-// statements prepared once, one transaction for every multi-row change. Holds
+// The SQLite jobs database: schema with forward migrations (PRAGMA user_version),
+// WAL, statements prepared once, one transaction for every multi-row change. Holds
 // jobs, their history of transitions and small daemon state (paused, ...).
+// Synchronous and single-threaded: the daemon reaches it only through
+// sqlite_repository, which runs it on a worker thread of its own.
 #pragma once
 
 #include "core/job.hpp"
 #include "core/job_spec.hpp"
+#include "storage/records.hpp"
 #include "storage/sqlite.hpp"
 
 #include <map>
@@ -13,26 +16,6 @@
 #include <vector>
 
 namespace klingd::storage {
-
-struct history_entry {
-    core::time_point at;
-    std::string state;
-    std::string note;
-    std::optional<std::string> request_id;
-};
-
-struct job_filter {
-    std::optional<core::job_state> state;
-    std::optional<std::string> model;
-    std::size_t limit = 1000;
-    std::optional<std::string> after; // cursor: the id of the last job of the previous page
-};
-
-enum class insert_outcome {
-    inserted,
-    same_content, // the id exists with the same content: a no-op
-    conflict,     // the id exists with other content
-};
 
 class job_store {
 public:
@@ -52,10 +35,7 @@ public:
 
     // Writes a job's mutable fields; a non-empty note is added to its history.
     void save(const core::job& j, const std::string& note = {});
-    struct change {
-        core::job j;
-        std::vector<history_entry> history; // written along, in order
-    };
+    using change = job_change;
     // Writes many jobs and their history entries in one transaction.
     void save_many(const std::vector<change>& changes);
 
@@ -67,7 +47,7 @@ public:
     std::vector<history_entry> history(const std::string& id);
     std::map<std::string, std::int64_t> count_by_state();
     // (state, model) -> number of jobs.
-    std::map<std::pair<std::string, std::string>, std::int64_t> count_by_state_and_model();
+    state_model_counts count_by_state_and_model();
     // Seconds from submission to completion of the latest completed requests of a model.
     std::vector<double> recent_durations(const std::string& model, int n);
 

@@ -1,0 +1,57 @@
+// The storage seam: what the daemon asks of a jobs database, shaped by what the
+// engine needs and not by SQLite. Every call is asynchronous (the event loop never
+// waits on the database) and reports an expected failure (a locked database, a full
+// disk, a lost connection) as a core::error, never as an exception. Calls complete
+// in the order they were made: a backend keeps one writer, so a change awaited
+// before another is committed before it. Times are wall-clock milliseconds.
+//
+// sqlite_repository is the embedded backend; tests/storage/job_repository_test.cpp
+// is the suite every backend must pass.
+#pragma once
+
+#include "core/error.hpp"
+#include "core/job.hpp"
+#include "core/job_spec.hpp"
+#include "storage/records.hpp"
+
+#include <boost/asio/awaitable.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace klingd::storage {
+
+template <class T>
+using async_result = boost::asio::awaitable<core::result<T>>;
+
+class job_repository {
+public:
+    virtual ~job_repository() = default;
+
+    // Records new jobs (state pending, with an "accepted" history line) in one
+    // transaction; the outcomes in the order of specs. sources[i] names where spec i
+    // came from ("spool:NAME", "socket:pid=..."), or "".
+    virtual async_result<std::vector<insert_outcome>> insert(std::vector<core::job_spec> specs,
+                                                             core::time_point now,
+                                                             std::vector<std::string> sources) = 0;
+    // Writes jobs' mutable fields and their history lines in one transaction: all or none.
+    virtual async_result<void> save(std::vector<job_change> changes) = 0;
+
+    virtual async_result<std::optional<core::job>> get(std::string id) = 0;
+    // In the order jobs were recorded; without params.
+    virtual async_result<std::vector<core::job>> list(job_filter f) = 0;
+    // Every job not in a terminal state; params only for jobs not yet submitted.
+    virtual async_result<std::vector<core::job>> unfinished() = 0;
+    // The job's submit body; "" for an unknown id.
+    virtual async_result<std::string> params_of(std::string id) = 0;
+    virtual async_result<std::vector<history_entry>> history(std::string id) = 0;
+    virtual async_result<state_model_counts> counts() = 0;
+    // Seconds from submission to completion of a model's latest n completed jobs.
+    virtual async_result<std::vector<double>> recent_durations(std::string model, int n) = 0;
+
+    // Small daemon state ("paused").
+    virtual async_result<std::optional<std::string>> meta(std::string key) = 0;
+    virtual async_result<void> set_meta(std::string key, std::string value) = 0;
+};
+
+} // namespace klingd::storage

@@ -1,0 +1,314 @@
+// The storage seam's suite: what every backend must do, written once and typed over
+// the backends (a SQLite file, a private in-memory SQLite database; PostgreSQL joins
+// here). Then what the seam promises the event loop: a failure is an error and not an
+// exception, and a locked database never holds up the caller's loop.
+#include "storage/job_repository.hpp"
+#include "storage/sqlite_repository.hpp"
+#include "tests/support/await.hpp"
+#include "tests/support/child_process.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <gtest/gtest.h>
+#include <memory>
+
+namespace {
+
+using namespace klingd;
+using core::job_state;
+using core::milliseconds;
+using core::time_point;
+using test::await;
+
+const time_point t0{milliseconds(1'800'000'000'000)};
+
+core::job_spec spec(std::string id, std::string params = R"({"prompt":"p"})", int priority = 0) {
+    return {std::move(id), "kling-o1", std::move(params), priority};
+}
+
+struct sqlite_file {
+    static constexpr bool durable = true; // reopening sees what was written
+    static std::unique_ptr<storage::job_repository> open(const test::temp_dir& dir) {
+        return std::make_unique<storage::sqlite_repository>(dir / "klingd.db");
+    }
+};
+
+struct sqlite_memory {
+    static constexpr bool durable = false;
+    static std::unique_ptr<storage::job_repository> open(const test::temp_dir&) {
+        return std::make_unique<storage::sqlite_repository>(":memory:");
+    }
+};
+
+template <class Backend>
+class job_repository_test : public ::testing::Test {
+protected:
+    test::temp_dir dir{"repository"};
+    std::unique_ptr<storage::job_repository> repo = Backend::open(dir);
+
+    // The value of a call that must succeed.
+    template <class T>
+    T ok(storage::async_result<T> call) {
+        auto r = await(std::move(call));
+        EXPECT_TRUE(r.has_value()) << (r ? "" : r.error().message());
+        if constexpr (!std::is_void_v<T>)
+            return r ? std::move(*r) : T{};
+    }
+    std::vector<storage::insert_outcome> insert(std::vector<core::job_spec> specs,
+                                                std::vector<std::string> sources = {}) {
+        sources.resize(specs.size());
+        return ok(repo->insert(std::move(specs), t0, std::move(sources)));
+    }
+    core::job get(const std::string& id) {
+        auto j = ok(repo->get(id));
+        EXPECT_TRUE(j) << id;
+        return j.value_or(core::job{});
+    }
+    void save(const core::job& j, std::vector<storage::history_entry> h = {}) {
+        ok(repo->save({{j, std::move(h)}}));
+    }
+};
+
+using backends = ::testing::Types<sqlite_file, sqlite_memory>;
+TYPED_TEST_SUITE(job_repository_test, backends);
+
+TYPED_TEST(job_repository_test,
+           insert_is_idempotent_for_the_same_content_and_refuses_other_content) {
+    using storage::insert_outcome;
+    EXPECT_EQ(this->insert({spec("a")}, {"spool:a.json"}),
+              std::vector<insert_outcome>{insert_outcome::inserted});
+    EXPECT_EQ(this->insert({spec("a")}, {"spool:a.json"}),
+              std::vector<insert_outcome>{insert_outcome::same_content});
+    EXPECT_EQ(this->insert({spec("a", R"({"prompt":"other"})")}),
+              std::vector<insert_outcome>{insert_outcome::conflict});
+    EXPECT_EQ(this->insert({spec("a", R"({"prompt":"p"})", 3)}),
+              std::vector<insert_outcome>{insert_outcome::conflict});
+    auto j = this->get("a");
+    EXPECT_EQ(j.state, job_state::pending);
+    EXPECT_EQ(j.params, R"({"prompt":"p"})");
+    EXPECT_EQ(j.created_at, t0);
+    auto h = this->ok(this->repo->history("a"));
+    ASSERT_EQ(h.size(), 1u);
+    EXPECT_EQ(h[0].note, "accepted from spool:a.json");
+    EXPECT_EQ(h[0].state, "pending");
+}
+
+TYPED_TEST(job_repository_test, a_batch_of_inserts_has_its_outcomes_in_order) {
+    using storage::insert_outcome;
+    this->insert({spec("x")});
+    auto out = this->insert({spec("y"), spec("x", R"({"prompt":"q"})"), spec("z"), spec("y")});
+    EXPECT_EQ(
+        out, (std::vector<insert_outcome>{insert_outcome::inserted, insert_outcome::conflict,
+                                          insert_outcome::inserted, insert_outcome::same_content}));
+    auto counts = this->ok(this->repo->counts());
+    EXPECT_EQ((counts[{"pending", "kling-o1"}]), 3);
+}
+
+TYPED_TEST(job_repository_test, save_round_trips_every_field_with_its_history) {
+    this->insert({spec("a")});
+    auto j = this->get("a");
+    j.state = job_state::processing;
+    j.request_id = "r-1";
+    j.status_url = "https://x/v2/requests/r-1/status";
+    j.response_url = "https://x/v2/requests/r-1";
+    j.error = "an error";
+    j.outputs = {"/out/a/result.json", "/out/a/output.png"};
+    j.result = R"({"status":"COMPLETED"})";
+    j.updated_at = t0 + milliseconds(5);
+    j.submitted_at = t0 + milliseconds(1);
+    j.remote_done_at = t0 + milliseconds(3);
+    j.finished_at = t0 + milliseconds(4);
+    j.attempts = 2;
+    j.polls = 7;
+    this->save(j, {{t0 + milliseconds(2), "submitting", "sent", std::nullopt},
+                   {t0 + milliseconds(5), "processing", "a note", "r-1"}});
+    if constexpr (TypeParam::durable)
+        this->repo = TypeParam::open(this->dir); // and it survives reopening
+    auto got = this->get("a");
+    EXPECT_EQ(got.state, job_state::processing);
+    EXPECT_EQ(got.request_id, "r-1");
+    EXPECT_EQ(got.status_url, "https://x/v2/requests/r-1/status");
+    EXPECT_EQ(got.response_url, "https://x/v2/requests/r-1");
+    EXPECT_EQ(got.error, "an error");
+    EXPECT_EQ(got.outputs, (std::vector<std::string>{"/out/a/result.json", "/out/a/output.png"}));
+    EXPECT_EQ(got.result, R"({"status":"COMPLETED"})");
+    EXPECT_EQ(got.phase, core::job_phase::download_due); // a stored result means: download next
+    EXPECT_EQ(got.updated_at, t0 + milliseconds(5));
+    EXPECT_EQ(got.submitted_at, t0 + milliseconds(1));
+    EXPECT_EQ(got.remote_done_at, t0 + milliseconds(3));
+    EXPECT_EQ(got.finished_at, t0 + milliseconds(4));
+    EXPECT_EQ(got.attempts, 2);
+    EXPECT_EQ(got.polls, 7);
+    auto h = this->ok(this->repo->history("a"));
+    ASSERT_EQ(h.size(), 3u);
+    EXPECT_EQ(h[1].note, "sent");
+    EXPECT_FALSE(h[1].request_id);
+    EXPECT_EQ(h[2].note, "a note");
+    EXPECT_EQ(h[2].state, "processing");
+    EXPECT_EQ(h[2].request_id, "r-1");
+    EXPECT_EQ(h[2].at, t0 + milliseconds(5));
+}
+
+TYPED_TEST(job_repository_test, a_save_of_many_jobs_writes_each_and_adds_no_history_unasked) {
+    this->insert({spec("a"), spec("b")});
+    auto a = this->get("a");
+    auto b = this->get("b");
+    a.polls = 3;
+    b.state = job_state::queued;
+    this->ok(this->repo->save({{a, {}}, {b, {}}}));
+    EXPECT_EQ(this->get("a").polls, 3);
+    EXPECT_EQ(this->get("b").state, job_state::queued);
+    EXPECT_EQ(this->ok(this->repo->history("a")).size(), 1u);
+}
+
+TYPED_TEST(job_repository_test, list_filters_and_pages_with_a_cursor_in_recording_order) {
+    for (int i = 0; i < 10; ++i)
+        this->insert({{"j" + std::to_string(i), i % 2 ? "kling-o1" : "other", "{}", 0}});
+    auto j3 = this->get("j3");
+    j3.state = job_state::failed;
+    this->save(j3);
+    EXPECT_EQ(this->ok(this->repo->list({})).size(), 10u);
+    EXPECT_EQ(this->ok(this->repo->list({.state = job_state::failed})).size(), 1u);
+    EXPECT_EQ(this->ok(this->repo->list({.model = "kling-o1"})).size(), 5u);
+    auto page1 = this->ok(this->repo->list({.limit = 4}));
+    ASSERT_EQ(page1.size(), 4u);
+    EXPECT_EQ(page1.back().id, "j3");
+    auto page2 = this->ok(this->repo->list({.limit = 4, .after = page1.back().id}));
+    ASSERT_EQ(page2.size(), 4u);
+    EXPECT_EQ(page2.front().id, "j4");
+    EXPECT_TRUE(page1.front().params.empty()); // lists do not carry params
+}
+
+TYPED_TEST(job_repository_test, unfinished_jobs_carry_params_only_where_a_submit_needs_them) {
+    this->insert({spec("p"), spec("q"), spec("done")});
+    auto q = this->get("q");
+    q.state = job_state::queued;
+    this->save(q);
+    auto d = this->get("done");
+    d.state = job_state::completed;
+    this->save(d);
+    auto u = this->ok(this->repo->unfinished());
+    ASSERT_EQ(u.size(), 2u);
+    EXPECT_EQ(u[0].id, "p");
+    EXPECT_FALSE(u[0].params.empty());
+    EXPECT_EQ(u[1].id, "q");
+    EXPECT_TRUE(u[1].params.empty());
+    EXPECT_EQ(this->ok(this->repo->params_of("q")), R"({"prompt":"p"})");
+    EXPECT_EQ(this->ok(this->repo->params_of("nobody")), "");
+}
+
+TYPED_TEST(job_repository_test, recent_durations_are_those_of_completed_jobs_of_the_model) {
+    this->insert({spec("a"), spec("b")});
+    auto a = this->get("a");
+    a.state = job_state::completed;
+    a.submitted_at = t0;
+    a.remote_done_at = t0 + milliseconds(57500);
+    a.finished_at = t0 + milliseconds(60000);
+    this->save(a);
+    auto b = this->get("b");
+    b.state = job_state::processing;
+    b.submitted_at = t0;
+    this->save(b);
+    auto d = this->ok(this->repo->recent_durations("kling-o1", 10));
+    ASSERT_EQ(d.size(), 1u);
+    EXPECT_DOUBLE_EQ(d[0], 57.5);
+    EXPECT_TRUE(this->ok(this->repo->recent_durations("other", 10)).empty());
+}
+
+TYPED_TEST(job_repository_test, meta_values_are_set_and_replaced) {
+    EXPECT_FALSE(this->ok(this->repo->meta("paused")));
+    this->ok(this->repo->set_meta("paused", "1"));
+    this->ok(this->repo->set_meta("paused", "0"));
+    EXPECT_EQ(this->ok(this->repo->meta("paused")), "0");
+}
+
+TYPED_TEST(job_repository_test, an_unknown_job_is_absent_not_an_error) {
+    EXPECT_FALSE(this->ok(this->repo->get("nobody")));
+    EXPECT_TRUE(this->ok(this->repo->history("nobody")).empty());
+}
+
+TYPED_TEST(job_repository_test, calls_complete_in_the_order_they_were_made) {
+    namespace asio = boost::asio;
+    this->insert({spec("a")});
+    auto j = this->get("a");
+    asio::io_context io;
+    std::vector<int> order;
+    // Ten saves started at once, each with a later poll count, then a read: the read
+    // sees the last one, and the saves finish in the order they were started.
+    for (int i = 1; i <= 10; ++i) {
+        j.polls = i;
+        asio::co_spawn(io, this->repo->save({{j, {}}}),
+                       [&order, i](std::exception_ptr, core::result<void> r) {
+                           EXPECT_TRUE(r);
+                           order.push_back(i);
+                       });
+    }
+    auto got = await(io, this->repo->get("a"));
+    ASSERT_TRUE(got && *got);
+    EXPECT_EQ((*got)->polls, 10);
+    EXPECT_EQ(order, (std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}));
+}
+
+// SQLite only: a database locked by another process.
+class sqlite_repository_test : public ::testing::Test {
+protected:
+    test::temp_dir dir{"sqlite-repository"};
+    std::string path = dir / "klingd.db";
+};
+
+TEST_F(sqlite_repository_test,
+       a_locked_database_holds_up_neither_the_loop_nor_becomes_an_exception) {
+    namespace asio = boost::asio;
+    storage::sqlite_repository repo(path);
+    await(repo.insert({spec("a")}, t0, {""}));
+    auto j = *await(repo.get("a")).value();
+    j.polls = 9;
+
+    storage::connection other(path, SQLITE_OPEN_READWRITE);
+    other.exec("BEGIN EXCLUSIVE", "lock the database");
+    asio::io_context io;
+    std::optional<core::result<void>> saved;
+    asio::co_spawn(io, repo.save({{j, {}}}), [&](std::exception_ptr e, core::result<void> r) {
+        EXPECT_FALSE(e);
+        saved = std::move(r);
+    });
+    // While the save waits on the lock, the loop runs: a timer set after it fires first.
+    asio::steady_timer tick(io, std::chrono::milliseconds(10));
+    bool ticked = false;
+    tick.async_wait([&](boost::system::error_code) { ticked = true; });
+    while (!ticked && io.run_one() > 0) {
+    }
+    EXPECT_TRUE(ticked);
+    EXPECT_FALSE(saved) << "the save finished although the database was locked";
+    other.exec("ROLLBACK", "release the lock");
+    while (!saved && io.run_one() > 0) {
+    }
+    ASSERT_TRUE(saved);
+    EXPECT_TRUE(*saved) << saved->error().message();
+    EXPECT_EQ(await(repo.get("a")).value()->polls, 9);
+}
+
+TEST_F(sqlite_repository_test, a_failed_write_is_an_error_with_its_kind_and_writes_nothing) {
+    storage::sqlite_repository repo(path);
+    await(repo.insert({spec("a")}, t0, {""}));
+    auto j = *await(repo.get("a")).value();
+    j.polls = 4;
+    {
+        storage::connection other(path, SQLITE_OPEN_READWRITE);
+        sqlite3_busy_timeout(other.get(), 5000);
+        // A trigger that refuses the write stands in for a failing disk.
+        other.exec("CREATE TRIGGER refuse BEFORE UPDATE ON jobs BEGIN "
+                   "SELECT RAISE(ABORT, 'the disk refused'); END",
+                   "install a refusing trigger");
+    }
+    auto r = await(repo.save({{j, {{t0, "pending", "a line", std::nullopt}}}}));
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error(), core::errc::store_failed);
+    EXPECT_NE(r.error().message().find("the disk refused"), std::string::npos)
+        << r.error().message();
+    EXPECT_EQ(await(repo.get("a")).value()->polls, 0);
+    EXPECT_EQ(await(repo.history("a")).value().size(), 1u); // the line went with the failed write
+}
+
+} // namespace
