@@ -39,8 +39,8 @@ const config::settings& with_folders(const config::settings& s) {
     return s;
 }
 
-storage::job_store open_store(const std::string& path) try {
-    return storage::job_store(path);
+std::unique_ptr<storage::job_repository> open_store(const std::string& path) try {
+    return std::make_unique<storage::sqlite_repository>(path);
 } catch (const storage::storage_error& e) {
     throw start_failure(1, fmt::format("cannot use the database: {}", e.what()));
 }
@@ -71,7 +71,7 @@ application::application(config::settings& s, std::string config_path)
     : settings_((apply_log_level(s), s)), config_path_(std::move(config_path)),
       store_(open_store(with_folders(s).storage.database)), tls_(make_tls(s.api.ca_file)),
       client_(io_.get_executor(), tls_, client_options_of(s)),
-      engine_(io_, s, store_, client_, clock_),
+      engine_(io_, s, *store_, client_, clock_),
       control_(io_, s, engine_, events_, control_limits_of(s)), spool_(io_, s, engine_),
       notifier_(io_, engine_), stop_signals_(io_, SIGTERM, SIGINT), reload_signals_(io_, SIGHUP) {
     engine_.on_change = [this](const core::job& j, const std::string& note) {
@@ -81,36 +81,41 @@ application::application(config::settings& s, std::string config_path)
 }
 
 application::~application() {
+    store_->finish();   // answers still on their way reach the loop before it is dropped
     io_.drop_pending(); // suspended coroutines refer to the parts: drop them first
 }
 
 int application::run() {
     std::signal(SIGPIPE, SIG_IGN);
+    asio::co_spawn(io_, start_up(), log::exit_on_exception);
+    io_.run();
+    store_->finish();
+    io_.drop_pending();
+    if (exit_code_ == 0)
+        log::notice("klingd stopped");
+    return exit_code_;
+}
+
+asio::awaitable<void> application::start_up() {
     try {
-        engine_.start();
+        co_await engine_.start();
         control_.start();
         spool_.start();
     } catch (const std::exception& e) {
         log::error("cannot start: {}", e.what());
-        return 1;
+        exit_code_ = 1;
+        io_.stop();
+        co_return;
     }
     log::notice("klingd {} started: API {}, spool {}, output {}, {} requests/min", KLINGD_VERSION,
                 settings_.api.base_url, settings_.spool.directory, settings_.output.directory,
                 settings_.api.requests_per_minute);
     asio::co_spawn(io_, stop_on_signal(), log::exit_on_exception);
     asio::co_spawn(io_, reload_on_hup(), log::exit_on_exception);
-    asio::co_spawn(io_, start_up(), log::exit_on_exception);
-    io_.run();
-    io_.drop_pending();
-    log::notice("klingd stopped");
-    return 0;
-}
-
-asio::awaitable<void> application::start_up() {
     auto n = co_await spool_.scan();
     if (n > 0)
         log::info("spool: start-up scan looked at {} files", n);
-    notifier_.ready();
+    co_await notifier_.ready();
     notifier_.start();
 }
 
@@ -140,7 +145,7 @@ asio::awaitable<void> application::reload_on_hup() {
         co_await reload_signals_.async_wait(asio::use_awaitable);
         notifier_.reloading();
         reload();
-        notifier_.ready();
+        co_await notifier_.ready();
     }
 }
 

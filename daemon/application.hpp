@@ -11,12 +11,13 @@
 #include "daemon/http_client.hpp"
 #include "daemon/service_notifier.hpp"
 #include "daemon/spool.hpp"
-#include "storage/job_store.hpp"
+#include "storage/sqlite_repository.hpp"
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/ssl/context.hpp>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -46,15 +47,18 @@ private:
         void drop_pending() { shutdown(); }
     };
 
+    // Starts the parts in order; a failure ends run() with exit status 1.
     boost::asio::awaitable<void> start_up();
     boost::asio::awaitable<void> stop_on_signal();
     boost::asio::awaitable<void> reload_on_hup();
     void reload();
 
+    int exit_code_ = 0;
+
     config::settings& settings_;
     std::string config_path_;
     io_context io_{1};
-    storage::job_store store_;
+    std::unique_ptr<storage::job_repository> store_;
     boost::asio::ssl::context tls_;
     http_client client_;
     system_clock clock_;

@@ -16,6 +16,7 @@
 
 namespace klingd::daemon {
 
+namespace asio = boost::asio;
 namespace http = boost::beast::http;
 namespace json = boost::json;
 
@@ -64,7 +65,14 @@ json::object job_json(engine& e, const core::job& j) {
     return job_to_json(j, e.blocked_reason());
 }
 
-control_response list_jobs(const control_request& req, engine& e, const target& t) {
+// The database could not answer (locked by another process, a full or failing disk).
+control_response store_unavailable(const control_request& req, const core::error& e) {
+    return error_response(req.version(), http::status::service_unavailable,
+                          fmt::format("cannot read or write the database: {}", e.message()));
+}
+
+asio::awaitable<control_response> list_jobs(const control_request& req, engine& e,
+                                            const target& t) {
     storage::job_filter f;
     for (auto& [k, v] : t.query) {
         if (k == "state") {
@@ -72,9 +80,9 @@ control_response list_jobs(const control_request& req, engine& e, const target& 
                 continue;
             auto s = core::parse_job_state(v);
             if (!s)
-                return error_response(req.version(), http::status::bad_request,
-                                      fmt::format("state \"{}\" is not a job state ({})",
-                                                  v.substr(0, 40), core::job_state_names()));
+                co_return error_response(req.version(), http::status::bad_request,
+                                         fmt::format("state \"{}\" is not a job state ({})",
+                                                     v.substr(0, 40), core::job_state_names()));
             f.state = *s;
         } else if (k == "model") {
             if (!v.empty())
@@ -85,88 +93,106 @@ control_response list_jobs(const control_request& req, engine& e, const target& 
             std::size_t n = 0;
             auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
             if (ec != std::errc() || p != v.data() + v.size() || n < 1 || n > 10000)
-                return error_response(req.version(), http::status::bad_request,
-                                      "limit must be an integer from 1 to 10000");
+                co_return error_response(req.version(), http::status::bad_request,
+                                         "limit must be an integer from 1 to 10000");
             f.limit = n;
         } else if (k == "after") {
             if (!v.empty())
                 f.after = v;
         } else {
-            return error_response(
+            co_return error_response(
                 req.version(), http::status::bad_request,
                 fmt::format("unknown query parameter \"{}\" (known: state, model, limit, after)",
                             k.substr(0, 40)));
         }
     }
-    auto jobs = e.list(f);
+    auto jobs = co_await e.list(f);
+    if (!jobs)
+        co_return store_unavailable(req, jobs.error());
     json::array a;
-    a.reserve(jobs.size());
-    for (auto& j : jobs)
+    a.reserve(jobs->size());
+    for (auto& j : *jobs)
         a.push_back(job_json(e, j));
     json::object o;
-    o["next"] = jobs.size() == f.limit && !jobs.empty() ? json::value(jobs.back().id)
-                                                        : json::value(nullptr);
+    o["next"] = jobs->size() == f.limit && !jobs->empty() ? json::value(jobs->back().id)
+                                                          : json::value(nullptr);
     o["jobs"] = std::move(a);
-    return json_response(req.version(), http::status::ok, o);
+    co_return json_response(req.version(), http::status::ok, o);
 }
 
-control_response get_job(const control_request& req, engine& e, const std::string& id) {
-    auto j = e.find(id);
+asio::awaitable<control_response> get_job(const control_request& req, engine& e,
+                                          const std::string& id) {
+    auto j = co_await e.find(id);
     if (!j)
-        return error_response(req.version(), http::status::not_found,
-                              fmt::format("no job \"{}\"", id.substr(0, 128)));
-    auto o = job_json(e, *j);
-    o["history"] = history_to_json(e.history(id));
-    return json_response(req.version(), http::status::ok, o);
+        co_return store_unavailable(req, j.error());
+    if (!*j)
+        co_return error_response(req.version(), http::status::not_found,
+                                 fmt::format("no job \"{}\"", id.substr(0, 128)));
+    auto o = job_json(e, **j);
+    auto h = co_await e.history(id);
+    if (!h)
+        co_return store_unavailable(req, h.error());
+    o["history"] = history_to_json(*h);
+    co_return json_response(req.version(), http::status::ok, o);
 }
 
-control_response post_job(const control_request& req, engine& e, const peer_info& peer) {
+asio::awaitable<control_response> post_job(const control_request& req, engine& e,
+                                           const peer_info& peer) {
     auto parsed = core::parse_job_spec(req.body(), "");
     if (!parsed)
-        return error_response(req.version(), http::status::bad_request, parsed.error().message());
-    std::vector<storage::insert_outcome> out;
-    try {
-        out = e.add_jobs({*parsed}, {fmt::format("socket (pid {}, uid {})", peer.pid, peer.uid)});
-    } catch (const std::exception& ex) {
-        return error_response(req.version(), http::status::service_unavailable,
-                              fmt::format("cannot record the job: {}", ex.what()));
-    }
-    auto j = e.find(parsed->id);
-    switch (out.front()) {
-    case storage::insert_outcome::inserted:
+        co_return error_response(req.version(), http::status::bad_request,
+                                 parsed.error().message());
+    // Named, not braced lists in the call: GCC 12 cannot copy an initializer list into
+    // a coroutine's frame.
+    std::vector<core::job_spec> specs{*parsed};
+    std::vector<std::string> sources{fmt::format("socket (pid {}, uid {})", peer.pid, peer.uid)};
+    auto out = co_await e.add_jobs(std::move(specs), std::move(sources));
+    if (!out)
+        co_return error_response(req.version(), http::status::service_unavailable,
+                                 fmt::format("cannot record the job: {}", out.error().message()));
+    if (out->front() == storage::insert_outcome::conflict)
+        co_return error_response(
+            req.version(), http::status::conflict,
+            fmt::format("id \"{}\" is taken by a job with other content (a job id is unique for "
+                        "the life of the database)",
+                        parsed->id));
+    auto j = co_await e.find(parsed->id);
+    if (!j || !*j)
+        co_return store_unavailable(
+            req, j ? core::error(core::errc::job_not_found, "the job just recorded") : j.error());
+    bool created = out->front() == storage::insert_outcome::inserted;
+    if (created)
         log::info("job {}: accepted over the socket from pid {} uid {}", parsed->id, peer.pid,
                   peer.uid);
-        return json_response(req.version(), http::status::created, job_json(e, *j));
-    case storage::insert_outcome::same_content:
-        return json_response(req.version(), http::status::ok, job_json(e, *j));
-    case storage::insert_outcome::conflict:
-        break;
+    co_return json_response(req.version(), created ? http::status::created : http::status::ok,
+                            job_json(e, **j));
+}
+
+asio::awaitable<control_response> job_action(const control_request& req, engine& e,
+                                             const std::string& id, const std::string& action,
+                                             const peer_info& peer) {
+    // Not a ?: between the two calls: GCC 12 destroys the chosen awaitable twice.
+    core::result<core::job> done = core::error(core::errc::bad_request);
+    if (action == "cancel")
+        done = co_await e.cancel(id);
+    else
+        done = co_await e.retry(id);
+    if (!done) {
+        auto status = done.error() == core::errc::job_not_found ? http::status::not_found
+                      : done.error() == core::errc::wrong_state ? http::status::conflict
+                                                                : http::status::service_unavailable;
+        co_return error_response(req.version(), status, done.error().message());
     }
-    return error_response(
-        req.version(), http::status::conflict,
-        fmt::format("id \"{}\" is taken by a job with other content (a job id is unique for the "
-                    "life of the database)",
-                    parsed->id));
-}
-
-control_response job_action(const control_request& req, engine& e, const std::string& id,
-                            const std::string& action, const peer_info& peer) {
-    auto done = action == "cancel" ? e.cancel(id) : e.retry(id);
-    if (!done)
-        return error_response(req.version(),
-                              done.error() == core::errc::job_not_found ? http::status::not_found
-                                                                        : http::status::conflict,
-                              done.error().message());
     log::notice("job {}: {} requested by pid {} uid {}", id, action, peer.pid, peer.uid);
-    return json_response(req.version(), http::status::ok, job_json(e, *done));
+    co_return json_response(req.version(), http::status::ok, job_json(e, *done));
 }
 
-json::object stats_json(engine& e) {
+json::object stats_json(engine& e, const std::map<std::string, std::int64_t>& counts) {
     json::object o;
     json::object jobs;
     for (auto s : core::all_job_states)
         jobs[core::to_string(s)] = 0;
-    for (auto& [state, n] : e.count_by_state())
+    for (auto& [state, n] : counts)
         jobs[state] = n;
     o["jobs"] = std::move(jobs);
     json::object req;
@@ -234,9 +260,8 @@ std::string label(std::string_view v) {
     return o;
 }
 
-void render_jobs(std::string& out, engine& e) {
+void render_jobs(std::string& out, const storage::state_model_counts& counts) {
     family(out, "klingd_jobs", "gauge", "Jobs by state and model.");
-    auto counts = e.count_by_state_and_model();
     std::set<std::string> models;
     for (auto& [k, n] : counts)
         models.insert(k.second);
@@ -251,13 +276,13 @@ void render_jobs(std::string& out, engine& e) {
 
 } // namespace
 
-std::string render_metrics(engine& e) {
+std::string render_metrics(engine& e, const storage::state_model_counts& counts) {
     std::string out;
     auto family = [&](std::string_view name, std::string_view type, std::string_view help) {
         klingd::daemon::family(out, name, type, help);
     };
     const auto& st = e.stats();
-    render_jobs(out, e);
+    render_jobs(out, counts);
     family("klingd_api_requests_total", "counter",
            "API requests by kind (submit, status, result) and answer.");
     for (auto& [kind, codes] : st.requests)
@@ -305,16 +330,26 @@ namespace {
 struct route {
     http::verb method;
     std::vector<std::string_view> pattern;
-    control_outcome (*handle)(const control_request&, engine&, const peer_info&, const target&,
-                              const std::string& id);
+    asio::awaitable<control_outcome> (*handle)(const control_request&, engine&, const peer_info&,
+                                               const target&, const std::string& id);
 };
 
-control_response metrics(const control_request& req, engine& e) {
+asio::awaitable<control_response> metrics(const control_request& req, engine& e) {
+    auto counts = co_await e.count_by_state_and_model();
+    if (!counts)
+        co_return store_unavailable(req, counts.error());
     control_response res{http::status::ok, req.version()};
     res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
-    res.body() = render_metrics(e);
+    res.body() = render_metrics(e, *counts);
     res.prepare_payload();
-    return res;
+    co_return res;
+}
+
+asio::awaitable<control_response> stats(const control_request& req, engine& e) {
+    auto counts = co_await e.count_by_state();
+    if (!counts)
+        co_return store_unavailable(req, counts.error());
+    co_return json_response(req.version(), http::status::ok, stats_json(e, *counts));
 }
 
 control_response pause_or_resume(const control_request& req, engine& e, const peer_info& peer,
@@ -342,41 +377,43 @@ control_outcome events(const control_request& req, const target& t) {
 }
 
 // clang-format off
+#define KLINGD_ROUTE_ARGS [[maybe_unused]] const control_request& req, [[maybe_unused]] engine& e, [[maybe_unused]] const peer_info& p, [[maybe_unused]] const target& t, [[maybe_unused]] const std::string& id
 const route routes[] = {
-    {http::verb::get, {"metrics"}, [](const control_request& req, engine& e, const peer_info&, const target&, const std::string&) -> control_outcome {
-        return metrics(req, e);
+    {http::verb::get, {"metrics"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
+        co_return co_await metrics(req, e);
     }},
-    {http::verb::get, {"v1", "health"}, [](const control_request& req, engine&, const peer_info&, const target&, const std::string&) -> control_outcome {
-        return json_response(req.version(), http::status::ok, json::object{{"status", "ok"}, {"version", KLINGD_VERSION}});
+    {http::verb::get, {"v1", "health"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
+        co_return json_response(req.version(), http::status::ok, json::object{{"status", "ok"}, {"version", KLINGD_VERSION}});
     }},
-    {http::verb::get, {"v1", "events"}, [](const control_request& req, engine&, const peer_info&, const target& t, const std::string&) {
-        return events(req, t);
+    {http::verb::get, {"v1", "events"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
+        co_return events(req, t);
     }},
-    {http::verb::get, {"v1", "jobs"}, [](const control_request& req, engine& e, const peer_info&, const target& t, const std::string&) -> control_outcome {
-        return list_jobs(req, e, t);
+    {http::verb::get, {"v1", "jobs"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
+        co_return co_await list_jobs(req, e, t);
     }},
-    {http::verb::post, {"v1", "jobs"}, [](const control_request& req, engine& e, const peer_info& p, const target&, const std::string&) -> control_outcome {
-        return post_job(req, e, p);
+    {http::verb::post, {"v1", "jobs"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
+        co_return co_await post_job(req, e, p);
     }},
-    {http::verb::get, {"v1", "jobs", "{id}"}, [](const control_request& req, engine& e, const peer_info&, const target&, const std::string& id) -> control_outcome {
-        return get_job(req, e, id);
+    {http::verb::get, {"v1", "jobs", "{id}"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
+        co_return co_await get_job(req, e, id);
     }},
-    {http::verb::post, {"v1", "jobs", "{id}", "cancel"}, [](const control_request& req, engine& e, const peer_info& p, const target&, const std::string& id) -> control_outcome {
-        return job_action(req, e, id, "cancel", p);
+    {http::verb::post, {"v1", "jobs", "{id}", "cancel"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
+        co_return co_await job_action(req, e, id, "cancel", p);
     }},
-    {http::verb::post, {"v1", "jobs", "{id}", "retry"}, [](const control_request& req, engine& e, const peer_info& p, const target&, const std::string& id) -> control_outcome {
-        return job_action(req, e, id, "retry", p);
+    {http::verb::post, {"v1", "jobs", "{id}", "retry"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
+        co_return co_await job_action(req, e, id, "retry", p);
     }},
-    {http::verb::post, {"v1", "pause"}, [](const control_request& req, engine& e, const peer_info& p, const target&, const std::string&) -> control_outcome {
-        return pause_or_resume(req, e, p, true);
+    {http::verb::post, {"v1", "pause"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
+        co_return pause_or_resume(req, e, p, true);
     }},
-    {http::verb::post, {"v1", "resume"}, [](const control_request& req, engine& e, const peer_info& p, const target&, const std::string&) -> control_outcome {
-        return pause_or_resume(req, e, p, false);
+    {http::verb::post, {"v1", "resume"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
+        co_return pause_or_resume(req, e, p, false);
     }},
-    {http::verb::get, {"v1", "stats"}, [](const control_request& req, engine& e, const peer_info&, const target&, const std::string&) -> control_outcome {
-        return json_response(req.version(), http::status::ok, stats_json(e));
+    {http::verb::get, {"v1", "stats"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
+        co_return co_await stats(req, e);
     }},
 };
+#undef KLINGD_ROUTE_ARGS
 // clang-format on
 
 bool matches(const route& r, const std::vector<std::string>& segments, std::string& id) {
@@ -393,10 +430,11 @@ bool matches(const route& r, const std::vector<std::string>& segments, std::stri
 
 } // namespace
 
-control_outcome route_request(const control_request& req, engine& e, const peer_info& peer) {
+asio::awaitable<control_outcome> route_request(const control_request& req, engine& e,
+                                               const peer_info& peer) {
     auto t = parse_target(req.target());
     if (!t)
-        return error_response(req.version(), http::status::bad_request, t.error().message());
+        co_return error_response(req.version(), http::status::bad_request, t.error().message());
     std::string allowed;
     for (const auto& r : routes) {
         std::string id;
@@ -407,14 +445,15 @@ control_outcome route_request(const control_request& req, engine& e, const peer_
             allowed += std::string(http::to_string(r.method));
             continue;
         }
+        std::string failure;
         try {
-            return r.handle(req, e, peer, *t, id);
+            co_return co_await r.handle(req, e, peer, *t, id);
         } catch (const std::exception& ex) {
-            log::error("control: {} {} failed: {}",
-                       std::string_view(req.method_string()).substr(0, 20),
-                       std::string_view(req.target()).substr(0, 200), ex.what());
-            return error_response(req.version(), http::status::internal_server_error, ex.what());
+            failure = ex.what();
         }
+        log::error("control: {} {} failed: {}", std::string_view(req.method_string()).substr(0, 20),
+                   std::string_view(req.target()).substr(0, 200), failure);
+        co_return error_response(req.version(), http::status::internal_server_error, failure);
     }
     if (!allowed.empty()) {
         auto r = error_response(req.version(), http::status::method_not_allowed,
@@ -422,9 +461,9 @@ control_outcome route_request(const control_request& req, engine& e, const peer_
                                             std::string_view(req.method_string()).substr(0, 20),
                                             allowed));
         r.set(http::field::allow, allowed);
-        return r;
+        co_return r;
     }
-    return error_response(
+    co_return error_response(
         req.version(), http::status::not_found,
         fmt::format("no endpoint {}", std::string_view(req.target()).substr(0, 200)));
 }

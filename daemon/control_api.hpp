@@ -4,6 +4,7 @@
 
 #include "daemon/engine.hpp"
 
+#include <boost/asio/awaitable.hpp>
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <string>
@@ -30,14 +31,16 @@ struct event_stream {
 // What a request gets: an answer, or the event stream.
 using control_outcome = std::variant<control_response, event_stream>;
 
-// Routes a request through the route table: every error is an answer, never an exception.
-control_outcome route_request(const control_request& req, engine& e, const peer_info& peer);
+// Routes a request through the route table: every error is an answer, never an
+// exception (a database that cannot answer is a 503). req must outlive the call.
+boost::asio::awaitable<control_outcome> route_request(const control_request& req, engine& e,
+                                                      const peer_info& peer);
 
 // A JSON error answer {"error": message}.
 control_response error_response(unsigned version, boost::beast::http::status status,
                                 const std::string& message);
 
-// Prometheus text exposition of the engine's counters.
-std::string render_metrics(engine& e);
+// Prometheus text exposition of the engine's counters and the jobs' counts.
+std::string render_metrics(engine& e, const storage::state_model_counts& counts);
 
 } // namespace klingd::daemon

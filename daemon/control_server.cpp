@@ -145,7 +145,7 @@ asio::awaitable<void> control_server::session(local::socket sock) {
             close = true;
         } else {
             auto req = parser.release();
-            auto outcome = route_request(req, engine_, peer);
+            auto outcome = co_await route_request(req, engine_, peer);
             if (auto* s = std::get_if<event_stream>(&outcome)) {
                 co_await stream_events(stream, req.version(), std::move(s->job_filter));
                 co_return;

@@ -44,14 +44,19 @@ core::http_url parsed_base_url(const std::string& base_url) {
 
 } // namespace
 
-engine::engine(asio::io_context& io, const config::settings& s, storage::job_store& store,
+engine::engine(asio::io_context& io, const config::settings& s, storage::job_repository& repo,
                http_client& client, const clock& clk)
-    : io_(io), settings_(s), store_(store), client_(client), clock_(clk),
+    : io_(io), settings_(s), repo_(repo), client_(client), clock_(clk),
       base_(parsed_base_url(s.api.base_url)),
       budget_(s.api.requests_per_minute, core::wake_tick(s.jobs.min_poll_interval_s)),
       planner_({s.jobs.min_poll_interval_s, s.jobs.max_poll_interval_s, s.jobs.result_retention_s}),
       gate_(seconds_ms(s.jobs.max_poll_interval_s)),
-      policy_(queue_, budget_, planner_, gate_, limits()), journal_(store, clk),
+      policy_(queue_, budget_, planner_, gate_, limits()),
+      journal_(repo, clk,
+               [this](const std::string& id) -> const job* {
+                   auto a = active_.find(id);
+                   return a == active_.end() ? nullptr : &a->second;
+               }),
       downloader_(client, s), wake_timer_(io) {
     for (auto& [slug, m] : s.models)
         durations_.emplace(slug, core::duration_model(m.expected_duration_s));
@@ -88,17 +93,32 @@ core::lifecycle_context engine::context_for(const job& j) {
     return c;
 }
 
-void engine::start() {
-    gate_.set_paused(store_.meta("paused").value_or("0") == "1");
-    for (auto& [model, d] : durations_)
-        for (double secs : store_.recent_durations(model, 200))
-            d.add_sample(secs);
+namespace {
+// Start-up cannot go on without the database.
+template <class T>
+T needed(core::result<T> r, const char* what) {
+    if (!r)
+        throw std::runtime_error(
+            fmt::format("cannot read {} from the database: {}", what, r.error().message()));
+    return std::move(*r);
+}
+} // namespace
 
+asio::awaitable<void> engine::start() {
+    auto paused = needed(co_await repo_.meta("paused"), "the paused state");
+    gate_.set_paused(paused.value_or("0") == "1");
+    std::vector<std::string> models;
+    for (auto& [model, d] : durations_)
+        models.push_back(model);
+    for (auto& model : models)
+        for (double secs : needed(co_await repo_.recent_durations(model, 200), "run times"))
+            durations_for(model).add_sample(secs);
+
+    auto jobs = needed(co_await repo_.unfinished(), "the unfinished jobs");
     auto t = now();
-    auto jobs = store_.unfinished();
     for (auto& j : jobs)
         j = core::shifted(std::move(j), -clock_.wall_offset()); // downtime: by the wall clock
-    std::vector<storage::job_store::change> changes;
+    std::vector<storage::job_change> changes;
     std::size_t resumed = 0;
     for (auto& j : jobs) {
         auto tr = core::advance(j, core::ev_recover{}, t, context_for(j));
@@ -120,7 +140,7 @@ void engine::start() {
         schedule(it->second, tr.work, tr.not_before);
         ++resumed;
     }
-    if (auto r = journal_.write(std::move(changes)); !r)
+    if (auto r = co_await journal_.write(std::move(changes)); !r)
         throw std::runtime_error("cannot record the recovered jobs: " + r.error().message());
     log::info("resumed {} unfinished jobs ({} submitted and unfinished){}", resumed,
               in_flight_jobs_, gate_.paused() ? "; submissions are paused" : "");
@@ -158,7 +178,7 @@ asio::awaitable<void> engine::stop(std::chrono::milliseconds grace) {
         log::warning("stopping with {} API requests still in flight; the next start resumes them",
                      requests_in_flight_);
     journal_.include_lazy();
-    flush();
+    co_await flush();
 }
 
 void engine::wake() {
@@ -185,32 +205,36 @@ void engine::schedule(const job& j, work_kind w, core::time_point at) {
     queue_.schedule(j.id, w, at, deadline, j.priority, j.created_at);
 }
 
-bool engine::persist(const std::string& id, const core::transition& t) {
+asio::awaitable<bool> engine::persist(std::string id, core::transition t) {
     std::optional<storage::history_entry> line;
     if (!t.note.empty())
         line = storage::history_entry{t.next.updated_at, std::string(core::to_string(t.next.state)),
                                       t.note, t.next.request_id};
     switch (t.persist) {
-    case core::persist_mode::durable:
-        if (auto r = journal_.write_now(t.next, line); !r) {
+    case core::persist_mode::durable: {
+        committing_.emplace(id, t.next.state);
+        auto r = co_await journal_.write_now(t.next, line);
+        committing_.erase(id);
+        if (!r) {
             log::error("job {}: cannot record \"{}\" in the database: {}", id, t.note,
                        r.error().message());
             // Nothing may be sent before "submitting" is committed: the caller tries later.
             if (t.next.state == job_state::submitting)
-                return false;
+                co_return false;
             journal_.defer(id, std::move(line));
         }
-        return true;
+        co_return true;
+    }
     case core::persist_mode::batched:
         journal_.defer(id, std::move(line));
-        return true;
+        co_return true;
     case core::persist_mode::lazy:
         journal_.defer_lazy(id);
-        return true;
+        co_return true;
     case core::persist_mode::none:
         break;
     }
-    return true;
+    co_return true;
 }
 
 void engine::log_transition(const std::string& id, const core::transition& t) {
@@ -229,20 +253,28 @@ void engine::log_transition(const std::string& id, const core::transition& t) {
                         t.note));
 }
 
-bool engine::apply(const std::string& id, core::transition t) {
+asio::awaitable<bool> engine::apply(std::string id, core::transition t) {
     auto it = active_.find(id);
     if (it == active_.end())
-        return false;
+        co_return false;
     if (!t.rejection.empty()) {
         log::debug("job {}: event ignored: {}", id, t.rejection);
-        return false;
+        co_return false;
     }
-    job& j = it->second;
+    if (committing_.count(id)) { // computed from a state that is about to change
+        log::debug("job {}: event ignored: a change of the job is being recorded", id);
+        co_return false;
+    }
     scrub(t);
-    if (!persist(id, t)) {
+    bool persisted = co_await persist(id, t);
+    it = active_.find(id);
+    if (it == active_.end())
+        co_return false;
+    job& j = it->second;
+    if (!persisted) {
         schedule(j, work_kind::submit, now() + std::chrono::seconds(5));
         wake();
-        return false;
+        co_return false;
     }
     bool was = counts_in_flight(j.state);
     bool is = counts_in_flight(t.next.state);
@@ -277,7 +309,7 @@ bool engine::apply(const std::string& id, core::transition t) {
         else if (t.work != work_kind::none)
             wake_by(t.not_before);
     }
-    return true;
+    co_return true;
 }
 
 void engine::scrub(core::transition& t) const {
@@ -329,12 +361,8 @@ void engine::count(core::request_kind kind, const core::http_outcome& o) {
         ++stats_.polls;
 }
 
-void engine::flush() {
-    auto r = journal_.flush([this](const std::string& id) -> const job* {
-        auto a = active_.find(id);
-        return a == active_.end() ? nullptr : &a->second;
-    });
-    if (!r)
+asio::awaitable<void> engine::flush() {
+    if (auto r = co_await journal_.flush(); !r)
         log::error("cannot write to the database: {}; will try again", r.error().message());
 }
 
@@ -344,17 +372,17 @@ asio::awaitable<void> engine::flusher() {
         t.expires_after(flush_interval);
         boost::system::error_code ec;
         co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-        flush();
+        co_await flush();
     }
 }
 
-bool engine::begin_submit(const std::string& id, core::time_point t) {
+asio::awaitable<bool> engine::begin_submit(std::string id) {
     auto it = active_.find(id);
     if (it == active_.end())
-        return false;
+        co_return false;
     // "submitting" is committed before the POST leaves.
-    return apply(id,
-                 core::advance(it->second, core::ev_submit_begin{}, t, context_for(it->second)));
+    auto tr = core::advance(it->second, core::ev_submit_begin{}, now(), context_for(it->second));
+    co_return co_await apply(id, std::move(tr));
 }
 
 asio::awaitable<void> engine::dispatcher() {
@@ -368,11 +396,11 @@ asio::awaitable<void> engine::dispatcher() {
         }
         if (auto* r = std::get_if<core::send_request>(&action)) {
             bool submit = r->item.kind == work_kind::submit;
-            if (submit && !begin_submit(r->item.job_id, t))
-                continue;
             ++requests_in_flight_;
-            if (submit)
+            if (submit) {
                 ++submits_in_flight_;
+                ++starting_submits_; // until its "submitting" is committed (send_submit)
+            }
             asio::co_spawn(io_, execute(std::move(r->item)), log::exit_on_exception);
             continue;
         }
@@ -400,35 +428,38 @@ asio::awaitable<void> engine::execute(core::dispatch_queue::item item) {
         }
     } guard{*this, item.kind == work_kind::submit};
 
-    if (!active_.count(item.job_id))
-        co_return;
     if (item.kind == work_kind::submit)
         co_await send_submit(item.job_id);
-    else
+    else if (active_.count(item.job_id))
         co_await send_get(item.job_id, item.kind == work_kind::poll);
 }
 
-std::string engine::submit_body(const job& j) {
-    if (!j.params.empty())
-        return j.params;
-    try {
-        return store_.params_of(j.id);
-    } catch (const storage::storage_error& e) {
-        log::error("job {}: cannot read its parameters: {}", j.id, e.what());
-        return {};
-    }
+asio::awaitable<std::string> engine::submit_body(std::string id, std::string params) {
+    if (!params.empty())
+        co_return params;
+    auto stored = co_await repo_.params_of(id);
+    if (!stored)
+        log::error("job {}: cannot read its parameters: {}", id, stored.error().message());
+    co_return stored ? std::move(*stored) : std::string();
 }
 
-asio::awaitable<void> engine::send_submit(const std::string& id) {
+asio::awaitable<void> engine::send_submit(std::string id) {
+    bool began = co_await begin_submit(id);
+    --starting_submits_;
     auto it = active_.find(id);
-    std::string body = submit_body(it->second);
+    if (!began || it == active_.end())
+        co_return;
+    std::string body = co_await submit_body(id, it->second.params);
+    it = active_.find(id);
+    if (it == active_.end())
+        co_return;
     if (body.empty()) {
         // Nothing was sent: back to pending, to be tried again.
         core::http_outcome not_sent;
         not_sent.how = core::http_outcome::transport::not_sent;
         not_sent.message = "the job's parameters could not be read from the database";
-        apply(id, core::advance(it->second, core::ev_submit_answer{not_sent}, now(),
-                                context_for(it->second)));
+        co_await apply(id, core::advance(it->second, core::ev_submit_answer{not_sent}, now(),
+                                         context_for(it->second)));
         co_return;
     }
     auto u = base_.with_target(fmt::format("/v2/{}", it->second.model));
@@ -443,13 +474,13 @@ asio::awaitable<void> engine::send_submit(const std::string& id) {
     auto tr = core::advance(it->second, core::ev_submit_answer{std::move(out)}, now(),
                             context_for(it->second));
     note_signal(tr, true);
-    apply(id, std::move(tr));
+    co_await apply(id, std::move(tr));
 }
 
-asio::awaitable<void> engine::send_get(const std::string& id, bool poll) {
+asio::awaitable<void> engine::send_get(std::string id, bool poll) {
     job& j = active_.find(id)->second;
     if (core::past_retention(j, now(), settings_.jobs.result_retention_s) && !j.result) {
-        apply(id, core::advance(j, core::ev_expire{}, now(), context_for(j)));
+        co_await apply(id, core::advance(j, core::ev_expire{}, now(), context_for(j)));
         co_return;
     }
     // The URL the answer gave, where the key may go; else the API's own.
@@ -472,7 +503,7 @@ asio::awaitable<void> engine::send_get(const std::string& id, bool poll) {
                           : core::event{core::ev_result_answer{std::move(out)}};
     auto tr = core::advance(it->second, ev, now(), context_for(it->second));
     note_signal(tr, false);
-    apply(id, std::move(tr));
+    co_await apply(id, std::move(tr));
 }
 
 asio::awaitable<void> engine::download(std::string id) {
@@ -494,15 +525,17 @@ asio::awaitable<void> engine::download(std::string id) {
         ++stats_.downloads_failed;
     it = active_.find(id);
     if (it != active_.end())
-        apply(id, core::advance(it->second, ev, now(), context_for(it->second)));
+        co_await apply(id, core::advance(it->second, ev, now(), context_for(it->second)));
 }
 
-std::vector<storage::insert_outcome> engine::add_jobs(const std::vector<core::job_spec>& specs,
-                                                      const std::vector<std::string>& sources) {
+asio::awaitable<core::result<std::vector<storage::insert_outcome>>>
+engine::add_jobs(std::vector<core::job_spec> specs, std::vector<std::string> sources) {
     auto t = now();
-    auto outcomes = store_.insert_many(specs, clock_.to_wall(t), sources);
+    auto outcomes = co_await repo_.insert(specs, clock_.to_wall(t), std::move(sources));
+    if (!outcomes)
+        co_return outcomes;
     for (std::size_t i = 0; i < specs.size(); ++i) {
-        switch (outcomes[i]) {
+        switch ((*outcomes)[i]) {
         case storage::insert_outcome::inserted: {
             ++stats_.intake_accepted;
             job j;
@@ -515,7 +548,9 @@ std::vector<storage::insert_outcome> engine::add_jobs(const std::vector<core::jo
             // Prompts can be private: a job's content is logged only at log_level = "debug".
             log::debug("job {}: model {}, priority {}, params {}", j.id, j.model, j.priority,
                        j.params);
-            auto [it, ok] = active_.emplace(j.id, std::move(j));
+            auto [it, fresh] = active_.emplace(j.id, std::move(j));
+            if (!fresh)
+                break;
             schedule(it->second, work_kind::submit, t);
             if (on_change)
                 on_change(it->second, "accepted");
@@ -530,47 +565,55 @@ std::vector<storage::insert_outcome> engine::add_jobs(const std::vector<core::jo
         }
     }
     wake();
-    return outcomes;
+    co_return outcomes;
 }
 
-std::optional<job> engine::find(const std::string& id) {
+asio::awaitable<core::result<std::optional<job>>> engine::find(std::string id) {
     if (auto it = active_.find(id); it != active_.end())
-        return to_wall(it->second);
+        co_return to_wall(it->second);
     // Finished, its last state not in the database yet (a failed write waits for the flush).
     if (const job* r = journal_.retired(id))
-        return to_wall(*r);
-    return store_.get(id);
+        co_return to_wall(*r);
+    co_return co_await repo_.get(id);
 }
 
-std::vector<job> engine::list(const storage::job_filter& f) {
-    flush();
-    auto jobs = store_.list(f);
-    for (auto& j : jobs)
-        if (auto it = active_.find(j.id); it != active_.end()) {
-            std::string params;
-            j = to_wall(it->second);
-            j.params.swap(params);
-        } else if (const job* r = journal_.retired(j.id)) {
-            std::string params;
-            j = to_wall(*r);
-            j.params.swap(params);
+asio::awaitable<core::result<std::vector<job>>> engine::list(storage::job_filter f) {
+    co_await flush();
+    auto jobs = co_await repo_.list(std::move(f));
+    if (!jobs)
+        co_return jobs;
+    for (auto& j : *jobs) {
+        const job* now = nullptr;
+        if (auto it = active_.find(j.id); it != active_.end())
+            now = &it->second;
+        else
+            now = journal_.retired(j.id);
+        if (now) {
+            j = to_wall(*now);
+            std::string().swap(j.params); // lists carry no params
         }
-    return jobs;
+    }
+    co_return jobs;
 }
 
-std::vector<storage::history_entry> engine::history(const std::string& id) {
-    flush();
-    return store_.history(id);
+asio::awaitable<core::result<std::vector<storage::history_entry>>> engine::history(std::string id) {
+    co_await flush();
+    co_return co_await repo_.history(std::move(id));
 }
 
-std::map<std::string, std::int64_t> engine::count_by_state() {
-    flush();
-    return store_.count_by_state();
+asio::awaitable<core::result<std::map<std::string, std::int64_t>>> engine::count_by_state() {
+    auto counts = co_await count_by_state_and_model();
+    if (!counts)
+        co_return counts.error();
+    std::map<std::string, std::int64_t> out;
+    for (auto& [key, n] : *counts)
+        out[key.first] += n;
+    co_return out;
 }
 
-std::map<std::pair<std::string, std::string>, std::int64_t> engine::count_by_state_and_model() {
-    flush();
-    return store_.count_by_state_and_model();
+asio::awaitable<core::result<storage::state_model_counts>> engine::count_by_state_and_model() {
+    co_await flush();
+    co_return co_await repo_.counts();
 }
 
 double engine::oldest_pending_age_s() {
@@ -587,53 +630,76 @@ core::error no_such_job(const std::string& id) {
 }
 } // namespace
 
-std::optional<job> engine::inactive_job(const std::string& id) {
+asio::awaitable<core::result<std::optional<job>>> engine::inactive_job(std::string id) {
     if (const job* r = journal_.retired(id))
-        return *r; // its last state, not yet in the database
-    auto stored = store_.get(id);
-    if (stored)
-        *stored = core::shifted(std::move(*stored), -clock_.wall_offset());
-    return stored;
+        co_return *r; // its last state, not yet in the database
+    auto stored = co_await repo_.get(id);
+    if (stored && *stored)
+        **stored = core::shifted(std::move(**stored), -clock_.wall_offset());
+    co_return stored;
 }
 
-core::result<job> engine::cancel(const std::string& id) {
+namespace {
+core::error being_recorded(const std::string& id, job_state next) {
+    return {core::errc::wrong_state,
+            fmt::format("job {} is being recorded as {}", id, core::to_string(next))};
+}
+} // namespace
+
+asio::awaitable<core::result<job>> engine::cancel(std::string id) {
+    if (auto c = committing_.find(id); c != committing_.end())
+        co_return being_recorded(id, c->second);
     auto it = active_.find(id);
     if (it == active_.end()) {
-        auto stored = inactive_job(id);
+        auto stored = co_await inactive_job(id);
         if (!stored)
-            return no_such_job(id);
-        auto why = core::advance(*stored, core::ev_cancel{}, now(), context_for(*stored)).rejection;
-        return core::error(
+            co_return stored.error();
+        if (!*stored)
+            co_return no_such_job(id);
+        auto& s = **stored;
+        auto why = core::advance(s, core::ev_cancel{}, now(), context_for(s)).rejection;
+        co_return core::error(
             core::errc::wrong_state,
-            why.empty() ? fmt::format("job {} is {}", id, core::to_string(stored->state)) : why);
+            why.empty() ? fmt::format("job {} is {}", id, core::to_string(s.state)) : why);
     }
     auto tr = core::advance(it->second, core::ev_cancel{}, now(), context_for(it->second));
     if (!tr.rejection.empty())
-        return core::error(core::errc::wrong_state, tr.rejection);
-    apply(id, std::move(tr));
-    auto j = find(id);
+        co_return core::error(core::errc::wrong_state, tr.rejection);
+    co_await apply(id, std::move(tr));
+    auto j = co_await find(id);
     if (!j)
-        return no_such_job(id);
-    return *j;
+        co_return j.error();
+    if (!*j)
+        co_return no_such_job(id);
+    co_return std::move(**j);
 }
 
-core::result<job> engine::retry(const std::string& id) {
-    if (auto it = active_.find(id); it != active_.end())
-        return core::error(
-            core::errc::wrong_state,
-            core::advance(it->second, core::ev_retry{}, now(), context_for(it->second)).rejection);
-    auto stored = inactive_job(id);
+asio::awaitable<core::result<job>> engine::retry(std::string id) {
+    auto rejected_while_active = [&]() -> core::error {
+        auto& a = active_.find(id)->second;
+        return {core::errc::wrong_state,
+                core::advance(a, core::ev_retry{}, now(), context_for(a)).rejection};
+    };
+    if (active_.count(id))
+        co_return rejected_while_active();
+    auto stored = co_await inactive_job(id);
     if (!stored)
-        return no_such_job(id);
-    auto tr = core::advance(*stored, core::ev_retry{}, now(), context_for(*stored));
+        co_return stored.error();
+    if (!*stored)
+        co_return no_such_job(id);
+    if (active_.count(id)) // retried by another request meanwhile
+        co_return rejected_while_active();
+    auto tr = core::advance(**stored, core::ev_retry{}, now(), context_for(**stored));
     if (!tr.rejection.empty())
-        return core::error(core::errc::wrong_state, tr.rejection);
-    active_.emplace(id, *stored);
-    apply(id, std::move(tr));
-    auto j = find(id);
+        co_return core::error(core::errc::wrong_state, tr.rejection);
+    active_.emplace(id, **stored);
+    co_await apply(id, std::move(tr));
+    auto j = co_await find(id);
     if (!j)
-        return no_such_job(id);
-    return *j;
+        co_return j.error();
+    if (!*j)
+        co_return no_such_job(id);
+    co_return std::move(**j);
 }
 
 void engine::reconfigure() {
@@ -654,13 +720,18 @@ void engine::set_paused(bool paused) {
     if (gate_.paused() == paused)
         return;
     gate_.set_paused(paused);
-    try {
-        store_.set_meta("paused", paused ? "1" : "0");
-    } catch (const storage::storage_error& e) {
-        log::error("cannot record the paused state: {}", e.what());
-    }
+    asio::co_spawn(io_, record_paused(paused), log::exit_on_exception);
     log::notice("submissions {}", paused ? "paused" : "resumed");
     wake();
+}
+
+} // namespace klingd::daemon
+
+namespace klingd::daemon {
+
+asio::awaitable<void> engine::record_paused(bool paused) {
+    if (auto r = co_await repo_.set_meta("paused", paused ? "1" : "0"); !r)
+        log::error("cannot record the paused state: {}", r.error().message());
 }
 
 } // namespace klingd::daemon

@@ -1,8 +1,9 @@
 // The engine is the conductor: it keeps the active jobs, carries out what the
 // dispatch policy decides (core/dispatch_policy: what to send next and when), sends
 // requests through the HTTP client, feeds each answer to the pure lifecycle, hands
-// what a transition asks to persist to the job journal (durably before acting, or
-// batched), and results to the downloader. One io_context thread: no locks.
+// what a transition asks to persist to the job journal (durably before it takes
+// effect, or batched), and results to the downloader. One io_context thread: no
+// locks; the database is reached through the storage seam, never waited on.
 #pragma once
 
 #include "config/settings.hpp"
@@ -19,7 +20,7 @@
 #include "daemon/downloader.hpp"
 #include "daemon/http_client.hpp"
 #include "daemon/job_journal.hpp"
-#include "storage/job_store.hpp"
+#include "storage/job_repository.hpp"
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
@@ -51,28 +52,31 @@ struct engine_stats {
 class engine {
 public:
     // clk: the one clock the engine reads (daemon/clock.hpp).
-    engine(boost::asio::io_context& io, const config::settings& s, storage::job_store& store,
+    engine(boost::asio::io_context& io, const config::settings& s, storage::job_repository& repo,
            http_client& client, const clock& clk);
 
-    // Loads unfinished jobs and starts the dispatcher. Throws (storage_error or
-    // std::runtime_error) when the database cannot be read or written.
-    void start();
+    // Loads unfinished jobs and starts the dispatcher. Throws std::runtime_error when
+    // the database cannot be read or written.
+    boost::asio::awaitable<void> start();
     // Stops sending new work, waits (bounded) for requests in flight so their
     // answers are recorded, and flushes batched writes.
     boost::asio::awaitable<void> stop(std::chrono::milliseconds grace);
 
-    // New jobs (spool or socket). Recorded durably before this returns.
-    std::vector<storage::insert_outcome> add_jobs(const std::vector<core::job_spec>& specs,
-                                                  const std::vector<std::string>& sources);
+    // New jobs (spool or socket), recorded durably before this completes; a store
+    // error when they could not be recorded (nothing was taken then).
+    boost::asio::awaitable<core::result<std::vector<storage::insert_outcome>>>
+    add_jobs(std::vector<core::job_spec> specs, std::vector<std::string> sources);
 
-    std::optional<core::job> find(const std::string& id);
-    std::vector<core::job> list(const storage::job_filter& f);
-    std::vector<storage::history_entry> history(const std::string& id);
+    // A job as it is now (in memory, else in the database), its times on the wall clock.
+    boost::asio::awaitable<core::result<std::optional<core::job>>> find(std::string id);
+    boost::asio::awaitable<core::result<std::vector<core::job>>> list(storage::job_filter f);
+    boost::asio::awaitable<core::result<std::vector<storage::history_entry>>>
+    history(std::string id);
 
     // The job, cancelled or pending again; errc::job_not_found, or errc::wrong_state with
-    // the lifecycle's reason.
-    core::result<core::job> cancel(const std::string& id);
-    core::result<core::job> retry(const std::string& id);
+    // the lifecycle's reason, or a store error.
+    boost::asio::awaitable<core::result<core::job>> cancel(std::string id);
+    boost::asio::awaitable<core::result<core::job>> retry(std::string id);
     void set_paused(bool paused);
     // The settings changed (SIGHUP): budget, poll policy and model priors follow them.
     void reconfigure();
@@ -84,8 +88,8 @@ public:
     const core::rate_budget& budget() const { return budget_; }
     core::rate_budget& budget() { return budget_; }
     std::size_t in_flight() const { return in_flight_jobs_; }
-    std::map<std::string, std::int64_t> count_by_state();
-    std::map<std::pair<std::string, std::string>, std::int64_t> count_by_state_and_model();
+    boost::asio::awaitable<core::result<std::map<std::string, std::int64_t>>> count_by_state();
+    boost::asio::awaitable<core::result<storage::state_model_counts>> count_by_state_and_model();
     // Seconds the oldest pending job has waited; 0 when none waits.
     double oldest_pending_age_s();
     void note_invalid_file() { ++stats_.intake_invalid; }
@@ -104,42 +108,45 @@ private:
     boost::asio::awaitable<void> dispatcher();
     boost::asio::awaitable<void> flusher();
     boost::asio::awaitable<void> execute(core::dispatch_queue::item item);
-    boost::asio::awaitable<void> send_submit(const std::string& id);
+    boost::asio::awaitable<void> send_submit(std::string id);
     // A status poll, or the result fetch.
-    boost::asio::awaitable<void> send_get(const std::string& id, bool poll);
+    boost::asio::awaitable<void> send_get(std::string id, bool poll);
     // A job not in memory, in engine time: the journal's unwritten copy, else the database's.
-    std::optional<core::job> inactive_job(const std::string& id);
+    boost::asio::awaitable<core::result<std::optional<core::job>>> inactive_job(std::string id);
     // The body of a job's submit: in memory, else from the database; "" when unreadable.
-    std::string submit_body(const core::job& j);
+    boost::asio::awaitable<std::string> submit_body(std::string id, std::string params);
     boost::asio::awaitable<void> download(std::string id);
-    // Sends a submit that has passed the gate; false when "submitting" could not be committed.
-    bool begin_submit(const std::string& id, core::time_point t);
+    // Commits "submitting" for a submit that has passed the gate; false when it could not be.
+    boost::asio::awaitable<bool> begin_submit(std::string id);
+    boost::asio::awaitable<void> record_paused(bool paused);
     // Makes the dispatcher run now. wake_by: only if it would otherwise sleep past `at`.
     void wake();
     void wake_by(core::time_point at);
 
     core::lifecycle_context context_for(const core::job& j);
     core::duration_model& durations_for(const std::string& model);
-    // Applies a transition to the job in memory, persists, schedules. Returns false
-    // when a durable write failed (the transition is then not in effect).
-    bool apply(const std::string& id, core::transition t);
+    // Persists what the transition asks (a durable change is committed before it takes
+    // effect), then applies it to the job in memory and schedules its next work. false
+    // when it did not take effect (rejected, or a durable "submitting" not committed).
+    boost::asio::awaitable<bool> apply(std::string id, core::transition t);
     // Persists what the transition asks; false when a durable "submitting" failed.
-    bool persist(const std::string& id, const core::transition& t);
+    boost::asio::awaitable<bool> persist(std::string id, core::transition t);
     void log_transition(const std::string& id, const core::transition& t);
     void schedule(const core::job& j, core::work_kind w, core::time_point at);
-    void flush();
+    // Writes batched changes (a failure is logged; they are kept for the next flush).
+    boost::asio::awaitable<void> flush();
     void count(core::request_kind kind, const core::http_outcome& o);
     void note_signal(const core::transition& t, bool from_submit);
     // Replaces the API key wherever a server echoed it into text we keep or log.
     void scrub(core::transition& t) const;
     core::dispatch_limits limits() const;
     core::in_flight_counts counts() const {
-        return {requests_in_flight_, downloads_in_flight_, in_flight_jobs_};
+        return {requests_in_flight_, downloads_in_flight_, in_flight_jobs_ + starting_submits_};
     }
 
     boost::asio::io_context& io_;
     const config::settings& settings_;
-    storage::job_store& store_;
+    storage::job_repository& repo_;
     http_client& client_;
     const clock& clock_;
     core::http_url base_;
@@ -165,6 +172,11 @@ private:
     std::size_t requests_in_flight_ = 0;
     std::size_t submits_in_flight_ = 0;
     std::size_t downloads_in_flight_ = 0;
+    // Submits sent off by the dispatcher whose "submitting" is not committed yet.
+    std::size_t starting_submits_ = 0;
+    // Jobs with a durable change on its way to the database, and the state it records:
+    // no other event applies to them until it is committed.
+    std::unordered_map<std::string, core::job_state> committing_;
 
     engine_stats stats_;
 };

@@ -1,35 +1,60 @@
-// The journal's writes and its crash rules.
+// The journal's writes, their order and its crash rules.
 #include "daemon/job_journal.hpp"
 
 namespace klingd::daemon {
 
-core::result<void> job_journal::write(std::vector<storage::job_store::change> changes) {
+namespace asio = boost::asio;
+
+asio::awaitable<core::result<void>> job_journal::save(std::vector<storage::job_change> changes) {
     auto offset = clock_.wall_offset(); // to the database on the wall clock
     for (auto& c : changes) {
         c.j = core::shifted(std::move(c.j), offset);
         for (auto& e : c.history)
             e.at += offset;
     }
-    try {
-        store_.save_many(changes);
-    } catch (const storage::storage_error& e) {
-        return core::error(storage::errc_of(e), e.what());
-    }
-    return {};
+    co_return co_await repo_.save(std::move(changes));
 }
 
-core::result<void> job_journal::write_now(const core::job& j,
-                                          std::optional<storage::history_entry> line) {
-    std::vector<storage::history_entry> h;
-    if (auto p = history_.find(j.id); p != history_.end())
-        h = p->second;
+asio::awaitable<core::result<void>> job_journal::write(std::vector<storage::job_change> changes) {
+    auto turn = co_await lane_.wait_turn();
+    co_return co_await save(std::move(changes));
+}
+
+void job_journal::give_back(const std::string& id, std::vector<storage::history_entry> lines) {
+    if (lines.empty())
+        return;
+    auto& now = history_[id];
+    lines.insert(lines.end(), std::make_move_iterator(now.begin()),
+                 std::make_move_iterator(now.end()));
+    now = std::move(lines);
+}
+
+asio::awaitable<core::result<void>>
+job_journal::write_now(core::job j, std::optional<storage::history_entry> line) {
+    auto turn = co_await lane_.wait_turn();
+    std::vector<storage::history_entry> owed;
+    if (auto p = history_.find(j.id); p != history_.end()) {
+        owed = std::move(p->second);
+        history_.erase(p);
+    }
+    std::optional<std::optional<core::job>> was_dirty;
+    if (auto d = dirty_.find(j.id); d != dirty_.end()) {
+        was_dirty = std::move(d->second);
+        dirty_.erase(d);
+    }
+    auto h = owed;
     if (line)
         h.push_back(*line);
-    if (auto r = write({{j, std::move(h)}}); !r)
-        return r;
-    dirty_.erase(j.id);
-    history_.erase(j.id);
-    return {};
+    auto id = j.id;
+    std::vector<storage::job_change> change;
+    change.push_back({std::move(j), std::move(h)});
+    auto r = co_await save(std::move(change));
+    if (!r) {
+        give_back(id, std::move(owed));
+        if (was_dirty)
+            dirty_.try_emplace(id, std::move(*was_dirty));
+    }
+    co_return r;
 }
 
 void job_journal::defer(const std::string& id, std::optional<storage::history_entry> line) {
@@ -43,14 +68,17 @@ void job_journal::defer_lazy(const std::string& id) {
 }
 
 void job_journal::retire(const core::job& j) {
-    if (auto d = dirty_.find(j.id); d != dirty_.end())
-        d->second = j; // its last state is still to be written
+    // Its last state is still to be written (or may be, if the flush on its way fails).
+    if (dirty_.count(j.id) || flushing_.count(j.id))
+        dirty_.insert_or_assign(j.id, j);
     lazy_.erase(j.id);
 }
 
 const core::job* job_journal::retired(const std::string& id) const {
-    auto d = dirty_.find(id);
-    return d != dirty_.end() && d->second ? &*d->second : nullptr;
+    for (const auto* m : {&dirty_, &flushing_})
+        if (auto d = m->find(id); d != m->end() && d->second)
+            return &*d->second;
+    return nullptr;
 }
 
 void job_journal::include_lazy() {
@@ -59,25 +87,39 @@ void job_journal::include_lazy() {
     lazy_.clear();
 }
 
-core::result<void> job_journal::flush(const lookup& active) {
+asio::awaitable<core::result<void>> job_journal::flush() {
     if (dirty_.empty())
-        return {};
-    std::vector<storage::job_store::change> changes;
-    changes.reserve(dirty_.size());
-    for (auto& [id, copy] : dirty_) {
-        const core::job* j = copy ? &*copy : active(id);
+        co_return core::result<void>{};
+    auto turn = co_await lane_.wait_turn();
+    if (dirty_.empty()) // the flush before this one took it all
+        co_return core::result<void>{};
+    flushing_.swap(dirty_);
+    auto lines = std::move(history_);
+    history_.clear();
+    std::vector<storage::job_change> changes;
+    changes.reserve(flushing_.size());
+    for (auto& [id, copy] : flushing_) {
+        const core::job* j = copy ? &*copy : active_(id);
         if (!j)
             continue;
-        auto h = history_.find(id);
+        auto h = lines.find(id);
         changes.push_back(
-            {*j, h == history_.end() ? std::vector<storage::history_entry>{} : h->second});
+            {*j, h == lines.end() ? std::vector<storage::history_entry>{} : h->second});
     }
     auto n = changes.size();
-    if (auto r = write(std::move(changes)); !r)
-        return core::error(r.error().code, std::to_string(n) + " job updates: " + r.error().detail);
-    dirty_.clear();
-    history_.clear();
-    return {};
+    auto r = co_await save(std::move(changes));
+    if (!r) {
+        // Kept: older than anything deferred while the write was on its way.
+        for (auto& [id, copy] : flushing_)
+            dirty_.try_emplace(id, std::move(copy));
+        for (auto& [id, h] : lines)
+            give_back(id, std::move(h));
+        flushing_.clear();
+        co_return core::error(r.error().code,
+                              std::to_string(n) + " job updates: " + r.error().detail);
+    }
+    flushing_.clear();
+    co_return r;
 }
 
 } // namespace klingd::daemon

@@ -17,23 +17,26 @@ namespace asio = boost::asio;
 
 service_notifier::service_notifier(asio::io_context& io, engine& e) : io_(io), engine_(e) {}
 
-std::string service_notifier::status_line() {
-    auto counts = engine_.count_by_state();
+asio::awaitable<std::string> service_notifier::status_line() {
+    auto counts = co_await engine_.count_by_state();
+    if (!counts)
+        co_return fmt::format("the database does not answer: {}", counts.error().message());
     auto n = [&](core::job_state st) {
-        auto it = counts.find(std::string(core::to_string(st)));
-        return it == counts.end() ? 0 : it->second;
+        auto it = counts->find(std::string(core::to_string(st)));
+        return it == counts->end() ? 0 : it->second;
     };
     std::string blocked = engine_.blocked_reason();
-    return fmt::format("{} pending, {} in flight, {} completed, {} failed, {} expired; {:.0f} "
-                       "requests/min allowed{}",
-                       n(core::job_state::pending), engine_.in_flight(),
-                       n(core::job_state::completed), n(core::job_state::failed),
-                       n(core::job_state::expired), engine_.budget().allowed_rpm(),
-                       blocked.empty() ? "" : "; " + blocked);
+    co_return fmt::format("{} pending, {} in flight, {} completed, {} failed, {} expired; {:.0f} "
+                          "requests/min allowed{}",
+                          n(core::job_state::pending), engine_.in_flight(),
+                          n(core::job_state::completed), n(core::job_state::failed),
+                          n(core::job_state::expired), engine_.budget().allowed_rpm(),
+                          blocked.empty() ? "" : "; " + blocked);
 }
 
-void service_notifier::ready() {
-    sd_notifyf(0, "READY=1\nSTATUS=%s", status_line().c_str());
+asio::awaitable<void> service_notifier::ready() {
+    auto status = co_await status_line();
+    sd_notifyf(0, "READY=1\nSTATUS=%s", status.c_str());
 }
 
 void service_notifier::reloading() {
@@ -71,8 +74,10 @@ void service_notifier::start(std::chrono::milliseconds status_every) {
                 t.expires_after(status_every);
                 boost::system::error_code ec;
                 co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-                if (!stopping_)
-                    sd_notifyf(0, "STATUS=%s", status_line().c_str());
+                if (stopping_)
+                    break;
+                auto status = co_await status_line();
+                sd_notifyf(0, "STATUS=%s", status.c_str());
             }
         },
         asio::detached);

@@ -7,6 +7,7 @@
 
 #include "daemon/engine.hpp"
 
+#include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <chrono>
 
@@ -16,12 +17,12 @@ class service_notifier {
 public:
     service_notifier(boost::asio::io_context& io, engine& e);
 
-    void ready();
+    boost::asio::awaitable<void> ready();
     void reloading();
     void stopping();
     // Starts the watchdog pings (when systemd asked for them) and the periodic status.
     void start(std::chrono::milliseconds status_every = std::chrono::seconds(10));
-    std::string status_line();
+    boost::asio::awaitable<std::string> status_line();
 
 private:
     boost::asio::io_context& io_;

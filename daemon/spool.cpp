@@ -147,8 +147,8 @@ asio::awaitable<std::size_t> spool::scan() {
         std::vector<std::string> batch(
             names.begin() + static_cast<long>(i),
             names.begin() + static_cast<long>(std::min(names.size(), i + batch_size)));
-        take(batch);
         seen += batch.size();
+        co_await take(std::move(batch));
         co_await asio::post(io_,
                             asio::use_awaitable); // let the rest of the loop run between batches
     }
@@ -212,9 +212,13 @@ asio::awaitable<void> spool::watch() {
             log::error("spool: reading inotify events failed: {}", ec.message());
             co_return;
         }
-        auto [names, rescan, lost_watch] = read_events(incoming_, buf.data(), n);
+        // Not a structured binding: its names would have to live across the co_awaits below.
+        event_batch got = read_events(incoming_, buf.data(), n);
+        const auto& names = got.names;
+        bool rescan = got.rescan;
+        bool lost_watch = got.lost_watch;
         for (std::size_t i = 0; i < names.size(); i += batch_size)
-            take(std::vector<std::string>(
+            co_await take(std::vector<std::string>(
                 names.begin() + static_cast<long>(i),
                 names.begin() + static_cast<long>(std::min(names.size(), i + batch_size))));
         if (lost_watch) {
@@ -295,7 +299,8 @@ spool::candidate spool::read_candidate(const std::string& name) const {
     return std::move(*parsed);
 }
 
-void spool::take(const std::vector<std::string>& names) {
+asio::awaitable<void> spool::take(std::vector<std::string> names) {
+    auto turn = co_await intake_.wait_turn();
     std::vector<core::job_spec> specs;
     std::vector<std::string> sources, files;
     for (const auto& name : names) {
@@ -308,26 +313,25 @@ void spool::take(const std::vector<std::string>& names) {
             files.push_back(name);
         }
     }
-    record(specs, sources, files);
+    co_await record(std::move(specs), std::move(sources), std::move(files));
 }
 
-void spool::record(const std::vector<core::job_spec>& specs,
-                   const std::vector<std::string>& sources, const std::vector<std::string>& files) {
+asio::awaitable<void> spool::record(std::vector<core::job_spec> specs,
+                                    std::vector<std::string> sources,
+                                    std::vector<std::string> files) {
     if (specs.empty())
-        return;
-    std::vector<storage::insert_outcome> outcomes;
-    try {
-        outcomes = engine_.add_jobs(specs, sources);
-    } catch (const std::exception& e) {
+        co_return;
+    auto outcomes = co_await engine_.add_jobs(specs, std::move(sources));
+    if (!outcomes) {
         // Not recorded: the files stay in incoming/ and are taken at the next scan or start.
         log::error(
             "spool: cannot record {} jobs: {}; their files stay in {} and are tried again in 5s",
-            specs.size(), e.what(), incoming_);
+            specs.size(), outcomes.error().message(), incoming_);
         rescan_later();
-        return;
+        co_return;
     }
     for (std::size_t i = 0; i < specs.size(); ++i) {
-        switch (outcomes[i]) {
+        switch ((*outcomes)[i]) {
         case storage::insert_outcome::inserted:
             log::info("job {}: accepted from {}", specs[i].id, printable(files[i]));
             move_to(files[i], accepted_);

@@ -8,6 +8,7 @@
 
 #include "config/settings.hpp"
 #include "core/job_spec.hpp"
+#include "daemon/async_lane.hpp"
 #include "daemon/engine.hpp"
 
 #include <boost/asio/awaitable.hpp>
@@ -36,7 +37,8 @@ public:
 private:
     boost::asio::awaitable<void> watch();
     bool add_watch();
-    void take(const std::vector<std::string>& names);
+    // Reads a batch of files, records the jobs, moves the files; one batch at a time.
+    boost::asio::awaitable<void> take(std::vector<std::string> names);
     // What a file in incoming/ is: gone (skip), to be rejected (and why), or a job.
     struct skip {};
     struct rejection {
@@ -45,8 +47,9 @@ private:
     using candidate = std::variant<skip, rejection, core::job_spec>;
     candidate read_candidate(const std::string& name) const;
     // Records the jobs read, then moves their files to accepted/ (or rejected/ for a conflict).
-    void record(const std::vector<core::job_spec>& specs, const std::vector<std::string>& sources,
-                const std::vector<std::string>& files);
+    boost::asio::awaitable<void> record(std::vector<core::job_spec> specs,
+                                        std::vector<std::string> sources,
+                                        std::vector<std::string> files);
     // Scans incoming/ again in a few seconds (after files could not be recorded).
     void rescan_later();
     // malformed: count it as an invalid file (a conflict of ids is counted by the engine).
@@ -62,6 +65,7 @@ private:
     std::optional<boost::asio::posix::stream_descriptor> events_;
     bool stopping_ = false;
     bool rescan_pending_ = false;
+    async_lane intake_; // the scan's and the watch's batches take turns
 };
 
 } // namespace klingd::daemon

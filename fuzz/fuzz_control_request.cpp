@@ -22,7 +22,8 @@
 #include "daemon/http_client.hpp"
 #include "daemon/job_json.hpp"
 #include "runtime/log.hpp"
-#include "storage/job_store.hpp"
+#include "storage/sqlite_repository.hpp"
+#include "tests/support/await.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/beast/http/parser.hpp>
@@ -69,7 +70,7 @@ struct world {
     asio::io_context io{1};
     asio::ssl::context tls{asio::ssl::context::tls_client};
     std::optional<daemon::http_client> client;
-    std::optional<storage::job_store> store;
+    std::optional<storage::sqlite_repository> store;
     daemon::system_clock clock;
     std::optional<daemon::engine> engine;
     std::uint64_t events = 0;
@@ -103,9 +104,8 @@ struct world {
     }
 
     void open() {
-        store.emplace(settings.storage.database);
         // Durability is not under test here; fsync per commit would be most of the run time.
-        store->db().exec("PRAGMA synchronous = OFF", "fuzz: synchronous off");
+        store.emplace(settings.storage.database, storage::sqlite_tuning{.fsync = false});
         engine.emplace(io, settings, *store, *client, clock);
         engine->on_change = [this](const core::job& j, const std::string& note) {
             events += daemon::event_line(j, note, j.updated_at).size();
@@ -186,7 +186,8 @@ void check_response(const daemon::control_request& req, const daemon::control_re
     if (req.method() == http::verb::post && std::string_view(req.target()) == "/v1/jobs") {
         std::string id = string_field(*body, "id");
         check(!id.empty(), "POST /v1/jobs answers with the job", res.body());
-        check(e.find(id).has_value(), "an accepted job is found", id);
+        auto found = test::await(the_world().io, e.find(id));
+        check(found && *found, "an accepted job is found", id);
     }
 }
 
@@ -245,7 +246,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         rest.remove_prefix(used);
         daemon::control_request req = parser.release();
         std::string_view target = req.target();
-        auto outcome = daemon::route_request(req, e, peer);
+        auto outcome = test::await(w.io, daemon::route_request(req, e, peer));
         if (std::holds_alternative<daemon::event_stream>(outcome))
             break; // the event stream is the server's to write
         daemon::control_response res = std::move(std::get<daemon::control_response>(outcome));

@@ -52,6 +52,10 @@ public:
     // Small daemon state ("paused").
     virtual async_result<std::optional<std::string>> meta(std::string key) = 0;
     virtual async_result<void> set_meta(std::string key, std::string value) = 0;
+
+    // Completes the calls in progress (their answers are posted to their callers) and
+    // runs no more: for shutdown, before the callers' loop is dropped.
+    virtual void finish() = 0;
 };
 
 } // namespace klingd::storage

@@ -115,9 +115,9 @@ const std::string& writable(const std::string& path) {
 }
 } // namespace
 
-job_store::job_store(const std::string& path)
+job_store::job_store(const std::string& path, sqlite_tuning tuning)
     : db_(writable(path), SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) {
-    sqlite3_busy_timeout(db_.get(), 5000);
+    sqlite3_busy_timeout(db_.get(), static_cast<int>(tuning.busy_timeout.count()));
     // Reading the schema version first tells a non-database file apart before anything is written.
     std::int64_t version;
     {
@@ -150,7 +150,8 @@ job_store::job_store(const std::string& path)
                         path, version, schema_version),
             SQLITE_ERROR);
     db_.exec("PRAGMA journal_mode = WAL", "enable WAL");
-    db_.exec("PRAGMA synchronous = FULL", "set synchronous");
+    db_.exec(tuning.fsync ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = OFF",
+             "set synchronous");
     db_.exec("PRAGMA foreign_keys = ON", "enable foreign keys");
     migrate();
 

@@ -10,6 +10,7 @@
 #include "storage/records.hpp"
 #include "storage/sqlite.hpp"
 
+#include <chrono>
 #include <map>
 #include <optional>
 #include <string>
@@ -17,11 +18,18 @@
 
 namespace klingd::storage {
 
+// How a connection waits and syncs. klingd uses the defaults; tests shorten the wait
+// for a lock, and the fuzzers, which do not test durability, turn off fsync.
+struct sqlite_tuning {
+    std::chrono::milliseconds busy_timeout{5000};
+    bool fsync = true; // PRAGMA synchronous = FULL, else OFF
+};
+
 class job_store {
 public:
     // Opens (creating if needed) and migrates. Throws storage_error when the file
     // is not a database, is from a newer klingd, or cannot be opened; it is never overwritten.
-    explicit job_store(const std::string& path);
+    explicit job_store(const std::string& path, sqlite_tuning tuning = {});
 
     static constexpr int schema_version = 2;
 

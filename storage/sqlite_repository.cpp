@@ -11,9 +11,14 @@ namespace klingd::storage {
 
 namespace asio = boost::asio;
 
-sqlite_repository::sqlite_repository(const std::string& path) : store_(path) {}
+sqlite_repository::sqlite_repository(const std::string& path, sqlite_tuning tuning)
+    : store_(path, tuning) {}
 
 sqlite_repository::~sqlite_repository() {
+    finish();
+}
+
+void sqlite_repository::finish() {
     worker_.join();
 }
 

@@ -16,9 +16,10 @@ class sqlite_repository final : public job_repository {
 public:
     // Opens (creating and migrating) on the calling thread: throws storage_error when
     // the file cannot be used, as job_store does. ":memory:" is a private in-memory database.
-    explicit sqlite_repository(const std::string& path);
+    explicit sqlite_repository(const std::string& path, sqlite_tuning tuning = {});
     // Waits for calls in progress to finish.
     ~sqlite_repository() override;
+    void finish() override;
 
     async_result<std::vector<insert_outcome>> insert(std::vector<core::job_spec> specs,
                                                      core::time_point now,

@@ -6,7 +6,8 @@
 #include "daemon/engine.hpp"
 #include "daemon/http_client.hpp"
 #include "runtime/log.hpp"
-#include "storage/job_store.hpp"
+#include "storage/sqlite_repository.hpp"
+#include "tests/support/await.hpp"
 #include "tests/support/child_process.hpp"
 
 #include <boost/asio/io_context.hpp>
@@ -29,7 +30,7 @@ protected:
     boost::asio::io_context io{1};
     boost::asio::ssl::context tls{boost::asio::ssl::context::tls_client};
     std::optional<daemon::http_client> client;
-    std::optional<storage::job_store> store;
+    std::optional<storage::sqlite_repository> store;
     daemon::manual_clock clock{core::time_point{core::milliseconds(1'800'000'000'000)}};
     std::optional<daemon::engine> engine;
 
@@ -40,7 +41,9 @@ protected:
         settings.storage.database = dir / "klingd.db";
         settings.output.directory = dir / "output";
         client.emplace(io.get_executor(), tls, daemon::client_options{});
-        store.emplace(settings.storage.database);
+        // A short wait for a lock: one test locks the database.
+        store.emplace(settings.storage.database,
+                      storage::sqlite_tuning{.busy_timeout = std::chrono::milliseconds(50)});
         engine.emplace(io, settings, *store, *client, clock);
     }
 
@@ -49,7 +52,7 @@ protected:
         daemon::control_request req{method, target, 11};
         req.body() = body;
         req.prepare_payload();
-        return daemon::route_request(req, *engine, daemon::peer_info{1, 2, 3});
+        return test::await(io, daemon::route_request(req, *engine, daemon::peer_info{1, 2, 3}));
     }
     // The answer; a failure when the request was taken as an event stream.
     daemon::control_response answer(http::verb method, const std::string& target,
@@ -190,7 +193,6 @@ namespace {
 // job's state for the next request: a second cancel says "cancelled", not "pending".
 TEST_F(control_api, a_job_whose_last_write_failed_is_answered_from_the_journal) {
     add("locked");
-    store->db().exec("PRAGMA busy_timeout = 50", "test: short busy timeout");
     sqlite3* other = nullptr;
     ASSERT_EQ(sqlite3_open(settings.storage.database.c_str(), &other), SQLITE_OK);
     ASSERT_EQ(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
