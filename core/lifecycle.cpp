@@ -179,34 +179,45 @@ struct machine {
             return;
         }
         const auto& o = e.out;
-        if (o.how == http_outcome::transport::not_sent) {
+        if (o.how == http_outcome::transport::not_sent)
+            submit_not_sent(o);
+        else if (o.how == http_outcome::transport::lost)
+            submit_lost(o);
+        else
+            submit_answered(o);
+    }
+
+    // The submit never left (DNS, connect, TLS): nothing to pay, try again.
+    void submit_not_sent(const http_outcome& o) {
+        ++n().failures;
+        --n().attempts; // nothing reached the API
+        auto at = now + backoff(c, n().failures);
+        n().error = fmt::format("last submit attempt not sent: {}; retrying", o.message);
+        back_to_pending(fmt::format("submit not sent ({}); retrying in {:.1f}s", o.message,
+                                    seconds_d(at - now).count()),
+                        at);
+    }
+
+    // The submit may have reached the API: a paid request may exist.
+    void submit_lost(const http_outcome& o) {
+        if (c.resubmit_unknown) {
             ++n().failures;
-            --n().attempts; // nothing reached the API
             auto at = now + backoff(c, n().failures);
-            n().error = fmt::format("last submit attempt not sent: {}; retrying", o.message);
-            back_to_pending(fmt::format("submit not sent ({}); retrying in {:.1f}s", o.message,
-                                        seconds_d(at - now).count()),
-                            at);
-            return;
+            back_to_pending(
+                fmt::format("submit answer lost ({}); the request may exist at Segmind; "
+                            "sending again because jobs.resubmit_unknown = true",
+                            o.message),
+                at);
+        } else {
+            fail(fmt::format(
+                "the answer to the submit was lost ({}): the request may or may not exist at "
+                "Segmind, which has no idempotency key; not sent again because "
+                "jobs.resubmit_unknown = false; `klingctl retry {}` submits it again",
+                o.message, j.id));
         }
-        if (o.how == http_outcome::transport::lost) {
-            if (c.resubmit_unknown) {
-                ++n().failures;
-                auto at = now + backoff(c, n().failures);
-                back_to_pending(
-                    fmt::format("submit answer lost ({}); the request may exist at Segmind; "
-                                "sending again because jobs.resubmit_unknown = true",
-                                o.message),
-                    at);
-            } else {
-                fail(fmt::format(
-                    "the answer to the submit was lost ({}): the request may or may not exist at "
-                    "Segmind, which has no idempotency key; not sent again because "
-                    "jobs.resubmit_unknown = false; `klingctl retry {}` submits it again",
-                    o.message, j.id));
-            }
-            return;
-        }
+    }
+
+    void submit_answered(const http_outcome& o) {
         auto k = classify(o.status);
         signal_from(o, k, true);
         switch (k) {

@@ -191,6 +191,36 @@ std::optional<std::string> request_bytes(http::verb method, const core::http_url
     return wire;
 }
 
+// Why a request got no complete answer: it never left (not sent), or it may have
+// reached the server (lost), said for people.
+void explain_request_failure(const error_code& ec, bool wrote, bool reused, bool post,
+                             bool nothing_back, const core::http_url& u, core::http_outcome& out) {
+    out.how = (!wrote && !reused) ? transport::not_sent : transport::lost;
+    if (!wrote && reused && post)
+        out.how = transport::not_sent; // the write itself failed: nothing left
+    out.message =
+        fmt::format("{} {} {}: {}", nothing_back ? "no answer from" : "answer cut short from",
+                    u.host_header(), wrote ? "after sending" : "while sending", describe(ec));
+}
+
+// Why a download failed: too large, a local write error (the disk), or the network.
+void explain_download_failure(const error_code& ec, const std::string& path,
+                              const core::http_url& u, std::uint64_t max_bytes,
+                              core::http_outcome& out) {
+    if (ec == http::error::body_limit) {
+        out.too_large = true;
+        out.message = fmt::format("download larger than {} bytes", max_bytes);
+        return;
+    }
+    out.how = transport::lost;
+    if (is_local_write_error(ec)) {
+        out.local_io = true;
+        out.message = fmt::format("cannot write {}: {}", path, ec.message());
+    } else {
+        out.message = fmt::format("download from {} failed: {}", u.host_header(), describe(ec));
+    }
+}
+
 } // namespace
 
 asio::awaitable<core::http_outcome> http_client::request(http::verb method, const core::http_url& u,
@@ -239,12 +269,7 @@ asio::awaitable<core::http_outcome> http_client::request(http::verb method, cons
                 out.message = fmt::format("answer body larger than {} bytes", max_body);
                 co_return out;
             }
-            out.how = (!wrote && !reused) ? transport::not_sent : transport::lost;
-            if (!wrote && reused && post)
-                out.how = transport::not_sent; // the write itself failed: nothing left
-            out.message = fmt::format(
-                "{} {} {}: {}", nothing_back ? "no answer from" : "answer cut short from",
-                u.host_header(), wrote ? "after sending" : "while sending", describe(ec));
+            explain_request_failure(ec, wrote, reused, post, nothing_back, u, out);
             co_return out;
         }
         copy_rate_headers(parser, out);
@@ -301,18 +326,7 @@ http_client::download(const core::http_url& u, const std::string& path, std::uin
                 continue;
             if (parser.is_header_done())
                 copy_rate_headers(parser, r.outcome);
-            if (ec == http::error::body_limit) {
-                r.outcome.too_large = true;
-                r.outcome.message = fmt::format("download larger than {} bytes", max_bytes);
-            } else if (is_local_write_error(ec)) {
-                r.outcome.how = transport::lost;
-                r.outcome.local_io = true;
-                r.outcome.message = fmt::format("cannot write {}: {}", path, ec.message());
-            } else {
-                r.outcome.how = transport::lost;
-                r.outcome.message =
-                    fmt::format("download from {} failed: {}", u.host_header(), describe(ec));
-            }
+            explain_download_failure(ec, path, u, max_bytes, r.outcome);
             co_return r;
         }
         copy_rate_headers(parser, r.outcome);
