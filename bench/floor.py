@@ -18,13 +18,9 @@ import argparse
 import math
 import random
 
+from run import pct  # the same percentile as the benchmark itself
 
-def pct(values, p):  # the same percentile as bench/run.py
-    v = sorted(values)
-    k = (len(v) - 1) * p / 100
-    f = int(k)
-    c = min(f + 1, len(v) - 1)
-    return v[f] + (v[c] - v[f]) * (k - f)
+
 
 
 def draw(rng, median):

@@ -307,29 +307,43 @@ def workload_b(work, certs, scale, n=120):
     return rows
 
 
-def workload_c(work, certs, n=100000):
-    """100,000 jobs in flight with long run times (real time, scale 1): klingd's
-    resident memory, then a restart: time to READY and to the first poll."""
-    d = tempfile.mkdtemp(dir=work, prefix="c-")
+def never_ending(work, certs, prefix, n, change):
+    """A sim whose jobs never finish (real time, no rate limit) and a klingd allowed n
+    in flight, with one change (old, new) to its configuration text."""
+    d = tempfile.mkdtemp(dir=work, prefix=prefix)
     sim = Sim(d, certs, 1.0, ["--median", "kling-o1=10000000", "--queue-s", "0"])
     k = Klingd(d, sim, 1.0, 1000000, max_in_flight=n)
-    # Polls far apart: with 100,000 requests in flight the budget goes to submits first.
     with open(k.config) as f:
-        text = f.read().replace("max_poll_interval_s = 60.0", "max_poll_interval_s = 1800")
+        text = f.read().replace(*change)
     open(k.config, "w").write(text)
+    return d, sim, k
+
+
+def fill_in_flight(d, k, n, tag, timeout_s):
+    """Starts klingd, drops n image jobs into its spool at once (staged, then renamed in)
+    and waits until all are in flight; returns the seconds that took."""
     staging = os.path.join(d, "staging")
     os.makedirs(staging)
     for i in range(n):
         with open(os.path.join(staging, f"job{i:06d}.json"), "w") as f:
-            json.dump(image_job(i, "c"), f)
+            json.dump(image_job(i, tag), f)
     k.start()
     inc = os.path.join(d, "spool/incoming")
     for name in os.listdir(staging):
         os.rename(os.path.join(staging, name), os.path.join(inc, name))
     t0 = time.time()
-    while k.stats()["in_flight"] < n and time.time() - t0 < 900:
+    while k.stats()["in_flight"] < n and time.time() - t0 < timeout_s:
         time.sleep(0.5)
-    fill_s = time.time() - t0
+    return time.time() - t0
+
+
+def workload_c(work, certs, n=100000):
+    """100,000 jobs in flight with long run times (real time, scale 1): klingd's
+    resident memory, then a restart: time to READY and to the first poll."""
+    # Polls far apart: with 100,000 requests in flight the budget goes to submits first.
+    d, sim, k = never_ending(work, certs, "c-", n,
+                             ("max_poll_interval_s = 60.0", "max_poll_interval_s = 1800"))
+    fill_s = fill_in_flight(d, k, n, "c", 900)
     in_flight = k.stats()["in_flight"]
     time.sleep(5)
     rss = k.rss_kib()
@@ -393,24 +407,9 @@ def workload_e(work, certs, jobs=4000, window_s=20):
     TLS, no rate limit. CPU from /proc over a window, divided by the polls the sim
     answered in it; event-loop lag from the latency of /v1/health probes sent every
     10 ms meanwhile (answered by the same loop, so an upper bound of its lag)."""
-    d = tempfile.mkdtemp(dir=work, prefix="e-")
-    sim = Sim(d, certs, 1.0, ["--median", "kling-o1=10000000", "--queue-s", "0"])
-    k = Klingd(d, sim, 1.0, 1000000, max_in_flight=jobs)
-    with open(k.config) as f:
-        text = f.read().replace("expected_duration_s = 58.0", "expected_duration_s = 1")
-    open(k.config, "w").write(text)
-    staging = os.path.join(d, "staging")
-    os.makedirs(staging)
-    for i in range(jobs):
-        with open(os.path.join(staging, f"job{i:06d}.json"), "w") as f:
-            json.dump(image_job(i, "e"), f)
-    k.start()
-    inc = os.path.join(d, "spool/incoming")
-    for name in os.listdir(staging):
-        os.rename(os.path.join(staging, name), os.path.join(inc, name))
-    t0 = time.time()
-    while k.stats()["in_flight"] < jobs and time.time() - t0 < 300:
-        time.sleep(0.5)
+    d, sim, k = never_ending(work, certs, "e-", jobs,
+                             ("expected_duration_s = 58.0", "expected_duration_s = 1"))
+    fill_in_flight(d, k, jobs, "e", 300)
     time.sleep(5)  # steady polling
     lat = []
     stop = threading.Event()

@@ -81,7 +81,7 @@ application::application(config::settings& s, std::string config_path)
 }
 
 application::~application() {
-    store_->finish();   // answers still on their way reach the loop before it is dropped
+    store_->finish();   // no call runs on the worker once the parts are gone
     io_.drop_pending(); // suspended coroutines refer to the parts: drop them first
 }
 

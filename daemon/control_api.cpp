@@ -169,7 +169,7 @@ asio::awaitable<control_response> post_job(const control_request& req, engine& e
 }
 
 asio::awaitable<control_response> job_action(const control_request& req, engine& e,
-                                             const std::string& id, const std::string& action,
+                                             const std::string& id, std::string action,
                                              const peer_info& peer) {
     // Not a ?: between the two calls: GCC 12 destroys the chosen awaitable twice.
     core::result<core::job> done = core::error(core::errc::bad_request);

@@ -178,7 +178,10 @@ asio::awaitable<void> engine::stop(std::chrono::milliseconds grace) {
         log::warning("stopping with {} API requests still in flight; the next start resumes them",
                      requests_in_flight_);
     journal_.include_lazy();
-    co_await flush();
+    // Writes on their way first (a failed durable write defers its change), then what is
+    // deferred; each flush waits behind the writes asked before it.
+    for (int round = 0; round < 3 && (!committing_.empty() || !journal_.idle()); ++round)
+        co_await flush();
 }
 
 void engine::wake() {
@@ -444,7 +447,11 @@ asio::awaitable<std::string> engine::submit_body(std::string id, std::string par
 }
 
 asio::awaitable<void> engine::send_submit(std::string id) {
-    bool began = co_await begin_submit(id);
+    // Stopping: no POST may start now, as its answer might not be waited for (the
+    // job stays pending, in memory and in the database).
+    bool began = false;
+    if (!stopping_)
+        began = co_await begin_submit(id);
     --starting_submits_;
     auto it = active_.find(id);
     if (!began || it == active_.end())
@@ -453,13 +460,15 @@ asio::awaitable<void> engine::send_submit(std::string id) {
     it = active_.find(id);
     if (it == active_.end())
         co_return;
-    if (body.empty()) {
-        // Nothing was sent: back to pending, to be tried again.
+    if (body.empty() || stopping_) {
+        // Nothing is sent: back to pending, to be tried again (after the restart).
         core::http_outcome not_sent;
         not_sent.how = core::http_outcome::transport::not_sent;
-        not_sent.message = "the job's parameters could not be read from the database";
-        co_await apply(id, core::advance(it->second, core::ev_submit_answer{not_sent}, now(),
-                                         context_for(it->second)));
+        not_sent.message = stopping_ ? "klingd is stopping"
+                                     : "the job's parameters could not be read from the database";
+        core::event ev = core::ev_submit_answer{std::move(not_sent)};
+        auto tr = core::advance(it->second, ev, now(), context_for(it->second));
+        co_await apply(id, std::move(tr));
         co_return;
     }
     auto u = base_.with_target(fmt::format("/v2/{}", it->second.model));
@@ -471,8 +480,8 @@ asio::awaitable<void> engine::send_submit(std::string id) {
     it = active_.find(id);
     if (it == active_.end())
         co_return;
-    auto tr = core::advance(it->second, core::ev_submit_answer{std::move(out)}, now(),
-                            context_for(it->second));
+    core::event ev = core::ev_submit_answer{std::move(out)};
+    auto tr = core::advance(it->second, ev, now(), context_for(it->second));
     note_signal(tr, true);
     co_await apply(id, std::move(tr));
 }
@@ -480,7 +489,8 @@ asio::awaitable<void> engine::send_submit(std::string id) {
 asio::awaitable<void> engine::send_get(std::string id, bool poll) {
     job& j = active_.find(id)->second;
     if (core::past_retention(j, now(), settings_.jobs.result_retention_s) && !j.result) {
-        co_await apply(id, core::advance(j, core::ev_expire{}, now(), context_for(j)));
+        auto tr = core::advance(j, core::ev_expire{}, now(), context_for(j));
+        co_await apply(id, std::move(tr));
         co_return;
     }
     // The URL the answer gave, where the key may go; else the API's own.
@@ -524,8 +534,10 @@ asio::awaitable<void> engine::download(std::string id) {
     else
         ++stats_.downloads_failed;
     it = active_.find(id);
-    if (it != active_.end())
-        co_await apply(id, core::advance(it->second, ev, now(), context_for(it->second)));
+    if (it == active_.end())
+        co_return;
+    auto tr = core::advance(it->second, ev, now(), context_for(it->second));
+    co_await apply(id, std::move(tr));
 }
 
 asio::awaitable<core::result<std::vector<storage::insert_outcome>>>
@@ -646,6 +658,15 @@ core::error being_recorded(const std::string& id, job_state next) {
 }
 } // namespace
 
+asio::awaitable<core::result<job>> engine::existing(std::string id) {
+    auto j = co_await find(id);
+    if (!j)
+        co_return j.error();
+    if (!*j)
+        co_return no_such_job(id);
+    co_return std::move(**j);
+}
+
 asio::awaitable<core::result<job>> engine::cancel(std::string id) {
     if (auto c = committing_.find(id); c != committing_.end())
         co_return being_recorded(id, c->second);
@@ -666,15 +687,12 @@ asio::awaitable<core::result<job>> engine::cancel(std::string id) {
     if (!tr.rejection.empty())
         co_return core::error(core::errc::wrong_state, tr.rejection);
     co_await apply(id, std::move(tr));
-    auto j = co_await find(id);
-    if (!j)
-        co_return j.error();
-    if (!*j)
-        co_return no_such_job(id);
-    co_return std::move(**j);
+    co_return co_await existing(id);
 }
 
 asio::awaitable<core::result<job>> engine::retry(std::string id) {
+    if (auto c = committing_.find(id); c != committing_.end())
+        co_return being_recorded(id, c->second);
     auto rejected_while_active = [&]() -> core::error {
         auto& a = active_.find(id)->second;
         return {core::errc::wrong_state,
@@ -694,12 +712,7 @@ asio::awaitable<core::result<job>> engine::retry(std::string id) {
         co_return core::error(core::errc::wrong_state, tr.rejection);
     active_.emplace(id, **stored);
     co_await apply(id, std::move(tr));
-    auto j = co_await find(id);
-    if (!j)
-        co_return j.error();
-    if (!*j)
-        co_return no_such_job(id);
-    co_return std::move(**j);
+    co_return co_await existing(id);
 }
 
 void engine::reconfigure() {
@@ -730,7 +743,8 @@ void engine::set_paused(bool paused) {
 namespace klingd::daemon {
 
 asio::awaitable<void> engine::record_paused(bool paused) {
-    if (auto r = co_await repo_.set_meta("paused", paused ? "1" : "0"); !r)
+    std::string value = paused ? "1" : "0";
+    if (auto r = co_await repo_.set_meta("paused", std::move(value)); !r)
         log::error("cannot record the paused state: {}", r.error().message());
 }
 

@@ -113,6 +113,8 @@ private:
     boost::asio::awaitable<void> send_get(std::string id, bool poll);
     // A job not in memory, in engine time: the journal's unwritten copy, else the database's.
     boost::asio::awaitable<core::result<std::optional<core::job>>> inactive_job(std::string id);
+    // The job as find() sees it; errc::job_not_found when there is none.
+    boost::asio::awaitable<core::result<core::job>> existing(std::string id);
     // The body of a job's submit: in memory, else from the database; "" when unreadable.
     boost::asio::awaitable<std::string> submit_body(std::string id, std::string params);
     boost::asio::awaitable<void> download(std::string id);

@@ -191,6 +191,13 @@ std::optional<std::string> request_bytes(http::verb method, const core::http_url
     return wire;
 }
 
+// The most an answer may be: 64 KiB of headers, and the caller's body limit.
+template <class Body>
+void limit_answer(http::response_parser<Body>& p, std::uint64_t max_body) {
+    p.header_limit(64 * 1024);
+    p.body_limit(max_body);
+}
+
 // Why a request got no complete answer: it never left (not sent), or it may have
 // reached the server (lost), said for people.
 void explain_request_failure(const error_code& ec, bool wrote, bool reused, bool post,
@@ -223,6 +230,28 @@ void explain_download_failure(const error_code& ec, const std::string& path,
 
 } // namespace
 
+namespace {
+core::http_outcome& outcome_of(core::http_outcome& o) {
+    return o;
+}
+core::http_outcome& outcome_of(download_result& r) {
+    return r.outcome;
+}
+} // namespace
+
+template <class Result, class Exchange>
+asio::awaitable<Result> http_client::on_connection(const core::http_url& u, bool for_post,
+                                                   Exchange exchange) {
+    for (int attempt = 0;; ++attempt) {
+        Result r;
+        auto c = co_await acquire(u, for_post, outcome_of(r));
+        if (!c)
+            co_return r;
+        if (!co_await exchange(c, r, attempt == 0))
+            co_return r;
+    }
+}
+
 asio::awaitable<core::http_outcome> http_client::request(http::verb method, const core::http_url& u,
                                                          std::string body, header_list headers,
                                                          std::uint64_t max_body) {
@@ -236,49 +265,47 @@ asio::awaitable<core::http_outcome> http_client::request(http::verb method, cons
     }
     const std::string& wire = *bytes;
 
-    for (int attempt = 0;; ++attempt) {
-        core::http_outcome out;
-        auto c = co_await acquire(u, post, out);
-        if (!c)
-            co_return out;
-        bool reused = c->reused;
-        error_code ec;
-        http::response_parser<http::string_body> parser;
-        parser.header_limit(64 * 1024);
-        parser.body_limit(max_body);
-        bool wrote = false;
-        co_await c->with_stream([&](auto& s) -> asio::awaitable<void> {
-            c->tcp().expires_after(opts_.timeout);
-            co_await asio::async_write(s, asio::buffer(wire),
-                                       asio::redirect_error(asio::use_awaitable, ec));
-            if (ec)
-                co_return;
-            wrote = true;
-            c->tcp().expires_after(opts_.timeout);
-            co_await http::async_read(s, c->buffer, parser,
-                                      asio::redirect_error(asio::use_awaitable, ec));
-        });
-        if (ec) {
-            bool nothing_back = !parser.got_some();
-            // A pooled connection the server had closed: a GET is safe to send again at once.
-            if (reused && nothing_back && is_stale_connection_error(ec) && !post && attempt == 0)
-                continue;
-            if (ec == http::error::body_limit) {
-                out.too_large = true;
-                copy_rate_headers(parser, out);
-                out.message = fmt::format("answer body larger than {} bytes", max_body);
-                co_return out;
+    co_return co_await on_connection<core::http_outcome>(
+        u, post,
+        [&](std::unique_ptr<connection>& c, core::http_outcome& out,
+            bool may_retry) -> asio::awaitable<bool> {
+            bool reused = c->reused;
+            error_code ec;
+            http::response_parser<http::string_body> parser;
+            limit_answer(parser, max_body);
+            bool wrote = false;
+            co_await c->with_stream([&](auto& s) -> asio::awaitable<void> {
+                c->tcp().expires_after(opts_.timeout);
+                co_await asio::async_write(s, asio::buffer(wire),
+                                           asio::redirect_error(asio::use_awaitable, ec));
+                if (ec)
+                    co_return;
+                wrote = true;
+                c->tcp().expires_after(opts_.timeout);
+                co_await http::async_read(s, c->buffer, parser,
+                                          asio::redirect_error(asio::use_awaitable, ec));
+            });
+            if (ec) {
+                bool nothing_back = !parser.got_some();
+                // A pooled connection the server had closed: a GET is safe to send again.
+                if (reused && nothing_back && is_stale_connection_error(ec) && !post && may_retry)
+                    co_return true;
+                if (ec == http::error::body_limit) {
+                    out.too_large = true;
+                    copy_rate_headers(parser, out);
+                    out.message = fmt::format("answer body larger than {} bytes", max_body);
+                    co_return false;
+                }
+                explain_request_failure(ec, wrote, reused, post, nothing_back, u, out);
+                co_return false;
             }
-            explain_request_failure(ec, wrote, reused, post, nothing_back, u, out);
-            co_return out;
-        }
-        copy_rate_headers(parser, out);
-        bool keep = parser.get().keep_alive();
-        out.body = std::move(parser.get().body());
-        if (keep)
-            release(std::move(c));
-        co_return out;
-    }
+            copy_rate_headers(parser, out);
+            bool keep = parser.get().keep_alive();
+            out.body = std::move(parser.get().body());
+            if (keep)
+                release(std::move(c));
+            co_return false;
+        });
 }
 
 asio::awaitable<download_result>
@@ -288,57 +315,54 @@ http_client::download(const core::http_url& u, const std::string& path, std::uin
     req.set(http::field::user_agent, "klingd/" KLINGD_VERSION);
     req.keep_alive(true);
 
-    for (int attempt = 0;; ++attempt) {
-        download_result r;
-        auto c = co_await acquire(u, false, r.outcome);
-        if (!c)
-            co_return r;
-        bool reused = c->reused;
-        error_code ec;
-        http::response_parser<http::file_body> parser;
-        parser.header_limit(64 * 1024);
-        parser.body_limit(max_bytes);
-        parser.get().body().open(path.c_str(), beast::file_mode::write, ec);
-        if (ec) {
-            r.outcome.how = transport::not_sent;
-            r.outcome.local_io = true;
-            r.outcome.message = fmt::format("cannot write {}: {}", path, ec.message());
-            release(std::move(c));
-            co_return r;
-        }
-        co_await c->with_stream([&](auto& s) -> asio::awaitable<void> {
-            c->tcp().expires_after(opts_.timeout);
-            co_await http::async_write(s, req, asio::redirect_error(asio::use_awaitable, ec));
-            if (ec)
-                co_return;
-            // The header first, then the body in pieces, each within the timeout.
-            c->tcp().expires_after(opts_.timeout);
-            co_await http::async_read_header(s, c->buffer, parser,
-                                             asio::redirect_error(asio::use_awaitable, ec));
-            while (!ec && !parser.is_done()) {
-                c->tcp().expires_after(opts_.timeout);
-                co_await http::async_read_some(s, c->buffer, parser,
-                                               asio::redirect_error(asio::use_awaitable, ec));
+    co_return co_await on_connection<download_result>(
+        u, false,
+        [&](std::unique_ptr<connection>& c, download_result& r,
+            bool may_retry) -> asio::awaitable<bool> {
+            bool reused = c->reused;
+            error_code ec;
+            http::response_parser<http::file_body> parser;
+            limit_answer(parser, max_bytes);
+            parser.get().body().open(path.c_str(), beast::file_mode::write, ec);
+            if (ec) {
+                r.outcome.how = transport::not_sent;
+                r.outcome.local_io = true;
+                r.outcome.message = fmt::format("cannot write {}: {}", path, ec.message());
+                release(std::move(c));
+                co_return false;
             }
+            co_await c->with_stream([&](auto& s) -> asio::awaitable<void> {
+                c->tcp().expires_after(opts_.timeout);
+                co_await http::async_write(s, req, asio::redirect_error(asio::use_awaitable, ec));
+                if (ec)
+                    co_return;
+                // The header first, then the body in pieces, each within the timeout.
+                c->tcp().expires_after(opts_.timeout);
+                co_await http::async_read_header(s, c->buffer, parser,
+                                                 asio::redirect_error(asio::use_awaitable, ec));
+                while (!ec && !parser.is_done()) {
+                    c->tcp().expires_after(opts_.timeout);
+                    co_await http::async_read_some(s, c->buffer, parser,
+                                                   asio::redirect_error(asio::use_awaitable, ec));
+                }
+            });
+            if (ec) {
+                if (reused && !parser.got_some() && is_stale_connection_error(ec) && may_retry)
+                    co_return true;
+                if (parser.is_header_done())
+                    copy_rate_headers(parser, r.outcome);
+                explain_download_failure(ec, path, u, max_bytes, r.outcome);
+                co_return false;
+            }
+            copy_rate_headers(parser, r.outcome);
+            if (auto it = parser.get().find(http::field::content_type); it != parser.get().end())
+                r.content_type = std::string(it->value());
+            r.bytes = parser.get().body().size();
+            parser.get().body().close();
+            if (parser.get().keep_alive())
+                release(std::move(c));
+            co_return false;
         });
-        if (ec) {
-            if (reused && !parser.got_some() && is_stale_connection_error(ec) && attempt == 0)
-                continue;
-            if (parser.is_header_done())
-                copy_rate_headers(parser, r.outcome);
-            explain_download_failure(ec, path, u, max_bytes, r.outcome);
-            co_return r;
-        }
-        copy_rate_headers(parser, r.outcome);
-        if (auto it = parser.get().find(http::field::content_type); it != parser.get().end())
-            r.content_type = std::string(it->value());
-        r.bytes = parser.get().body().size();
-        parser.get().body().close();
-        bool keep = parser.get().keep_alive();
-        if (keep)
-            release(std::move(c));
-        co_return r;
-    }
 }
 
 } // namespace klingd::daemon

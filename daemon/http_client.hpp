@@ -61,6 +61,12 @@ private:
     boost::asio::awaitable<std::unique_ptr<connection>>
     acquire(const core::http_url& u, bool for_post, core::http_outcome& failure);
     void release(std::unique_ptr<connection> c);
+    // Runs exchange(connection, result, may_retry) on a pooled or new connection; when it
+    // asks (true: a pooled connection the server had closed, nothing received, and a
+    // retry allowed), once more on another. Result: core::http_outcome or download_result.
+    template <class Result, class Exchange>
+    boost::asio::awaitable<Result> on_connection(const core::http_url& u, bool for_post,
+                                                 Exchange exchange);
 
     boost::asio::any_io_executor ex_;
     boost::asio::ssl::context& tls_;

@@ -88,7 +88,7 @@ void job_journal::include_lazy() {
 }
 
 asio::awaitable<core::result<void>> job_journal::flush() {
-    if (dirty_.empty())
+    if (dirty_.empty() && !lane_.busy())
         co_return core::result<void>{};
     auto turn = co_await lane_.wait_turn();
     if (dirty_.empty()) // the flush before this one took it all

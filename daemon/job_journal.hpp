@@ -54,9 +54,12 @@ public:
     // Writes changes now, in one transaction, their times on the wall clock (start-up's
     // recovered jobs); nothing is kept on failure.
     boost::asio::awaitable<core::result<void>> write(std::vector<storage::job_change> changes);
-    // Writes every deferred change in one transaction; on failure keeps them all.
+    // Writes every deferred change in one transaction; on failure keeps them all. Waits
+    // behind the writes asked before it, also when nothing is deferred.
     boost::asio::awaitable<core::result<void>> flush();
     bool empty() const { return dirty_.empty(); }
+    // Nothing deferred and no write on its way or waiting.
+    bool idle() const { return dirty_.empty() && !lane_.busy(); }
     std::size_t pending() const { return dirty_.size(); }
 
 private:

@@ -296,21 +296,23 @@ spool::candidate spool::read_candidate(const std::string& name) const {
                                        name.substr(0, name.size() - 5));
     if (!parsed)
         return rejection{parsed.error().message()};
-    return std::move(*parsed);
+    return job_file{std::move(*parsed), taken_file{name, st.st_dev, st.st_ino}};
 }
 
 asio::awaitable<void> spool::take(std::vector<std::string> names) {
     auto turn = co_await intake_.wait_turn();
     std::vector<core::job_spec> specs;
-    std::vector<std::string> sources, files;
+    std::vector<std::string> sources;
+    std::vector<taken_file> files;
     for (const auto& name : names) {
+        log::debug("spool: reading {}", printable(name));
         auto c = read_candidate(name);
         if (auto* r = std::get_if<rejection>(&c)) {
             reject(name, r->why);
-        } else if (auto* spec = std::get_if<core::job_spec>(&c)) {
-            specs.push_back(std::move(*spec));
+        } else if (auto* job = std::get_if<job_file>(&c)) {
+            specs.push_back(std::move(job->spec));
             sources.push_back("spool:" + name);
-            files.push_back(name);
+            files.push_back(std::move(job->file));
         }
     }
     co_await record(std::move(specs), std::move(sources), std::move(files));
@@ -318,7 +320,7 @@ asio::awaitable<void> spool::take(std::vector<std::string> names) {
 
 asio::awaitable<void> spool::record(std::vector<core::job_spec> specs,
                                     std::vector<std::string> sources,
-                                    std::vector<std::string> files) {
+                                    std::vector<taken_file> files) {
     if (specs.empty())
         co_return;
     auto outcomes = co_await engine_.add_jobs(specs, std::move(sources));
@@ -333,16 +335,20 @@ asio::awaitable<void> spool::record(std::vector<core::job_spec> specs,
     for (std::size_t i = 0; i < specs.size(); ++i) {
         switch ((*outcomes)[i]) {
         case storage::insert_outcome::inserted:
-            log::info("job {}: accepted from {}", specs[i].id, printable(files[i]));
+            log::info("job {}: accepted from {}", specs[i].id, printable(files[i].name));
             move_to(files[i], accepted_);
             break;
         case storage::insert_outcome::same_content:
             log::info("job {}: {} repeats a job already recorded; nothing to do", specs[i].id,
-                      printable(files[i]));
+                      printable(files[i].name));
             move_to(files[i], accepted_);
             break;
         case storage::insert_outcome::conflict:
-            reject(files[i],
+            if (!still_there(files[i])) {
+                rescan_later();
+                break;
+            }
+            reject(files[i].name,
                    fmt::format(
                        "id \"{}\" is taken by a job with other content (a job id is unique for "
                        "the life of the database; use another id)",
@@ -363,10 +369,25 @@ std::string free_name(const std::string& folder, const std::string& name) {
 }
 } // namespace
 
-void spool::move_to(const std::string& name, const std::string& folder) {
-    std::string from = incoming_ + "/" + name;
+bool spool::still_there(const taken_file& f) const {
+    struct stat st {};
+    std::string path = incoming_ + "/" + f.name;
+    if (::lstat(path.c_str(), &st) == 0 && st.st_dev == f.dev && st.st_ino == f.ino)
+        return true;
+    log::notice("spool: {} was replaced or removed while its job was being recorded; a new "
+                "file there is taken on its own",
+                printable(f.name));
+    return false;
+}
+
+void spool::move_to(const taken_file& f, const std::string& folder) {
+    if (!still_there(f)) {
+        rescan_later(); // its own event takes it; the rescan makes sure
+        return;
+    }
+    std::string from = incoming_ + "/" + f.name;
     restore_dir(folder);
-    std::string to = free_name(folder, name);
+    std::string to = free_name(folder, f.name);
     if (::rename(from.c_str(), to.c_str()) != 0)
         log::error("spool: cannot move {} to {}: {}", from, to, std::strerror(errno));
 }

@@ -15,6 +15,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <string>
+#include <sys/types.h>
 #include <variant>
 #include <vector>
 
@@ -44,17 +45,31 @@ private:
     struct rejection {
         std::string why;
     };
-    using candidate = std::variant<skip, rejection, core::job_spec>;
+    // A file read, and which file it was: a writer may rename another file over its
+    // name while the job is being recorded.
+    struct taken_file {
+        std::string name;
+        dev_t dev = 0;
+        ino_t ino = 0;
+    };
+    struct job_file {
+        core::job_spec spec;
+        taken_file file;
+    };
+    using candidate = std::variant<skip, rejection, job_file>;
     candidate read_candidate(const std::string& name) const;
     // Records the jobs read, then moves their files to accepted/ (or rejected/ for a conflict).
     boost::asio::awaitable<void> record(std::vector<core::job_spec> specs,
                                         std::vector<std::string> sources,
-                                        std::vector<std::string> files);
+                                        std::vector<taken_file> files);
     // Scans incoming/ again in a few seconds (after files could not be recorded).
     void rescan_later();
     // malformed: count it as an invalid file (a conflict of ids is counted by the engine).
     void reject(const std::string& name, const std::string& why, bool malformed = true);
-    void move_to(const std::string& name, const std::string& folder);
+    // Moves the file read to folder; a file renamed over it since is left for its own take.
+    void move_to(const taken_file& f, const std::string& folder);
+    // False (and said) when the name now holds another file than the one read.
+    bool still_there(const taken_file& f) const;
 
     boost::asio::io_context& io_;
     const config::settings& settings_;

@@ -315,9 +315,9 @@ api_answer service::not_found(std::string_view id) const {
     return error_answer(404, fmt::format("Request {} not found", id));
 }
 
-std::variant<std::pair<service::record*, service::state>, api_answer>
-service::reach(std::string_view id, std::string_view api_key, time_point now,
-               std::optional<time_point> seen_at, std::uint64_t record::*counter) {
+api_answer service::reach(std::string_view id, std::string_view api_key, time_point now,
+                          std::optional<time_point> seen_at, std::uint64_t record::*counter,
+                          const std::function<api_answer(const record&, state)>& answer) {
     if (auto refused = gate(api_key, now))
         return *refused;
     record* r = find_live(id, now);
@@ -328,35 +328,34 @@ service::reach(std::string_view id, std::string_view api_key, time_point now,
     auto st = state_at(*r, now);
     if (st == state::failed)
         return failed_answer(*r);
-    return std::pair{r, st};
+    return answer(*r, st);
 }
 
 api_answer service::status(std::string_view id, std::string_view api_key, time_point now,
                            std::optional<time_point> seen_at) {
-    auto reached = reach(id, api_key, now, seen_at, &record::status_polls);
-    if (auto* answer = std::get_if<api_answer>(&reached))
-        return std::move(*answer);
-    auto [r, st] = std::get<std::pair<record*, state>>(reached);
-    int s = static_cast<int>(st);
-    return json_answer(200, json::object{{"request_id", r->id},
-                                         {"status", state_name(s)},
-                                         {"metrics", metrics_of(r->queue_api_s, r->run_api_s, s)}});
+    return reach(id, api_key, now, seen_at, &record::status_polls, [](const record& r, state st) {
+        int s = static_cast<int>(st);
+        return json_answer(200,
+                           json::object{{"request_id", r.id},
+                                        {"status", state_name(s)},
+                                        {"metrics", metrics_of(r.queue_api_s, r.run_api_s, s)}});
+    });
 }
 
 api_answer service::result(std::string_view id, std::string_view api_key, time_point now,
                            std::optional<time_point> seen_at) {
-    auto reached = reach(id, api_key, now, seen_at, &record::result_fetches);
-    if (auto* answer = std::get_if<api_answer>(&reached))
-        return std::move(*answer);
-    auto [r, st] = std::get<std::pair<record*, state>>(reached);
-    json::object out{{"request_id", r->id}, {"status", state_name(static_cast<int>(st))}};
-    if (st == state::completed) {
-        out["output"] = fmt::format("{}/media/{}.{}", cfg_.public_url, r->id, extension(r->kind));
-        out["metrics"] = json::object{{"inference_time", round_ms(r->run_api_s)}};
-        if (cfg_.result_padding > 0)
-            out["padding"] = std::string(cfg_.result_padding, 'x');
-    }
-    return json_answer(200, out);
+    return reach(
+        id, api_key, now, seen_at, &record::result_fetches, [this](const record& r, state st) {
+            json::object out{{"request_id", r.id}, {"status", state_name(static_cast<int>(st))}};
+            if (st == state::completed) {
+                out["output"] =
+                    fmt::format("{}/media/{}.{}", cfg_.public_url, r.id, extension(r.kind));
+                out["metrics"] = json::object{{"inference_time", round_ms(r.run_api_s)}};
+                if (cfg_.result_padding > 0)
+                    out["padding"] = std::string(cfg_.result_padding, 'x');
+            }
+            return json_answer(200, out);
+        });
 }
 
 api_answer service::other_api_call(std::string_view api_key, time_point now) {

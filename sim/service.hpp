@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <optional>
 #include <random>
@@ -113,12 +114,12 @@ private:
     void note_seen(record& r, time_point now, std::optional<time_point> seen_at);
     api_answer failed_answer(const record& r) const;
     api_answer not_found(std::string_view id) const;
-    // The live request a GET names and its state, its counter bumped and the sighting
-    // noted; or the answer the GET gets instead (key, rate limit, unknown or expired id,
-    // a failed request).
-    std::variant<std::pair<record*, state>, api_answer>
-    reach(std::string_view id, std::string_view api_key, time_point now,
-          std::optional<time_point> seen_at, std::uint64_t record::*counter);
+    // A GET of a live request: its counter bumped and the sighting noted, then
+    // answer(record, state); or the answer the GET gets instead (key, rate limit, unknown
+    // or expired id, a failed request).
+    api_answer reach(std::string_view id, std::string_view api_key, time_point now,
+                     std::optional<time_point> seen_at, std::uint64_t record::*counter,
+                     const std::function<api_answer(const record&, state)>& answer);
     bool chance(double p);
     std::string new_uuid();
     double draw_run_s(const std::string& model);

@@ -43,6 +43,9 @@ auto sqlite_repository::on_worker(F f) -> async_result<std::invoke_result_t<F, j
                         }
                     } catch (const storage_error& e) {
                         return core::error(errc_of(e), e.what());
+                    } catch (const std::exception& e) {
+                        // Never out of the worker (the pool would terminate the process).
+                        return core::error(core::errc::store_failed, e.what());
                     }
                 }();
                 // The guard goes along: it is released on the caller's thread, never here

@@ -42,7 +42,8 @@ void daemon_env::write_config() {
     double s = opts_.scale;
     double rpm = opts_.requests_per_minute > 0 ? opts_.requests_per_minute : 60 / s;
     std::string toml = fmt::format(
-        R"([api]
+        R"(log_level = "{}"
+[api]
 base_url = "{}"
 ca_file = "{}"
 requests_per_minute = {}
@@ -67,8 +68,8 @@ resubmit_unknown = {}
 max_in_flight = {}
 {}
 )",
-        sim_->base_url(), sim_->ca_file(), rpm, dir_ / "klingd.db", dir_ / "spool", dir_ / "output",
-        socket(), 58 * s, 223 * s, 3600 * s, 1 * s, 60 * s,
+        opts_.log_level, sim_->base_url(), sim_->ca_file(), rpm, dir_ / "klingd.db", dir_ / "spool",
+        dir_ / "output", socket(), 58 * s, 223 * s, 3600 * s, 1 * s, 60 * s,
         opts_.resubmit_unknown ? "true" : "false", opts_.max_in_flight, opts_.extra_toml);
     write_file(config_path(), toml);
 }

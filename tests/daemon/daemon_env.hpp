@@ -32,6 +32,7 @@ struct daemon_options {
     std::string extra_toml; // appended to [jobs]
     std::vector<std::string> sim_args;
     std::string api_key = "test-key-1";
+    std::string log_level = "info";
 };
 
 class daemon_env {

@@ -260,6 +260,37 @@ TEST(database, locked_by_another_process_for_a_while_delays_but_loses_nothing) {
     EXPECT_EQ(env.stop(), 0);
 }
 
+// A writer renames a new x.json over one klingd has read but not yet recorded (the
+// database is locked meanwhile, so recording waits): each file is processed on its own,
+// and none is moved unread.
+TEST(database, a_file_renamed_over_one_being_recorded_is_taken_on_its_own) {
+    daemon_options o;
+    o.log_level = "debug";
+    daemon_env env(o);
+    env.start();
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((env.dir() + "/klingd.db").c_str(), &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 10000);
+    ASSERT_EQ(sqlite3_exec(db, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
+    env.drop("x.json", image_job("first"));
+    ASSERT_TRUE(eventually(
+        [&] { return env.log().find("spool: reading x.json") != std::string::npos; }, 10s))
+        << env.log();
+    std::string second = image_job("second");
+    second.insert(1, R"("id":"y",)");
+    env.drop("x.json", second); // renamed over the first, which is being recorded
+    // Released well within klingd's 5 s busy timeout: the first file's job is recorded.
+    sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
+    sqlite3_close(db);
+    ASSERT_TRUE(env.wait_terminal({"x", "y"}, 60s)) << env.log();
+    EXPECT_EQ(env.state("x"), "completed");
+    EXPECT_EQ(env.state("y"), "completed");
+    EXPECT_EQ(read_file(env.dir() + "/spool/accepted/x.json"), second);
+    EXPECT_FALSE(std::filesystem::exists(env.dir() + "/spool/accepted/x.json.1"));
+    EXPECT_TRUE(std::filesystem::is_empty(env.incoming()));
+    EXPECT_EQ(env.stop(), 0);
+}
+
 // Starting klingd on a database it must refuse: exit status 1 and the reason on stderr.
 std::pair<int, std::string> start_expecting_failure(daemon_env& env) {
     child_process k(KLINGD_PATH, {"--config", env.config_path()},
