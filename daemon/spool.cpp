@@ -94,10 +94,77 @@ void spool::start() {
 }
 
 bool spool::add_watch() {
-    // IN_CREATE for symbolic links, which are made without a write or a rename.
+    // IN_CREATE for files made without a write or a rename here (symbolic links, hard
+    // links, O_TMPFILE files linked in); IN_MODIFY tells a writer is still at work.
     watch_ = ::inotify_add_watch(inotify_fd_, incoming_.c_str(),
-                                 IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_ONLYDIR);
+                                 IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_MODIFY | IN_ONLYDIR);
     return watch_ >= 0;
+}
+
+namespace {
+// Whether no process has the file open for writing: a read lease can be taken only
+// then. nullopt when the kernel will not say (a lease needs the file's owner or
+// CAP_LEASE).
+std::optional<bool> no_writer(const std::string& path) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return std::nullopt;
+    int r = ::fcntl(fd, F_SETLEASE, F_RDLCK);
+    int err = errno;
+    if (r == 0)
+        ::fcntl(fd, F_SETLEASE, F_UNLCK);
+    ::close(fd);
+    if (r == 0)
+        return true;
+    if (err == EAGAIN)
+        return false;
+    return std::nullopt;
+}
+} // namespace
+
+void spool::note_created(const std::string& name) {
+    created_[name] = std::chrono::steady_clock::now();
+    if (settling_ || stopping_)
+        return;
+    settling_ = true;
+    asio::co_spawn(io_, settle(), asio::detached);
+}
+
+asio::awaitable<void> spool::settle() {
+    asio::steady_timer t(io_);
+    while (!created_.empty() && !stopping_) {
+        t.expires_after(std::chrono::milliseconds(250));
+        boost::system::error_code ec;
+        co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        auto now = std::chrono::steady_clock::now();
+        std::vector<std::string> ready;
+        for (auto it = created_.begin(); it != created_.end();) {
+            std::string path = incoming_ + "/" + it->first;
+            struct stat st {};
+            bool gone = ::lstat(path.c_str(), &st) != 0;
+            auto free = gone ? std::optional<bool>(true) : no_writer(path);
+            bool quiet = now - it->second >= std::chrono::seconds(1);
+            if (gone || (free && *free) || (!free && quiet)) {
+                if (!gone)
+                    ready.push_back(it->first);
+                it = created_.erase(it);
+            } else {
+                ++it;
+            }
+        }
+        if (!ready.empty())
+            co_await take(std::move(ready));
+    }
+    settling_ = false;
+}
+
+asio::awaitable<void> spool::read_again_later(std::string name) {
+    asio::steady_timer t(io_, std::chrono::seconds(1));
+    boost::system::error_code ec;
+    co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    std::vector<std::string> names{std::move(name)}; // named: see control_api.cpp
+    if (!stopping_)
+        co_await take(std::move(names));
 }
 
 void spool::rescan_later() {
@@ -160,7 +227,9 @@ asio::awaitable<std::size_t> spool::scan() {
 // (a flexible array member) cannot live in a coroutine frame.
 namespace {
 struct event_batch {
-    std::vector<std::string> names;
+    std::vector<std::string> names;   // written and closed, or renamed in: take them
+    std::vector<std::string> created; // regular files that appeared otherwise
+    std::vector<std::string> modified;
     bool rescan = false;
     bool lost_watch = false;
 };
@@ -185,12 +254,17 @@ event_batch read_events(const std::string& incoming, const char* buf, std::size_
             continue;
         if (ev.mask & (IN_CLOSE_WRITE | IN_MOVED_TO)) {
             out.names.push_back(std::move(name));
+        } else if (ev.mask & IN_MODIFY) {
+            out.modified.push_back(std::move(name));
         } else if ((ev.mask & IN_CREATE) && !(ev.mask & IN_ISDIR)) {
-            // A file just created is still being written (its IN_CLOSE_WRITE follows);
-            // only a symbolic link is complete now, to be refused.
+            // A symbolic link is complete now, to be refused; a regular file may be a
+            // hard link (complete) or a file a writer has just opened here (its
+            // IN_CLOSE_WRITE follows): settle() tells them apart.
             struct stat st {};
             if (::lstat((incoming + "/" + name).c_str(), &st) == 0 && S_ISLNK(st.st_mode))
                 out.names.push_back(std::move(name));
+            else
+                out.created.push_back(std::move(name));
         }
     }
     return out;
@@ -217,6 +291,13 @@ asio::awaitable<void> spool::watch() {
         const auto& names = got.names;
         bool rescan = got.rescan;
         bool lost_watch = got.lost_watch;
+        for (auto& name : got.created)
+            note_created(name);
+        for (auto& name : got.modified)
+            if (auto c = created_.find(name); c != created_.end())
+                c->second = std::chrono::steady_clock::now();
+        for (auto& name : names)
+            created_.erase(name); // written and closed here: taken now
         for (std::size_t i = 0; i < names.size(); i += batch_size)
             co_await take(std::vector<std::string>(
                 names.begin() + static_cast<long>(i),
@@ -294,9 +375,12 @@ spool::candidate spool::read_candidate(const std::string& name) const {
                                      st.st_size, settings_.spool.max_file_bytes)};
     auto parsed = core::parse_job_spec(read_all(f.fd, static_cast<std::size_t>(st.st_size)),
                                        name.substr(0, name.size() - 5));
+    taken_file file{name, st.st_dev, st.st_ino, static_cast<std::int64_t>(st.st_size),
+                    static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 +
+                        st.st_mtim.tv_nsec};
     if (!parsed)
-        return rejection{parsed.error().message()};
-    return job_file{std::move(*parsed), taken_file{name, st.st_dev, st.st_ino}};
+        return rejection{parsed.error().message(), std::move(file)};
+    return job_file{std::move(*parsed), std::move(file)};
 }
 
 asio::awaitable<void> spool::take(std::vector<std::string> names) {
@@ -306,10 +390,21 @@ asio::awaitable<void> spool::take(std::vector<std::string> names) {
     std::vector<taken_file> files;
     for (const auto& name : names) {
         log::debug("spool: reading {}", printable(name));
+        created_.erase(name);
         auto c = read_candidate(name);
         if (auto* r = std::get_if<rejection>(&c)) {
+            if (r->unparsed && unparsed_once_[name] != *r->unparsed) {
+                // The first time this version does not parse: read it again in a second.
+                unparsed_once_[name] = *r->unparsed;
+                asio::co_spawn(io_, read_again_later(name), asio::detached);
+                continue;
+            }
+            unparsed_once_.erase(name);
             reject(name, r->why);
+        } else if (std::holds_alternative<skip>(c)) {
+            unparsed_once_.erase(name);
         } else if (auto* job = std::get_if<job_file>(&c)) {
+            unparsed_once_.erase(name);
             specs.push_back(std::move(job->spec));
             sources.push_back("spool:" + name);
             files.push_back(std::move(job->file));

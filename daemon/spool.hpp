@@ -14,6 +14,10 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <optional>
 #include <string>
 #include <sys/types.h>
 #include <variant>
@@ -42,15 +46,20 @@ private:
     boost::asio::awaitable<void> take(std::vector<std::string> names);
     // What a file in incoming/ is: gone (skip), to be rejected (and why), or a job.
     struct skip {};
-    struct rejection {
-        std::string why;
-    };
-    // A file read, and which file it was: a writer may rename another file over its
-    // name while the job is being recorded.
+    // A file read, and which file it was (a writer may rename another file over its
+    // name while the job is being recorded), and which version of it.
     struct taken_file {
         std::string name;
         dev_t dev = 0;
         ino_t ino = 0;
+        std::int64_t size = 0;
+        std::int64_t mtime_ns = 0;
+        bool operator==(const taken_file&) const = default;
+    };
+    struct rejection {
+        std::string why;
+        // Set when the content did not parse: it may be a file still being written.
+        std::optional<taken_file> unparsed;
     };
     struct job_file {
         core::job_spec spec;
@@ -64,6 +73,14 @@ private:
                                         std::vector<taken_file> files);
     // Scans incoming/ again in a few seconds (after files could not be recorded).
     void rescan_later();
+    // A file that appeared without being written or renamed here (a hard link, an
+    // O_TMPFILE linked in): taken once no writer has it open, or it has been quiet for
+    // a second; settle() looks at them four times a second while there are any.
+    void note_created(const std::string& name);
+    boost::asio::awaitable<void> settle();
+    // A file whose content did not parse is read once more, a second later, before it
+    // is rejected (its writer may not have finished).
+    boost::asio::awaitable<void> read_again_later(std::string name);
     // malformed: count it as an invalid file (a conflict of ids is counted by the engine).
     void reject(const std::string& name, const std::string& why, bool malformed = true);
     // Moves the file read to folder; a file renamed over it since is left for its own take.
@@ -80,6 +97,11 @@ private:
     std::optional<boost::asio::posix::stream_descriptor> events_;
     bool stopping_ = false;
     bool rescan_pending_ = false;
+    // Files seen created but not yet written or renamed here, and their last activity.
+    std::map<std::string, std::chrono::steady_clock::time_point> created_;
+    bool settling_ = false;
+    // Files whose content did not parse once, as they were then.
+    std::map<std::string, taken_file> unparsed_once_;
     async_lane intake_; // the scan's and the watch's batches take turns
 };
 

@@ -3,11 +3,13 @@
 // that disappears, and networks that fail in each way they can. Each test says what
 // must hold: nothing lost, nothing submitted twice, a reason a person can read, and a
 // daemon that keeps answering.
+#include "client/control_client.hpp"
 #include "tests/daemon/daemon_env.hpp"
 
 #include <arpa/inet.h>
 #include <atomic>
 #include <cstdlib>
+#include <fcntl.h>
 #include <filesystem>
 #include <fmt/format.h>
 #include <fstream>
@@ -260,6 +262,54 @@ TEST(database, locked_by_another_process_for_a_while_delays_but_loses_nothing) {
     EXPECT_EQ(env.stop(), 0);
 }
 
+// The event loop never waits on the database: while another process holds it locked
+// for 10 s (twice klingd's busy timeout) and jobs arrive, /v1/health answers within
+// 100 ms throughout, and every job completes, submitted once, when the lock goes.
+TEST(database, a_10_s_lock_by_another_process_never_holds_up_the_event_loop) {
+    daemon_env env;
+    env.start();
+    std::vector<std::string> ids;
+    for (int i = 0; i < 5; ++i) {
+        ids.push_back(fmt::format("h{}", i));
+        env.drop(ids.back() + ".json", image_job(ids.back()));
+    }
+    ASSERT_TRUE(eventually([&] { return env.jobs().size() == ids.size(); }, 10s));
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((env.dir() + "/klingd.db").c_str(), &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 10000);
+    ASSERT_EQ(sqlite3_exec(db, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
+    auto locked_at = std::chrono::steady_clock::now();
+    for (int i = 0; i < 5; ++i) { // intake, polls and answers all want the database now
+        ids.push_back(fmt::format("l{}", i));
+        env.drop(ids.back() + ".json", image_job(ids.back()));
+    }
+    klingd::client::control_client socket(env.socket(), 5s);
+    double worst_ms = 0;
+    int probes = 0;
+    while (std::chrono::steady_clock::now() - locked_at < 10s) {
+        auto t0 = std::chrono::steady_clock::now();
+        auto r = socket.call(boost::beast::http::verb::get, "/v1/health");
+        double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                        .count();
+        ASSERT_TRUE(r && r->status == 200) << (r ? r->text : r.error().message());
+        worst_ms = std::max(worst_ms, ms);
+        ++probes;
+        std::this_thread::sleep_for(20ms); // the probes' pace, not a synchronisation
+    }
+    EXPECT_LT(worst_ms, 100.0) << "over " << probes << " probes";
+    EXPECT_NE(env.log().find("database is locked"), std::string::npos)
+        << "klingd never met the lock; the test proves nothing\n"
+        << env.log();
+    sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
+    sqlite3_close(db);
+    ASSERT_TRUE(env.wait_terminal(ids, 60s)) << env.log();
+    for (auto& id : ids)
+        expect_completed_with_exact_media(env, id);
+    for (auto& [marker, n] : submissions_by_marker(env.sim_stats()))
+        EXPECT_EQ(n, 1) << marker;
+    EXPECT_EQ(env.stop(), 0);
+}
+
 // A writer renames a new x.json over one klingd has read but not yet recorded (the
 // database is locked meanwhile, so recording waits): each file is processed on its own,
 // and none is moved unread.
@@ -388,6 +438,78 @@ TEST(spool, a_removed_incoming_folder_is_reported_and_intake_resumes_when_it_is_
     expect_completed_with_exact_media(env, "back");
     EXPECT_TRUE(fs::exists(env.dir() + "/spool/accepted/back.json"))
         << "accepted/ is created again";
+    EXPECT_EQ(env.stop(), 0);
+}
+
+// Job files that appear without being written or renamed in incoming/: a hard link, and
+// an O_TMPFILE file linked in. Each is taken without a restart; one a writer still holds
+// open (through its other name) is taken only once the writer is done.
+TEST(spool, hard_links_and_linked_in_tmpfiles_are_taken_once_no_writer_holds_them) {
+    daemon_env env;
+    env.start();
+    std::string outside = env.dir() + "/outside";
+    fs::create_directories(outside);
+
+    write_file(outside + "/hl.json", image_job("hl"));
+    ASSERT_EQ(::link((outside + "/hl.json").c_str(), (env.incoming() + "/hl.json").c_str()), 0);
+
+    int tmp = ::open(env.incoming().c_str(), O_TMPFILE | O_WRONLY, 0644);
+    ASSERT_GE(tmp, 0) << std::strerror(errno);
+    std::string body = image_job("tmpf");
+    ASSERT_EQ(::write(tmp, body.data(), body.size()), static_cast<ssize_t>(body.size()));
+    std::string proc = fmt::format("/proc/self/fd/{}", tmp);
+    ASSERT_EQ(::linkat(AT_FDCWD, proc.c_str(), AT_FDCWD, (env.incoming() + "/tmpf.json").c_str(),
+                       AT_SYMLINK_FOLLOW),
+              0)
+        << std::strerror(errno);
+    ::close(tmp);
+
+    // A writer has written half its file and links it in before it is done.
+    std::string whole = image_job("half");
+    int w = ::open((outside + "/half.json").c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);
+    ASSERT_GE(w, 0);
+    ASSERT_EQ(::write(w, whole.data(), whole.size() / 2), static_cast<ssize_t>(whole.size() / 2));
+    ASSERT_EQ(::link((outside + "/half.json").c_str(), (env.incoming() + "/half.json").c_str()), 0);
+
+    ASSERT_TRUE(env.wait_terminal({"hl", "tmpf"}, 30s)) << env.log();
+    expect_completed_with_exact_media(env, "hl");
+    expect_completed_with_exact_media(env, "tmpf");
+    // Still open for writing: not taken (a quiet period this negative check needs).
+    std::this_thread::sleep_for(1500ms);
+    EXPECT_TRUE(fs::exists(env.incoming() + "/half.json"));
+    EXPECT_FALSE(fs::exists(env.dir() + "/spool/rejected/half.json"));
+    std::string rest = whole.substr(whole.size() / 2);
+    ASSERT_EQ(::write(w, rest.data(), rest.size()), static_cast<ssize_t>(rest.size()));
+    ::close(w);
+    ASSERT_TRUE(env.wait_terminal({"half"}, 30s)) << env.log();
+    expect_completed_with_exact_media(env, "half");
+    EXPECT_TRUE(fs::is_empty(env.incoming()));
+    EXPECT_EQ(env.stop(), 0);
+}
+
+// A file whose content does not parse yet is read once more, a second later, before
+// it is rejected: here its writer completes it (through another name) in between.
+TEST(spool, a_file_that_does_not_parse_is_read_once_more_before_it_is_rejected) {
+    daemon_options o;
+    o.log_level = "debug";
+    daemon_env env(o);
+    env.start();
+    std::string outside = env.dir() + "/outside";
+    fs::create_directories(outside);
+    std::string whole = image_job("late");
+    write_file(outside + "/late.json", whole.substr(0, whole.size() / 2));
+    ASSERT_EQ(::link((outside + "/late.json").c_str(), (env.incoming() + "/late.json").c_str()), 0);
+    ASSERT_TRUE(eventually(
+        [&] { return env.log().find("spool: reading late.json") != std::string::npos; }, 10s))
+        << env.log();
+    write_file(outside + "/late.json", whole); // the same file: completed in place
+    ASSERT_TRUE(env.wait_terminal({"late"}, 30s)) << env.log();
+    expect_completed_with_exact_media(env, "late");
+    EXPECT_FALSE(fs::exists(env.dir() + "/spool/rejected/late.json"));
+
+    env.drop("broken.json", "{ not json"); // and one that never parses is still rejected
+    ASSERT_TRUE(
+        eventually([&] { return fs::exists(env.dir() + "/spool/rejected/broken.json"); }, 10s));
     EXPECT_EQ(env.stop(), 0);
 }
 
