@@ -364,14 +364,6 @@ std::vector<history_entry> job_store::history(const std::string& id) {
     return out;
 }
 
-std::map<std::string, std::int64_t> job_store::count_by_state() {
-    statement s(db_, "SELECT state, count(*) FROM jobs GROUP BY state");
-    std::map<std::string, std::int64_t> out;
-    while (s.step())
-        out[s.text(0)] = s.int64(1);
-    return out;
-}
-
 std::map<std::pair<std::string, std::string>, std::int64_t> job_store::count_by_state_and_model() {
     statement s(db_, "SELECT state, model, count(*) FROM jobs GROUP BY state, model");
     std::map<std::pair<std::string, std::string>, std::int64_t> out;

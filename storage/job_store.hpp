@@ -53,7 +53,6 @@ public:
     std::vector<core::job> unfinished();
     std::string params_of(const std::string& id);
     std::vector<history_entry> history(const std::string& id);
-    std::map<std::string, std::int64_t> count_by_state();
     // (state, model) -> number of jobs.
     state_model_counts count_by_state_and_model();
     // Seconds from submission to completion of the latest completed requests of a model.
