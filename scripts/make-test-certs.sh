@@ -15,9 +15,12 @@ tmp=$(mktemp -d "$dir.tmp.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 cd "$tmp"
 q() { "$@" >/dev/null 2>&1 || { echo "make-test-certs: failed: $*" >&2; "$@"; exit 1; }; }
+# Valid from two days ago where faketime is installed, so that a process whose wall
+# clock is stepped back (the clock-step tests) still accepts them.
+backdated() { if command -v faketime >/dev/null; then faketime -f "-2d" "$@"; else "$@"; fi; }
 
 ca() { # name subject
-  q openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+  q backdated openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
     -subj "/CN=$2" -keyout "$1.key" -out "$1.pem" \
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
 }
@@ -26,7 +29,7 @@ leaf() { # name ca san [extra x509 args...]
   q openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$name" \
     -keyout "$name.key" -out "$name.csr"
   printf 'subjectAltName=%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' "$san" > "$name.ext"
-  q openssl x509 -req -in "$name.csr" -CA "$issuer.pem" -CAkey "$issuer.key" -CAcreateserial \
+  q backdated openssl x509 -req -in "$name.csr" -CA "$issuer.pem" -CAkey "$issuer.key" -CAcreateserial \
     -extfile "$name.ext" -out "$name.pem" "$@"
 }
 
