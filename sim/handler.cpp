@@ -116,7 +116,7 @@ reply handle_request(const http_request& req, service& svc, time_point now) {
     auto [kind, name] =
         api ? api_route(req.method(), path) : std::pair{endpoint::media, path.substr(7)};
     r.kind = kind;
-    delivery d = svc.draw_delivery();
+    delivery d = svc.draw_delivery(kind);
     if (d.reset_before) {
         r.reset = true;
         svc.count_answer(kind, 0);
@@ -158,6 +158,7 @@ reply handle_request(const http_request& req, service& svc, time_point now) {
     }
     svc.count_answer(kind, r.response.result_int());
     r.truncate = d.truncate;
+    r.trickle = d.trickle;
     r.delay_s = d.delay_s;
     if (r.truncate) {
         r.response.body().send_limit = payload_body::size(r.response.body()) / 2;

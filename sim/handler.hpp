@@ -20,6 +20,7 @@ struct reply {
     bool control = false;  // a /sim/ request: never counted nor faulted
     bool reset = false;    // close the connection abruptly, send nothing
     bool truncate = false; // send the header and half the body, then close
+    bool trickle = false;  // send the body at 1 KiB/s: 512 bytes each half second
     double delay_s = 0;    // real seconds to wait before sending
 };
 

@@ -134,6 +134,8 @@ int main(int argc, char** argv) {
                    "share of answers cut short: full Content-Length, half the body, then close");
     app.add_option("--slow-rate", s.slow_rate, "share of answers delayed by --slow-s");
     app.add_option("--slow-s", s.slow_s, "real seconds a slow answer is delayed");
+    app.add_option("--trickle-rate", s.trickle_rate,
+                   "share of media downloads sent at 1 KiB/s (512 bytes each half second)");
     app.add_option("--media-bytes-image", s.media_bytes_image, "size of image outputs")
         ->capture_default_str();
     app.add_option("--media-bytes-video", s.media_bytes_video, "size of video outputs")

@@ -143,11 +143,18 @@ asio::awaitable<bool> server::serve(Stream& stream) {
             co_return false;
         }
         http::response_serializer<payload_body> serializer(r.response);
+        if (r.trickle)
+            serializer.limit(512);
+        asio::steady_timer pace(ioc_);
         while (!serializer.is_done()) {
             tcp.expires_after(io_timeout);
             auto [wec, written] = co_await http::async_write_some(stream, serializer, use_tuple);
             if (wec)
                 co_return false;
+            if (r.trickle && !serializer.is_done()) {
+                pace.expires_after(std::chrono::milliseconds(500));
+                co_await pace.async_wait(use_tuple);
+            }
         }
         if (r.truncate) {
             boost::system::error_code ec;

@@ -134,6 +134,8 @@ double* rate_named(settings& s, std::string_view key) {
         return &s.truncate_rate;
     if (key == "slow_rate")
         return &s.slow_rate;
+    if (key == "trickle_rate")
+        return &s.trickle_rate;
     if (key == "fail_rate")
         return &s.fail_rate;
     return nullptr;
@@ -377,7 +379,7 @@ std::optional<media_file> service::media(std::string_view id, std::string_view e
                       r.kind == media_kind::mp4 ? cfg_.media_bytes_video : cfg_.media_bytes_image};
 }
 
-delivery service::draw_delivery() {
+delivery service::draw_delivery(endpoint e) {
     delivery d;
     if (chance(cfg_.reset_rate)) {
         ++faults_reset_;
@@ -391,6 +393,10 @@ delivery service::draw_delivery() {
     if (chance(cfg_.slow_rate)) {
         ++faults_slow_;
         d.delay_s = cfg_.slow_s;
+    }
+    if (e == endpoint::media && chance(cfg_.trickle_rate)) {
+        ++faults_trickle_;
+        d.trickle = true;
     }
     return d;
 }
@@ -408,6 +414,7 @@ std::string service::config_json() const {
                                         {"truncate_rate", cfg_.truncate_rate},
                                         {"slow_rate", cfg_.slow_rate},
                                         {"slow_s", cfg_.slow_s},
+                                        {"trickle_rate", cfg_.trickle_rate},
                                         {"fail_rate", cfg_.fail_rate},
                                         {"retry_after", cfg_.retry_after}});
 }
@@ -460,7 +467,8 @@ std::string service::stats_json(bool with_requests, time_point now) const {
     out["faults"] = json::object{{"error", faults_error_},
                                  {"reset", faults_reset_},
                                  {"truncate", faults_truncate_},
-                                 {"slow", faults_slow_}};
+                                 {"slow", faults_slow_},
+                                 {"trickle", faults_trickle_}};
     out["credits"] = cfg_.credits;
     if (with_requests) {
         json::array list;

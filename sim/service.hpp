@@ -35,6 +35,7 @@ enum class endpoint { submit, status, result, media, other };
 
 // What happens to one answer on its way to the client.
 struct delivery {
+    bool trickle = false;      // a media body sent at 1 KiB/s (drawn for media only)
     bool reset_before = false; // the connection is reset before the request is processed
     bool reset_after = false;  // the request is processed, then the connection is reset
     bool truncate = false;     // the full length is announced, half the body sent
@@ -66,7 +67,7 @@ public:
                                     time_point now) const;
 
     // Draws the transport faults for one non-control request.
-    delivery draw_delivery();
+    delivery draw_delivery(endpoint e);
     // Counts one answer by endpoint and code; code 0 is a connection reset.
     void count_answer(endpoint e, unsigned code);
 
@@ -137,6 +138,7 @@ private:
     std::uint64_t faults_reset_ = 0;
     std::uint64_t faults_truncate_ = 0;
     std::uint64_t faults_slow_ = 0;
+    std::uint64_t faults_trickle_ = 0;
 };
 
 } // namespace klingd::sim

@@ -38,7 +38,8 @@ std::string check_settings(const settings& s) {
                            {"--error-rate", s.error_rate},
                            {"--reset-rate", s.reset_rate},
                            {"--truncate-rate", s.truncate_rate},
-                           {"--slow-rate", s.slow_rate}}) {
+                           {"--slow-rate", s.slow_rate},
+                           {"--trickle-rate", s.trickle_rate}}) {
         if (auto e = rate(name, v); !e.empty())
             return e;
     }

@@ -30,7 +30,8 @@ struct settings {
     double reset_rate = 0;
     double truncate_rate = 0;
     double slow_rate = 0;
-    double slow_s = 0; // real seconds
+    double slow_s = 0;       // real seconds
+    double trickle_rate = 0; // share of media answers sent at 1 KiB/s
     std::uint64_t media_bytes_image = 65536;
     std::uint64_t media_bytes_video = 1048576;
     std::uint64_t result_padding = 0; // bytes of filler in a completed result's body

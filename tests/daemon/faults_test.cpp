@@ -513,6 +513,24 @@ TEST(spool, a_file_that_does_not_parse_is_read_once_more_before_it_is_rejected) 
     EXPECT_EQ(env.stop(), 0);
 }
 
+// A media server that trickles its bytes (1 KiB/s) holds a download slot for no longer
+// than the pace window: the download is cut, with the reason, once it falls under
+// 16 KiB/s over 10 s, and is retried; the job completes when the media comes at pace.
+TEST(downloads, a_trickling_media_server_is_cut_and_the_download_retried) {
+    daemon_env env;
+    env.start();
+    env.sim_config(R"({"trickle_rate": 1})");
+    env.drop("slow.json", image_job("slow"));
+    ASSERT_TRUE(eventually(
+        [&] { return env.log().find("under the minimum of 16 KiB/s") != std::string::npos; }, 40s))
+        << env.log();
+    env.sim_config(R"({"trickle_rate": 0})");
+    ASSERT_TRUE(env.wait_terminal({"slow"}, 60s)) << env.log();
+    expect_completed_with_exact_media(env, "slow");
+    EXPECT_GE(env.sim_stats().at("faults").at("trickle").as_int64(), 1);
+    EXPECT_EQ(env.stop(), 0);
+}
+
 // A TCP server that accepts connections and never sends a byte.
 class silent_server {
 public:

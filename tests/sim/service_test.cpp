@@ -447,7 +447,7 @@ TEST(service, delivery_faults_follow_their_rates) {
     service resets(s);
     int before = 0, after = 0;
     for (int i = 0; i < 200; ++i) {
-        auto d = resets.draw_delivery();
+        auto d = resets.draw_delivery(sim::endpoint::status);
         EXPECT_TRUE(d.reset_before != d.reset_after);
         before += d.reset_before;
         after += d.reset_after;
@@ -460,13 +460,19 @@ TEST(service, delivery_faults_follow_their_rates) {
     s.slow_rate = 1;
     s.slow_s = 2.5;
     service cut(s);
-    auto d = cut.draw_delivery();
+    auto d = cut.draw_delivery(sim::endpoint::status);
     EXPECT_TRUE(d.truncate);
     EXPECT_EQ(d.delay_s, 2.5);
     EXPECT_FALSE(d.reset_before || d.reset_after);
 
+    s = fixed_settings();
+    s.trickle_rate = 1;
+    service slow_media(s);
+    EXPECT_TRUE(slow_media.draw_delivery(sim::endpoint::media).trickle);
+    EXPECT_FALSE(slow_media.draw_delivery(sim::endpoint::status).trickle) << "media only";
+
     service clean(fixed_settings());
-    auto none = clean.draw_delivery();
+    auto none = clean.draw_delivery(sim::endpoint::status);
     EXPECT_FALSE(none.reset_before || none.reset_after || none.truncate);
     EXPECT_EQ(none.delay_s, 0);
 }
