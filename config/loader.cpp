@@ -179,15 +179,6 @@ std::optional<std::string> read_path(context& c, const toml::node& n, std::strin
     return p.lexically_normal().string();
 }
 
-bool is_loopback_host(std::string_view host) {
-    if (host == "localhost")
-        return true;
-    if (auto v4 = boost::urls::parse_ipv4_address(host))
-        return v4->is_loopback(); // 127.0.0.0/8
-    auto v6 = boost::urls::parse_ipv6_address(host);
-    return v6 && v6->is_loopback();
-}
-
 void parse_base_url(context& c, const toml::node& n, api_settings& api) {
     constexpr std::string_view key = "api.base_url";
     auto v = read_string(c, n, key);
@@ -216,7 +207,7 @@ void parse_base_url(context& c, const toml::node& n, api_settings& api) {
             fmt::format("\"{}\" must be scheme://host[:port], without path, query or user", text));
         return;
     }
-    if (!u->tls() && !is_loopback_host(u->host())) {
+    if (!u->tls() && !core::is_loopback_host(u->host())) {
         c.error(n, key,
                 fmt::format("\"{}\": plain http:// is allowed only to a loopback host "
                             "(localhost, 127.0.0.0/8, [::1]); use https://",

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <boost/url/encode.hpp>
+#include <boost/url/ipv4_address.hpp>
+#include <boost/url/ipv6_address.hpp>
 #include <boost/url/parse.hpp>
 #include <boost/url/rfc/pchars.hpp>
 #include <boost/url/rfc/reserved_chars.hpp>
@@ -192,6 +194,38 @@ bool may_carry_api_key(const http_url& u, const http_url& base) {
     if (parent.find('.') == dot && parent.size() - dot - 1 <= 2 && dot <= 3)
         return false;
     return host == parent || (host.size() > parent.size() + 1 && host.ends_with("." + parent));
+}
+
+bool is_loopback_host(std::string_view host) {
+    if (host == "localhost")
+        return true;
+    if (auto v4 = boost::urls::parse_ipv4_address(host))
+        return v4->is_loopback(); // 127.0.0.0/8
+    auto v6 = boost::urls::parse_ipv6_address(host);
+    return v6 && v6->is_loopback();
+}
+
+result<http_url> redirect_target(const http_url& from, std::string_view location) {
+    auto ref = boost::urls::parse_uri_reference(location);
+    if (!ref)
+        return error(errc::url_malformed, fmt::format("the redirect's Location \"{}\" is not a URL",
+                                                      location.substr(0, 200)));
+    boost::urls::url resolved;
+    if (auto r = boost::urls::resolve(from.get(), *ref, resolved); !r)
+        return error(errc::url_malformed, fmt::format("the redirect's Location \"{}\" cannot be "
+                                                      "resolved against {}",
+                                                      location.substr(0, 200), from.text()));
+    auto u = http_url::parse(resolved.buffer());
+    if (!u)
+        return error(u.error().code,
+                     fmt::format("redirect to {}: {}", resolved.buffer().substr(0, 200),
+                                 u.error().message()));
+    if (!u->tls() && !is_loopback_host(u->host()))
+        return error(errc::url_not_http,
+                     fmt::format("redirect to {} refused: only https:// is followed (http:// "
+                                 "only to a loopback host)",
+                                 u->text().substr(0, 200)));
+    return u;
 }
 
 } // namespace klingd::core

@@ -48,4 +48,12 @@ private:
 // the same parent domain as base's host (api.segmind.com -> queue.segmind.com).
 bool may_carry_api_key(const http_url& u, const http_url& base);
 
+// "localhost", 127.0.0.0/8 or ::1: where plain http:// is allowed.
+bool is_loopback_host(std::string_view host);
+
+// Where a redirect from `from` leads (location: a Location header's value, absolute or
+// relative to from), when klingd may follow it: https, or http to a loopback host
+// only; else why not (errc::url_not_http, or the reason the URL is refused).
+result<http_url> redirect_target(const http_url& from, std::string_view location);
+
 } // namespace klingd::core

@@ -7,6 +7,16 @@
 
 namespace klingd::daemon {
 
+namespace {
+constexpr int max_redirects = 5;
+
+bool is_redirect(const download_result& r) {
+    auto s = r.outcome.status;
+    return r.outcome.how == core::http_outcome::transport::ok && !r.location.empty() &&
+           (s == 301 || s == 302 || s == 303 || s == 307 || s == 308);
+}
+} // namespace
+
 boost::asio::awaitable<core::event> downloader::fetch(std::string id, std::string result) {
     auto failed = [](std::string reason, bool retryable, bool local = false) -> core::event {
         return core::ev_download_failed{std::move(reason), retryable, local};
@@ -30,8 +40,24 @@ boost::asio::awaitable<core::event> downloader::fetch(std::string id, std::strin
                 false);
         std::string tmp = fmt::format(".download-{}.tmp", i + 1);
         dir->remove(tmp);
-        auto r =
-            co_await client_.download(*u, dir->temp_path(tmp), settings_.output.max_download_bytes);
+        // CDNs redirect: up to max_redirects hops, never with the key (no download
+        // carries it), https only (http to a loopback host).
+        download_result r;
+        for (int hop = 0;; ++hop) {
+            r = co_await client_.download(*u, dir->temp_path(tmp),
+                                          settings_.output.max_download_bytes);
+            if (!is_redirect(r))
+                break;
+            dir->remove(tmp);
+            if (hop == max_redirects)
+                co_return failed(fmt::format("{} redirects more than {} times",
+                                             urls[i].substr(0, 200), max_redirects),
+                                 true);
+            auto next = core::redirect_target(*u, r.location);
+            if (!next)
+                co_return failed(next.error().message(), false);
+            u = std::move(next);
+        }
         const auto& o = r.outcome;
         if (o.too_large) {
             dir->remove(tmp);

@@ -409,6 +409,8 @@ http_client::download(const core::http_url& u, const std::string& path, std::uin
             copy_rate_headers(parser, r.outcome);
             if (auto it = parser.get().find(http::field::content_type); it != parser.get().end())
                 r.content_type = std::string(it->value());
+            if (auto it = parser.get().find(http::field::location); it != parser.get().end())
+                r.location = std::string(it->value());
             r.bytes = parser.get().body().size();
             parser.get().body().close();
             if (parser.get().keep_alive())

@@ -32,6 +32,7 @@ struct client_options {
 struct download_result {
     core::http_outcome outcome; // body empty; status and headers as received
     std::string content_type;
+    std::string location; // the Location header of a 3xx answer
     std::uint64_t bytes = 0;
 };
 

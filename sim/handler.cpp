@@ -4,6 +4,7 @@
 
 #include <boost/beast/http/field.hpp>
 #include <boost/beast/http/verb.hpp>
+#include <charconv>
 #include <string_view>
 
 namespace klingd::sim {
@@ -21,6 +22,24 @@ target_parts split_target(std::string_view target) {
     if (q == std::string_view::npos)
         return {target, {}};
     return {target.substr(0, q), target.substr(q + 1)};
+}
+
+// The hop=N of a media URL's query (the redirects followed so far); 0 without one.
+int hop_of(std::string_view query) {
+    while (!query.empty()) {
+        auto amp = query.find('&');
+        auto pair = query.substr(0, amp);
+        if (pair.starts_with("hop=")) {
+            int n = 0;
+            auto v = pair.substr(4);
+            auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+            return ec == std::errc() && p == v.data() + v.size() && n >= 0 ? n : 0;
+        }
+        if (amp == std::string_view::npos)
+            break;
+        query.remove_prefix(amp + 1);
+    }
+    return 0;
 }
 
 bool query_has(std::string_view query, std::string_view pair) {
@@ -136,13 +155,18 @@ reply handle_request(const http_request& req, service& svc, time_point now) {
     } else if (kind == endpoint::result) {
         r.response = from_answer(req, svc.result(name, key, now, seen_at));
     } else if (kind == endpoint::media) {
-        auto dot = name.rfind('.');
-        std::optional<media_file> file;
-        if (dot != std::string_view::npos)
-            file = svc.media(name.substr(0, dot), name.substr(dot + 1), now);
-        if (file) {
-            r.response = make_response(req, 200, {}, content_type(file->kind));
-            r.response.body().media = file;
+        auto m = svc.get_media(name, key, header(req, "host"), hop_of(query), now);
+        if (m.refused) {
+            r.response =
+                make_response(req, 403, R"({"error":"a media request must not carry x-api-key"})",
+                              "application/json");
+        } else if (!m.redirect_to.empty()) {
+            r.response = make_response(req, 302, {}, "text/plain");
+            r.response.set(boost::beast::http::field::location, m.redirect_to);
+            r.response.prepare_payload();
+        } else if (m.file) {
+            r.response = make_response(req, 200, {}, content_type(m.file->kind));
+            r.response.body().media = m.file;
             r.response.prepare_payload();
         } else {
             r.response = make_response(req, 404, not_found_body, "application/json");

@@ -350,8 +350,9 @@ api_answer service::result(std::string_view id, std::string_view api_key, time_p
         id, api_key, now, seen_at, &record::result_fetches, [this](const record& r, state st) {
             json::object out{{"request_id", r.id}, {"status", state_name(static_cast<int>(st))}};
             if (st == state::completed) {
-                out["output"] =
-                    fmt::format("{}/media/{}.{}", cfg_.public_url, r.id, extension(r.kind));
+                out["output"] = fmt::format(
+                    "{}/media/{}.{}", cfg_.redirect_media > 0 ? cfg_.public_url : media_base(),
+                    r.id, extension(r.kind));
                 out["metrics"] = json::object{{"inference_time", round_ms(r.run_api_s)}};
                 if (cfg_.result_padding > 0)
                     out["padding"] = std::string(cfg_.result_padding, 'x');
@@ -377,6 +378,36 @@ std::optional<media_file> service::media(std::string_view id, std::string_view e
         return std::nullopt;
     return media_file{r.kind, media_seed(r.id),
                       r.kind == media_kind::mp4 ? cfg_.media_bytes_video : cfg_.media_bytes_image};
+}
+
+std::string service::media_base() const {
+    if (cfg_.media_host.empty())
+        return cfg_.public_url;
+    // scheme://host[:port]: the host replaced, the port kept.
+    const std::string& u = cfg_.public_url;
+    auto start = u.find("://") + 3;
+    auto end = u.find_first_of(":/", u[start] == '[' ? u.find(']', start) : start);
+    return u.substr(0, start) + cfg_.media_host +
+           (end == std::string::npos ? std::string() : u.substr(end));
+}
+
+service::media_answer service::get_media(std::string_view name, std::string_view api_key,
+                                         std::string_view host, int hop, time_point now) {
+    media_answer out;
+    if (!api_key.empty()) { // media URLs are public: a client that sends the key leaks it
+        ++media_with_key_;
+        out.refused = true;
+        return out;
+    }
+    ++media_by_host_[std::string(host)];
+    if (hop < cfg_.redirect_media) {
+        out.redirect_to = fmt::format("{}/media/{}?hop={}", media_base(), name, hop + 1);
+        return out;
+    }
+    auto dot = name.rfind('.');
+    if (dot != std::string_view::npos)
+        out.file = media(name.substr(0, dot), name.substr(dot + 1), now);
+    return out;
 }
 
 delivery service::draw_delivery(endpoint e) {
@@ -415,6 +446,8 @@ std::string service::config_json() const {
                                         {"slow_rate", cfg_.slow_rate},
                                         {"slow_s", cfg_.slow_s},
                                         {"trickle_rate", cfg_.trickle_rate},
+                                        {"media_host", cfg_.media_host},
+                                        {"redirect_media", cfg_.redirect_media},
                                         {"fail_rate", cfg_.fail_rate},
                                         {"retry_after", cfg_.retry_after}});
 }
@@ -434,6 +467,14 @@ api_answer service::configure(std::string_view body) {
             must = set_integer(v, -1, next.credits);
         } else if (key == "api_key") {
             must = set_key(v, next.api_key);
+        } else if (key == "media_host") {
+            must = v.is_string() && v.get_string().find_first_of("/:@?# ") == json::string::npos
+                       ? nullptr
+                       : "a host name (no port, no slash)";
+            if (!must)
+                next.media_host = v.get_string();
+        } else if (key == "redirect_media") {
+            must = set_integer(v, 0, next.redirect_media);
         } else if (key == "slow_s") {
             must = set_number(v, 0, 1e9, "a number of seconds, 0 or more", next.slow_s);
         } else if (key == "retry_after") {
@@ -469,6 +510,11 @@ std::string service::stats_json(bool with_requests, time_point now) const {
                                  {"truncate", faults_truncate_},
                                  {"slow", faults_slow_},
                                  {"trickle", faults_trickle_}};
+    json::object hosts;
+    for (auto& [h, n] : media_by_host_)
+        hosts[h] = n;
+    out["media_by_host"] = std::move(hosts);
+    out["media_with_key"] = media_with_key_;
     out["credits"] = cfg_.credits;
     if (with_requests) {
         json::array list;

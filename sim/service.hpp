@@ -66,6 +66,18 @@ public:
     std::optional<media_file> media(std::string_view id, std::string_view ext,
                                     time_point now) const;
 
+    // Where media files are served from: the public URL, with media_host as its host.
+    std::string media_base() const;
+    // A GET of a media file, hop redirects already followed: the file, a redirect to
+    // the next hop, or a refusal (403 for a request that carries x-api-key, counted).
+    struct media_answer {
+        std::optional<media_file> file;
+        std::string redirect_to; // not empty: answer 302 with this Location
+        bool refused = false;
+    };
+    media_answer get_media(std::string_view name, std::string_view api_key, std::string_view host,
+                           int hop, time_point now);
+
     // Draws the transport faults for one non-control request.
     delivery draw_delivery(endpoint e);
     // Counts one answer by endpoint and code; code 0 is a connection reset.
@@ -139,6 +151,8 @@ private:
     std::uint64_t faults_truncate_ = 0;
     std::uint64_t faults_slow_ = 0;
     std::uint64_t faults_trickle_ = 0;
+    std::uint64_t media_with_key_ = 0;
+    std::map<std::string, std::uint64_t> media_by_host_;
 };
 
 } // namespace klingd::sim

@@ -32,6 +32,10 @@ struct settings {
     double slow_rate = 0;
     double slow_s = 0;       // real seconds
     double trickle_rate = 0; // share of media answers sent at 1 KiB/s
+    // Media from another origin: this host name instead of the public URL's (the same
+    // server; "localhost" against 127.0.0.1 is another origin), "" for the same.
+    std::string media_host;
+    int redirect_media = 0; // redirects (302) before a media file is served
     std::uint64_t media_bytes_image = 65536;
     std::uint64_t media_bytes_video = 1048576;
     std::uint64_t result_padding = 0; // bytes of filler in a completed result's body

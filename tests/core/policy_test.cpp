@@ -461,6 +461,27 @@ TEST(api_answer, a_servers_error_text_comes_back_as_valid_utf8) {
     EXPECT_EQ(valid_utf8(error_detail(502, long_text)), error_detail(502, long_text));
 }
 
+TEST(url, a_redirect_is_followed_to_https_or_loopback_http_only) {
+    auto from = *http_url::parse("https://cdn.example/a/b.png?sig=1");
+    auto target = [&](std::string_view loc) { return redirect_target(from, loc); };
+    EXPECT_EQ(target("https://other.example/x.png")->text(), "https://other.example/x.png");
+    EXPECT_EQ(target("/c/d.png")->text(), "https://cdn.example/c/d.png");
+    EXPECT_EQ(target("e.png?x=1")->text(), "https://cdn.example/a/e.png?x=1");
+    EXPECT_EQ(target("//mirror.example/f.png")->text(), "https://mirror.example/f.png");
+    auto local = *http_url::parse("http://127.0.0.1:8080/m.png");
+    EXPECT_TRUE(redirect_target(local, "http://localhost:9090/n.png"));
+    auto plain = target("http://cdn.example/b.png");
+    ASSERT_FALSE(plain);
+    EXPECT_EQ(plain.error(), errc::url_not_http);
+    EXPECT_NE(plain.error().message().find("only https://"), std::string::npos);
+    EXPECT_FALSE(target("ftp://cdn.example/b.png"));
+    EXPECT_FALSE(target("https://user:pw@cdn.example/b.png"));
+    // A name that starts like a loopback address is no loopback host (Boost 1.81 read
+    // it as 127.0.0.1 and a path; http_url does not).
+    EXPECT_FALSE(target("http://127.0.0.1.evil.example/b.png"));
+    EXPECT_FALSE(target("http://[::1"));
+}
+
 TEST(url, the_api_key_goes_only_to_the_api_origin_or_its_https_siblings) {
     auto base = *parse_url("https://api.segmind.com");
     EXPECT_TRUE(may_carry_api_key(*parse_url("https://api.segmind.com/v2/x"), base));

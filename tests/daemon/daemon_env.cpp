@@ -241,6 +241,8 @@ void expect_completed_with_exact_media(daemon_env& env, const std::string& id) {
     auto result = json::parse(read_file(result_path));
     std::string url(result.at("output").as_string());
     auto media = https_request("GET", url, "", {}, env.sim().ca_file());
+    for (int hop = 0; hop < 10 && media.status == 302; ++hop) // the sim's media redirects
+        media = https_request("GET", media.headers["location"], "", {}, env.sim().ca_file());
     ASSERT_EQ(media.status, 200) << media.error;
     std::string media_path(outputs[1].as_string());
     EXPECT_EQ(media_path.rfind(env.output() + "/" + id + "/output.", 0), 0u) << media_path;

@@ -322,3 +322,46 @@ TEST(server_data, a_result_body_larger_than_the_limit_is_refused_and_nothing_is_
 }
 
 } // namespace
+
+namespace {
+
+// Media behind redirects to another origin (the emulator's media host "localhost",
+// the API on 127.0.0.1): klingd follows them, and no media request carries the key;
+// the emulator refuses and counts any that does (shown by sending one).
+TEST(media, redirects_to_another_origin_are_followed_and_never_carry_the_key) {
+    daemon_env env;
+    env.start();
+    env.sim_config(R"({"media_host": "localhost", "redirect_media": 2})");
+    std::vector<std::string> ids{"r0", "r1", "r2"};
+    for (auto& id : ids)
+        env.drop(id + ".json", image_job(id));
+    env.drop("rv.json", video_job("rv"));
+    ids.push_back("rv");
+    ASSERT_TRUE(env.wait_terminal(ids, 60s)) << env.log();
+    for (auto& id : ids)
+        expect_completed_with_exact_media(env, id);
+    auto stats = env.sim_stats(false);
+    EXPECT_EQ(stats.at("media_with_key").as_int64(), 0);
+    std::int64_t on_media_host = 0;
+    for (auto& [host, n] : stats.at("media_by_host").as_object())
+        if (std::string_view(host).starts_with("localhost:"))
+            on_media_host += n.as_int64();
+    EXPECT_GE(on_media_host, 2 * static_cast<std::int64_t>(ids.size()))
+        << "two hops each went to the other origin: " << json::serialize(stats);
+
+    // The emulator's check can fail: a media request with the key is refused and counted.
+    auto keyed = https_request("GET", env.sim().base_url() + "/media/nothing.png", {},
+                               {{"x-api-key", env.options().api_key}}, cert_dir() + "/ca.pem");
+    EXPECT_EQ(keyed.status, 403) << keyed.body;
+    EXPECT_EQ(env.sim_stats(false).at("media_with_key").as_int64(), 1);
+
+    // More than 5 redirects: the download fails, saying so.
+    env.sim_config(R"({"redirect_media": 6})");
+    env.drop("far.json", image_job("far"));
+    ASSERT_TRUE(eventually(
+        [&] { return env.log().find("redirects more than 5 times") != std::string::npos; }, 30s))
+        << env.log();
+    EXPECT_EQ(env.stop(), 0);
+}
+
+} // namespace

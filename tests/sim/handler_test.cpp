@@ -87,10 +87,14 @@ TEST(handler, routes_submit_status_result_and_media) {
     ASSERT_EQ(bytes.size(), 65536u);
     EXPECT_EQ(bytes.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
 
-    auto wrong_ext = handle_request(make(http::verb::get, "/media/" + id + ".jpg"), svc, later);
+    auto wrong_ext =
+        handle_request(make(http::verb::get, "/media/" + id + ".jpg", {}, {}), svc, later);
     EXPECT_EQ(wrong_ext.response.result_int(), 404u);
-    auto early = handle_request(make(http::verb::get, "/media/" + id + ".png"), svc, t0);
+    auto early = handle_request(make(http::verb::get, "/media/" + id + ".png", {}, {}), svc, t0);
     EXPECT_EQ(early.response.result_int(), 404u);
+    // Media URLs are public: a request that carries the key is refused (a leak to count).
+    auto keyed = handle_request(make(http::verb::get, "/media/" + id + ".png"), svc, later);
+    EXPECT_EQ(keyed.response.result_int(), 403u);
 }
 
 TEST(handler, other_paths_are_404_and_counted_as_other) {
@@ -140,7 +144,7 @@ TEST(handler, counts_answers_by_endpoint_and_code) {
     handle_request(make(http::verb::post, "/v2/kling-o1", "{}"), svc, t0);
     handle_request(make(http::verb::get, "/v2/requests/nope/status"), svc, t0);
     handle_request(make(http::verb::get, "/v2/requests/nope"), svc, t0);
-    handle_request(make(http::verb::get, "/media/nope.png"), svc, t0);
+    handle_request(make(http::verb::get, "/media/nope.png", {}, {}), svc, t0);
     auto st = json::parse(svc.stats_json(false, t0));
     EXPECT_EQ(st.at("submit"), json::parse(R"({"200":1,"400":1})"));
     EXPECT_EQ(st.at("status"), json::parse(R"({"404":1})"));
