@@ -200,6 +200,37 @@ std::optional<submit_fields> parse_submit(std::string_view body, std::string_vie
     return f;
 }
 
+std::optional<submit_fields> parse_cut_submit(std::string_view partial, std::string_view base_url) {
+    constexpr std::string_view key = "\"request_id\"";
+    auto at = partial.find(key);
+    if (at == std::string_view::npos)
+        return std::nullopt;
+    auto rest = partial.substr(at + key.size());
+    auto skip_space = [&] {
+        while (!rest.empty() && (rest.front() == ' ' || rest.front() == '\t' ||
+                                 rest.front() == '\n' || rest.front() == '\r'))
+            rest.remove_prefix(1);
+    };
+    skip_space();
+    if (rest.empty() || rest.front() != ':')
+        return std::nullopt;
+    rest.remove_prefix(1);
+    skip_space();
+    if (rest.empty() || rest.front() != '"')
+        return std::nullopt;
+    rest.remove_prefix(1);
+    auto end = rest.find('"');
+    if (end == std::string_view::npos)
+        return std::nullopt; // the id itself was cut
+    submit_fields f;
+    f.request_id = std::string(rest.substr(0, end));
+    if (!is_safe_request_id(f.request_id))
+        return std::nullopt;
+    f.status_url = fmt::format("{}/v2/requests/{}/status", base_url, f.request_id);
+    f.response_url = fmt::format("{}/v2/requests/{}", base_url, f.request_id);
+    return f;
+}
+
 std::string_view to_string(request_kind k) {
     switch (k) {
     case request_kind::submit:

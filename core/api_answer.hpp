@@ -28,6 +28,7 @@ struct http_outcome {
     std::string message;     // the transport error, for humans
     bool too_large = false;  // the body exceeded the configured limit and was not read
     bool local_io = false;   // writing the local file failed (disk full, read-only, I/O error)
+    std::string partial;     // lost: the part of a 2xx answer's body that came before the cut
 };
 
 enum class answer_class {
@@ -59,6 +60,10 @@ struct submit_fields {
 // where the API key may not go, it is built from base_url and the request id.
 // nullopt when there is no usable request_id.
 std::optional<submit_fields> parse_submit(std::string_view body, std::string_view base_url);
+// The request id in the first part of a 2xx submit body that was cut short, when that
+// part holds it whole ("request_id": "..." with its closing quote); the URLs are built
+// from base_url (the rest of the answer is not trusted).
+std::optional<submit_fields> parse_cut_submit(std::string_view partial, std::string_view base_url);
 
 // The kinds of API request klingd makes.
 enum class request_kind { submit, status, result };

@@ -200,6 +200,13 @@ struct machine {
 
     // The submit may have reached the API: a paid request may exist.
     void submit_lost(const http_outcome& o) {
+        // A 2xx answer cut short after its request id: the request is known, follow it.
+        if (auto f = parse_cut_submit(o.partial, c.base_url)) {
+            accept_submit(*f, fmt::format("request {} (the answer was cut short after its "
+                                          "request id: {})",
+                                          f->request_id, o.message));
+            return;
+        }
         if (c.resubmit_unknown) {
             ++n().failures;
             auto at = now + backoff(c, n().failures);
@@ -217,6 +224,22 @@ struct machine {
         }
     }
 
+    // The API took the submit: the job is queued there under f's request id.
+    void accept_submit(const submit_fields& f, std::string note) {
+        n().request_id = f.request_id;
+        n().status_url = f.status_url;
+        n().response_url = f.response_url;
+        // The request may exist from the moment the POST left: count its retention from
+        // "submitting" (just before the send), the earlier of the two.
+        n().submitted_at = std::min(now, j.updated_at);
+        n().last_poll_at = now;
+        n().remote_done_at.reset();
+        n().failures = 0;
+        n().error.reset();
+        to_state(job_state::queued, std::move(note));
+        schedule_poll();
+    }
+
     void submit_answered(const http_outcome& o) {
         auto k = classify(o.status);
         signal_from(o, k, true);
@@ -230,16 +253,7 @@ struct machine {
                     o.status, error_detail(o.status, o.body)));
                 return;
             }
-            n().request_id = f->request_id;
-            n().status_url = f->status_url;
-            n().response_url = f->response_url;
-            n().submitted_at = now;
-            n().last_poll_at = now;
-            n().remote_done_at.reset();
-            n().failures = 0;
-            n().error.reset();
-            to_state(job_state::queued, fmt::format("request {}", f->request_id));
-            schedule_poll();
+            accept_submit(*f, fmt::format("request {}", f->request_id));
             return;
         }
         case answer_class::rate_limited:

@@ -220,10 +220,11 @@ result<http_url> redirect_target(const http_url& from, std::string_view location
         return error(u.error().code,
                      fmt::format("redirect to {}: {}", resolved.buffer().substr(0, 200),
                                  u.error().message()));
-    if (!u->tls() && !is_loopback_host(u->host()))
+    // Never down to plain http from https, nor from elsewhere to a local service.
+    if (!u->tls() && (from.tls() || !is_loopback_host(from.host()) || !is_loopback_host(u->host())))
         return error(errc::url_not_http,
                      fmt::format("redirect to {} refused: only https:// is followed (http:// "
-                                 "only to a loopback host)",
+                                 "only from a loopback host to a loopback host)",
                                  u->text().substr(0, 200)));
     return u;
 }

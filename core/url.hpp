@@ -52,8 +52,9 @@ bool may_carry_api_key(const http_url& u, const http_url& base);
 bool is_loopback_host(std::string_view host);
 
 // Where a redirect from `from` leads (location: a Location header's value, absolute or
-// relative to from), when klingd may follow it: https, or http to a loopback host
-// only; else why not (errc::url_not_http, or the reason the URL is refused).
+// relative to from), when klingd may follow it: https, or http from a plain-http
+// loopback URL to a loopback host only (never down from https, never from elsewhere to
+// a local service); else why not (errc::url_not_http, or why the URL is refused).
 result<http_url> redirect_target(const http_url& from, std::string_view location);
 
 } // namespace klingd::core

@@ -87,6 +87,9 @@ application::~application() {
 
 int application::run() {
     std::signal(SIGPIPE, SIG_IGN);
+    // The spool's read leases (is a writer still at a file?) are broken by SIGIO when a
+    // writer opens the file at that moment; its default action would end klingd.
+    std::signal(SIGIO, SIG_IGN);
     asio::co_spawn(io_, start_up(), log::exit_on_exception);
     io_.run();
     store_->finish();

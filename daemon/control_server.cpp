@@ -147,11 +147,33 @@ asio::awaitable<void> control_server::session(local::socket sock) {
             auto req = parser.release();
             auto outcome = co_await route_request(req, engine_, peer);
             if (auto* s = std::get_if<event_stream>(&outcome)) {
-                co_await stream_events(stream, req.version(), std::move(s->job_filter));
-                co_return;
+                if (streams_ < limits_.max_event_streams) {
+                    // Streams stay open: they count apart, so watchers never take the
+                    // connections requests need.
+                    struct stream_count {
+                        control_server& server;
+                        stream_count(control_server& sv) : server(sv) {
+                            --server.sessions_;
+                            ++server.streams_;
+                        }
+                        ~stream_count() {
+                            --server.streams_;
+                            ++server.sessions_;
+                        }
+                    } counted{*this};
+                    co_await stream_events(stream, req.version(), std::move(s->job_filter));
+                    co_return;
+                }
+                res = error_response(
+                    req.version(), http::status::service_unavailable,
+                    fmt::format("{} event streams are open, the most klingd keeps; close one "
+                                "(klingctl watch, klingctl wait) and try again",
+                                streams_));
+                close = true;
+            } else {
+                res = std::move(std::get<control_response>(outcome));
+                close = !req.keep_alive();
             }
-            res = std::move(std::get<control_response>(outcome));
-            close = !req.keep_alive();
         }
         res.keep_alive(!close);
         stream.expires_after(limits_.read_timeout);
@@ -194,8 +216,16 @@ asio::awaitable<void> control_server::stream_events(Stream& stream, unsigned ver
     boost::system::error_code ec;
     stream.expires_after(limits_.read_timeout);
     co_await http::async_write_header(stream, sr, asio::redirect_error(asio::use_awaitable, ec));
+    // A watcher sends nothing after its request: the socket turning readable means it
+    // closed (or broke the protocol), and its slot is freed at once, not at a heartbeat.
+    auto gone = std::make_shared<bool>(false);
+    stream.socket().async_wait(local::socket::wait_read,
+                               [gone, sub](const boost::system::error_code&) {
+                                   *gone = true;
+                                   sub->wake.cancel();
+                               });
     std::string out;
-    while (!ec) {
+    while (!ec && !*gone) {
         if (!out.empty()) {
             stream.expires_after(limits_.read_timeout);
             co_await asio::async_write(stream, asio::buffer(out),
@@ -211,10 +241,12 @@ asio::awaitable<void> control_server::stream_events(Stream& stream, unsigned ver
                                        asio::redirect_error(asio::use_awaitable, ec));
             break;
         }
-        if (sub->queue.empty()) {
+        if (sub->queue.empty() && !*gone) {
             sub->wake.expires_after(std::chrono::seconds(15));
             boost::system::error_code wec;
             co_await sub->wake.async_wait(asio::redirect_error(asio::use_awaitable, wec));
+            if (*gone)
+                break;
             if (!wec && sub->queue.empty())
                 out = "{\"type\":\"heartbeat\"}\n"; // also finds clients that went away
         }

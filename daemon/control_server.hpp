@@ -20,7 +20,8 @@ struct control_limits {
     std::size_t header_bytes = 16 * 1024;
     std::size_t body_bytes = (1u << 20) + 4096; // a job file (spool.max_file_bytes) and some
     std::chrono::milliseconds read_timeout{10000};
-    std::size_t max_connections = 64;
+    std::size_t max_connections = 64;   // request connections
+    std::size_t max_event_streams = 32; // GET /v1/events, apart: they stay open
 };
 
 class control_server {
@@ -51,7 +52,8 @@ private:
     event_hub& events_;
     control_limits limits_;
     std::optional<boost::asio::local::stream_protocol::acceptor> acceptor_;
-    std::size_t sessions_ = 0;
+    std::size_t sessions_ = 0; // request connections (a stream leaves their count)
+    std::size_t streams_ = 0;
 };
 
 } // namespace klingd::daemon

@@ -54,8 +54,8 @@ boost::asio::awaitable<core::event> downloader::fetch(std::string id, std::strin
                                              urls[i].substr(0, 200), max_redirects),
                                  true);
             auto next = core::redirect_target(*u, r.location);
-            if (!next)
-                co_return failed(next.error().message(), false);
+            if (!next) // the server may point somewhere usable next time
+                co_return failed(next.error().message(), true);
             u = std::move(next);
         }
         const auto& o = r.outcome;

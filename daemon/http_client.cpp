@@ -3,6 +3,7 @@
 // return the connection to the pool when the server keeps it alive.
 #include "daemon/http_client.hpp"
 
+#include "core/download_pace.hpp"
 #include "runtime/tls.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
@@ -237,46 +238,6 @@ core::http_outcome& outcome_of(core::http_outcome& o) {
 core::http_outcome& outcome_of(download_result& r) {
     return r.outcome;
 }
-// The pace a download must keep, so that a server trickling bytes cannot hold one of
-// the few download slots forever: at least min_rate over every window, and, when the
-// length is announced, all of it by the time that length takes at min_rate plus a window.
-class download_pace {
-public:
-    static constexpr std::uint64_t min_rate = 16 * 1024; // bytes per second
-    static constexpr std::chrono::seconds window{10};
-
-    download_pace(std::chrono::steady_clock::time_point start, std::optional<std::uint64_t> length)
-        : start_(start), window_start_(start) {
-        if (length)
-            deadline_ = start + window +
-                        std::chrono::seconds(static_cast<std::int64_t>(*length / min_rate));
-    }
-    // n more bytes at now; why the download must be cut, or "".
-    std::string on_bytes(std::size_t n, std::chrono::steady_clock::time_point now) {
-        bytes_ += n;
-        if (deadline_ && now > *deadline_)
-            return fmt::format(
-                "it ran past the {} s its announced length allows at {} KiB/s",
-                std::chrono::duration_cast<std::chrono::seconds>(*deadline_ - start_).count(),
-                min_rate / 1024);
-        if (now - window_start_ < window)
-            return {};
-        auto secs = std::chrono::duration<double>(now - window_start_).count();
-        if (static_cast<double>(bytes_) < static_cast<double>(min_rate) * secs)
-            return fmt::format("{} bytes in {:.0f} s, under the minimum of {} KiB/s", bytes_, secs,
-                               min_rate / 1024);
-        window_start_ = now;
-        bytes_ = 0;
-        return {};
-    }
-
-private:
-    std::chrono::steady_clock::time_point start_;
-    std::chrono::steady_clock::time_point window_start_;
-    std::optional<std::chrono::steady_clock::time_point> deadline_;
-    std::uint64_t bytes_ = 0;
-};
-
 } // namespace
 
 template <class Result, class Exchange>
@@ -337,6 +298,8 @@ asio::awaitable<core::http_outcome> http_client::request(http::verb method, cons
                     co_return false;
                 }
                 explain_request_failure(ec, wrote, reused, post, nothing_back, u, out);
+                if (parser.is_header_done() && parser.get().result_int() / 100 == 2)
+                    out.partial = parser.get().body(); // what came of a 2xx answer
                 co_return false;
             }
             copy_rate_headers(parser, out);
@@ -385,11 +348,18 @@ http_client::download(const core::http_url& u, const std::string& path, std::uin
                 std::optional<std::uint64_t> length;
                 if (auto l = parser.content_length())
                     length = *l;
-                download_pace pace(std::chrono::steady_clock::now(), length);
+                core::download_pace pace(std::chrono::steady_clock::now(), length);
                 while (!ec && !parser.is_done()) {
-                    c->tcp().expires_after(opts_.timeout);
+                    // A read waits no longer than the pace allows if nothing comes.
+                    auto wait = pace.patience(std::chrono::steady_clock::now());
+                    c->tcp().expires_after(
+                        std::min(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                     opts_.timeout),
+                                 wait));
                     auto n = co_await http::async_read_some(
                         s, c->buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+                    if (parser.is_done())
+                        break; // complete: whatever its pace
                     too_slow = pace.on_bytes(n, std::chrono::steady_clock::now());
                     if (!too_slow.empty() && !ec)
                         ec = asio::error::timed_out;

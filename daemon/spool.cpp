@@ -123,7 +123,7 @@ std::optional<bool> no_writer(const std::string& path) {
 } // namespace
 
 void spool::note_created(const std::string& name) {
-    created_[name] = std::chrono::steady_clock::now();
+    created_.try_emplace(name, settling_file{-1, 0, 0, std::chrono::steady_clock::now(), false});
     if (settling_ || stopping_)
         return;
     settling_ = true;
@@ -142,8 +142,26 @@ asio::awaitable<void> spool::settle() {
             std::string path = incoming_ + "/" + it->first;
             struct stat st {};
             bool gone = ::lstat(path.c_str(), &st) != 0;
+            auto& f = it->second;
+            if (!gone) {
+                // Writes through another name (a hard link's, an O_TMPFILE's descriptor)
+                // make no event here: the file's size and times tell.
+                settling_file seen{static_cast<std::int64_t>(st.st_size),
+                                   st.st_mtim.tv_sec * 1'000'000'000 + st.st_mtim.tv_nsec,
+                                   st.st_ctim.tv_sec * 1'000'000'000 + st.st_ctim.tv_nsec, f.since,
+                                   f.written_here};
+                if (seen.size != f.size || seen.mtime_ns != f.mtime_ns ||
+                    seen.ctime_ns != f.ctime_ns) {
+                    seen.since = now;
+                    f = seen;
+                }
+            }
             auto free = gone ? std::optional<bool>(true) : no_writer(path);
-            bool quiet = now - it->second >= std::chrono::seconds(1);
+            bool quiet = now - f.since >= std::chrono::seconds(1) && f.size > 0;
+            if (!gone && f.written_here) {
+                ++it; // its writer's IN_CLOSE_WRITE takes it
+                continue;
+            }
             if (gone || (free && *free) || (!free && quiet)) {
                 if (!gone)
                     ready.push_back(it->first);
@@ -295,7 +313,7 @@ asio::awaitable<void> spool::watch() {
             note_created(name);
         for (auto& name : got.modified)
             if (auto c = created_.find(name); c != created_.end())
-                c->second = std::chrono::steady_clock::now();
+                c->second.written_here = true;
         for (auto& name : names)
             created_.erase(name); // written and closed here: taken now
         for (std::size_t i = 0; i < names.size(); i += batch_size)
@@ -375,9 +393,12 @@ spool::candidate spool::read_candidate(const std::string& name) const {
                                      st.st_size, settings_.spool.max_file_bytes)};
     auto parsed = core::parse_job_spec(read_all(f.fd, static_cast<std::size_t>(st.st_size)),
                                        name.substr(0, name.size() - 5));
-    taken_file file{name, st.st_dev, st.st_ino, static_cast<std::int64_t>(st.st_size),
-                    static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 +
-                        st.st_mtim.tv_nsec};
+    taken_file file{name,
+                    st.st_dev,
+                    st.st_ino,
+                    static_cast<std::int64_t>(st.st_size),
+                    st.st_mtim.tv_sec * 1'000'000'000 + st.st_mtim.tv_nsec,
+                    st.st_ctim.tv_sec * 1'000'000'000 + st.st_ctim.tv_nsec};
     if (!parsed)
         return rejection{parsed.error().message(), std::move(file)};
     return job_file{std::move(*parsed), std::move(file)};
@@ -391,6 +412,11 @@ asio::awaitable<void> spool::take(std::vector<std::string> names) {
     for (const auto& name : names) {
         log::debug("spool: reading {}", printable(name));
         created_.erase(name);
+        if (no_writer(incoming_ + "/" + name) == false) {
+            // Still open for writing (a scan found it, or another name's writer): later.
+            note_created(name);
+            continue;
+        }
         auto c = read_candidate(name);
         if (auto* r = std::get_if<rejection>(&c)) {
             if (r->unparsed && unparsed_once_[name] != *r->unparsed) {
@@ -440,7 +466,8 @@ asio::awaitable<void> spool::record(std::vector<core::job_spec> specs,
             break;
         case storage::insert_outcome::conflict:
             if (!still_there(files[i])) {
-                rescan_later();
+                if (::access((incoming_ + "/" + files[i].name).c_str(), F_OK) == 0)
+                    note_created(files[i].name);
                 break;
             }
             reject(files[i].name,
@@ -467,17 +494,23 @@ std::string free_name(const std::string& folder, const std::string& name) {
 bool spool::still_there(const taken_file& f) const {
     struct stat st {};
     std::string path = incoming_ + "/" + f.name;
-    if (::lstat(path.c_str(), &st) == 0 && st.st_dev == f.dev && st.st_ino == f.ino)
+    if (::lstat(path.c_str(), &st) == 0 && st.st_dev == f.dev && st.st_ino == f.ino &&
+        st.st_size == f.size &&
+        st.st_mtim.tv_sec * 1'000'000'000 + st.st_mtim.tv_nsec == f.mtime_ns &&
+        st.st_ctim.tv_sec * 1'000'000'000 + st.st_ctim.tv_nsec == f.ctime_ns)
         return true;
-    log::notice("spool: {} was replaced or removed while its job was being recorded; a new "
-                "file there is taken on its own",
+    log::notice("spool: {} was replaced, changed or removed while its job was being recorded; "
+                "what is there now is taken on its own",
                 printable(f.name));
     return false;
 }
 
 void spool::move_to(const taken_file& f, const std::string& folder) {
     if (!still_there(f)) {
-        rescan_later(); // its own event takes it; the rescan makes sure
+        // Its own event takes a new file; one changed in place (through another name)
+        // makes none here: look at it again.
+        if (::access((incoming_ + "/" + f.name).c_str(), F_OK) == 0)
+            note_created(f.name);
         return;
     }
     std::string from = incoming_ + "/" + f.name;

@@ -54,6 +54,7 @@ private:
         ino_t ino = 0;
         std::int64_t size = 0;
         std::int64_t mtime_ns = 0;
+        std::int64_t ctime_ns = 0;
         bool operator==(const taken_file&) const = default;
     };
     struct rejection {
@@ -97,8 +98,15 @@ private:
     std::optional<boost::asio::posix::stream_descriptor> events_;
     bool stopping_ = false;
     bool rescan_pending_ = false;
-    // Files seen created but not yet written or renamed here, and their last activity.
-    std::map<std::string, std::chrono::steady_clock::time_point> created_;
+    // Files seen created but not yet written or renamed here: how they looked when last
+    // looked at, since when they look so, and whether a writer is at work on them here
+    // (IN_MODIFY: then their IN_CLOSE_WRITE takes them).
+    struct settling_file {
+        std::int64_t size = -1, mtime_ns = 0, ctime_ns = 0;
+        std::chrono::steady_clock::time_point since;
+        bool written_here = false;
+    };
+    std::map<std::string, settling_file> created_;
     bool settling_ = false;
     // Files whose content did not parse once, as they were then.
     std::map<std::string, taken_file> unparsed_once_;

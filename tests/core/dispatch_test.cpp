@@ -182,8 +182,9 @@ TEST(dispatch_policy, a_seeded_random_run_keeps_the_budget_and_loses_no_work) {
         auto a = r.policy.next_action(now, f);
         if (auto* s = std::get_if<send_request>(&a)) {
             EXPECT_LT(f.requests, r.policy.limits().max_requests);
-            if (s->item.kind == work_kind::submit)
+            if (s->item.kind == work_kind::submit) {
                 EXPECT_LT(f.jobs, r.policy.limits().max_in_flight);
+            }
             sends.push_back(now);
             taken[s->item.job_id] += 1;
             EXPECT_EQ(scheduled.erase(s->item.job_id), 1u) << s->item.job_id << " taken twice";

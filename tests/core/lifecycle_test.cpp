@@ -86,6 +86,16 @@ TEST_F(fixture, submit_begin_marks_submitting_durably_and_counts_the_attempt) {
     EXPECT_EQ(t.note, "pending -> submitting: attempt 1");
 }
 
+// The request exists from the moment the POST left, not from when its answer came:
+// an answer 40 s late (a slow API) does not move the retention's start.
+TEST_F(fixture, a_late_submit_answer_dates_the_submission_from_the_send) {
+    auto t = go(submitting(),
+                ev_submit_answer{answer(200, R"({"request_id":"late","status":"QUEUED"})")},
+                t0 + seconds(40));
+    EXPECT_EQ(t.next.state, job_state::queued);
+    EXPECT_EQ(t.next.submitted_at, t0);
+}
+
 TEST_F(fixture, submit_begin_on_a_non_pending_job_is_rejected_and_changes_nothing) {
     auto j = queued();
     auto t = go(j, ev_submit_begin{});
@@ -215,6 +225,25 @@ TEST_F(fixture, submit_answer_lost_fails_when_resubmit_unknown_is_false) {
     EXPECT_EQ(t.next.state, job_state::failed);
     EXPECT_NE(t.next.error->find("may or may not exist"), std::string::npos);
     EXPECT_NE(t.next.error->find("klingctl retry j1"), std::string::npos);
+}
+
+// A 2xx answer cut short after its request id names the request: it is followed, not
+// failed as an unknown outcome (nothing is sent again either way).
+TEST_F(fixture, a_submit_answer_cut_after_its_request_id_is_followed) {
+    auto cut = transport_error(transport::lost, "answer cut short");
+    cut.partial = R"({"request_id": "4f1c2b7e-aaaa-bbbb-cccc-0123456789ab", "status": "QUE)";
+    auto t = go(submitting(), ev_submit_answer{cut});
+    EXPECT_EQ(t.next.state, job_state::queued);
+    EXPECT_EQ(t.next.request_id, "4f1c2b7e-aaaa-bbbb-cccc-0123456789ab");
+    EXPECT_EQ(t.next.status_url,
+              "https://api.segmind.com/v2/requests/4f1c2b7e-aaaa-bbbb-cccc-0123456789ab/status");
+    EXPECT_EQ(t.persist, persist_mode::durable);
+    EXPECT_NE(t.note.find("cut short after its request id"), std::string::npos) << t.note;
+    // Cut inside the id, or before it: the outcome stays unknown.
+    for (auto part : {R"({"request_id": "4f1c2b7e-aa)", R"({"stat)", R"({"error":"x"})"}) {
+        cut.partial = part;
+        EXPECT_EQ(go(submitting(), ev_submit_answer{cut}).next.state, job_state::failed) << part;
+    }
 }
 
 TEST_F(fixture, submit_answer_lost_is_sent_again_when_resubmit_unknown_is_true) {

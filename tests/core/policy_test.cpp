@@ -1,6 +1,7 @@
 // Answer parsing, the rate budget, the duration model, the poll planner and the dispatch order.
 #include "core/api_answer.hpp"
 #include "core/dispatch_queue.hpp"
+#include "core/download_pace.hpp"
 #include "core/duration_model.hpp"
 #include "core/poll_planner.hpp"
 #include "core/rate_budget.hpp"
@@ -463,7 +464,9 @@ TEST(api_answer, a_servers_error_text_comes_back_as_valid_utf8) {
 
 TEST(url, a_redirect_is_followed_to_https_or_loopback_http_only) {
     auto from = *http_url::parse("https://cdn.example/a/b.png?sig=1");
-    auto target = [&](std::string_view loc) { return redirect_target(from, loc); };
+    auto target = [&](std::string_view loc) {
+        return redirect_target(from, loc);
+    };
     EXPECT_EQ(target("https://other.example/x.png")->text(), "https://other.example/x.png");
     EXPECT_EQ(target("/c/d.png")->text(), "https://cdn.example/c/d.png");
     EXPECT_EQ(target("e.png?x=1")->text(), "https://cdn.example/a/e.png?x=1");
@@ -474,6 +477,10 @@ TEST(url, a_redirect_is_followed_to_https_or_loopback_http_only) {
     ASSERT_FALSE(plain);
     EXPECT_EQ(plain.error(), errc::url_not_http);
     EXPECT_NE(plain.error().message().find("only https://"), std::string::npos);
+    // Not down from https to a local service either.
+    EXPECT_FALSE(target("http://127.0.0.1:8080/admin"));
+    auto plain_public = *http_url::parse("http://127.0.0.1:8080/m.png");
+    EXPECT_FALSE(redirect_target(plain_public, "http://cdn.example/n.png"));
     EXPECT_FALSE(target("ftp://cdn.example/b.png"));
     EXPECT_FALSE(target("https://user:pw@cdn.example/b.png"));
     // A name that starts like a loopback address is no loopback host (Boost 1.81 read
@@ -627,3 +634,43 @@ TEST(duration_model, exact_samples_and_bad_intervals) {
         m.add_interval(40, 40);
     EXPECT_NEAR(m.median(), 40, 2);
 }
+
+namespace {
+
+using klingd::core::download_pace;
+using pace_clock = download_pace::clock_type;
+
+TEST(download_pace, a_trickle_is_cut_after_a_window_and_a_steady_download_never) {
+    pace_clock::time_point t0{};
+    download_pace trickle(t0, std::nullopt);
+    EXPECT_EQ(trickle.on_bytes(1024, t0 + std::chrono::seconds(5)), "");
+    auto why = trickle.on_bytes(1024, t0 + std::chrono::seconds(10));
+    EXPECT_NE(why.find("2048 bytes in 10 s, under the minimum of 16 KiB/s"), std::string::npos)
+        << why;
+
+    download_pace steady(t0, std::nullopt); // 20 KiB/s for a minute
+    for (int s = 1; s <= 60; ++s)
+        EXPECT_EQ(steady.on_bytes(20 * 1024, t0 + std::chrono::seconds(s)), "") << s;
+
+    // A 1 GiB video at 50 MiB/s: its deadline (about 18 h at 16 KiB/s) is far off.
+    download_pace video(t0, std::uint64_t{1} << 30);
+    for (int s = 1; s <= 21; ++s)
+        EXPECT_EQ(video.on_bytes(50u << 20, t0 + std::chrono::seconds(s)), "") << s;
+}
+
+TEST(download_pace, a_read_waits_no_longer_than_the_pace_allows) {
+    pace_clock::time_point t0{};
+    download_pace p(t0, std::nullopt);
+    EXPECT_EQ(p.patience(t0 + std::chrono::seconds(3)), std::chrono::seconds(7));
+    p.on_bytes(200 * 1024, t0 + std::chrono::seconds(4)); // the window's quota has come
+    EXPECT_EQ(p.patience(t0 + std::chrono::seconds(4)), pace_clock::duration::max());
+    // An announced length sets a deadline: 160 KiB may take 10 s plus the 10 s window.
+    download_pace d(t0, 160 * 1024);
+    EXPECT_EQ(d.patience(t0 + std::chrono::seconds(5)), std::chrono::seconds(5));
+    d.on_bytes(170 * 1024, t0 + std::chrono::seconds(9));
+    EXPECT_EQ(d.patience(t0 + std::chrono::seconds(12)), std::chrono::seconds(8));
+    EXPECT_NE(d.on_bytes(1, t0 + std::chrono::seconds(21)).find("ran past the 20 s"),
+              std::string::npos);
+}
+
+} // namespace

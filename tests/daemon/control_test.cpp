@@ -44,6 +44,38 @@ protected:
     void SetUp() override { env.start(); }
 };
 
+// Event streams stay open, so they are capped apart from request connections: 32 of
+// them at most (the next is answered 503, saying so), and with every slot for streams
+// taken, requests are still answered.
+TEST_F(control_test, watchers_cannot_take_the_connections_requests_need) {
+    std::vector<klingd::client::event_subscription> open;
+    int refused = 0;
+    std::string why;
+    for (int i = 0; i < 70; ++i) {
+        auto s = klingd::client::event_subscription::open(env.socket(), {}, 5s);
+        if (s)
+            open.push_back(std::move(*s));
+        else {
+            ++refused;
+            why = s.error().message();
+        }
+    }
+    EXPECT_EQ(open.size(), 32u);
+    EXPECT_EQ(refused, 38);
+    EXPECT_NE(why.find("event streams are open"), std::string::npos) << why;
+    for (int i = 0; i < 5; ++i)
+        EXPECT_EQ(env.api("GET", "/v1/health").status, 200);
+    open.pop_back(); // one closed: a new stream may open
+    ASSERT_TRUE(eventually(
+        [&] {
+            auto s = klingd::client::event_subscription::open(env.socket(), {}, 5s);
+            if (s)
+                open.push_back(std::move(*s));
+            return bool(s);
+        },
+        10s));
+}
+
 TEST_F(control_test, health_and_the_socket_mode) {
     auto r = env.api("GET", "/v1/health");
     EXPECT_EQ(r.status, 200);

@@ -1,6 +1,7 @@
 // klingd end to end against segmind-sim over TLS: jobs in, results out, through
 // kill -9, rate limits, expiry, bad files and every class of API answer. The
 // emulator's statistics are the judge of what klingd sent.
+#include "client/control_client.hpp"
 #include "tests/daemon/daemon_env.hpp"
 
 #include <filesystem>
@@ -384,6 +385,63 @@ TEST(engine_e2e, sigterm_exits_0_and_the_next_start_resumes) {
     for (auto& id : ids)
         EXPECT_EQ(env.state(id), "completed");
     EXPECT_EQ(env.sim_stats(false).at("submissions").as_int64(), 6);
+}
+
+} // namespace
+
+namespace {
+
+// "The request id is committed the moment the answer arrives": klingd is killed the
+// moment its event stream shows the job queued (the change is published only once it
+// is in the database); after the restart the job has that request id, is not failed
+// as an unknown outcome, and completes without a second submit. A batched write of the
+// request id would leave the job "submitting" in the database at the kill.
+TEST(engine_e2e, a_kill_the_moment_a_job_is_queued_keeps_its_request_id) {
+    daemon_env env;
+    env.start();
+    auto sub = klingd::client::event_subscription::open(env.socket(), "rid");
+    ASSERT_TRUE(sub) << sub.error().message();
+    env.drop("rid.json", image_job("rid"));
+    std::string request_id;
+    auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (request_id.empty() && std::chrono::steady_clock::now() < deadline) {
+        auto ev = sub->next(2s);
+        ASSERT_TRUE(ev) << ev.error().message();
+        if (*ev && str(**ev, "type") == "job" && str(**ev, "state") == "queued")
+            request_id = str(**ev, "request_id");
+    }
+    ASSERT_FALSE(request_id.empty()) << env.log();
+    env.kill9();
+    env.start();
+    auto j = env.job("rid");
+    EXPECT_EQ(str(j, "request_id"), request_id);
+    EXPECT_NE(str(j, "state"), "failed") << str(j, "error");
+    ASSERT_TRUE(env.wait_terminal({"rid"}, 30s)) << env.log();
+    expect_completed_with_exact_media(env, "rid");
+    EXPECT_EQ(env.sim_stats(false).at("submissions").as_int64(), 1);
+    EXPECT_EQ(env.stop(), 0);
+}
+
+} // namespace
+
+namespace {
+
+// A submit answer cut short (half its body) still names the request when the cut
+// comes after the request id: klingd follows it instead of failing the job as an
+// unknown outcome, and sends nothing twice.
+TEST(engine_e2e, a_submit_answer_cut_after_its_request_id_is_followed) {
+    daemon_env env;
+    env.start();
+    env.sim_config(R"({"truncate_rate": 1})"); // every answer: half its body, then closed
+    env.drop("cut.json", image_job("cut"));
+    ASSERT_TRUE(eventually([&] { return !str(env.job("cut"), "request_id").empty(); }, 20s))
+        << env.log();
+    env.sim_config(R"({"truncate_rate": 0})");
+    ASSERT_TRUE(env.wait_terminal({"cut"}, 30s)) << env.log();
+    expect_completed_with_exact_media(env, "cut");
+    EXPECT_EQ(env.sim_stats(false).at("submissions").as_int64(), 1);
+    EXPECT_NE(env.log().find("cut short after its request id"), std::string::npos) << env.log();
+    EXPECT_EQ(env.stop(), 0);
 }
 
 } // namespace

@@ -285,7 +285,7 @@ TEST(database, a_10_s_lock_by_another_process_never_holds_up_the_event_loop) {
     }
     klingd::client::control_client socket(env.socket(), 5s);
     double worst_ms = 0;
-    int probes = 0;
+    int probes = 0, over_100_ms = 0;
     while (std::chrono::steady_clock::now() - locked_at < 10s) {
         auto t0 = std::chrono::steady_clock::now();
         auto r = socket.call(boost::beast::http::verb::get, "/v1/health");
@@ -293,10 +293,14 @@ TEST(database, a_10_s_lock_by_another_process_never_holds_up_the_event_loop) {
                         .count();
         ASSERT_TRUE(r && r->status == 200) << (r ? r->text : r.error().message());
         worst_ms = std::max(worst_ms, ms);
+        over_100_ms += ms > 100;
         ++probes;
         std::this_thread::sleep_for(20ms); // the probes' pace, not a synchronisation
     }
-    EXPECT_LT(worst_ms, 100.0) << "over " << probes << " probes";
+    // Every answer within 100 ms but for a rare hiccup of a loaded machine; a loop that
+    // waited on the database would stall for klingd's 5 s busy timeout.
+    EXPECT_LE(over_100_ms, probes / 100) << "over " << probes << " probes";
+    EXPECT_LT(worst_ms, 1000.0) << "over " << probes << " probes";
     EXPECT_NE(env.log().find("database is locked"), std::string::npos)
         << "klingd never met the lock; the test proves nothing\n"
         << env.log();
