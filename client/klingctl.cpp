@@ -141,18 +141,13 @@ int cmd_submit(client& c, const std::vector<std::string>& files) {
         std::ostringstream s;
         s << in.rdbuf();
         std::string body = s.str();
-        // As in the spool, a file without "id" takes its name (without .json) as the id.
-        boost::system::error_code ec;
-        auto v = json::parse(body, ec);
-        if (!ec && v.is_object() && !v.as_object().contains("id")) {
-            std::string name =
-                f.substr(f.find_last_of('/') == std::string::npos ? 0 : f.find_last_of('/') + 1);
-            if (name.ends_with(".json"))
-                name.resize(name.size() - 5);
-            v.as_object()["id"] = name;
-            body = json::serialize(v);
-        }
-        auto r = c.call(http::verb::post, "/v1/jobs", body);
+        // Sent as written (exact numbers and escapes kept); as in the spool, a file
+        // without "id" takes its name (without .json), given beside it as ?id=.
+        std::string name =
+            f.substr(f.find_last_of('/') == std::string::npos ? 0 : f.find_last_of('/') + 1);
+        if (name.ends_with(".json"))
+            name.resize(name.size() - 5);
+        auto r = c.call(http::verb::post, with_query("/v1/jobs", {{"id", name}}), body);
         if (r.status == 200 || r.status == 201) {
             std::puts(str(r.body, "id").c_str());
         } else {

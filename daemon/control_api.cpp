@@ -136,9 +136,22 @@ asio::awaitable<control_response> get_job(const control_request& req, engine& e,
     co_return json_response(req.version(), http::status::ok, o);
 }
 
+// POST /v1/jobs[?id=NAME]: the body is a job file as written; NAME is its id when the
+// file names none (klingctl sends the file's name, as the spool does).
 asio::awaitable<control_response> post_job(const control_request& req, engine& e,
-                                           const peer_info& peer) {
-    auto parsed = core::parse_job_spec(req.body(), "");
+                                           const peer_info& peer, const target& t) {
+    std::string default_id;
+    for (auto& [k, v] : t.query) {
+        if (k != "id")
+            co_return error_response(
+                req.version(), http::status::bad_request,
+                fmt::format("unknown query parameter \"{}\" (known: id)", k.substr(0, 40)));
+        if (v.empty())
+            co_return error_response(req.version(), http::status::bad_request,
+                                     "id must name the job (leave it out to use the file's)");
+        default_id = v;
+    }
+    auto parsed = core::parse_job_spec(req.body(), default_id);
     if (!parsed)
         co_return error_response(req.version(), http::status::bad_request,
                                  parsed.error().message());
@@ -392,7 +405,7 @@ const route routes[] = {
         co_return co_await list_jobs(req, e, t);
     }},
     {http::verb::post, {"v1", "jobs"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
-        co_return co_await post_job(req, e, p);
+        co_return co_await post_job(req, e, p, t);
     }},
     {http::verb::get, {"v1", "jobs", "{id}"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
         co_return co_await get_job(req, e, id);

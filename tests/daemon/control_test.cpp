@@ -2,6 +2,7 @@
 // answers, Prometheus text checked strictly, the event stream, hostile clients,
 // and a scripted klingctl session with its exit codes.
 #include "client/control_client.hpp"
+#include "core/job_spec.hpp"
 #include "core/time_text.hpp"
 #include "tests/daemon/daemon_env.hpp"
 
@@ -13,6 +14,7 @@
 #include <filesystem>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
 #include <regex>
 #include <set>
 #include <sys/stat.h>
@@ -490,6 +492,39 @@ TEST_F(hostile_client, half_a_request_does_not_hold_the_daemon) {
     env.drop("alive.json", image_job("alive"));
     ASSERT_TRUE(env.wait_terminal({"alive"}, 30s));
     EXPECT_TRUE(env.running());
+}
+
+// klingctl submit sends a job file as written (it no longer parses and rewrites it):
+// a file without "id" gets its name through ?id=, and the API receives the params
+// exactly as klingd reads them from the file itself.
+TEST_F(control_test, klingctl_submit_sends_the_file_as_written) {
+    std::string file =
+        R"({"model": "kling-o1", "params": {"prompt": "caf\u00e9 merge @Image1 into @Image2",)"
+        R"(  "image_urls": ["https://in.example/a.png", "https://in.example/b.png"]}})";
+    std::string path = env.dir() + "/exact.json";
+    write_file(path, file);
+    auto r = klingctl(env.socket(), {"submit", path});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_EQ(r.out, "exact\n");
+    ASSERT_TRUE(env.wait_terminal({"exact"}, 30s)) << env.log();
+    auto spec = klingd::core::parse_job_spec(file, "exact");
+    ASSERT_TRUE(spec);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    EVP_Digest(spec->params.data(), spec->params.size(), md, &n, EVP_sha256(), nullptr);
+    std::string want;
+    for (unsigned i = 0; i < n; ++i)
+        want += fmt::format("{:02x}", md[i]);
+    auto stats = env.sim_stats();
+    ASSERT_EQ(stats.at("requests").as_array().size(), 1u);
+    EXPECT_EQ(str(stats.at("requests").as_array()[0], "body_sha256"), want)
+        << "the params did not reach the API as klingd reads the file";
+    // ?id= is checked like any query parameter.
+    EXPECT_EQ(env.api("POST", "/v1/jobs?id=", image_job("x")).status, 400);
+    EXPECT_EQ(env.api("POST", "/v1/jobs?name=x", image_job("x")).status, 400);
+    auto named = env.api("POST", "/v1/jobs?id=given", image_job("given"));
+    EXPECT_EQ(named.status, 201);
+    EXPECT_EQ(str(named.body, "id"), "given");
 }
 
 TEST_F(control_test, a_scripted_klingctl_session) {
