@@ -385,6 +385,12 @@ spool::candidate spool::read_candidate(const std::string& name) const {
     ::fstat(f.fd, &st);
     if (!S_ISREG(st.st_mode))
         return rejection{"is not a regular file"};
+    // A read lease is refused while any process has the file open for writing (on this
+    // descriptor: no second open). Another user's file: the kernel will not say (EACCES).
+    if (::fcntl(f.fd, F_SETLEASE, F_RDLCK) == 0)
+        ::fcntl(f.fd, F_SETLEASE, F_UNLCK);
+    else if (errno == EAGAIN)
+        return busy{};
     if (!name.ends_with(".json"))
         return rejection{"only *.json files are taken (write to a .tmp or dot name, then rename "
                          "to NAME.json)"};
@@ -412,12 +418,12 @@ asio::awaitable<void> spool::take(std::vector<std::string> names) {
     for (const auto& name : names) {
         log::debug("spool: reading {}", printable(name));
         created_.erase(name);
-        if (no_writer(incoming_ + "/" + name) == false) {
+        auto c = read_candidate(name);
+        if (std::holds_alternative<busy>(c)) {
             // Still open for writing (a scan found it, or another name's writer): later.
             note_created(name);
             continue;
         }
-        auto c = read_candidate(name);
         if (auto* r = std::get_if<rejection>(&c)) {
             if (r->unparsed && unparsed_once_[name] != *r->unparsed) {
                 // The first time this version does not parse: read it again in a second.

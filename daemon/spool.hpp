@@ -46,6 +46,7 @@ private:
     boost::asio::awaitable<void> take(std::vector<std::string> names);
     // What a file in incoming/ is: gone (skip), to be rejected (and why), or a job.
     struct skip {};
+    struct busy {}; // a writer still has it open: look again later
     // A file read, and which file it was (a writer may rename another file over its
     // name while the job is being recorded), and which version of it.
     struct taken_file {
@@ -66,7 +67,7 @@ private:
         core::job_spec spec;
         taken_file file;
     };
-    using candidate = std::variant<skip, rejection, job_file>;
+    using candidate = std::variant<skip, busy, rejection, job_file>;
     candidate read_candidate(const std::string& name) const;
     // Records the jobs read, then moves their files to accepted/ (or rejected/ for a conflict).
     boost::asio::awaitable<void> record(std::vector<core::job_spec> specs,
