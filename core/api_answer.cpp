@@ -201,34 +201,72 @@ std::optional<submit_fields> parse_submit(std::string_view body, std::string_vie
 }
 
 std::optional<submit_fields> parse_cut_submit(std::string_view partial, std::string_view base_url) {
-    constexpr std::string_view key = "\"request_id\"";
-    auto at = partial.find(key);
-    if (at == std::string_view::npos)
-        return std::nullopt;
-    auto rest = partial.substr(at + key.size());
+    // A scan of the JSON text as far as it goes: the first member of the top-level
+    // object named "request_id" whose string value is whole. Anything that is not the
+    // start of a JSON object (a proxy's page) gives nothing.
+    std::size_t i = 0;
     auto skip_space = [&] {
-        while (!rest.empty() && (rest.front() == ' ' || rest.front() == '\t' ||
-                                 rest.front() == '\n' || rest.front() == '\r'))
-            rest.remove_prefix(1);
+        while (i < partial.size() && (partial[i] == ' ' || partial[i] == '\t' ||
+                                      partial[i] == '\n' || partial[i] == '\r'))
+            ++i;
+    };
+    // The string starting at partial[i] == '"', escapes kept as written; nullopt if cut.
+    auto read_string = [&]() -> std::optional<std::string_view> {
+        std::size_t start = ++i;
+        for (; i < partial.size(); ++i) {
+            if (partial[i] == '\\')
+                ++i;
+            else if (partial[i] == '"')
+                return partial.substr(start, i++ - start);
+        }
+        return std::nullopt;
     };
     skip_space();
-    if (rest.empty() || rest.front() != ':')
+    if (i >= partial.size() || partial[i] != '{')
         return std::nullopt;
-    rest.remove_prefix(1);
-    skip_space();
-    if (rest.empty() || rest.front() != '"')
-        return std::nullopt;
-    rest.remove_prefix(1);
-    auto end = rest.find('"');
-    if (end == std::string_view::npos)
-        return std::nullopt; // the id itself was cut
-    submit_fields f;
-    f.request_id = std::string(rest.substr(0, end));
-    if (!is_safe_request_id(f.request_id))
-        return std::nullopt;
-    f.status_url = fmt::format("{}/v2/requests/{}/status", base_url, f.request_id);
-    f.response_url = fmt::format("{}/v2/requests/{}", base_url, f.request_id);
-    return f;
+    int depth = 0;
+    bool expect_key = false;
+    while (i < partial.size()) {
+        char ch = partial[i];
+        if (ch == '"') {
+            bool key = depth == 1 && expect_key;
+            auto text = read_string();
+            if (!text)
+                return std::nullopt;
+            skip_space();
+            if (key && *text == "request_id" && i < partial.size() && partial[i] == ':') {
+                ++i;
+                skip_space();
+                if (i >= partial.size() || partial[i] != '"')
+                    return std::nullopt;
+                auto id = read_string();
+                if (!id)
+                    return std::nullopt; // the id itself was cut
+                submit_fields f;
+                f.request_id = std::string(*id);
+                if (!is_safe_request_id(f.request_id))
+                    return std::nullopt;
+                f.status_url = fmt::format("{}/v2/requests/{}/status", base_url, f.request_id);
+                f.response_url = fmt::format("{}/v2/requests/{}", base_url, f.request_id);
+                return f;
+            }
+            expect_key = false;
+            continue;
+        }
+        if (ch == '{' || ch == '[') {
+            ++depth;
+            expect_key = ch == '{' && depth == 1;
+        } else if (ch == '}' || ch == ']') {
+            --depth;
+            expect_key = false;
+        } else if (ch == ',') {
+            expect_key = depth == 1;
+        } else if (ch != ' ' && ch != '\t' && ch != '\n' && ch != '\r') {
+            expect_key = false; // a value's character
+        }
+        ++i;
+    }
+    return std::nullopt;
 }
 
 std::string_view to_string(request_kind k) {

@@ -202,6 +202,7 @@ struct machine {
     void submit_lost(const http_outcome& o) {
         // A 2xx answer cut short after its request id: the request is known, follow it.
         if (auto f = parse_cut_submit(o.partial, c.base_url)) {
+            t.signal = api_signal::accepted; // the API took it: a stopped gate may reopen
             accept_submit(*f, fmt::format("request {} (the answer was cut short after its "
                                           "request id: {})",
                                           f->request_id, o.message));

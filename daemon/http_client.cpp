@@ -345,9 +345,11 @@ http_client::download(const core::http_url& u, const std::string& path, std::uin
                 c->tcp().expires_after(opts_.timeout);
                 co_await http::async_read_header(s, c->buffer, parser,
                                                  asio::redirect_error(asio::use_awaitable, ec));
+                if (ec)
+                    co_return;
                 std::optional<std::uint64_t> length;
                 if (auto l = parser.content_length())
-                    length = *l;
+                    length = std::min<std::uint64_t>(*l, max_bytes); // no overflow of times
                 core::download_pace pace(std::chrono::steady_clock::now(), length);
                 while (!ec && !parser.is_done()) {
                     // A read waits no longer than the pace allows if nothing comes.

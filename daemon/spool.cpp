@@ -12,6 +12,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <dirent.h>
 #include <fcntl.h>
@@ -81,6 +82,9 @@ spool::~spool() {
 }
 
 void spool::start() {
+    // The read leases taken on job files are broken by SIGIO when a writer opens the
+    // file at that moment; its default action would end the process.
+    std::signal(SIGIO, SIG_IGN);
     for (auto* d : {&incoming_, &accepted_, &rejected_})
         make_dir(*d);
     inotify_fd_ = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
@@ -156,10 +160,15 @@ asio::awaitable<void> spool::settle() {
                     f = seen;
                 }
             }
-            auto free = gone ? std::optional<bool>(true) : no_writer(path);
-            bool quiet = now - f.since >= std::chrono::seconds(1) && f.size > 0;
-            if (!gone && f.written_here) {
-                ++it; // its writer's IN_CLOSE_WRITE takes it
+            // Not a regular file (a FIFO, a socket): read_candidate rejects it at once.
+            bool special = !gone && !S_ISREG(st.st_mode);
+            // Written here: its IN_CLOSE_WRITE takes it, or the kernel's word that no
+            // writer is left (a truncate(2) makes no close).
+            auto free = gone || special ? std::optional<bool>(true) : no_writer(path);
+            bool quiet =
+                now - f.since >= (f.size > 0 ? std::chrono::seconds(1) : std::chrono::seconds(5));
+            if (!gone && !special && f.written_here && !(free && *free)) {
+                ++it;
                 continue;
             }
             if (gone || (free && *free) || (!free && quiet)) {

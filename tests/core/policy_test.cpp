@@ -674,3 +674,22 @@ TEST(download_pace, a_read_waits_no_longer_than_the_pace_allows) {
 }
 
 } // namespace
+
+namespace {
+
+TEST(api_answer, a_cut_submit_answer_gives_its_request_id_only_when_whole_and_at_the_top) {
+    using klingd::core::parse_cut_submit;
+    const char* base = "https://api.segmind.com";
+    auto f = parse_cut_submit(R"(  { "status": "QUEUED", "request_id" : "abc-1", "status_u)", base);
+    ASSERT_TRUE(f);
+    EXPECT_EQ(f->request_id, "abc-1");
+    EXPECT_EQ(f->status_url, "https://api.segmind.com/v2/requests/abc-1/status");
+    EXPECT_FALSE(parse_cut_submit(R"({"request_id": "abc-)", base)) << "the id itself cut";
+    EXPECT_FALSE(parse_cut_submit(R"({"data": {"request_id": "abc-1"}, "x)", base)) << "nested";
+    EXPECT_FALSE(parse_cut_submit(R"({"list": ["request_id", "abc-1"], ")", base));
+    EXPECT_FALSE(parse_cut_submit(R"({"note": "\"request_id\": \"abc-1\"", ")", base));
+    EXPECT_FALSE(parse_cut_submit(R"(<html>"request_id": "abc-1")", base)) << "not JSON";
+    EXPECT_FALSE(parse_cut_submit(R"({"request_id": "../../x"})", base)) << "an unsafe id";
+}
+
+} // namespace
