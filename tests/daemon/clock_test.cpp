@@ -64,15 +64,6 @@ protected:
     std::string offset_file;
 };
 
-std::vector<std::string> drop_jobs(daemon_env& env, const std::string& prefix, int n) {
-    std::vector<std::string> ids;
-    for (int i = 0; i < n; ++i) {
-        ids.push_back(prefix + std::to_string(i));
-        env.drop(ids.back() + ".json", image_job(ids.back()));
-    }
-    return ids;
-}
-
 // Stepped back an hour: polls of the jobs already submitted and submits of new ones go
 // on at once (pacing on the wall clock would send nothing for an hour).
 TEST_F(clock_step, back_by_an_hour_polls_and_submits_go_on) {
@@ -80,10 +71,10 @@ TEST_F(clock_step, back_by_an_hour_polls_and_submits_go_on) {
     o.sim_args = {"--median", "kling-o1=150"}; // 3 s of real time: still running at the step
     daemon_env env(o);
     env.start(shifted(env));
-    auto ids = drop_jobs(env, "before", 4);
+    auto ids = drop_image_jobs(env, "before", 4);
     ASSERT_TRUE(all_submitted(env, ids)) << env.log();
     step(env, -3600);
-    auto more = drop_jobs(env, "after", 4);
+    auto more = drop_image_jobs(env, "after", 4);
     ids.insert(ids.end(), more.begin(), more.end());
     ASSERT_TRUE(env.wait_terminal(ids, 30s)) << env.log();
     EXPECT_LT(skew(env, "after0", "created_at"), -3500s) << "the step did not take effect";
@@ -101,7 +92,7 @@ TEST_F(clock_step, forward_past_the_retention_expires_no_running_job) {
     o.sim_args = {"--median", "kling-o1=150"}; // 3 s of real time: still running at the step
     daemon_env env(o);
     env.start(shifted(env));
-    auto ids = drop_jobs(env, "run", 4);
+    auto ids = drop_image_jobs(env, "run", 4);
     ASSERT_TRUE(all_submitted(env, ids)) << env.log();
     step(env, 7200);
     ASSERT_TRUE(env.wait_terminal(ids, 60s)) << env.log();
@@ -118,7 +109,7 @@ TEST_F(clock_step, across_a_restart_the_wall_clock_measures_the_downtime) {
     o.sim_args = {"--median", "kling-o1=10000000"}; // never done
     daemon_env env(o);
     env.start(shifted(env));
-    auto ids = drop_jobs(env, "down", 3);
+    auto ids = drop_image_jobs(env, "down", 3);
     ASSERT_TRUE(all_submitted(env, ids)) << env.log();
     ASSERT_EQ(env.stop(), 0);
     auto polls = [&] {

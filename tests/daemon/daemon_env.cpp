@@ -193,6 +193,15 @@ std::string image_job(const std::string& marker, const std::string& extra_params
         marker, extra_params);
 }
 
+std::vector<std::string> drop_image_jobs(daemon_env& env, const std::string& prefix, int n) {
+    std::vector<std::string> ids;
+    for (int i = 0; i < n; ++i) {
+        ids.push_back(prefix + std::to_string(i));
+        env.drop(ids.back() + ".json", image_job(ids.back()));
+    }
+    return ids;
+}
+
 std::string video_job(const std::string& marker) {
     return fmt::format(
         R"({{"model":"kling-o1-video-to-video-edit","params":{{"prompt":"{} use @image1",)"

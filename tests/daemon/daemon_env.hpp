@@ -86,6 +86,8 @@ private:
 
 // A kling-o1 job whose prompt carries a unique marker (tests find it in the sim's stats).
 std::string image_job(const std::string& marker, const std::string& extra_params = "");
+// Drops n image jobs PREFIX0.json .. PREFIX{n-1}.json into the spool; their ids.
+std::vector<std::string> drop_image_jobs(daemon_env& env, const std::string& prefix, int n);
 std::string video_job(const std::string& marker);
 
 // A field of a JSON object as text: strings as they are, other values serialised, "" when

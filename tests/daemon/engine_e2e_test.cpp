@@ -348,11 +348,7 @@ TEST(engine_e2e, a_429_storm_never_fails_a_job_and_the_daemon_slows_down) {
     o.sim_args = {"--rpm", "10", "--retry-after"};
     daemon_env env(o);
     env.start();
-    std::vector<std::string> ids;
-    for (int i = 0; i < 8; ++i) {
-        ids.push_back(fmt::format("r{}", i));
-        env.drop(ids.back() + ".json", image_job(ids.back()));
-    }
+    auto ids = drop_image_jobs(env, "r", 8);
     ASSERT_TRUE(env.wait_terminal(ids, 90s)) << env.log();
     for (auto& id : ids) {
         auto j = env.job(id);

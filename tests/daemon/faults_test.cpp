@@ -227,31 +227,49 @@ TEST(full_disk, downloads_wait_for_space_keep_the_result_and_nothing_completes_w
     EXPECT_EQ(env.stop(), 0);
 }
 
+// Another process holding klingd's database (BEGIN EXCLUSIVE) until release().
+class database_lock {
+public:
+    explicit database_lock(const std::string& path) {
+        held_ = sqlite3_open(path.c_str(), &db_) == SQLITE_OK;
+        // klingd may be writing at this moment: wait for the lock rather than fail at once.
+        sqlite3_busy_timeout(db_, 10000);
+        held_ =
+            held_ && sqlite3_exec(db_, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr) == SQLITE_OK;
+    }
+    database_lock(const database_lock&) = delete;
+    database_lock& operator=(const database_lock&) = delete;
+    ~database_lock() { release(); }
+    bool held() const { return held_; }
+    void release() {
+        if (!db_)
+            return;
+        sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr);
+        sqlite3_close(db_);
+        db_ = nullptr;
+        held_ = false;
+    }
+
+private:
+    sqlite3* db_ = nullptr;
+    bool held_ = false;
+};
+
 TEST(database, locked_by_another_process_for_a_while_delays_but_loses_nothing) {
     daemon_env env;
     env.start();
-    std::vector<std::string> ids;
-    for (int i = 0; i < 10; ++i) {
-        ids.push_back(fmt::format("b{}", i));
-        env.drop(ids.back() + ".json", image_job(ids.back()));
-    }
+    auto ids = drop_image_jobs(env, "b", 10);
     ASSERT_TRUE(eventually([&] { return env.jobs().size() == ids.size(); }, 10s));
-    sqlite3* db = nullptr;
-    ASSERT_EQ(sqlite3_open((env.dir() + "/klingd.db").c_str(), &db), SQLITE_OK);
-    // klingd may be writing at this moment: wait for the lock rather than fail at once.
-    sqlite3_busy_timeout(db, 10000);
-    ASSERT_EQ(sqlite3_exec(db, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
+    database_lock lock(env.dir() + "/klingd.db");
+    ASSERT_TRUE(lock.held());
     // Longer than klingd's busy timeout (5 s): its writes fail and are tried again.
-    for (int i = 0; i < 5; ++i) {
-        ids.push_back(fmt::format("c{}", i));
-        env.drop(ids.back() + ".json", image_job(ids.back()));
-    }
+    auto more = drop_image_jobs(env, "c", 5);
+    ids.insert(ids.end(), more.begin(), more.end());
     // Held until klingd's writes have failed on it (after its 5 s busy timeout).
     ASSERT_TRUE(
         eventually([&] { return env.log().find("database is locked") != std::string::npos; }, 30s))
         << env.log();
-    sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
-    sqlite3_close(db);
+    lock.release();
     ASSERT_TRUE(env.wait_terminal(ids, 60s)) << env.log();
     for (auto& id : ids)
         expect_completed_with_exact_media(env, id);
@@ -268,21 +286,13 @@ TEST(database, locked_by_another_process_for_a_while_delays_but_loses_nothing) {
 TEST(database, a_10_s_lock_by_another_process_never_holds_up_the_event_loop) {
     daemon_env env;
     env.start();
-    std::vector<std::string> ids;
-    for (int i = 0; i < 5; ++i) {
-        ids.push_back(fmt::format("h{}", i));
-        env.drop(ids.back() + ".json", image_job(ids.back()));
-    }
+    auto ids = drop_image_jobs(env, "h", 5);
     ASSERT_TRUE(eventually([&] { return env.jobs().size() == ids.size(); }, 10s));
-    sqlite3* db = nullptr;
-    ASSERT_EQ(sqlite3_open((env.dir() + "/klingd.db").c_str(), &db), SQLITE_OK);
-    sqlite3_busy_timeout(db, 10000);
-    ASSERT_EQ(sqlite3_exec(db, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
+    database_lock lock(env.dir() + "/klingd.db");
+    ASSERT_TRUE(lock.held());
     auto locked_at = std::chrono::steady_clock::now();
-    for (int i = 0; i < 5; ++i) { // intake, polls and answers all want the database now
-        ids.push_back(fmt::format("l{}", i));
-        env.drop(ids.back() + ".json", image_job(ids.back()));
-    }
+    auto more = drop_image_jobs(env, "l", 5); // intake, polls and answers all want the database now
+    ids.insert(ids.end(), more.begin(), more.end());
     klingd::client::control_client socket(env.socket(), 5s);
     double worst_ms = 0;
     int probes = 0, over_100_ms = 0;
@@ -304,8 +314,7 @@ TEST(database, a_10_s_lock_by_another_process_never_holds_up_the_event_loop) {
     EXPECT_NE(env.log().find("database is locked"), std::string::npos)
         << "klingd never met the lock; the test proves nothing\n"
         << env.log();
-    sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
-    sqlite3_close(db);
+    lock.release();
     ASSERT_TRUE(env.wait_terminal(ids, 60s)) << env.log();
     for (auto& id : ids)
         expect_completed_with_exact_media(env, id);
@@ -322,10 +331,8 @@ TEST(database, a_file_renamed_over_one_being_recorded_is_taken_on_its_own) {
     o.log_level = "debug";
     daemon_env env(o);
     env.start();
-    sqlite3* db = nullptr;
-    ASSERT_EQ(sqlite3_open((env.dir() + "/klingd.db").c_str(), &db), SQLITE_OK);
-    sqlite3_busy_timeout(db, 10000);
-    ASSERT_EQ(sqlite3_exec(db, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
+    database_lock lock(env.dir() + "/klingd.db");
+    ASSERT_TRUE(lock.held());
     env.drop("x.json", image_job("first"));
     ASSERT_TRUE(eventually(
         [&] { return env.log().find("spool: reading x.json") != std::string::npos; }, 10s))
@@ -334,8 +341,7 @@ TEST(database, a_file_renamed_over_one_being_recorded_is_taken_on_its_own) {
     second.insert(1, R"("id":"y",)");
     env.drop("x.json", second); // renamed over the first, which is being recorded
     // Released well within klingd's 5 s busy timeout: the first file's job is recorded.
-    sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
-    sqlite3_close(db);
+    lock.release();
     ASSERT_TRUE(env.wait_terminal({"x", "y"}, 60s)) << env.log();
     EXPECT_EQ(env.state("x"), "completed");
     EXPECT_EQ(env.state("y"), "completed");

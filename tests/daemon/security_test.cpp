@@ -105,11 +105,7 @@ TEST(secrets, the_api_key_appears_in_no_log_database_answer_output_or_config_dum
     o.api_key = "sk-LEAKCHECK-5f1e0c9a7b3d";
     daemon_env env(o);
     env.start();
-    std::vector<std::string> ids;
-    for (int i = 0; i < 4; ++i) {
-        ids.push_back(fmt::format("k{}", i));
-        env.drop(ids.back() + ".json", image_job(ids.back()));
-    }
+    auto ids = drop_image_jobs(env, "k", 4);
     ids.push_back("kv");
     env.drop("kv.json", video_job("kv"));
     ids.push_back("kfail");
