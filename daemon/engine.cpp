@@ -208,7 +208,7 @@ void engine::schedule(const job& j, work_kind w, core::time_point at) {
     queue_.schedule(j.id, w, at, deadline, j.priority, j.created_at);
 }
 
-asio::awaitable<bool> engine::persist(std::string id, core::transition t) {
+asio::awaitable<bool> engine::persist(const std::string& id, const core::transition& t) {
     std::optional<storage::history_entry> line;
     if (!t.note.empty())
         line = storage::history_entry{t.next.updated_at, std::string(core::to_string(t.next.state)),

@@ -131,8 +131,9 @@ private:
     // effect), then applies it to the job in memory and schedules its next work. false
     // when it did not take effect (rejected, or a durable "submitting" not committed).
     boost::asio::awaitable<bool> apply(std::string id, core::transition t);
-    // Persists what the transition asks; false when a durable "submitting" failed.
-    boost::asio::awaitable<bool> persist(std::string id, core::transition t);
+    // Persists what the transition asks; false when a durable "submitting" failed. id and
+    // t live in apply()'s frame, which awaits this.
+    boost::asio::awaitable<bool> persist(const std::string& id, const core::transition& t);
     void log_transition(const std::string& id, const core::transition& t);
     void schedule(const core::job& j, core::work_kind w, core::time_point at);
     // Writes batched changes (a failure is logged; they are kept for the next flush).

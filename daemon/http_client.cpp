@@ -229,9 +229,6 @@ void explain_download_failure(const error_code& ec, const std::string& path,
     }
 }
 
-} // namespace
-
-namespace {
 core::http_outcome& outcome_of(core::http_outcome& o) {
     return o;
 }

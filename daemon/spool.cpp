@@ -106,23 +106,32 @@ bool spool::add_watch() {
 }
 
 namespace {
-// Whether no process has the file open for writing: a read lease can be taken only
-// then. nullopt when the kernel will not say (a lease needs the file's owner or
-// CAP_LEASE).
+// Whether no process has the file behind fd open for writing: a read lease can be
+// taken only then. nullopt when the kernel will not say (a lease needs the file's
+// owner or CAP_LEASE).
+std::optional<bool> lease_free(int fd) {
+    if (::fcntl(fd, F_SETLEASE, F_RDLCK) == 0) {
+        ::fcntl(fd, F_SETLEASE, F_UNLCK);
+        return true;
+    }
+    if (errno == EAGAIN)
+        return false;
+    return std::nullopt;
+}
+
+// lease_free() of the file at path.
 std::optional<bool> no_writer(const std::string& path) {
     int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return std::nullopt;
-    int r = ::fcntl(fd, F_SETLEASE, F_RDLCK);
-    int err = errno;
-    if (r == 0)
-        ::fcntl(fd, F_SETLEASE, F_UNLCK);
+    auto free = lease_free(fd);
     ::close(fd);
-    if (r == 0)
-        return true;
-    if (err == EAGAIN)
-        return false;
-    return std::nullopt;
+    return free;
+}
+
+// A file time in nanoseconds.
+std::int64_t ns(const timespec& t) {
+    return static_cast<std::int64_t>(t.tv_sec) * 1'000'000'000 + t.tv_nsec;
 }
 } // namespace
 
@@ -150,10 +159,8 @@ asio::awaitable<void> spool::settle() {
             if (!gone) {
                 // Writes through another name (a hard link's, an O_TMPFILE's descriptor)
                 // make no event here: the file's size and times tell.
-                settling_file seen{static_cast<std::int64_t>(st.st_size),
-                                   st.st_mtim.tv_sec * 1'000'000'000 + st.st_mtim.tv_nsec,
-                                   st.st_ctim.tv_sec * 1'000'000'000 + st.st_ctim.tv_nsec, f.since,
-                                   f.written_here};
+                settling_file seen{static_cast<std::int64_t>(st.st_size), ns(st.st_mtim),
+                                   ns(st.st_ctim), f.since, f.written_here};
                 if (seen.size != f.size || seen.mtime_ns != f.mtime_ns ||
                     seen.ctime_ns != f.ctime_ns) {
                     seen.since = now;
@@ -394,11 +401,8 @@ spool::candidate spool::read_candidate(const std::string& name) const {
     ::fstat(f.fd, &st);
     if (!S_ISREG(st.st_mode))
         return rejection{"is not a regular file"};
-    // A read lease is refused while any process has the file open for writing (on this
-    // descriptor: no second open). Another user's file: the kernel will not say (EACCES).
-    if (::fcntl(f.fd, F_SETLEASE, F_RDLCK) == 0)
-        ::fcntl(f.fd, F_SETLEASE, F_UNLCK);
-    else if (errno == EAGAIN)
+    // On this descriptor: no second open. Another user's file: the kernel will not say.
+    if (lease_free(f.fd) == false)
         return busy{};
     if (!name.ends_with(".json"))
         return rejection{"only *.json files are taken (write to a .tmp or dot name, then rename "
@@ -408,12 +412,8 @@ spool::candidate spool::read_candidate(const std::string& name) const {
                                      st.st_size, settings_.spool.max_file_bytes)};
     auto parsed = core::parse_job_spec(read_all(f.fd, static_cast<std::size_t>(st.st_size)),
                                        name.substr(0, name.size() - 5));
-    taken_file file{name,
-                    st.st_dev,
-                    st.st_ino,
-                    static_cast<std::int64_t>(st.st_size),
-                    st.st_mtim.tv_sec * 1'000'000'000 + st.st_mtim.tv_nsec,
-                    st.st_ctim.tv_sec * 1'000'000'000 + st.st_ctim.tv_nsec};
+    taken_file file{name,           st.st_dev,     st.st_ino, static_cast<std::int64_t>(st.st_size),
+                    ns(st.st_mtim), ns(st.st_ctim)};
     if (!parsed)
         return rejection{parsed.error().message(), std::move(file)};
     return job_file{std::move(*parsed), std::move(file)};
@@ -425,7 +425,8 @@ asio::awaitable<void> spool::take(std::vector<std::string> names) {
     std::vector<std::string> sources;
     std::vector<taken_file> files;
     for (const auto& name : names) {
-        log::debug("spool: reading {}", printable(name));
+        if (log::enabled(log::level::debug)) // printable() costs, per file
+            log::debug("spool: reading {}", printable(name));
         created_.erase(name);
         auto c = read_candidate(name);
         if (std::holds_alternative<busy>(c)) {
@@ -480,11 +481,8 @@ asio::awaitable<void> spool::record(std::vector<core::job_spec> specs,
             move_to(files[i], accepted_);
             break;
         case storage::insert_outcome::conflict:
-            if (!still_there(files[i])) {
-                if (::access((incoming_ + "/" + files[i].name).c_str(), F_OK) == 0)
-                    note_created(files[i].name);
+            if (!still_there(files[i]))
                 break;
-            }
             reject(files[i].name,
                    fmt::format(
                        "id \"{}\" is taken by a job with other content (a job id is unique for "
@@ -506,28 +504,25 @@ std::string free_name(const std::string& folder, const std::string& name) {
 }
 } // namespace
 
-bool spool::still_there(const taken_file& f) const {
+bool spool::still_there(const taken_file& f) {
     struct stat st {};
     std::string path = incoming_ + "/" + f.name;
     if (::lstat(path.c_str(), &st) == 0 && st.st_dev == f.dev && st.st_ino == f.ino &&
-        st.st_size == f.size &&
-        st.st_mtim.tv_sec * 1'000'000'000 + st.st_mtim.tv_nsec == f.mtime_ns &&
-        st.st_ctim.tv_sec * 1'000'000'000 + st.st_ctim.tv_nsec == f.ctime_ns)
+        st.st_size == f.size && ns(st.st_mtim) == f.mtime_ns && ns(st.st_ctim) == f.ctime_ns)
         return true;
     log::notice("spool: {} was replaced, changed or removed while its job was being recorded; "
                 "what is there now is taken on its own",
                 printable(f.name));
+    // A new file's own event takes it; one changed in place (through another name) makes
+    // none here: look at it again.
+    if (::access(path.c_str(), F_OK) == 0)
+        note_created(f.name);
     return false;
 }
 
 void spool::move_to(const taken_file& f, const std::string& folder) {
-    if (!still_there(f)) {
-        // Its own event takes a new file; one changed in place (through another name)
-        // makes none here: look at it again.
-        if (::access((incoming_ + "/" + f.name).c_str(), F_OK) == 0)
-            note_created(f.name);
+    if (!still_there(f))
         return;
-    }
     std::string from = incoming_ + "/" + f.name;
     restore_dir(folder);
     std::string to = free_name(folder, f.name);

@@ -76,8 +76,9 @@ private:
     // Scans incoming/ again in a few seconds (after files could not be recorded).
     void rescan_later();
     // A file that appeared without being written or renamed here (a hard link, an
-    // O_TMPFILE linked in): taken once no writer has it open, or it has been quiet for
-    // a second; settle() looks at them four times a second while there are any.
+    // O_TMPFILE linked in): taken once no writer has it open, or, when the kernel will
+    // not say, once its size and times have been still for a second (five if it is
+    // empty); settle() looks at them four times a second while there are any.
     void note_created(const std::string& name);
     boost::asio::awaitable<void> settle();
     // A file whose content did not parse is read once more, a second later, before it
@@ -87,8 +88,9 @@ private:
     void reject(const std::string& name, const std::string& why, bool malformed = true);
     // Moves the file read to folder; a file renamed over it since is left for its own take.
     void move_to(const taken_file& f, const std::string& folder);
-    // False (and said) when the name now holds another file than the one read.
-    bool still_there(const taken_file& f) const;
+    // False (and said) when the name now holds another file than the one read, or that
+    // file changed; what is there then is looked at again on its own.
+    bool still_there(const taken_file& f);
 
     boost::asio::io_context& io_;
     const config::settings& settings_;
