@@ -280,6 +280,9 @@ const key_rule api_keys[] = {
     {"max_connections", [](context& c, const toml::node& n, settings& s) {
         if (auto v = read_integer(c, n, "api.max_connections", 1, 256)) s.api.max_connections = static_cast<int>(*v);
     }},
+    {"max_submits_in_flight", [](context& c, const toml::node& n, settings& s) {
+        if (auto v = read_integer(c, n, "api.max_submits_in_flight", 0, 256)) s.api.max_submits_in_flight = static_cast<int>(*v);
+    }},
     {"request_timeout_s", [](context& c, const toml::node& n, settings& s) { assign(read_seconds(c, n, "api.request_timeout_s", 3600), s.api.request_timeout_s); }},
     {"max_result_bytes", [](context& c, const toml::node& n, settings& s) {
         if (auto v = read_integer(c, n, "api.max_result_bytes", 1024, std::int64_t{1} << 30)) s.api.max_result_bytes = static_cast<std::uint64_t>(*v);
@@ -596,6 +599,7 @@ std::string render_settings(const settings& s) {
     line("ca_file", quote(s.api.ca_file));
     line("requests_per_minute", num(s.api.requests_per_minute));
     line("max_connections", std::to_string(s.api.max_connections));
+    line("max_submits_in_flight", std::to_string(s.api.max_submits_in_flight));
     line("request_timeout_s", num(s.api.request_timeout_s));
     line("max_result_bytes", std::to_string(s.api.max_result_bytes));
     o += "\n[storage]\n";

@@ -34,6 +34,8 @@ std::vector<std::string> apply_reload(settings& cur, const settings& fresh) {
     d.restart_only("api.ca_file", cur.api.ca_file, fresh.api.ca_file);
     d.apply("api.requests_per_minute", cur.api.requests_per_minute, fresh.api.requests_per_minute);
     d.apply("api.max_connections", cur.api.max_connections, fresh.api.max_connections);
+    d.apply("api.max_submits_in_flight", cur.api.max_submits_in_flight,
+            fresh.api.max_submits_in_flight);
     d.apply("api.request_timeout_s", cur.api.request_timeout_s, fresh.api.request_timeout_s);
     d.apply("api.max_result_bytes", cur.api.max_result_bytes, fresh.api.max_result_bytes);
     d.restart_only("storage.database", cur.storage.database, fresh.storage.database);

@@ -30,6 +30,7 @@ struct api_settings {
     std::string ca_file;
     double requests_per_minute = 60;
     int max_connections = 4;
+    int max_submits_in_flight = 0; // 0: automatic (core::automatic_submits)
     double request_timeout_s = 30;
     std::uint64_t max_result_bytes = 8u << 20; // a result body larger than this is refused
 };

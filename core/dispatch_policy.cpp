@@ -12,6 +12,10 @@ milliseconds seconds_ms(double s) {
 }
 } // namespace
 
+std::size_t automatic_submits(std::size_t max_requests) {
+    return std::max<std::size_t>(1, (max_requests + 1) / 2);
+}
+
 milliseconds wake_tick(double min_poll_interval_s) {
     return std::clamp(seconds_ms(min_poll_interval_s / 50), milliseconds(1), milliseconds(10));
 }
@@ -31,7 +35,8 @@ dispatch_action dispatch_policy::next_action(time_point now, const in_flight_cou
     if (f.downloads < limits_.max_downloads)
         if (auto item = queue_.pop_download())
             return start_download{std::move(*item)};
-    bool submits = gate_.allows(now, f.jobs, limits_.max_in_flight);
+    bool submits =
+        f.submits < limits_.max_submits && gate_.allows(now, f.jobs, limits_.max_in_flight);
     if (auto send = take_budgeted(now, f, submits))
         return std::move(*send);
     return sleep_until{next_wake(now, f, submits)};

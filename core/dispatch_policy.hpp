@@ -19,17 +19,24 @@ namespace klingd::core {
 
 struct dispatch_limits {
     std::size_t max_requests = 8;   // API requests at once (api.max_connections)
+    std::size_t max_submits = 4;    // submits awaiting their answer (api.max_submits_in_flight)
     std::size_t max_downloads = 4;  // downloads at once
     std::size_t max_in_flight = 50; // jobs submitted and unfinished (jobs.max_in_flight)
     double min_poll_interval_s = 1;
     double max_poll_interval_s = 60;
 };
 
+// api.max_submits_in_flight = 0: half the request connections, at least one. A submit
+// whose answer a reset or a kill cuts off has an unknown outcome; fewer at once on the
+// wire means fewer lost to one fault, while polls keep the other connections.
+std::size_t automatic_submits(std::size_t max_requests);
+
 // What runs now: the daemon's counts.
 struct in_flight_counts {
     std::size_t requests = 0;
     std::size_t downloads = 0;
-    std::size_t jobs = 0; // submitting, queued, processing
+    std::size_t jobs = 0;    // submitting, queued, processing
+    std::size_t submits = 0; // of the requests
 };
 
 struct start_download {

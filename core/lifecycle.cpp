@@ -173,6 +173,21 @@ struct machine {
         to_state(job_state::submitting, fmt::format("attempt {}", n().attempts));
     }
 
+    void on(const ev_submit_deferred& e) {
+        if (j.state != job_state::pending) {
+            t.rejection = fmt::format("job is {}, not pending", to_string(j.state));
+            return;
+        }
+        ++n().failures;
+        auto at = now + backoff(c, n().failures);
+        n().error = fmt::format("last submit attempt not sent: {}; retrying", e.reason);
+        n().updated_at = now;
+        t.persist = persist_mode::batched; // still pending: soft state
+        t.note = fmt::format("submit not sent ({}); retrying in {:.1f}s", e.reason,
+                             seconds_d(at - now).count());
+        schedule(work_kind::submit, at);
+    }
+
     void on(const ev_submit_answer& e) {
         if (j.state != job_state::submitting) {
             t.rejection = "no submit in flight";

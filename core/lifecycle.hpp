@@ -32,6 +32,11 @@ struct lifecycle_context {
 
 // The dispatcher chose this pending job for a submit.
 struct ev_submit_begin {};
+// The submit could not be made ready (its parameters unreadable, no connection, a
+// failed TLS handshake): nothing was sent and the job is still pending.
+struct ev_submit_deferred {
+    std::string reason;
+};
 struct ev_submit_answer {
     http_outcome out;
 };
@@ -58,9 +63,9 @@ struct ev_expire {};
 struct ev_cancel {};
 struct ev_retry {};
 
-using event =
-    std::variant<ev_submit_begin, ev_submit_answer, ev_poll_answer, ev_result_answer,
-                 ev_download_done, ev_download_failed, ev_recover, ev_expire, ev_cancel, ev_retry>;
+using event = std::variant<ev_submit_begin, ev_submit_deferred, ev_submit_answer, ev_poll_answer,
+                           ev_result_answer, ev_download_done, ev_download_failed, ev_recover,
+                           ev_expire, ev_cancel, ev_retry>;
 
 enum class work_kind { none, submit, poll, fetch_result, download };
 enum class persist_mode {

@@ -65,6 +65,9 @@ engine::engine(asio::io_context& io, const config::settings& s, storage::job_rep
 core::dispatch_limits engine::limits() const {
     core::dispatch_limits l;
     l.max_requests = static_cast<std::size_t>(settings_.api.max_connections);
+    l.max_submits = settings_.api.max_submits_in_flight > 0
+                        ? static_cast<std::size_t>(settings_.api.max_submits_in_flight)
+                        : core::automatic_submits(l.max_requests);
     l.max_downloads = max_downloads;
     l.max_in_flight = static_cast<std::size_t>(settings_.jobs.max_in_flight);
     l.min_poll_interval_s = settings_.jobs.min_poll_interval_s;
@@ -447,35 +450,64 @@ asio::awaitable<std::string> engine::submit_body(std::string id, std::string par
 }
 
 asio::awaitable<void> engine::send_submit(std::string id) {
+    // Counted as in flight from the dispatch until "submitting" is committed or put off.
+    struct starting_guard {
+        std::size_t& n;
+        bool held = true;
+        void release() {
+            if (held)
+                --n;
+            held = false;
+        }
+        ~starting_guard() { release(); }
+    } starting{starting_submits_};
     // Stopping: no POST may start now, as its answer might not be waited for (the
     // job stays pending, in memory and in the database).
-    bool began = false;
-    if (!stopping_)
-        began = co_await begin_submit(id);
-    --starting_submits_;
     auto it = active_.find(id);
-    if (!began || it == active_.end())
+    if (stopping_ || it == active_.end())
         co_return;
+    // All that may fail before the send comes before "submitting": the body, a
+    // connection and its TLS handshake. What fails here never left; the job stays pending.
     std::string body = co_await submit_body(id, it->second.params);
     it = active_.find(id);
     if (it == active_.end())
         co_return;
-    if (body.empty() || stopping_) {
-        // Nothing is sent: back to pending, to be tried again (after the restart).
+    auto u = base_.with_target(fmt::format("/v2/{}", it->second.model));
+    http_client::prepared conn;
+    if (!body.empty() && !stopping_)
+        conn = co_await client_.prepare(u, true);
+    it = active_.find(id);
+    if (stopping_ || it == active_.end())
+        co_return;
+    if (body.empty() || !conn) {
+        std::string why = body.empty() ? "the job's parameters could not be read from the database"
+                                       : conn.failure().message;
+        core::event ev = core::ev_submit_deferred{std::move(why)};
+        auto tr = core::advance(it->second, ev, now(), context_for(it->second));
+        starting.release();
+        co_await apply(id, std::move(tr));
+        co_return;
+    }
+    bool began = co_await begin_submit(id); // "submitting" is committed before the POST leaves
+    starting.release();
+    it = active_.find(id);
+    if (!began || it == active_.end())
+        co_return;
+    if (stopping_) {
+        // Nothing is sent: back to pending, to be tried again after the restart.
         core::http_outcome not_sent;
         not_sent.how = core::http_outcome::transport::not_sent;
-        not_sent.message = stopping_ ? "klingd is stopping"
-                                     : "the job's parameters could not be read from the database";
+        not_sent.message = "klingd is stopping";
         core::event ev = core::ev_submit_answer{std::move(not_sent)};
         auto tr = core::advance(it->second, ev, now(), context_for(it->second));
         co_await apply(id, std::move(tr));
         co_return;
     }
-    auto u = base_.with_target(fmt::format("/v2/{}", it->second.model));
+    // The send itself, nothing awaited before it on a connection still fresh.
     header_list headers;
     headers.emplace_back("x-api-key", settings_.api_key.reveal());
     auto out = co_await client_.request(http::verb::post, u, std::move(body), std::move(headers),
-                                        settings_.api.max_result_bytes);
+                                        settings_.api.max_result_bytes, std::move(conn));
     count(core::request_kind::submit, out);
     it = active_.find(id);
     if (it == active_.end())

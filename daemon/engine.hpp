@@ -144,7 +144,8 @@ private:
     void scrub(core::transition& t) const;
     core::dispatch_limits limits() const;
     core::in_flight_counts counts() const {
-        return {requests_in_flight_, downloads_in_flight_, in_flight_jobs_ + starting_submits_};
+        return {requests_in_flight_, downloads_in_flight_, in_flight_jobs_ + starting_submits_,
+                submits_in_flight_};
     }
 
     boost::asio::io_context& io_;

@@ -93,16 +93,31 @@ http_client::http_client(asio::any_io_executor ex, asio::ssl::context& tls, clie
 
 http_client::~http_client() = default;
 
+http_client::prepared::prepared() = default;
+http_client::prepared::prepared(prepared&&) noexcept = default;
+http_client::prepared& http_client::prepared::operator=(prepared&&) noexcept = default;
+http_client::prepared::~prepared() = default;
+
+bool http_client::fresh_enough(const connection& c, bool for_post) const {
+    auto idle = std::chrono::steady_clock::now() - c.last_used;
+    return idle <= opts_.max_idle && (!for_post || idle <= opts_.post_reuse_idle);
+}
+
+asio::awaitable<http_client::prepared> http_client::prepare(const core::http_url& u,
+                                                            bool for_post) {
+    prepared p;
+    p.c_ = co_await acquire(u, for_post, p.failure_);
+    co_return p;
+}
+
 asio::awaitable<std::unique_ptr<http_client::connection>>
 http_client::acquire(const core::http_url& u, bool for_post, core::http_outcome& failure) {
     auto origin = u.origin();
-    auto now = std::chrono::steady_clock::now();
     auto& pool = idle_[origin];
     while (!pool.empty()) {
         auto c = std::move(pool.back());
         pool.pop_back();
-        auto idle = now - c->last_used;
-        if (idle > opts_.max_idle || (for_post && idle > opts_.post_reuse_idle))
+        if (!fresh_enough(*c, for_post))
             continue; // closed by its destructor
         c->reused = true;
         co_return c;
@@ -152,6 +167,7 @@ http_client::acquire(const core::http_url& u, bool for_post, core::http_outcome&
             co_return nullptr;
         }
     }
+    c->last_used = std::chrono::steady_clock::now(); // the server's idle time starts here
     co_return c;
 }
 
@@ -239,10 +255,16 @@ core::http_outcome& outcome_of(download_result& r) {
 
 template <class Result, class Exchange>
 asio::awaitable<Result> http_client::on_connection(const core::http_url& u, bool for_post,
+                                                   std::unique_ptr<connection> first,
                                                    Exchange exchange) {
     for (int attempt = 0;; ++attempt) {
         Result r;
-        auto c = co_await acquire(u, for_post, outcome_of(r));
+        std::unique_ptr<connection> c;
+        if (first && first->origin == u.origin() && fresh_enough(*first, for_post))
+            c = std::move(first);
+        else
+            c = co_await acquire(u, for_post, outcome_of(r));
+        first.reset(); // one that waited too long is closed
         if (!c)
             co_return r;
         if (!co_await exchange(c, r, attempt == 0))
@@ -252,7 +274,7 @@ asio::awaitable<Result> http_client::on_connection(const core::http_url& u, bool
 
 asio::awaitable<core::http_outcome> http_client::request(http::verb method, const core::http_url& u,
                                                          std::string body, header_list headers,
-                                                         std::uint64_t max_body) {
+                                                         std::uint64_t max_body, prepared ready) {
     bool post = method == http::verb::post;
     auto bytes = request_bytes(method, u, body, headers);
     if (!bytes) {
@@ -264,7 +286,7 @@ asio::awaitable<core::http_outcome> http_client::request(http::verb method, cons
     const std::string& wire = *bytes;
 
     co_return co_await on_connection<core::http_outcome>(
-        u, post,
+        u, post, std::move(ready.c_),
         [&](std::unique_ptr<connection>& c, core::http_outcome& out,
             bool may_retry) -> asio::awaitable<bool> {
             bool reused = c->reused;
@@ -273,13 +295,14 @@ asio::awaitable<core::http_outcome> http_client::request(http::verb method, cons
             limit_answer(parser, max_body);
             bool wrote = false;
             co_await c->with_stream([&](auto& s) -> asio::awaitable<void> {
+                // One deadline for the whole exchange, the send and the answer: a request
+                // takes at most the timeout once it is on a connection.
                 c->tcp().expires_after(opts_.timeout);
                 co_await asio::async_write(s, asio::buffer(wire),
                                            asio::redirect_error(asio::use_awaitable, ec));
                 if (ec)
                     co_return;
                 wrote = true;
-                c->tcp().expires_after(opts_.timeout);
                 co_await http::async_read(s, c->buffer, parser,
                                           asio::redirect_error(asio::use_awaitable, ec));
             });
@@ -316,7 +339,7 @@ http_client::download(const core::http_url& u, const std::string& path, std::uin
     req.keep_alive(true);
 
     co_return co_await on_connection<download_result>(
-        u, false,
+        u, false, nullptr,
         [&](std::unique_ptr<connection>& c, download_result& r,
             bool may_retry) -> asio::awaitable<bool> {
             bool reused = c->reused;

@@ -40,14 +40,39 @@ using header_list = std::vector<std::pair<std::string, std::string>>;
 
 class http_client {
 public:
+    struct connection;
+
+    // A connection made ready for one request (resolved, connected, TLS handshake done),
+    // or why none could be: lets a caller commit "this request is being sent" only once
+    // nothing but the send itself remains.
+    class prepared {
+    public:
+        prepared();
+        prepared(prepared&&) noexcept;
+        prepared& operator=(prepared&&) noexcept;
+        ~prepared();
+        explicit operator bool() const { return c_ != nullptr; }
+        const core::http_outcome& failure() const { return failure_; } // when false
+
+    private:
+        friend class http_client;
+        std::unique_ptr<connection> c_;
+        core::http_outcome failure_;
+    };
+
     http_client(boost::asio::any_io_executor ex, boost::asio::ssl::context& tls,
                 client_options opts);
     ~http_client();
 
-    // One exchange. max_body: larger bodies are not read (outcome.too_large).
+    // A connection for a request to u's origin, pooled or new.
+    boost::asio::awaitable<prepared> prepare(const core::http_url& u, bool for_post);
+
+    // One exchange. max_body: larger bodies are not read (outcome.too_large). On `ready`
+    // when given and still fresh enough for the method (else on a pooled or new one).
     boost::asio::awaitable<core::http_outcome> request(boost::beast::http::verb method,
                                                        const core::http_url& u, std::string body,
-                                                       header_list headers, std::uint64_t max_body);
+                                                       header_list headers, std::uint64_t max_body,
+                                                       prepared ready = {});
 
     // Streams a GET's body into path (created or truncated). A non-2xx answer,
     // a body over max_bytes or a transport error leave a partial file to delete.
@@ -56,18 +81,20 @@ public:
 
     void set_timeout(std::chrono::milliseconds t) { opts_.timeout = t; }
 
-    struct connection;
-
 private:
     boost::asio::awaitable<std::unique_ptr<connection>>
     acquire(const core::http_url& u, bool for_post, core::http_outcome& failure);
     void release(std::unique_ptr<connection> c);
-    // Runs exchange(connection, result, may_retry) on a pooled or new connection; when it
+    // Runs exchange(connection, result, may_retry) on `first` if fresh enough, else on a
+    // pooled or new connection; when it
     // asks (true: a pooled connection the server had closed, nothing received, and a
     // retry allowed), once more on another. Result: core::http_outcome or download_result.
     template <class Result, class Exchange>
     boost::asio::awaitable<Result> on_connection(const core::http_url& u, bool for_post,
+                                                 std::unique_ptr<connection> first,
                                                  Exchange exchange);
+    // May a connection idle since its last use carry this request?
+    bool fresh_enough(const connection& c, bool for_post) const;
 
     boost::asio::any_io_executor ex_;
     boost::asio::ssl::context& tls_;

@@ -48,6 +48,7 @@ TEST(config_defaults, empty_file_gives_contract_defaults) {
     EXPECT_EQ(s.api.port, 443);
     EXPECT_EQ(s.api.requests_per_minute, 60);
     EXPECT_EQ(s.api.max_connections, 4);
+    EXPECT_EQ(s.api.max_submits_in_flight, 0) << "automatic";
     EXPECT_EQ(s.api.request_timeout_s, 30);
     EXPECT_EQ(s.storage.database, "/var/lib/klingd/klingd.db");
     EXPECT_EQ(s.spool.directory, "/var/spool/klingd");
@@ -73,6 +74,7 @@ base_url = "http://127.0.0.1:8443"
 ca_file = "/tmp/ca.pem"
 requests_per_minute = 300.5
 max_connections = 8
+max_submits_in_flight = 3
 request_timeout_s = 2.5
 max_result_bytes = 65536
 [storage]
@@ -106,6 +108,7 @@ expected_duration_s = 10
     EXPECT_EQ(s.api.ca_file, "/tmp/ca.pem");
     EXPECT_DOUBLE_EQ(s.api.requests_per_minute, 300.5);
     EXPECT_EQ(s.api.max_connections, 8);
+    EXPECT_EQ(s.api.max_submits_in_flight, 3);
     EXPECT_DOUBLE_EQ(s.api.request_timeout_s, 2.5);
     EXPECT_EQ(s.api.max_result_bytes, 65536u);
     EXPECT_EQ(s.storage.database, "/etc/klingd/db/klingd.db"); // relative to the file's folder
@@ -166,6 +169,7 @@ INSTANTIATE_TEST_SUITE_P(all, config_rejects, ::testing::Values(
     bad_case{"zero_budget", "[api]\nrequests_per_minute = 0\n", "2: api.requests_per_minute", "out of range"},
     bad_case{"absurd_budget", "[api]\nrequests_per_minute = 1e12\n", "2: api.requests_per_minute", "out of range"},
     bad_case{"zero_connections", "[api]\nmax_connections = 0\n", "2: api.max_connections", "out of range"},
+    bad_case{"absurd_submits", "[api]\nmax_submits_in_flight = 100000\n", "2: api.max_submits_in_flight", "out of range"},
     bad_case{"negative_timeout", "[api]\nrequest_timeout_s = -1\n", "2: api.request_timeout_s", "out of range"},
     bad_case{"nan_duration", "[jobs]\nmin_poll_interval_s = nan\n", "2: jobs.min_poll_interval_s", "finite"},
     bad_case{"negative_in_flight", "[jobs]\nmax_in_flight = -1\n", "2: jobs.max_in_flight", "out of range"},

@@ -70,6 +70,26 @@ TEST(dispatch_policy, limits_on_connections_downloads_and_jobs_in_flight_hold_wo
     EXPECT_EQ(as<send_request>(r.policy.next_action(t0 + seconds(5), {0, 1, 1})).item.job_id, "s");
 }
 
+TEST(dispatch_policy, submits_awaiting_their_answer_are_capped_and_polls_take_the_rest) {
+    dispatch_limits l;
+    l.max_requests = 4;
+    l.max_submits = 2;
+    rig r(l);
+    r.queue.schedule("s1", work_kind::submit, t0);
+    r.queue.schedule("s2", work_kind::submit, t0);
+    r.queue.schedule("p", work_kind::poll, t0, t0 + minutes(50));
+    // Two submits on the wire: a third waits, the poll goes.
+    EXPECT_EQ(as<send_request>(r.policy.next_action(t0, {2, 0, 2, 2})).item.job_id, "p");
+    EXPECT_FALSE(as<sleep_until>(r.policy.next_action(t0 + seconds(1), {3, 0, 2, 2})).at)
+        << "only submits are left, and none may go";
+    // One answered: the next submit goes.
+    auto s = as<send_request>(r.policy.next_action(t0 + seconds(1), {2, 0, 2, 1}));
+    EXPECT_EQ(s.item.kind, work_kind::submit);
+    EXPECT_EQ(automatic_submits(1), 1u);
+    EXPECT_EQ(automatic_submits(4), 2u);
+    EXPECT_EQ(automatic_submits(7), 4u);
+}
+
 TEST(dispatch_policy, polls_near_their_deadline_never_give_way_to_submits) {
     dispatch_limits l;
     l.max_poll_interval_s = 60; // urgent: deadline within 120 s

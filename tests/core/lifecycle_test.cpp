@@ -219,6 +219,26 @@ TEST_F(fixture, submit_not_sent_is_retried_and_not_counted) {
     EXPECT_GT(t.not_before, t0);
 }
 
+// No connection (or no TLS handshake) before "submitting": the job never left pending.
+TEST_F(fixture, a_submit_that_could_not_be_made_ready_stays_pending_and_is_retried) {
+    auto t = go(pending_job(), ev_submit_deferred{"cannot connect to api: refused"});
+    EXPECT_EQ(t.next.state, job_state::pending);
+    EXPECT_EQ(t.persist, persist_mode::batched) << "no state change to commit";
+    ASSERT_TRUE(t.next.error);
+    EXPECT_NE(t.next.error->find("cannot connect to api: refused"), std::string::npos);
+    EXPECT_NE(t.note.find("submit not sent"), std::string::npos) << t.note;
+    EXPECT_EQ(t.next.attempts, 0);
+    EXPECT_EQ(t.next.failures, 1);
+    EXPECT_EQ(t.work, work_kind::submit);
+    EXPECT_GT(t.not_before, t0);
+    // The backoff grows with each failure.
+    auto t2 = go(t.next, ev_submit_deferred{"refused"});
+    EXPECT_EQ(t2.next.failures, 2);
+    EXPECT_GT(t2.not_before, t.not_before);
+    // Only a pending job can have its submit put off.
+    EXPECT_NE(go(submitting(), ev_submit_deferred{"x"}).rejection, "");
+}
+
 TEST_F(fixture, submit_answer_lost_fails_when_resubmit_unknown_is_false) {
     auto t =
         go(submitting(), ev_submit_answer{transport_error(transport::lost, "timeout after 30s")});
