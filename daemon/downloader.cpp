@@ -3,7 +3,10 @@
 
 #include "daemon/output_dir.hpp"
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <fmt/format.h>
+#include <optional>
 
 namespace klingd::daemon {
 
@@ -17,16 +20,36 @@ bool is_redirect(const download_result& r) {
 }
 } // namespace
 
+downloader::~downloader() {
+    files_.join();
+}
+
+template <class F>
+boost::asio::awaitable<void> downloader::on_file_thread(F f) {
+    co_await boost::asio::co_spawn(
+        files_,
+        [f = std::move(f)]() mutable -> boost::asio::awaitable<void> {
+            f();
+            co_return;
+        },
+        boost::asio::use_awaitable);
+}
+
 boost::asio::awaitable<core::event> downloader::fetch(std::string id, std::string result) {
     auto failed = [](std::string reason, bool retryable, bool local = false) -> core::event {
         return core::ev_download_failed{std::move(reason), retryable, local};
     };
-    auto dir = output_dir::open(settings_.output.directory, id);
+    const std::string& root = settings_.output.directory;
+    std::optional<boost::system::result<output_dir>> opened;
+    co_await on_file_thread([&] { opened.emplace(output_dir::open(root, id)); });
+    auto& dir = *opened;
     if (!dir)
         co_return failed(fmt::format("cannot use the output folder {}/{}: {}",
                                      settings_.output.directory, id, dir.error().message()),
                          true, true);
-    if (auto ec = dir->write_atomically("result.json", result))
+    boost::system::error_code written;
+    co_await on_file_thread([&] { written = dir->write_atomically("result.json", result); });
+    if (auto ec = written)
         co_return failed(
             fmt::format("cannot write {}: {}", dir->final_path("result.json"), ec.message()), true,
             true);
@@ -75,7 +98,9 @@ boost::asio::awaitable<core::event> downloader::fetch(std::string id, std::strin
         }
         std::string ext = core::media_extension(urls[i], r.content_type);
         std::string name = i == 0 ? "output." + ext : fmt::format("output-{}.{}", i + 1, ext);
-        if (auto ec = dir->commit(tmp, name)) {
+        boost::system::error_code committed;
+        co_await on_file_thread([&] { committed = dir->commit(tmp, name); });
+        if (auto ec = committed) {
             dir->remove(tmp);
             co_return failed(
                 fmt::format("cannot write {}: {}", dir->final_path(name), ec.message()), true,
