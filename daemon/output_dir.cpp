@@ -15,14 +15,28 @@ boost::system::error_code last_error() {
 } // namespace
 
 boost::system::result<output_dir> output_dir::open(const std::string& root,
-                                                   const std::string& job_id) {
+                                                   const std::string& job_id, durability d) {
     std::string path = root + "/" + job_id;
     if (::mkdir(path.c_str(), 0750) != 0 && errno != EEXIST)
         return last_error();
     int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return last_error(); // ELOOP for a symlink, ENOTDIR for a file
-    return output_dir(std::move(path), fd);
+    output_dir dir(std::move(path), fd);
+    if (d != durability::synced)
+        return dir;
+    // The folder's own name must outlive a power cut, or the files synced inside it are
+    // lost with it. Also when it was there already: an earlier run may have made it and
+    // stopped before this sync.
+    int parent = ::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (parent < 0)
+        return last_error();
+    int synced = ::fsync(parent);
+    auto ec = last_error();
+    ::close(parent);
+    if (synced != 0)
+        return ec;
+    return dir;
 }
 
 output_dir::output_dir(output_dir&& o) noexcept : path_(std::move(o.path_)), fd_(o.fd_) {

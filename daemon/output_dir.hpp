@@ -10,9 +10,14 @@ namespace klingd::daemon {
 
 class output_dir {
 public:
-    // Opens (creating) <root>/<job_id>. Fails when it is a symlink or not a folder.
-    static boost::system::result<output_dir> open(const std::string& root,
-                                                  const std::string& job_id);
+    // synced: the file and the folder are fsynced (results); renamed: whole or absent, but
+    // a power cut may lose it (a rejected file's .error, cheap enough for the event loop).
+    enum class durability { synced, renamed };
+
+    // Opens (creating) <root>/<job_id>; synced: and syncs root, so that the folder's name
+    // is durable. Fails when it is a symlink or not a folder.
+    static boost::system::result<output_dir>
+    open(const std::string& root, const std::string& job_id, durability d = durability::synced);
     output_dir(output_dir&& o) noexcept;
     output_dir& operator=(output_dir&&) = delete;
     ~output_dir();
@@ -23,9 +28,6 @@ public:
     std::string temp_path(const std::string& name) const;
     // Removes a leftover temporary of that name, if any.
     void remove(const std::string& name) const;
-    // synced: the file and the folder are fsynced (results); renamed: whole or absent, but
-    // a power cut may lose it (a rejected file's .error, cheap enough for the event loop).
-    enum class durability { synced, renamed };
     // Writes content to name atomically. Returns the error (disk full, ...).
     boost::system::error_code write_atomically(const std::string& name, const std::string& content,
                                                durability d = durability::synced) const;

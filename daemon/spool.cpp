@@ -541,7 +541,8 @@ void spool::reject(const std::string& name, const std::string& why, bool malform
     restore_dir(rejected_);
     std::string to = free_name(rejected_, name);
     std::string error_name = to.substr(rejected_.size() + 1) + ".error";
-    auto dir = output_dir::open(settings_.spool.directory, "rejected");
+    auto dir =
+        output_dir::open(settings_.spool.directory, "rejected", output_dir::durability::renamed);
     auto ec = dir ? dir->write_atomically(error_name, line + '\n', output_dir::durability::renamed)
                   : dir.error();
     if (ec)

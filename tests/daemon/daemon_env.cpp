@@ -247,7 +247,10 @@ void expect_completed_with_exact_media(daemon_env& env, const std::string& id) {
     ASSERT_EQ(outputs.size(), 2u) << id;
     std::string result_path(outputs[0].as_string());
     EXPECT_EQ(result_path, env.output() + "/" + id + "/result.json");
-    auto result = json::parse(read_file(result_path));
+    ASSERT_TRUE(std::filesystem::exists(result_path)) << id << ": " << result_path << " is missing";
+    boost::system::error_code ec;
+    auto result = json::parse(read_file(result_path), ec);
+    ASSERT_FALSE(ec) << id << ": " << result_path << " is not whole JSON: " << ec.message();
     std::string url(result.at("output").as_string());
     auto media = https_request("GET", url, "", {}, env.sim().ca_file());
     for (int hop = 0; hop < 10 && media.status == 302; ++hop) // the sim's media redirects
