@@ -178,7 +178,8 @@ core::result<event_subscription> event_subscription::open(const std::string& soc
     auto status_line = i.buffer.substr(0, i.buffer.find("\r\n"));
     if (!status_line.starts_with("HTTP/1.1 200")) {
         auto body = i.buffer.substr(end + 4);
-        return core::error(core::errc::bad_request,
+        return core::error(status_line.starts_with("HTTP/1.1 503") ? core::errc::streams_full
+                                                                   : core::errc::bad_request,
                            fmt::format("klingd refused the event stream: {} {}", status_line,
                                        body.substr(0, 300)));
     }

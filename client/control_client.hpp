@@ -56,8 +56,9 @@ private:
 // change after that is in the stream.
 class event_subscription {
 public:
-    // errc::unreachable when the socket cannot be used; errc::bad_request when
-    // klingd refused the stream (the detail quotes its answer).
+    // errc::unreachable when the socket cannot be used; errc::streams_full when klingd
+    // keeps as many streams open as it will (503); errc::bad_request when it refused the
+    // stream otherwise (the detail quotes its answer).
     static core::result<event_subscription>
     open(const std::string& socket, std::string_view job_filter = {},
          std::chrono::milliseconds timeout = std::chrono::seconds(10));

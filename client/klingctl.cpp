@@ -17,6 +17,7 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <thread>
 #include <unistd.h>
 
 namespace {
@@ -229,11 +230,15 @@ int cmd_show(client& c, const std::string& id, bool as_json) {
 }
 
 // Subscribes to the event stream (of one job when only one is named); exit_unreachable
-// (thrown) when klingd cannot be reached.
-klingd::client::event_subscription subscribe(client& c, const std::vector<std::string>& ids) {
+// (thrown) when klingd cannot be reached; nullopt when klingd keeps as many streams open
+// as it will (the caller reads the states now and then instead).
+std::optional<klingd::client::event_subscription> subscribe(client& c,
+                                                            const std::vector<std::string>& ids) {
     auto sub = klingd::client::event_subscription::open(c.socket(), ids.size() == 1 ? ids[0] : "");
     if (!sub && sub.error() == klingd::core::errc::unreachable)
         throw unreachable(sub.error().message());
+    if (!sub && sub.error() == klingd::core::errc::streams_full)
+        return std::nullopt;
     if (!sub)
         throw std::runtime_error(sub.error().message());
     return std::move(*sub);
@@ -267,10 +272,33 @@ int cmd_wait(client& c, const std::vector<std::string>& ids, double timeout_s) {
                 final[id] = outcome_of(r.body);
         }
     };
+    bool said_polling = false;
     while (final.size() < wanted.size()) {
         auto sub = subscribe(c, ids);
         read_states();
         bool overflowed = false;
+        if (!sub) {
+            // No stream to follow: the states are read once a second, then a stream is asked
+            // for again.
+            if (!said_polling)
+                std::fprintf(stderr, "klingctl: klingd has no event stream to spare; reading "
+                                     "the jobs' states once a second instead\n");
+            said_polling = true;
+            if (final.size() == wanted.size())
+                break;
+            auto left = deadline - std::chrono::steady_clock::now();
+            if (timeout_s > 0 && left <= std::chrono::steady_clock::duration::zero()) {
+                for (auto& id : ids)
+                    if (!final.count(id))
+                        std::printf("%s: still running\n", id.c_str());
+                return exit_timeout;
+            }
+            std::this_thread::sleep_for(
+                timeout_s > 0
+                    ? std::min<std::chrono::steady_clock::duration>(left, std::chrono::seconds(1))
+                    : std::chrono::seconds(1));
+            continue;
+        }
         while (final.size() < wanted.size() && !overflowed) {
             auto left = std::chrono::milliseconds(60'000);
             if (timeout_s > 0) {
@@ -285,7 +313,7 @@ int cmd_wait(client& c, const std::vector<std::string>& ids, double timeout_s) {
             }
             // Quiet for a while (or a heartbeat): read the states again, in case a change
             // came before the stream could show it.
-            auto ev = sub.next(std::min(left, std::chrono::milliseconds(20'000)));
+            auto ev = sub->next(std::min(left, std::chrono::milliseconds(20'000)));
             if (!ev)
                 throw unreachable(ev.error().message());
             if (!*ev || str(**ev, "type") == "heartbeat") {
@@ -326,6 +354,11 @@ int cmd_action(client& c, const std::string& target) {
 // (or, with ids, until those jobs are all terminal).
 int cmd_watch(client& c, const std::vector<std::string>& ids, bool as_json) {
     auto sub = subscribe(c, ids);
+    if (!sub) {
+        std::fprintf(stderr, "klingctl: klingd has as many event streams open as it keeps; "
+                             "close a `klingctl watch` or `wait`, or use `klingctl list`\n");
+        return exit_job;
+    }
     bool color = color_output();
     std::set<std::string> open(ids.begin(), ids.end());
     // Subscribed: each named job's state now, then its changes, without a gap between.
@@ -345,7 +378,7 @@ int cmd_watch(client& c, const std::vector<std::string>& ids, bool as_json) {
     }
     std::fflush(stdout);
     while (ids.empty() || !open.empty()) {
-        auto ev = sub.next(std::chrono::minutes(1));
+        auto ev = sub->next(std::chrono::minutes(1));
         if (!ev) {
             std::fprintf(stderr, "klingctl: %s\n", ev.error().message().c_str());
             return exit_unreachable;

@@ -44,6 +44,8 @@ public:
             return "klingd cannot be reached";
         case errc::stream_ended:
             return "klingd closed the event stream";
+        case errc::streams_full:
+            return "klingd has as many event streams open as it keeps";
         case errc::store_busy:
             return "the database is locked by another process";
         case errc::store_full:

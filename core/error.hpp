@@ -31,6 +31,7 @@ enum class errc {
     // The control socket, from the client's side
     unreachable,  // klingd cannot be reached or did not answer
     stream_ended, // klingd closed the event stream
+    streams_full, // klingd keeps as many event streams open as it will (503)
     // Storage and files
     store_busy,      // the database is locked by another process
     store_full,      // the disk or the database is full

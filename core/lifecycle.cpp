@@ -526,6 +526,11 @@ bool past_retention(const job& j, time_point now, double retention_s) {
     return j.submitted_at && now >= *j.submitted_at + to_ms(retention_s);
 }
 
+bool expires_while_blocked(const job& j, time_point until, double retention_s) {
+    return (j.state == job_state::queued || j.state == job_state::processing) && !j.result &&
+           past_retention(j, until, retention_s);
+}
+
 transition advance(const job& j, const event& e, time_point now, const lifecycle_context& ctx) {
     machine m(j, now, ctx);
     std::visit([&](const auto& ev) { m.on(ev); }, e);

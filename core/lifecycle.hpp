@@ -107,4 +107,8 @@ transition advance(const job& j, const event& e, time_point now, const lifecycle
 // True when the API has forgotten (or will have forgotten by now) this job's request.
 bool past_retention(const job& j, time_point now, double retention_s);
 
+// True when a job's result would be lost if nothing could be sent until `until` (a 429's
+// block): submitted, not finished, its result not fetched, and past retention by then.
+bool expires_while_blocked(const job& j, time_point until, double retention_s);
+
 } // namespace klingd::core

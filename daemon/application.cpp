@@ -81,7 +81,8 @@ application::application(config::settings& s, std::string config_path)
 }
 
 application::~application() {
-    store_->finish();   // no call runs on the worker once the parts are gone
+    store_->finish(); // no call runs on the worker once the parts are gone
+    engine_.finish_files();
     io_.drop_pending(); // suspended coroutines refer to the parts: drop them first
 }
 
@@ -93,6 +94,7 @@ int application::run() {
     asio::co_spawn(io_, start_up(), log::exit_on_exception);
     io_.run();
     store_->finish();
+    engine_.finish_files();
     io_.drop_pending();
     if (exit_code_ == 0)
         log::notice("klingd stopped");

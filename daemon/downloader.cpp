@@ -24,6 +24,10 @@ downloader::~downloader() {
     files_.join();
 }
 
+void downloader::finish() {
+    files_.join();
+}
+
 template <class F>
 boost::asio::awaitable<void> downloader::on_file_thread(F f) {
     co_await boost::asio::co_spawn(

@@ -21,6 +21,9 @@ class downloader {
 public:
     downloader(http_client& client, const config::settings& s) : client_(client), settings_(s) {}
     ~downloader();
+    // Waits for the file thread's work to end (at shutdown, before the event loop's
+    // pending handlers are dropped: a task's completion must not outlive the engine).
+    void finish();
 
     // ev_download_done or ev_download_failed, never an exception for an expected failure.
     boost::asio::awaitable<core::event> fetch(std::string id, std::string result);

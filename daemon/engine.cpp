@@ -2,6 +2,7 @@
 // execution, and applying transitions.
 #include "daemon/engine.hpp"
 
+#include "core/time_text.hpp"
 #include "runtime/log.hpp"
 
 #include <algorithm>
@@ -60,6 +61,7 @@ engine::engine(asio::io_context& io, const config::settings& s, storage::job_rep
       downloader_(client, s), wake_timer_(io) {
     for (auto& [slug, m] : s.models)
         durations_.emplace(slug, core::duration_model(m.expected_duration_s));
+    hold_key();
 }
 
 core::dispatch_limits engine::limits() const {
@@ -157,26 +159,27 @@ asio::awaitable<void> engine::stop(std::chrono::milliseconds grace) {
     wake();
     asio::steady_timer t(io_);
     auto until = std::chrono::steady_clock::now() + grace;
-    // A submit's answer carries its request id: wait for it as long as it may take
-    // (else the job would wake up "submitting", outcome unknown); other work may be dropped.
+    // A submit's answer carries its request id: wait for a POST sent as long as it may take
+    // (else the job would wake up "submitting", outcome unknown); other work may be dropped,
+    // a submit still connecting too (it stays pending).
     auto submits_until = std::chrono::steady_clock::now() +
                          std::max(grace, std::chrono::milliseconds(static_cast<std::int64_t>(
                                              settings_.api.request_timeout_s * 1000 + 1000)));
     while (true) {
         auto n = std::chrono::steady_clock::now();
         bool others =
-            (requests_in_flight_ > submits_in_flight_ || downloads_in_flight_ > 0) && n < until;
-        bool submits = submits_in_flight_ > 0 && n < submits_until;
+            (requests_in_flight_ > posting_submits_ || downloads_in_flight_ > 0) && n < until;
+        bool submits = posting_submits_ > 0 && n < submits_until;
         if (!others && !submits)
             break;
         t.expires_after(std::chrono::milliseconds(20));
         boost::system::error_code ec;
         co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     }
-    if (submits_in_flight_ > 0)
+    if (posting_submits_ > 0)
         log::warning(
             "stopping with {} submits unanswered; those jobs will be treated as outcome unknown",
-            submits_in_flight_);
+            posting_submits_);
     else if (requests_in_flight_ > 0)
         log::warning("stopping with {} API requests still in flight; the next start resumes them",
                      requests_in_flight_);
@@ -319,10 +322,13 @@ asio::awaitable<bool> engine::apply(std::string id, core::transition t) {
 }
 
 void engine::scrub(core::transition& t) const {
-    const auto& key = settings_.api_key.reveal();
+    // Longest first (a key that holds another is replaced whole); the search goes on after
+    // each replacement, so a key found in "[redacted]" cannot loop.
+    static constexpr std::string_view mark = "[redacted]";
     auto clean = [&](std::string& s) {
-        for (auto at = s.find(key); !key.empty() && at != std::string::npos; at = s.find(key, at))
-            s.replace(at, key.size(), "[redacted]");
+        for (const auto& key : keys_held_)
+            for (auto at = s.find(key); at != std::string::npos; at = s.find(key, at + mark.size()))
+                s.replace(at, key.size(), mark);
     };
     if (t.next.error)
         clean(*t.next.error);
@@ -340,6 +346,7 @@ void engine::note_signal(const core::transition& t, bool from_submit) {
         log::info("rate limited (429); sends resume in {:.1f}s, allowed rate now {:.1f}/min",
                   std::chrono::duration<double>(budget_.blocked_until() - n).count(),
                   budget_.allowed_rpm());
+        warn_of_expiry_while_blocked(budget_.blocked_until());
         return;
     }
     budget_.on_answer(n);
@@ -354,6 +361,29 @@ void engine::note_signal(const core::transition& t, bool from_submit) {
         if (was_stopped)
             wake();
     }
+}
+
+void engine::warn_of_expiry_while_blocked(core::time_point until) {
+    if (now() < warned_block_until_)
+        return; // said already for the block this 429 prolongs
+    warned_block_until_ = until;
+    std::size_t n = 0;
+    const job* first = nullptr;
+    for (auto& [id, j] : active_)
+        if (core::expires_while_blocked(j, until, settings_.jobs.result_retention_s)) {
+            ++n;
+            if (!first || *j.submitted_at < *first->submitted_at)
+                first = &j;
+        }
+    if (first)
+        log::warning(
+            "the API's 429 blocks every send until {}, past the end of retention of {} "
+            "job(s) (first: {}, request {}, submitted at {}): they are polled and "
+            "fetched first when sends resume, and may expire",
+            core::format_rfc3339(until + clock_.wall_offset(), core::time_precision::seconds), n,
+            first->id, first->request_id.value_or("?"),
+            core::format_rfc3339(*first->submitted_at + clock_.wall_offset(),
+                                 core::time_precision::seconds));
 }
 
 void engine::count(core::request_kind kind, const core::http_outcome& o) {
@@ -379,6 +409,7 @@ asio::awaitable<void> engine::flusher() {
         boost::system::error_code ec;
         co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
         co_await flush();
+        client_.close_idle(std::chrono::steady_clock::now());
     }
 }
 
@@ -480,6 +511,8 @@ asio::awaitable<void> engine::send_submit(std::string id) {
     if (stopping_ || it == active_.end())
         co_return;
     if (body.empty() || !conn) {
+        if (!body.empty())
+            count(core::request_kind::submit, conn.failure()); // not sent, as before
         std::string why = body.empty() ? "the job's parameters could not be read from the database"
                                        : conn.failure().message;
         core::event ev = core::ev_submit_deferred{std::move(why)};
@@ -506,14 +539,17 @@ asio::awaitable<void> engine::send_submit(std::string id) {
     // The send itself, nothing awaited before it on a connection still fresh.
     header_list headers;
     headers.emplace_back("x-api-key", settings_.api_key.reveal());
+    ++posting_submits_; // what stop() waits for: its answer carries the request id
     auto out = co_await client_.request(http::verb::post, u, std::move(body), std::move(headers),
                                         settings_.api.max_result_bytes, std::move(conn));
+    --posting_submits_;
     count(core::request_kind::submit, out);
     it = active_.find(id);
     if (it == active_.end())
         co_return;
     core::event ev = core::ev_submit_answer{std::move(out)};
     auto tr = core::advance(it->second, ev, now(), context_for(it->second));
+    scrub(tr); // before the gate keeps or logs its reason
     note_signal(tr, true);
     co_await apply(id, std::move(tr));
 }
@@ -544,6 +580,7 @@ asio::awaitable<void> engine::send_get(std::string id, bool poll) {
     core::event ev = poll ? core::event{core::ev_poll_answer{std::move(out)}}
                           : core::event{core::ev_result_answer{std::move(out)}};
     auto tr = core::advance(it->second, ev, now(), context_for(it->second));
+    scrub(tr);
     note_signal(tr, false);
     co_await apply(id, std::move(tr));
 }
@@ -747,7 +784,16 @@ asio::awaitable<core::result<job>> engine::retry(std::string id) {
     co_return co_await existing(id);
 }
 
+void engine::hold_key() {
+    const auto& key = settings_.api_key.reveal();
+    if (!key.empty() && std::find(keys_held_.begin(), keys_held_.end(), key) == keys_held_.end())
+        keys_held_.push_back(key);
+    std::sort(keys_held_.begin(), keys_held_.end(),
+              [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
+}
+
 void engine::reconfigure() {
+    hold_key(); // an answer to a request sent with the old key may still come
     budget_.reconfigure(settings_.api.requests_per_minute,
                         core::wake_tick(settings_.jobs.min_poll_interval_s));
     planner_.set_policy({settings_.jobs.min_poll_interval_s, settings_.jobs.max_poll_interval_s,

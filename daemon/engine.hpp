@@ -80,6 +80,8 @@ public:
     void set_paused(bool paused);
     // The settings changed (SIGHUP): budget, poll policy and model priors follow them.
     void reconfigure();
+    // At shutdown, once the event loop has stopped: waits for file work still running.
+    void finish_files() { downloader_.finish(); }
     bool paused() const { return gate_.paused(); }
 
     // Why submissions are not going out now (paused, 401, 406), or "".
@@ -141,7 +143,12 @@ private:
     void count(core::request_kind kind, const core::http_outcome& o);
     void note_signal(const core::transition& t, bool from_submit);
     // Replaces the API key wherever a server echoed it into text we keep or log.
+    // Replaces every API key this process has held (keys_held_) in what a transition
+    // records or logs: an answer may repeat the key it was sent, also an old one.
     void scrub(core::transition& t) const;
+    void hold_key();
+    // Logs the jobs whose retention ends before a 429's block does.
+    void warn_of_expiry_while_blocked(core::time_point until);
     core::dispatch_limits limits() const;
     core::in_flight_counts counts() const {
         return {requests_in_flight_, downloads_in_flight_, in_flight_jobs_ + starting_submits_,
@@ -178,9 +185,12 @@ private:
     std::size_t downloads_in_flight_ = 0;
     // Submits sent off by the dispatcher whose "submitting" is not committed yet.
     std::size_t starting_submits_ = 0;
+    std::size_t posting_submits_ = 0; // sent (or being sent), "submitting" committed
     // Jobs with a durable change on its way to the database, and the state it records:
     // no other event applies to them until it is committed.
     std::unordered_map<std::string, core::job_state> committing_;
+    std::vector<std::string> keys_held_;
+    core::time_point warned_block_until_{}; // the 429 block last warned of
 
     engine_stats stats_;
 };

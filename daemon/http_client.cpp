@@ -98,9 +98,25 @@ http_client::prepared::prepared(prepared&&) noexcept = default;
 http_client::prepared& http_client::prepared::operator=(prepared&&) noexcept = default;
 http_client::prepared::~prepared() = default;
 
-bool http_client::fresh_enough(const connection& c, bool for_post) const {
-    auto idle = std::chrono::steady_clock::now() - c.last_used;
+bool http_client::fresh_enough(const connection& c, bool for_post,
+                               std::chrono::steady_clock::time_point now) const {
+    auto idle = now - c.last_used;
     return idle <= opts_.max_idle && (!for_post || idle <= opts_.post_reuse_idle);
+}
+
+void http_client::close_idle(std::chrono::steady_clock::time_point now) {
+    for (auto it = idle_.begin(); it != idle_.end();) {
+        auto& pool = it->second;
+        std::erase_if(pool, [&](const auto& c) { return !fresh_enough(*c, false, now); });
+        it = pool.empty() ? idle_.erase(it) : std::next(it);
+    }
+}
+
+std::size_t http_client::idle_connections() const {
+    std::size_t n = 0;
+    for (auto& [origin, pool] : idle_)
+        n += pool.size();
+    return n;
 }
 
 asio::awaitable<http_client::prepared> http_client::prepare(const core::http_url& u,
@@ -284,6 +300,16 @@ asio::awaitable<core::http_outcome> http_client::request(http::verb method, cons
         co_return bad;
     }
     const std::string& wire = *bytes;
+    if (post && ready.c_ && !fresh_enough(*ready.c_, true)) {
+        // Prepared, then held too long (a slow commit): the server may have closed it. A
+        // new connection now would put a connect and a handshake after the caller's commit:
+        // not sent, the caller prepares again.
+        core::http_outcome stale;
+        stale.how = transport::not_sent;
+        stale.message =
+            fmt::format("the connection to {} was idle too long before the send", u.host_header());
+        co_return stale;
+    }
 
     co_return co_await on_connection<core::http_outcome>(
         u, post, std::move(ready.c_),

@@ -68,7 +68,8 @@ public:
     boost::asio::awaitable<prepared> prepare(const core::http_url& u, bool for_post);
 
     // One exchange. max_body: larger bodies are not read (outcome.too_large). On `ready`
-    // when given and still fresh enough for the method (else on a pooled or new one).
+    // when given and still fresh enough for the method (else on a pooled or new one; but
+    // a POST whose prepared connection went stale is not sent at all).
     boost::asio::awaitable<core::http_outcome> request(boost::beast::http::verb method,
                                                        const core::http_url& u, std::string body,
                                                        header_list headers, std::uint64_t max_body,
@@ -80,6 +81,11 @@ public:
     download(const core::http_url& u, const std::string& path, std::uint64_t max_bytes);
 
     void set_timeout(std::chrono::milliseconds t) { opts_.timeout = t; }
+
+    // Closes pooled connections idle longer than max_idle at `now` (a media host seen once
+    // keeps no socket open); the owner calls it now and then.
+    void close_idle(std::chrono::steady_clock::time_point now);
+    std::size_t idle_connections() const;
 
 private:
     boost::asio::awaitable<std::unique_ptr<connection>>
@@ -93,8 +99,10 @@ private:
     boost::asio::awaitable<Result> on_connection(const core::http_url& u, bool for_post,
                                                  std::unique_ptr<connection> first,
                                                  Exchange exchange);
-    // May a connection idle since its last use carry this request?
-    bool fresh_enough(const connection& c, bool for_post) const;
+    // May a connection idle since its last use carry this request at `now`?
+    bool fresh_enough(
+        const connection& c, bool for_post,
+        std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now()) const;
 
     boost::asio::any_io_executor ex_;
     boost::asio::ssl::context& tls_;

@@ -119,6 +119,8 @@ int main(int argc, char** argv) {
     app.add_option("--rpm", s.rpm, "requests per minute for all API calls, 0 = unlimited")
         ->capture_default_str();
     app.add_flag("--retry-after", s.retry_after, "send Retry-After on 429 too");
+    app.add_flag("--echo-key", s.echo_key,
+                 "a careless API: a 401 repeats the wrong key it was sent");
     app.add_option("--reset-header-format", reset_format,
                    "x-rate-limit-reset-at-utc format: iso, iso-frac or epoch")
         ->capture_default_str();

@@ -203,7 +203,8 @@ std::optional<api_answer> service::gate(std::string_view api_key, time_point now
     if (api_key.empty())
         return error_answer(401, "Missing API key: send it in the x-api-key header");
     if (api_key != cfg_.api_key)
-        return error_answer(401, "Invalid API key");
+        return error_answer(401, cfg_.echo_key ? fmt::format("Invalid API key: {}", api_key)
+                                               : std::string("Invalid API key"));
     if (!limiter_.try_acquire(now)) {
         ++rate_limited_;
         auto answer = error_answer(429, "Rate limit exceeded");
@@ -449,7 +450,8 @@ std::string service::config_json() const {
                                         {"media_host", cfg_.media_host},
                                         {"redirect_media", cfg_.redirect_media},
                                         {"fail_rate", cfg_.fail_rate},
-                                        {"retry_after", cfg_.retry_after}});
+                                        {"retry_after", cfg_.retry_after},
+                                        {"echo_key", cfg_.echo_key}});
 }
 
 api_answer service::configure(std::string_view body) {
@@ -479,6 +481,8 @@ api_answer service::configure(std::string_view body) {
             must = set_number(v, 0, 1e9, "a number of seconds, 0 or more", next.slow_s);
         } else if (key == "retry_after") {
             must = set_bool(v, next.retry_after);
+        } else if (key == "echo_key") {
+            must = set_bool(v, next.echo_key);
         } else if (double* rate = rate_named(next, key)) {
             must = set_number(v, 0, 1, "a number between 0 and 1", *rate);
         } else {

@@ -23,6 +23,9 @@ struct settings {
     double retention_s = 3600;
     int rpm = 0; // 0: unlimited
     bool retry_after = false;
+    // A careless API: a 401 for a wrong key repeats the key it was sent (tests that
+    // klingd scrubs every key it has held from what it records and logs).
+    bool echo_key = false;
     reset_format reset_header = reset_format::iso_frac;
     long long credits = -1; // -1: unlimited
     double fail_rate = 0;

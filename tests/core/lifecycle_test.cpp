@@ -365,6 +365,18 @@ TEST_F(fixture, poll_retry_never_waits_past_the_retention_window) {
     EXPECT_LE(t.not_before, t0 + seconds(3600));
 }
 
+// A 429's block that lasts past a job's retention puts its result at risk: said, so the
+// daemon can warn. Not for a job whose result is already fetched, nor one not submitted.
+TEST_F(fixture, a_block_past_the_retention_end_is_known_to_put_the_result_at_risk) {
+    auto j = queued(); // submitted at t0
+    EXPECT_FALSE(expires_while_blocked(j, t0 + seconds(3599), 3600));
+    EXPECT_TRUE(expires_while_blocked(j, t0 + seconds(3600), 3600));
+    auto fetched = j;
+    fetched.result = R"({"status":"COMPLETED"})";
+    EXPECT_FALSE(expires_while_blocked(fetched, t0 + seconds(4000), 3600));
+    EXPECT_FALSE(expires_while_blocked(pending_job(), t0 + seconds(4000), 3600));
+}
+
 TEST_F(fixture, poll_failing_past_retention_expires) {
     auto t = go(queued(), ev_poll_answer{answer(503, "")}, t0 + seconds(3601));
     EXPECT_EQ(t.next.state, job_state::expired);

@@ -91,7 +91,7 @@ unknown_outcomes count_unknown_outcomes(daemon_env& env) {
 }
 
 // The short form runs in the default test run; scripts/soak.sh runs the long one
-// (KLINGD_SOAK_JOBS=2000 KLINGD_SOAK_KILLS=20).
+// (KLINGD_SOAK_JOBS=10000 KLINGD_SOAK_KILLS=100).
 TEST(soak, a_flaky_api_and_repeated_kill_9_lose_nothing_and_submit_nothing_twice) {
     const int jobs = env_int("KLINGD_SOAK_JOBS", 150);
     const int kills = env_int("KLINGD_SOAK_KILLS", 5);

@@ -1,5 +1,6 @@
 // klingctl against a real klingd: list, show, wait with their --json forms and
 // the contract's exit codes (0, 1, 2, 3, 4); and klingd's TLS refusal seen through it.
+#include "client/control_client.hpp"
 #include "tests/daemon/daemon_env.hpp"
 
 #include <gtest/gtest.h>
@@ -96,6 +97,26 @@ TEST_F(klingctl_test, wait_exit_codes) {
     EXPECT_EQ(t.rc, 4);
     EXPECT_NE(t.out.find("held: still running"), std::string::npos);
     env_->api("POST", "/v1/resume");
+}
+
+// Every event stream klingd keeps is taken: wait reads the states instead, and still
+// ends when the job does.
+TEST_F(klingctl_test, wait_reads_the_states_when_klingd_has_no_event_stream_to_spare) {
+    std::vector<klingd::client::event_subscription> taken;
+    while (true) {
+        auto s = klingd::client::event_subscription::open(env_->socket(), "");
+        if (!s) {
+            ASSERT_EQ(s.error(), klingd::core::errc::streams_full) << s.error().message();
+            break;
+        }
+        taken.push_back(std::move(*s));
+        ASSERT_LT(taken.size(), 1000u) << "klingd keeps no limit on event streams";
+    }
+    env_->drop("late.json", image_job("late"));
+    auto r = klingctl(with_socket({"wait", "late", "--timeout", "50"}));
+    EXPECT_EQ(r.rc, 0) << r.out << r.err;
+    EXPECT_NE(r.out.find("late: completed"), std::string::npos) << r.out;
+    EXPECT_NE(r.err.find("no event stream to spare"), std::string::npos) << r.err;
 }
 
 TEST_F(klingctl_test, usage_errors_exit_2_and_an_absent_daemon_exits_3) {

@@ -162,6 +162,59 @@ TEST(secrets, the_api_key_appears_in_no_log_database_answer_output_or_config_dum
     EXPECT_EQ((check2.stdout_text() + check2.stderr_text()).find(key), std::string::npos);
 }
 
+// After a key change by SIGHUP, the old key is still a secret: an answer that repeats it
+// (a careless API, here to a submit sent with the old key and answered after the change)
+// reaches no log line, job history, database or socket answer.
+TEST(secrets, every_key_this_process_has_held_is_scrubbed_after_a_key_change) {
+    daemon_options o;
+    o.api_key = "sk-NEWKEY-0f9e8d7c6b5a"; // the one the sim takes
+    o.sim_args = {"--echo-key", "--slow-rate", "1", "--slow-s", "3"};
+    daemon_env env(o);
+    const std::string old_key = "sk-OLDKEY-1a2b3c4d5e6f";
+    std::string key_file = env.dir() + "/api-key";
+    write_file(key_file, old_key + "\n");
+    ::chmod(key_file.c_str(), 0600);
+    std::string cfg = read_file(env.config_path());
+    cfg.replace(cfg.find("[api]\n"), 6, "[api]\napi_key_file = \"" + key_file + "\"\n");
+    write_file(env.config_path(), cfg);
+    env.start();
+    env.drop("e1.json", image_job("e1"));
+    // The submit is on its way with the old key (its answer comes 3 s later): the key changes.
+    ASSERT_TRUE(eventually([&] { return env.state("e1") == "submitting"; }, 20s)) << env.log();
+    write_file(key_file, o.api_key + "\n");
+    env.signal(SIGHUP);
+    ASSERT_TRUE(eventually([&] { return count(env.sim_stats(false), "submit", "401") > 0; }, 20s))
+        << env.log();
+    env.sim_config(R"({"slow_rate":0})");
+    ASSERT_TRUE(env.wait_terminal({"e1"}, 60s)) << env.log();
+    EXPECT_EQ(env.state("e1"), "completed") << str(env.job("e1"), "error");
+    std::string log = env.log();
+    auto reloaded = log.find("reload:");
+    auto refused = log.find("Invalid API key");
+    ASSERT_NE(reloaded, std::string::npos) << log;
+    ASSERT_NE(refused, std::string::npos) << "the 401 was never met; the test proves nothing\n"
+                                          << log;
+    EXPECT_LT(reloaded, refused) << "the answer came before the key changed; the test proves "
+                                    "nothing\n"
+                                 << log;
+    std::vector<std::string> answers;
+    for (auto target : {"/v1/health", "/v1/jobs?limit=500", "/v1/stats", "/metrics", "/v1/jobs/e1"})
+        answers.push_back(env.api("GET", target).text);
+    EXPECT_EQ(env.stop(), 0);
+    log = env.log();
+    for (const auto& key : {old_key, o.api_key}) {
+        EXPECT_EQ(log.find(key), std::string::npos) << "a key is in the log";
+        for (auto& a : answers)
+            EXPECT_EQ(a.find(key), std::string::npos) << "a key is in a socket answer: " << a;
+        for (auto f : {"klingd.db", "klingd.db-wal"})
+            if (fs::exists(env.dir() + "/" + f)) {
+                EXPECT_EQ(read_file(env.dir() + "/" + f).find(key), std::string::npos)
+                    << "a key is in " << f;
+            }
+    }
+    EXPECT_NE(log.find("[redacted]"), std::string::npos) << "the echoed key was not met\n" << log;
+}
+
 // Connects to a Unix socket as another user (in a child process); returns errno or 0.
 int connect_as(uid_t uid, gid_t gid, const std::string& path) {
     int pipefd[2];

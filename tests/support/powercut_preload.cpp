@@ -9,9 +9,13 @@
 //   F <seq> <t_begin_us> <t_end_us> <inode> <path>   file content in <seq>.blob
 //   D <seq> <t_begin_us> <t_end_us> <inode> <path>   entries in <seq>.dir, one
 //                                                    "<inode> <type> <name>" a line
-// Everything the process wrote and did not sync is left out of the trace: replaying
-// it up to a point rebuilds what a disk holds after a power cut at that point (see
-// tests/daemon/powercut_test.cpp). Times are CLOCK_REALTIME microseconds.
+// It also notes the changes of names under the root, in the same sequence, once they
+// are done (a disk that keeps its metadata in order may keep them without a sync):
+//   R <seq> <t_begin_us> <t_end_us> <inode> <from>\t<to>   rename (inode: of from)
+//   U <seq> <t_begin_us> <t_end_us> 0 <path>                 unlink
+//   M <seq> <t_begin_us> <t_end_us> 0 <path>                 mkdir
+// Replaying the trace up to a point rebuilds what a disk may hold after a power cut
+// there (see tests/daemon/powercut_test.cpp). Times are CLOCK_REALTIME microseconds.
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
@@ -20,6 +24,7 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <sys/stat.h>
@@ -135,6 +140,15 @@ bool take(int fd, capture& c) {
     return n == 0;
 }
 
+void append_line(const char* line, std::size_t n) {
+    std::string trace = trace_dir() + "/trace";
+    int t = ::open(trace.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (t < 0)
+        return;
+    write_all(t, line, n);
+    ::close(t);
+}
+
 void record(const capture& c, const std::string& rel, long long t0, long long t1) {
     std::lock_guard<std::mutex> lock(trace_mutex);
     long long seq = next_seq++;
@@ -149,12 +163,7 @@ void record(const capture& c, const std::string& rel, long long t0, long long t1
     char line[4608];
     int n = std::snprintf(line, sizeof line, "%c %lld %lld %lld %llu %s\n", c.dir ? 'D' : 'F', seq,
                           t0, t1, c.ino, rel.c_str());
-    std::string trace = trace_dir() + "/trace";
-    int t = ::open(trace.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    if (t < 0)
-        return;
-    write_all(t, line, static_cast<std::size_t>(n));
-    ::close(t);
+    append_line(line, static_cast<std::size_t>(n));
 }
 
 // The path of an open descriptor.
@@ -221,4 +230,121 @@ extern "C" int fsync(int fd) {
 extern "C" int fdatasync(int fd) {
     static sync_fn real = next("fdatasync");
     return traced(real, fd);
+}
+
+namespace {
+
+// An absolute path for (dirfd, name) as the *at calls read it ("" when unknown).
+std::string absolute(int dirfd, const char* name) {
+    if (!name)
+        return {};
+    std::string n = name;
+    if (n.rfind("/proc/self/fd/", 0) == 0) { // a folder handle's path (output_dir)
+        std::size_t end = n.find('/', 14);
+        int fd = std::atoi(n.c_str() + 14);
+        return fd_path(fd) + (end == std::string::npos ? "" : n.substr(end));
+    }
+    if (!n.empty() && n[0] == '/')
+        return n;
+    std::string base;
+    if (dirfd == AT_FDCWD) {
+        char cwd[4096];
+        if (!::getcwd(cwd, sizeof cwd))
+            return {};
+        base = cwd;
+    } else {
+        base = fd_path(dirfd);
+    }
+    return base.empty() ? std::string() : base + "/" + n;
+}
+
+// The path relative to the root; false when outside it.
+bool under_root(const std::string& abs, std::string& rel) {
+    if (root().empty() || trace_dir().empty() || abs.size() <= root().size() ||
+        abs.compare(0, root().size(), root()) != 0 || abs[root().size()] != '/')
+        return false;
+    rel = abs.substr(root().size() + 1);
+    return true;
+}
+
+void record_name_change(char kind, unsigned long long ino, const std::string& what, long long t0) {
+    long long t1 = now_us();
+    std::lock_guard<std::mutex> lock(trace_mutex);
+    long long seq = next_seq++;
+    std::string line = std::string(1, kind) + " " + std::to_string(seq) + " " + std::to_string(t0) +
+                       " " + std::to_string(t1) + " " + std::to_string(ino) + " " + what + "\n";
+    append_line(line.data(), line.size());
+}
+
+template <class Fn>
+Fn next_fn(const char* name) {
+    return reinterpret_cast<Fn>(::dlsym(RTLD_NEXT, name));
+}
+
+int traced_rename(int olddir, const char* from, int newdir, const char* to,
+                  const std::function<int()>& real) {
+    std::string a = absolute(olddir, from), b = absolute(newdir, to), ra, rb;
+    if (!under_root(a, ra) || !under_root(b, rb))
+        return real();
+    struct stat st {};
+    unsigned long long ino = ::lstat(a.c_str(), &st) == 0 ? st.st_ino : 0;
+    long long t0 = now_us();
+    int r = real();
+    if (r == 0) {
+        int saved = errno;
+        record_name_change('R', ino, ra + "\t" + rb, t0);
+        errno = saved;
+    }
+    return r;
+}
+
+int traced_path(char kind, int dirfd, const char* path, const std::function<int()>& real) {
+    std::string a = absolute(dirfd, path), ra;
+    if (!under_root(a, ra))
+        return real();
+    long long t0 = now_us();
+    int r = real();
+    if (r == 0) {
+        int saved = errno;
+        record_name_change(kind, 0, ra, t0);
+        errno = saved;
+    }
+    return r;
+}
+
+} // namespace
+
+extern "C" int rename(const char* from, const char* to) {
+    static auto real = next_fn<int (*)(const char*, const char*)>("rename");
+    return traced_rename(AT_FDCWD, from, AT_FDCWD, to, [&] { return real(from, to); });
+}
+
+extern "C" int renameat(int od, const char* from, int nd, const char* to) {
+    static auto real = next_fn<int (*)(int, const char*, int, const char*)>("renameat");
+    return traced_rename(od, from, nd, to, [&] { return real(od, from, nd, to); });
+}
+
+extern "C" int renameat2(int od, const char* from, int nd, const char* to, unsigned flags) {
+    static auto real = next_fn<int (*)(int, const char*, int, const char*, unsigned)>("renameat2");
+    return traced_rename(od, from, nd, to, [&] { return real(od, from, nd, to, flags); });
+}
+
+extern "C" int unlink(const char* path) {
+    static auto real = next_fn<int (*)(const char*)>("unlink");
+    return traced_path('U', AT_FDCWD, path, [&] { return real(path); });
+}
+
+extern "C" int unlinkat(int dirfd, const char* path, int flags) {
+    static auto real = next_fn<int (*)(int, const char*, int)>("unlinkat");
+    return traced_path('U', dirfd, path, [&] { return real(dirfd, path, flags); });
+}
+
+extern "C" int mkdir(const char* path, mode_t mode) {
+    static auto real = next_fn<int (*)(const char*, mode_t)>("mkdir");
+    return traced_path('M', AT_FDCWD, path, [&] { return real(path, mode); });
+}
+
+extern "C" int mkdirat(int dirfd, const char* path, mode_t mode) {
+    static auto real = next_fn<int (*)(int, const char*, mode_t)>("mkdirat");
+    return traced_path('M', dirfd, path, [&] { return real(dirfd, path, mode); });
 }
