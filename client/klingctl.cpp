@@ -266,6 +266,8 @@ int cmd_wait(client& c, const std::vector<std::string>& ids, double timeout_s) {
             auto r = c.call(http::verb::get, job_target(id));
             if (r.status == 404)
                 final[id] = "not found";
+            else if (r.status >= 500)
+                continue; // klingd is busy (its database locked, say): asked again later
             else if (r.status != 200)
                 final[id] = "error: " + error_of(r);
             else if (terminal(str(r.body, "state")))
@@ -357,7 +359,7 @@ int cmd_watch(client& c, const std::vector<std::string>& ids, bool as_json) {
     if (!sub) {
         std::fprintf(stderr, "klingctl: klingd has as many event streams open as it keeps; "
                              "close a `klingctl watch` or `wait`, or use `klingctl list`\n");
-        return exit_job;
+        return exit_unreachable;
     }
     bool color = color_output();
     std::set<std::string> open(ids.begin(), ids.end());

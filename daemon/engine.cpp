@@ -364,13 +364,17 @@ void engine::note_signal(const core::transition& t, bool from_submit) {
 }
 
 void engine::warn_of_expiry_while_blocked(core::time_point until) {
-    if (now() < warned_block_until_)
-        return; // said already for the block this 429 prolongs
+    if (until <= warned_block_until_)
+        return; // said already
+    // A 429 that prolongs a block warned of names only the jobs its extension puts at risk.
+    auto said_until = std::max(now(), warned_block_until_);
     warned_block_until_ = until;
+    auto retention = settings_.jobs.result_retention_s;
     std::size_t n = 0;
     const job* first = nullptr;
     for (auto& [id, j] : active_)
-        if (core::expires_while_blocked(j, until, settings_.jobs.result_retention_s)) {
+        if (core::expires_while_blocked(j, until, retention) &&
+            !core::expires_while_blocked(j, said_until, retention)) {
             ++n;
             if (!first || *j.submitted_at < *first->submitted_at)
                 first = &j;

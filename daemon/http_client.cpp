@@ -99,9 +99,12 @@ http_client::prepared& http_client::prepared::operator=(prepared&&) noexcept = d
 http_client::prepared::~prepared() = default;
 
 bool http_client::fresh_enough(const connection& c, bool for_post,
-                               std::chrono::steady_clock::time_point now) const {
+                               std::chrono::steady_clock::time_point now, bool preparing) const {
     auto idle = now - c.last_used;
-    return idle <= opts_.max_idle && (!for_post || idle <= opts_.post_reuse_idle);
+    // A POST prepared now is sent after its caller's commit: a pooled connection must
+    // leave half the reuse time for that.
+    auto post_limit = preparing ? opts_.post_reuse_idle / 2 : opts_.post_reuse_idle;
+    return idle <= opts_.max_idle && (!for_post || idle <= post_limit);
 }
 
 void http_client::close_idle(std::chrono::steady_clock::time_point now) {
@@ -122,18 +125,19 @@ std::size_t http_client::idle_connections() const {
 asio::awaitable<http_client::prepared> http_client::prepare(const core::http_url& u,
                                                             bool for_post) {
     prepared p;
-    p.c_ = co_await acquire(u, for_post, p.failure_);
+    p.c_ = co_await acquire(u, for_post, p.failure_, true);
     co_return p;
 }
 
 asio::awaitable<std::unique_ptr<http_client::connection>>
-http_client::acquire(const core::http_url& u, bool for_post, core::http_outcome& failure) {
+http_client::acquire(const core::http_url& u, bool for_post, core::http_outcome& failure,
+                     bool preparing) {
     auto origin = u.origin();
     auto& pool = idle_[origin];
     while (!pool.empty()) {
         auto c = std::move(pool.back());
         pool.pop_back();
-        if (!fresh_enough(*c, for_post))
+        if (!fresh_enough(*c, for_post, std::chrono::steady_clock::now(), preparing))
             continue; // closed by its destructor
         c->reused = true;
         co_return c;
@@ -276,7 +280,7 @@ asio::awaitable<Result> http_client::on_connection(const core::http_url& u, bool
     for (int attempt = 0;; ++attempt) {
         Result r;
         std::unique_ptr<connection> c;
-        if (first && first->origin == u.origin() && fresh_enough(*first, for_post))
+        if (first && first->origin == u.origin()) // the caller found it fresh enough
             c = std::move(first);
         else
             c = co_await acquire(u, for_post, outcome_of(r));
@@ -300,6 +304,8 @@ asio::awaitable<core::http_outcome> http_client::request(http::verb method, cons
         co_return bad;
     }
     const std::string& wire = *bytes;
+    if (ready.c_ && !post && !fresh_enough(*ready.c_, false))
+        ready.c_.reset(); // a GET takes another
     if (post && ready.c_ && !fresh_enough(*ready.c_, true)) {
         // Prepared, then held too long (a slow commit): the server may have closed it. A
         // new connection now would put a connect and a handshake after the caller's commit:

@@ -88,21 +88,24 @@ public:
     std::size_t idle_connections() const;
 
 private:
-    boost::asio::awaitable<std::unique_ptr<connection>>
-    acquire(const core::http_url& u, bool for_post, core::http_outcome& failure);
+    boost::asio::awaitable<std::unique_ptr<connection>> acquire(const core::http_url& u,
+                                                                bool for_post,
+                                                                core::http_outcome& failure,
+                                                                bool preparing = false);
     void release(std::unique_ptr<connection> c);
-    // Runs exchange(connection, result, may_retry) on `first` if fresh enough, else on a
-    // pooled or new connection; when it
+    // Runs exchange(connection, result, may_retry) on `first` when given (the caller found
+    // it fresh enough), else on a pooled or new connection; when it
     // asks (true: a pooled connection the server had closed, nothing received, and a
     // retry allowed), once more on another. Result: core::http_outcome or download_result.
     template <class Result, class Exchange>
     boost::asio::awaitable<Result> on_connection(const core::http_url& u, bool for_post,
                                                  std::unique_ptr<connection> first,
                                                  Exchange exchange);
-    // May a connection idle since its last use carry this request at `now`?
-    bool fresh_enough(
-        const connection& c, bool for_post,
-        std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now()) const;
+    // May a connection idle since its last use carry this request at `now` (preparing: a
+    // POST to be sent after a commit, so with time to spare)?
+    bool fresh_enough(const connection& c, bool for_post,
+                      std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now(),
+                      bool preparing = false) const;
 
     boost::asio::any_io_executor ex_;
     boost::asio::ssl::context& tls_;

@@ -5,6 +5,7 @@
 
 #include <boost/beast/http/verb.hpp>
 #include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -69,7 +70,8 @@ max_in_flight = {}
 {}
 )",
         opts_.log_level, sim_->base_url(), sim_->ca_file(), rpm, dir_ / "klingd.db", dir_ / "spool",
-        dir_ / "output", socket(), 58 * s, 223 * s, 3600 * s, 1 * s, 60 * s,
+        dir_ / "output", socket(), 58 * s, 223 * s,
+        opts_.retention_s > 0 ? opts_.retention_s : 3600 * s, 1 * s, 60 * s,
         opts_.resubmit_unknown ? "true" : "false", opts_.max_in_flight, opts_.extra_toml);
     write_file(config_path(), toml);
 }
@@ -184,6 +186,11 @@ void daemon_env::sim_config(const std::string& body) {
     auto r = https_request("POST", sim_->base_url() + "/sim/config", body, {}, sim_->ca_file());
     if (r.status != 200)
         throw std::runtime_error("sim config: " + r.body + r.error);
+}
+
+int env_int(const char* name, int fallback) {
+    const char* v = std::getenv(name);
+    return v && *v ? std::atoi(v) : fallback;
 }
 
 std::string image_job(const std::string& marker, const std::string& extra_params) {

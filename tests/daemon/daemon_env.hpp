@@ -29,6 +29,7 @@ struct daemon_options {
     double requests_per_minute = 0; // 0: 60 per API minute, scaled
     bool resubmit_unknown = false;
     int max_in_flight = 50;
+    double retention_s = 0; // jobs.result_retention_s; 0: the API's hour, scaled
     std::string extra_toml; // appended to [jobs]
     std::vector<std::string> sim_args;
     std::string api_key = "test-key-1";
@@ -83,6 +84,9 @@ private:
     int generation_ = 0;
     std::vector<std::string> old_logs_;
 };
+
+// An integer from the environment (a long form of a test), or fallback when unset.
+int env_int(const char* name, int fallback);
 
 // A kling-o1 job whose prompt carries a unique marker (tests find it in the sim's stats).
 std::string image_job(const std::string& marker, const std::string& extra_params = "");

@@ -29,11 +29,6 @@ namespace json = boost::json;
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
-int env_int(const char* name, int fallback) {
-    const char* v = std::getenv(name);
-    return v && *v ? std::atoi(v) : fallback;
-}
-
 // Resident memory of a process in KiB, from /proc (0 when it is gone).
 long rss_kib(int pid) {
     std::ifstream f(fmt::format("/proc/{}/status", pid));
@@ -308,6 +303,35 @@ TEST(database, locked_by_another_process_for_a_while_delays_but_loses_nothing) {
     EXPECT_EQ(env.stop(), 0);
 }
 
+// /v1/health asked every 20 ms while `go_on()` holds: how fast klingd's event loop answers.
+struct health_probes {
+    int probes = 0;
+    int over_100_ms = 0;
+    double worst_ms = 0;
+    std::string failure; // an answer that was not a 200
+};
+
+template <class Pred>
+health_probes probe_health(daemon_env& env, Pred go_on) {
+    health_probes h;
+    klingd::client::control_client socket(env.socket(), 5s);
+    while (go_on(h.probes)) {
+        auto t0 = std::chrono::steady_clock::now();
+        auto r = socket.call(boost::beast::http::verb::get, "/v1/health");
+        double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                        .count();
+        if (!r || r->status != 200) {
+            h.failure = r ? r->text : r.error().message();
+            return h;
+        }
+        h.worst_ms = std::max(h.worst_ms, ms);
+        h.over_100_ms += ms > 100;
+        ++h.probes;
+        std::this_thread::sleep_for(20ms); // the probes' pace, not a synchronisation
+    }
+    return h;
+}
+
 // The event loop never waits on the database: while another process holds it locked
 // for 10 s (twice klingd's busy timeout) and jobs arrive, /v1/health answers within
 // 100 ms throughout, and every job completes, submitted once, when the lock goes.
@@ -321,24 +345,13 @@ TEST(database, a_10_s_lock_by_another_process_never_holds_up_the_event_loop) {
     auto locked_at = std::chrono::steady_clock::now();
     auto more = drop_image_jobs(env, "l", 5); // intake, polls and answers all want the database now
     ids.insert(ids.end(), more.begin(), more.end());
-    klingd::client::control_client socket(env.socket(), 5s);
-    double worst_ms = 0;
-    int probes = 0, over_100_ms = 0;
-    while (std::chrono::steady_clock::now() - locked_at < 10s) {
-        auto t0 = std::chrono::steady_clock::now();
-        auto r = socket.call(boost::beast::http::verb::get, "/v1/health");
-        double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
-                        .count();
-        ASSERT_TRUE(r && r->status == 200) << (r ? r->text : r.error().message());
-        worst_ms = std::max(worst_ms, ms);
-        over_100_ms += ms > 100;
-        ++probes;
-        std::this_thread::sleep_for(20ms); // the probes' pace, not a synchronisation
-    }
+    auto h =
+        probe_health(env, [&](int) { return std::chrono::steady_clock::now() - locked_at < 10s; });
+    ASSERT_EQ(h.failure, "");
     // Every answer within 100 ms but for a rare hiccup of a loaded machine; a loop that
     // waited on the database would stall for klingd's 5 s busy timeout.
-    EXPECT_LE(over_100_ms, probes / 100) << "over " << probes << " probes";
-    EXPECT_LT(worst_ms, 1000.0) << "over " << probes << " probes";
+    EXPECT_LE(h.over_100_ms, h.probes / 100) << "over " << h.probes << " probes";
+    EXPECT_LT(h.worst_ms, 1000.0) << "over " << h.probes << " probes";
     EXPECT_NE(env.log().find("database is locked"), std::string::npos)
         << "klingd never met the lock; the test proves nothing\n"
         << env.log();
@@ -364,29 +377,19 @@ TEST(output_disk, slow_fsyncs_of_results_never_hold_up_the_event_loop) {
                {"SLOW_FSYNC_MS", "500"},
                {"SLOW_FSYNC_LOG", slowed_log}});
     auto ids = drop_image_jobs(env, "w", 3);
-    klingd::client::control_client socket(env.socket(), 5s);
-    double worst_ms = 0;
-    int probes = 0, over_100_ms = 0;
     auto deadline = std::chrono::steady_clock::now() + 60s;
     // Probes at a steady pace; whether the jobs are done is asked now and then.
-    while ((probes % 10 != 0 || !env.wait_terminal(ids, 0s)) &&
-           std::chrono::steady_clock::now() < deadline) {
-        auto t0 = std::chrono::steady_clock::now();
-        auto r = socket.call(boost::beast::http::verb::get, "/v1/health");
-        double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
-                        .count();
-        ASSERT_TRUE(r && r->status == 200) << (r ? r->text : r.error().message());
-        worst_ms = std::max(worst_ms, ms);
-        over_100_ms += ms > 100;
-        ++probes;
-        std::this_thread::sleep_for(20ms); // the probes' pace, not a synchronisation
-    }
+    auto h = probe_health(env, [&](int probes) {
+        return (probes % 10 != 0 || !env.wait_terminal(ids, 0s)) &&
+               std::chrono::steady_clock::now() < deadline;
+    });
+    ASSERT_EQ(h.failure, "");
     ASSERT_TRUE(env.wait_terminal(ids, 0s)) << env.log();
     std::string slowed = read_file(slowed_log);
     EXPECT_GE(std::count(slowed.begin(), slowed.end(), '\n'), 5 * 3)
         << "the slow disk was not met; the test proves nothing";
-    EXPECT_LE(over_100_ms, probes / 100) << "over " << probes << " probes";
-    EXPECT_LT(worst_ms, 400.0) << "over " << probes << " probes";
+    EXPECT_LE(h.over_100_ms, h.probes / 100) << "over " << h.probes << " probes";
+    EXPECT_LT(h.worst_ms, 400.0) << "over " << h.probes << " probes";
     for (auto& id : ids)
         expect_completed_with_exact_media(env, id);
     EXPECT_EQ(env.stop(), 0);

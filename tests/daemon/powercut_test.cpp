@@ -37,11 +37,6 @@ namespace fs = std::filesystem;
 namespace json = boost::json;
 using namespace std::chrono_literals;
 
-int env_int(const char* name, int fallback) {
-    const char* v = std::getenv(name);
-    return v && *v ? std::atoi(v) : fallback;
-}
-
 struct entry {
     unsigned long long ino;
     int type; // DT_REG, DT_DIR, ...
@@ -222,9 +217,17 @@ std::map<std::string, int> submitted_before(const json::value& stats, long long 
     return out;
 }
 
-// The cut points: `points` of them spread over the trace (0: every one), and the ends.
-std::vector<std::size_t> cut_points(std::size_t events, int points) {
+// The cut points: `points` of them spread over the trace (0: every one), the ends, and
+// just before and after the first move into accepted/ (the intake's hand-over).
+std::vector<std::size_t> cut_points(const std::vector<sync_event>& trace, int points) {
+    std::size_t events = trace.size();
     std::set<std::size_t> at{0, events};
+    for (std::size_t i = 0; i < events; ++i)
+        if (trace[i].kind == 'R' && trace[i].path.find("spool/accepted/") != std::string::npos) {
+            at.insert(i);
+            at.insert(i + 1);
+            break;
+        }
     if (points <= 0)
         for (std::size_t i = 0; i <= events; ++i)
             at.insert(i);
@@ -237,7 +240,12 @@ std::vector<std::size_t> cut_points(std::size_t events, int points) {
 TEST(power_cut, at_each_durable_point_nothing_is_lost_twice_submitted_or_completed_without_files) {
     const int jobs = env_int("KLINGD_POWERCUT_JOBS", 10);
     const int points = env_int("KLINGD_POWERCUT_POINTS", 8);
-    daemon_env env;
+    // A retention of two hours (the API's and klingd's), so that the long form's late
+    // cuts do not find their jobs' results forgotten.
+    daemon_options o;
+    o.retention_s = 7200;
+    o.sim_args = {"--retention-s", fmt::format("{}", 7200 / o.scale)};
+    daemon_env env(o);
     temp_dir trace("powercut");
     // The installation and the batch, on disk before klingd starts.
     for (auto d : {"spool/accepted", "spool/rejected", "output"})
@@ -264,8 +272,9 @@ TEST(power_cut, at_each_durable_point_nothing_is_lost_twice_submitted_or_complet
         return e.kind == 'R' && e.path.find("spool/accepted/") != std::string::npos;
     })) << "the recorder saw no move into accepted/";
 
-    int completed_after_cut = 0, cuts_with_completed_jobs = 0, checked = 0;
-    for (std::size_t k : cut_points(events.size(), points))
+    int completed_after_cut = 0, cuts_with_completed_jobs = 0, cuts_with_jobs_in_flight = 0,
+        cuts_with_accepted_files = 0, checked = 0;
+    for (std::size_t k : cut_points(events, points))
         for (auto model : {cut_model::syncs_only, cut_model::names_kept}) {
             SCOPED_TRACE(fmt::format("power cut after {} of {} recorded changes, {}", k,
                                      events.size(),
@@ -280,12 +289,18 @@ TEST(power_cut, at_each_durable_point_nothing_is_lost_twice_submitted_or_complet
                 fs::remove_all(e.path());
             materialize(after(base, events, k, trace.path(), model), env.dir(), ".");
             auto durable = states_in(env.dir() + "/klingd.db");
-            if (k < events.size())
-                for (auto& [id, st] : durable)
-                    if (st == "completed") {
-                        ++cuts_with_completed_jobs;
-                        break;
-                    }
+            if (k < events.size()) {
+                auto has = [&](auto pred) {
+                    return std::any_of(durable.begin(), durable.end(),
+                                       [&](const auto& js) { return pred(js.second); });
+                };
+                cuts_with_completed_jobs +=
+                    has([](const std::string& st) { return st == "completed"; });
+                cuts_with_jobs_in_flight += has([](const std::string& st) {
+                    return st == "submitting" || st == "queued" || st == "processing";
+                });
+            }
+            cuts_with_accepted_files += !fs::is_empty(env.dir() + "/spool/accepted");
             for (auto& e : fs::directory_iterator(env.dir() + "/spool/accepted")) {
                 std::string id = e.path().stem();
                 EXPECT_TRUE(durable.count(id)) << id << " is in accepted/ but not in the database";
@@ -326,6 +341,10 @@ TEST(power_cut, at_each_durable_point_nothing_is_lost_twice_submitted_or_complet
         }
     // Some cut before the end kept a completed job: the files' check was met, not skipped.
     EXPECT_GT(cuts_with_completed_jobs, 0);
+    // And cuts with jobs durable as submitted and unfinished (the double-submit hazard),
+    // and with files in accepted/ (kept by the names-kept model).
+    EXPECT_GT(cuts_with_jobs_in_flight, 0);
+    EXPECT_GT(cuts_with_accepted_files, 0);
     EXPECT_GT(completed_after_cut, 0);
     auto syncs = std::count_if(events.begin(), events.end(),
                                [](const sync_event& e) { return e.kind == 'F' || e.kind == 'D'; });

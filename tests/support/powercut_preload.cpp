@@ -16,8 +16,14 @@
 //   M <seq> <t_begin_us> <t_end_us> 0 <path>                 mkdir
 // Replaying the trace up to a point rebuilds what a disk may hold after a power cut
 // there (see tests/daemon/powercut_test.cpp). Times are CLOCK_REALTIME microseconds.
+// A sync takes its number when it returns and notes what it saw when it was called: a
+// change of names in the same folder by another thread meanwhile would be numbered
+// before a listing that does not hold it. klingd's threads keep to their own folders
+// (the database thread: the database's; the file thread: output/; the loop: the
+// spool), so this does not arise; a test of other code would need numbers at the call.
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -258,8 +264,20 @@ std::string absolute(int dirfd, const char* name) {
     return base.empty() ? std::string() : base + "/" + n;
 }
 
+// The path with its folder resolved (symlinks, "..") as the root is; the name kept.
+std::string canonical_parent(const std::string& abs) {
+    auto slash = abs.rfind('/');
+    if (slash == std::string::npos || slash == 0)
+        return abs;
+    char buf[PATH_MAX];
+    if (!::realpath(abs.substr(0, slash).c_str(), buf))
+        return abs;
+    return std::string(buf) + abs.substr(slash);
+}
+
 // The path relative to the root; false when outside it.
-bool under_root(const std::string& abs, std::string& rel) {
+bool under_root(const std::string& given, std::string& rel) {
+    std::string abs = canonical_parent(given);
     if (root().empty() || trace_dir().empty() || abs.size() <= root().size() ||
         abs.compare(0, root().size(), root()) != 0 || abs[root().size()] != '/')
         return false;
