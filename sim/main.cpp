@@ -90,7 +90,8 @@ int main(int argc, char** argv) {
                  "benchmarks.\nAPI durations are in API seconds and are multiplied by "
                  "--time-scale; --slow-s is real seconds."};
     klingd::sim::settings s;
-    std::string listen = "127.0.0.1:0", port_file, tls_cert, tls_key, reset_format = "iso-frac";
+    std::string listen = "127.0.0.1:0", port_file, tls_cert, tls_key, reset_format = "iso-frac",
+                limiter = "fixed";
     std::vector<std::string> medians;
     std::optional<std::uint64_t> seed;
     bool plain = false, log_requests = false;
@@ -117,6 +118,10 @@ int main(int argc, char** argv) {
     app.add_option("--retention-s", s.retention_s, "API seconds a request is kept after submission")
         ->capture_default_str();
     app.add_option("--rpm", s.rpm, "requests per minute for all API calls, 0 = unlimited")
+        ->capture_default_str();
+    app.add_option("--limiter", limiter,
+                   "how --rpm is counted: fixed (windows of a minute), sliding (any minute), "
+                   "bucket (a token bucket holding 5 s of budget)")
         ->capture_default_str();
     app.add_flag("--retry-after", s.retry_after, "send Retry-After on 429 too");
     app.add_flag("--echo-key", s.echo_key,
@@ -162,6 +167,11 @@ int main(int argc, char** argv) {
         if (!klingd::sim::parse_reset_format(reset_format, s.reset_header))
             throw usage_error("--reset-header-format must be iso, iso-frac or epoch, not \"" +
                               reset_format + "\"");
+        if (auto k = klingd::sim::limiter_kind_named(limiter))
+            s.limiter = *k;
+        else
+            throw usage_error("--limiter must be fixed, sliding or bucket, not \"" + limiter +
+                              "\"");
         if (!plain && (tls_cert.empty() || tls_key.empty()))
             throw usage_error("give --tls-cert and --tls-key, or --plain");
         if (auto problem = klingd::sim::check_settings(s); !problem.empty())

@@ -144,7 +144,7 @@ double* rate_named(settings& s, std::string_view key) {
 } // namespace
 
 service::service(settings s)
-    : cfg_(std::move(s)), rng_(cfg_.seed), limiter_(cfg_.rpm, scaled(60)) {}
+    : cfg_(std::move(s)), rng_(cfg_.seed), limiter_(cfg_.rpm, scaled(60), cfg_.limiter) {}
 
 duration service::scaled(double api_seconds) const {
     return sim::scaled(api_seconds, cfg_.time_scale);
@@ -208,7 +208,7 @@ std::optional<api_answer> service::gate(std::string_view api_key, time_point now
     if (!limiter_.try_acquire(now)) {
         ++rate_limited_;
         auto answer = error_answer(429, "Rate limit exceeded");
-        auto end = limiter_.window_end(now);
+        auto end = limiter_.reset_at(now);
         answer.headers.emplace_back("x-rate-limit-reset-at-utc",
                                     reset_header_value(end, cfg_.reset_header));
         if (cfg_.retry_after) {
@@ -451,6 +451,7 @@ std::string service::config_json() const {
                                         {"redirect_media", cfg_.redirect_media},
                                         {"fail_rate", cfg_.fail_rate},
                                         {"retry_after", cfg_.retry_after},
+                                        {"limiter", name_of(cfg_.limiter)},
                                         {"echo_key", cfg_.echo_key}});
 }
 
@@ -481,6 +482,11 @@ api_answer service::configure(std::string_view body) {
             must = set_number(v, 0, 1e9, "a number of seconds, 0 or more", next.slow_s);
         } else if (key == "retry_after") {
             must = set_bool(v, next.retry_after);
+        } else if (key == "limiter") {
+            auto k = v.is_string() ? limiter_kind_named(v.get_string()) : std::nullopt;
+            must = k ? nullptr : "fixed, sliding or bucket";
+            if (k)
+                next.limiter = *k;
         } else if (key == "echo_key") {
             must = set_bool(v, next.echo_key);
         } else if (double* rate = rate_named(next, key)) {
@@ -494,6 +500,7 @@ api_answer service::configure(std::string_view body) {
     }
     cfg_ = std::move(next);
     limiter_.set_limit(cfg_.rpm);
+    limiter_.set_kind(cfg_.limiter);
     return {200, config_json(), "application/json", {}};
 }
 

@@ -9,6 +9,9 @@
 
 namespace klingd::sim {
 
+// How the account's budget is counted (sim/rate_limiter.hpp).
+enum class limiter_kind { fixed, sliding, bucket };
+
 // How the x-rate-limit-reset-at-utc header spells the end of the window.
 enum class reset_format { iso, iso_frac, epoch };
 
@@ -21,7 +24,8 @@ struct settings {
                                              {"kling-o1-video-to-video-edit", 223}};
     double queue_s = 2; // mean time in QUEUED
     double retention_s = 3600;
-    int rpm = 0; // 0: unlimited
+    int rpm = 0;                                // 0: unlimited
+    limiter_kind limiter = limiter_kind::fixed; // how rpm is counted
     bool retry_after = false;
     // A careless API: a 401 for a wrong key repeats the key it was sent (tests that
     // klingd scrubs every key it has held from what it records and logs).
