@@ -2,7 +2,8 @@
 """klingd's benchmark suite: klingd against the official SDK's policy (sdk-baseline)
 on the same workloads, both against segmind-sim over TLS with scaled time.
 
-    bench/run.py [--only a,aw,b,c,d,e] [--rounds N] [--scale 0.1] [--json results.json]
+    bench/run.py [--only a,aw,b,c,d,e,f,g,b-fixed,b-sliding,b-bucket] [--rounds N] [--scale 0.1]
+                 [--json results.json]
 
 Every figure comes from the emulator's statistics (requests by endpoint and
 answer, when each request completed and when a client first saw it) or from
@@ -18,6 +19,14 @@ Workloads:
   d  intake: 10,000 job files dropped at once (klingd paused: intake only)
   e  raw client speed: about 2,000 status polls/s, no rate limit (real time): CPU per
      request, event-loop lag
+  f  a large account, klingd's default settings: 1,000 requests/min, answers after 300 ms
+     (API time), 2,000 kling-o1 jobs
+  g  the same at 300 requests/min, answers after 1 s, 1,000 kling-o1 jobs
+  b-fixed, b-sliding, b-bucket: workload b with klingd's default settings, against each
+     way the emulator can count its budget (fixed minutes, a sliding minute, a token bucket)
+Workloads f, g and b-*: throughput in steady state (between the 20th and the 80th
+percentile of completions, as klingd saw them) and over the whole run, against the
+ceiling of budget / 3 jobs per minute.
 """
 import argparse
 import http.client
@@ -89,7 +98,9 @@ class UnixHTTP(http.client.HTTPConnection):
 
 
 class Klingd:
-    def __init__(self, work, sim, scale, rpm_api, max_in_flight=50, extra=""):
+    """max_connections, max_in_flight: None leaves the key out (klingd's default)."""
+
+    def __init__(self, work, sim, scale, rpm_api, max_in_flight=50, extra="", max_connections=8):
         self.work = work
         self.socket = os.path.join(work, "klingd.sock")
         os.makedirs(os.path.join(work, "spool/incoming"), exist_ok=True)
@@ -101,7 +112,7 @@ class Klingd:
 base_url = "{sim.base}"
 ca_file = "{sim.certs}/ca.pem"
 requests_per_minute = {rpm_api / s}
-max_connections = 8
+{"" if max_connections is None else f"max_connections = {max_connections}"}
 request_timeout_s = 30
 [storage]
 database = "{work}/klingd.db"
@@ -112,7 +123,7 @@ directory = "{work}/output"
 [control]
 socket = "{self.socket}"
 [jobs]
-max_in_flight = {max_in_flight}
+{"" if max_in_flight is None else f"max_in_flight = {max_in_flight}"}
 result_retention_s = {3600 * s}
 min_poll_interval_s = {1 * s}
 max_poll_interval_s = {60 * s}
@@ -206,9 +217,10 @@ def run_baseline(work, sim, jobs, scale):
     return json.loads(out.stdout)
 
 
-def run_klingd(work, sim, jobs, scale, rpm_api, timeout_s, database=None, prefix="job"):
-    """database: a klingd.db to start from (one that has learned from earlier jobs)."""
-    k = Klingd(work, sim, scale, rpm_api)
+def run_klingd(work, sim, jobs, scale, rpm_api, timeout_s, database=None, prefix="job", klingd_args=None):
+    """database: a klingd.db to start from (one that has learned from earlier jobs);
+    klingd_args: Klingd's keyword arguments (max_connections, max_in_flight)."""
+    k = Klingd(work, sim, scale, rpm_api, **(klingd_args or {}))
     if database:
         shutil.copy(database, os.path.join(work, "klingd.db"))
     k.start()
@@ -305,6 +317,43 @@ def workload_b(work, certs, scale, n=120):
                      "throughput_per_api_min": completed / span_api_min if seen else 0.0,
                      "ceiling_per_api_min": 30 / 3, "share_429": answers(st, "429") / max(1, api_requests(st))}
     return rows
+
+
+def workload_budget(work, certs, scale, rpm, latency_api_s, n, limiter="fixed", caps=None):
+    """klingd with its default settings against an account of `rpm` requests per minute
+    whose answers take latency_api_s (API seconds), counted by `limiter`. caps:
+    (max_connections, max_in_flight) set in the configuration instead."""
+    jobs = [image_job(i, "f") for i in range(n)]
+    d = tempfile.mkdtemp(dir=work, prefix=f"budget-{rpm}-{limiter}-")
+    args = ["--rpm", str(rpm), "--limiter", limiter, "--seed", str(random.randrange(1, 2**63))]
+    if latency_api_s > 0:
+        args += ["--slow-rate", "1", "--slow-s", str(latency_api_s * scale)]
+    sim = Sim(d, certs, scale, args)
+    ceiling = rpm / 3  # jobs per API minute
+    t0 = time.time()
+    if caps:
+        k_args = {"max_connections": caps[0], "max_in_flight": caps[1]}
+    else:
+        k_args = {"max_connections": None, "max_in_flight": None}
+    outcome = run_klingd(d, sim, jobs, scale, rpm, 60 + 3 * n / ceiling * 60 * scale, klingd_args=k_args)
+    wall = time.time() - t0
+    st = sim.stats()
+    sim.stop()
+    reqs = st["requests"]
+    seen = sorted(r["first_seen_at_ms"] for r in reqs if r.get("outcome") == "COMPLETED" and r.get("first_seen_at_ms"))
+    start = min(r["submitted_at_ms"] for r in reqs) if reqs else 0
+    row = {"jobs": n, "completed": len(seen), "caps": caps, "rpm": rpm, "latency_api_s": latency_api_s, "limiter": limiter,
+           "outcome": outcome, "ceiling_per_api_min": ceiling, "wall_s": wall,
+           "requests": api_requests(st),
+           "requests_per_completed": api_requests(st) / len(seen) if seen else float("inf"),
+           "share_429": answers(st, "429") / max(1, api_requests(st))}
+    if len(seen) >= 10:
+        whole_min = (seen[-1] - start) / 1000 / scale / 60
+        i20, i80 = int(len(seen) * 0.2), int(len(seen) * 0.8)
+        steady_min = (seen[i80] - seen[i20]) / 1000 / scale / 60
+        row["whole_share"] = len(seen) / whole_min / ceiling
+        row["steady_share"] = (i80 - i20) / steady_min / ceiling if steady_min > 0 else float("nan")
+    return {"klingd": row}
 
 
 def never_ending(work, certs, prefix, n, change):
@@ -452,16 +501,24 @@ def main():
     ap.add_argument("--rounds", type=int, default=1, help="run each workload this many times")
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--caps", help="CONNECTIONS,IN_FLIGHT: set these caps for f, g and b-* instead of "
+                                   "klingd's defaults (4,50 were the defaults before they became automatic)")
     args = ap.parse_args()
     certs = build()
     work = tempfile.mkdtemp(prefix="klingd-bench-")
     results = {}
+    caps = tuple(int(x) for x in args.caps.split(",")) if args.caps else None
     runs = {"a": lambda: workload_a(work, certs, args.scale),
             "aw": lambda: workload_a(work, certs, args.scale, warm=True),
             "b": lambda: workload_b(work, certs, args.scale),
             "c": lambda: workload_c(work, certs),
             "d": lambda: workload_d(work, certs, args.scale),
-            "e": lambda: workload_e(work, certs)}
+            "e": lambda: workload_e(work, certs),
+            "f": lambda: workload_budget(work, certs, args.scale, 1000, 0.3, 2000, caps=caps),
+            "g": lambda: workload_budget(work, certs, args.scale, 300, 1.0, 1000, caps=caps),
+            "b-fixed": lambda: workload_budget(work, certs, args.scale, 30, 0, 120, "fixed", caps),
+            "b-sliding": lambda: workload_budget(work, certs, args.scale, 30, 0, 120, "sliding", caps),
+            "b-bucket": lambda: workload_budget(work, certs, args.scale, 30, 0, 120, "bucket", caps)}
     try:
         for w in args.only.split(","):
             results[w] = []
@@ -519,6 +576,15 @@ def main():
               f"{e['window_s']:.0f} s; klingd CPU {e['cpu_us_per_request']:.1f} us per request "
               f"({e['cpu_share']:.0%} of a core); /v1/health latency p50 {e['lag_p50_ms']:.2f} ms, "
               f"p99 {e['lag_p99_ms']:.2f} ms, max {e['lag_max_ms']:.1f} ms ({e['probes']} probes)")
+    for w in ("f", "g", "b-fixed", "b-sliding", "b-bucket"):
+        for r in (x["klingd"] for x in results.get(w, [])):
+            settings = (f"max_connections = {r['caps'][0]}, max_in_flight = {r['caps'][1]}" if r.get("caps")
+                        else "klingd's default settings")
+            print(f"\n({w}) {r['rpm']} requests/min ({r['limiter']} limiter), answers after {r['latency_api_s']} s, "
+                  f"{r['jobs']} kling-o1, {settings}")
+            print(f"  completed {r['completed']} of {r['jobs']}; of the ceiling ({r['ceiling_per_api_min']:.0f}/API min): "
+                  f"steady state {r.get('steady_share', float('nan')):.0%}, whole run {r.get('whole_share', float('nan')):.0%}; "
+                  f"{r['requests_per_completed']:.2f} requests per job; 429: {r['share_429']:.2%}; {r['wall_s']:.0f} s")
     if args.json:
         json.dump(results, open(args.json, "w"), indent=1)
 

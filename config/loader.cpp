@@ -278,7 +278,7 @@ const key_rule api_keys[] = {
             assign(v, s.api.requests_per_minute);
     }},
     {"max_connections", [](context& c, const toml::node& n, settings& s) {
-        if (auto v = read_integer(c, n, "api.max_connections", 1, 256)) s.api.max_connections = static_cast<int>(*v);
+        if (auto v = read_integer(c, n, "api.max_connections", 0, 256)) s.api.max_connections = static_cast<int>(*v);
     }},
     {"max_submits_in_flight", [](context& c, const toml::node& n, settings& s) {
         if (auto v = read_integer(c, n, "api.max_submits_in_flight", 0, 256)) s.api.max_submits_in_flight = static_cast<int>(*v);
@@ -316,7 +316,7 @@ const key_rule control_keys[] = {
 };
 const key_rule jobs_keys[] = {
     {"max_in_flight", [](context& c, const toml::node& n, settings& s) {
-        if (auto v = read_integer(c, n, "jobs.max_in_flight", 1, 1000000)) s.jobs.max_in_flight = static_cast<int>(*v);
+        if (auto v = read_integer(c, n, "jobs.max_in_flight", 0, 1000000)) s.jobs.max_in_flight = static_cast<int>(*v);
     }},
     {"result_retention_s", [](context& c, const toml::node& n, settings& s) { assign(read_seconds(c, n, "jobs.result_retention_s", 30 * 86400), s.jobs.result_retention_s); }},
     {"min_poll_interval_s", [](context& c, const toml::node& n, settings& s) { assign(read_seconds(c, n, "jobs.min_poll_interval_s", 86400), s.jobs.min_poll_interval_s); }},

@@ -29,7 +29,7 @@ struct api_settings {
     std::string api_key_file;
     std::string ca_file;
     double requests_per_minute = 60;
-    int max_connections = 4;
+    int max_connections = 0;       // 0: automatic (core::automatic_connections)
     int max_submits_in_flight = 0; // 0: automatic (core::automatic_submits)
     double request_timeout_s = 30;
     std::uint64_t max_result_bytes = 8u << 20; // a result body larger than this is refused
@@ -55,7 +55,7 @@ struct control_settings {
 };
 
 struct jobs_settings {
-    int max_in_flight = 50;
+    int max_in_flight = 0; // 0: automatic (core::automatic_in_flight)
     double result_retention_s = 3600;
     double min_poll_interval_s = 1;
     double max_poll_interval_s = 60;

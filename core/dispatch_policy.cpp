@@ -12,6 +12,16 @@ milliseconds seconds_ms(double s) {
 }
 } // namespace
 
+std::size_t automatic_connections(double rpm, double answer_s) {
+    double need = std::ceil(std::max(0.0, rpm) / 60 * std::max(0.0, answer_s) * 2);
+    return static_cast<std::size_t>(std::clamp(need, 4.0, 64.0));
+}
+
+std::size_t automatic_in_flight(double rpm, double run_s) {
+    double need = std::ceil(std::max(0.0, rpm) / 3 / 60 * std::max(0.0, run_s) * 1.5);
+    return static_cast<std::size_t>(std::clamp(need, 50.0, 10000.0));
+}
+
 std::size_t automatic_submits(std::size_t max_requests) {
     return std::max<std::size_t>(1, (max_requests + 1) / 2);
 }

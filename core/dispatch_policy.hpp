@@ -26,6 +26,17 @@ struct dispatch_limits {
     double max_poll_interval_s = 60;
 };
 
+// api.max_connections = 0: enough connections to send at the budget's rate with answers
+// taking answer_s (Little's law: rate x answer time), twice that for bursts of slow
+// answers; at least 4, at most 64. Connections do not set the pace (the budget does):
+// too many cost a few idle sockets, too few cap the rate.
+std::size_t automatic_connections(double rpm, double answer_s);
+
+// jobs.max_in_flight = 0: enough jobs submitted and unfinished to spend the budget
+// (Little's law: the job rate the budget allows at 3 requests a job, times the run time
+// from submission to the result), half again for headroom; at least 50, at most 10,000.
+std::size_t automatic_in_flight(double rpm, double run_s);
+
 // api.max_submits_in_flight = 0: half the request connections, at least one. A submit
 // whose answer a reset or a kill cuts off has an unknown outcome; fewer at once on the
 // wire means fewer lost to one fault, while polls keep the other connections.

@@ -55,7 +55,7 @@ client_options client_options_of(const config::settings& s) {
     client_options o;
     o.timeout =
         std::chrono::milliseconds(static_cast<std::int64_t>(s.api.request_timeout_s * 1000));
-    o.max_idle_per_origin = static_cast<std::size_t>(s.api.max_connections);
+    o.max_idle_per_origin = static_cast<std::size_t>(std::max(4, s.api.max_connections));
     return o;
 }
 

@@ -52,7 +52,7 @@ engine::engine(asio::io_context& io, const config::settings& s, storage::job_rep
       budget_(s.api.requests_per_minute, core::wake_tick(s.jobs.min_poll_interval_s)),
       planner_({s.jobs.min_poll_interval_s, s.jobs.max_poll_interval_s, s.jobs.result_retention_s}),
       gate_(seconds_ms(s.jobs.max_poll_interval_s)),
-      policy_(queue_, budget_, planner_, gate_, limits()),
+      policy_(queue_, budget_, planner_, gate_, core::dispatch_limits{}), // set below
       journal_(repo, clk,
                [this](const std::string& id) -> const job* {
                    auto a = active_.find(id);
@@ -61,17 +61,28 @@ engine::engine(asio::io_context& io, const config::settings& s, storage::job_rep
       downloader_(client, s), wake_timer_(io) {
     for (auto& [slug, m] : s.models)
         durations_.emplace(slug, core::duration_model(m.expected_duration_s));
+    policy_.set_limits(limits()); // needs the duration models
+    client_.set_max_idle_per_origin(policy_.limits().max_requests);
     hold_key();
 }
 
 core::dispatch_limits engine::limits() const {
     core::dispatch_limits l;
-    l.max_requests = static_cast<std::size_t>(settings_.api.max_connections);
+    // 0 is automatic: from the budget and what klingd measures (answer times, run times).
+    double rpm = settings_.api.requests_per_minute;
+    l.max_requests = settings_.api.max_connections > 0
+                         ? static_cast<std::size_t>(settings_.api.max_connections)
+                         : core::automatic_connections(rpm, answer_s_);
     l.max_submits = settings_.api.max_submits_in_flight > 0
                         ? static_cast<std::size_t>(settings_.api.max_submits_in_flight)
                         : core::automatic_submits(l.max_requests);
     l.max_downloads = max_downloads;
-    l.max_in_flight = static_cast<std::size_t>(settings_.jobs.max_in_flight);
+    double run_s = 0;
+    for (auto& [slug, m] : durations_)
+        run_s = std::max(run_s, m.median());
+    l.max_in_flight = settings_.jobs.max_in_flight > 0
+                          ? static_cast<std::size_t>(settings_.jobs.max_in_flight)
+                          : core::automatic_in_flight(rpm, run_s);
     l.min_poll_interval_s = settings_.jobs.min_poll_interval_s;
     l.max_poll_interval_s = settings_.jobs.max_poll_interval_s;
     return l;
@@ -414,6 +425,7 @@ asio::awaitable<void> engine::flusher() {
         co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
         co_await flush();
         client_.close_idle(std::chrono::steady_clock::now());
+        follow_limits();
     }
 }
 
@@ -469,10 +481,16 @@ asio::awaitable<void> engine::execute(core::dispatch_queue::item item) {
         }
     } guard{*this, item.kind == work_kind::submit};
 
+    auto sent = std::chrono::steady_clock::now();
     if (item.kind == work_kind::submit)
         co_await send_submit(item.job_id);
     else if (active_.count(item.job_id))
         co_await send_get(item.job_id, item.kind == work_kind::poll);
+    // What an exchange takes, for the automatic number of connections (a slow moving
+    // average: one slow answer does not open many connections).
+    answer_s_ +=
+        0.05 * (std::chrono::duration<double>(std::chrono::steady_clock::now() - sent).count() -
+                answer_s_);
 }
 
 asio::awaitable<std::string> engine::submit_body(std::string id, std::string params) {
@@ -796,6 +814,20 @@ void engine::hold_key() {
               [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
 }
 
+void engine::follow_limits() {
+    auto l = limits();
+    const auto& now_l = policy_.limits();
+    if (l.max_requests == now_l.max_requests && l.max_in_flight == now_l.max_in_flight &&
+        l.max_submits == now_l.max_submits)
+        return;
+    if (l.max_requests != now_l.max_requests || l.max_in_flight != now_l.max_in_flight)
+        log::debug("automatic limits: {} connections, {} jobs in flight (answers take {:.3f} s)",
+                   l.max_requests, l.max_in_flight, answer_s_);
+    policy_.set_limits(l);
+    client_.set_max_idle_per_origin(l.max_requests);
+    wake(); // more room may let work go now
+}
+
 void engine::reconfigure() {
     hold_key(); // an answer to a request sent with the old key may still come
     budget_.reconfigure(settings_.api.requests_per_minute,
@@ -803,6 +835,7 @@ void engine::reconfigure() {
     planner_.set_policy({settings_.jobs.min_poll_interval_s, settings_.jobs.max_poll_interval_s,
                          settings_.jobs.result_retention_s});
     policy_.set_limits(limits());
+    client_.set_max_idle_per_origin(policy_.limits().max_requests);
     gate_.set_probe_interval(seconds_ms(settings_.jobs.max_poll_interval_s));
     for (auto& [slug, m] : settings_.models)
         durations_for(slug).set_prior(m.expected_duration_s);

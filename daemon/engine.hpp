@@ -147,6 +147,8 @@ private:
     // records or logs: an answer may repeat the key it was sent, also an old one.
     void scrub(core::transition& t) const;
     void hold_key();
+    // Follows the automatic limits as the measured answer and run times move.
+    void follow_limits();
     // Logs the jobs whose retention ends before a 429's block does.
     void warn_of_expiry_while_blocked(core::time_point until);
     core::dispatch_limits limits() const;
@@ -190,6 +192,7 @@ private:
     // no other event applies to them until it is committed.
     std::unordered_map<std::string, core::job_state> committing_;
     std::vector<std::string> keys_held_;
+    double answer_s_ = 0.3; // moving average of an API exchange's time (automatic connections)
     core::time_point warned_block_until_{}; // the 429 block last warned of
 
     engine_stats stats_;

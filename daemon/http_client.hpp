@@ -81,6 +81,7 @@ public:
     download(const core::http_url& u, const std::string& path, std::uint64_t max_bytes);
 
     void set_timeout(std::chrono::milliseconds t) { opts_.timeout = t; }
+    void set_max_idle_per_origin(std::size_t n) { opts_.max_idle_per_origin = n; }
 
     // Closes pooled connections idle longer than max_idle at `now` (a media host seen once
     // keeps no socket open); the owner calls it now and then.

@@ -47,8 +47,9 @@ TEST(config_defaults, empty_file_gives_contract_defaults) {
     EXPECT_EQ(s.api.host, "api.segmind.com");
     EXPECT_EQ(s.api.port, 443);
     EXPECT_EQ(s.api.requests_per_minute, 60);
-    EXPECT_EQ(s.api.max_connections, 4);
+    EXPECT_EQ(s.api.max_connections, 0) << "automatic";
     EXPECT_EQ(s.api.max_submits_in_flight, 0) << "automatic";
+    EXPECT_EQ(s.jobs.max_in_flight, 0) << "automatic";
     EXPECT_EQ(s.api.request_timeout_s, 30);
     EXPECT_EQ(s.storage.database, "/var/lib/klingd/klingd.db");
     EXPECT_EQ(s.spool.directory, "/var/spool/klingd");
@@ -56,7 +57,6 @@ TEST(config_defaults, empty_file_gives_contract_defaults) {
     EXPECT_EQ(s.output.directory, "/var/lib/klingd/output");
     EXPECT_EQ(s.control.socket, "/run/klingd/klingd.sock");
     EXPECT_EQ(s.control.socket_mode, 0660u);
-    EXPECT_EQ(s.jobs.max_in_flight, 50);
     EXPECT_EQ(s.jobs.result_retention_s, 3600);
     EXPECT_EQ(s.jobs.min_poll_interval_s, 1);
     EXPECT_EQ(s.jobs.max_poll_interval_s, 60);
@@ -168,7 +168,7 @@ INSTANTIATE_TEST_SUITE_P(all, config_rejects, ::testing::Values(
     bad_case{"negative_budget", "[api]\nrequests_per_minute = -5\n", "2: api.requests_per_minute", "out of range"},
     bad_case{"zero_budget", "[api]\nrequests_per_minute = 0\n", "2: api.requests_per_minute", "out of range"},
     bad_case{"absurd_budget", "[api]\nrequests_per_minute = 1e12\n", "2: api.requests_per_minute", "out of range"},
-    bad_case{"zero_connections", "[api]\nmax_connections = 0\n", "2: api.max_connections", "out of range"},
+    bad_case{"negative_connections", "[api]\nmax_connections = -1\n", "2: api.max_connections", "out of range"},
     bad_case{"absurd_submits", "[api]\nmax_submits_in_flight = 100000\n", "2: api.max_submits_in_flight", "out of range"},
     bad_case{"negative_timeout", "[api]\nrequest_timeout_s = -1\n", "2: api.request_timeout_s", "out of range"},
     bad_case{"nan_duration", "[jobs]\nmin_poll_interval_s = nan\n", "2: jobs.min_poll_interval_s", "finite"},
@@ -201,7 +201,7 @@ INSTANTIATE_TEST_SUITE_P(all, config_rejects, ::testing::Values(
 // clang-format on
 
 TEST(config_errors, all_problems_are_reported_at_once) {
-    auto r = parse("[api]\nrequests_per_minute = -1\nmax_connections = 0\n[jobs]\nfoo = 1\n");
+    auto r = parse("[api]\nrequests_per_minute = -1\nmax_connections = 300\n[jobs]\nfoo = 1\n");
     EXPECT_FALSE(r.value);
     ASSERT_EQ(r.errors.size(), 3u);
     EXPECT_NE(r.errors[0].find(":2: api.requests_per_minute"), std::string::npos);

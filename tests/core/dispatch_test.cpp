@@ -86,8 +86,23 @@ TEST(dispatch_policy, submits_awaiting_their_answer_are_capped_and_polls_take_th
     auto s = as<send_request>(r.policy.next_action(t0 + seconds(1), {2, 0, 2, 1}));
     EXPECT_EQ(s.item.kind, work_kind::submit);
     EXPECT_EQ(automatic_submits(1), 1u);
+    EXPECT_EQ(automatic_submits(12), 6u);
     EXPECT_EQ(automatic_submits(4), 2u);
     EXPECT_EQ(automatic_submits(7), 4u);
+}
+
+// Little's law with headroom, within bounds: a small account keeps today's caps, a
+// large one gets what its budget needs.
+TEST(dispatch_policy, automatic_caps_follow_the_budget_and_what_is_measured) {
+    EXPECT_EQ(automatic_connections(60, 0.3), 4u) << "one a second needs no more";
+    EXPECT_EQ(automatic_connections(1000, 0.3), 10u); // 16.7/s x 0.3 s x 2
+    EXPECT_EQ(automatic_connections(1000, 1.0), 34u);
+    EXPECT_EQ(automatic_connections(1e6, 30), 64u) << "at most 64";
+    EXPECT_EQ(automatic_connections(0, 0), 4u);
+    EXPECT_EQ(automatic_in_flight(30, 58), 50u) << "at least 50";
+    EXPECT_EQ(automatic_in_flight(1000, 58), 484u); // 5.56 jobs/s x 58 s x 1.5
+    EXPECT_EQ(automatic_in_flight(300, 223), 558u);
+    EXPECT_EQ(automatic_in_flight(1e7, 3600), 10000u) << "at most 10,000";
 }
 
 TEST(dispatch_policy, polls_near_their_deadline_never_give_way_to_submits) {
