@@ -136,21 +136,31 @@ asio::awaitable<control_response> get_job(const control_request& req, engine& e,
     co_return json_response(req.version(), http::status::ok, o);
 }
 
+// The one query parameter of POST /v1/jobs and GET /v1/events: id, not empty (empty_message
+// says why). The error answer for any other; nullopt with id set (or untouched) otherwise.
+std::optional<control_response> read_id_query(const control_request& req, const target& t,
+                                              std::string_view empty_message, std::string& id) {
+    for (auto& [k, v] : t.query) {
+        if (k != "id")
+            return error_response(
+                req.version(), http::status::bad_request,
+                fmt::format("unknown query parameter \"{}\" (known: id)", k.substr(0, 40)));
+        if (v.empty())
+            return error_response(req.version(), http::status::bad_request,
+                                  std::string(empty_message));
+        id = v;
+    }
+    return std::nullopt;
+}
+
 // POST /v1/jobs[?id=NAME]: the body is a job file as written; NAME is its id when the
 // file names none (klingctl sends the file's name, as the spool does).
 asio::awaitable<control_response> post_job(const control_request& req, engine& e,
                                            const peer_info& peer, const target& t) {
     std::string default_id;
-    for (auto& [k, v] : t.query) {
-        if (k != "id")
-            co_return error_response(
-                req.version(), http::status::bad_request,
-                fmt::format("unknown query parameter \"{}\" (known: id)", k.substr(0, 40)));
-        if (v.empty())
-            co_return error_response(req.version(), http::status::bad_request,
-                                     "id must name the job (leave it out to use the file's)");
-        default_id = v;
-    }
+    if (auto bad = read_id_query(req, t, "id must name the job (leave it out to use the file's)",
+                                 default_id))
+        co_return std::move(*bad);
     auto parsed = core::parse_job_spec(req.body(), default_id);
     if (!parsed)
         co_return error_response(req.version(), http::status::bad_request,
@@ -376,16 +386,9 @@ control_response pause_or_resume(const control_request& req, engine& e, const pe
 // GET /v1/events[?id=ID]: a stream the server writes, not an answer.
 control_outcome events(const control_request& req, const target& t) {
     event_stream s;
-    for (auto& [k, v] : t.query) {
-        if (k != "id")
-            return error_response(
-                req.version(), http::status::bad_request,
-                fmt::format("unknown query parameter \"{}\" (known: id)", k.substr(0, 40)));
-        if (v.empty())
-            return error_response(req.version(), http::status::bad_request,
-                                  "id must name a job (leave it out for every job's events)");
-        s.job_filter = v;
-    }
+    if (auto bad = read_id_query(req, t, "id must name a job (leave it out for every job's events)",
+                                 s.job_filter))
+        return std::move(*bad);
     return s;
 }
 

@@ -21,7 +21,7 @@ bool is_redirect(const download_result& r) {
 } // namespace
 
 downloader::~downloader() {
-    files_.join();
+    finish();
 }
 
 void downloader::finish() {

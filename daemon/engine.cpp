@@ -61,8 +61,7 @@ engine::engine(asio::io_context& io, const config::settings& s, storage::job_rep
       downloader_(client, s), wake_timer_(io) {
     for (auto& [slug, m] : s.models)
         durations_.emplace(slug, core::duration_model(m.expected_duration_s));
-    policy_.set_limits(limits()); // needs the duration models
-    client_.set_max_idle_per_origin(policy_.limits().max_requests);
+    use_limits(limits()); // needs the duration models
     hold_key();
 }
 
@@ -814,17 +813,20 @@ void engine::hold_key() {
               [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
 }
 
-void engine::follow_limits() {
-    auto l = limits();
-    const auto& now_l = policy_.limits();
-    if (l.max_requests == now_l.max_requests && l.max_in_flight == now_l.max_in_flight &&
-        l.max_submits == now_l.max_submits)
-        return;
-    if (l.max_requests != now_l.max_requests || l.max_in_flight != now_l.max_in_flight)
-        log::debug("automatic limits: {} connections, {} jobs in flight (answers take {:.3f} s)",
-                   l.max_requests, l.max_in_flight, answer_s_);
+void engine::use_limits(const core::dispatch_limits& l) {
     policy_.set_limits(l);
     client_.set_max_idle_per_origin(l.max_requests);
+}
+
+void engine::follow_limits() {
+    auto l = limits();
+    const auto& in_use = policy_.limits();
+    if (l.max_requests == in_use.max_requests && l.max_in_flight == in_use.max_in_flight &&
+        l.max_submits == in_use.max_submits)
+        return;
+    log::debug("limits now: {} connections, {} submits, {} jobs in flight (answers take {:.3f} s)",
+               l.max_requests, l.max_submits, l.max_in_flight, answer_s_);
+    use_limits(l);
     wake(); // more room may let work go now
 }
 
@@ -834,8 +836,7 @@ void engine::reconfigure() {
                         core::wake_tick(settings_.jobs.min_poll_interval_s));
     planner_.set_policy({settings_.jobs.min_poll_interval_s, settings_.jobs.max_poll_interval_s,
                          settings_.jobs.result_retention_s});
-    policy_.set_limits(limits());
-    client_.set_max_idle_per_origin(policy_.limits().max_requests);
+    use_limits(limits());
     gate_.set_probe_interval(seconds_ms(settings_.jobs.max_poll_interval_s));
     for (auto& [slug, m] : settings_.models)
         durations_for(slug).set_prior(m.expected_duration_s);

@@ -147,6 +147,8 @@ private:
     // records or logs: an answer may repeat the key it was sent, also an old one.
     void scrub(core::transition& t) const;
     void hold_key();
+    // Puts limits in force: the dispatch policy's, and the connections the pool keeps.
+    void use_limits(const core::dispatch_limits& l);
     // Follows the automatic limits as the measured answer and run times move.
     void follow_limits();
     // Logs the jobs whose retention ends before a 429's block does.

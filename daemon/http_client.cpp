@@ -284,7 +284,7 @@ asio::awaitable<Result> http_client::on_connection(const core::http_url& u, bool
             c = std::move(first);
         else
             c = co_await acquire(u, for_post, outcome_of(r));
-        first.reset(); // one that waited too long is closed
+        first.reset(); // one for another origin is closed
         if (!c)
             co_return r;
         if (!co_await exchange(c, r, attempt == 0))
