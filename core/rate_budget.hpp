@@ -2,10 +2,22 @@
 // evenly (one every 60/rate seconds, to the microsecond) so that no window of
 // any length, the API's or ours, sees a burst; a send may come early by at most
 // a small tolerance (the dispatcher's wake-up tick), so that at high rates a
-// wake-up sends everything the tick accrued instead of one request. A 429 blocks
-// every send until the time the API names (or a jittered backoff) and lowers the
-// rate the daemon allows itself, since the true limit may be below the configured
-// one; quiet time raises it back.
+// wake-up sends everything the tick accrued instead of one request.
+//
+// Sends are paced a margin below the rate allowed (1% in the daemon), so that the
+// jitter between our send times and the API's arrival times never puts one request
+// more into the API's window than it allows, whether it counts fixed minutes, any
+// sliding minute or a token bucket.
+//
+// A 429 blocks every send until the time the API names (or a jittered backoff).
+// The rate klingd allows itself is lowered (by a fifth) only on evidence that the
+// true limit is below the configured one: a 429 without a usable reset time, or a
+// second 429 within a minute's worth of sends after the last one. A lone 429 whose
+// reset time was honoured is taken as noise and leaves the rate alone. Evidence
+// also counts the way back up: after a decrease, a run of answers without a 429
+// (a sixth of a minute's sends, at least 10) raises the rate by 0.5% of the
+// configured one per answer. Counting answers, not seconds, makes the rule the same
+// at every rate and time scale.
 #pragma once
 
 #include "core/job.hpp"
@@ -15,10 +27,16 @@
 
 namespace klingd::core {
 
+// The share of the allowed rate the daemon leaves unused: 1% of a minute is 600 ms,
+// far more than the jitter between sending a request and its arrival.
+inline constexpr double pace_margin = 0.01;
+
 class rate_budget {
 public:
     // tolerance: how much earlier than its even slot a send may go (0: exactly on it).
-    explicit rate_budget(double configured_rpm, milliseconds tolerance = milliseconds(0));
+    // margin: the share of the allowed rate left unused (0.01: sends go at 99% of it).
+    explicit rate_budget(double configured_rpm, milliseconds tolerance = milliseconds(0),
+                         double margin = 0);
 
     // A new configured rate and tolerance (SIGHUP); the allowed rate is capped to it.
     void reconfigure(double configured_rpm, milliseconds tolerance = milliseconds(0));
@@ -29,13 +47,18 @@ public:
     bool try_acquire(time_point now);
 
     // A 429 arrived. until: what the answer's headers allow (nullopt: no usable
-    // header); jitter01: a uniform random number in [0, 1) for the fallback backoff.
-    void on_rate_limited(time_point now, std::optional<time_point> until, double jitter01);
+    // header); jitter01: a uniform random number in [0, 1) for the fallback backoff;
+    // sent_at: when its request left (nullopt: now). A request sent before the
+    // current episode began is part of that episode, however late its answer.
+    void on_rate_limited(time_point now, std::optional<time_point> until, double jitter01,
+                         std::optional<time_point> sent_at = std::nullopt);
     // Any other answer: the budget is working; after a quiet spell the rate recovers.
     void on_answer(time_point now);
 
     double configured_rpm() const { return configured_; }
     double allowed_rpm() const { return allowed_; }
+    // The rate sends are paced at: the allowed one less the margin.
+    double paced_rpm() const { return allowed_ * (1 - margin_); }
     bool blocked(time_point now) const { return now < blocked_until_; }
     time_point blocked_until() const { return blocked_until_; }
     // Requests sent in the last 60 s.
@@ -43,20 +66,28 @@ public:
 
 private:
     milliseconds gap() const;
-    double interval_us() const { return 60e6 / allowed_; }
+    double interval_us() const { return 60e6 / paced_rpm(); }
+    // A minute's worth of sends at the allowed rate, at least 10.
+    double minute_of_sends() const { return std::max(10.0, allowed_); }
     // The earliest time the last minute's sends leave room for one more; min when they do.
     time_point window_slot() const;
 
     double configured_;
     double allowed_;
     milliseconds tolerance_;
+    double margin_;
     // The even slot the last send took, in microseconds since the epoch; nullopt before
     // the first send. The next slot is one interval later at the rate allowed now, so
     // a new rate (SIGHUP, recovery after 429s) moves it at once.
     std::optional<double> last_slot_us_;
     time_point blocked_until_{};
-    time_point last_decrease_{};
-    time_point last_raise_{};
+    // The current or last 429 episode: when it began; sends since then; whether one
+    // came before at all. Answers of requests already in flight when a 429 arrives
+    // belong to its episode.
+    std::optional<time_point> episode_start_;
+    std::uint64_t sends_since_episode_ = 0;
+    // Answers without a 429 since the last decrease (counts the way back up).
+    std::uint64_t answers_since_decrease_ = 0;
     int consecutive_unhinted_ = 0;
     std::deque<time_point> sends_; // within the last minute
 };

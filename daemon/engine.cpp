@@ -49,7 +49,8 @@ engine::engine(asio::io_context& io, const config::settings& s, storage::job_rep
                http_client& client, const clock& clk)
     : io_(io), settings_(s), repo_(repo), client_(client), clock_(clk),
       base_(parsed_base_url(s.api.base_url)),
-      budget_(s.api.requests_per_minute, core::wake_tick(s.jobs.min_poll_interval_s)),
+      budget_(s.api.requests_per_minute, core::wake_tick(s.jobs.min_poll_interval_s),
+              core::pace_margin),
       planner_({s.jobs.min_poll_interval_s, s.jobs.max_poll_interval_s, s.jobs.result_retention_s}),
       gate_(seconds_ms(s.jobs.max_poll_interval_s)),
       policy_(queue_, budget_, planner_, gate_, core::dispatch_limits{}), // set below
@@ -347,12 +348,12 @@ void engine::scrub(core::transition& t) const {
     clean(t.signal_reason);
 }
 
-void engine::note_signal(const core::transition& t, bool from_submit) {
+void engine::note_signal(const core::transition& t, bool from_submit, core::time_point sent_at) {
     auto n = now();
     if (t.signal == core::api_signal::rate_limited) {
         ++stats_.rate_limited;
         budget_.on_rate_limited(n, t.rate_limited_until,
-                                std::uniform_real_distribution<double>(0, 1)(rng_));
+                                std::uniform_real_distribution<double>(0, 1)(rng_), sent_at);
         log::info("rate limited (429); sends resume in {:.1f}s, allowed rate now {:.1f}/min",
                   std::chrono::duration<double>(budget_.blocked_until() - n).count(),
                   budget_.allowed_rpm());
@@ -485,8 +486,10 @@ asio::awaitable<void> engine::execute(core::dispatch_queue::item item) {
         co_await send_submit(item.job_id);
     else if (active_.count(item.job_id))
         co_await send_get(item.job_id, item.kind == work_kind::poll);
-    // What an exchange takes, for the automatic number of connections (a slow moving
-    // average: one slow answer does not open many connections).
+    // How long a request holds its slot (connecting, the exchange, recording its
+    // answer), for the automatic number of slots and so connections: Little's law
+    // wants the whole time a slot is taken. A slow moving average: one slow answer
+    // does not open many connections.
     answer_s_ +=
         0.05 * (std::chrono::duration<double>(std::chrono::steady_clock::now() - sent).count() -
                 answer_s_);
@@ -561,6 +564,7 @@ asio::awaitable<void> engine::send_submit(std::string id) {
     header_list headers;
     headers.emplace_back("x-api-key", settings_.api_key.reveal());
     ++posting_submits_; // what stop() waits for: its answer carries the request id
+    auto sent_at = now();
     auto out = co_await client_.request(http::verb::post, u, std::move(body), std::move(headers),
                                         settings_.api.max_result_bytes, std::move(conn));
     --posting_submits_;
@@ -571,7 +575,7 @@ asio::awaitable<void> engine::send_submit(std::string id) {
     core::event ev = core::ev_submit_answer{std::move(out)};
     auto tr = core::advance(it->second, ev, now(), context_for(it->second));
     scrub(tr); // before the gate keeps or logs its reason
-    note_signal(tr, true);
+    note_signal(tr, true, sent_at);
     co_await apply(id, std::move(tr));
 }
 
@@ -592,6 +596,7 @@ asio::awaitable<void> engine::send_get(std::string id, bool poll) {
                                                  poll ? "/status" : ""));
     header_list headers;
     headers.emplace_back("x-api-key", settings_.api_key.reveal());
+    auto sent_at = now();
     auto out = co_await client_.request(http::verb::get, u, std::string(), std::move(headers),
                                         settings_.api.max_result_bytes);
     count(poll ? core::request_kind::status : core::request_kind::result, out);
@@ -602,7 +607,7 @@ asio::awaitable<void> engine::send_get(std::string id, bool poll) {
                           : core::event{core::ev_result_answer{std::move(out)}};
     auto tr = core::advance(it->second, ev, now(), context_for(it->second));
     scrub(tr);
-    note_signal(tr, false);
+    note_signal(tr, false, sent_at);
     co_await apply(id, std::move(tr));
 }
 

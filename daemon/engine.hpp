@@ -141,7 +141,7 @@ private:
     // Writes batched changes (a failure is logged; they are kept for the next flush).
     boost::asio::awaitable<void> flush();
     void count(core::request_kind kind, const core::http_outcome& o);
-    void note_signal(const core::transition& t, bool from_submit);
+    void note_signal(const core::transition& t, bool from_submit, core::time_point sent_at);
     // Replaces the API key wherever a server echoed it into text we keep or log.
     // Replaces every API key this process has held (keys_held_) in what a transition
     // records or logs: an answer may repeat the key it was sent, also an old one.

@@ -8,7 +8,9 @@
 #include "core/url.hpp"
 #include "core/utf8.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <deque>
 #include <gtest/gtest.h>
 #include <random>
 
@@ -172,16 +174,40 @@ TEST(rate_budget, a_new_rate_moves_the_next_slot_at_once) {
     EXPECT_TRUE(b.try_acquire(t0 + seconds(1)));
 }
 
-TEST(rate_budget, a_429_blocks_until_the_named_time_and_lowers_the_rate_once_per_episode) {
+TEST(rate_budget, a_lone_429_blocks_until_the_named_time_and_leaves_the_rate_alone) {
     rate_budget b(60);
     ASSERT_TRUE(b.try_acquire(t0));
     b.on_rate_limited(t0 + milliseconds(100), t0 + seconds(30), 0.5);
     EXPECT_TRUE(b.blocked(t0 + seconds(29)));
     EXPECT_FALSE(b.try_acquire(t0 + seconds(29)));
-    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 48);
-    b.on_rate_limited(t0 + milliseconds(200), t0 + seconds(30), 0.5); // same episode
-    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 48);
+    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 60); // a reset time honoured: noise, not evidence
     EXPECT_TRUE(b.try_acquire(t0 + seconds(30)));
+    EXPECT_EQ(b.next_slot(), t0 + seconds(31)); // no burst after the block
+}
+
+TEST(rate_budget, a_second_429_soon_after_the_first_lowers_the_rate_once_per_episode) {
+    rate_budget b(60);
+    ASSERT_TRUE(b.try_acquire(t0));
+    b.on_rate_limited(t0 + milliseconds(100), t0 + seconds(1), 0.5);
+    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 60);
+    // Twenty sends later (fewer than a minute's worth): the limit is below the rate.
+    auto at = t0 + seconds(1);
+    for (int i = 0; i < 20; ++i, at += seconds(1))
+        ASSERT_TRUE(b.try_acquire(at)) << i;
+    b.on_rate_limited(at, at + seconds(2), 0.5);
+    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 48);
+    // Answers of requests that left before this episode began belong to it, however late.
+    b.on_rate_limited(at + seconds(3), at + seconds(4), 0.5, at - milliseconds(1));
+    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 48);
+    // A 429 long after (more than a minute's sends) is a lone one again.
+    rate_budget c(60);
+    ASSERT_TRUE(c.try_acquire(t0));
+    c.on_rate_limited(t0, t0 + seconds(1), 0.5);
+    at = t0 + seconds(1);
+    for (int i = 0; i < 60; ++i, at += seconds(1))
+        ASSERT_TRUE(c.try_acquire(at)) << i;
+    c.on_rate_limited(at, at + seconds(1), 0.5);
+    EXPECT_DOUBLE_EQ(c.allowed_rpm(), 60);
 }
 
 TEST(rate_budget, without_a_header_backs_off_with_jitter) {
@@ -195,16 +221,67 @@ TEST(rate_budget, without_a_header_backs_off_with_jitter) {
     EXPECT_LE(c.blocked_until(), t0 + seconds(60));
 }
 
-TEST(rate_budget, recovers_slowly_after_a_quiet_spell_but_never_above_the_configured_rate) {
-    rate_budget b(100);
-    b.on_rate_limited(t0, t0 + seconds(1), 0.5);
-    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 80);
-    b.on_answer(t0 + seconds(10));
-    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 80); // not yet quiet long enough
-    b.on_answer(t0 + seconds(25));         // 5 s past the quiet spell: +2%/s of 100
-    EXPECT_NEAR(b.allowed_rpm(), 90, 1e-9);
-    b.on_answer(t0 + seconds(100));
-    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 100);
+TEST(rate_budget, recovers_after_a_run_of_answers_but_never_above_the_configured_rate) {
+    rate_budget b(120);
+    b.on_rate_limited(t0, std::nullopt, 0.5); // no reset time: evidence at once
+    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 96);
+    // Quiet first: a sixth of a minute's sends at 96/min is 16 answers.
+    for (int i = 0; i < 15; ++i)
+        b.on_answer(t0 + seconds(60));
+    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 96);
+    b.on_answer(t0 + seconds(60)); // the 16th: +0.5% of 120 per answer from here
+    EXPECT_NEAR(b.allowed_rpm(), 96.6, 1e-9);
+    for (int i = 0; i < 100; ++i)
+        b.on_answer(t0 + seconds(60));
+    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 120);
+    // The same count at any time scale: time between the answers plays no part.
+    rate_budget c(120);
+    c.on_rate_limited(t0, std::nullopt, 0.5);
+    for (int i = 0; i < 16; ++i)
+        c.on_answer(t0 + milliseconds(i));
+    EXPECT_NEAR(c.allowed_rpm(), 96.6, 1e-9);
+}
+
+TEST(rate_budget, a_margin_paces_below_the_rate_allowed) {
+    rate_budget b(60, milliseconds(0), 0.01);
+    EXPECT_DOUBLE_EQ(b.paced_rpm(), 59.4);
+    ASSERT_TRUE(b.try_acquire(t0));
+    EXPECT_EQ(b.next_slot(), t0 + milliseconds(1011)); // 60 s / 59.4, rounded up
+    int in_a_minute = 0;
+    rate_budget c(600, milliseconds(1), 0.01); // time in whole ms: the tick's tolerance
+    for (int ms = 0; ms < 60000; ++ms)
+        in_a_minute += c.try_acquire(t0 + milliseconds(ms));
+    EXPECT_EQ(in_a_minute, 594);
+}
+
+// A sliding minute on the API's side, and arrivals that lag the sends by 0-50 ms at
+// random: paced at exactly the budget, a later request's smaller lag puts one request
+// more into some minute; a margin of 1% (600 ms a minute) never does.
+int sliding_minute_429s(double margin) {
+    rate_budget b(600, milliseconds(0), margin);
+    std::mt19937 rng(7);
+    std::uniform_int_distribution<int> lag_ms(0, 50);
+    std::deque<time_point> window;
+    int limited = 0;
+    for (auto now = t0; now < t0 + std::chrono::minutes(20); now += milliseconds(1)) {
+        if (!b.try_acquire(now))
+            continue;
+        auto arrival = now + milliseconds(lag_ms(rng));
+        while (!window.empty() && arrival - window.front() >= std::chrono::minutes(1))
+            window.pop_front();
+        if (window.size() >= 600) {
+            ++limited;
+            continue;
+        }
+        // Arrivals are not in order; the count of the minute before this one is what matters.
+        window.insert(std::upper_bound(window.begin(), window.end(), arrival), arrival);
+    }
+    return limited;
+}
+
+TEST(rate_budget, paced_with_the_margin_a_sliding_minute_sees_no_429_from_jitter) {
+    EXPECT_GT(sliding_minute_429s(0), 0); // the hazard is real
+    EXPECT_EQ(sliding_minute_429s(pace_margin), 0);
 }
 
 TEST(rate_budget, a_limit_below_the_configured_rate_is_found) {
