@@ -2,7 +2,7 @@
 """klingd's benchmark suite: klingd against the official SDK's policy (sdk-baseline)
 on the same workloads, both against segmind-sim over TLS with scaled time.
 
-    bench/run.py [--only a,aw,b,c,d,e,f,g,b-fixed,b-sliding,b-bucket] [--rounds N] [--scale 0.1]
+    bench/run.py [--only a,aw,b,c,d,e,e2,f,g,b-fixed,b-sliding,b-bucket] [--rounds N] [--scale 0.1]
                  [--json results.json]
 
 Every figure comes from the emulator's statistics (requests by endpoint and
@@ -19,8 +19,11 @@ Workloads:
   d  intake: 10,000 job files dropped at once (klingd paused: intake only)
   e  raw client speed: about 2,000 status polls/s, no rate limit (real time): CPU per
      request, event-loop lag
+  e2 the same against bench/second_server.py, a server with other writing habits
+     (headers and body in separate writes, 64-byte TLS records, chunked bodies, a
+     connection closed after every 100 answers), so the CPU figure is not one emulator's
   f  a large account, klingd's default settings: 1,000 requests/min, answers after 300 ms
-     (API time), 2,000 kling-o1 jobs
+     (API time), 3,400 kling-o1 jobs (10 ceiling-minutes)
   g  the same at 300 requests/min, answers after 1 s, 1,000 kling-o1 jobs
   b-fixed, b-sliding, b-bucket: workload b with klingd's default settings, against each
      way the emulator can count its budget (fixed minutes, a sliding minute, a token bucket)
@@ -84,6 +87,27 @@ class Sim:
     def stop(self):
         self.proc.terminate()
         self.proc.wait()
+
+
+class SecondServer(Sim):
+    """bench/second_server.py: the same API with other writing habits (separate
+    writes for headers and body, small TLS records, chunked bodies, a connection
+    closed after every 100 answers)."""
+
+    def __init__(self, work, certs):
+        self.port_file = os.path.join(work, "second.port")
+        self.certs = certs
+        self.log = open(os.path.join(work, "second.log"), "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "bench/second_server.py"), "--tls-cert", f"{certs}/server.pem",
+             "--tls-key", f"{certs}/server.key", "--port-file", self.port_file, "--api-key", KEY],
+            stdout=self.log, stderr=self.log)
+        for _ in range(500):
+            if os.path.exists(self.port_file) and open(self.port_file).read().strip():
+                break
+            time.sleep(0.02)
+        self.port = int(open(self.port_file).read())
+        self.base = f"https://127.0.0.1:{self.port}"
 
 
 class UnixHTTP(http.client.HTTPConnection):
@@ -346,21 +370,29 @@ def workload_budget(work, certs, scale, rpm, latency_api_s, n, limiter="fixed", 
            "outcome": outcome, "ceiling_per_api_min": ceiling, "wall_s": wall,
            "requests": api_requests(st),
            "requests_per_completed": api_requests(st) / len(seen) if seen else float("inf"),
-           "share_429": answers(st, "429") / max(1, api_requests(st))}
+           "share_429": answers(st, "429") / max(1, api_requests(st)),
+           "per_job": {e: sum(st[e].values()) / max(1, len(seen)) for e in ("submit", "status", "result")}}
     if len(seen) >= 10:
         whole_min = (seen[-1] - start) / 1000 / scale / 60
         i20, i80 = int(len(seen) * 0.2), int(len(seen) * 0.8)
         steady_min = (seen[i80] - seen[i20]) / 1000 / scale / 60
         row["whole_share"] = len(seen) / whole_min / ceiling
         row["steady_share"] = (i80 - i20) / steady_min / ceiling if steady_min > 0 else float("nan")
+        lo, hi = seen[i20], seen[i80]
+        mid = [r["status_polls"] for r in reqs if r.get("first_seen_at_ms") and lo <= r["first_seen_at_ms"] <= hi]
+        last = [r["status_polls"] for r in reqs if r.get("first_seen_at_ms") and r["first_seen_at_ms"] > hi]
+        row["status_per_job_steady"] = statistics.mean(mid) if mid else float("nan")
+        row["status_per_job_last_20"] = statistics.mean(last) if last else float("nan")
     return {"klingd": row}
 
 
-def never_ending(work, certs, prefix, n, change):
+def never_ending(work, certs, prefix, n, change, second_server=False):
     """A sim whose jobs never finish (real time, no rate limit) and a klingd allowed n
-    in flight, with one change (old, new) to its configuration text."""
+    in flight, with one change (old, new) to its configuration text. second_server:
+    bench/second_server.py instead of segmind-sim."""
     d = tempfile.mkdtemp(dir=work, prefix=prefix)
-    sim = Sim(d, certs, 1.0, ["--median", "kling-o1=10000000", "--queue-s", "0"])
+    sim = (SecondServer(d, certs) if second_server
+           else Sim(d, certs, 1.0, ["--median", "kling-o1=10000000", "--queue-s", "0"]))
     k = Klingd(d, sim, 1.0, 1000000, max_in_flight=n)
     with open(k.config) as f:
         text = f.read().replace(*change)
@@ -449,15 +481,15 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def workload_e(work, certs, jobs=4000, window_s=20):
+def workload_e(work, certs, jobs=4000, window_s=20, second_server=False):
     """Raw client speed (real time): 4,000 requests in flight that never finish, a
     prior that says they should have, so each is polled every 1.98 x
     min_poll_interval_s (1 s): about 2,000 status polls per second over keep-alive
     TLS, no rate limit. CPU from /proc over a window, divided by the polls the sim
     answered in it; event-loop lag from the latency of /v1/health probes sent every
     10 ms meanwhile (answered by the same loop, so an upper bound of its lag)."""
-    d, sim, k = never_ending(work, certs, "e-", jobs,
-                             ("expected_duration_s = 58.0", "expected_duration_s = 1"))
+    d, sim, k = never_ending(work, certs, "e2-" if second_server else "e-", jobs,
+                             ("expected_duration_s = 58.0", "expected_duration_s = 1"), second_server)
     fill_in_flight(d, k, jobs, "e", 300)
     time.sleep(5)  # steady polling
     lat = []
@@ -496,7 +528,7 @@ def workload_e(work, certs, jobs=4000, window_s=20):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="a,aw,b,c,d,e")
+    ap.add_argument("--only", default="a,aw,b,c,d,e,e2,f,g,b-fixed,b-sliding,b-bucket")
     ap.add_argument("--scale", type=float, default=0.1)
     ap.add_argument("--rounds", type=int, default=1, help="run each workload this many times")
     ap.add_argument("--json", help="also write the figures here")
@@ -514,7 +546,8 @@ def main():
             "c": lambda: workload_c(work, certs),
             "d": lambda: workload_d(work, certs, args.scale),
             "e": lambda: workload_e(work, certs),
-            "f": lambda: workload_budget(work, certs, args.scale, 1000, 0.3, 2000, caps=caps),
+            "e2": lambda: workload_e(work, certs, second_server=True),
+            "f": lambda: workload_budget(work, certs, args.scale, 1000, 0.3, 3400, caps=caps),
             "g": lambda: workload_budget(work, certs, args.scale, 300, 1.0, 1000, caps=caps),
             "b-fixed": lambda: workload_budget(work, certs, args.scale, 30, 0, 120, "fixed", caps),
             "b-sliding": lambda: workload_budget(work, certs, args.scale, 30, 0, 120, "sliding", caps),
@@ -571,8 +604,9 @@ def main():
     for d in (r["klingd"] for r in results.get("d", [])):
         print(f"\n(d) intake: {d['recorded']} of {d['files']} files recorded in {d['seconds']:.2f} s "
               f"= {d['files_per_s']:.0f} files/s ({d['moved_to_accepted']} moved to accepted/)")
-    for e in (r["klingd"] for r in results.get("e", [])):
-        print(f"\n(e) raw client speed: {e['polls_per_s']:.0f} status polls/s over keep-alive TLS for "
+    for w, e in ((w, r["klingd"]) for w in ("e", "e2") for r in results.get(w, [])):
+        against = "segmind-sim" if w == "e" else "the second server (bench/second_server.py)"
+        print(f"\n({w}) raw client speed against {against}: {e['polls_per_s']:.0f} status polls/s over TLS for "
               f"{e['window_s']:.0f} s; klingd CPU {e['cpu_us_per_request']:.1f} us per request "
               f"({e['cpu_share']:.0%} of a core); /v1/health latency p50 {e['lag_p50_ms']:.2f} ms, "
               f"p99 {e['lag_p99_ms']:.2f} ms, max {e['lag_max_ms']:.1f} ms ({e['probes']} probes)")
@@ -585,6 +619,9 @@ def main():
             print(f"  completed {r['completed']} of {r['jobs']}; of the ceiling ({r['ceiling_per_api_min']:.0f}/API min): "
                   f"steady state {r.get('steady_share', float('nan')):.0%}, whole run {r.get('whole_share', float('nan')):.0%}; "
                   f"{r['requests_per_completed']:.2f} requests per job; 429: {r['share_429']:.2%}; {r['wall_s']:.0f} s")
+            print("  per job: " + ", ".join(f"{v:.2f} {e}" for e, v in r["per_job"].items())
+                  + f"; status polls per job in steady state {r.get('status_per_job_steady', float('nan')):.2f}, "
+                  f"in the last 20% {r.get('status_per_job_last_20', float('nan')):.2f}")
     if args.json:
         json.dump(results, open(args.json, "w"), indent=1)
 
