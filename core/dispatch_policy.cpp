@@ -45,18 +45,15 @@ dispatch_action dispatch_policy::next_action(time_point now, const in_flight_cou
     if (f.downloads < limits_.max_downloads)
         if (auto item = queue_.pop_download())
             return start_download{std::move(*item)};
-    // Submits the gate and the cap on jobs in flight allow are a backlog for the budget,
-    // even while the cap on submits awaiting their answer holds them for a moment.
-    bool wanted = gate_.allows(now, f.jobs, limits_.max_in_flight);
-    bool submits = wanted && f.submits < limits_.max_submits;
-    if (auto send = take_budgeted(now, f, submits, wanted))
+    bool submits =
+        f.submits < limits_.max_submits && gate_.allows(now, f.jobs, limits_.max_in_flight);
+    if (auto send = take_budgeted(now, f, submits))
         return std::move(*send);
     return sleep_until{next_wake(now, f, submits)};
 }
 
-std::optional<send_request> dispatch_policy::take_budgeted(time_point now,
-                                                           const in_flight_counts& f, bool submits,
-                                                           bool submits_wanted) {
+std::optional<send_request>
+dispatch_policy::take_budgeted(time_point now, const in_flight_counts& f, bool submits) {
     if (f.requests >= limits_.max_requests || !queue_.has_budgeted_ready(submits))
         return std::nullopt;
     if (!budget_.try_acquire(now))
@@ -70,7 +67,7 @@ std::optional<send_request> dispatch_policy::take_budgeted(time_point now,
     // interval says so; a burst the budget drains in moments does not. A backlog the
     // budget needs many poll intervals to drain is scarcity at once, before the waits
     // show it (120 submits at 30/min at the start, say).
-    double drain_s = static_cast<double>(queue_.ready_budgeted(submits_wanted)) * 60 /
+    double drain_s = static_cast<double>(queue_.ready_budgeted(submits)) * 60 /
                      std::max(1.0, budget_.allowed_rpm());
     double backlog = std::clamp((drain_s / limits_.min_poll_interval_s - 1) / 9, 0.0, 1.0);
     planner_.set_scarcity(std::max(scarcity_.observe(item->not_before, now), backlog));

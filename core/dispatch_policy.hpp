@@ -78,10 +78,8 @@ public:
     milliseconds sleep_for(time_point at, time_point now) const;
 
 private:
-    // submits: a submit may go now; submits_wanted: the gate and the cap on jobs in
-    // flight allow one (the ready ones are a backlog for the budget either way).
     std::optional<send_request> take_budgeted(time_point now, const in_flight_counts& f,
-                                              bool submits, bool submits_wanted);
+                                              bool submits);
     std::optional<time_point> next_wake(time_point now, const in_flight_counts& f, bool submits);
 
     dispatch_queue& queue_;

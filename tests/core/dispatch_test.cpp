@@ -144,22 +144,6 @@ TEST(dispatch_policy, a_backlog_the_budget_needs_long_to_drain_is_scarcity_at_on
     EXPECT_DOUBLE_EQ(quiet.planner.scarcity(), 0.0);
 }
 
-TEST(dispatch_policy, submits_held_only_by_the_cap_on_answers_awaited_are_still_a_backlog) {
-    dispatch_limits l;
-    l.max_submits = 1;
-    rig r(l);
-    for (int i = 0; i < 120; ++i)
-        r.queue.schedule("s" + std::to_string(i), work_kind::submit, t0);
-    r.queue.schedule("p", work_kind::poll, t0, t0 + minutes(50));
-    in_flight_counts f;
-    f.submits = 1; // one submit awaits its answer: the others wait for it, not for the budget
-    f.requests = 1;
-    f.jobs = 1;
-    EXPECT_EQ(as<send_request>(r.policy.next_action(t0, f)).item.job_id, "p");
-    // The 120 submits still need two minutes of the budget: fully scarce.
-    EXPECT_DOUBLE_EQ(r.planner.scarcity(), 1.0);
-}
-
 TEST(dispatch_policy, wake_ups_are_rounded_up_to_the_tick) {
     dispatch_limits l;
     l.min_poll_interval_s = 0.25; // tick 5 ms
