@@ -11,7 +11,6 @@
 namespace klingd::core {
 
 namespace {
-constexpr std::size_t ring_size = 2048;
 constexpr double prior_weight = 5; // the prior counts as this many samples
 constexpr double min_sigma = 0.05;
 constexpr double max_sigma = 1.5;

@@ -10,6 +10,9 @@ namespace klingd::core {
 
 class duration_model {
 public:
+    // How many recent completions the fit remembers.
+    static constexpr std::size_t ring_size = 2048;
+
     explicit duration_model(double prior_median_s, double prior_sigma = 0.35);
 
     // A completed request's duration from submission to completion, in seconds.

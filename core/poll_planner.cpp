@@ -9,6 +9,9 @@ namespace klingd::core {
 namespace {
 using seconds_d = std::chrono::duration<double>;
 
+// A model is learned once the prior weighs no more than this (20 samples to its 5).
+constexpr double learned_prior_share = 0.2;
+
 milliseconds to_ms(double s) {
     return milliseconds(static_cast<std::int64_t>(std::llround(s * 1000)));
 }
@@ -64,7 +67,18 @@ time_point poll_planner::next_poll(const duration_model& model, time_point submi
         double cap = ample_cap + (policy_.max_interval_s - ample_cap) * scarcity_ * scarcity_;
         next = std::min(next, elapsed + cap);
     }
-    double gap = std::clamp(next - elapsed, policy_.min_interval_s, policy_.max_interval_s);
+    // Never unpolled longer than max_interval_s, counted, before the first poll of a
+    // model whose run times are learned (20 completions or more), from the time its
+    // fastest 1% finish: before then nothing waits to be seen. Without this the first
+    // poll of a 58 s job came at 60 s, near the median, and half the jobs took two
+    // polls however scarce the budget.
+    double longest = policy_.max_interval_s;
+    if (model.prior_share() <= learned_prior_share) {
+        double earliest = model.quantile(0.01);
+        if (elapsed < earliest)
+            longest = std::max(longest, earliest + policy_.max_interval_s - elapsed);
+    }
+    double gap = std::clamp(next - elapsed, policy_.min_interval_s, longest);
     time_point at = std::max(last_seen, submitted) + to_ms(gap);
     at = std::min(at, last_safe_poll(submitted));
     // Past the last safe poll too, polls keep min_interval_s apart: one job near its

@@ -9,10 +9,17 @@ namespace klingd::core {
 namespace {
 constexpr double decrease_factor = 0.8;
 constexpr double min_rpm = 0.5;
-// The way back up after a decrease: a sixth of a minute's sends without a 429
-// first, then 0.5% of the configured rate per answer (from 80% to 100% in 40).
+// The way back up after a decrease: a sixth of a minute's answers without a 429
+// (at least 10), or 20 s, first; then per answer 0.5% of the configured rate or 2%
+// of it per second since the last raise, whichever is more (from 80% to 100% in 40
+// answers at most; low rates, with few answers, recover by the clock).
 constexpr double quiet_share_of_a_minute = 1.0 / 6;
+constexpr double min_quiet_answers = 10;
+constexpr auto quiet_time = std::chrono::seconds(20);
 constexpr double raise_per_answer = 0.005;
+constexpr double raise_per_second = 0.02;
+// A second episode further apart than this is not evidence about the limit.
+constexpr auto evidence_span = std::chrono::minutes(2);
 constexpr auto max_block = std::chrono::minutes(5);
 } // namespace
 
@@ -32,12 +39,19 @@ milliseconds rate_budget::gap() const {
     return milliseconds(static_cast<std::int64_t>(std::ceil(60000.0 / paced_rpm())));
 }
 
+milliseconds rate_budget::window() const {
+    // A minute stretched by the margin: the allowed rate's sends in it are the paced rate.
+    return milliseconds(static_cast<std::int64_t>(std::ceil(60000.0 / (1 - margin_))));
+}
+
 time_point rate_budget::window_slot() const {
-    // Early sends (the tolerance) must not add up to more than the rate in any minute.
-    auto limit = static_cast<std::size_t>(std::max(1.0, std::floor(paced_rpm())));
+    // Early sends (the tolerance) must not add up to more than the allowed rate in any
+    // window (a minute, stretched by the margin). A whole number of sends: the floor of
+    // the allowed rate, not of the paced one, which would cost 20% at 5/min.
+    auto limit = static_cast<std::size_t>(std::max(1.0, std::floor(allowed_)));
     if (sends_.size() < limit)
         return time_point::min();
-    return sends_[sends_.size() - limit] + std::chrono::minutes(1);
+    return sends_[sends_.size() - limit] + window();
 }
 
 time_point rate_budget::next_slot() const {
@@ -68,7 +82,11 @@ void rate_budget::on_rate_limited(time_point now, std::optional<time_point> unti
     if (until) {
         consecutive_unhinted_ = 0;
         // Honoured up to a bound: a longer block would let completed results expire unfetched.
-        resume = std::min(*until, now + max_block);
+        // A reset time already past (Retry-After: 0, a clock skewed against ours) still
+        // blocks for a pacing gap or two, so that the next send is not a 429 at once.
+        resume = std::max(std::min(*until, now + max_block),
+                          now + milliseconds(static_cast<std::int64_t>(
+                                    static_cast<double>(gap().count()) * (1 + jitter01))));
     } else {
         // Full jitter: uniform in [gap, min(60 s, gap * 2^n)].
         ++consecutive_unhinted_;
@@ -87,29 +105,39 @@ void rate_budget::on_rate_limited(time_point now, std::optional<time_point> unti
     // Evidence that the true limit is below the rate allowed: no reset time to honour
     // (the API may count in a way that cannot be paced against), or a second episode
     // within a minute's worth of sends after the last one.
-    bool again_soon =
-        episode_start_ && static_cast<double>(sends_since_episode_) < minute_of_sends();
+    bool again_soon = episode_start_ && now - *episode_start_ < evidence_span &&
+                      static_cast<double>(sends_since_episode_) < minute_of_sends();
     episode_start_ = now;
     sends_since_episode_ = 0;
-    if (!until || again_soon) {
+    answers_since_episode_ = 0; // the quiet run starts again
+    recovering_ = false;
+    if (!until || again_soon)
         allowed_ = std::max(min_rpm, allowed_ * decrease_factor);
-        answers_since_decrease_ = 0;
-    }
 }
 
-void rate_budget::on_answer(time_point) {
+void rate_budget::on_answer(time_point now) {
     if (allowed_ >= configured_)
         return;
-    ++answers_since_decrease_;
-    if (static_cast<double>(answers_since_decrease_) < minute_of_sends() * quiet_share_of_a_minute)
+    ++answers_since_episode_;
+    bool quiet_by_count = static_cast<double>(answers_since_episode_) >=
+                          std::max(min_quiet_answers, allowed_ * quiet_share_of_a_minute);
+    bool quiet_by_time = episode_start_ && now - *episode_start_ >= quiet_time;
+    if (!quiet_by_count && !quiet_by_time)
         return;
-    allowed_ = std::min(configured_, allowed_ + configured_ * raise_per_answer);
+    // The quiet spell itself earns nothing by the clock: it only opens the way up.
+    double secs =
+        recovering_ ? std::max(0.0, std::chrono::duration<double>(now - last_raise_).count()) : 0.0;
+    recovering_ = true;
+    double step = configured_ * std::max(raise_per_answer, raise_per_second * secs);
+    allowed_ = std::min(configured_, allowed_ + step);
+    last_raise_ = now;
 }
 
 std::size_t rate_budget::used_last_minute(time_point now) {
-    while (!sends_.empty() && sends_.front() <= now - std::chrono::minutes(1))
+    while (!sends_.empty() && sends_.front() <= now - window())
         sends_.pop_front();
-    return sends_.size();
+    auto from = std::upper_bound(sends_.begin(), sends_.end(), now - std::chrono::minutes(1));
+    return static_cast<std::size_t>(sends_.end() - from);
 }
 
 } // namespace klingd::core

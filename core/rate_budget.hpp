@@ -5,19 +5,26 @@
 // wake-up sends everything the tick accrued instead of one request.
 //
 // Sends are paced a margin below the rate allowed (1% in the daemon), so that the
-// jitter between our send times and the API's arrival times never puts one request
-// more into the API's window than it allows, whether it counts fixed minutes, any
-// sliding minute or a token bucket.
+// jitter between our send times and the API's arrival times does not put one
+// request more into the API's window than it allows, whether it counts fixed
+// minutes, any sliding minute or a token bucket that holds two requests or more.
+// The guard on early sends counts the allowed rate's whole number of sends in a
+// minute stretched by the margin, so low rates lose no more than the 1% either.
 //
-// A 429 blocks every send until the time the API names (or a jittered backoff).
-// The rate klingd allows itself is lowered (by a fifth) only on evidence that the
-// true limit is below the configured one: a 429 without a usable reset time, or a
-// second 429 within a minute's worth of sends after the last one. A lone 429 whose
-// reset time was honoured is taken as noise and leaves the rate alone. Evidence
-// also counts the way back up: after a decrease, a run of answers without a 429
-// (a sixth of a minute's sends, at least 10) raises the rate by 0.5% of the
-// configured one per answer. Counting answers, not seconds, makes the rule the same
-// at every rate and time scale.
+// A 429 blocks every send until the reset time the API names (at most 5 minutes
+// ahead; at least a pacing gap or two when the time named is already past), or,
+// without a usable one, for a jittered backoff. A 429 answering a request sent
+// before the current episode began, or arriving while sends are blocked, belongs
+// to that episode. A new episode lowers the rate klingd allows itself (by a fifth)
+// only on evidence that the true limit is below it: no usable reset time, or the
+// previous episode began less than 2 minutes and fewer than a minute's worth of
+// sends (the allowed rate's, at least 10) ago. A lone 429 whose reset time was
+// honoured leaves the rate alone. The way back up counts the API's answers (not
+// requests that failed on the way): after a sixth of a minute's answers without a
+// 429 (at least 10), or 20 s, each answer raises the rate by 0.5% of the configured
+// one, or by 2% of it per second since the last raise when that is more. Counting
+// answers makes the rule the same at every rate and time scale; the clock keeps
+// low rates, with few answers, from recovering slowly.
 #pragma once
 
 #include "core/job.hpp"
@@ -52,7 +59,8 @@ public:
     // current episode began is part of that episode, however late its answer.
     void on_rate_limited(time_point now, std::optional<time_point> until, double jitter01,
                          std::optional<time_point> sent_at = std::nullopt);
-    // Any other answer: the budget is working; after a quiet spell the rate recovers.
+    // Any other answer from the API (not a request that failed on the way): the budget
+    // is working; after a quiet spell the rate recovers.
     void on_answer(time_point now);
 
     double configured_rpm() const { return configured_; }
@@ -69,6 +77,7 @@ private:
     double interval_us() const { return 60e6 / paced_rpm(); }
     // A minute's worth of sends at the allowed rate, at least 10.
     double minute_of_sends() const { return std::max(10.0, allowed_); }
+    milliseconds window() const;
     // The earliest time the last minute's sends leave room for one more; min when they do.
     time_point window_slot() const;
 
@@ -86,8 +95,11 @@ private:
     // belong to its episode.
     std::optional<time_point> episode_start_;
     std::uint64_t sends_since_episode_ = 0;
-    // Answers without a 429 since the last decrease (counts the way back up).
-    std::uint64_t answers_since_decrease_ = 0;
+    // Answers from the API (not transport failures) since the last episode began, and
+    // the last raise or decrease of the allowed rate: the way back up.
+    std::uint64_t answers_since_episode_ = 0;
+    bool recovering_ = false; // the quiet spell is over: answers raise the rate
+    time_point last_raise_{};
     int consecutive_unhinted_ = 0;
     std::deque<time_point> sends_; // within the last minute
 };

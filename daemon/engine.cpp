@@ -127,7 +127,9 @@ asio::awaitable<void> engine::start() {
     for (auto& [model, d] : durations_)
         models.push_back(model);
     for (auto& model : models)
-        for (double secs : needed(co_await repo_.recent_durations(model, 200), "run times"))
+        for (double secs :
+             needed(co_await repo_.recent_durations(model, core::duration_model::ring_size),
+                    "run times"))
             durations_for(model).add_sample(secs);
 
     auto jobs = needed(co_await repo_.unfinished(), "the unfinished jobs");
@@ -348,7 +350,8 @@ void engine::scrub(core::transition& t) const {
     clean(t.signal_reason);
 }
 
-void engine::note_signal(const core::transition& t, bool from_submit, core::time_point sent_at) {
+void engine::note_signal(const core::transition& t, bool from_submit, core::time_point sent_at,
+                         bool answered) {
     auto n = now();
     if (t.signal == core::api_signal::rate_limited) {
         ++stats_.rate_limited;
@@ -360,7 +363,8 @@ void engine::note_signal(const core::transition& t, bool from_submit, core::time
         warn_of_expiry_while_blocked(budget_.blocked_until());
         return;
     }
-    budget_.on_answer(n);
+    if (answered) // a request that failed on the way says nothing about the budget
+        budget_.on_answer(n);
     bool was_stopped = gate_.stopped();
     auto line = gate_.on_signal(t.signal, t.signal_reason, n, from_submit);
     if (line.empty())
@@ -454,7 +458,7 @@ asio::awaitable<void> engine::dispatcher() {
                 ++submits_in_flight_;
                 ++starting_submits_; // until its "submitting" is committed (send_submit)
             }
-            asio::co_spawn(io_, execute(std::move(r->item)), log::exit_on_exception);
+            asio::co_spawn(io_, execute(std::move(r->item), t), log::exit_on_exception);
             continue;
         }
         auto at = std::get<core::sleep_until>(action).at;
@@ -467,7 +471,7 @@ asio::awaitable<void> engine::dispatcher() {
     }
 }
 
-asio::awaitable<void> engine::execute(core::dispatch_queue::item item) {
+asio::awaitable<void> engine::execute(core::dispatch_queue::item item, core::time_point taken_at) {
     struct done_guard {
         engine& e;
         bool submit;
@@ -483,9 +487,9 @@ asio::awaitable<void> engine::execute(core::dispatch_queue::item item) {
 
     auto sent = std::chrono::steady_clock::now();
     if (item.kind == work_kind::submit)
-        co_await send_submit(item.job_id);
+        co_await send_submit(item.job_id, taken_at);
     else if (active_.count(item.job_id))
-        co_await send_get(item.job_id, item.kind == work_kind::poll);
+        co_await send_get(item.job_id, item.kind == work_kind::poll, taken_at);
     // How long a request holds its slot (connecting, the exchange, recording its
     // answer), for the automatic number of slots and so connections: Little's law
     // wants the whole time a slot is taken. A slow moving average: one slow answer
@@ -504,7 +508,7 @@ asio::awaitable<std::string> engine::submit_body(std::string id, std::string par
     co_return stored ? std::move(*stored) : std::string();
 }
 
-asio::awaitable<void> engine::send_submit(std::string id) {
+asio::awaitable<void> engine::send_submit(std::string id, core::time_point taken_at) {
     // Counted as in flight from the dispatch until "submitting" is committed or put off.
     struct starting_guard {
         std::size_t& n;
@@ -564,22 +568,22 @@ asio::awaitable<void> engine::send_submit(std::string id) {
     header_list headers;
     headers.emplace_back("x-api-key", settings_.api_key.reveal());
     ++posting_submits_; // what stop() waits for: its answer carries the request id
-    auto sent_at = now();
     auto out = co_await client_.request(http::verb::post, u, std::move(body), std::move(headers),
                                         settings_.api.max_result_bytes, std::move(conn));
     --posting_submits_;
     count(core::request_kind::submit, out);
+    bool out_answered = out.how == core::http_outcome::transport::ok;
     it = active_.find(id);
     if (it == active_.end())
         co_return;
     core::event ev = core::ev_submit_answer{std::move(out)};
     auto tr = core::advance(it->second, ev, now(), context_for(it->second));
     scrub(tr); // before the gate keeps or logs its reason
-    note_signal(tr, true, sent_at);
+    note_signal(tr, true, taken_at, out_answered);
     co_await apply(id, std::move(tr));
 }
 
-asio::awaitable<void> engine::send_get(std::string id, bool poll) {
+asio::awaitable<void> engine::send_get(std::string id, bool poll, core::time_point taken_at) {
     job& j = active_.find(id)->second;
     if (core::past_retention(j, now(), settings_.jobs.result_retention_s) && !j.result) {
         auto tr = core::advance(j, core::ev_expire{}, now(), context_for(j));
@@ -596,10 +600,10 @@ asio::awaitable<void> engine::send_get(std::string id, bool poll) {
                                                  poll ? "/status" : ""));
     header_list headers;
     headers.emplace_back("x-api-key", settings_.api_key.reveal());
-    auto sent_at = now();
     auto out = co_await client_.request(http::verb::get, u, std::string(), std::move(headers),
                                         settings_.api.max_result_bytes);
     count(poll ? core::request_kind::status : core::request_kind::result, out);
+    bool out_answered = out.how == core::http_outcome::transport::ok;
     auto it = active_.find(id);
     if (it == active_.end())
         co_return;
@@ -607,7 +611,7 @@ asio::awaitable<void> engine::send_get(std::string id, bool poll) {
                           : core::event{core::ev_result_answer{std::move(out)}};
     auto tr = core::advance(it->second, ev, now(), context_for(it->second));
     scrub(tr);
-    note_signal(tr, false, sent_at);
+    note_signal(tr, false, taken_at, out_answered);
     co_await apply(id, std::move(tr));
 }
 

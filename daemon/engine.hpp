@@ -109,10 +109,12 @@ private:
 
     boost::asio::awaitable<void> dispatcher();
     boost::asio::awaitable<void> flusher();
-    boost::asio::awaitable<void> execute(core::dispatch_queue::item item);
-    boost::asio::awaitable<void> send_submit(std::string id);
+    // taken_at: when the dispatcher took the item's budget slot.
+    boost::asio::awaitable<void> execute(core::dispatch_queue::item item,
+                                         core::time_point taken_at);
+    boost::asio::awaitable<void> send_submit(std::string id, core::time_point taken_at);
     // A status poll, or the result fetch.
-    boost::asio::awaitable<void> send_get(std::string id, bool poll);
+    boost::asio::awaitable<void> send_get(std::string id, bool poll, core::time_point taken_at);
     // A job not in memory, in engine time: the journal's unwritten copy, else the database's.
     boost::asio::awaitable<core::result<std::optional<core::job>>> inactive_job(std::string id);
     // The job as find() sees it; errc::job_not_found when there is none.
@@ -141,7 +143,9 @@ private:
     // Writes batched changes (a failure is logged; they are kept for the next flush).
     boost::asio::awaitable<void> flush();
     void count(core::request_kind kind, const core::http_outcome& o);
-    void note_signal(const core::transition& t, bool from_submit, core::time_point sent_at);
+    // sent_at: when the request's budget slot was taken; answered: an HTTP answer came.
+    void note_signal(const core::transition& t, bool from_submit, core::time_point sent_at,
+                     bool answered);
     // Replaces the API key wherever a server echoed it into text we keep or log.
     // Replaces every API key this process has held (keys_held_) in what a transition
     // records or logs: an answer may repeat the key it was sent, also an old one.
