@@ -503,7 +503,8 @@ def workload_e(work, certs, jobs=4000, window_s=20, second_server=False):
             time.sleep(0.01)
 
     th = threading.Thread(target=probe)
-    polls0 = sum(sim.stats(False)["status"].values())
+    st0 = sim.stats(False)
+    polls0 = sum(st0["status"].values())
     cpu0, w0 = cpu_seconds(k.proc.pid), time.time()
     th.start()
     if os.environ.get("BENCH_PERF"):  # a CPU profile of klingd over the window: perf report -i FILE
@@ -511,7 +512,8 @@ def workload_e(work, certs, jobs=4000, window_s=20, second_server=False):
                         "sleep", str(window_s)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     else:
         time.sleep(window_s)
-    polls1 = sum(sim.stats(False)["status"].values())
+    st1 = sim.stats(False)
+    polls1 = sum(st1["status"].values())
     cpu1, w1 = cpu_seconds(k.proc.pid), time.time()
     stop.set()
     th.join()
@@ -523,7 +525,8 @@ def workload_e(work, certs, jobs=4000, window_s=20, second_server=False):
                        "cpu_s": cpu1 - cpu0, "cpu_us_per_request": (cpu1 - cpu0) / max(1, polls) * 1e6,
                        "cpu_share": (cpu1 - cpu0) / (w1 - w0), "probes": len(lat),
                        "lag_p50_ms": pct(lat, 50), "lag_p99_ms": pct(lat, 99), "lag_max_ms": max(lat),
-                       "rss_mib": rss / 1024}}
+                       "rss_mib": rss / 1024,
+                       "connections": st1["connections"] - st0["connections"] if "connections" in st1 else None}}
 
 
 def main():
@@ -609,7 +612,9 @@ def main():
         print(f"\n({w}) raw client speed against {against}: {e['polls_per_s']:.0f} status polls/s over TLS for "
               f"{e['window_s']:.0f} s; klingd CPU {e['cpu_us_per_request']:.1f} us per request "
               f"({e['cpu_share']:.0%} of a core); /v1/health latency p50 {e['lag_p50_ms']:.2f} ms, "
-              f"p99 {e['lag_p99_ms']:.2f} ms, max {e['lag_max_ms']:.1f} ms ({e['probes']} probes)")
+              f"p99 {e['lag_p99_ms']:.2f} ms, max {e['lag_max_ms']:.1f} ms ({e['probes']} probes)"
+              + (f"; {e['connections']} new connections ({e['polls'] / max(1, e['connections']):.0f} polls each)"
+                 if e.get("connections") is not None else ""))
     for w in ("f", "g", "b-fixed", "b-sliding", "b-bucket"):
         for r in (x["klingd"] for x in results.get(w, [])):
             settings = (f"max_connections = {r['caps'][0]}, max_in_flight = {r['caps'][1]}" if r.get("caps")

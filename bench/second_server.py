@@ -82,7 +82,8 @@ def serve(args, counts):
             while True:
                 try:
                     method, target, headers, _ = await read_request(reader)
-                except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError,
+                        ssl.SSLError):
                     return
                 served += 1
                 close = served >= args.close_after or headers.get("connection", "").lower() == "close"
@@ -107,6 +108,8 @@ def serve(args, counts):
                     await answer(writer, 404, {"detail": "Not found"}, False, close, args.record_bytes)
                 if close:
                     return
+        except (ConnectionError, ssl.SSLError):
+            return
         finally:
             writer.close()
     return handle
