@@ -63,6 +63,10 @@ void duration_model::set_prior(double prior_median_s) {
     refit();
 }
 
+void duration_model::fit() {
+    refit();
+}
+
 void duration_model::add_sample(double seconds) {
     add_interval(seconds, seconds);
 }

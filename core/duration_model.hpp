@@ -23,6 +23,8 @@ public:
     // as censored data instead (maximum likelihood by EM on the log scale).
     void add_interval(double lo, double hi);
     void set_prior(double prior_median_s);
+    // Fits what was added since the last fit (adding refits only every 8 samples).
+    void fit();
 
     double median() const;
     double sigma() const;

@@ -3,8 +3,8 @@
 // finished since the last one. With budget to spare that probability is low and
 // the gap short (quick detection); when the budget is scarce it is high (about
 // one poll per job). Never closer than min_poll_interval_s, never further apart
-// than max_poll_interval_s (before the first poll of a learned model: counted from
-// its 1% quantile), and never so late that the result could expire.
+// than max_poll_interval_s (when the budget is scarce, counted from a learned
+// model's 1% quantile), and never so late that the result could expire.
 #pragma once
 
 #include "core/duration_model.hpp"

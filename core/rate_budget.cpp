@@ -30,25 +30,32 @@ rate_budget::rate_budget(double configured_rpm, milliseconds tolerance, double m
 void rate_budget::reconfigure(double configured_rpm, milliseconds tolerance) {
     tolerance_ = std::max(tolerance, milliseconds(0));
     double old = configured_;
+    bool full = allowed_ >= old;
     configured_ = std::max(configured_rpm, min_rpm);
-    // keep the learned reduction in proportion
-    allowed_ = std::clamp(allowed_ * configured_ / old, min_rpm, configured_);
+    // keep the learned reduction in proportion (and a full rate exactly full)
+    allowed_ = full ? configured_ : std::clamp(allowed_ * configured_ / old, min_rpm, configured_);
 }
 
 milliseconds rate_budget::gap() const {
     return milliseconds(static_cast<std::int64_t>(std::ceil(60000.0 / paced_rpm())));
 }
 
+std::size_t rate_budget::window_sends() const {
+    return static_cast<std::size_t>(std::max(1.0, std::ceil(allowed_ - 1e-9)));
+}
+
 milliseconds rate_budget::window() const {
-    // A minute stretched by the margin: the allowed rate's sends in it are the paced rate.
-    return milliseconds(static_cast<std::int64_t>(std::ceil(60000.0 / (1 - margin_))));
+    // The time the allowed rate, less the margin, needs for window_sends() sends: a
+    // minute stretched by the margin at a whole-number rate, longer at a fractional one.
+    return milliseconds(static_cast<std::int64_t>(
+        std::ceil(static_cast<double>(window_sends()) * 60000.0 / paced_rpm())));
 }
 
 time_point rate_budget::window_slot() const {
-    // Early sends (the tolerance) must not add up to more than the allowed rate in any
-    // window (a minute, stretched by the margin). A whole number of sends: the floor of
-    // the allowed rate, not of the paced one, which would cost 20% at 5/min.
-    auto limit = static_cast<std::size_t>(std::max(1.0, std::floor(allowed_)));
+    // Early sends (the tolerance) must not add up to more than the paced rate over
+    // window(). A whole number of sends, rounded up, over the time the paced rate needs
+    // for them: rounding down cost 20% at 5/min, and more at fractional rates.
+    auto limit = window_sends();
     if (sends_.size() < limit)
         return time_point::min();
     return sends_[sends_.size() - limit] + window();
@@ -78,15 +85,15 @@ bool rate_budget::try_acquire(time_point now) {
 
 void rate_budget::on_rate_limited(time_point now, std::optional<time_point> until, double jitter01,
                                   std::optional<time_point> sent_at) {
+    // A reset time not after now (Retry-After: 0, a clock skewed against ours) says
+    // nothing usable: it is treated as no header (a growing backoff).
+    if (until && *until <= now)
+        until.reset();
     time_point resume;
     if (until) {
         consecutive_unhinted_ = 0;
         // Honoured up to a bound: a longer block would let completed results expire unfetched.
-        // A reset time already past (Retry-After: 0, a clock skewed against ours) still
-        // blocks for a pacing gap or two, so that the next send is not a 429 at once.
-        resume = std::max(std::min(*until, now + max_block),
-                          now + milliseconds(static_cast<std::int64_t>(
-                                    static_cast<double>(gap().count()) * (1 + jitter01))));
+        resume = std::min(*until, now + max_block);
     } else {
         // Full jitter: uniform in [gap, min(60 s, gap * 2^n)].
         ++consecutive_unhinted_;
@@ -105,8 +112,10 @@ void rate_budget::on_rate_limited(time_point now, std::optional<time_point> unti
     // Evidence that the true limit is below the rate allowed: no reset time to honour
     // (the API may count in a way that cannot be paced against), or a second episode
     // within a minute's worth of sends after the last one.
-    bool again_soon = episode_start_ && now - *episode_start_ < evidence_span &&
+    // The span runs from the end of the last block: a long block is no quiet time.
+    bool again_soon = episode_start_ && now - last_block_end_ < evidence_span &&
                       static_cast<double>(sends_since_episode_) < minute_of_sends();
+    last_block_end_ = blocked_until_;
     episode_start_ = now;
     sends_since_episode_ = 0;
     answers_since_episode_ = 0; // the quiet run starts again
@@ -121,12 +130,16 @@ void rate_budget::on_answer(time_point now) {
     ++answers_since_episode_;
     bool quiet_by_count = static_cast<double>(answers_since_episode_) >=
                           std::max(min_quiet_answers, allowed_ * quiet_share_of_a_minute);
-    bool quiet_by_time = episode_start_ && now - *episode_start_ >= quiet_time;
+    // Quiet time counts from the end of the block: time spent blocked proves nothing.
+    bool quiet_by_time = now - blocked_until_ >= quiet_time;
     if (!quiet_by_count && !quiet_by_time)
         return;
-    // The quiet spell itself earns nothing by the clock: it only opens the way up.
-    double secs =
-        recovering_ ? std::max(0.0, std::chrono::duration<double>(now - last_raise_).count()) : 0.0;
+    // The quiet spell itself earns nothing by the clock: it only opens the way up; and
+    // idle time between answers counts for at most a gap (one answer after an idle
+    // spell is one step, not a jump to the full rate).
+    double secs = recovering_ ? std::clamp(std::chrono::duration<double>(now - last_raise_).count(),
+                                           0.0, std::chrono::duration<double>(gap()).count())
+                              : 0.0;
     recovering_ = true;
     double step = configured_ * std::max(raise_per_answer, raise_per_second * secs);
     allowed_ = std::min(configured_, allowed_ + step);
@@ -136,8 +149,11 @@ void rate_budget::on_answer(time_point now) {
 std::size_t rate_budget::used_last_minute(time_point now) {
     while (!sends_.empty() && sends_.front() <= now - window())
         sends_.pop_front();
-    auto from = std::upper_bound(sends_.begin(), sends_.end(), now - std::chrono::minutes(1));
-    return static_cast<std::size_t>(sends_.end() - from);
+    std::size_t n = 0;
+    for (auto it = sends_.rbegin(); it != sends_.rend() && *it > now - std::chrono::minutes(1);
+         ++it)
+        ++n;
+    return n;
 }
 
 } // namespace klingd::core

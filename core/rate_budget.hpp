@@ -12,19 +12,19 @@
 // minute stretched by the margin, so low rates lose no more than the 1% either.
 //
 // A 429 blocks every send until the reset time the API names (at most 5 minutes
-// ahead; at least a pacing gap or two when the time named is already past), or,
-// without a usable one, for a jittered backoff. A 429 answering a request sent
-// before the current episode began, or arriving while sends are blocked, belongs
-// to that episode. A new episode lowers the rate klingd allows itself (by a fifth)
-// only on evidence that the true limit is below it: no usable reset time, or the
-// previous episode began less than 2 minutes and fewer than a minute's worth of
-// sends (the allowed rate's, at least 10) ago. A lone 429 whose reset time was
-// honoured leaves the rate alone. The way back up counts the API's answers (not
-// requests that failed on the way): after a sixth of a minute's answers without a
-// 429 (at least 10), or 20 s, each answer raises the rate by 0.5% of the configured
-// one, or by 2% of it per second since the last raise when that is more. Counting
-// answers makes the rule the same at every rate and time scale; the clock keeps
-// low rates, with few answers, from recovering slowly.
+// ahead), or, without a usable one (none, or a time not after now), for a growing
+// jittered backoff. A 429 answering a request sent before the current episode
+// began, or arriving while sends are blocked, belongs to that episode. A new
+// episode lowers the rate klingd allows itself (by a fifth) only on evidence that
+// the true limit is below it: no usable reset time, or the previous episode's block
+// ended less than 2 minutes ago and it began fewer than a minute's worth of sends
+// ago (the allowed rate's, at least 10). A lone 429 whose reset time was honoured
+// leaves the rate alone. The way back up counts the API's answers (not requests
+// that failed on the way): after a sixth of a minute's answers without a 429 (at
+// least 10), or 20 s after the block, each answer raises the rate by 0.5% of the
+// configured one, or by 2% of it per second since the last raise (at most a gap's
+// worth) when that is more. Counting answers makes the rule the same at every rate
+// and time scale; the clock keeps low rates, with few answers, from recovering slowly.
 #pragma once
 
 #include "core/job.hpp"
@@ -77,6 +77,7 @@ private:
     double interval_us() const { return 60e6 / paced_rpm(); }
     // A minute's worth of sends at the allowed rate, at least 10.
     double minute_of_sends() const { return std::max(10.0, allowed_); }
+    std::size_t window_sends() const;
     milliseconds window() const;
     // The earliest time the last minute's sends leave room for one more; min when they do.
     time_point window_slot() const;
@@ -101,7 +102,8 @@ private:
     bool recovering_ = false; // the quiet spell is over: answers raise the rate
     time_point last_raise_{};
     int consecutive_unhinted_ = 0;
-    std::deque<time_point> sends_; // within the last minute
+    std::deque<time_point> sends_; // within the last window()
+    time_point last_block_end_{};  // when the previous episode's block ended
 };
 
 } // namespace klingd::core

@@ -110,6 +110,9 @@ core::lifecycle_context engine::context_for(const job& j) {
 }
 
 namespace {
+// Run times reloaded at start (see engine::start).
+constexpr int restart_samples = 200;
+
 // Start-up cannot go on without the database.
 template <class T>
 T needed(core::result<T> r, const char* what) {
@@ -126,11 +129,15 @@ asio::awaitable<void> engine::start() {
     std::vector<std::string> models;
     for (auto& [model, d] : durations_)
         models.push_back(model);
-    for (auto& model : models)
-        for (double secs :
-             needed(co_await repo_.recent_durations(model, core::duration_model::ring_size),
-                    "run times"))
-            durations_for(model).add_sample(secs);
+    for (auto& model : models) {
+        // The database keeps the middle of each completion's last poll interval, not the
+        // interval: biased when polls are sparse, so only a few, oldest first (the ring
+        // keeps the newest); what comes next is learned as intervals and soon outweighs them.
+        auto secs = needed(co_await repo_.recent_durations(model, restart_samples), "run times");
+        for (auto it = secs.rbegin(); it != secs.rend(); ++it)
+            durations_for(model).add_sample(*it);
+        durations_for(model).fit();
+    }
 
     auto jobs = needed(co_await repo_.unfinished(), "the unfinished jobs");
     auto t = now();

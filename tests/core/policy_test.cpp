@@ -234,38 +234,51 @@ TEST(rate_budget, recovers_after_a_run_of_answers_but_never_above_the_configured
     for (int i = 0; i < 100; ++i)
         b.on_answer(t0 + milliseconds(17 + i));
     EXPECT_DOUBLE_EQ(b.allowed_rpm(), 120);
-    // The same count at any time scale: time between the answers plays no part.
-    rate_budget c(120);
-    c.on_rate_limited(t0, std::nullopt, 0.5);
-    for (int i = 0; i < 16; ++i)
-        c.on_answer(t0 + milliseconds(i));
-    EXPECT_NEAR(c.allowed_rpm(), 96.6, 1e-9);
 }
 
 TEST(rate_budget, low_rates_with_few_answers_recover_by_the_clock) {
-    rate_budget b(5);
+    rate_budget b(5); // a gap of 12 s
     b.on_rate_limited(t0, std::nullopt, 0.5);
     EXPECT_DOUBLE_EQ(b.allowed_rpm(), 4);
-    b.on_answer(t0 + seconds(12));
-    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 4); // neither 10 answers nor 20 s yet
-    b.on_answer(t0 + seconds(24));        // 20 s of quiet: the way up opens, one small step
+    EXPECT_EQ(b.blocked_until(), t0 + seconds(18)); // 12 s + half of (24 - 12)
+    b.on_answer(t0 + seconds(30));
+    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 4); // 12 s after the block: neither 10 answers nor 20 s
+    b.on_answer(t0 + seconds(38));        // 20 s after the block: the way up opens, one small step
     EXPECT_NEAR(b.allowed_rpm(), 4.025, 1e-9);
-    b.on_answer(t0 + seconds(36)); // then 2% of 5 per second since: +1.2, capped at 5
+    b.on_answer(t0 + seconds(50)); // then 2% of 5 per second since: +1.2, capped at 5
     EXPECT_DOUBLE_EQ(b.allowed_rpm(), 5);
+    // Idle time counts for at most a gap: one answer after an hour is one step.
+    rate_budget c(600);
+    c.on_rate_limited(t0, std::nullopt, 0.0);
+    EXPECT_DOUBLE_EQ(c.allowed_rpm(), 480);
+    c.on_answer(t0 + seconds(30));
+    EXPECT_NEAR(c.allowed_rpm(), 483, 1e-9); // 0.5% of 600
+    c.on_answer(t0 + std::chrono::hours(1));
+    EXPECT_NEAR(c.allowed_rpm(), 486, 1e-9); // one step, not the hour's 2%/s
 }
 
-TEST(rate_budget, a_reset_time_already_past_still_blocks_a_gap_and_a_429_right_after_is_evidence) {
+TEST(rate_budget, fractional_rates_keep_their_rate) {
+    // 2.5/min (two daemons sharing 5): a guard of floor(2.5) = 2 sends a minute gave 2.
+    rate_budget b(2.5, milliseconds(10), pace_margin);
+    int sent = 0;
+    for (int ms = 0; ms < 1200000; ms += 5)
+        sent += b.try_acquire(t0 + milliseconds(ms));
+    EXPECT_GE(sent, 49); // 20 minutes at 2.475/min
+    EXPECT_LE(sent, 50);
+    // And a full rate stays exactly full across a SIGHUP.
+    rate_budget c(0.7);
+    c.reconfigure(5);
+    EXPECT_DOUBLE_EQ(c.allowed_rpm(), 5);
+}
+
+TEST(rate_budget, a_reset_time_already_past_counts_as_no_header) {
     rate_budget b(60); // a gap of 1 s
     ASSERT_TRUE(b.try_acquire(t0));
     b.on_rate_limited(t0 + milliseconds(50), t0 - seconds(3), 0.0); // Retry-After: 0, or skew
-    EXPECT_EQ(b.blocked_until(), t0 + milliseconds(1050));
-    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 60); // a lone one
-    ASSERT_TRUE(b.try_acquire(t0 + milliseconds(1050)));
-    // The send after the block is refused too: the limit is really spent.
-    b.on_rate_limited(t0 + milliseconds(1100), t0 + milliseconds(1100), 0.0);
-    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 48);
-    // But not a second decrease for the same episode: a 429 while blocked belongs to it.
-    b.on_rate_limited(t0 + milliseconds(1200), t0 + milliseconds(1200), 0.0);
+    EXPECT_EQ(b.blocked_until(), t0 + milliseconds(1050));          // a backoff of at least a gap
+    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 48);                          // and no reset time to trust
+    // A 429 while blocked belongs to the episode: no second decrease.
+    b.on_rate_limited(t0 + milliseconds(100), t0 + milliseconds(100), 0.0);
     EXPECT_DOUBLE_EQ(b.allowed_rpm(), 48);
 }
 
@@ -288,7 +301,14 @@ TEST(rate_budget, the_margin_costs_one_percent_at_low_rates_too) {
         sent += b.try_acquire(t0 + milliseconds(ms));
     EXPECT_GE(sent, 49); // 10 minutes at 4.95/min
     EXPECT_LE(sent, 50);
-    EXPECT_EQ(b.used_last_minute(t0 + milliseconds(600000)), 5u); // a minute's, not 60.6 s
+    // used_last_minute counts a minute, though the guard looks back 60.6 s: just after
+    // a send, the window holds the sends of the last 60.6 s, the minute one fewer.
+    rate_budget c(60, milliseconds(0), pace_margin); // a send every 1.0101 s
+    time_point last{};
+    for (int ms = 0; ms < 120000; ++ms)
+        if (c.try_acquire(t0 + milliseconds(ms)))
+            last = t0 + milliseconds(ms);
+    EXPECT_EQ(c.used_last_minute(last + milliseconds(600)), 59u);
 }
 
 TEST(rate_budget, a_margin_paces_below_the_rate_allowed) {
@@ -732,6 +752,18 @@ TEST(poll_planner, once_learned_the_first_poll_of_a_scarce_budget_may_pass_max_i
     }
     // Capped at 60 s, near the median, 45% of the jobs would need a second poll (>= 1.44).
     EXPECT_LT(polls / n, 1.2);
+    // With budget to spare, max_interval_s holds from submission: a long model (223 s,
+    // the video edit) is first polled at 60 s, in case the API has become faster.
+    duration_model video(223, 0.35);
+    std::lognormal_distribution<double> dv(std::log(223), 0.25);
+    for (int i = 0; i < 200; ++i)
+        video.add_sample(dv(rng));
+    p.set_scarcity(0);
+    EXPECT_LE(p.next_poll(video, t0, t0, t0) - t0, seconds(60));
+    p.set_scarcity(0.5); // half scarce: half the way to the 1% quantile
+    auto half = std::chrono::duration<double>(p.next_poll(video, t0, t0, t0) - t0).count();
+    EXPECT_GT(half, 60);
+    EXPECT_LE(half, 60 + 0.5 * video.quantile(0.01) + 0.001);
 }
 
 TEST(scarcity_meter, a_burst_drained_in_moments_is_not_scarcity_but_lasting_waits_are) {
