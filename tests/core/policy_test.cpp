@@ -257,12 +257,19 @@ TEST(rate_budget, low_rates_with_few_answers_recover_by_the_clock) {
     EXPECT_NEAR(c.allowed_rpm(), 486, 1e-9); // one step, not the hour's 2%/s
 }
 
+// Sends a budget with the daemon's margin and a 10 ms tolerance allows in `minutes`,
+// tried every 5 ms.
+int sends_in(double rpm, int minutes) {
+    rate_budget b(rpm, milliseconds(10), pace_margin);
+    int sent = 0;
+    for (int ms = 0; ms < minutes * 60000; ms += 5)
+        sent += b.try_acquire(t0 + milliseconds(ms));
+    return sent;
+}
+
 TEST(rate_budget, fractional_rates_keep_their_rate) {
     // 2.5/min (two daemons sharing 5): a guard of floor(2.5) = 2 sends a minute gave 2.
-    rate_budget b(2.5, milliseconds(10), pace_margin);
-    int sent = 0;
-    for (int ms = 0; ms < 1200000; ms += 5)
-        sent += b.try_acquire(t0 + milliseconds(ms));
+    int sent = sends_in(2.5, 20);
     EXPECT_GE(sent, 49); // 20 minutes at 2.475/min
     EXPECT_LE(sent, 50);
     // And a full rate stays exactly full across a SIGHUP.
@@ -295,10 +302,7 @@ TEST(rate_budget, episodes_far_apart_in_time_are_not_evidence) {
 
 TEST(rate_budget, the_margin_costs_one_percent_at_low_rates_too) {
     // 5/min: a guard counting whole sends of the paced rate (4.95 -> 4) would give 4/min.
-    rate_budget b(5, milliseconds(10), pace_margin);
-    int sent = 0;
-    for (int ms = 0; ms < 600000; ms += 5)
-        sent += b.try_acquire(t0 + milliseconds(ms));
+    int sent = sends_in(5, 10);
     EXPECT_GE(sent, 49); // 10 minutes at 4.95/min
     EXPECT_LE(sent, 50);
     // used_last_minute counts a minute, though the guard looks back 60.6 s: just after
