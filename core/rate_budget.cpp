@@ -85,37 +85,44 @@ bool rate_budget::try_acquire(time_point now) {
 
 void rate_budget::on_rate_limited(time_point now, std::optional<time_point> until, double jitter01,
                                   std::optional<time_point> sent_at) {
+    // Answers of requests that were in flight when the episode began belong to it, as do
+    // 429s while sends are blocked and 429s naming the same reset time as the last (a
+    // clock running ahead of the API's sees that time pass before the API does).
+    bool same_episode =
+        episode_start_ && (now < blocked_until_ || sent_at.value_or(now) <= *episode_start_ ||
+                           (until && last_until_ && *until <= *last_until_));
+    if (until && !same_episode)
+        last_until_ = until;
     // A reset time not after now (Retry-After: 0, a clock skewed against ours) says
     // nothing usable: it is treated as no header (a growing backoff).
     if (until && *until <= now)
         until.reset();
+    // Evidence that the true limit is below the rate allowed: no reset time to honour
+    // (the API may count in a way that cannot be paced against), or a second episode
+    // within 2 minutes of the end of the last one's block (a long block is no quiet
+    // time) and within a minute's worth of sends of its start. A new episode comes at
+    // or after the end of the last block, so blocked_until_ is still that end here.
+    bool again_soon = !same_episode && episode_start_ && now - blocked_until_ < evidence_span &&
+                      static_cast<double>(sends_since_episode_) < minute_of_sends();
     time_point resume;
     if (until) {
         consecutive_unhinted_ = 0;
         // Honoured up to a bound: a longer block would let completed results expire unfetched.
         resume = std::min(*until, now + max_block);
     } else {
-        // Full jitter: uniform in [gap, min(60 s, gap * 2^n)].
-        ++consecutive_unhinted_;
+        // Full jitter: uniform in [gap, min(60 s, gap * 2^n)], n growing once per episode
+        // (and back to 0 when the way up opens).
+        if (!same_episode)
+            ++consecutive_unhinted_;
         double cap_ms = std::min(60000.0, static_cast<double>(gap().count()) *
                                               std::pow(2.0, std::min(consecutive_unhinted_, 16)));
         double base_ms = static_cast<double>(gap().count());
         resume = now + milliseconds(static_cast<std::int64_t>(
                            base_ms + jitter01 * std::max(0.0, cap_ms - base_ms)));
     }
-    // Answers of requests that were in flight when the episode began belong to it.
-    bool same_episode =
-        episode_start_ && (now < blocked_until_ || sent_at.value_or(now) <= *episode_start_);
     blocked_until_ = std::max(blocked_until_, resume);
     if (same_episode)
         return;
-    // Evidence that the true limit is below the rate allowed: no reset time to honour
-    // (the API may count in a way that cannot be paced against), or a second episode
-    // within a minute's worth of sends after the last one.
-    // The span runs from the end of the last block: a long block is no quiet time.
-    bool again_soon = episode_start_ && now - last_block_end_ < evidence_span &&
-                      static_cast<double>(sends_since_episode_) < minute_of_sends();
-    last_block_end_ = blocked_until_;
     episode_start_ = now;
     sends_since_episode_ = 0;
     answers_since_episode_ = 0; // the quiet run starts again
@@ -125,14 +132,15 @@ void rate_budget::on_rate_limited(time_point now, std::optional<time_point> unti
 }
 
 void rate_budget::on_answer(time_point now) {
-    if (allowed_ >= configured_)
-        return;
     ++answers_since_episode_;
     bool quiet_by_count = static_cast<double>(answers_since_episode_) >=
                           std::max(min_quiet_answers, allowed_ * quiet_share_of_a_minute);
     // Quiet time counts from the end of the block: time spent blocked proves nothing.
     bool quiet_by_time = now - blocked_until_ >= quiet_time;
     if (!quiet_by_count && !quiet_by_time)
+        return;
+    consecutive_unhinted_ = 0; // the backoff starts small again
+    if (allowed_ >= configured_)
         return;
     // The quiet spell itself earns nothing by the clock: it only opens the way up; and
     // idle time between answers counts for at most a gap (one answer after an idle
@@ -147,13 +155,13 @@ void rate_budget::on_answer(time_point now) {
 }
 
 std::size_t rate_budget::used_last_minute(time_point now) {
-    while (!sends_.empty() && sends_.front() <= now - window())
+    // Kept: the last window's sends, and never fewer than the guard may need if the
+    // allowed rate rises to the configured one.
+    auto keep = static_cast<std::size_t>(std::ceil(configured_));
+    while (sends_.size() > keep && sends_.front() <= now - window())
         sends_.pop_front();
-    std::size_t n = 0;
-    for (auto it = sends_.rbegin(); it != sends_.rend() && *it > now - std::chrono::minutes(1);
-         ++it)
-        ++n;
-    return n;
+    auto from = std::upper_bound(sends_.begin(), sends_.end(), now - std::chrono::minutes(1));
+    return static_cast<std::size_t>(sends_.end() - from);
 }
 
 } // namespace klingd::core

@@ -8,23 +8,27 @@
 // jitter between our send times and the API's arrival times does not put one
 // request more into the API's window than it allows, whether it counts fixed
 // minutes, any sliding minute or a token bucket that holds two requests or more.
-// The guard on early sends counts the allowed rate's whole number of sends in a
-// minute stretched by the margin, so low rates lose no more than the 1% either.
+// The guard on early sends allows ceil(allowed) sends over the time the paced rate
+// needs for them, so low and fractional rates lose no more than the 1% either. (A
+// fractional rate cannot keep every minute to its floor: at 2.5/min some minutes
+// hold 3 sends.)
 //
 // A 429 blocks every send until the reset time the API names (at most 5 minutes
-// ahead), or, without a usable one (none, or a time not after now), for a growing
-// jittered backoff. A 429 answering a request sent before the current episode
-// began, or arriving while sends are blocked, belongs to that episode. A new
-// episode lowers the rate klingd allows itself (by a fifth) only on evidence that
-// the true limit is below it: no usable reset time, or the previous episode's block
-// ended less than 2 minutes ago and it began fewer than a minute's worth of sends
-// ago (the allowed rate's, at least 10). A lone 429 whose reset time was honoured
-// leaves the rate alone. The way back up counts the API's answers (not requests
-// that failed on the way): after a sixth of a minute's answers without a 429 (at
-// least 10), or 20 s after the block, each answer raises the rate by 0.5% of the
-// configured one, or by 2% of it per second since the last raise (at most a gap's
-// worth) when that is more. Counting answers makes the rule the same at every rate
-// and time scale; the clock keeps low rates, with few answers, from recovering slowly.
+// ahead), or, without a usable one (none, unreadable, more than an hour ahead, or
+// not after now), for a jittered backoff that grows once per episode and starts
+// small again when the way up opens. A 429 answering a request sent before the
+// current episode began, arriving while sends are blocked, or naming the same reset
+// time as the last, belongs to that episode. A new episode lowers the rate klingd
+// allows itself (by a fifth) only on evidence that the true limit is below it: no
+// usable reset time, or the previous episode's block ended less than 2 minutes ago
+// and it began fewer than a minute's worth of sends ago (the allowed rate's, at
+// least 10). A lone 429 whose reset time was honoured leaves the rate alone. The
+// way back up counts the API's answers (not requests that failed on the way):
+// after a sixth of a minute's answers without a 429 (at least 10), or 20 s after
+// the block, each answer raises the rate by 0.5% of the configured one, or by 2%
+// of it per second since the last raise (at most a gap's worth) when that is more.
+// Counting answers makes the rule the same at every rate and time scale; the clock
+// keeps low rates, with few answers, from recovering slowly.
 #pragma once
 
 #include "core/job.hpp"
@@ -79,7 +83,7 @@ private:
     double minute_of_sends() const { return std::max(10.0, allowed_); }
     std::size_t window_sends() const;
     milliseconds window() const;
-    // The earliest time the last minute's sends leave room for one more; min when they do.
+    // The earliest time the guard's window leaves room for one more send; min when it does.
     time_point window_slot() const;
 
     double configured_;
@@ -102,8 +106,8 @@ private:
     bool recovering_ = false; // the quiet spell is over: answers raise the rate
     time_point last_raise_{};
     int consecutive_unhinted_ = 0;
-    std::deque<time_point> sends_; // within the last window()
-    time_point last_block_end_{};  // when the previous episode's block ended
+    std::deque<time_point> sends_;         // within the last window()
+    std::optional<time_point> last_until_; // the reset time the last episode named
 };
 
 } // namespace klingd::core

@@ -272,10 +272,10 @@ TEST(rate_budget, fractional_rates_keep_their_rate) {
     int sent = sends_in(2.5, 20);
     EXPECT_GE(sent, 49); // 20 minutes at 2.475/min
     EXPECT_LE(sent, 50);
-    // And a full rate stays exactly full across a SIGHUP.
+    // And a full rate stays exactly full across a SIGHUP (0.7 * 3 / 0.7 is a hair below 3).
     rate_budget c(0.7);
-    c.reconfigure(5);
-    EXPECT_DOUBLE_EQ(c.allowed_rpm(), 5);
+    c.reconfigure(3);
+    EXPECT_EQ(c.allowed_rpm(), 3.0);
 }
 
 TEST(rate_budget, a_reset_time_already_past_counts_as_no_header) {
@@ -287,6 +287,43 @@ TEST(rate_budget, a_reset_time_already_past_counts_as_no_header) {
     // A 429 while blocked belongs to the episode: no second decrease.
     b.on_rate_limited(t0 + milliseconds(100), t0 + milliseconds(100), 0.0);
     EXPECT_DOUBLE_EQ(b.allowed_rpm(), 48);
+}
+
+TEST(rate_budget, the_evidence_span_runs_from_the_end_of_the_block) {
+    rate_budget b(600);
+    ASSERT_TRUE(b.try_acquire(t0));
+    b.on_rate_limited(t0, t0 + std::chrono::minutes(5), 0.5); // a long block
+    ASSERT_TRUE(b.try_acquire(t0 + std::chrono::minutes(5)));
+    // Six minutes after the first 429, one minute after its block ended: evidence.
+    b.on_rate_limited(t0 + std::chrono::minutes(6), t0 + std::chrono::minutes(7), 0.5);
+    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 480);
+}
+
+TEST(rate_budget, a_reset_time_named_again_is_the_same_episode) {
+    // A clock ahead of the API's: its reset time passes here first. A 429 naming it
+    // again is the API still in that window, not evidence of a lower limit.
+    rate_budget b(600);
+    ASSERT_TRUE(b.try_acquire(t0));
+    b.on_rate_limited(t0, t0 + milliseconds(20), 0.5);
+    ASSERT_TRUE(b.try_acquire(t0 + milliseconds(120)));
+    b.on_rate_limited(t0 + milliseconds(130), t0 + milliseconds(20), 0.5);
+    EXPECT_DOUBLE_EQ(b.allowed_rpm(), 600);
+}
+
+TEST(rate_budget, the_backoff_grows_once_per_episode_and_starts_small_again) {
+    rate_budget b(600); // a gap of 100 ms
+    // Ten 429s of one episode (requests in flight): the backoff does not grow with each.
+    ASSERT_TRUE(b.try_acquire(t0));
+    for (int i = 0; i < 10; ++i)
+        b.on_rate_limited(t0 + milliseconds(i), std::nullopt, 0.99, t0);
+    // At most 2 gaps (125 ms each at the rate lowered to 480), not 2^10.
+    EXPECT_LE(b.blocked_until(), t0 + milliseconds(260));
+    // The way up opens (20 s after the block): the next episode's backoff is small again.
+    b.on_answer(t0 + seconds(30));
+    ASSERT_TRUE(b.try_acquire(t0 + seconds(31)));
+    b.on_rate_limited(t0 + seconds(31), std::nullopt, 0.99);
+    // 2 gaps again (156 ms each at 483 lowered to 386), where it had grown.
+    EXPECT_LE(b.blocked_until(), t0 + seconds(31) + milliseconds(320));
 }
 
 TEST(rate_budget, episodes_far_apart_in_time_are_not_evidence) {
@@ -764,7 +801,9 @@ TEST(poll_planner, once_learned_the_first_poll_of_a_scarce_budget_may_pass_max_i
         video.add_sample(dv(rng));
     p.set_scarcity(0);
     EXPECT_LE(p.next_poll(video, t0, t0, t0) - t0, seconds(60));
-    p.set_scarcity(0.5); // half scarce: half the way to the 1% quantile
+    p.set_scarcity(0.9); // a passing spell of scarcity: the cap holds
+    EXPECT_LE(p.next_poll(video, t0, t0, t0) - t0, seconds(60));
+    p.set_scarcity(0.975); // lasting scarcity: half the way to the 1% quantile
     auto half = std::chrono::duration<double>(p.next_poll(video, t0, t0, t0) - t0).count();
     EXPECT_GT(half, 60);
     EXPECT_LE(half, 60 + 0.5 * video.quantile(0.01) + 0.001);
