@@ -62,6 +62,15 @@ def build():
     return certs
 
 
+def wait_for_port(port_file, tries):
+    """The port a server wrote to port_file, waiting up to tries x 20 ms for it."""
+    for _ in range(tries):
+        if os.path.exists(port_file) and open(port_file).read().strip():
+            break
+        time.sleep(0.02)
+    return int(open(port_file).read())
+
+
 class Sim:
     def __init__(self, work, certs, scale, args=()):
         self.port_file = os.path.join(work, "sim.port")
@@ -71,11 +80,7 @@ class Sim:
             [os.path.join(BUILD, "sim/segmind-sim"), "--tls-cert", f"{certs}/server.pem", "--tls-key",
              f"{certs}/server.key", "--port-file", self.port_file, "--time-scale", str(scale), "--api-key", KEY,
              *args], stdout=self.log, stderr=self.log)
-        for _ in range(200):
-            if os.path.exists(self.port_file) and open(self.port_file).read().strip():
-                break
-            time.sleep(0.02)
-        self.port = int(open(self.port_file).read())
+        self.port = wait_for_port(self.port_file, 200)
         self.base = f"https://127.0.0.1:{self.port}"
 
     def stats(self, requests=True):
@@ -102,11 +107,7 @@ class SecondServer(Sim):
             [sys.executable, os.path.join(ROOT, "bench/second_server.py"), "--tls-cert", f"{certs}/server.pem",
              "--tls-key", f"{certs}/server.key", "--port-file", self.port_file, "--api-key", KEY],
             stdout=self.log, stderr=self.log)
-        for _ in range(500):
-            if os.path.exists(self.port_file) and open(self.port_file).read().strip():
-                break
-            time.sleep(0.02)
-        self.port = int(open(self.port_file).read())
+        self.port = wait_for_port(self.port_file, 500)  # Python starts slower
         self.base = f"https://127.0.0.1:{self.port}"
 
 

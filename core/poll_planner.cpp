@@ -78,7 +78,7 @@ time_point poll_planner::next_poll(const duration_model& model, time_point submi
     // before the time its fastest 1% finish may wait longer, up to what was left until
     // then (at full scarcity max_interval_s counts from that time: before it nothing
     // waits to be seen). Without this the first poll of a 58 s job came at 60 s, near the median,
-    // and about 45% of jobs took two polls however scarce the budget.
+    // and by the fitted run times about 45% of jobs needed a second poll however scarce the budget.
     double longest = policy_.max_interval_s;
     if (model.prior_share() <= learned_prior_share) {
         double earliest = model.quantile(0.01);

@@ -134,9 +134,10 @@ asio::awaitable<void> engine::start() {
         // interval: biased when polls are sparse, so only a few, oldest first (the ring
         // keeps the newest); what comes next is learned as intervals and soon outweighs them.
         auto secs = needed(co_await repo_.recent_durations(model, restart_samples), "run times");
+        auto& m = durations_for(model);
         for (auto it = secs.rbegin(); it != secs.rend(); ++it)
-            durations_for(model).add_sample(*it);
-        durations_for(model).fit();
+            m.add_sample(*it);
+        m.fit();
     }
 
     auto jobs = needed(co_await repo_.unfinished(), "the unfinished jobs");
