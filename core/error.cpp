@@ -54,6 +54,8 @@ public:
             return "the database cannot be written";
         case errc::store_failed:
             return "the database failed";
+        case errc::store_unavailable:
+            return "the database server cannot be reached";
         case errc::io_failed:
             return "a file operation failed";
         }

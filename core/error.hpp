@@ -33,11 +33,12 @@ enum class errc {
     stream_ended, // klingd closed the event stream
     streams_full, // klingd keeps as many event streams open as it will (503)
     // Storage and files
-    store_busy,      // the database is locked by another process
-    store_full,      // the disk or the database is full
-    store_read_only, // the database cannot be written
-    store_failed,    // any other database failure
-    io_failed,       // a file operation failed
+    store_busy,        // the database is locked by another process
+    store_full,        // the disk or the database is full
+    store_read_only,   // the database cannot be written
+    store_failed,      // any other database failure
+    store_unavailable, // the database server cannot be reached, or the connection broke
+    io_failed,         // a file operation failed
 };
 
 const boost::system::error_category& klingd_category() noexcept;

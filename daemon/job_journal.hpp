@@ -11,7 +11,7 @@
 
 #include "core/error.hpp"
 #include "core/job.hpp"
-#include "daemon/async_lane.hpp"
+#include "runtime/async_lane.hpp"
 #include "daemon/clock.hpp"
 #include "storage/job_repository.hpp"
 
@@ -72,7 +72,7 @@ private:
     lookup active_;
     // One write at a time, in the order asked (a durable write never overtakes a flush
     // that carries an older state of its job).
-    async_lane lane_;
+    lane::async_lane lane_;
     // The jobs whose latest state is not in the database yet (nullopt: the state is the
     // one in memory; a copy only once the job has left memory) and the history lines
     // to write with it.

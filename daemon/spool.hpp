@@ -8,7 +8,7 @@
 
 #include "config/settings.hpp"
 #include "core/job_spec.hpp"
-#include "daemon/async_lane.hpp"
+#include "runtime/async_lane.hpp"
 #include "daemon/engine.hpp"
 
 #include <boost/asio/awaitable.hpp>
@@ -113,7 +113,7 @@ private:
     bool settling_ = false;
     // Files whose content did not parse once, as they were then.
     std::map<std::string, taken_file> unparsed_once_;
-    async_lane intake_; // the scan's and the watch's batches take turns
+    lane::async_lane intake_; // the scan's and the watch's batches take turns
 };
 
 } // namespace klingd::daemon

@@ -11,6 +11,7 @@ packages=(
   libsqlite3-dev sqlite3 libssl-dev openssl
   libgtest-dev libgmock-dev
   libtomlplusplus-dev libcli11-dev libsystemd-dev libfmt-dev
+  libpq-dev postgresql
   curl python3 ca-certificates systemd dpkg-dev file tzdata faketime
   "$@"
 )

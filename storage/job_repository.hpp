@@ -5,8 +5,8 @@
 // in the order they were made: a backend keeps one writer, so a change awaited
 // before another is committed before it. Times are wall-clock milliseconds.
 //
-// sqlite_repository is the embedded backend; tests/storage/job_repository_test.cpp
-// is the suite every backend must pass.
+// sqlite_repository is the embedded backend, pg_repository the cluster's;
+// tests/storage/job_repository_test.cpp is the suite every backend must pass.
 #pragma once
 
 #include "core/error.hpp"
@@ -27,6 +27,10 @@ using async_result = boost::asio::awaitable<core::result<T>>;
 class job_repository {
 public:
     virtual ~job_repository() = default;
+
+    // Makes the database ready (connects, migrates) before any other call; an error
+    // says why it cannot be used. SQLite opens in its constructor and has nothing left.
+    virtual async_result<void> open() { co_return core::result<void>{}; }
 
     // Records new jobs (state pending, with an "accepted" history line) in one
     // transaction; the outcomes in the order of specs. sources[i] names where spec i

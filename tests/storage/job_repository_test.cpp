@@ -1,15 +1,19 @@
 // The storage seam's suite: what every backend must do, written once and typed over
-// the backends (a SQLite file, a private in-memory SQLite database; PostgreSQL joins
-// here). Then what the seam promises the event loop: a failure is an error and not an
-// exception, and a locked database never holds up the caller's loop.
+// the backends (a SQLite file, a private in-memory SQLite database, a database on a
+// real PostgreSQL server). Then what the seam promises the event loop: a failure is an
+// error and not an exception, and a locked or unreachable database never holds up the
+// caller's loop.
 #include "storage/job_repository.hpp"
+#include "storage/pg_repository.hpp"
 #include "storage/sqlite_repository.hpp"
 #include "tests/support/await.hpp"
 #include "tests/support/child_process.hpp"
+#include "tests/support/pg_server.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <filesystem>
 #include <gtest/gtest.h>
 #include <memory>
 
@@ -28,6 +32,7 @@ core::job_spec spec(std::string id, std::string params = R"({"prompt":"p"})", in
 }
 
 struct sqlite_file {
+    static constexpr const char* name = "sqlite_file";
     static constexpr bool durable = true; // reopening sees what was written
     static std::unique_ptr<storage::job_repository> open(const test::temp_dir& dir) {
         return std::make_unique<storage::sqlite_repository>(dir / "klingd.db");
@@ -35,9 +40,27 @@ struct sqlite_file {
 };
 
 struct sqlite_memory {
+    static constexpr const char* name = "sqlite_memory";
     static constexpr bool durable = false;
     static std::unique_ptr<storage::job_repository> open(const test::temp_dir&) {
         return std::make_unique<storage::sqlite_repository>(":memory:");
+    }
+};
+
+// A database of its own on the suite's PostgreSQL server; the same one when dir is
+// opened again.
+struct postgresql {
+    static constexpr const char* name = "postgresql";
+    static constexpr bool durable = true;
+    static std::unique_ptr<storage::job_repository> open(const test::temp_dir& dir) {
+        auto file = dir / "pg.conninfo";
+        if (!std::filesystem::exists(file))
+            test::write_file(file, test::fresh_pg_database());
+        auto repo = std::make_unique<storage::pg_repository>(test::read_file(file));
+        auto opened = await(repo->open());
+        if (!opened)
+            throw std::runtime_error(opened.error().message());
+        return repo;
     }
 };
 
@@ -70,8 +93,14 @@ protected:
     }
 };
 
-using backends = ::testing::Types<sqlite_file, sqlite_memory>;
-TYPED_TEST_SUITE(job_repository_test, backends);
+using backends = ::testing::Types<sqlite_file, sqlite_memory, postgresql>;
+struct backend_name {
+    template <class T>
+    static std::string GetName(int) {
+        return T::name;
+    }
+};
+TYPED_TEST_SUITE(job_repository_test, backends, backend_name);
 
 TYPED_TEST(job_repository_test,
            insert_is_idempotent_for_the_same_content_and_refuses_other_content) {
@@ -309,6 +338,112 @@ TEST_F(sqlite_repository_test, a_failed_write_is_an_error_with_its_kind_and_writ
         << r.error().message();
     EXPECT_EQ(await(repo.get("a")).value()->polls, 0);
     EXPECT_EQ(await(repo.history("a")).value().size(), 1u); // the line went with the failed write
+}
+
+// PostgreSQL only: the schema's version, nodes starting together, a server that is
+// gone or that stops answering.
+class pg_repository_test : public ::testing::Test {
+protected:
+    template <class T>
+    static T ok(storage::async_result<T> call) {
+        auto r = await(std::move(call));
+        EXPECT_TRUE(r.has_value()) << (r ? "" : r.error().message());
+        if constexpr (!std::is_void_v<T>)
+            return r ? std::move(*r) : T{};
+    }
+};
+
+TEST_F(pg_repository_test, a_schema_newer_than_this_klingd_is_refused_and_left_alone) {
+    auto db = test::fresh_pg_database();
+    {
+        storage::pg_repository repo(db);
+        ok(repo.open());
+    }
+    auto& server = test::shared_pg_server();
+    auto name = db.substr(db.rfind('=') + 1);
+    server.query_value(name, "UPDATE klingd_schema SET version = 99");
+    storage::pg_repository newer(db);
+    auto r = await(newer.open());
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message().find("schema version 99, newer than this klingd"),
+              std::string::npos)
+        << r.error().message();
+    EXPECT_EQ(server.query_value(name, "SELECT version FROM klingd_schema"), "99");
+}
+
+TEST_F(pg_repository_test, nodes_that_start_together_migrate_the_schema_once) {
+    namespace asio = boost::asio;
+    auto db = test::fresh_pg_database();
+    asio::io_context io;
+    std::vector<std::unique_ptr<storage::pg_repository>> nodes;
+    int opened = 0;
+    for (int i = 0; i < 5; ++i) {
+        nodes.push_back(std::make_unique<storage::pg_repository>(db));
+        asio::co_spawn(io, nodes.back()->open(),
+                       [&opened](std::exception_ptr, core::result<void> r) {
+                           EXPECT_TRUE(r) << (r ? "" : r.error().message());
+                           opened += r ? 1 : 0;
+                       });
+    }
+    io.run();
+    EXPECT_EQ(opened, 5);
+    auto name = db.substr(db.rfind('=') + 1);
+    EXPECT_EQ(test::shared_pg_server().query_value(name, "SELECT count(*) FROM klingd_schema"),
+              "1");
+    EXPECT_EQ(test::shared_pg_server().query_value(name, "SELECT version FROM klingd_schema"),
+              std::to_string(storage::pg_repository::schema_version));
+}
+
+TEST_F(pg_repository_test, a_stopped_server_is_an_error_and_the_next_call_reconnects) {
+    test::pg_server server; // a private one: this test stops it
+    storage::pg_repository repo(server.create_database());
+    ok(repo.open());
+    ok(repo.insert({spec("a")}, t0, {""}));
+    server.stop();
+    auto r = await(repo.get("a"));
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(r.error() == core::errc::store_unavailable) << r.error().message();
+    EXPECT_EQ(r.error().message().find("password"), std::string::npos);
+    server.start();
+    auto again = ok(repo.get("a"));
+    ASSERT_TRUE(again);
+    EXPECT_EQ(again->id, "a");
+}
+
+TEST_F(pg_repository_test, a_server_that_stops_answering_never_holds_up_the_callers_loop) {
+    namespace asio = boost::asio;
+    test::pg_server server;
+    storage::pg_repository repo(server.create_database(), milliseconds(700));
+    ok(repo.open());
+    auto pid = test::read_file(server.dir() + "/data/postmaster.pid");
+    pid = pid.substr(0, pid.find('\n'));
+    // Every process of the server freezes (SIGSTOP): the connection stays up, nothing answers.
+    ASSERT_EQ(std::system(("pkill -STOP -P " + pid + "; kill -STOP " + pid).c_str()), 0);
+    asio::io_context io;
+    int ticks = 0;
+    bool done = false;
+    asio::steady_timer tick(io);
+    std::function<void()> again = [&] {
+        tick.expires_after(milliseconds(10));
+        tick.async_wait([&](boost::system::error_code ec) {
+            if (ec || done)
+                return;
+            ++ticks;
+            again();
+        });
+    };
+    again();
+    auto started = std::chrono::steady_clock::now();
+    auto r = await(io, repo.get("a"));
+    done = true;
+    auto took = std::chrono::steady_clock::now() - started;
+    std::system(("kill -CONT " + pid + "; pkill -CONT -P " + pid).c_str());
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(r.error() == core::errc::store_unavailable) << r.error().message();
+    EXPECT_GE(took, milliseconds(650));
+    EXPECT_LT(took, std::chrono::seconds(5));
+    EXPECT_GE(ticks, 30) << "the loop ran " << ticks << " timer ticks while the call waited";
+    EXPECT_TRUE(ok(repo.meta("x")) == std::nullopt); // and it works again
 }
 
 } // namespace

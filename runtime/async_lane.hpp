@@ -7,7 +7,7 @@
 #include <deque>
 #include <memory>
 
-namespace klingd::daemon {
+namespace klingd::lane {
 
 class async_lane {
 public:
@@ -37,4 +37,4 @@ private:
     std::deque<std::shared_ptr<boost::asio::steady_timer>> waiting_;
 };
 
-} // namespace klingd::daemon
+} // namespace klingd::lane

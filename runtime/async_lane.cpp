@@ -1,11 +1,11 @@
 // Turns are handed from one holder to the next waiting, in order.
-#include "daemon/async_lane.hpp"
+#include "runtime/async_lane.hpp"
 
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
-namespace klingd::daemon {
+namespace klingd::lane {
 
 namespace asio = boost::asio;
 
@@ -32,4 +32,4 @@ void async_lane::release() {
     next->cancel();
 }
 
-} // namespace klingd::daemon
+} // namespace klingd::lane

@@ -1,0 +1,269 @@
+// libpq's asynchronous calls, with the socket's readiness awaited on the caller's loop.
+#include "storage/pg_connection.hpp"
+
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <cstdlib>
+#include <cstring>
+#include <fmt/format.h>
+#include <libpq-fe.h>
+
+namespace klingd::storage::pg {
+
+namespace asio = boost::asio;
+using core::errc;
+
+rows::rows(pg_result* r) : r_(r, PQclear) {}
+
+int rows::size() const {
+    return r_ ? PQntuples(r_.get()) : 0;
+}
+bool rows::null(int row, int col) const {
+    return PQgetisnull(r_.get(), row, col) != 0;
+}
+std::string rows::text(int row, int col) const {
+    return std::string(PQgetvalue(r_.get(), row, col),
+                       static_cast<std::size_t>(PQgetlength(r_.get(), row, col)));
+}
+std::optional<std::string> rows::opt_text(int row, int col) const {
+    if (null(row, col))
+        return std::nullopt;
+    return text(row, col);
+}
+std::int64_t rows::int64(int row, int col) const {
+    return null(row, col) ? 0 : std::strtoll(PQgetvalue(r_.get(), row, col), nullptr, 10);
+}
+std::optional<std::int64_t> rows::opt_int64(int row, int col) const {
+    if (null(row, col))
+        return std::nullopt;
+    return int64(row, col);
+}
+double rows::real(int row, int col) const {
+    return null(row, col) ? 0.0 : std::strtod(PQgetvalue(r_.get(), row, col), nullptr);
+}
+std::int64_t rows::affected() const {
+    const char* n = r_ ? PQcmdTuples(r_.get()) : "";
+    return *n ? std::strtoll(n, nullptr, 10) : 0;
+}
+
+std::string array(const std::vector<param>& items) {
+    std::string out = "{";
+    for (std::size_t i = 0; i < items.size(); ++i) {
+        if (i)
+            out += ',';
+        if (!items[i]) {
+            out += "NULL";
+            continue;
+        }
+        out += '"';
+        for (char c : *items[i]) {
+            if (c == '"' || c == '\\')
+                out += '\\';
+            out += c;
+        }
+        out += '"';
+    }
+    out += '}';
+    return out;
+}
+
+std::string without_password(std::string_view conninfo) {
+    char* err = nullptr;
+    PQconninfoOption* opts = PQconninfoParse(std::string(conninfo).c_str(), &err);
+    if (!opts) {
+        PQfreemem(err);
+        return "(a connection string that does not parse)";
+    }
+    std::string out;
+    for (auto* o = opts; o->keyword; ++o) {
+        if (!o->val || std::strcmp(o->keyword, "password") == 0)
+            continue;
+        if (!out.empty())
+            out += ' ';
+        out += fmt::format("{}={}", o->keyword, o->val);
+    }
+    PQconninfoFree(opts);
+    return out.empty() ? std::string("(libpq defaults)") : out;
+}
+
+namespace {
+
+// What kind of failure an SQLSTATE is.
+errc kind_of(const char* sqlstate) {
+    std::string_view s = sqlstate ? sqlstate : "";
+    if (s.starts_with("08") || s == "57P01" || s == "57P02" || s == "57P03")
+        return errc::store_unavailable; // connection exceptions, admin shutdown, cannot connect now
+    if (s == "53100" || s == "53200" || s == "54000")
+        return errc::store_full;
+    if (s == "25006")
+        return errc::store_read_only;
+    if (s == "40001" || s == "40P01" || s == "55P03")
+        return errc::store_busy;
+    return errc::store_failed;
+}
+
+std::string trimmed(const char* m) {
+    std::string s = m ? m : "";
+    while (!s.empty() && (s.back() == '\n' || s.back() == ' '))
+        s.pop_back();
+    return s;
+}
+
+enum class readiness { read, write };
+
+// Waits until fd is ready, or the deadline passes (false).
+asio::awaitable<bool> wait_ready(int fd, readiness r, std::chrono::steady_clock::time_point until) {
+    auto ex = co_await asio::this_coro::executor;
+    auto sd = std::make_shared<asio::posix::stream_descriptor>(ex, fd);
+    auto timer = std::make_shared<asio::steady_timer>(ex, until);
+    auto timed_out = std::make_shared<bool>(false);
+    timer->async_wait([sd, timed_out](boost::system::error_code ec) {
+        if (!ec) {
+            *timed_out = true;
+            boost::system::error_code ignored;
+            sd->cancel(ignored); // may already be released
+        }
+    });
+    boost::system::error_code ec;
+    co_await sd->async_wait(r == readiness::read ? asio::posix::descriptor_base::wait_read
+                                                 : asio::posix::descriptor_base::wait_write,
+                            asio::redirect_error(asio::use_awaitable, ec));
+    // The timer's handler may run after this frame ends: it holds what it touches.
+    timer->cancel();
+    sd->release(); // libpq owns the socket
+    co_return !*timed_out;
+}
+
+} // namespace
+
+connection::connection(std::string conninfo, std::chrono::milliseconds deadline)
+    : conninfo_(std::move(conninfo)), target_(without_password(conninfo_)), deadline_(deadline) {}
+
+connection::~connection() {
+    close();
+}
+
+void connection::close() {
+    if (conn_)
+        PQfinish(conn_);
+    conn_ = nullptr;
+}
+
+core::error connection::fail(std::string what) {
+    std::string detail = conn_ ? trimmed(PQerrorMessage(conn_)) : std::string();
+    close();
+    return core::error(errc::store_unavailable,
+                       detail.empty()
+                           ? fmt::format("PostgreSQL ({}): {}", target_, what)
+                           : fmt::format("PostgreSQL ({}): {}: {}", target_, what, detail));
+}
+
+asio::awaitable<core::result<void>> connection::ensure() {
+    if (conn_ && PQstatus(conn_) == CONNECTION_OK)
+        co_return core::result<void>{};
+    close();
+    auto until = std::chrono::steady_clock::now() + deadline_;
+    conn_ = PQconnectStart(conninfo_.c_str());
+    if (!conn_)
+        co_return core::error(errc::store_unavailable, "PostgreSQL: out of memory");
+    if (PQstatus(conn_) == CONNECTION_BAD)
+        co_return fail("cannot connect");
+    auto state = PGRES_POLLING_WRITING;
+    while (state != PGRES_POLLING_OK) {
+        if (state == PGRES_POLLING_FAILED)
+            co_return fail("cannot connect");
+        int fd = PQsocket(conn_);
+        if (fd < 0)
+            co_return fail("cannot connect");
+        bool ready = co_await wait_ready(
+            fd, state == PGRES_POLLING_READING ? readiness::read : readiness::write, until);
+        if (!ready)
+            co_return fail(fmt::format("no connection within {} ms", deadline_.count()));
+        state = PQconnectPoll(conn_);
+    }
+    if (PQsetnonblocking(conn_, 1) != 0)
+        co_return fail("cannot use the connection without blocking");
+    // The server's notices ("relation ... already exists, skipping") are not for the log.
+    PQsetNoticeProcessor(
+        conn_, [](void*, const char*) {}, nullptr);
+    co_return core::result<void>{};
+}
+
+asio::awaitable<core::result<rows>> connection::run(std::string sql, std::vector<param>* params) {
+    auto opened = co_await ensure();
+    if (!opened)
+        co_return opened.error();
+    auto until = std::chrono::steady_clock::now() + deadline_;
+    int sent;
+    if (params) {
+        std::vector<const char*> values;
+        values.reserve(params->size());
+        for (auto& p : *params)
+            values.push_back(p ? p->c_str() : nullptr);
+        sent = PQsendQueryParams(conn_, sql.c_str(), static_cast<int>(values.size()), nullptr,
+                                 values.data(), nullptr, nullptr, 0);
+    } else {
+        sent = PQsendQuery(conn_, sql.c_str());
+    }
+    if (!sent)
+        co_return fail("cannot send a statement");
+    for (;;) {
+        int f = PQflush(conn_);
+        if (f < 0)
+            co_return fail("cannot send a statement");
+        if (f == 0)
+            break;
+        if (!co_await wait_ready(PQsocket(conn_), readiness::write, until))
+            co_return fail(fmt::format("no answer within {} ms", deadline_.count()));
+    }
+    rows last;
+    std::optional<core::error> failure;
+    for (;;) {
+        while (PQisBusy(conn_)) {
+            if (!co_await wait_ready(PQsocket(conn_), readiness::read, until))
+                co_return fail(fmt::format("no answer within {} ms", deadline_.count()));
+            if (!PQconsumeInput(conn_))
+                co_return fail("the connection broke");
+        }
+        PGresult* r = PQgetResult(conn_);
+        if (!r)
+            break;
+        auto status = PQresultStatus(r);
+        if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) {
+            last = rows(r);
+            continue;
+        }
+        if (!failure) {
+            const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+            failure = core::error(kind_of(state),
+                                  fmt::format("PostgreSQL: {}", trimmed(PQresultErrorMessage(r))));
+        }
+        PQclear(r);
+    }
+    if (PQstatus(conn_) != CONNECTION_OK) {
+        close();
+        if (failure)
+            co_return core::error(errc::store_unavailable, failure->detail);
+        co_return core::error(errc::store_unavailable,
+                              fmt::format("PostgreSQL ({}): the connection broke", target_));
+    }
+    if (failure)
+        co_return *failure;
+    co_return last;
+}
+
+asio::awaitable<core::result<rows>> connection::query(std::string sql, std::vector<param> params) {
+    co_return co_await run(std::move(sql), &params);
+}
+
+asio::awaitable<core::result<void>> connection::script(std::string sql) {
+    auto r = co_await run(std::move(sql), nullptr);
+    if (!r)
+        co_return r.error();
+    co_return core::result<void>{};
+}
+
+} // namespace klingd::storage::pg

@@ -1,0 +1,463 @@
+// SQL for jobs, history and meta on PostgreSQL. Times are wall-clock milliseconds
+// (bigint), as in SQLite, so a database imported from SQLite keeps them as they are.
+// A batch is one statement (arrays unnested in data-modifying CTEs): atomic without a
+// transaction's extra round trips.
+#include "storage/pg_repository.hpp"
+
+#include <boost/json.hpp>
+#include <fmt/format.h>
+#include <map>
+#include <set>
+#include <tuple>
+
+namespace klingd::storage {
+
+namespace asio = boost::asio;
+namespace json = boost::json;
+using core::time_point;
+using pg::param;
+
+namespace {
+
+// Forward migrations: entry i brings the schema from version i to i + 1. Only add:
+// a node one version behind must still work on the newer schema.
+const char* const migrations[] = {
+    R"(
+CREATE TABLE jobs (
+  seq bigserial UNIQUE,
+  id text PRIMARY KEY,
+  model text NOT NULL,
+  params text NOT NULL,
+  priority integer NOT NULL DEFAULT 0,
+  state text NOT NULL,
+  request_id text,
+  status_url text,
+  response_url text,
+  error text,
+  outputs text NOT NULL DEFAULT '[]',
+  result text,
+  created_at bigint NOT NULL,
+  updated_at bigint NOT NULL,
+  submitted_at bigint,
+  remote_done_at bigint,
+  finished_at bigint,
+  attempts integer NOT NULL DEFAULT 0,
+  polls integer NOT NULL DEFAULT 0,
+  source text NOT NULL DEFAULT ''
+);
+CREATE INDEX jobs_by_state_model ON jobs (state, model);
+CREATE TABLE history (
+  seq bigserial PRIMARY KEY,
+  job_id text NOT NULL,
+  at bigint NOT NULL,
+  state text NOT NULL,
+  note text NOT NULL,
+  request_id text
+);
+CREATE INDEX history_by_job ON history (job_id, seq);
+CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
+)",
+};
+
+static_assert(std::size(migrations) == pg_repository::schema_version);
+
+// Any number: the lock nodes take to migrate one at a time.
+constexpr const char* migration_lock = "SELECT pg_advisory_xact_lock(7242001)";
+
+constexpr const char* job_columns =
+    "id, model, priority, state, request_id, status_url, response_url, error, outputs, result, "
+    "created_at, updated_at, submitted_at, remote_done_at, finished_at, attempts, polls";
+
+std::int64_t ms(time_point t) {
+    return t.time_since_epoch().count();
+}
+time_point at_ms(std::int64_t v) {
+    return time_point(core::milliseconds(v));
+}
+param num(std::int64_t v) {
+    return std::to_string(v);
+}
+param opt_num(const std::optional<time_point>& t) {
+    return t ? num(ms(*t)) : std::nullopt;
+}
+
+std::string outputs_json(const std::vector<std::string>& outputs) {
+    json::array a;
+    for (auto& o : outputs)
+        a.emplace_back(o);
+    return json::serialize(a);
+}
+
+std::vector<std::string> parse_outputs(const std::string& text) {
+    std::vector<std::string> out;
+    boost::system::error_code ec;
+    auto v = json::parse(text, ec);
+    if (!ec && v.is_array())
+        for (auto& e : v.as_array())
+            if (e.is_string())
+                out.emplace_back(e.as_string());
+    return out;
+}
+
+core::job read_job(const pg::rows& r, int i, bool with_params) {
+    core::job j;
+    j.id = r.text(i, 0);
+    j.model = r.text(i, 1);
+    j.priority = static_cast<int>(r.int64(i, 2));
+    j.state = core::parse_job_state(r.text(i, 3)).value_or(core::job_state::failed);
+    j.request_id = r.opt_text(i, 4);
+    j.status_url = r.opt_text(i, 5);
+    j.response_url = r.opt_text(i, 6);
+    j.error = r.opt_text(i, 7);
+    j.outputs = parse_outputs(r.text(i, 8));
+    j.result = r.opt_text(i, 9);
+    j.created_at = at_ms(r.int64(i, 10));
+    j.updated_at = at_ms(r.int64(i, 11));
+    if (auto v = r.opt_int64(i, 12))
+        j.submitted_at = at_ms(*v);
+    if (auto v = r.opt_int64(i, 13))
+        j.remote_done_at = at_ms(*v);
+    if (auto v = r.opt_int64(i, 14))
+        j.finished_at = at_ms(*v);
+    j.attempts = static_cast<int>(r.int64(i, 15));
+    j.polls = static_cast<int>(r.int64(i, 16));
+    if (with_params)
+        j.params = r.text(i, 17);
+    if (j.result)
+        j.phase = core::job_phase::download_due;
+    return j;
+}
+
+} // namespace
+
+pg_repository::pg_repository(std::string conninfo, std::chrono::milliseconds deadline)
+    : db_(std::move(conninfo), deadline) {}
+
+pg_repository::~pg_repository() {
+    finish();
+}
+
+void pg_repository::finish() {
+    finished_ = true;
+    db_.close();
+}
+
+async_result<void> pg_repository::open() {
+    auto turn = co_await lane_.wait_turn();
+    std::string create = std::string("BEGIN; ") + migration_lock +
+                         "; CREATE TABLE IF NOT EXISTS klingd_schema (version integer NOT NULL); "
+                         "INSERT INTO klingd_schema SELECT 0 WHERE NOT EXISTS "
+                         "(SELECT 1 FROM klingd_schema); COMMIT";
+    auto made = co_await db_.script(std::move(create));
+    if (!made) {
+        db_.close();
+        co_return made.error();
+    }
+    // One transaction, under the lock: read the version, apply what is missing.
+    std::string begin = std::string("BEGIN; ") + migration_lock;
+    if (auto b = co_await db_.script(std::move(begin)); !b) {
+        db_.close();
+        co_return b.error();
+    }
+    auto failed = [this](core::error e) {
+        db_.close(); // the transaction goes with the connection
+        return e;
+    };
+    std::string read = "SELECT version FROM klingd_schema";
+    std::vector<param> none;
+    auto v = co_await db_.query(std::move(read), std::move(none));
+    if (!v)
+        co_return failed(v.error());
+    auto version = v->int64(0, 0);
+    if (version > schema_version)
+        co_return failed(core::error(
+            core::errc::store_failed,
+            fmt::format("PostgreSQL ({}): the database has schema version {}, newer than this "
+                        "klingd understands ({}); refusing to use it (upgrade this node)",
+                        db_.target(), version, schema_version)));
+    for (; version < schema_version; ++version) {
+        auto step = std::string(migrations[version]) +
+                    fmt::format("; UPDATE klingd_schema SET version = {}", version + 1);
+        if (auto m = co_await db_.script(std::move(step)); !m)
+            co_return failed(m.error());
+    }
+    if (auto c = co_await db_.script(std::string("COMMIT")); !c)
+        co_return failed(c.error());
+    co_return core::result<void>{};
+}
+
+async_result<std::vector<insert_outcome>> pg_repository::insert(std::vector<core::job_spec> specs,
+                                                                core::time_point now,
+                                                                std::vector<std::string> sources) {
+    auto turn = co_await lane_.wait_turn();
+    std::vector<param> ids, models, params, priorities, from;
+    for (std::size_t i = 0; i < specs.size(); ++i) {
+        ids.emplace_back(specs[i].id);
+        models.emplace_back(specs[i].model);
+        params.emplace_back(specs[i].params);
+        priorities.emplace_back(std::to_string(specs[i].priority));
+        from.emplace_back(i < sources.size() ? sources[i] : std::string());
+    }
+    std::string sql = R"(
+WITH input AS (
+  SELECT DISTINCT ON (id) id, model, params, priority, source, n
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::text[])
+       WITH ORDINALITY AS u(id, model, params, priority, source, n)
+  ORDER BY id, n),
+ins AS (
+  INSERT INTO jobs (id, model, params, priority, state, created_at, updated_at, source)
+  SELECT id, model, params, priority, 'pending', $6::bigint, $6::bigint, source
+  FROM input ORDER BY n
+  ON CONFLICT (id) DO NOTHING
+  RETURNING id),
+hist AS (
+  INSERT INTO history (job_id, at, state, note)
+  SELECT i.id, $6::bigint, 'pending',
+         CASE WHEN i.source <> '' THEN 'accepted from ' || i.source ELSE 'accepted' END
+  FROM input i JOIN ins ON ins.id = i.id ORDER BY i.n)
+SELECT id FROM ins)";
+    std::vector<param> args{pg::array(ids),        pg::array(models), pg::array(params),
+                            pg::array(priorities), pg::array(from),   num(ms(now))};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    std::set<std::string> inserted;
+    for (int i = 0; i < r->size(); ++i)
+        inserted.insert(r->text(i, 0));
+    // What the other ids hold now, to tell the same content from a conflict.
+    using content = std::tuple<std::string, std::string, std::int64_t>;
+    std::map<std::string, content> stored;
+    if (inserted.size() < specs.size()) {
+        std::string read =
+            "SELECT id, model, params, priority FROM jobs WHERE id = ANY($1::text[])";
+        std::vector<param> a{pg::array(ids)};
+        auto s = co_await db_.query(std::move(read), std::move(a));
+        if (!s)
+            co_return s.error();
+        for (int i = 0; i < s->size(); ++i)
+            stored[s->text(i, 0)] = {s->text(i, 1), s->text(i, 2), s->int64(i, 3)};
+    }
+    std::vector<insert_outcome> out;
+    std::set<std::string> seen;
+    for (auto& s : specs) {
+        content mine{s.model, s.params, s.priority};
+        if (inserted.count(s.id) && seen.insert(s.id).second) {
+            stored[s.id] = mine; // a later spec of this batch with the same id compares to it
+            out.push_back(insert_outcome::inserted);
+            continue;
+        }
+        auto it = stored.find(s.id);
+        if (it == stored.end())
+            co_return core::error(core::errc::store_failed,
+                                  fmt::format("job {} was neither inserted nor found", s.id));
+        out.push_back(it->second == mine ? insert_outcome::same_content : insert_outcome::conflict);
+    }
+    co_return out;
+}
+
+async_result<void> pg_repository::save(std::vector<job_change> changes) {
+    if (changes.empty())
+        co_return core::result<void>{};
+    auto turn = co_await lane_.wait_turn();
+    // A job saved twice in one batch: its last state, and every history line in order.
+    std::map<std::string, std::size_t> last;
+    for (std::size_t i = 0; i < changes.size(); ++i)
+        last[changes[i].j.id] = i;
+    std::vector<param> id, state, request_id, status_url, response_url, error, outputs, result,
+        updated, submitted, remote_done, finished, attempts, polls;
+    std::vector<param> h_id, h_at, h_state, h_note, h_request;
+    for (std::size_t i = 0; i < changes.size(); ++i) {
+        auto& j = changes[i].j;
+        for (auto& h : changes[i].history) {
+            h_id.emplace_back(j.id);
+            h_at.push_back(num(ms(h.at)));
+            h_state.emplace_back(h.state);
+            h_note.emplace_back(h.note);
+            h_request.push_back(h.request_id);
+        }
+        if (last[j.id] != i)
+            continue;
+        id.emplace_back(j.id);
+        state.emplace_back(std::string(core::to_string(j.state)));
+        request_id.push_back(j.request_id);
+        status_url.push_back(j.status_url);
+        response_url.push_back(j.response_url);
+        error.push_back(j.error);
+        outputs.emplace_back(outputs_json(j.outputs));
+        result.push_back(j.result);
+        updated.push_back(num(ms(j.updated_at)));
+        submitted.push_back(opt_num(j.submitted_at));
+        remote_done.push_back(opt_num(j.remote_done_at));
+        finished.push_back(opt_num(j.finished_at));
+        attempts.push_back(num(j.attempts));
+        polls.push_back(num(j.polls));
+    }
+    std::string sql = R"(
+WITH u AS (
+  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                       $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[],
+                       $12::bigint[], $13::integer[], $14::integer[])
+         AS u(id, state, request_id, status_url, response_url, error, outputs, result,
+              updated_at, submitted_at, remote_done_at, finished_at, attempts, polls)),
+upd AS (
+  UPDATE jobs j SET state = u.state, request_id = u.request_id, status_url = u.status_url,
+    response_url = u.response_url, error = u.error, outputs = u.outputs, result = u.result,
+    updated_at = u.updated_at, submitted_at = u.submitted_at, remote_done_at = u.remote_done_at,
+    finished_at = u.finished_at, attempts = u.attempts, polls = u.polls
+  FROM u WHERE j.id = u.id
+  RETURNING j.id),
+h AS (
+  INSERT INTO history (job_id, at, state, note, request_id)
+  SELECT job_id, at, state, note, request_id
+  FROM unnest($15::text[], $16::bigint[], $17::text[], $18::text[], $19::text[])
+       WITH ORDINALITY AS h(job_id, at, state, note, request_id, n)
+  ORDER BY n)
+SELECT count(*) FROM upd)";
+    std::vector<param> args{pg::array(id),         pg::array(state),        pg::array(request_id),
+                            pg::array(status_url), pg::array(response_url), pg::array(error),
+                            pg::array(outputs),    pg::array(result),       pg::array(updated),
+                            pg::array(submitted),  pg::array(remote_done),  pg::array(finished),
+                            pg::array(attempts),   pg::array(polls),        pg::array(h_id),
+                            pg::array(h_at),       pg::array(h_state),      pg::array(h_note),
+                            pg::array(h_request)};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    co_return core::result<void>{};
+}
+
+async_result<std::optional<core::job>> pg_repository::get(std::string id) {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql = fmt::format("SELECT {}, params FROM jobs WHERE id = $1", job_columns);
+    std::vector<param> args{std::move(id)};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    if (r->size() == 0)
+        co_return std::optional<core::job>{};
+    co_return std::optional<core::job>(read_job(*r, 0, true));
+}
+
+async_result<std::vector<core::job>> pg_repository::list(job_filter f) {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql = fmt::format("SELECT {} FROM jobs WHERE true", job_columns);
+    std::vector<param> args;
+    if (f.state) {
+        args.emplace_back(std::string(core::to_string(*f.state)));
+        sql += fmt::format(" AND state = ${}", args.size());
+    }
+    if (f.model) {
+        args.emplace_back(*f.model);
+        sql += fmt::format(" AND model = ${}", args.size());
+    }
+    if (f.after) {
+        args.emplace_back(*f.after);
+        sql += fmt::format(" AND seq > (SELECT seq FROM jobs WHERE id = ${})", args.size());
+    }
+    args.push_back(num(static_cast<std::int64_t>(f.limit)));
+    sql += fmt::format(" ORDER BY seq LIMIT ${}", args.size());
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    std::vector<core::job> out;
+    out.reserve(static_cast<std::size_t>(r->size()));
+    for (int i = 0; i < r->size(); ++i)
+        out.push_back(read_job(*r, i, false));
+    co_return out;
+}
+
+async_result<std::vector<core::job>> pg_repository::unfinished() {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql =
+        fmt::format("SELECT {}, CASE WHEN state IN ('pending','submitting') THEN params ELSE '' "
+                    "END FROM jobs WHERE state IN ('pending','submitting','queued','processing') "
+                    "ORDER BY seq",
+                    job_columns);
+    std::vector<param> none;
+    auto r = co_await db_.query(std::move(sql), std::move(none));
+    if (!r)
+        co_return r.error();
+    std::vector<core::job> out;
+    out.reserve(static_cast<std::size_t>(r->size()));
+    for (int i = 0; i < r->size(); ++i)
+        out.push_back(read_job(*r, i, true));
+    co_return out;
+}
+
+async_result<std::string> pg_repository::params_of(std::string id) {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql = "SELECT params FROM jobs WHERE id = $1";
+    std::vector<param> args{std::move(id)};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    co_return r->size() ? r->text(0, 0) : std::string();
+}
+
+async_result<std::vector<history_entry>> pg_repository::history(std::string id) {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql =
+        "SELECT at, state, note, request_id FROM history WHERE job_id = $1 ORDER BY seq";
+    std::vector<param> args{std::move(id)};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    std::vector<history_entry> out;
+    for (int i = 0; i < r->size(); ++i)
+        out.push_back({at_ms(r->int64(i, 0)), r->text(i, 1), r->text(i, 2), r->opt_text(i, 3)});
+    co_return out;
+}
+
+async_result<state_model_counts> pg_repository::counts() {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql = "SELECT state, model, count(*) FROM jobs GROUP BY state, model";
+    std::vector<param> none;
+    auto r = co_await db_.query(std::move(sql), std::move(none));
+    if (!r)
+        co_return r.error();
+    state_model_counts out;
+    for (int i = 0; i < r->size(); ++i)
+        out[{r->text(i, 0), r->text(i, 1)}] = r->int64(i, 2);
+    co_return out;
+}
+
+async_result<std::vector<double>> pg_repository::recent_durations(std::string model, int n) {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql =
+        "SELECT (remote_done_at - submitted_at) / 1000.0 FROM jobs WHERE model = $1 AND state = "
+        "'completed' AND remote_done_at IS NOT NULL AND submitted_at IS NOT NULL "
+        "ORDER BY finished_at DESC LIMIT $2";
+    std::vector<param> args{std::move(model), num(n)};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    std::vector<double> out;
+    for (int i = 0; i < r->size(); ++i)
+        out.push_back(r->real(i, 0));
+    co_return out;
+}
+
+async_result<std::optional<std::string>> pg_repository::meta(std::string key) {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql = "SELECT value FROM meta WHERE key = $1";
+    std::vector<param> args{std::move(key)};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    if (r->size() == 0)
+        co_return std::optional<std::string>{};
+    co_return std::optional<std::string>(r->text(0, 0));
+}
+
+async_result<void> pg_repository::set_meta(std::string key, std::string value) {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql = "INSERT INTO meta (key, value) VALUES ($1, $2) "
+                      "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value";
+    std::vector<param> args{std::move(key), std::move(value)};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    co_return core::result<void>{};
+}
+
+} // namespace klingd::storage

@@ -1,0 +1,53 @@
+// The PostgreSQL backend of the storage seam, for several hosts sharing one database
+// (a cluster). One connection driven by the caller's event loop (pg_connection); calls
+// take turns on a lane, so they complete in the order they were made. The schema has
+// forward migrations of its own (table klingd_schema), run under an advisory lock so
+// that nodes starting together migrate once; migrations only add, so nodes of two
+// adjacent versions can share a database, and a schema newer than this klingd knows
+// is refused.
+#pragma once
+
+#include "runtime/async_lane.hpp"
+#include "storage/job_repository.hpp"
+#include "storage/pg_connection.hpp"
+
+#include <string>
+
+namespace klingd::storage {
+
+class pg_repository final : public job_repository {
+public:
+    static constexpr int schema_version = 1;
+
+    explicit pg_repository(std::string conninfo,
+                           std::chrono::milliseconds deadline = std::chrono::seconds(10));
+    ~pg_repository() override;
+
+    // Connects and migrates; an error says why the database cannot be used.
+    async_result<void> open() override;
+    void finish() override;
+
+    async_result<std::vector<insert_outcome>> insert(std::vector<core::job_spec> specs,
+                                                     core::time_point now,
+                                                     std::vector<std::string> sources) override;
+    async_result<void> save(std::vector<job_change> changes) override;
+    async_result<std::optional<core::job>> get(std::string id) override;
+    async_result<std::vector<core::job>> list(job_filter f) override;
+    async_result<std::vector<core::job>> unfinished() override;
+    async_result<std::string> params_of(std::string id) override;
+    async_result<std::vector<history_entry>> history(std::string id) override;
+    async_result<state_model_counts> counts() override;
+    async_result<std::vector<double>> recent_durations(std::string model, int n) override;
+    async_result<std::optional<std::string>> meta(std::string key) override;
+    async_result<void> set_meta(std::string key, std::string value) override;
+
+    // Where the database is, without a password.
+    const std::string& target() const { return db_.target(); }
+
+private:
+    pg::connection db_;
+    lane::async_lane lane_;
+    bool finished_ = false;
+};
+
+} // namespace klingd::storage

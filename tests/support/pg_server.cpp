@@ -1,0 +1,102 @@
+// Starting and stopping through pg_server.sh; queries through libpq, synchronously.
+#include "tests/support/pg_server.hpp"
+
+#include "tests/support/child_process.hpp"
+
+#include <atomic>
+#include <cstdlib>
+#include <fstream>
+#include <libpq-fe.h>
+#include <memory>
+#include <stdexcept>
+#include <unistd.h>
+
+namespace klingd::test {
+
+namespace {
+const std::string script_path = std::string(KLINGD_SOURCE_DIR) + "/tests/support/pg_server.sh";
+
+std::string new_dir() {
+    char name[] = "/tmp/klingd-pg.XXXXXX";
+    if (!::mkdtemp(name))
+        throw std::runtime_error("pg_server: mkdtemp failed");
+    return name;
+}
+} // namespace
+
+pg_server::pg_server() : dir_(new_dir()), owned_(true) {
+    start();
+}
+
+pg_server::pg_server(std::string dir) : dir_(std::move(dir)), owned_(false) {}
+
+pg_server::~pg_server() {
+    if (owned_) {
+        try {
+            script("remove");
+        } catch (...) {
+        }
+    }
+}
+
+void pg_server::script(const std::string& verb) const {
+    child_process p("/bin/bash", {script_path, verb, dir_});
+    auto rc = p.wait(std::chrono::seconds(90));
+    if (rc != 0)
+        throw std::runtime_error("pg_server.sh " + verb + " " + dir_ +
+                                 " failed: " + p.stderr_text() + p.stdout_text());
+}
+
+void pg_server::start() {
+    script("start");
+}
+void pg_server::stop() {
+    script("stop");
+}
+void pg_server::kill() {
+    script("kill");
+}
+
+std::string pg_server::conninfo(const std::string& db) const {
+    return "host=" + dir_ + "/sock port=5432 user=klingd dbname=" + db;
+}
+
+std::string pg_server::query_value(const std::string& db, const std::string& sql) const {
+    std::unique_ptr<PGconn, decltype(&PQfinish)> c(PQconnectdb(conninfo(db).c_str()), PQfinish);
+    if (PQstatus(c.get()) != CONNECTION_OK)
+        throw std::runtime_error(std::string("pg_server: cannot connect: ") +
+                                 PQerrorMessage(c.get()));
+    std::unique_ptr<PGresult, decltype(&PQclear)> r(PQexec(c.get(), sql.c_str()), PQclear);
+    auto st = PQresultStatus(r.get());
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+        throw std::runtime_error("pg_server: " + sql + ": " + PQresultErrorMessage(r.get()));
+    if (st == PGRES_TUPLES_OK && PQntuples(r.get()) > 0 && PQnfields(r.get()) > 0)
+        return PQgetvalue(r.get(), 0, 0);
+    return {};
+}
+
+std::string pg_server::create_database() {
+    static std::atomic<int> n{0};
+    std::string name = "t" + std::to_string(::getpid()) + "_" + std::to_string(n++);
+    query_value("postgres", "CREATE DATABASE " + name);
+    return conninfo(name);
+}
+
+pg_server& shared_pg_server() {
+    static std::unique_ptr<pg_server> server = [] {
+        if (const char* file = std::getenv("KLINGD_TEST_PG_FILE")) {
+            std::ifstream in(file);
+            std::string dir;
+            if (in >> dir)
+                return std::make_unique<pg_server>(dir);
+        }
+        return std::make_unique<pg_server>();
+    }();
+    return *server;
+}
+
+std::string fresh_pg_database() {
+    return shared_pg_server().create_database();
+}
+
+} // namespace klingd::test
