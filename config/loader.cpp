@@ -16,10 +16,12 @@
 #include <filesystem>
 #include <fmt/format.h>
 #include <fstream>
+#include <libpq-fe.h>
 #include <span>
 #include <sstream>
 #include <sys/stat.h>
 #include <toml++/toml.h>
+#include <unistd.h>
 
 namespace klingd::config {
 namespace {
@@ -252,6 +254,60 @@ void parse_socket_mode(context& c, const toml::node& n, control_settings& contro
     control.socket_mode = mode;
 }
 
+void parse_postgresql(context& c, const toml::node& n, storage_settings& st) {
+    constexpr std::string_view key = "storage.postgresql";
+    auto v = read_string(c, n, key);
+    if (!v)
+        return;
+    if (v->empty()) {
+        st.postgresql.clear();
+        return;
+    }
+    char* err = nullptr;
+    PQconninfoOption* opts = PQconninfoParse(v->c_str(), &err);
+    if (!opts) {
+        // libpq's message names the part that does not parse; it never repeats a password.
+        std::string why = err ? err : "it does not parse";
+        PQfreemem(err);
+        while (!why.empty() && (why.back() == '\n' || why.back() == ' '))
+            why.pop_back();
+        c.error(n, key, fmt::format("not a libpq connection string or URI: {}", why));
+        return;
+    }
+    bool has_password = false;
+    for (auto* o = opts; o->keyword; ++o)
+        if (o->val && std::string_view(o->keyword) == "password")
+            has_password = true;
+    PQconninfoFree(opts);
+    if (has_password) {
+        c.error(n, key,
+                "must not hold a password (it would be in the configuration and the logs): put "
+                "it in libpq's password file (~/.pgpass or $PGPASSFILE) or give the systemd "
+                "credential postgresql-password");
+        return;
+    }
+    st.postgresql = *v;
+}
+
+void parse_node_name(context& c, const toml::node& n, cluster_settings& cl) {
+    constexpr std::string_view key = "cluster.node";
+    auto v = read_string(c, n, key);
+    if (!v)
+        return;
+    bool ok = v->size() <= 63 && std::all_of(v->begin(), v->end(), [](char ch) {
+                  return std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' ||
+                         ch == '.';
+              });
+    if (!ok) {
+        c.error(n, key,
+                fmt::format("\"{}\" is not a node name: at most 63 letters, digits, '-', '_' or "
+                            "'.' (empty: the host name)",
+                            v->substr(0, 80)));
+        return;
+    }
+    cl.node = *v;
+}
+
 using key_parser = void (*)(context&, const toml::node&, settings&);
 
 struct key_rule {
@@ -290,6 +346,17 @@ const key_rule api_keys[] = {
 };
 const key_rule storage_keys[] = {
     {"database", [](context& c, const toml::node& n, settings& s) { assign(read_path(c, n, "storage.database"), s.storage.database); }},
+    {"postgresql", [](context& c, const toml::node& n, settings& s) { parse_postgresql(c, n, s.storage); }},
+};
+const key_rule cluster_keys[] = {
+    {"node", [](context& c, const toml::node& n, settings& s) { parse_node_name(c, n, s.cluster); }},
+    {"takeover_s", [](context& c, const toml::node& n, settings& s) {
+        auto v = read_seconds(c, n, "cluster.takeover_s", 3600);
+        if (v && *v < 3)
+            c.error(n, "cluster.takeover_s", fmt::format("{} is too short: at least 3 seconds (a node renews its claims three times within it)", *v));
+        else
+            assign(v, s.cluster.takeover_s);
+    }},
 };
 const key_rule spool_keys[] = {
     {"directory", [](context& c, const toml::node& n, settings& s) { assign(read_path(c, n, "spool.directory"), s.spool.directory); }},
@@ -331,8 +398,9 @@ struct section_rule {
 };
 
 const section_rule sections[] = {
-    {"api", api_keys},       {"storage", storage_keys}, {"spool", spool_keys},
-    {"output", output_keys}, {"control", control_keys}, {"jobs", jobs_keys},
+    {"api", api_keys},     {"storage", storage_keys}, {"cluster", cluster_keys},
+    {"spool", spool_keys}, {"output", output_keys},   {"control", control_keys},
+    {"jobs", jobs_keys},
 };
 
 std::string known_names(std::span<const key_rule> keys) {
@@ -498,6 +566,25 @@ void find_api_key(context& c, settings& s, const env_lookup& env) {
         "($CREDENTIALS_DIRECTORY/segmind-api-key), or set $SEGMIND_API_KEY");
 }
 
+void find_postgresql_password(context& c, settings& s, const env_lookup& env) {
+    auto dir = env("CREDENTIALS_DIRECTORY");
+    if (!dir || dir->empty())
+        return;
+    std::string path = (fs::path(*dir) / "postgresql-password").string();
+    std::error_code ec;
+    if (!fs::exists(path, ec))
+        return;
+    std::ifstream in(path, std::ios::binary);
+    std::ostringstream buf;
+    buf << in.rdbuf();
+    if (!in && !in.eof()) {
+        c.error(0, "storage.postgresql",
+                fmt::format("cannot read the credential {}: {}", path, std::strerror(errno)));
+        return;
+    }
+    s.postgresql_password = secret(trim(buf.str()));
+}
+
 } // namespace
 
 env_lookup process_environment() {
@@ -549,8 +636,8 @@ load_result parse_settings(std::string_view toml_text, const std::string& source
                          [&, name = k.str()](const section_rule& r) { return r.name == name; });
         if (sec == std::end(sections)) {
             c.error(line, k.str(),
-                    "unknown key or table (known: log_level, [api], [storage], [spool], [output], "
-                    "[control], [jobs], [models.\"<slug>\"])");
+                    "unknown key or table (known: log_level, [api], [storage], [cluster], [spool], "
+                    "[output], [control], [jobs], [models.\"<slug>\"])");
             continue;
         }
         parse_section(c, *sec, v, s, line);
@@ -560,6 +647,18 @@ load_result parse_settings(std::string_view toml_text, const std::string& source
         check_cross_rules(c, s);
     if (c.errors.empty())
         find_api_key(c, s, env);
+    if (c.errors.empty() && !s.storage.postgresql.empty())
+        find_postgresql_password(c, s, env);
+    if (c.errors.empty() && s.cluster.node.empty()) {
+        char host[256] = {};
+        if (::gethostname(host, sizeof host - 1) == 0)
+            s.cluster.node = host;
+        auto dot = s.cluster.node.find('.');
+        if (dot != std::string::npos && dot > 0)
+            s.cluster.node.resize(dot); // the short name
+        if (s.cluster.node.empty())
+            s.cluster.node = "localhost";
+    }
 
     load_result r;
     r.errors = c.sorted_errors();
@@ -604,6 +703,12 @@ std::string render_settings(const settings& s) {
     line("max_result_bytes", std::to_string(s.api.max_result_bytes));
     o += "\n[storage]\n";
     line("database", quote(s.storage.database));
+    line("postgresql", quote(s.storage.postgresql));
+    if (!s.postgresql_password.empty())
+        o += "# postgresql password: from the systemd credential postgresql-password (redacted)\n";
+    o += "\n[cluster]\n";
+    line("node", quote(s.cluster.node));
+    line("takeover_s", num(s.cluster.takeover_s));
     o += "\n[spool]\n";
     line("directory", quote(s.spool.directory));
     line("max_file_bytes", std::to_string(s.spool.max_file_bytes));

@@ -39,6 +39,9 @@ std::vector<std::string> apply_reload(settings& cur, const settings& fresh) {
     d.apply("api.request_timeout_s", cur.api.request_timeout_s, fresh.api.request_timeout_s);
     d.apply("api.max_result_bytes", cur.api.max_result_bytes, fresh.api.max_result_bytes);
     d.restart_only("storage.database", cur.storage.database, fresh.storage.database);
+    d.restart_only("storage.postgresql", cur.storage.postgresql, fresh.storage.postgresql);
+    d.restart_only("cluster.node", cur.cluster.node, fresh.cluster.node);
+    d.restart_only("cluster.takeover_s", cur.cluster.takeover_s, fresh.cluster.takeover_s);
     d.restart_only("spool.directory", cur.spool.directory, fresh.spool.directory);
     d.apply("spool.max_file_bytes", cur.spool.max_file_bytes, fresh.spool.max_file_bytes);
     d.restart_only("output.directory", cur.output.directory, fresh.output.directory);

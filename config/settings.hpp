@@ -37,6 +37,14 @@ struct api_settings {
 
 struct storage_settings {
     std::string database = "/var/lib/klingd/klingd.db";
+    // A libpq connection string or URI: PostgreSQL and a cluster instead of SQLite. Never
+    // holds a password (refused at load); see settings::postgresql_password.
+    std::string postgresql;
+};
+
+struct cluster_settings {
+    std::string node;       // this host's name in the cluster; "" at load: the host name
+    double takeover_s = 30; // a node silent this long loses its claims to the others
 };
 
 struct spool_settings {
@@ -70,6 +78,7 @@ struct settings {
     std::string log_level = "info";
     api_settings api;
     storage_settings storage;
+    cluster_settings cluster;
     spool_settings spool;
     output_settings output;
     control_settings control;
@@ -83,6 +92,9 @@ struct settings {
     secret api_key;
     std::string
         api_key_source; // where the key was found (a path or a variable name), never the key
+    // The PostgreSQL password from the systemd credential postgresql-password, if given
+    // (libpq's passfile is the other way); never in the connection string.
+    secret postgresql_password;
 };
 
 } // namespace klingd::config

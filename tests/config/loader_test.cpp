@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 namespace {
 
@@ -196,6 +197,13 @@ INSTANTIATE_TEST_SUITE_P(all, config_rejects, ::testing::Values(
     bad_case{"empty_database", "[storage]\ndatabase = \"\"\n", "2: storage.database", "must not be empty"},
     bad_case{"control_char_in_path", "[spool]\ndirectory = \"/tmp/a\\u0001b\"\n", "2: spool.directory", "control characters"},
     bad_case{"zero_model_duration", "[models.\"kling-o1\"]\nexpected_duration_s = 0\n", "2: models.\"kling-o1\".expected_duration_s", "out of range"},
+    bad_case{"postgresql_with_password", "[storage]\npostgresql = \"host=db user=k password=hunter2\"\n", "2: storage.postgresql", "must not hold a password"},
+    bad_case{"postgresql_uri_with_password", "[storage]\npostgresql = \"postgresql://k:hunter2@db/klingd\"\n", "2: storage.postgresql", "password file"},
+    bad_case{"postgresql_not_conninfo", "[storage]\npostgresql = \"host=db = nonsense\"\n", "2: storage.postgresql", "not a libpq connection string"},
+    bad_case{"postgresql_unknown_option", "[storage]\npostgresql = \"hots=db\"\n", "2: storage.postgresql", "hots"},
+    bad_case{"node_name_with_slash", "[cluster]\nnode = \"a/b\"\n", "2: cluster.node", "not a node name"},
+    bad_case{"takeover_too_short", "[cluster]\ntakeover_s = 1\n", "2: cluster.takeover_s", "at least 3 seconds"},
+    bad_case{"takeover_absurd", "[cluster]\ntakeover_s = 1e9\n", "2: cluster.takeover_s", "out of range"},
     bad_case{"syntax_error", "[api\nbase_url = 1\n", "1: syntax", ""}
 ), [](const auto& info) { return std::string(info.param.name); });
 // clang-format on
@@ -402,6 +410,41 @@ expected_duration_s = 40
     EXPECT_EQ(all.find("a-new-key"), std::string::npos) << "never the key itself";
     EXPECT_EQ(all.find("sk-test-0123456789"), std::string::npos);
     EXPECT_TRUE(klingd::config::apply_reload(cur, cur).empty());
+}
+
+} // namespace
+
+namespace {
+
+TEST(config_cluster, postgresql_node_and_takeover_are_read_and_the_node_defaults_to_the_host) {
+    auto r = parse("[storage]\npostgresql = \"postgresql://klingd@db.example/klingd\"\n"
+                   "[cluster]\nnode = \"worker-1.a_b\"\ntakeover_s = 12.5\n");
+    ASSERT_TRUE(r.value) << r.errors.at(0);
+    EXPECT_EQ(r.value->storage.postgresql, "postgresql://klingd@db.example/klingd");
+    EXPECT_EQ(r.value->cluster.node, "worker-1.a_b");
+    EXPECT_EQ(r.value->cluster.takeover_s, 12.5);
+    auto d = parse("");
+    ASSERT_TRUE(d.value);
+    EXPECT_TRUE(d.value->storage.postgresql.empty());
+    EXPECT_EQ(d.value->cluster.takeover_s, 30);
+    char host[256] = {};
+    ASSERT_EQ(::gethostname(host, sizeof host - 1), 0);
+    std::string shortname = host;
+    shortname = shortname.substr(0, shortname.find('.'));
+    EXPECT_EQ(d.value->cluster.node, shortname);
+}
+
+TEST(config_cluster, the_password_credential_is_read_and_never_rendered) {
+    klingd::test::temp_dir creds("creds");
+    klingd::test::write_file(creds / "postgresql-password", "s3cret-pw\n");
+    auto r = parse("[storage]\npostgresql = \"host=/run/postgresql dbname=klingd\"\n",
+                   env_with({{"SEGMIND_API_KEY", "sk-test-0123456789"},
+                             {"CREDENTIALS_DIRECTORY", creds.path()}}));
+    ASSERT_TRUE(r.value) << r.errors.at(0);
+    EXPECT_EQ(r.value->postgresql_password.reveal(), "s3cret-pw");
+    auto text = klingd::config::render_settings(*r.value);
+    EXPECT_EQ(text.find("s3cret-pw"), std::string::npos) << text;
+    EXPECT_NE(text.find("postgresql-password (redacted)"), std::string::npos) << text;
 }
 
 } // namespace
