@@ -56,6 +56,10 @@ public:
             return "the database failed";
         case errc::store_unavailable:
             return "the database server cannot be reached";
+        case errc::claim_lost:
+            return "this node no longer holds the job's claim";
+        case errc::node_name_taken:
+            return "a live node of the cluster has this node's name";
         case errc::io_failed:
             return "a file operation failed";
         }

@@ -38,6 +38,8 @@ enum class errc {
     store_read_only,   // the database cannot be written
     store_failed,      // any other database failure
     store_unavailable, // the database server cannot be reached, or the connection broke
+    claim_lost,        // in a cluster: this node no longer holds the job's claim
+    node_name_taken,   // in a cluster: a live node holds this node's name
     io_failed,         // a file operation failed
 };
 

@@ -73,6 +73,9 @@ struct job {
     int polls = 0;             // status polls sent for the current request
     int failures = 0;          // consecutive transient failures of the current step (not persisted)
     time_point last_poll_at{}; // when the last "not done yet" answer was seen (not persisted)
+    // In a cluster: the node that holds the job's claim now, or that finished it; none
+    // while pending and on a single host. Written by claims, never by save.
+    std::optional<std::string> node;
 };
 
 // The job with every time moved by d (between the daemon's monotonic time and the wall clock).

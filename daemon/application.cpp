@@ -31,7 +31,8 @@ void apply_log_level(const config::settings& s) {
 const config::settings& with_folders(const config::settings& s) {
     namespace fs = std::filesystem;
     std::error_code ec;
-    fs::create_directories(fs::path(s.storage.database).parent_path(), ec);
+    if (s.storage.postgresql.empty())
+        fs::create_directories(fs::path(s.storage.database).parent_path(), ec);
     fs::create_directories(s.output.directory, ec);
     if (ec)
         throw start_failure(1, fmt::format("cannot create the output folder {}: {}",
@@ -39,10 +40,18 @@ const config::settings& with_folders(const config::settings& s) {
     return s;
 }
 
-std::unique_ptr<storage::job_repository> open_store(const std::string& path) try {
-    return std::make_unique<storage::sqlite_repository>(path);
+// SQLite opens here; PostgreSQL connects and migrates in start_up (on the event loop).
+std::unique_ptr<storage::job_repository> open_store(const config::settings& s) try {
+    if (!s.storage.postgresql.empty())
+        return std::make_unique<storage::pg_repository>(
+            s.storage.postgresql, std::chrono::seconds(10), s.postgresql_password.reveal());
+    return std::make_unique<storage::sqlite_repository>(s.storage.database);
 } catch (const storage::storage_error& e) {
     throw start_failure(1, fmt::format("cannot use the database: {}", e.what()));
+}
+
+storage::cluster_store* cluster_of(storage::job_repository& r) {
+    return dynamic_cast<storage::cluster_store*>(&r);
 }
 
 asio::ssl::context make_tls(const std::string& ca_file) try {
@@ -69,14 +78,20 @@ control_limits control_limits_of(const config::settings& s) {
 
 application::application(config::settings& s, std::string config_path)
     : settings_((apply_log_level(s), s)), config_path_(std::move(config_path)),
-      store_(open_store(with_folders(s).storage.database)), tls_(make_tls(s.api.ca_file)),
-      client_(io_.get_executor(), tls_, client_options_of(s)),
-      engine_(io_, s, *store_, client_, clock_),
+      store_(open_store(with_folders(s))), cluster_(cluster_of(*store_)),
+      tls_(make_tls(s.api.ca_file)), client_(io_.get_executor(), tls_, client_options_of(s)),
+      engine_(io_, s, *store_, client_, clock_, cluster_),
       control_(io_, s, engine_, events_, control_limits_of(s)), spool_(io_, s, engine_),
       notifier_(io_, engine_), stop_signals_(io_, SIGTERM, SIGINT), reload_signals_(io_, SIGHUP) {
     engine_.on_change = [this](const core::job& j, const std::string& note) {
         if (!note.empty())
             events_.publish(j.id, event_line(j, note, clock_.to_wall(j.updated_at)));
+    };
+    engine_.on_fatal = [this](const std::string&) {
+        exit_code_ = 1;
+        spool_.stop();
+        control_.stop();
+        io_.stop();
     };
 }
 
@@ -103,6 +118,8 @@ int application::run() {
 
 asio::awaitable<void> application::start_up() {
     try {
+        if (auto opened = co_await store_->open(); !opened)
+            throw std::runtime_error("cannot use the database: " + opened.error().message());
         co_await engine_.start();
         control_.start();
         spool_.start();
@@ -112,9 +129,12 @@ asio::awaitable<void> application::start_up() {
         io_.stop();
         co_return;
     }
-    log::notice("klingd {} started: API {}, spool {}, output {}, {} requests/min", KLINGD_VERSION,
-                settings_.api.base_url, settings_.spool.directory, settings_.output.directory,
-                settings_.api.requests_per_minute);
+    log::notice("klingd {} started: API {}, spool {}, output {}, {} requests/min, {}",
+                KLINGD_VERSION, settings_.api.base_url, settings_.spool.directory,
+                settings_.output.directory, settings_.api.requests_per_minute,
+                cluster_ ? fmt::format("cluster node {} on PostgreSQL ({})", engine_.node_name(),
+                                       static_cast<storage::pg_repository*>(store_.get())->target())
+                         : fmt::format("database {}", settings_.storage.database));
     asio::co_spawn(io_, stop_on_signal(), log::exit_on_exception);
     asio::co_spawn(io_, reload_on_hup(), log::exit_on_exception);
     auto n = co_await spool_.scan();

@@ -11,6 +11,7 @@
 #include "daemon/http_client.hpp"
 #include "daemon/service_notifier.hpp"
 #include "daemon/spool.hpp"
+#include "storage/pg_repository.hpp"
 #include "storage/sqlite_repository.hpp"
 
 #include <boost/asio/awaitable.hpp>
@@ -59,6 +60,7 @@ private:
     std::string config_path_;
     io_context io_{1};
     std::unique_ptr<storage::job_repository> store_;
+    storage::cluster_store* cluster_ = nullptr; // the PostgreSQL store, in a cluster
     boost::asio::ssl::context tls_;
     http_client client_;
     system_clock clock_;

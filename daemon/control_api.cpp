@@ -375,6 +375,41 @@ asio::awaitable<control_response> stats(const control_request& req, engine& e) {
     co_return json_response(req.version(), http::status::ok, stats_json(e, *counts));
 }
 
+// The cluster's nodes; one host alone is a cluster of one, with no database heartbeat.
+asio::awaitable<control_response> list_nodes(const control_request& req, engine& e) {
+    json::array a;
+    if (!e.in_cluster()) {
+        a.push_back(json::object{{"name", e.node_name()},
+                                 {"live", true},
+                                 {"heartbeat_at", nullptr},
+                                 {"jobs_held", static_cast<std::int64_t>(e.in_flight())},
+                                 {"version", KLINGD_VERSION},
+                                 {"this", true}});
+        co_return json_response(req.version(), http::status::ok, json::object{{"nodes", a}});
+    }
+    auto nodes = co_await e.nodes();
+    if (!nodes)
+        co_return store_unavailable(req, nodes.error());
+    for (auto& n : *nodes) {
+        json::object o;
+        o["name"] = n.name;
+        o["live"] = n.live;
+        o["stopped"] = n.stopped;
+        o["heartbeat_at"] = n.heartbeat_at ? json::value(core::format_rfc3339(*n.heartbeat_at))
+                                           : json::value(nullptr);
+        o["heartbeat_age_s"] =
+            n.heartbeat_at
+                ? number(std::chrono::duration<double>(n.db_now - *n.heartbeat_at).count())
+                : json::value(nullptr);
+        o["jobs_held"] = n.held;
+        o["requests_per_minute"] = number(n.requests_per_minute);
+        o["version"] = n.version;
+        o["this"] = n.name == e.node_name();
+        a.push_back(std::move(o));
+    }
+    co_return json_response(req.version(), http::status::ok, json::object{{"nodes", a}});
+}
+
 control_response pause_or_resume(const control_request& req, engine& e, const peer_info& peer,
                                  bool pause) {
     e.set_paused(pause);
@@ -399,6 +434,10 @@ const route routes[] = {
         co_return co_await metrics(req, e);
     }},
     {http::verb::get, {"v1", "health"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
+        // Answered from memory, never waiting on the database: a node cut off from it says so.
+        if (auto why = e.degraded_reason(); !why.empty())
+            co_return json_response(req.version(), http::status::service_unavailable,
+                                    json::object{{"status", "degraded"}, {"reason", why}, {"version", KLINGD_VERSION}});
         co_return json_response(req.version(), http::status::ok, json::object{{"status", "ok"}, {"version", KLINGD_VERSION}});
     }},
     {http::verb::get, {"v1", "events"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
@@ -424,6 +463,9 @@ const route routes[] = {
     }},
     {http::verb::post, {"v1", "resume"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
         co_return pause_or_resume(req, e, p, false);
+    }},
+    {http::verb::get, {"v1", "nodes"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
+        co_return co_await list_nodes(req, e);
     }},
     {http::verb::get, {"v1", "stats"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
         co_return co_await stats(req, e);

@@ -12,7 +12,10 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http/verb.hpp>
 #include <fmt/format.h>
+#include <fstream>
 #include <stdexcept>
+#include <unistd.h>
+#include <unordered_set>
 
 namespace klingd::daemon {
 
@@ -35,6 +38,18 @@ std::chrono::milliseconds seconds_ms(double s) {
     return std::chrono::milliseconds(static_cast<std::int64_t>(s * 1000));
 }
 
+// What tells this host apart in a cluster (a dead process of this host may leave its
+// node name to its successor): the machine id, else the host name.
+std::string host_identity() {
+    std::ifstream in("/etc/machine-id");
+    std::string id;
+    if (in >> id && !id.empty())
+        return id;
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    return host;
+}
+
 // The configuration accepts only base URLs the HTTP client parses; anything else is a bug.
 core::http_url parsed_base_url(const std::string& base_url) {
     auto u = core::http_url::parse(base_url);
@@ -46,9 +61,9 @@ core::http_url parsed_base_url(const std::string& base_url) {
 } // namespace
 
 engine::engine(asio::io_context& io, const config::settings& s, storage::job_repository& repo,
-               http_client& client, const clock& clk)
-    : io_(io), settings_(s), repo_(repo), client_(client), clock_(clk),
-      base_(parsed_base_url(s.api.base_url)),
+               http_client& client, const clock& clk, storage::cluster_store* cluster)
+    : io_(io), settings_(s), repo_(repo), cluster_(cluster), claim_timer_(io), client_(client),
+      clock_(clk), base_(parsed_base_url(s.api.base_url)),
       budget_(s.api.requests_per_minute, core::wake_tick(s.jobs.min_poll_interval_s),
               core::pace_margin),
       planner_({s.jobs.min_poll_interval_s, s.jobs.max_poll_interval_s, s.jobs.result_retention_s}),
@@ -64,6 +79,13 @@ engine::engine(asio::io_context& io, const config::settings& s, storage::job_rep
         durations_.emplace(slug, core::duration_model(m.expected_duration_s));
     use_limits(limits()); // needs the duration models
     hold_key();
+    journal_.on_claim_lost = [this](const std::vector<std::string>& ids) {
+        log::warning("this node no longer holds the claim of {} job(s) (first: {}): its claims "
+                     "lapsed (cut off from the database?) and another node carries them on",
+                     ids.size(), ids.front());
+        for (auto& id : ids)
+            drop(id);
+    };
 }
 
 core::dispatch_limits engine::limits() const {
@@ -140,6 +162,26 @@ asio::awaitable<void> engine::start() {
         m.fit();
     }
 
+    if (cluster_) {
+        storage::node_identity me;
+        me.name = settings_.cluster.node;
+        me.host_id = host_identity();
+        me.pid = ::getpid();
+        me.version = KLINGD_VERSION;
+        me.requests_per_minute = settings_.api.requests_per_minute;
+        me.takeover = seconds_ms(settings_.cluster.takeover_s);
+        auto asked = now();
+        auto joined = co_await cluster_->join(me);
+        if (!joined)
+            throw std::runtime_error(joined.error().message());
+        note_lease(asked, *joined);
+        log::notice("joined the cluster as node {}: claims last {:.0f} s without a heartbeat",
+                    me.name, settings_.cluster.takeover_s);
+        asio::co_spawn(io_, dispatcher(), log::exit_on_exception);
+        asio::co_spawn(io_, flusher(), log::exit_on_exception);
+        asio::co_spawn(io_, claimer(), log::exit_on_exception);
+        co_return;
+    }
     auto jobs = needed(co_await repo_.unfinished(), "the unfinished jobs");
     auto t = now();
     for (auto& j : jobs)
@@ -209,6 +251,14 @@ asio::awaitable<void> engine::stop(std::chrono::milliseconds grace) {
     // deferred; each flush waits behind the writes asked before it.
     for (int round = 0; round < 3 && (!committing_.empty() || !journal_.idle()); ++round)
         co_await flush();
+    if (cluster_) {
+        claim_timer_.cancel();
+        // The others may take this node's jobs at once, not after takeover_s.
+        if (auto r = co_await cluster_->leave(); !r)
+            log::warning("cannot release this node's claims: {}; the other nodes take its jobs "
+                         "after cluster.takeover_s",
+                         r.error().message());
+    }
 }
 
 void engine::wake() {
@@ -245,6 +295,8 @@ asio::awaitable<bool> engine::persist(const std::string& id, const core::transit
         committing_.emplace(id, t.next.state);
         auto r = co_await journal_.write_now(t.next, line);
         committing_.erase(id);
+        if (!r && r.error() == core::errc::claim_lost)
+            co_return false; // dropped: another node's job now
         if (!r) {
             log::error("job {}: cannot record \"{}\" in the database: {}", id, t.note,
                        r.error().message());
@@ -453,6 +505,16 @@ asio::awaitable<bool> engine::begin_submit(std::string id) {
 asio::awaitable<void> engine::dispatcher() {
     while (!stopping_) {
         auto t = now();
+        if (cluster_ && !holds_claims()) {
+            // Nothing is sent or downloaded that this node could not record: wait for the
+            // heartbeat to renew the claims.
+            wake_timer_.expires_after(std::chrono::milliseconds(200));
+            armed_until_ = wake_timer_.expiry();
+            boost::system::error_code ec;
+            co_await wake_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+            armed_until_ = std::chrono::steady_clock::time_point::min();
+            continue;
+        }
         auto action = policy_.next_action(t, counts());
         if (auto* d = std::get_if<core::start_download>(&action)) {
             ++downloads_in_flight_;
@@ -657,6 +719,19 @@ engine::add_jobs(std::vector<core::job_spec> specs, std::vector<std::string> sou
         switch ((*outcomes)[i]) {
         case storage::insert_outcome::inserted: {
             ++stats_.intake_accepted;
+            if (cluster_) {
+                // One queue for the cluster: whichever node has room claims it.
+                job j;
+                j.id = specs[i].id;
+                j.model = specs[i].model;
+                j.priority = specs[i].priority;
+                j.created_at = t;
+                j.updated_at = t;
+                if (on_change)
+                    on_change(j, "accepted");
+                wake_claimer();
+                break;
+            }
             job j;
             j.id = specs[i].id;
             j.model = specs[i].model;
@@ -786,9 +861,40 @@ asio::awaitable<core::result<job>> engine::cancel(std::string id) {
             co_return no_such_job(id);
         auto& s = **stored;
         auto why = core::advance(s, core::ev_cancel{}, now(), context_for(s)).rejection;
-        co_return core::error(
-            core::errc::wrong_state,
-            why.empty() ? fmt::format("job {} is {}", id, core::to_string(s.state)) : why);
+        if (!cluster_ || !why.empty())
+            co_return core::error(
+                core::errc::wrong_state,
+                why.empty() ? fmt::format("job {} is {}", id, core::to_string(s.state)) : why);
+        // Cluster: a pending job another node may hold. Take it if nobody does, else ask
+        // its holder, which cancels it at its next heartbeat.
+        auto got = co_await cluster_->claim_one(id);
+        if (!got)
+            co_return got.error();
+        if (!*got) {
+            if (auto asked = co_await cluster_->request_cancel(id); !asked)
+                co_return asked.error();
+            asio::steady_timer wait(io_);
+            auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+            while (std::chrono::steady_clock::now() < until) {
+                wait.expires_after(std::chrono::milliseconds(100));
+                boost::system::error_code ec;
+                co_await wait.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+                auto now_stored = co_await repo_.get(id);
+                if (now_stored && *now_stored && (*now_stored)->state != job_state::pending)
+                    co_return core::shifted(std::move(**now_stored), -clock_.wall_offset());
+            }
+            co_return core::error(core::errc::wrong_state,
+                                  fmt::format("job {} is held by node {}, which was asked to "
+                                              "cancel it and has not yet",
+                                              id, s.node.value_or("?")));
+        }
+        std::vector<job> claimed;
+        claimed.push_back(std::move(**got));
+        co_await adopt(std::move(claimed), "claimed to cancel");
+        it = active_.find(id);
+        if (it == active_.end())
+            co_return core::error(core::errc::wrong_state,
+                                  fmt::format("job {} is no longer pending", id));
     }
     auto tr = core::advance(it->second, core::ev_cancel{}, now(), context_for(it->second));
     if (!tr.rejection.empty())
@@ -817,6 +923,22 @@ asio::awaitable<core::result<job>> engine::retry(std::string id) {
     auto tr = core::advance(**stored, core::ev_retry{}, now(), context_for(**stored));
     if (!tr.rejection.empty())
         co_return core::error(core::errc::wrong_state, tr.rejection);
+    if (cluster_) {
+        // Cluster: this node takes the finished job's claim, and its retry is written under it.
+        auto got = co_await cluster_->claim_one(id);
+        if (!got)
+            co_return got.error();
+        if (!*got || active_.count(id))
+            co_return core::error(core::errc::wrong_state,
+                                  fmt::format("job {} was just taken by another node", id));
+        auto mine = core::shifted(std::move(**got), -clock_.wall_offset());
+        tr = core::advance(mine, core::ev_retry{}, now(), context_for(mine));
+        if (!tr.rejection.empty())
+            co_return core::error(core::errc::wrong_state, tr.rejection);
+        active_.emplace(id, std::move(mine));
+        co_await apply(id, std::move(tr));
+        co_return co_await existing(id);
+    }
     active_.emplace(id, **stored);
     co_await apply(id, std::move(tr));
     co_return co_await existing(id);
@@ -879,6 +1001,208 @@ asio::awaitable<void> engine::record_paused(bool paused) {
     std::string value = paused ? "1" : "0";
     if (auto r = co_await repo_.set_meta("paused", std::move(value)); !r)
         log::error("cannot record the paused state: {}", r.error().message());
+}
+
+} // namespace klingd::daemon
+
+namespace klingd::daemon {
+
+const std::string& engine::node_name() const {
+    static const std::string none;
+    return cluster_ ? cluster_->node_name() : none;
+}
+
+std::chrono::milliseconds engine::send_margin() const {
+    // A request goes only while the claims outlive it: its timeout, or half the takeover
+    // time when that is shorter (the heartbeat renews them every second).
+    return std::min(seconds_ms(settings_.api.request_timeout_s),
+                    seconds_ms(settings_.cluster.takeover_s / 2));
+}
+
+bool engine::holds_claims() const {
+    return !cluster_ || lease_until_ - now() >= send_margin();
+}
+
+std::string engine::degraded_reason() const {
+    if (!cluster_)
+        return {};
+    if (!db_problem_.empty())
+        return "the database cannot be reached: " + db_problem_;
+    if (!holds_claims())
+        return "this node's claims are about to lapse: nothing is sent until the database "
+               "renews them";
+    return {};
+}
+
+void engine::note_lease(core::time_point asked, const storage::lease& l) {
+    // What is left of the lease by the database's clock, counted from when it was asked
+    // for by ours: a clock that differs from the database's does not stretch it.
+    lease_until_ = asked + (l.until - l.db_now);
+}
+
+void engine::wake_claimer() {
+    claim_soon_ = true;
+    claim_timer_.cancel();
+}
+
+std::size_t engine::pending_room() const {
+    if (gate_.paused() || stopping_)
+        return 0;
+    std::size_t pending = 0;
+    for (auto& [id, j] : active_)
+        if (j.state == job_state::pending)
+            ++pending;
+    auto l = policy_.limits();
+    std::size_t in_flight = in_flight_jobs_ + starting_submits_;
+    std::size_t room = l.max_in_flight > in_flight ? l.max_in_flight - in_flight : 0;
+    // Enough for two seconds of submits at the budget's rate: the rest stays in the one
+    // queue, for whichever node has room first.
+    auto ahead = static_cast<std::size_t>(std::ceil(budget_.allowed_rpm() * 2.0 / 60.0)) + 4;
+    auto target = std::min(room, ahead);
+    return target > pending ? target - pending : 0;
+}
+
+void engine::drop(const std::string& id) {
+    auto it = active_.find(id);
+    if (it == active_.end())
+        return;
+    if (counts_in_flight(it->second.state))
+        --in_flight_jobs_;
+    queue_.cancel(id);
+    active_.erase(it);
+    wake();
+}
+
+asio::awaitable<void> engine::adopt(std::vector<core::job> jobs, const char* why) {
+    auto t = now();
+    std::vector<storage::job_change> changes;
+    for (auto& stored : jobs) {
+        auto j = core::shifted(std::move(stored), -clock_.wall_offset());
+        if (active_.count(j.id))
+            continue; // held already (a claim renewed while it was on its way)
+        auto tr = core::advance(j, core::ev_recover{}, t, context_for(j));
+        if (tr.persist != core::persist_mode::none) {
+            std::vector<storage::history_entry> h;
+            if (!tr.note.empty())
+                h.push_back(
+                    {t, std::string(core::to_string(tr.next.state)), tr.note, tr.next.request_id});
+            changes.push_back({tr.next, std::move(h)});
+        }
+        if (j.state != job_state::pending)
+            log::notice("job {}: {} ({}{})", j.id, why, core::to_string(j.state),
+                        tr.next.state != j.state ? "; " + tr.note : std::string());
+        if (core::is_terminal(tr.next.state)) {
+            if (on_change)
+                on_change(tr.next, tr.note);
+            continue;
+        }
+        auto id = tr.next.id;
+        if (counts_in_flight(tr.next.state))
+            ++in_flight_jobs_;
+        auto [it, ok] = active_.emplace(id, std::move(tr.next));
+        schedule(it->second, tr.work, tr.not_before);
+    }
+    if (!changes.empty())
+        if (auto r = co_await journal_.write(std::move(changes)); !r)
+            log::error("cannot record the jobs taken over: {}", r.error().message());
+    wake();
+}
+
+asio::awaitable<void> engine::claimer() {
+    while (!stopping_) {
+        co_await cluster_tick();
+        if (stopping_)
+            break;
+        if (claim_soon_) {
+            claim_soon_ = false;
+            continue;
+        }
+        claim_timer_.expires_after(std::chrono::seconds(1));
+        boost::system::error_code ec;
+        co_await claim_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+}
+
+asio::awaitable<void> engine::cluster_tick() {
+    auto asked = now();
+    auto r = co_await cluster_->renew();
+    if (!r) {
+        if (db_problem_.empty())
+            log::error("cluster: cannot renew this node's claims: {}; nothing is sent once they "
+                       "are about to lapse",
+                       r.error().message());
+        db_problem_ = r.error().message();
+        co_return;
+    }
+    if (!db_problem_.empty())
+        log::notice("cluster: the database answers again");
+    db_problem_.clear();
+    if (!r->node_alive) {
+        lease_until_ = {};
+        std::vector<std::string> all;
+        for (auto& [id, j] : active_)
+            all.push_back(id);
+        for (auto& id : all)
+            drop(id);
+        auto why = fmt::format("another process took this node's name ({}) after its heartbeat "
+                               "stopped for cluster.takeover_s; this one stops",
+                               node_name());
+        log::error("cluster: {}", why);
+        if (on_fatal)
+            on_fatal(why);
+        co_return;
+    }
+    note_lease(asked, r->l);
+    std::unordered_set<std::string> held(r->held.begin(), r->held.end());
+    std::vector<std::string> lost;
+    for (auto& [id, j] : active_)
+        if (!held.count(id) && !committing_.count(id))
+            lost.push_back(id);
+    if (!lost.empty()) {
+        log::warning("cluster: this node no longer holds {} job(s) (first: {}); another node "
+                     "carries them on",
+                     lost.size(), lost.front());
+        for (auto& id : lost)
+            drop(id);
+    }
+    if (r->paused != gate_.paused()) {
+        gate_.set_paused(r->paused);
+        log::notice("submissions {} (for the whole cluster)", r->paused ? "paused" : "resumed");
+        wake();
+    }
+    for (auto& id : r->cancel_requested) {
+        auto it = active_.find(id);
+        if (it == active_.end())
+            continue;
+        auto tr = core::advance(it->second, core::ev_cancel{}, now(), context_for(it->second));
+        if (!tr.rejection.empty()) {
+            log::notice("job {}: a cancel asked on another node is refused: {}", id, tr.rejection);
+            continue;
+        }
+        co_await apply(id, std::move(tr));
+    }
+    if (stopping_ || !holds_claims())
+        co_return;
+    auto room = pending_room();
+    constexpr std::size_t orphans = 256;
+    auto c = co_await cluster_->claim(room, orphans);
+    if (!c) {
+        db_problem_ = c.error().message();
+        log::error("cluster: cannot claim work: {}", db_problem_);
+        co_return;
+    }
+    if (c->jobs.empty())
+        co_return;
+    std::size_t taken = c->jobs.size();
+    co_await adopt(std::move(c->jobs), "taken over from a node that stopped");
+    if (taken >= room + orphans || taken == orphans)
+        claim_soon_ = true; // more may wait
+}
+
+asio::awaitable<core::result<std::vector<storage::node_row>>> engine::nodes() {
+    if (!cluster_)
+        co_return std::vector<storage::node_row>{};
+    co_return co_await cluster_->nodes();
 }
 
 } // namespace klingd::daemon

@@ -20,6 +20,7 @@
 #include "daemon/downloader.hpp"
 #include "daemon/http_client.hpp"
 #include "daemon/job_journal.hpp"
+#include "storage/cluster_store.hpp"
 #include "storage/job_repository.hpp"
 
 #include <boost/asio/awaitable.hpp>
@@ -51,9 +52,10 @@ struct engine_stats {
 
 class engine {
 public:
-    // clk: the one clock the engine reads (daemon/clock.hpp).
+    // clk: the one clock the engine reads (daemon/clock.hpp). cluster: the shared
+    // database's claims when this node is part of a cluster (PostgreSQL), else null.
     engine(boost::asio::io_context& io, const config::settings& s, storage::job_repository& repo,
-           http_client& client, const clock& clk);
+           http_client& client, const clock& clk, storage::cluster_store* cluster = nullptr);
 
     // Loads unfinished jobs and starts the dispatcher. Throws std::runtime_error when
     // the database cannot be read or written.
@@ -98,6 +100,16 @@ public:
 
     const clock& time() const { return clock_; }
 
+    // In a cluster: this node's name ("" on a single host), whether it may act on the
+    // jobs it holds now (its claims outlive a request), and why not.
+    const std::string& node_name() const;
+    bool in_cluster() const { return cluster_ != nullptr; }
+    bool holds_claims() const;
+    std::string degraded_reason() const;
+    boost::asio::awaitable<core::result<std::vector<storage::node_row>>> nodes();
+    // Called when the engine cannot go on (another process took this node's name).
+    std::function<void(const std::string& why)> on_fatal;
+
     // Called after each job change (for watchers), the job's times in engine time (turn
     // them into wall-clock times with time().to_wall()); may be empty.
     std::function<void(const core::job&, const std::string& note)> on_change;
@@ -109,6 +121,21 @@ private:
 
     boost::asio::awaitable<void> dispatcher();
     boost::asio::awaitable<void> flusher();
+    // Cluster: the heartbeat (renews this node's claims, hears cancels and pause from the
+    // others) and the taking of work, once a second or when woken.
+    boost::asio::awaitable<void> claimer();
+    boost::asio::awaitable<void> cluster_tick();
+    // Takes jobs just claimed (or read at start) into memory: recovered as after a
+    // restart, scheduled, their recovery recorded.
+    boost::asio::awaitable<void> adopt(std::vector<core::job> jobs, const char* why);
+    // The job leaves this node's memory: another node holds it now.
+    void drop(const std::string& id);
+    // How many more pending jobs this node should hold.
+    std::size_t pending_room() const;
+    // What is left of the claims that lets a request be sent.
+    std::chrono::milliseconds send_margin() const;
+    void note_lease(core::time_point asked, const storage::lease& l);
+    void wake_claimer();
     // taken_at: when the dispatcher took the item's budget slot.
     boost::asio::awaitable<void> execute(core::dispatch_queue::item item,
                                          core::time_point taken_at);
@@ -166,6 +193,11 @@ private:
     boost::asio::io_context& io_;
     const config::settings& settings_;
     storage::job_repository& repo_;
+    storage::cluster_store* cluster_;
+    core::time_point lease_until_{}; // engine time: this node's claims last until then
+    std::string db_problem_;         // the last failure to reach the database, until it works
+    boost::asio::steady_timer claim_timer_;
+    bool claim_soon_ = false;
     http_client& client_;
     const clock& clock_;
     core::http_url base_;

@@ -1,6 +1,8 @@
 // The journal's writes, their order and its crash rules.
 #include "daemon/job_journal.hpp"
 
+#include <fmt/format.h>
+
 namespace klingd::daemon {
 
 namespace asio = boost::asio;
@@ -12,12 +14,33 @@ asio::awaitable<core::result<void>> job_journal::save(std::vector<storage::job_c
         for (auto& e : c.history)
             e.at += offset;
     }
-    co_return co_await repo_.save(std::move(changes));
+    auto r = co_await repo_.save(std::move(changes));
+    if (!r)
+        co_return r.error();
+    if (!r->empty()) {
+        for (auto& id : *r) {
+            dirty_.erase(id);
+            flushing_.erase(id);
+            history_.erase(id);
+            lazy_.erase(id);
+        }
+        if (on_claim_lost)
+            on_claim_lost(*r);
+        co_return core::error(
+            core::errc::claim_lost,
+            fmt::format("this node no longer holds the claim of {} job(s) (first: "
+                        "{}): another node carries them on",
+                        r->size(), r->front()));
+    }
+    co_return core::result<void>{};
 }
 
 asio::awaitable<core::result<void>> job_journal::write(std::vector<storage::job_change> changes) {
     auto turn = co_await lane_.wait_turn();
-    co_return co_await save(std::move(changes));
+    auto r = co_await save(std::move(changes));
+    if (!r && r.error() == core::errc::claim_lost)
+        co_return core::result<void>{}; // the others are written; those are another node's now
+    co_return r;
 }
 
 void job_journal::give_back(const std::string& id, std::vector<storage::history_entry> lines) {
@@ -49,6 +72,8 @@ job_journal::write_now(core::job j, std::optional<storage::history_entry> line) 
     std::vector<storage::job_change> change;
     change.push_back({std::move(j), std::move(h)});
     auto r = co_await save(std::move(change));
+    if (!r && r.error() == core::errc::claim_lost)
+        co_return r; // another node's job now: nothing of it is written from here
     if (!r) {
         give_back(id, std::move(owed));
         if (was_dirty)
@@ -108,6 +133,8 @@ asio::awaitable<core::result<void>> job_journal::flush() {
     }
     auto n = changes.size();
     auto r = co_await save(std::move(changes));
+    if (!r && r.error() == core::errc::claim_lost)
+        r = core::result<void>{}; // the others are written; those are another node's now
     if (!r) {
         // Kept: older than anything deferred while the write was on its way.
         for (auto& [id, copy] : flushing_)

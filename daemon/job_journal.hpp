@@ -11,8 +11,8 @@
 
 #include "core/error.hpp"
 #include "core/job.hpp"
-#include "runtime/async_lane.hpp"
 #include "daemon/clock.hpp"
+#include "runtime/async_lane.hpp"
 #include "storage/job_repository.hpp"
 
 #include <boost/asio/awaitable.hpp>
@@ -58,6 +58,9 @@ public:
     // behind the writes asked before it, also when nothing is deferred.
     boost::asio::awaitable<core::result<void>> flush();
     bool empty() const { return dirty_.empty(); }
+    // In a cluster: jobs whose claim this node lost (a write skipped them); they are no
+    // longer written from here. write_now reports its own job as errc::claim_lost too.
+    std::function<void(const std::vector<std::string>& ids)> on_claim_lost;
     // Nothing deferred and no write on its way or waiting.
     bool idle() const { return dirty_.empty() && !lane_.busy(); }
     std::size_t pending() const { return dirty_.size(); }

@@ -38,8 +38,11 @@ public:
     virtual async_result<std::vector<insert_outcome>> insert(std::vector<core::job_spec> specs,
                                                              core::time_point now,
                                                              std::vector<std::string> sources) = 0;
-    // Writes jobs' mutable fields and their history lines in one transaction: all or none.
-    virtual async_result<void> save(std::vector<job_change> changes) = 0;
+    // Writes jobs' mutable fields and their history lines in one transaction: all or none
+    // of those it may write. In a cluster, a job whose claim this node no longer holds
+    // is not written (nor its history): the answer lists those ids (always empty on a
+    // single host).
+    virtual async_result<std::vector<std::string>> save(std::vector<job_change> changes) = 0;
 
     virtual async_result<std::optional<core::job>> get(std::string id) = 0;
     // In the order jobs were recorded; without params.

@@ -139,8 +139,10 @@ asio::awaitable<bool> wait_ready(int fd, readiness r, std::chrono::steady_clock:
 
 } // namespace
 
-connection::connection(std::string conninfo, std::chrono::milliseconds deadline)
-    : conninfo_(std::move(conninfo)), target_(without_password(conninfo_)), deadline_(deadline) {}
+connection::connection(std::string conninfo, std::chrono::milliseconds deadline,
+                       std::string password)
+    : conninfo_(std::move(conninfo)), password_(std::move(password)),
+      target_(without_password(conninfo_)), deadline_(deadline) {}
 
 connection::~connection() {
     close();
@@ -166,7 +168,10 @@ asio::awaitable<core::result<void>> connection::ensure() {
         co_return core::result<void>{};
     close();
     auto until = std::chrono::steady_clock::now() + deadline_;
-    conn_ = PQconnectStart(conninfo_.c_str());
+    // The connection string is expanded as dbname; a password given apart joins it.
+    const char* keys[] = {"dbname", password_.empty() ? nullptr : "password", nullptr};
+    const char* values[] = {conninfo_.c_str(), password_.c_str(), nullptr};
+    conn_ = PQconnectStartParams(keys, values, 1);
     if (!conn_)
         co_return core::error(errc::store_unavailable, "PostgreSQL: out of memory");
     if (PQstatus(conn_) == CONNECTION_BAD)

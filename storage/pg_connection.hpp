@@ -54,8 +54,10 @@ std::string without_password(std::string_view conninfo);
 
 class connection {
 public:
+    // password: given apart from conninfo (never in it, so never in a message).
     explicit connection(std::string conninfo,
-                        std::chrono::milliseconds deadline = std::chrono::seconds(10));
+                        std::chrono::milliseconds deadline = std::chrono::seconds(10),
+                        std::string password = {});
     ~connection();
     connection(const connection&) = delete;
     connection& operator=(const connection&) = delete;
@@ -78,6 +80,7 @@ private:
     core::error fail(std::string what);
 
     std::string conninfo_;
+    std::string password_;
     std::string target_;
     std::chrono::milliseconds deadline_;
     pg_conn* conn_ = nullptr;

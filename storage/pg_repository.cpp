@@ -5,8 +5,11 @@
 #include "storage/pg_repository.hpp"
 
 #include <boost/json.hpp>
+#include <cerrno>
+#include <csignal>
 #include <fmt/format.h>
 #include <map>
+#include <random>
 #include <set>
 #include <tuple>
 
@@ -43,19 +46,40 @@ CREATE TABLE jobs (
   finished_at bigint,
   attempts integer NOT NULL DEFAULT 0,
   polls integer NOT NULL DEFAULT 0,
-  source text NOT NULL DEFAULT ''
+  source text NOT NULL DEFAULT '',
+  claim_node text,
+  claim_token text,
+  claim_until bigint,
+  cancel_requested boolean NOT NULL DEFAULT false
 );
 CREATE INDEX jobs_by_state_model ON jobs (state, model);
+CREATE INDEX jobs_unfinished ON jobs (priority DESC, seq)
+  WHERE state IN ('pending', 'submitting', 'queued', 'processing');
+CREATE INDEX jobs_by_claim ON jobs (claim_token)
+  WHERE state IN ('pending', 'submitting', 'queued', 'processing');
 CREATE TABLE history (
   seq bigserial PRIMARY KEY,
   job_id text NOT NULL,
   at bigint NOT NULL,
   state text NOT NULL,
   note text NOT NULL,
-  request_id text
+  request_id text,
+  node text
 );
 CREATE INDEX history_by_job ON history (job_id, seq);
 CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE nodes (
+  name text PRIMARY KEY,
+  token text NOT NULL,
+  host_id text NOT NULL,
+  pid bigint NOT NULL,
+  version text NOT NULL,
+  requests_per_minute double precision NOT NULL,
+  takeover_ms bigint NOT NULL,
+  started_at bigint NOT NULL,
+  heartbeat_at bigint NOT NULL,
+  stopped_at bigint
+);
 )",
 };
 
@@ -64,9 +88,17 @@ static_assert(std::size(migrations) == pg_repository::schema_version);
 // Any number: the lock nodes take to migrate one at a time.
 constexpr const char* migration_lock = "SELECT pg_advisory_xact_lock(7242001)";
 
+// The database's clock, in wall-clock milliseconds: claims and heartbeats are timed by it.
+#define NOW_MS "(extract(epoch from now()) * 1000)::bigint"
+#define UNFINISHED "('pending', 'submitting', 'queued', 'processing')"
+
+// The node shown for a job: its holder while the claim lives, the finisher of a
+// finished job, none while pending.
 constexpr const char* job_columns =
     "id, model, priority, state, request_id, status_url, response_url, error, outputs, result, "
-    "created_at, updated_at, submitted_at, remote_done_at, finished_at, attempts, polls";
+    "created_at, updated_at, submitted_at, remote_done_at, finished_at, attempts, polls, "
+    "CASE WHEN state = 'pending' THEN NULL WHEN state NOT IN " UNFINISHED
+    " OR claim_until >= " NOW_MS " THEN claim_node END";
 
 std::int64_t ms(time_point t) {
     return t.time_since_epoch().count();
@@ -121,8 +153,9 @@ core::job read_job(const pg::rows& r, int i, bool with_params) {
         j.finished_at = at_ms(*v);
     j.attempts = static_cast<int>(r.int64(i, 15));
     j.polls = static_cast<int>(r.int64(i, 16));
+    j.node = r.opt_text(i, 17);
     if (with_params)
-        j.params = r.text(i, 17);
+        j.params = r.text(i, 18);
     if (j.result)
         j.phase = core::job_phase::download_due;
     return j;
@@ -130,8 +163,12 @@ core::job read_job(const pg::rows& r, int i, bool with_params) {
 
 } // namespace
 
-pg_repository::pg_repository(std::string conninfo, std::chrono::milliseconds deadline)
-    : db_(std::move(conninfo), deadline) {}
+pg_repository::pg_repository(std::string conninfo, std::chrono::milliseconds deadline,
+                             std::string password)
+    : pid_alive([](std::int64_t pid) {
+          return pid > 0 && (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM);
+      }),
+      db_(std::move(conninfo), deadline, std::move(password)) {}
 
 pg_repository::~pg_repository() {
     finish();
@@ -255,9 +292,9 @@ SELECT id FROM ins)";
     co_return out;
 }
 
-async_result<void> pg_repository::save(std::vector<job_change> changes) {
+async_result<std::vector<std::string>> pg_repository::save(std::vector<job_change> changes) {
     if (changes.empty())
-        co_return core::result<void>{};
+        co_return std::vector<std::string>{};
     auto turn = co_await lane_.wait_turn();
     // A job saved twice in one batch: its last state, and every history line in order.
     std::map<std::string, std::size_t> last;
@@ -292,6 +329,8 @@ async_result<void> pg_repository::save(std::vector<job_change> changes) {
         attempts.push_back(num(j.attempts));
         polls.push_back(num(j.polls));
     }
+    // In a cluster ($20: this node's token) only the jobs it holds are written, and the
+    // history of those; the others are named in the answer.
     std::string sql = R"(
 WITH u AS (
   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
@@ -304,26 +343,46 @@ upd AS (
     response_url = u.response_url, error = u.error, outputs = u.outputs, result = u.result,
     updated_at = u.updated_at, submitted_at = u.submitted_at, remote_done_at = u.remote_done_at,
     finished_at = u.finished_at, attempts = u.attempts, polls = u.polls
-  FROM u WHERE j.id = u.id
+  FROM u WHERE j.id = u.id AND ($20::text IS NULL OR j.claim_token = $20::text)
   RETURNING j.id),
 h AS (
-  INSERT INTO history (job_id, at, state, note, request_id)
-  SELECT job_id, at, state, note, request_id
+  INSERT INTO history (job_id, at, state, note, request_id, node)
+  SELECT job_id, at, state, note, request_id, $21::text
   FROM unnest($15::text[], $16::bigint[], $17::text[], $18::text[], $19::text[])
        WITH ORDINALITY AS h(job_id, at, state, note, request_id, n)
+  WHERE $20::text IS NULL OR job_id IN (SELECT id FROM upd)
   ORDER BY n)
-SELECT count(*) FROM upd)";
-    std::vector<param> args{pg::array(id),         pg::array(state),        pg::array(request_id),
-                            pg::array(status_url), pg::array(response_url), pg::array(error),
-                            pg::array(outputs),    pg::array(result),       pg::array(updated),
-                            pg::array(submitted),  pg::array(remote_done),  pg::array(finished),
-                            pg::array(attempts),   pg::array(polls),        pg::array(h_id),
-                            pg::array(h_at),       pg::array(h_state),      pg::array(h_note),
-                            pg::array(h_request)};
+SELECT id FROM u WHERE $20::text IS NOT NULL AND id NOT IN (SELECT id FROM upd))";
+    param token = me_.name.empty() ? param{} : param{token_};
+    param node = me_.name.empty() ? param{} : param{me_.name};
+    std::vector<param> args{pg::array(id),
+                            pg::array(state),
+                            pg::array(request_id),
+                            pg::array(status_url),
+                            pg::array(response_url),
+                            pg::array(error),
+                            pg::array(outputs),
+                            pg::array(result),
+                            pg::array(updated),
+                            pg::array(submitted),
+                            pg::array(remote_done),
+                            pg::array(finished),
+                            pg::array(attempts),
+                            pg::array(polls),
+                            pg::array(h_id),
+                            pg::array(h_at),
+                            pg::array(h_state),
+                            pg::array(h_note),
+                            pg::array(h_request),
+                            token,
+                            node};
     auto r = co_await db_.query(std::move(sql), std::move(args));
     if (!r)
         co_return r.error();
-    co_return core::result<void>{};
+    std::vector<std::string> not_held;
+    for (int i = 0; i < r->size(); ++i)
+        not_held.push_back(r->text(i, 0));
+    co_return not_held;
 }
 
 async_result<std::optional<core::job>> pg_repository::get(std::string id) {
@@ -458,6 +517,247 @@ async_result<void> pg_repository::set_meta(std::string key, std::string value) {
     if (!r)
         co_return r.error();
     co_return core::result<void>{};
+}
+
+} // namespace klingd::storage
+
+namespace klingd::storage {
+
+namespace {
+lease lease_of(const pg::rows& r, int row, int now_col, int until_col) {
+    return {at_ms(r.int64(row, now_col)), at_ms(r.int64(row, until_col))};
+}
+
+std::string random_token() {
+    std::random_device rd;
+    return fmt::format("{:016x}{:016x}", (std::uint64_t{rd()} << 32) | rd(),
+                       (std::uint64_t{rd()} << 32) | rd());
+}
+} // namespace
+
+async_result<lease> pg_repository::join(node_identity me) {
+    auto turn = co_await lane_.wait_turn();
+    auto takeover = num(me.takeover.count());
+    std::string read = "SELECT token, host_id, pid, heartbeat_at, stopped_at IS NOT NULL, "
+                       "takeover_ms, " NOW_MS " FROM nodes WHERE name = $1";
+    std::vector<param> a1{me.name};
+    auto seen = co_await db_.query(std::move(read), std::move(a1));
+    if (!seen)
+        co_return seen.error();
+    std::string previous; // the token of the name's last holder, if it may be taken over
+    if (seen->size() > 0) {
+        previous = seen->text(0, 0);
+        auto host = seen->text(0, 1);
+        auto pid = seen->int64(0, 2);
+        auto beat = seen->int64(0, 3);
+        bool stopped = seen->text(0, 4) == "t";
+        auto db_now = seen->int64(0, 6);
+        bool silent = beat + seen->int64(0, 5) < db_now;
+        bool dead_here = host == me.host_id && pid != me.pid && pid_alive &&
+                         !pid_alive(static_cast<std::int64_t>(pid));
+        if (!stopped && !silent && !dead_here)
+            co_return core::error(
+                core::errc::node_name_taken,
+                fmt::format("node name \"{}\" is held by a live node ({} process {}, last "
+                            "heartbeat {:.1f} s ago): give this host another cluster.node, or "
+                            "stop the other one",
+                            me.name, host == me.host_id ? "this host's" : "another host's", pid,
+                            (db_now - beat) / 1000.0));
+    }
+    auto token = random_token();
+    std::string take = R"(
+WITH up AS (
+  INSERT INTO nodes AS n (name, token, host_id, pid, version, requests_per_minute, takeover_ms,
+                          started_at, heartbeat_at, stopped_at)
+  VALUES ($1, $2, $3, $4, $5, $6, $7, )" NOW_MS ", " NOW_MS R"(, NULL)
+  ON CONFLICT (name) DO UPDATE SET token = EXCLUDED.token, host_id = EXCLUDED.host_id,
+    pid = EXCLUDED.pid, version = EXCLUDED.version,
+    requests_per_minute = EXCLUDED.requests_per_minute, takeover_ms = EXCLUDED.takeover_ms,
+    started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at, stopped_at = NULL
+  WHERE n.token = $8
+  RETURNING 1),
+freed AS (
+  UPDATE jobs SET claim_until = NULL
+  WHERE claim_token = $8 AND state IN )" UNFINISHED R"( AND EXISTS (SELECT 1 FROM up))
+SELECT (SELECT count(*) FROM up), )" NOW_MS;
+    std::vector<param> a2{me.name,     token,      me.host_id,
+                          num(me.pid), me.version, fmt::format("{}", me.requests_per_minute),
+                          takeover,    previous};
+    auto took = co_await db_.query(std::move(take), std::move(a2));
+    if (!took)
+        co_return took.error();
+    if (took->int64(0, 0) != 1)
+        co_return core::error(core::errc::node_name_taken,
+                              fmt::format("node name \"{}\" was taken by another node while this "
+                                          "one joined: give this host another cluster.node",
+                                          me.name));
+    me_ = std::move(me);
+    token_ = std::move(token);
+    auto db_now = at_ms(took->int64(0, 1));
+    co_return lease{db_now, db_now + me_.takeover};
+}
+
+async_result<claimed> pg_repository::claim(std::size_t max_pending, std::size_t max_orphans) {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql = fmt::format(R"(
+WITH o AS (
+  SELECT id FROM jobs
+  WHERE state IN ('submitting', 'queued', 'processing')
+    AND (claim_until IS NULL OR claim_until < )" NOW_MS R"()
+  ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED),
+p AS (
+  SELECT id FROM jobs
+  WHERE state = 'pending' AND (claim_until IS NULL OR claim_until < )" NOW_MS R"()
+  ORDER BY priority DESC, seq LIMIT $5 FOR UPDATE SKIP LOCKED),
+u AS (
+  UPDATE jobs SET claim_node = $1, claim_token = $2, claim_until = )" NOW_MS R"( + $3
+  WHERE id IN (SELECT id FROM o UNION ALL SELECT id FROM p)
+  RETURNING {}, CASE WHEN state IN ('pending', 'submitting') THEN params ELSE '' END, seq)
+SELECT * FROM u ORDER BY seq)",
+                                  job_columns);
+    std::vector<param> args{me_.name, token_, num(me_.takeover.count()),
+                            num(static_cast<std::int64_t>(max_orphans)),
+                            num(static_cast<std::int64_t>(max_pending))};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    claimed out;
+    for (int i = 0; i < r->size(); ++i) {
+        out.jobs.push_back(read_job(*r, i, true));
+        out.jobs.back().node = me_.name; // RETURNING saw the row before the claim
+    }
+    std::string clock = "SELECT " NOW_MS;
+    std::vector<param> none;
+    auto c = co_await db_.query(std::move(clock), std::move(none));
+    if (!c)
+        co_return c.error();
+    auto db_now = at_ms(c->int64(0, 0));
+    out.l = {db_now, db_now + me_.takeover};
+    co_return out;
+}
+
+async_result<std::optional<core::job>> pg_repository::claim_one(std::string id) {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql = fmt::format(R"(
+UPDATE jobs SET claim_node = $1, claim_token = $2, claim_until = )" NOW_MS R"( + $3
+WHERE id = $4 AND (state NOT IN )" UNFINISHED R"( OR claim_until IS NULL
+                   OR claim_until < )" NOW_MS R"( OR claim_token = $2)
+RETURNING {}, params)",
+                                  job_columns);
+    std::vector<param> args{me_.name, token_, num(me_.takeover.count()), std::move(id)};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    if (r->size() == 0)
+        co_return std::optional<core::job>{};
+    auto j = read_job(*r, 0, true);
+    j.node = me_.name;
+    co_return std::optional<core::job>(std::move(j));
+}
+
+async_result<renewal> pg_repository::renew() {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql = R"(
+WITH n AS (
+  UPDATE nodes SET heartbeat_at = )" NOW_MS R"( WHERE name = $1 AND token = $2 RETURNING 1),
+old AS (
+  SELECT id, cancel_requested FROM jobs
+  WHERE claim_token = $2 AND state IN )" UNFINISHED R"( AND EXISTS (SELECT 1 FROM n)
+  FOR UPDATE),
+j AS (
+  UPDATE jobs SET claim_until = )" NOW_MS R"( + $3, cancel_requested = false
+  FROM old WHERE jobs.id = old.id
+  RETURNING jobs.id, old.cancel_requested)
+SELECT (SELECT count(*) FROM n), )" NOW_MS R"(,
+       (SELECT value FROM meta WHERE key = 'paused'), j.id, j.cancel_requested
+FROM (SELECT 1) one LEFT JOIN j ON true)";
+    std::vector<param> args{me_.name, token_, num(me_.takeover.count())};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    renewal out;
+    if (r->size() == 0)
+        co_return core::error(core::errc::store_failed, "the heartbeat had no answer");
+    out.node_alive = r->int64(0, 0) == 1;
+    auto db_now = at_ms(r->int64(0, 1));
+    out.l = {db_now, db_now + me_.takeover};
+    out.paused = r->opt_text(0, 2).value_or("0") == "1";
+    for (int i = 0; i < r->size(); ++i) {
+        if (r->null(i, 3))
+            continue;
+        out.held.push_back(r->text(i, 3));
+        if (r->text(i, 4) == "t")
+            out.cancel_requested.push_back(r->text(i, 3));
+    }
+    co_return out;
+}
+
+async_result<void> pg_repository::release(std::vector<std::string> ids) {
+    if (ids.empty())
+        co_return core::result<void>{};
+    auto turn = co_await lane_.wait_turn();
+    std::vector<param> list(ids.begin(), ids.end());
+    std::string sql =
+        "UPDATE jobs SET claim_until = NULL WHERE claim_token = $1 AND id = ANY($2::text[])";
+    std::vector<param> args{token_, pg::array(list)};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    co_return core::result<void>{};
+}
+
+async_result<void> pg_repository::leave() {
+    if (token_.empty())
+        co_return core::result<void>{};
+    auto turn = co_await lane_.wait_turn();
+    std::string sql = R"(
+WITH freed AS (
+  UPDATE jobs SET claim_until = NULL WHERE claim_token = $2 AND state IN )" UNFINISHED R"()
+UPDATE nodes SET stopped_at = )" NOW_MS R"( WHERE name = $1 AND token = $2)";
+    std::vector<param> args{me_.name, token_};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    co_return core::result<void>{};
+}
+
+async_result<void> pg_repository::request_cancel(std::string id) {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql =
+        "UPDATE jobs SET cancel_requested = true WHERE id = $1 AND state IN " UNFINISHED;
+    std::vector<param> args{std::move(id)};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    co_return core::result<void>{};
+}
+
+async_result<std::vector<node_row>> pg_repository::nodes() {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql = R"(
+SELECT n.name, n.version, n.heartbeat_at, )" NOW_MS R"(, n.stopped_at IS NOT NULL,
+       n.heartbeat_at + n.takeover_ms >= )" NOW_MS R"(, n.requests_per_minute,
+       (SELECT count(*) FROM jobs j WHERE j.claim_token = n.token
+          AND j.state IN )" UNFINISHED R"( AND j.claim_until >= )" NOW_MS R"()
+FROM nodes n ORDER BY n.name)";
+    std::vector<param> none;
+    auto r = co_await db_.query(std::move(sql), std::move(none));
+    if (!r)
+        co_return r.error();
+    std::vector<node_row> out;
+    for (int i = 0; i < r->size(); ++i) {
+        node_row n;
+        n.name = r->text(i, 0);
+        n.version = r->text(i, 1);
+        n.heartbeat_at = at_ms(r->int64(i, 2));
+        n.db_now = at_ms(r->int64(i, 3));
+        n.stopped = r->text(i, 4) == "t";
+        n.live = !n.stopped && r->text(i, 5) == "t";
+        n.requests_per_minute = r->real(i, 6);
+        n.held = r->int64(i, 7);
+        out.push_back(std::move(n));
+    }
+    co_return out;
 }
 
 } // namespace klingd::storage

@@ -8,19 +8,22 @@
 #pragma once
 
 #include "runtime/async_lane.hpp"
+#include "storage/cluster_store.hpp"
 #include "storage/job_repository.hpp"
 #include "storage/pg_connection.hpp"
 
+#include <functional>
 #include <string>
 
 namespace klingd::storage {
 
-class pg_repository final : public job_repository {
+class pg_repository final : public job_repository, public cluster_store {
 public:
     static constexpr int schema_version = 1;
 
     explicit pg_repository(std::string conninfo,
-                           std::chrono::milliseconds deadline = std::chrono::seconds(10));
+                           std::chrono::milliseconds deadline = std::chrono::seconds(10),
+                           std::string password = {});
     ~pg_repository() override;
 
     // Connects and migrates; an error says why the database cannot be used.
@@ -30,7 +33,7 @@ public:
     async_result<std::vector<insert_outcome>> insert(std::vector<core::job_spec> specs,
                                                      core::time_point now,
                                                      std::vector<std::string> sources) override;
-    async_result<void> save(std::vector<job_change> changes) override;
+    async_result<std::vector<std::string>> save(std::vector<job_change> changes) override;
     async_result<std::optional<core::job>> get(std::string id) override;
     async_result<std::vector<core::job>> list(job_filter f) override;
     async_result<std::vector<core::job>> unfinished() override;
@@ -41,11 +44,25 @@ public:
     async_result<std::optional<std::string>> meta(std::string key) override;
     async_result<void> set_meta(std::string key, std::string value) override;
 
+    async_result<lease> join(node_identity me) override;
+    async_result<claimed> claim(std::size_t max_pending, std::size_t max_orphans) override;
+    async_result<std::optional<core::job>> claim_one(std::string id) override;
+    async_result<renewal> renew() override;
+    async_result<void> release(std::vector<std::string> ids) override;
+    async_result<void> leave() override;
+    async_result<void> request_cancel(std::string id) override;
+    async_result<std::vector<node_row>> nodes() override;
+    const std::string& node_name() const override { return me_.name; }
+
     // Where the database is, without a password.
     const std::string& target() const { return db_.target(); }
+    // Whether a process of this host still runs (join: a dead predecessor's name is free).
+    std::function<bool(std::int64_t pid)> pid_alive;
 
 private:
     pg::connection db_;
+    node_identity me_; // once joined
+    std::string token_;
     lane::async_lane lane_;
     bool finished_ = false;
 };

@@ -67,8 +67,11 @@ sqlite_repository::insert(std::vector<core::job_spec> specs, core::time_point no
     });
 }
 
-async_result<void> sqlite_repository::save(std::vector<job_change> changes) {
-    return on_worker([changes = std::move(changes)](job_store& s) { s.save_many(changes); });
+async_result<std::vector<std::string>> sqlite_repository::save(std::vector<job_change> changes) {
+    return on_worker([changes = std::move(changes)](job_store& s) {
+        s.save_many(changes);
+        return std::vector<std::string>{}; // one host holds every job
+    });
 }
 
 async_result<std::optional<core::job>> sqlite_repository::get(std::string id) {

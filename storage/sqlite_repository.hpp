@@ -24,7 +24,7 @@ public:
     async_result<std::vector<insert_outcome>> insert(std::vector<core::job_spec> specs,
                                                      core::time_point now,
                                                      std::vector<std::string> sources) override;
-    async_result<void> save(std::vector<job_change> changes) override;
+    async_result<std::vector<std::string>> save(std::vector<job_change> changes) override;
     async_result<std::optional<core::job>> get(std::string id) override;
     async_result<std::vector<core::job>> list(job_filter f) override;
     async_result<std::vector<core::job>> unfinished() override;

@@ -268,7 +268,7 @@ TYPED_TEST(job_repository_test, calls_complete_in_the_order_they_were_made) {
     for (int i = 1; i <= 10; ++i) {
         j.polls = i;
         asio::co_spawn(io, this->repo->save({{j, {}}}),
-                       [&order, i](std::exception_ptr, core::result<void> r) {
+                       [&order, i](std::exception_ptr, core::result<std::vector<std::string>> r) {
                            EXPECT_TRUE(r);
                            order.push_back(i);
                        });
@@ -297,11 +297,12 @@ TEST_F(sqlite_repository_test,
     storage::connection other(path, SQLITE_OPEN_READWRITE);
     other.exec("BEGIN EXCLUSIVE", "lock the database");
     asio::io_context io;
-    std::optional<core::result<void>> saved;
-    asio::co_spawn(io, repo.save({{j, {}}}), [&](std::exception_ptr e, core::result<void> r) {
-        EXPECT_FALSE(e);
-        saved = std::move(r);
-    });
+    std::optional<core::result<std::vector<std::string>>> saved;
+    asio::co_spawn(io, repo.save({{j, {}}}),
+                   [&](std::exception_ptr e, core::result<std::vector<std::string>> r) {
+                       EXPECT_FALSE(e);
+                       saved = std::move(r);
+                   });
     // While the save waits on the lock, the loop runs: a timer set after it fires first.
     asio::steady_timer tick(io, std::chrono::milliseconds(10));
     bool ticked = false;

@@ -1,24 +1,20 @@
-#!/ usr / bin / env bash
-#A throwaway PostgreSQL server for the tests(Debian's postgresql package): initdb
-#into a fresh folder, listening on a Unix socket in that folder only(no TCP port
-#to collide with), fsync off.Run as root, the server runs as the unprivileged
-# `postgres` user(initdb refuses root).The database superuser is `klingd`, with
-#trust authentication on the socket : nothing outside the folder can reach it.
+#!/usr/bin/env bash
+# A throwaway PostgreSQL server for the tests (Debian's postgresql package): initdb
+# into a fresh folder, listening on a Unix socket in that folder only (no TCP port
+# to collide with), fsync off. Run as root, the server runs as the unprivileged
+# `postgres` user (initdb refuses root). The database superuser is `klingd`, with
+# trust authentication on the socket: nothing outside the folder can reach it.
 #
-#pg_server.sh start DIR initdb DIR / data(if new) and start; DIR / sock is the socket folder
-#pg_server.sh stop DIR fast shutdown(connections are cut)
-#pg_server.sh kill DIR immediate shutdown(as after a crash)
-#pg_server.sh remove DIR stop if running, then delete DIR
-#pg_server.sh fixture - start FILE a new server in a fresh / tmp folder, its folder written to FILE
-#pg_server.sh fixture - stop FILE stop and remove the server FILE names
-set - euo pipefail
+#   pg_server.sh start DIR           initdb DIR/data (if new) and start; DIR/sock is the socket folder
+#   pg_server.sh stop DIR            fast shutdown (connections are cut)
+#   pg_server.sh kill DIR            immediate shutdown (as after a crash)
+#   pg_server.sh remove DIR          stop if running, then delete DIR
+#   pg_server.sh fixture-start FILE  a new server in a fresh /tmp folder, its folder written to FILE
+#   pg_server.sh fixture-stop FILE   stop and remove the server FILE names
+set -euo pipefail
 
-          bindir = $ {
-KLINGD_PG_BINDIR:
-    -
-}
-if
-    [-z "$bindir"]; then
+bindir=${KLINGD_PG_BINDIR:-}
+if [ -z "$bindir" ]; then
   for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
     [ -x "$d/initdb" ] && { bindir=$d; break; }
   done
@@ -39,7 +35,7 @@ as_server() {
 start() {
   local dir=$1
   mkdir -p "$dir/sock"
-  [ "$(id -u)" -eq 0 ] && chown -R postgres "$dir"
+  if [ "$(id -u)" -eq 0 ]; then chown -R postgres "$dir"; fi
   if [ ! -f "$dir/data/PG_VERSION" ]; then
     as_server "$bindir/initdb" -D "$dir/data" -A trust -U klingd --no-sync -E UTF8 --no-locale >"$dir/initdb.log" 2>&1 ||
       { cat "$dir/initdb.log" >&2; exit 1; }
