@@ -1020,14 +1020,16 @@ std::chrono::milliseconds engine::send_margin() const {
 }
 
 bool engine::holds_claims() const {
-    return !cluster_ || lease_until_ - now() >= send_margin();
+    // Cut off from the database (the last heartbeat failed), nothing it sends could be
+    // recorded: it stops at once, not when its claims are about to lapse.
+    return !cluster_ || (db_problem_.empty() && lease_until_ - now() >= send_margin());
 }
 
 std::string engine::degraded_reason() const {
     if (!cluster_)
         return {};
     if (!db_problem_.empty())
-        return "the database cannot be reached: " + db_problem_;
+        return "the database cannot be reached (nothing is sent until it answers): " + db_problem_;
     if (!holds_claims())
         return "this node's claims are about to lapse: nothing is sent until the database "
                "renews them";

@@ -29,7 +29,12 @@ daemon_env::daemon_env(daemon_options o) : opts_(std::move(o)), dir_("klingd") {
     std::vector<std::string> args{"--time-scale", fmt::format("{}", opts_.scale), "--api-key",
                                   opts_.api_key};
     args.insert(args.end(), opts_.sim_args.begin(), opts_.sim_args.end());
-    sim_ = std::make_unique<sim_process>(args);
+    if (opts_.shared_sim) {
+        sim_ = opts_.shared_sim;
+    } else {
+        own_sim_ = std::make_unique<sim_process>(args);
+        sim_ = own_sim_.get();
+    }
     std::filesystem::create_directories(dir_ / "spool/incoming");
     write_config();
 }
@@ -73,6 +78,12 @@ max_in_flight = {}
         dir_ / "output", socket(), 58 * s, 223 * s,
         opts_.retention_s > 0 ? opts_.retention_s : 3600 * s, 1 * s, 60 * s,
         opts_.resubmit_unknown ? "true" : "false", opts_.max_in_flight, opts_.extra_toml);
+    if (!opts_.postgresql.empty()) {
+        toml.replace(toml.find("[storage]\n"), 10,
+                     fmt::format("[storage]\npostgresql = \"{}\"\n", opts_.postgresql));
+        toml += fmt::format("[cluster]\nnode = \"{}\"\ntakeover_s = {}\n", opts_.node,
+                            opts_.takeover_s);
+    }
     write_file(config_path(), toml);
 }
 
@@ -160,7 +171,13 @@ bool daemon_env::wait_terminal(const std::vector<std::string>& ids, std::chrono:
     return eventually(
         [&] {
             std::map<std::string, std::string> states;
-            for (auto& j : jobs())
+            std::vector<json::value> all;
+            try {
+                all = jobs();
+            } catch (const std::runtime_error&) {
+                return false; // the daemon could not answer now (its database restarts)
+            }
+            for (auto& j : all)
                 states[std::string(j.at("id").as_string())] =
                     std::string(j.at("state").as_string());
             for (auto& id : ids) {

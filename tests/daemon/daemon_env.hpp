@@ -34,6 +34,12 @@ struct daemon_options {
     std::vector<std::string> sim_args;
     std::string api_key = "test-key-1";
     std::string log_level = "info";
+    // A cluster node: the shared database (storage.postgresql), its name and takeover time.
+    std::string postgresql;
+    std::string node;
+    double takeover_s = 3;
+    // Nodes of one cluster share one emulator (one account): not owned, outlives the env.
+    sim_process* shared_sim = nullptr;
 };
 
 class daemon_env {
@@ -79,7 +85,8 @@ private:
 
     daemon_options opts_;
     temp_dir dir_;
-    std::unique_ptr<sim_process> sim_;
+    std::unique_ptr<sim_process> own_sim_;
+    sim_process* sim_ = nullptr;
     std::unique_ptr<child_process> klingd_;
     int generation_ = 0;
     std::vector<std::string> old_logs_;

@@ -1,0 +1,219 @@
+// Several klingd nodes on one real PostgreSQL server and one segmind-sim (one account):
+// a node killed for good, the database stopped under the nodes, the database restarted
+// under load. The emulator's statistics judge what was sent; every node lists every job.
+#include "tests/daemon/daemon_env.hpp"
+#include "tests/support/pg_server.hpp"
+
+#include <filesystem>
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <set>
+#include <thread>
+
+namespace {
+
+using namespace klingd::test;
+namespace json = boost::json;
+using namespace std::chrono_literals;
+
+bool final_state(const std::string& s) {
+    return s == "completed" || s == "failed" || s == "expired" || s == "cancelled";
+}
+
+class cluster : public ::testing::Test {
+protected:
+    pg_server pg; // a private server: these tests stop it
+    std::string db = pg.create_database();
+    std::unique_ptr<sim_process> sim;
+    std::vector<std::unique_ptr<daemon_env>> nodes;
+    double scale = 0.02;
+
+    void start_nodes(int n, std::vector<std::string> sim_args = {}, double rpm = 0) {
+        std::vector<std::string> args{"--time-scale", fmt::format("{}", scale), "--api-key",
+                                      "test-key-1"};
+        args.insert(args.end(), sim_args.begin(), sim_args.end());
+        sim = std::make_unique<sim_process>(args);
+        for (int i = 0; i < n; ++i) {
+            daemon_options o;
+            o.scale = scale;
+            o.requests_per_minute = rpm;
+            o.postgresql = db;
+            o.node = "n" + std::to_string(i);
+            o.takeover_s = 3;
+            o.shared_sim = sim.get();
+            nodes.push_back(std::make_unique<daemon_env>(o));
+            nodes.back()->start();
+        }
+    }
+    // Drops count image jobs, spread over the nodes' spools; their ids.
+    std::vector<std::string> drop_spread(const std::string& prefix, int count) {
+        std::vector<std::string> ids;
+        for (int i = 0; i < count; ++i) {
+            auto id = fmt::format("{}{:03}", prefix, i);
+            nodes[static_cast<std::size_t>(i) % nodes.size()]->drop(id + ".json", image_job(id));
+            ids.push_back(id);
+        }
+        return ids;
+    }
+    std::map<std::string, json::value> jobs_seen_by(daemon_env& n) {
+        std::map<std::string, json::value> out;
+        for (auto& j : n.jobs())
+            out[str(j, "id")] = j;
+        return out;
+    }
+    // Jobs completed as node n sees them; -1 when it cannot answer now.
+    int completed(daemon_env& n) {
+        try {
+            int done = 0;
+            for (auto& j : n.jobs())
+                done += str(j, "state") == "completed";
+            return done;
+        } catch (const std::runtime_error&) {
+            return -1;
+        }
+    }
+    std::string logs() {
+        std::string all;
+        for (auto& n : nodes)
+            all += "---- " + n->options().node + "\n" + n->log();
+        return all;
+    }
+    // Every job ended; completed, or failed because a kill caught its submit in flight.
+    void expect_all_done_and_none_paid_twice(daemon_env& seen_by,
+                                             const std::vector<std::string>& ids,
+                                             int min_completed) {
+        auto all = jobs_seen_by(seen_by);
+        int completed = 0;
+        for (auto& id : ids) {
+            ASSERT_TRUE(all.count(id)) << id << " is not listed";
+            auto& j = all[id];
+            if (str(j, "state") == "completed") {
+                ++completed;
+                // Written by the node that fetched it, into its own output folder.
+                auto node = str(j, "node");
+                auto owner = std::find_if(nodes.begin(), nodes.end(),
+                                          [&](auto& n) { return n->options().node == node; });
+                ASSERT_NE(owner, nodes.end()) << id << " finished by unknown node " << node;
+                for (auto& p : j.at("outputs").as_array()) {
+                    std::string path(p.as_string());
+                    EXPECT_EQ(path.rfind((*owner)->output(), 0), 0u) << path;
+                    EXPECT_TRUE(std::filesystem::exists(path)) << path;
+                }
+            } else {
+                EXPECT_EQ(str(j, "state"), "failed") << id;
+                EXPECT_NE(str(j, "error").find("resubmit_unknown = false"), std::string::npos)
+                    << id << ": " << str(j, "error");
+            }
+        }
+        EXPECT_GE(completed, min_completed);
+        auto stats = nodes.front()->sim_stats();
+        for (auto& [marker, n] : submissions_by_marker(stats))
+            EXPECT_EQ(n, 1) << marker << " was submitted " << n << " times";
+    }
+};
+
+TEST_F(cluster, three_nodes_one_killed_for_good_every_job_ends_and_none_is_submitted_twice) {
+    // Runs of 4 s or so: n1 surely holds submitted jobs when it dies.
+    start_nodes(3, {"--median", "kling-o1=200"});
+    auto ids = drop_spread("c", 60);
+    // Once the cluster is well under way, kill the node (n1 or n2) that holds the most
+    // submitted, unfinished jobs: the victim.
+    std::string victim;
+    std::set<std::string> held_by_victim;
+    ASSERT_TRUE(eventually(
+        [&] {
+            if (completed(*nodes[0]) < 10)
+                return false;
+            std::map<std::string, std::set<std::string>> held;
+            for (auto& [id, j] : jobs_seen_by(*nodes[0]))
+                if (!final_state(str(j, "state")) && !str(j, "node").empty())
+                    held[str(j, "node")].insert(id);
+            victim = held["n1"].size() >= held["n2"].size() ? "n1" : "n2";
+            held_by_victim = held[victim];
+            return !held_by_victim.empty();
+        },
+        60s))
+        << logs();
+    auto& dead = victim == "n1" ? nodes[1] : nodes[2];
+    auto& survivor = victim == "n1" ? nodes[2] : nodes[1];
+    dead->kill9();
+    ASSERT_TRUE(nodes[0]->wait_terminal(ids, 120s)) << logs();
+    expect_all_done_and_none_paid_twice(*nodes[0], ids, 55);
+    // Both survivors list every job, and see the dead node lose its claims.
+    EXPECT_EQ(jobs_seen_by(*survivor).size(), 60u);
+    EXPECT_EQ(jobs_seen_by(*nodes[0]).size(), 60u);
+    std::map<std::string, json::value> by_name;
+    auto read_nodes = [&] {
+        auto listed = survivor->api("GET", "/v1/nodes");
+        EXPECT_EQ(listed.status, 200) << listed.text;
+        by_name.clear();
+        if (listed.status == 200)
+            for (auto& n : listed.body.at("nodes").as_array())
+                by_name[str(n, "name")] = n;
+    };
+    ASSERT_TRUE(eventually(
+        [&] {
+            read_nodes();
+            return str(by_name[victim], "live") == "false";
+        },
+        10s));
+    ASSERT_EQ(by_name.size(), 3u);
+    EXPECT_EQ(str(by_name[victim], "jobs_held"), "0");
+    EXPECT_EQ(str(by_name["n0"], "live"), "true");
+    EXPECT_EQ(str(by_name[survivor->options().node], "this"), "true");
+    // The jobs the victim held when it died were carried on by the others.
+    auto after = jobs_seen_by(*nodes[0]);
+    for (auto& id : held_by_victim) {
+        auto& j = after[id];
+        EXPECT_TRUE(str(j, "node") == "n0" || str(j, "node") == survivor->options().node)
+            << id << " ended " << str(j, "state") << " on " << str(j, "node");
+    }
+    EXPECT_EQ(nodes[0]->stop(), 0);
+    EXPECT_EQ(survivor->stop(), 0);
+}
+
+TEST_F(cluster, nodes_cut_off_from_the_database_send_nothing_and_recover_when_it_is_back) {
+    start_nodes(2);
+    auto ids = drop_spread("d", 30);
+    ASSERT_TRUE(eventually([&] { return completed(*nodes[0]) >= 5; }, 60s)) << logs();
+    pg.stop();
+    // Both say so, from memory, while the database is gone.
+    for (auto& n : nodes)
+        ASSERT_TRUE(eventually(
+            [&] {
+                auto h = n->api("GET", "/v1/health");
+                return h.status == 503 && str(h.body, "status") == "degraded" &&
+                       !str(h.body, "reason").empty();
+            },
+            15s))
+            << n->options().node << "\n"
+            << logs();
+    // Nothing is sent that could not be recorded: the emulator hears nothing more.
+    auto before = api_requests(nodes[0]->sim_stats(false));
+    std::this_thread::sleep_for(2s); // a window in which nothing may happen
+    auto after = api_requests(nodes[0]->sim_stats(false));
+    EXPECT_EQ(after, before) << "requests sent while cut off from the database";
+    pg.start();
+    for (auto& n : nodes)
+        ASSERT_TRUE(eventually([&] { return n->api("GET", "/v1/health").status == 200; }, 20s))
+            << logs();
+    ASSERT_TRUE(nodes[0]->wait_terminal(ids, 120s)) << logs();
+    expect_all_done_and_none_paid_twice(*nodes[1], ids, 25);
+}
+
+TEST_F(cluster, a_database_restarted_under_load_loses_nothing_and_pays_nothing_twice) {
+    start_nodes(2);
+    auto ids = drop_spread("r", 40);
+    for (int round = 0; round < 2; ++round) {
+        ASSERT_TRUE(eventually([&] { return completed(*nodes[0]) >= 5 + 10 * round; }, 60s))
+            << logs();
+        pg.kill(); // as in a crash of the server
+        pg.start();
+    }
+    ASSERT_TRUE(nodes[0]->wait_terminal(ids, 120s)) << logs();
+    expect_all_done_and_none_paid_twice(*nodes[0], ids, 36);
+    EXPECT_EQ(nodes[0]->stop(), 0);
+    EXPECT_EQ(nodes[1]->stop(), 0);
+}
+
+} // namespace

@@ -1,0 +1,212 @@
+// The cluster's claims on a real PostgreSQL server: two or three pg_repository objects
+// stand for nodes (each with its own connection). Names are unique; no job is held by
+// two nodes; a node that stops renewing loses its claims and can no longer write.
+#include "storage/pg_repository.hpp"
+#include "tests/support/await.hpp"
+#include "tests/support/child_process.hpp"
+#include "tests/support/pg_server.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <gtest/gtest.h>
+#include <set>
+
+namespace {
+
+using namespace klingd;
+using core::job_state;
+using core::milliseconds;
+using core::time_point;
+using test::await;
+
+const time_point t0{milliseconds(1'800'000'000'000)};
+
+template <class T>
+T ok(storage::async_result<T> call) {
+    auto r = await(std::move(call));
+    EXPECT_TRUE(r.has_value()) << (r ? "" : r.error().message());
+    if constexpr (!std::is_void_v<T>)
+        return r ? std::move(*r) : T{};
+}
+
+storage::node_identity node(std::string name, milliseconds takeover = milliseconds(30000),
+                            std::string host = "host-a", std::int64_t pid = 1000) {
+    storage::node_identity n;
+    n.name = std::move(name);
+    n.host_id = std::move(host);
+    n.pid = pid;
+    n.version = "test";
+    n.requests_per_minute = 60;
+    n.takeover = takeover;
+    return n;
+}
+
+class cluster_store_test : public ::testing::Test {
+protected:
+    std::string db = test::fresh_pg_database();
+    std::unique_ptr<storage::pg_repository> open() {
+        auto r = std::make_unique<storage::pg_repository>(db);
+        r->pid_alive = [](std::int64_t) {
+            return true;
+        };
+        ok(r->open());
+        return r;
+    }
+    void insert(storage::pg_repository& r, int n, const std::string& prefix = "j") {
+        std::vector<core::job_spec> specs;
+        std::vector<std::string> sources;
+        for (int i = 0; i < n; ++i) {
+            specs.push_back({prefix + std::to_string(i), "kling-o1", R"({"prompt":"p"})", 0});
+            sources.emplace_back();
+        }
+        ok(r.insert(std::move(specs), t0, std::move(sources)));
+    }
+};
+
+TEST_F(cluster_store_test, a_live_name_is_refused_a_dead_or_silent_one_is_taken_over) {
+    auto a = open();
+    ok(a->join(node("n1")));
+    auto b = open();
+    auto refused = await(b->join(node("n1", milliseconds(30000), "host-b", 2000)));
+    ASSERT_FALSE(refused);
+    EXPECT_TRUE(refused.error() == core::errc::node_name_taken) << refused.error().message();
+    EXPECT_NE(refused.error().message().find("another cluster.node"), std::string::npos);
+    // The same host, and the process that had the name is gone: taken over at once.
+    auto c = open();
+    c->pid_alive = [](std::int64_t pid) {
+        return pid != 1000;
+    };
+    ok(c->join(node("n1", milliseconds(30000), "host-a", 3000)));
+    auto r = ok(a->renew());
+    EXPECT_FALSE(r.node_alive) << "the old holder of the name hears it is gone";
+    // A name silent for its takeover time is free for another host.
+    auto d = open();
+    ok(d->join(node("n2", milliseconds(300), "host-d", 4000)));
+    auto e = open();
+    ASSERT_TRUE(test::eventually(
+        [&] { return await(e->join(node("n2", milliseconds(300), "host-e", 5000))).has_value(); },
+        std::chrono::seconds(10)));
+}
+
+TEST_F(cluster_store_test, nodes_claiming_at_once_never_take_the_same_job) {
+    auto setup = open();
+    insert(*setup, 300);
+    std::vector<std::unique_ptr<storage::pg_repository>> nodes;
+    for (int i = 0; i < 3; ++i) {
+        nodes.push_back(open());
+        ok(nodes.back()->join(node("n" + std::to_string(i), milliseconds(30000), "h", 100 + i)));
+    }
+    // Claims in small batches from three nodes, interleaved on one loop.
+    boost::asio::io_context io;
+    std::vector<std::vector<std::string>> got(3);
+    for (int i = 0; i < 3; ++i)
+        boost::asio::co_spawn(
+            io,
+            [&, i]() -> boost::asio::awaitable<void> {
+                for (;;) {
+                    auto c = co_await nodes[static_cast<std::size_t>(i)]->claim(7, 0);
+                    EXPECT_TRUE(c);
+                    if (!c || c->jobs.empty())
+                        co_return;
+                    for (auto& j : c->jobs) {
+                        EXPECT_EQ(j.node, "n" + std::to_string(i));
+                        EXPECT_FALSE(j.params.empty()) << "a pending job carries its params";
+                        got[static_cast<std::size_t>(i)].push_back(j.id);
+                    }
+                }
+            },
+            boost::asio::detached);
+    io.run();
+    std::set<std::string> all;
+    std::size_t total = 0;
+    for (auto& g : got) {
+        EXPECT_GT(g.size(), 0u) << "each node took some";
+        total += g.size();
+        all.insert(g.begin(), g.end());
+    }
+    EXPECT_EQ(total, 300u);
+    EXPECT_EQ(all.size(), 300u) << "no job was taken twice";
+}
+
+TEST_F(cluster_store_test, a_lapsed_claim_passes_to_another_node_and_the_old_holder_cannot_write) {
+    auto a = open();
+    insert(*a, 1);
+    ok(a->join(node("a", milliseconds(400), "h", 1)));
+    auto mine = ok(a->claim(1, 0));
+    ASSERT_EQ(mine.jobs.size(), 1u);
+    auto j = mine.jobs[0];
+    EXPECT_GE(mine.l.until - mine.l.db_now, milliseconds(400));
+    // a holds it: b cannot take it, nor write it.
+    auto b = open();
+    ok(b->join(node("b", milliseconds(400), "h", 2)));
+    EXPECT_TRUE(ok(b->claim(5, 5)).jobs.empty());
+    EXPECT_FALSE(ok(b->claim_one("j0")));
+    j.state = job_state::queued;
+    j.request_id = "r-a";
+    j.submitted_at = t0;
+    EXPECT_EQ(ok(b->save({{j, {}}})), std::vector<std::string>{"j0"});
+    EXPECT_TRUE(ok(a->save({{j, {{t0, "queued", "submitted", "r-a"}}}})).empty());
+    // a stops renewing: once its claim lapses, b takes the job (submitted: an orphan)...
+    std::vector<core::job> taken;
+    ASSERT_TRUE(test::eventually(
+        [&] {
+            taken = ok(b->claim(0, 5)).jobs;
+            return !taken.empty();
+        },
+        std::chrono::seconds(10)));
+    ASSERT_EQ(taken.size(), 1u);
+    EXPECT_EQ(taken[0].request_id, "r-a");
+    EXPECT_EQ(taken[0].node, "b");
+    // ... and a's writes of it are refused, its history too.
+    j.polls = 5;
+    EXPECT_EQ(ok(a->save({{j, {{t0, "queued", "a's late note", std::nullopt}}}})),
+              std::vector<std::string>{"j0"});
+    auto renewed = ok(a->renew());
+    EXPECT_TRUE(renewed.node_alive);
+    EXPECT_TRUE(renewed.held.empty());
+    for (auto& h : ok(b->history("j0")))
+        EXPECT_NE(h.note, "a's late note");
+    EXPECT_EQ(ok(b->get("j0"))->polls, 0);
+    EXPECT_EQ(ok(b->get("j0"))->node, "b");
+}
+
+TEST_F(cluster_store_test, renewal_carries_cancel_requests_once_and_the_pause) {
+    auto a = open();
+    insert(*a, 2);
+    ok(a->join(node("a")));
+    ASSERT_EQ(ok(a->claim(2, 0)).jobs.size(), 2u);
+    auto b = open();
+    ok(b->join(node("b", milliseconds(30000), "h", 2)));
+    ok(b->request_cancel("j1"));
+    ok(b->set_meta("paused", "1"));
+    auto r = ok(a->renew());
+    EXPECT_EQ(r.held.size(), 2u);
+    EXPECT_EQ(r.cancel_requested, std::vector<std::string>{"j1"});
+    EXPECT_TRUE(r.paused);
+    EXPECT_TRUE(ok(a->renew()).cancel_requested.empty()) << "heard once";
+}
+
+TEST_F(cluster_store_test, leaving_frees_the_claims_at_once_and_nodes_are_listed) {
+    auto a = open();
+    insert(*a, 4);
+    ok(a->join(node("a")));
+    ASSERT_EQ(ok(a->claim(4, 0)).jobs.size(), 4u);
+    auto b = open();
+    ok(b->join(node("b", milliseconds(30000), "h", 2)));
+    auto listed = ok(b->nodes());
+    ASSERT_EQ(listed.size(), 2u);
+    EXPECT_EQ(listed[0].name, "a");
+    EXPECT_TRUE(listed[0].live);
+    EXPECT_EQ(listed[0].held, 4);
+    EXPECT_EQ(listed[1].held, 0);
+    ok(a->leave());
+    EXPECT_EQ(ok(b->claim(10, 0)).jobs.size(), 4u) << "no wait for takeover_s";
+    listed = ok(b->nodes());
+    EXPECT_TRUE(listed[0].stopped);
+    EXPECT_FALSE(listed[0].live);
+    // A stopped name may be taken again at once.
+    auto c = open();
+    ok(c->join(node("a", milliseconds(30000), "other-host", 9)));
+}
+
+} // namespace
