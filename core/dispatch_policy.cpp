@@ -93,7 +93,9 @@ std::optional<time_point> dispatch_policy::next_wake(time_point now, const in_fl
 
 milliseconds dispatch_policy::sleep_for(time_point at, time_point now) const {
     auto tick = wake_tick(limits_.min_poll_interval_s);
-    auto wait = std::max(milliseconds(1), std::chrono::ceil<milliseconds>(at - now));
+    // At most an hour: a far-off time (no shared slot yet) must not overflow a timer.
+    auto wait = std::clamp(std::chrono::ceil<milliseconds>(at - now), milliseconds(1),
+                           milliseconds(std::chrono::hours(1)));
     return (wait + tick - milliseconds(1)) / tick * tick;
 }
 

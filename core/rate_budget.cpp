@@ -63,6 +63,11 @@ time_point rate_budget::window_slot() const {
 
 time_point rate_budget::next_slot() const {
     time_point t = blocked_until_;
+    if (shared_) {
+        // Without a slot of the shared schedule: far off (a reservation wakes the dispatcher).
+        auto far = time_point{std::chrono::hours(24 * 365 * 1000)};
+        t = std::max(t, slots_.empty() ? far : slots_.front() - tolerance_);
+    }
     if (last_slot_us_) {
         double earliest_us =
             *last_slot_us_ + interval_us() - static_cast<double>(tolerance_.count()) * 1000;
@@ -74,8 +79,11 @@ time_point rate_budget::next_slot() const {
 
 bool rate_budget::try_acquire(time_point now) {
     used_last_minute(now);
+    drop_stale_slots(now);
     if (now < next_slot())
         return false;
+    if (shared_)
+        slots_.pop_front();
     double now_us = static_cast<double>(now.time_since_epoch().count()) * 1000;
     last_slot_us_ = last_slot_us_ ? std::max(*last_slot_us_ + interval_us(), now_us) : now_us;
     sends_.push_back(now);
@@ -162,6 +170,37 @@ std::size_t rate_budget::used_last_minute(time_point now) {
         sends_.pop_front();
     auto from = std::upper_bound(sends_.begin(), sends_.end(), now - std::chrono::minutes(1));
     return static_cast<std::size_t>(sends_.end() - from);
+}
+
+void rate_budget::use_shared_slots(bool on) {
+    shared_ = on;
+    slots_.clear();
+}
+
+void rate_budget::drop_stale_slots(time_point now) {
+    auto stale =
+        now - milliseconds(static_cast<std::int64_t>(std::ceil(slot_interval_ms_))) - tolerance_;
+    while (!slots_.empty() && slots_.front() < stale)
+        slots_.pop_front();
+}
+
+void rate_budget::add_shared_slots(time_point first, double interval_ms, int count) {
+    slot_interval_ms_ = interval_ms;
+    for (int i = 0; i < count; ++i) {
+        auto at = first + milliseconds(static_cast<std::int64_t>(std::floor(interval_ms * i)));
+        if (at >= blocked_until_ && (slots_.empty() || at > slots_.back()))
+            slots_.push_back(at);
+    }
+}
+
+void rate_budget::hold_until(time_point until) {
+    blocked_until_ = std::max(blocked_until_, until);
+    while (!slots_.empty() && slots_.front() < blocked_until_)
+        slots_.pop_front();
+}
+
+void rate_budget::adopt_allowed(double rpm) {
+    allowed_ = std::clamp(rpm, min_rpm, configured_);
 }
 
 } // namespace klingd::core

@@ -76,6 +76,18 @@ public:
     // Requests sent in the last 60 s.
     std::size_t used_last_minute(time_point now);
 
+    // A cluster: every send also takes a slot of the schedule the nodes share (reserved
+    // from the database a few at a time: slots, not counts, so the cluster's sends are
+    // as evenly paced as one node's). A slot an interval old is dropped unused.
+    void use_shared_slots(bool on);
+    bool shared() const { return shared_; }
+    void add_shared_slots(time_point first, double interval_ms, int count);
+    std::size_t shared_slots() const { return slots_.size(); }
+    // Another node's 429: no send until then; the slots before it are void.
+    void hold_until(time_point until);
+    // The rate the cluster allows now (another node lowered it, or raised it back).
+    void adopt_allowed(double rpm);
+
 private:
     milliseconds gap() const;
     double interval_us() const { return 60e6 / paced_rpm(); }
@@ -106,6 +118,10 @@ private:
     bool recovering_ = false; // the quiet spell is over: answers raise the rate
     time_point last_raise_{};
     int consecutive_unhinted_ = 0;
+    bool shared_ = false;
+    std::deque<time_point> slots_; // the shared schedule's slots this node holds
+    double slot_interval_ms_ = 0;
+    void drop_stale_slots(time_point now);
     std::deque<time_point> sends_;         // within the last window()
     std::optional<time_point> last_until_; // the reset time the last episode named
 };

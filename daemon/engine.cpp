@@ -62,8 +62,8 @@ core::http_url parsed_base_url(const std::string& base_url) {
 
 engine::engine(asio::io_context& io, const config::settings& s, storage::job_repository& repo,
                http_client& client, const clock& clk, storage::cluster_store* cluster)
-    : io_(io), settings_(s), repo_(repo), cluster_(cluster), claim_timer_(io), client_(client),
-      clock_(clk), base_(parsed_base_url(s.api.base_url)),
+    : io_(io), settings_(s), repo_(repo), cluster_(cluster), claim_timer_(io), slot_timer_(io),
+      client_(client), clock_(clk), base_(parsed_base_url(s.api.base_url)),
       budget_(s.api.requests_per_minute, core::wake_tick(s.jobs.min_poll_interval_s),
               core::pace_margin),
       planner_({s.jobs.min_poll_interval_s, s.jobs.max_poll_interval_s, s.jobs.result_retention_s}),
@@ -175,11 +175,13 @@ asio::awaitable<void> engine::start() {
         if (!joined)
             throw std::runtime_error(joined.error().message());
         note_lease(asked, *joined);
+        budget_.use_shared_slots(true);
         log::notice("joined the cluster as node {}: claims last {:.0f} s without a heartbeat",
                     me.name, settings_.cluster.takeover_s);
         asio::co_spawn(io_, dispatcher(), log::exit_on_exception);
         asio::co_spawn(io_, flusher(), log::exit_on_exception);
         asio::co_spawn(io_, claimer(), log::exit_on_exception);
+        asio::co_spawn(io_, slot_reserver(), log::exit_on_exception);
         co_return;
     }
     auto jobs = needed(co_await repo_.unfinished(), "the unfinished jobs");
@@ -421,6 +423,13 @@ void engine::note_signal(const core::transition& t, bool from_submit, core::time
                   std::chrono::duration<double>(budget_.blocked_until() - n).count(),
                   budget_.allowed_rpm());
         warn_of_expiry_while_blocked(budget_.blocked_until());
+        if (cluster_) {
+            std::optional<double> lowered;
+            if (budget_.allowed_rpm() < budget_.configured_rpm())
+                lowered = budget_.allowed_rpm();
+            asio::co_spawn(io_, share_block(budget_.blocked_until() - db_offset_, lowered),
+                           log::exit_on_exception);
+        }
         return;
     }
     if (answered) // a request that failed on the way says nothing about the budget
@@ -1037,6 +1046,7 @@ std::string engine::degraded_reason() const {
 }
 
 void engine::note_lease(core::time_point asked, const storage::lease& l) {
+    db_offset_ = asked - l.db_now;
     // What is left of the lease by the database's clock, counted from when it was asked
     // for by ours: a clock that differs from the database's does not stretch it.
     lease_until_ = asked + (l.until - l.db_now);
@@ -1167,6 +1177,8 @@ asio::awaitable<void> engine::cluster_tick() {
         for (auto& id : lost)
             drop(id);
     }
+    if (r->blocked_until > r->l.db_now)
+        budget_.hold_until(r->blocked_until + db_offset_); // another node's 429
     if (r->paused != gate_.paused()) {
         gate_.set_paused(r->paused);
         log::notice("submissions {} (for the whole cluster)", r->paused ? "paused" : "resumed");
@@ -1199,6 +1211,75 @@ asio::awaitable<void> engine::cluster_tick() {
     co_await adopt(std::move(c->jobs), "taken over from a node that stopped");
     if (taken >= room + orphans || taken == orphans)
         claim_soon_ = true; // more may wait
+}
+
+std::size_t engine::sends_waiting() {
+    auto l = policy_.limits();
+    bool submits = !gate_.paused() && !gate_.stopped() &&
+                   in_flight_jobs_ + starting_submits_ < l.max_in_flight;
+    std::size_t n = queue_.ready_budgeted(submits);
+    if (submits) // no more submits than the room left
+        n = std::min(n, queue_.ready_budgeted(false) +
+                            (l.max_in_flight - in_flight_jobs_ - starting_submits_));
+    return std::min(n, l.max_requests > requests_in_flight_ ? l.max_requests - requests_in_flight_
+                                                            : std::size_t{0});
+}
+
+void engine::adopt_shared_rate(std::optional<double> shared_rpm, std::int64_t epoch) {
+    double configured = budget_.configured_rpm();
+    double shared = shared_rpm.value_or(configured);
+    if (epoch != budget_epoch_) {
+        // A node lowered the account's rate (or it was raised since): take it as it is.
+        budget_epoch_ = epoch;
+        budget_.adopt_allowed(shared);
+    } else if (shared > budget_.allowed_rpm()) {
+        budget_.adopt_allowed(shared); // another node has recovered it further
+    }
+}
+
+asio::awaitable<void> engine::share_block(core::time_point until, std::optional<double> lowered) {
+    if (auto r = co_await cluster_->report_block(until, lowered); !r)
+        log::warning("cluster: cannot share a 429 with the other nodes: {}", r.error().message());
+}
+
+asio::awaitable<void> engine::slot_reserver() {
+    constexpr auto poll = std::chrono::milliseconds(20);
+    while (!stopping_) {
+        auto t = now();
+        auto waiting = sends_waiting();
+        bool need = holds_claims() && !budget_.blocked(t) && waiting > budget_.shared_slots();
+        if (need) {
+            // A few slots ahead, no more than the work waiting: about half a second of the
+            // budget, at most 32; a slot this node does not use is lost to the cluster.
+            auto half_second = static_cast<std::size_t>(std::ceil(budget_.paced_rpm() / 120.0));
+            int count = static_cast<int>(std::clamp<std::size_t>(
+                std::min(waiting - budget_.shared_slots(), half_second), 1, 32));
+            std::optional<double> mine;
+            if (budget_.allowed_rpm() < budget_.configured_rpm())
+                mine = budget_.allowed_rpm();
+            auto asked = now();
+            auto g = co_await cluster_->reserve_slots(count, budget_.configured_rpm(), mine,
+                                                      budget_epoch_, core::pace_margin);
+            auto answered = now();
+            if (g) {
+                reserve_problem_.clear();
+                db_offset_ = asked + (answered - asked) / 2 - g->db_now;
+                adopt_shared_rate(g->allowed_rpm, g->epoch);
+                if (g->blocked_until > g->db_now)
+                    budget_.hold_until(g->blocked_until + db_offset_);
+                budget_.add_shared_slots(g->first + db_offset_, g->interval_ms, g->count);
+                wake();
+                continue;
+            }
+            if (g.error().message() != reserve_problem_)
+                log::warning("cluster: cannot reserve slots of the account's budget: {}",
+                             g.error().message());
+            reserve_problem_ = g.error().message();
+        }
+        slot_timer_.expires_after(need ? std::chrono::milliseconds(200) : poll);
+        boost::system::error_code ec;
+        co_await slot_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
 }
 
 asio::awaitable<core::result<std::vector<storage::node_row>>> engine::nodes() {

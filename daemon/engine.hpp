@@ -136,6 +136,14 @@ private:
     std::chrono::milliseconds send_margin() const;
     void note_lease(core::time_point asked, const storage::lease& l);
     void wake_claimer();
+    // Cluster: keeps a few slots of the account's shared schedule in hand while budgeted
+    // work waits, and adopts the shared rate and 429 blocks.
+    boost::asio::awaitable<void> slot_reserver();
+    // Budgeted sends that could go now if the budget allowed.
+    std::size_t sends_waiting();
+    void adopt_shared_rate(std::optional<double> shared_rpm, std::int64_t epoch);
+    // A 429 this node saw holds every node back.
+    boost::asio::awaitable<void> share_block(core::time_point until, std::optional<double> lowered);
     // taken_at: when the dispatcher took the item's budget slot.
     boost::asio::awaitable<void> execute(core::dispatch_queue::item item,
                                          core::time_point taken_at);
@@ -198,6 +206,10 @@ private:
     std::string db_problem_;         // the last failure to reach the database, until it works
     boost::asio::steady_timer claim_timer_;
     bool claim_soon_ = false;
+    boost::asio::steady_timer slot_timer_;
+    std::int64_t budget_epoch_ = 0;   // of the shared rate last adopted
+    std::string reserve_problem_;     // the last failure to reserve slots, said once
+    core::milliseconds db_offset_{0}; // engine time less the database's clock
     http_client& client_;
     const clock& clock_;
     core::http_url base_;

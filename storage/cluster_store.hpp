@@ -41,10 +41,23 @@ struct claimed {
 
 struct renewal {
     lease l;
+    core::time_point blocked_until{};          // the account's 429 block, by the database's clock
     bool node_alive = true;                    // false: another process took this node's name
     std::vector<std::string> held;             // unfinished jobs this node still holds
     std::vector<std::string> cancel_requested; // held jobs another node was asked to cancel
     bool paused = false;
+};
+
+// Slots of the account's shared schedule, by the database's clock: first, then one
+// every interval_ms; and the shared rate (the AIMD's, none: not lowered) and its epoch.
+struct slot_grant {
+    core::time_point db_now{};
+    core::time_point first{};
+    double interval_ms = 0;
+    int count = 0;
+    std::optional<double> allowed_rpm;
+    std::int64_t epoch = 0;
+    core::time_point blocked_until{};
 };
 
 struct node_row {
@@ -83,6 +96,20 @@ public:
     // Asks the node that holds the job to cancel it (it does at its next heartbeat).
     virtual async_result<void> request_cancel(std::string id) = 0;
     virtual async_result<std::vector<node_row>> nodes() = 0;
+
+    // The account's budget, shared. Reserves count slots of the schedule, paced at the
+    // smallest requests_per_minute of the live nodes (this node's configured_rpm when
+    // none is listed), or the shared rate when a 429 has lowered it, less margin.
+    // my_rpm: this node's allowed rate when below its configured one (none: full);
+    // my_epoch: the epoch of the shared rate it last adopted. Its raise counts only if
+    // it has seen the latest decrease.
+    virtual async_result<slot_grant> reserve_slots(int count, double configured_rpm,
+                                                   std::optional<double> my_rpm,
+                                                   std::int64_t my_epoch, double margin) = 0;
+    // A 429: every node holds back until `until` (database clock); lowered: the rate this
+    // node lowered itself to (a new epoch), none when it did not lower it.
+    virtual async_result<void> report_block(core::time_point until,
+                                            std::optional<double> lowered) = 0;
     // The job's holder now, if a live one.
     virtual const std::string& node_name() const = 0;
 };

@@ -6,6 +6,7 @@
 
 #include <boost/json.hpp>
 #include <cerrno>
+#include <cmath>
 #include <csignal>
 #include <fmt/format.h>
 #include <map>
@@ -80,6 +81,14 @@ CREATE TABLE nodes (
   heartbeat_at bigint NOT NULL,
   stopped_at bigint
 );
+CREATE TABLE budget (
+  id integer PRIMARY KEY CHECK (id = 1),
+  tat double precision NOT NULL,
+  blocked_until bigint NOT NULL,
+  allowed_rpm double precision,
+  epoch bigint NOT NULL
+);
+INSERT INTO budget VALUES (1, 0, 0, NULL, 0);
 )",
 };
 
@@ -669,7 +678,8 @@ j AS (
   FROM old WHERE jobs.id = old.id
   RETURNING jobs.id, old.cancel_requested)
 SELECT (SELECT count(*) FROM n), )" NOW_MS R"(,
-       (SELECT value FROM meta WHERE key = 'paused'), j.id, j.cancel_requested
+       (SELECT value FROM meta WHERE key = 'paused'), j.id, j.cancel_requested,
+       (SELECT blocked_until FROM budget WHERE id = 1)
 FROM (SELECT 1) one LEFT JOIN j ON true)";
     std::vector<param> args{me_.name, token_, num(me_.takeover.count())};
     auto r = co_await db_.query(std::move(sql), std::move(args));
@@ -682,6 +692,7 @@ FROM (SELECT 1) one LEFT JOIN j ON true)";
     auto db_now = at_ms(r->int64(0, 1));
     out.l = {db_now, db_now + me_.takeover};
     out.paused = r->opt_text(0, 2).value_or("0") == "1";
+    out.blocked_until = at_ms(r->int64(0, 5));
     for (int i = 0; i < r->size(); ++i) {
         if (r->null(i, 3))
             continue;
@@ -758,6 +769,71 @@ FROM nodes n ORDER BY n.name)";
         out.push_back(std::move(n));
     }
     co_return out;
+}
+
+async_result<slot_grant> pg_repository::reserve_slots(int count, double configured_rpm,
+                                                      std::optional<double> my_rpm,
+                                                      std::int64_t my_epoch, double margin) {
+    auto turn = co_await lane_.wait_turn();
+    // The rate: the smallest configured among live nodes, or the shared (lowered) one.
+    // The first slot: after the last one given out, now, and the end of any 429 block.
+    // A node's raise of the shared rate counts only if it had seen the latest decrease.
+    std::string sql = R"(
+WITH live AS (
+  SELECT min(requests_per_minute) AS rpm FROM nodes
+  WHERE stopped_at IS NULL AND heartbeat_at + takeover_ms >= )" NOW_MS R"(),
+b AS (SELECT * FROM budget WHERE id = 1 FOR UPDATE),
+r AS (
+  SELECT least(coalesce(b.allowed_rpm, 1e12), coalesce(live.rpm, $2::double precision)) * (1 - $4::double precision) AS paced,
+         greatest(b.tat, )" NOW_MS R"(::double precision,
+                  b.blocked_until::double precision) AS first,
+         live.rpm AS configured
+  FROM b, live),
+u AS (
+  UPDATE budget SET tat = r.first + $1::integer * 60000.0 / r.paced,
+    allowed_rpm = CASE
+      WHEN $3::bigint <> budget.epoch THEN budget.allowed_rpm
+      WHEN $5::double precision IS NULL OR budget.allowed_rpm IS NULL THEN NULL
+      WHEN $5::double precision > budget.allowed_rpm THEN $5::double precision
+      ELSE budget.allowed_rpm END
+  FROM r WHERE id = 1
+  RETURNING r.first, 60000.0 / r.paced, budget.allowed_rpm, budget.epoch, budget.blocked_until)
+SELECT *, )" NOW_MS R"( FROM u)";
+    std::vector<param> args{num(count), fmt::format("{}", configured_rpm), num(my_epoch),
+                            fmt::format("{}", margin),
+                            my_rpm ? param{fmt::format("{}", *my_rpm)} : param{}};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    if (r->size() != 1)
+        co_return core::error(core::errc::store_failed, "the budget row is missing");
+    slot_grant g;
+    g.first = at_ms(static_cast<std::int64_t>(std::ceil(r->real(0, 0))));
+    g.interval_ms = r->real(0, 1);
+    g.count = count;
+    if (!r->null(0, 2))
+        g.allowed_rpm = r->real(0, 2);
+    g.epoch = r->int64(0, 3);
+    g.blocked_until = at_ms(r->int64(0, 4));
+    g.db_now = at_ms(r->int64(0, 5));
+    co_return g;
+}
+
+async_result<void> pg_repository::report_block(core::time_point until,
+                                               std::optional<double> lowered) {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql = R"(
+UPDATE budget SET blocked_until = greatest(blocked_until, $1::bigint),
+  tat = greatest(tat, $1::double precision),
+  allowed_rpm = CASE WHEN $2::double precision < coalesce(allowed_rpm, 1e12)
+                     THEN $2::double precision ELSE allowed_rpm END,
+  epoch = epoch + CASE WHEN $2::double precision < coalesce(allowed_rpm, 1e12) THEN 1 ELSE 0 END
+WHERE id = 1)";
+    std::vector<param> args{num(ms(until)), lowered ? param{fmt::format("{}", *lowered)} : param{}};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    co_return core::result<void>{};
 }
 
 } // namespace klingd::storage

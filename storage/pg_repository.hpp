@@ -52,6 +52,10 @@ public:
     async_result<void> leave() override;
     async_result<void> request_cancel(std::string id) override;
     async_result<std::vector<node_row>> nodes() override;
+    async_result<slot_grant> reserve_slots(int count, double configured_rpm,
+                                           std::optional<double> my_rpm, std::int64_t my_epoch,
+                                           double margin) override;
+    async_result<void> report_block(core::time_point until, std::optional<double> lowered) override;
     const std::string& node_name() const override { return me_.name; }
 
     // Where the database is, without a password.

@@ -127,6 +127,33 @@ TEST(rate_budget, paces_evenly_at_the_configured_rate) {
     EXPECT_EQ(b.used_last_minute(t0 + seconds(61)), 0u);
 }
 
+TEST(rate_budget, with_a_shared_schedule_a_send_also_needs_one_of_its_slots) {
+    rate_budget b(600, milliseconds(0)); // 100 ms apart on its own
+    b.use_shared_slots(true);
+    EXPECT_FALSE(b.try_acquire(t0)) << "no slot of the shared schedule yet";
+    EXPECT_GT(b.next_slot(), t0 + std::chrono::hours(24));
+    // Three slots 300 ms apart (the cluster's pace), the first 50 ms ahead.
+    b.add_shared_slots(t0 + milliseconds(50), 300, 3);
+    EXPECT_EQ(b.shared_slots(), 3u);
+    EXPECT_EQ(b.next_slot(), t0 + milliseconds(50));
+    EXPECT_FALSE(b.try_acquire(t0 + milliseconds(49)));
+    EXPECT_TRUE(b.try_acquire(t0 + milliseconds(50)));
+    EXPECT_FALSE(b.try_acquire(t0 + milliseconds(200))) << "its own pace allows, the cluster's not";
+    EXPECT_TRUE(b.try_acquire(t0 + milliseconds(350)));
+    // A slot left an interval behind is lost, not sent late beside another node's.
+    EXPECT_FALSE(b.try_acquire(t0 + milliseconds(1000)));
+    EXPECT_EQ(b.shared_slots(), 0u);
+    // Another node's 429: the slots before its end are void, the rate it set is adopted.
+    b.add_shared_slots(t0 + milliseconds(1100), 300, 4);
+    b.hold_until(t0 + milliseconds(1500));
+    EXPECT_EQ(b.shared_slots(), 2u);
+    EXPECT_EQ(b.next_slot(), t0 + milliseconds(1700));
+    b.adopt_allowed(480);
+    EXPECT_EQ(b.allowed_rpm(), 480);
+    b.adopt_allowed(5000);
+    EXPECT_EQ(b.allowed_rpm(), 600) << "never above the configured rate";
+}
+
 TEST(rate_budget, slots_shorter_than_a_millisecond_keep_their_rate) {
     // 600,000/min is one send every 100 us. Time comes in milliseconds: a gap rounded to
     // a millisecond would cap it at 1,000/s; a millisecond's tolerance lets each step send all.

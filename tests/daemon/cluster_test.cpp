@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <set>
+#include <sstream>
 #include <thread>
 
 namespace {
@@ -170,6 +171,38 @@ TEST_F(cluster, three_nodes_one_killed_for_good_every_job_ends_and_none_is_submi
     }
     EXPECT_EQ(nodes[0]->stop(), 0);
     EXPECT_EQ(survivor->stop(), 0);
+}
+
+TEST_F(cluster, three_nodes_share_one_account_budget_and_together_stay_within_it) {
+    // The account allows 60 requests per API minute (3 s here); each node is configured
+    // with the whole of it. Alone, each would send at that rate: three times the budget.
+    scale = 0.05;
+    start_nodes(3, {"--rpm", "60"}, 60 / scale);
+    auto ids = drop_spread("b", 90);
+    ASSERT_TRUE(nodes[0]->wait_terminal(ids, 240s)) << logs();
+    for (auto& [id, j] : jobs_seen_by(*nodes[0]))
+        EXPECT_EQ(str(j, "state"), "completed") << id << ": " << str(j, "error");
+    auto stats = nodes[0]->sim_stats(false);
+    auto requests = api_requests(stats);
+    auto limited = answers_429(stats);
+    double share = static_cast<double>(limited) / static_cast<double>(requests);
+    std::printf("three nodes, one budget: %llu API requests for 90 jobs, %llu answered 429 "
+                "(%.2f%%)\n",
+                static_cast<unsigned long long>(requests), static_cast<unsigned long long>(limited),
+                share * 100);
+    EXPECT_LT(share, 0.01);
+    EXPECT_LE(static_cast<double>(requests) / 90, 3.6);
+    // Every node sent some of them (its own counter): the budget was shared, not taken by one.
+    for (auto& n : nodes) {
+        auto m = n->api("GET", "/metrics");
+        ASSERT_EQ(m.status, 200);
+        double sent = 0;
+        std::istringstream lines(m.text);
+        for (std::string line; std::getline(lines, line);)
+            if (line.rfind("klingd_api_requests_total{", 0) == 0)
+                sent += std::stod(line.substr(line.rfind(' ') + 1));
+        EXPECT_GT(sent, 0) << n->options().node;
+    }
 }
 
 TEST_F(cluster, nodes_cut_off_from_the_database_send_nothing_and_recover_when_it_is_back) {

@@ -210,3 +210,48 @@ TEST_F(cluster_store_test, leaving_frees_the_claims_at_once_and_nodes_are_listed
 }
 
 } // namespace
+
+namespace {
+
+TEST_F(cluster_store_test, the_shared_schedule_hands_out_slots_paced_at_the_smallest_live_rate) {
+    auto a = open();
+    auto an = node("a");
+    an.requests_per_minute = 600; // 100 ms apart
+    ok(a->join(an));
+    auto b = open();
+    auto bn = node("b", milliseconds(30000), "h", 2);
+    bn.requests_per_minute = 1200;
+    ok(b->join(bn));
+    auto g1 = ok(a->reserve_slots(3, 600, std::nullopt, 0, 0.0));
+    EXPECT_NEAR(g1.interval_ms, 100.0, 0.01) << "the smallest rate among live nodes";
+    auto paced = ok(a->reserve_slots(1, 600, std::nullopt, 0, 0.01));
+    EXPECT_NEAR(paced.interval_ms, 100.0 / 0.99, 0.01) << "a margin below it";
+    g1.first = paced.first - milliseconds(300);
+    EXPECT_EQ(g1.count, 3);
+    EXPECT_GE(g1.first, g1.db_now - milliseconds(1));
+    auto g2 = ok(b->reserve_slots(2, 1200, std::nullopt, 0, 0.0));
+    // b's slots come after a's three, on the same schedule.
+    EXPECT_GE(g2.first, g1.first + milliseconds(299));
+    EXPECT_FALSE(g2.allowed_rpm);
+    // A 429 at b: everybody holds back, and the rate b lowered itself to is the cluster's.
+    auto until = g2.db_now + milliseconds(5000);
+    ok(b->report_block(until, 480.0));
+    auto g3 = ok(a->reserve_slots(1, 600, std::nullopt, 0, 0.0));
+    EXPECT_GE(g3.first, until);
+    EXPECT_EQ(g3.blocked_until, until);
+    ASSERT_TRUE(g3.allowed_rpm);
+    EXPECT_EQ(*g3.allowed_rpm, 480.0);
+    EXPECT_EQ(g3.epoch, 1);
+    EXPECT_NEAR(g3.interval_ms, 125.0, 0.01);
+    // A raise from a node that had not seen the decrease does not count; from one that had, it
+    // does.
+    ok(a->reserve_slots(1, 600, 590.0, 0, 0.0));
+    EXPECT_EQ(*ok(b->reserve_slots(1, 1200, 480.0, 1, 0.0)).allowed_rpm, 480.0);
+    ok(a->reserve_slots(1, 600, 540.0, 1, 0.0));
+    EXPECT_EQ(*ok(b->reserve_slots(1, 1200, 480.0, 1, 0.0)).allowed_rpm, 540.0);
+    ok(a->reserve_slots(1, 600, std::nullopt, 1, 0.0)); // a is at full rate again
+    EXPECT_FALSE(ok(b->reserve_slots(1, 1200, std::nullopt, 1, 0.0)).allowed_rpm);
+    EXPECT_EQ(ok(b->renew()).blocked_until, until);
+}
+
+} // namespace
