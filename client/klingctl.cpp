@@ -436,6 +436,27 @@ int cmd_stats(client& c, bool as_json) {
     return exit_ok;
 }
 
+// The cluster's nodes: name, live or not, last heartbeat, jobs held.
+int cmd_nodes(client& c, bool as_json) {
+    reply r;
+    if (auto rc = get_or_print(c, "/v1/nodes", as_json, r))
+        return *rc;
+    std::printf("%-20s %-8s %-24s %9s  %s\n", "NODE", "STATUS", "LAST HEARTBEAT", "JOBS HELD",
+                "VERSION");
+    for (auto& n : r.body.at("nodes").as_array()) {
+        std::string status = str(n, "live") == "true"      ? "live"
+                             : str(n, "stopped") == "true" ? "stopped"
+                                                           : "gone";
+        std::string beat = str(n, "heartbeat_at");
+        if (auto age = str(n, "heartbeat_age_s"); !age.empty())
+            beat = fmt::format("{}s ago", age);
+        std::printf("%-20s %-8s %-24s %9s  %s%s\n", str(n, "name").c_str(), status.c_str(),
+                    beat.empty() ? "-" : beat.c_str(), str(n, "jobs_held").c_str(),
+                    str(n, "version").c_str(), str(n, "this") == "true" ? "  (this node)" : "");
+    }
+    return exit_ok;
+}
+
 // The command line: each subcommand and what it takes.
 struct command_line {
     std::string socket =
@@ -455,6 +476,7 @@ struct command_line {
     CLI::App* resume = nullptr;
     CLI::App* watch = nullptr;
     CLI::App* stats = nullptr;
+    CLI::App* nodes = nullptr;
 
     void define(CLI::App& app) {
         app.require_subcommand(1);
@@ -487,6 +509,9 @@ struct command_line {
         watch->add_flag("--json", as_json, "print the events as JSON lines");
         stats = app.add_subcommand("stats", "jobs by state, API requests, budget");
         stats->add_flag("--json", as_json, "print the JSON");
+        nodes = app.add_subcommand("nodes",
+                                   "the cluster's nodes: live or not, last heartbeat, jobs held");
+        nodes->add_flag("--json", as_json, "print the JSON");
     }
 
     // Runs the chosen subcommand; throws unreachable when klingd cannot be reached.
@@ -511,6 +536,8 @@ struct command_line {
             return cmd_stats(c, as_json);
         if (*watch)
             return cmd_watch(c, ids, as_json);
+        if (*nodes)
+            return cmd_nodes(c, as_json);
         return exit_usage;
     }
 };

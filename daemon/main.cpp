@@ -3,8 +3,11 @@
 #include "config/loader.hpp"
 #include "daemon/application.hpp"
 #include "runtime/log.hpp"
+#include "storage/sqlite_import.hpp"
 
 #include <CLI/CLI.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
 #include <cstdio>
 #include <cstdlib>
 
@@ -16,6 +19,50 @@ std::string default_config_path() {
     if (const char* p = std::getenv("KLINGD_CONFIG"); p && *p)
         return p;
     return "/etc/klingd/klingd.toml";
+}
+
+// --import-sqlite: the jobs of a single host's database into the cluster's; 0 when every
+// job is in the cluster now (imported, or there already), 1 on a failure or a conflict.
+int import_sqlite(const std::string& file, const config::settings& s) {
+    if (s.storage.postgresql.empty()) {
+        std::fprintf(stderr, "klingd: --import-sqlite copies into the cluster's PostgreSQL "
+                             "database: set [storage] postgresql in the configuration\n");
+        return 2;
+    }
+    boost::asio::io_context io;
+    storage::pg_repository into(s.storage.postgresql, std::chrono::seconds(30),
+                                s.postgresql_password.reveal());
+    std::optional<core::result<storage::import_report>> done;
+    boost::asio::co_spawn(
+        io,
+        [&]() -> boost::asio::awaitable<core::result<storage::import_report>> {
+            if (auto opened = co_await into.open(); !opened)
+                co_return opened.error();
+            co_return co_await storage::import_sqlite(file, into);
+        },
+        [&](std::exception_ptr e, core::result<storage::import_report> r) {
+            if (e)
+                r = core::error(core::errc::store_failed, "the import stopped unexpectedly");
+            done = std::move(r);
+        });
+    io.run();
+    if (!done || !*done) {
+        std::fprintf(stderr, "klingd: import from %s failed: %s\n", file.c_str(),
+                     done ? (*done).error().message().c_str() : "no answer");
+        return 1;
+    }
+    const auto& r = **done;
+    std::printf("imported %zu of the %zu jobs of %s (with %zu history lines) into %s; %zu were "
+                "there already\n",
+                r.imported, r.read, file.c_str(), r.history, into.target().c_str(), r.already);
+    if (!r.conflicts.empty()) {
+        std::fprintf(stderr,
+                     "klingd: %zu job ids are taken in the cluster by jobs with other content "
+                     "and were not imported (first: %s)\n",
+                     r.conflicts.size(), r.conflicts.front().c_str());
+        return 1;
+    }
+    return 0;
 }
 
 } // namespace
@@ -30,6 +77,10 @@ int main(int argc, char** argv) {
     app.add_flag("--check-config", check_config,
                  "validate the configuration, print it with secrets redacted, exit 0 or 2");
     app.add_flag("--version", version, "print the version and exit");
+    std::string import_file;
+    app.add_option("--import-sqlite", import_file,
+                   "copy every job (and its history) of this single-host SQLite database into "
+                   "the cluster's PostgreSQL database ([storage] postgresql), once, and exit");
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -52,6 +103,8 @@ int main(int argc, char** argv) {
         std::fputs(config::render_settings(*loaded.value).c_str(), stdout);
         return 0;
     }
+    if (!import_file.empty())
+        return import_sqlite(import_file, *loaded.value);
     try {
         daemon::application app(*loaded.value, config_path);
         return app.run();

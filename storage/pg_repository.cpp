@@ -533,9 +533,6 @@ async_result<void> pg_repository::set_meta(std::string key, std::string value) {
 namespace klingd::storage {
 
 namespace {
-lease lease_of(const pg::rows& r, int row, int now_col, int until_col) {
-    return {at_ms(r.int64(row, now_col)), at_ms(r.int64(row, until_col))};
-}
 
 std::string random_token() {
     std::random_device rd;
@@ -817,6 +814,92 @@ SELECT *, )" NOW_MS R"( FROM u)";
     g.blocked_until = at_ms(r->int64(0, 4));
     g.db_now = at_ms(r->int64(0, 5));
     co_return g;
+}
+
+async_result<pg_repository::import_counts> pg_repository::import(import_batch batch) {
+    auto turn = co_await lane_.wait_turn();
+    constexpr int job_cols = 19;
+    std::vector<std::vector<param>> cols(job_cols);
+    for (auto& row : batch.jobs)
+        for (int c = 0; c < job_cols; ++c)
+            cols[static_cast<std::size_t>(c)].push_back(row[static_cast<std::size_t>(c)]);
+    std::vector<std::vector<param>> hcols(5);
+    for (auto& row : batch.history)
+        for (std::size_t c = 0; c < 5; ++c)
+            hcols[c].push_back(row[c]);
+    std::string sql = R"(
+WITH u AS (
+  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                       $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                       $13::text[], $14::text[], $15::text[], $16::text[], $17::text[],
+                       $18::text[], $19::text[])
+       WITH ORDINALITY AS u(id, model, params, priority, state, request_id, status_url,
+                            response_url, error, outputs, result, created_at, updated_at,
+                            submitted_at, remote_done_at, finished_at, attempts, polls, source, n)),
+ins AS (
+  INSERT INTO jobs (id, model, params, priority, state, request_id, status_url, response_url,
+                    error, outputs, result, created_at, updated_at, submitted_at,
+                    remote_done_at, finished_at, attempts, polls, source)
+  SELECT id, model, params, priority::integer, state, request_id, status_url, response_url,
+         error, coalesce(outputs, '[]'), result, created_at::bigint, updated_at::bigint,
+         submitted_at::bigint, remote_done_at::bigint, finished_at::bigint, attempts::integer,
+         polls::integer, coalesce(source, '')
+  FROM u ORDER BY n
+  ON CONFLICT (id) DO NOTHING
+  RETURNING id),
+h AS (
+  INSERT INTO history (job_id, at, state, note, request_id)
+  SELECT job_id, at, state, note, request_id
+  FROM unnest($20::text[], $21::bigint[], $22::text[], $23::text[], $24::text[])
+       WITH ORDINALITY AS h(job_id, at, state, note, request_id, n)
+  WHERE job_id IN (SELECT id FROM ins)
+  ORDER BY n
+  RETURNING 1)
+SELECT 'job', id FROM ins UNION ALL SELECT 'history', count(*)::text FROM h)";
+    std::vector<param> args;
+    for (auto& c : cols)
+        args.push_back(pg::array(c));
+    for (auto& c : hcols)
+        args.push_back(pg::array(c));
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    import_counts out;
+    std::set<std::string> fresh;
+    for (int i = 0; i < r->size(); ++i) {
+        if (r->text(i, 0) == "job")
+            fresh.insert(r->text(i, 1));
+        else
+            out.history = static_cast<std::size_t>(std::stoll(r->text(i, 1)));
+    }
+    out.imported = fresh.size();
+    std::vector<param> others;
+    for (auto& row : batch.jobs)
+        if (!fresh.count(*row[0]))
+            others.push_back(row[0]);
+    if (others.empty())
+        co_return out;
+    std::string read = "SELECT id, model, params, priority FROM jobs WHERE id = ANY($1::text[])";
+    std::vector<param> a{pg::array(others)};
+    auto s = co_await db_.query(std::move(read), std::move(a));
+    if (!s)
+        co_return s.error();
+    std::map<std::string, std::tuple<std::string, std::string, std::string>> theirs;
+    for (int i = 0; i < s->size(); ++i)
+        theirs[s->text(i, 0)] = {s->text(i, 1), s->text(i, 2), s->text(i, 3)};
+    for (auto& row : batch.jobs) {
+        if (fresh.count(*row[0]))
+            continue;
+        auto it = theirs.find(*row[0]);
+        bool same = it != theirs.end() && std::get<0>(it->second) == row[1].value_or("") &&
+                    std::get<1>(it->second) == row[2].value_or("") &&
+                    std::get<2>(it->second) == row[3].value_or("");
+        if (same)
+            ++out.already;
+        else
+            out.conflicts.push_back(*row[0]);
+    }
+    co_return out;
 }
 
 async_result<void> pg_repository::report_block(core::time_point until,

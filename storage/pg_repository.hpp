@@ -58,6 +58,21 @@ public:
     async_result<void> report_block(core::time_point until, std::optional<double> lowered) override;
     const std::string& node_name() const override { return me_.name; }
 
+    // --import-sqlite: jobs as SQLite's columns (id, model, params, priority, state,
+    // request_id, status_url, response_url, error, outputs, result, created_at,
+    // updated_at, submitted_at, remote_done_at, finished_at, attempts, polls, source)
+    // and their history lines (job_id, at, state, note, request_id), all as text.
+    struct import_batch {
+        std::vector<std::vector<pg::param>> jobs;
+        std::vector<std::vector<pg::param>> history;
+    };
+    struct import_counts {
+        std::size_t imported = 0, already = 0, history = 0;
+        std::vector<std::string> conflicts;
+    };
+    // One statement: the jobs the database does not have yet, with their history.
+    async_result<import_counts> import(import_batch batch);
+
     // Where the database is, without a password.
     const std::string& target() const { return db_.target(); }
     // Whether a process of this host still runs (join: a dead predecessor's name is free).

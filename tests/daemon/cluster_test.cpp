@@ -162,6 +162,13 @@ TEST_F(cluster, three_nodes_one_killed_for_good_every_job_ends_and_none_is_submi
     EXPECT_EQ(str(by_name[victim], "jobs_held"), "0");
     EXPECT_EQ(str(by_name["n0"], "live"), "true");
     EXPECT_EQ(str(by_name[survivor->options().node], "this"), "true");
+    // klingctl nodes says the same, in a table.
+    child_process ctl(KLINGCTL_PATH, {"--socket", survivor->socket(), "nodes"});
+    ASSERT_EQ(ctl.wait(20s), 0) << ctl.stderr_text();
+    auto table = ctl.stdout_text();
+    EXPECT_NE(table.find(victim + " "), std::string::npos) << table;
+    EXPECT_NE(table.find("gone"), std::string::npos) << table;
+    EXPECT_NE(table.find("(this node)"), std::string::npos) << table;
     // The jobs the victim held when it died were carried on by the others.
     auto after = jobs_seen_by(*nodes[0]);
     for (auto& id : held_by_victim) {
@@ -247,6 +254,72 @@ TEST_F(cluster, a_database_restarted_under_load_loses_nothing_and_pays_nothing_t
     expect_all_done_and_none_paid_twice(*nodes[0], ids, 36);
     EXPECT_EQ(nodes[0]->stop(), 0);
     EXPECT_EQ(nodes[1]->stop(), 0);
+}
+
+TEST_F(cluster, a_single_hosts_database_is_imported_once_and_its_jobs_go_on_in_the_cluster) {
+    sim = std::make_unique<sim_process>(std::vector<std::string>{
+        "--time-scale", fmt::format("{}", scale), "--api-key", "test-key-1"});
+    // A single host (SQLite) finishes six jobs, then keeps three pending (paused).
+    daemon_options single;
+    single.scale = scale;
+    single.shared_sim = sim.get();
+    daemon_env host(single);
+    host.start();
+    std::vector<std::string> ids;
+    for (int i = 0; i < 6; ++i) {
+        ids.push_back(fmt::format("s{}", i));
+        host.drop(ids.back() + ".json", image_job(ids.back()));
+    }
+    ASSERT_TRUE(host.wait_terminal(ids, 60s)) << host.log();
+    ASSERT_EQ(host.api("POST", "/v1/pause").status, 200);
+    for (int i = 6; i < 9; ++i) {
+        ids.push_back(fmt::format("s{}", i));
+        host.drop(ids.back() + ".json", image_job(ids.back()));
+    }
+    ASSERT_TRUE(eventually([&] { return host.state("s8") == "pending"; }, 20s));
+    ASSERT_EQ(host.stop(), 0);
+
+    // Into the cluster's database, twice: the second copies nothing.
+    daemon_options o;
+    o.scale = scale;
+    o.postgresql = db;
+    o.node = "n0";
+    o.shared_sim = sim.get();
+    nodes.push_back(std::make_unique<daemon_env>(o));
+    auto& node = *nodes.back();
+    auto import = [&] {
+        child_process p(
+            KLINGD_PATH,
+            {"--import-sqlite", host.dir() + "/klingd.db", "--config", node.config_path()},
+            {{"SEGMIND_API_KEY", "test-key-1"}});
+        auto rc = p.wait(60s);
+        return std::make_pair(rc.value_or(-1), p.stdout_text() + p.stderr_text());
+    };
+    auto [rc1, out1] = import();
+    EXPECT_EQ(rc1, 0) << out1;
+    EXPECT_NE(out1.find("imported 9 of the 9 jobs"), std::string::npos) << out1;
+    auto [rc2, out2] = import();
+    EXPECT_EQ(rc2, 0) << out2;
+    EXPECT_NE(out2.find("imported 0 of the 9 jobs"), std::string::npos) << out2;
+    EXPECT_NE(out2.find("9 were there already"), std::string::npos) << out2;
+
+    // The node lists them all, with their history; the pending three are submitted now.
+    node.start();
+    ASSERT_TRUE(node.wait_terminal(ids, 60s)) << node.log();
+    for (auto& id : ids)
+        EXPECT_EQ(node.state(id), "completed") << id;
+    // The history came along: accepted and completed on the single host.
+    auto shown = node.api("GET", "/v1/jobs/s0");
+    ASSERT_EQ(shown.status, 200);
+    std::string notes;
+    for (auto& h : shown.body.at("history").as_array())
+        notes += str(h, "state") + ": " + str(h, "note") + "\n";
+    EXPECT_NE(notes.find("pending: accepted from spool:s0.json"), std::string::npos) << notes;
+    EXPECT_NE(notes.find("completed"), std::string::npos) << notes;
+    for (auto& [marker, n] : submissions_by_marker(node.sim_stats()))
+        EXPECT_EQ(n, 1) << marker << " was submitted " << n << " times";
+    EXPECT_EQ(submissions_by_marker(node.sim_stats()).size(), 9u);
+    EXPECT_EQ(node.stop(), 0);
 }
 
 } // namespace

@@ -1,0 +1,81 @@
+// Pages of 500 jobs read from SQLite (read-only), each copied in one statement.
+#include "storage/sqlite_import.hpp"
+
+#include "storage/job_store.hpp"
+#include "storage/sqlite.hpp"
+
+#include <fmt/format.h>
+
+namespace klingd::storage {
+
+namespace {
+constexpr std::int64_t page = 500;
+constexpr const char* columns =
+    "id, model, params, priority, state, request_id, status_url, response_url, error, outputs, "
+    "result, created_at, updated_at, submitted_at, remote_done_at, finished_at, attempts, polls, "
+    "source";
+constexpr int column_count = 19;
+} // namespace
+
+boost::asio::awaitable<core::result<import_report>> import_sqlite(const std::string& path,
+                                                                  pg_repository& into) {
+    import_report report;
+    std::optional<connection> db;
+    try {
+        db.emplace(path, SQLITE_OPEN_READONLY);
+        statement v(*db, "PRAGMA user_version");
+        if (!v.step() || v.int64(0) < 1)
+            co_return core::error(core::errc::store_failed,
+                                  fmt::format("{} is not a klingd database", path));
+        if (v.int64(0) > job_store::schema_version)
+            co_return core::error(
+                core::errc::store_failed,
+                fmt::format("{} has schema version {}, newer than this klingd understands ({})",
+                            path, v.int64(0), job_store::schema_version));
+    } catch (const storage_error& e) {
+        co_return core::error(core::errc::store_failed,
+                              fmt::format("cannot read {}: {}", path, e.what()));
+    }
+    std::int64_t after = 0;
+    for (;;) {
+        pg_repository::import_batch batch;
+        std::int64_t last = after;
+        try {
+            statement s(*db, fmt::format("SELECT rowid, {} FROM jobs WHERE rowid > ?1 "
+                                         "ORDER BY rowid LIMIT ?2",
+                                         columns));
+            s.bind(1, after).bind(2, page);
+            while (s.step()) {
+                last = s.int64(0);
+                std::vector<pg::param> row;
+                for (int c = 1; c <= column_count; ++c)
+                    row.push_back(s.is_null(c) ? pg::param{} : pg::param{s.text(c)});
+                batch.jobs.push_back(std::move(row));
+            }
+            if (batch.jobs.empty())
+                break;
+            statement h(*db, "SELECT job_id, at, state, note, request_id FROM history WHERE "
+                             "job_id IN (SELECT id FROM jobs WHERE rowid > ?1 AND rowid <= ?2) "
+                             "ORDER BY rowid");
+            h.bind(1, after).bind(2, last);
+            while (h.step())
+                batch.history.push_back({h.text(0), h.text(1), h.text(2), h.text(3),
+                                         h.is_null(4) ? pg::param{} : pg::param{h.text(4)}});
+        } catch (const storage_error& e) {
+            co_return core::error(core::errc::store_failed,
+                                  fmt::format("cannot read {}: {}", path, e.what()));
+        }
+        after = last;
+        report.read += batch.jobs.size();
+        auto r = co_await into.import(std::move(batch));
+        if (!r)
+            co_return r.error();
+        report.imported += r->imported;
+        report.already += r->already;
+        report.history += r->history;
+        report.conflicts.insert(report.conflicts.end(), r->conflicts.begin(), r->conflicts.end());
+    }
+    co_return report;
+}
+
+} // namespace klingd::storage
