@@ -87,6 +87,10 @@ application::application(config::settings& s, std::string config_path)
         if (!note.empty())
             events_.publish(j.id, event_line(j, note, clock_.to_wall(j.updated_at)));
     };
+    engine_.on_remote_change = [this](const core::job& j, const std::string& note,
+                                      core::time_point at) {
+        events_.publish(j.id, event_line(j, note, at));
+    };
     engine_.on_fatal = [this](const std::string&) {
         exit_code_ = 1;
         spool_.stop();

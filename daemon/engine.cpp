@@ -13,6 +13,7 @@
 #include <boost/beast/http/verb.hpp>
 #include <fmt/format.h>
 #include <fstream>
+#include <set>
 #include <stdexcept>
 #include <unistd.h>
 #include <unordered_set>
@@ -182,6 +183,7 @@ asio::awaitable<void> engine::start() {
         asio::co_spawn(io_, flusher(), log::exit_on_exception);
         asio::co_spawn(io_, claimer(), log::exit_on_exception);
         asio::co_spawn(io_, slot_reserver(), log::exit_on_exception);
+        asio::co_spawn(io_, follower(), log::exit_on_exception);
         co_return;
     }
     auto jobs = needed(co_await repo_.unfinished(), "the unfinished jobs");
@@ -1279,6 +1281,47 @@ asio::awaitable<void> engine::slot_reserver() {
         slot_timer_.expires_after(need ? std::chrono::milliseconds(200) : poll);
         boost::system::error_code ec;
         co_await slot_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+}
+
+asio::awaitable<void> engine::follower() {
+    // From now on: watchers see what happens while they watch, not the past. Sequence
+    // numbers are taken at insert, not at commit: a line may become visible after one
+    // with a higher number, so the last 256 numbers are read again and lines already
+    // published are skipped.
+    constexpr std::int64_t window = 256;
+    std::int64_t seq = 0;
+    std::int64_t start = 0; // lines up to here were there before this node followed
+    std::set<std::int64_t> seen;
+    asio::steady_timer t(io_);
+    bool positioned = false;
+    while (!stopping_) {
+        if (!positioned) {
+            auto last = co_await cluster_->last_event();
+            if (last) {
+                seq = start = *last;
+                positioned = true;
+            }
+        } else {
+            auto events =
+                co_await cluster_->events_after(std::max<std::int64_t>(0, seq - window), 1000);
+            if (events) {
+                for (auto& e : *events) {
+                    if (e.seq <= start || e.seq <= seq - window || !seen.insert(e.seq).second)
+                        continue;
+                    seq = std::max(seq, e.seq);
+                    if (on_remote_change)
+                        on_remote_change(e.j, e.note, e.at);
+                }
+                while (!seen.empty() && *seen.begin() <= seq - window)
+                    seen.erase(seen.begin());
+                if (events->size() == 1000)
+                    continue; // more are waiting
+            }
+        }
+        t.expires_after(std::chrono::milliseconds(250));
+        boost::system::error_code ec;
+        co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     }
 }
 

@@ -107,6 +107,9 @@ public:
     bool holds_claims() const;
     std::string degraded_reason() const;
     boost::asio::awaitable<core::result<std::vector<storage::node_row>>> nodes();
+    // Cluster: a change another node recorded (its time on the wall clock).
+    std::function<void(const core::job&, const std::string& note, core::time_point at)>
+        on_remote_change;
     // Called when the engine cannot go on (another process took this node's name).
     std::function<void(const std::string& why)> on_fatal;
 
@@ -139,6 +142,8 @@ private:
     // Cluster: keeps a few slots of the account's shared schedule in hand while budgeted
     // work waits, and adopts the shared rate and 429 blocks.
     boost::asio::awaitable<void> slot_reserver();
+    // Follows the history other nodes write, for this node's watchers (/v1/events).
+    boost::asio::awaitable<void> follower();
     // Budgeted sends that could go now if the budget allowed.
     std::size_t sends_waiting();
     void adopt_shared_rate(std::optional<double> shared_rpm, std::int64_t epoch);

@@ -8,8 +8,8 @@
 
 #include "config/settings.hpp"
 #include "core/job_spec.hpp"
-#include "runtime/async_lane.hpp"
 #include "daemon/engine.hpp"
+#include "runtime/async_lane.hpp"
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>

@@ -60,6 +60,14 @@ struct slot_grant {
     core::time_point blocked_until{};
 };
 
+// A change another node recorded (a line of a job's history), for this node's watchers.
+struct remote_event {
+    std::int64_t seq = 0;
+    core::job j; // id, model, state, request_id, error as the job is now; state: the line's
+    core::time_point at{};
+    std::string note;
+};
+
 struct node_row {
     std::string name;
     std::string version;
@@ -96,6 +104,11 @@ public:
     // Asks the node that holds the job to cancel it (it does at its next heartbeat).
     virtual async_result<void> request_cancel(std::string id) = 0;
     virtual async_result<std::vector<node_row>> nodes() = 0;
+    // The history lines other nodes wrote after seq (at most limit, in order); seq 0 with
+    // from_now: none, only the position to follow from.
+    virtual async_result<std::vector<remote_event>> events_after(std::int64_t seq,
+                                                                 std::size_t limit) = 0;
+    virtual async_result<std::int64_t> last_event() = 0;
 
     // The account's budget, shared. Reserves count slots of the schedule, paced at the
     // smallest requests_per_minute of the live nodes (this node's configured_rpm when

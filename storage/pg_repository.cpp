@@ -257,13 +257,19 @@ ins AS (
   ON CONFLICT (id) DO NOTHING
   RETURNING id),
 hist AS (
-  INSERT INTO history (job_id, at, state, note)
+  INSERT INTO history (job_id, at, state, note, node)
   SELECT i.id, $6::bigint, 'pending',
-         CASE WHEN i.source <> '' THEN 'accepted from ' || i.source ELSE 'accepted' END
+         CASE WHEN i.source <> '' THEN 'accepted from ' || i.source ELSE 'accepted' END,
+         $7::text
   FROM input i JOIN ins ON ins.id = i.id ORDER BY i.n)
 SELECT id FROM ins)";
-    std::vector<param> args{pg::array(ids),        pg::array(models), pg::array(params),
-                            pg::array(priorities), pg::array(from),   num(ms(now))};
+    std::vector<param> args{pg::array(ids),
+                            pg::array(models),
+                            pg::array(params),
+                            pg::array(priorities),
+                            pg::array(from),
+                            num(ms(now)),
+                            me_.name.empty() ? param{} : param{me_.name}};
     auto r = co_await db_.query(std::move(sql), std::move(args));
     if (!r)
         co_return r.error();
@@ -900,6 +906,45 @@ SELECT 'job', id FROM ins UNION ALL SELECT 'history', count(*)::text FROM h)";
             out.conflicts.push_back(*row[0]);
     }
     co_return out;
+}
+
+async_result<std::vector<remote_event>> pg_repository::events_after(std::int64_t seq,
+                                                                    std::size_t limit) {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql = R"(
+SELECT h.seq, h.job_id, j.model, h.state, h.request_id, j.error, h.at, h.note
+FROM history h JOIN jobs j ON j.id = h.job_id
+WHERE h.seq > $1 AND h.node IS DISTINCT FROM $2
+ORDER BY h.seq LIMIT $3)";
+    std::vector<param> args{num(seq), me_.name, num(static_cast<std::int64_t>(limit))};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    std::vector<remote_event> out;
+    for (int i = 0; i < r->size(); ++i) {
+        remote_event e;
+        e.seq = r->int64(i, 0);
+        e.j.id = r->text(i, 1);
+        e.j.model = r->text(i, 2);
+        e.j.state = core::parse_job_state(r->text(i, 3)).value_or(core::job_state::failed);
+        e.j.request_id = r->opt_text(i, 4);
+        e.j.error = r->opt_text(i, 5);
+        e.at = at_ms(r->int64(i, 6));
+        e.j.updated_at = e.at;
+        e.note = r->text(i, 7);
+        out.push_back(std::move(e));
+    }
+    co_return out;
+}
+
+async_result<std::int64_t> pg_repository::last_event() {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql = "SELECT coalesce(max(seq), 0) FROM history";
+    std::vector<param> none;
+    auto r = co_await db_.query(std::move(sql), std::move(none));
+    if (!r)
+        co_return r.error();
+    co_return r->int64(0, 0);
 }
 
 async_result<void> pg_repository::report_block(core::time_point until,

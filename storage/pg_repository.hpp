@@ -52,6 +52,9 @@ public:
     async_result<void> leave() override;
     async_result<void> request_cancel(std::string id) override;
     async_result<std::vector<node_row>> nodes() override;
+    async_result<std::vector<remote_event>> events_after(std::int64_t seq,
+                                                         std::size_t limit) override;
+    async_result<std::int64_t> last_event() override;
     async_result<slot_grant> reserve_slots(int count, double configured_rpm,
                                            std::optional<double> my_rpm, std::int64_t my_epoch,
                                            double margin) override;

@@ -256,6 +256,40 @@ TEST_F(cluster, a_database_restarted_under_load_loses_nothing_and_pays_nothing_t
     EXPECT_EQ(nodes[1]->stop(), 0);
 }
 
+TEST_F(cluster, watchers_of_one_node_see_what_the_other_nodes_record) {
+    start_nodes(2);
+    child_process watch(KLINGCTL_PATH, {"--socket", nodes[0]->socket(), "watch"});
+    // Once the watcher hears of a first job, it is subscribed; the second job's intake at
+    // n1 reaches it only through the database (n0 publishes only its own intake).
+    nodes[1]->drop("w1.json", image_job("w1"));
+    ASSERT_TRUE(
+        eventually([&] { return watch.stdout_text().find("w1") != std::string::npos; }, 30s))
+        << watch.stderr_text() << logs();
+    nodes[1]->drop("w2.json", image_job("w2"));
+    // The lines about w2, each once.
+    auto lines_of_w2 = [&] {
+        std::vector<std::string> lines;
+        std::istringstream in(watch.stdout_text());
+        for (std::string line; std::getline(in, line);)
+            if (line.find(" w2 ") != std::string::npos)
+                lines.push_back(line);
+        return lines;
+    };
+    ASSERT_TRUE(eventually(
+        [&] {
+            auto lines = lines_of_w2();
+            return !lines.empty() && lines.back().find("completed") != std::string::npos;
+        },
+        30s))
+        << watch.stdout_text() << logs();
+    auto lines = lines_of_w2();
+    EXPECT_NE(lines.front().find("accepted from spool:w2.json"), std::string::npos);
+    std::set<std::string> distinct(lines.begin(), lines.end());
+    EXPECT_EQ(distinct.size(), lines.size()) << watch.stdout_text() << "\n"
+                                             << nodes[0]->api("GET", "/v1/jobs/w2").text;
+    watch.kill_hard();
+}
+
 TEST_F(cluster, a_single_hosts_database_is_imported_once_and_its_jobs_go_on_in_the_cluster) {
     sim = std::make_unique<sim_process>(std::vector<std::string>{
         "--time-scale", fmt::format("{}", scale), "--api-key", "test-key-1"});
