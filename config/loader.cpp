@@ -266,17 +266,17 @@ void parse_postgresql(context& c, const toml::node& n, storage_settings& st) {
     char* err = nullptr;
     PQconninfoOption* opts = PQconninfoParse(v->c_str(), &err);
     if (!opts) {
-        // libpq's message names the part that does not parse; it never repeats a password.
-        std::string why = err ? err : "it does not parse";
+        // libpq's own message may quote a part of a URI, which may be a password: not shown.
         PQfreemem(err);
-        while (!why.empty() && (why.back() == '\n' || why.back() == ' '))
-            why.pop_back();
-        c.error(n, key, fmt::format("not a libpq connection string or URI: {}", why));
+        c.error(n, key,
+                "not a libpq connection string (\"host=... dbname=...\") or URI "
+                "(\"postgresql://user@host/dbname\"): libpq cannot parse it (check the quoting "
+                "of values with spaces, the option names and %-escapes)");
         return;
     }
     bool has_password = false;
     for (auto* o = opts; o->keyword; ++o)
-        if (o->val && std::string_view(o->keyword) == "password")
+        if (o->val && o->dispchar && o->dispchar[0] == '*') // password, sslpassword, ...
             has_password = true;
     PQconninfoFree(opts);
     if (has_password) {

@@ -11,6 +11,7 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http/verb.hpp>
+#include <filesystem>
 #include <fmt/format.h>
 #include <fstream>
 #include <set>
@@ -40,15 +41,28 @@ std::chrono::milliseconds seconds_ms(double s) {
 }
 
 // What tells this host apart in a cluster (a dead process of this host may leave its
-// node name to its successor): the machine id, else the host name.
+// node name to its successor, judged by its pid): the machine id (else the host name),
+// this boot, and the pid namespace, so that containers sharing an image's machine id,
+// or a restart after a reboot, never take a pid of another namespace for theirs.
 std::string host_identity() {
-    std::ifstream in("/etc/machine-id");
-    std::string id;
-    if (in >> id && !id.empty())
-        return id;
-    char host[256] = {};
-    ::gethostname(host, sizeof host - 1);
-    return host;
+    auto first_word = [](const char* path) {
+        std::ifstream in(path);
+        std::string w;
+        in >> w;
+        return w;
+    };
+    std::string id = first_word("/etc/machine-id");
+    if (id.empty()) {
+        char host[256] = {};
+        ::gethostname(host, sizeof host - 1);
+        id = host;
+    }
+    id += "/" + first_word("/proc/sys/kernel/random/boot_id");
+    std::error_code ec;
+    auto ns = std::filesystem::read_symlink("/proc/self/ns/pid", ec);
+    if (!ec)
+        id += "/" + ns.string();
+    return id;
 }
 
 // The configuration accepts only base URLs the HTTP client parses; anything else is a bug.
@@ -171,6 +185,7 @@ asio::awaitable<void> engine::start() {
         me.version = KLINGD_VERSION;
         me.requests_per_minute = settings_.api.requests_per_minute;
         me.takeover = seconds_ms(settings_.cluster.takeover_s);
+        me.submit_margin = send_margin();
         auto asked = now();
         auto joined = co_await cluster_->join(me);
         if (!joined)
@@ -186,6 +201,13 @@ asio::awaitable<void> engine::start() {
         asio::co_spawn(io_, follower(), log::exit_on_exception);
         co_return;
     }
+    if (auto mark = needed(co_await repo_.meta("imported_into_cluster"), "the import mark"))
+        throw std::runtime_error(fmt::format(
+            "this database was imported into a cluster ({}): its unfinished jobs are the "
+            "cluster's now. Start klingd with that cluster's configuration ([storage] "
+            "postgresql); to use this file alone again, remove the mark: sqlite3 {} \"DELETE "
+            "FROM meta WHERE key = 'imported_into_cluster'\"",
+            *mark, settings_.storage.database));
     auto jobs = needed(co_await repo_.unfinished(), "the unfinished jobs");
     auto t = now();
     for (auto& j : jobs)
@@ -256,12 +278,13 @@ asio::awaitable<void> engine::stop(std::chrono::milliseconds grace) {
     for (int round = 0; round < 3 && (!committing_.empty() || !journal_.idle()); ++round)
         co_await flush();
     if (cluster_) {
-        claim_timer_.cancel();
         // The others may take this node's jobs at once, not after takeover_s.
         if (auto r = co_await cluster_->leave(); !r)
             log::warning("cannot release this node's claims: {}; the other nodes take its jobs "
                          "after cluster.takeover_s",
                          r.error().message());
+        left_ = true;
+        claim_timer_.cancel();
     }
 }
 
@@ -645,10 +668,24 @@ asio::awaitable<void> engine::send_submit(std::string id, core::time_point taken
         co_await apply(id, std::move(tr));
         co_return;
     }
+    if (!holds_claims()) {
+        // Cluster: the claim may lapse before the answer could come (the database went
+        // away, or this node was held up since the dispatch): nothing is sent.
+        core::http_outcome not_sent;
+        not_sent.how = core::http_outcome::transport::not_sent;
+        not_sent.message = "this node's claim on the job may lapse before an answer";
+        core::event ev = core::ev_submit_answer{std::move(not_sent)};
+        auto tr = core::advance(it->second, ev, now(), context_for(it->second));
+        co_await apply(id, std::move(tr));
+        co_return;
+    }
     // The send itself, nothing awaited before it on a connection still fresh.
     header_list headers;
     headers.emplace_back("x-api-key", settings_.api_key.reveal());
     ++posting_submits_; // what stop() waits for: its answer carries the request id
+    // Cluster: the heartbeat renews the claim while the answer is awaited (also while
+    // stopping). Should the database go away meanwhile and the claim lapse, another node
+    // finds the job "submitting" and follows jobs.resubmit_unknown, as after a crash.
     auto out = co_await client_.request(http::verb::post, u, std::move(body), std::move(headers),
                                         settings_.api.max_result_bytes, std::move(conn));
     --posting_submits_;
@@ -891,8 +928,15 @@ asio::awaitable<core::result<job>> engine::cancel(std::string id) {
                 boost::system::error_code ec;
                 co_await wait.async_wait(asio::redirect_error(asio::use_awaitable, ec));
                 auto now_stored = co_await repo_.get(id);
-                if (now_stored && *now_stored && (*now_stored)->state != job_state::pending)
+                if (!now_stored || !*now_stored || (*now_stored)->state == job_state::pending)
+                    continue;
+                if ((*now_stored)->state == job_state::cancelled)
                     co_return core::shifted(std::move(**now_stored), -clock_.wall_offset());
+                co_return core::error(core::errc::wrong_state,
+                                      fmt::format("job {} is {} now: node {} sent it before the "
+                                                  "cancel reached it",
+                                                  id, core::to_string((*now_stored)->state),
+                                                  (*now_stored)->node.value_or("?")));
             }
             co_return core::error(core::errc::wrong_state,
                                   fmt::format("job {} is held by node {}, which was asked to "
@@ -1048,7 +1092,8 @@ std::string engine::degraded_reason() const {
 }
 
 void engine::note_lease(core::time_point asked, const storage::lease& l) {
-    db_offset_ = asked - l.db_now;
+    if (db_offset_ == core::milliseconds(0)) // a first estimate; reservations refine it
+        db_offset_ = asked - l.db_now;
     // What is left of the lease by the database's clock, counted from when it was asked
     // for by ours: a clock that differs from the database's does not stretch it.
     lease_until_ = asked + (l.until - l.db_now);
@@ -1060,7 +1105,7 @@ void engine::wake_claimer() {
 }
 
 std::size_t engine::pending_room() const {
-    if (gate_.paused() || stopping_)
+    if (gate_.paused() || gate_.stopped() || stopping_)
         return 0;
     std::size_t pending = 0;
     for (auto& [id, j] : active_)
@@ -1088,6 +1133,18 @@ void engine::drop(const std::string& id) {
 }
 
 asio::awaitable<void> engine::adopt(std::vector<core::job> jobs, const char* why) {
+    auto changes = take_in(std::move(jobs), why);
+    co_await record_taken(std::move(changes));
+}
+
+asio::awaitable<void> engine::record_taken(std::vector<storage::job_change> changes) {
+    if (!changes.empty())
+        if (auto r = co_await journal_.write(std::move(changes)); !r)
+            log::error("cannot record the jobs taken over: {}; they are let go and taken again",
+                       r.error().message());
+}
+
+std::vector<storage::job_change> engine::take_in(std::vector<core::job> jobs, const char* why) {
     auto t = now();
     std::vector<storage::job_change> changes;
     for (auto& stored : jobs) {
@@ -1116,18 +1173,18 @@ asio::awaitable<void> engine::adopt(std::vector<core::job> jobs, const char* why
         auto [it, ok] = active_.emplace(id, std::move(tr.next));
         schedule(it->second, tr.work, tr.not_before);
     }
-    if (!changes.empty())
-        if (auto r = co_await journal_.write(std::move(changes)); !r)
-            log::error("cannot record the jobs taken over: {}", r.error().message());
     wake();
+    return changes;
 }
 
 asio::awaitable<void> engine::claimer() {
-    while (!stopping_) {
+    // Until this node has left: while stopping, the heartbeat goes on (without taking
+    // work), so the jobs whose requests stop() waits for stay this node's.
+    while (!left_) {
         co_await cluster_tick();
-        if (stopping_)
+        if (left_)
             break;
-        if (claim_soon_) {
+        if (claim_soon_ && !stopping_) {
             claim_soon_ = false;
             continue;
         }
@@ -1197,6 +1254,18 @@ asio::awaitable<void> engine::cluster_tick() {
         }
         co_await apply(id, std::move(tr));
     }
+    // Held in the database but not here (a recovery whose write failed): let them go, so
+    // that a node (this one too) takes them again.
+    std::vector<std::string> stray;
+    for (auto& id : r->held)
+        if (!active_.count(id) && !committing_.count(id))
+            stray.push_back(id);
+    if (!stray.empty()) {
+        log::notice("cluster: letting go of {} job(s) held but not in memory (first: {})",
+                    stray.size(), stray.front());
+        if (auto rel = co_await cluster_->release(std::move(stray)); !rel)
+            log::warning("cluster: cannot let them go: {}", rel.error().message());
+    }
     if (stopping_ || !holds_claims())
         co_return;
     auto room = pending_room();
@@ -1210,7 +1279,10 @@ asio::awaitable<void> engine::cluster_tick() {
     if (c->jobs.empty())
         co_return;
     std::size_t taken = c->jobs.size();
-    co_await adopt(std::move(c->jobs), "taken over from a node that stopped");
+    // Taken into memory at once; the recovery's write goes on without holding up the
+    // heartbeat.
+    auto changes = take_in(std::move(c->jobs), "taken over from a node that stopped");
+    asio::co_spawn(io_, record_taken(std::move(changes)), log::exit_on_exception);
     if (taken >= room + orphans || taken == orphans)
         claim_soon_ = true; // more may wait
 }

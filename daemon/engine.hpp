@@ -131,6 +131,9 @@ private:
     // Takes jobs just claimed (or read at start) into memory: recovered as after a
     // restart, scheduled, their recovery recorded.
     boost::asio::awaitable<void> adopt(std::vector<core::job> jobs, const char* why);
+    // adopt's two halves: into memory at once; the recovery's write.
+    std::vector<storage::job_change> take_in(std::vector<core::job> jobs, const char* why);
+    boost::asio::awaitable<void> record_taken(std::vector<storage::job_change> changes);
     // The job leaves this node's memory: another node holds it now.
     void drop(const std::string& id);
     // How many more pending jobs this node should hold.
@@ -211,6 +214,7 @@ private:
     std::string db_problem_;         // the last failure to reach the database, until it works
     boost::asio::steady_timer claim_timer_;
     bool claim_soon_ = false;
+    bool left_ = false; // stop() has released this node's claims: the heartbeat ends
     boost::asio::steady_timer slot_timer_;
     std::int64_t budget_epoch_ = 0;   // of the shared rate last adopted
     std::string reserve_problem_;     // the last failure to reserve slots, said once

@@ -3,6 +3,7 @@
 #include "config/loader.hpp"
 #include "daemon/application.hpp"
 #include "runtime/log.hpp"
+#include "storage/job_store.hpp"
 #include "storage/sqlite_import.hpp"
 
 #include <CLI/CLI.hpp>
@@ -10,6 +11,7 @@
 #include <boost/asio/io_context.hpp>
 #include <cstdio>
 #include <cstdlib>
+#include <fmt/format.h>
 
 namespace {
 
@@ -52,6 +54,17 @@ int import_sqlite(const std::string& file, const config::settings& s) {
         return 1;
     }
     const auto& r = **done;
+    // The single host must not run on this file again: its pending jobs are the cluster's
+    // now, and both would submit them.
+    try {
+        storage::job_store mark(file);
+        mark.set_meta("imported_into_cluster", fmt::format("{} ({} jobs)", into.target(), r.read));
+    } catch (const std::exception& e) {
+        std::fprintf(stderr,
+                     "klingd: warning: cannot mark %s as imported (%s): do not start a "
+                     "single-host klingd on it again\n",
+                     file.c_str(), e.what());
+    }
     std::printf("imported %zu of the %zu jobs of %s (with %zu history lines) into %s; %zu were "
                 "there already\n",
                 r.imported, r.read, file.c_str(), r.history, into.target().c_str(), r.already);

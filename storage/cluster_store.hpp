@@ -3,7 +3,8 @@
 // nodes. A node acts on a job only while it holds the job's claim: a lease timed by
 // the database's clock and renewed by the node's heartbeat; a node that stops renewing
 // loses its claims when they lapse, and any node may take them. Every write of a job
-// carries the claim's token (job_repository::save skips and reports jobs not held).
+// carries the claim's token and is refused once the claim has lapsed, taken over or not
+// (job_repository::save skips and reports those jobs); a lapsed claim is never renewed.
 // pg_repository implements it; a single host (SQLite) has no cluster.
 #pragma once
 
@@ -24,6 +25,9 @@ struct node_identity {
     std::string version;
     double requests_per_minute = 0;
     std::chrono::milliseconds takeover{30000};
+    // How long a claim must still last for "submitting" to be written under it: the POST
+    // that follows must end before another node may take the job.
+    std::chrono::milliseconds submit_margin{0};
 };
 
 // A lease as the database's clock sees it: the database's now and the claims' end, both

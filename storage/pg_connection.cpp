@@ -1,15 +1,20 @@
 // libpq's asynchronous calls, with the socket's readiness awaited on the caller's loop.
 #include "storage/pg_connection.hpp"
 
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <cstdlib>
 #include <cstring>
 #include <fmt/format.h>
 #include <libpq-fe.h>
+#include <utility>
 
 namespace klingd::storage::pg {
 
@@ -79,7 +84,8 @@ std::string without_password(std::string_view conninfo) {
     }
     std::string out;
     for (auto* o = opts; o->keyword; ++o) {
-        if (!o->val || std::strcmp(o->keyword, "password") == 0)
+        // Every option libpq itself hides ("*": password, sslpassword, ...).
+        if (!o->val || (o->dispchar && o->dispchar[0] == '*'))
             continue;
         if (!out.empty())
             out += ' ';
@@ -114,27 +120,99 @@ std::string trimmed(const char* m) {
 
 enum class readiness { read, write };
 
+// libpq's socket, watched by Asio but never closed by it: released before the
+// descriptor goes, also when a coroutine waiting on it is dropped at shutdown.
+struct borrowed_fd {
+    asio::posix::stream_descriptor sd;
+    borrowed_fd(const asio::any_io_executor& ex, int fd) : sd(ex, fd) {}
+    ~borrowed_fd() {
+        if (sd.is_open())
+            sd.release();
+    }
+    void cancel(boost::system::error_code& ec) { sd.cancel(ec); }
+};
+
 // Waits until fd is ready, or the deadline passes (false).
 asio::awaitable<bool> wait_ready(int fd, readiness r, std::chrono::steady_clock::time_point until) {
     auto ex = co_await asio::this_coro::executor;
-    auto sd = std::make_shared<asio::posix::stream_descriptor>(ex, fd);
+    auto sd = std::make_shared<borrowed_fd>(ex, fd);
     auto timer = std::make_shared<asio::steady_timer>(ex, until);
     auto timed_out = std::make_shared<bool>(false);
     timer->async_wait([sd, timed_out](boost::system::error_code ec) {
         if (!ec) {
             *timed_out = true;
             boost::system::error_code ignored;
-            sd->cancel(ignored); // may already be released
+            sd->cancel(ignored);
         }
     });
     boost::system::error_code ec;
-    co_await sd->async_wait(r == readiness::read ? asio::posix::descriptor_base::wait_read
-                                                 : asio::posix::descriptor_base::wait_write,
-                            asio::redirect_error(asio::use_awaitable, ec));
-    // The timer's handler may run after this frame ends: it holds what it touches.
+    co_await sd->sd.async_wait(r == readiness::read ? asio::posix::descriptor_base::wait_read
+                                                    : asio::posix::descriptor_base::wait_write,
+                               asio::redirect_error(asio::use_awaitable, ec));
+    // The timer's handler may run after this frame ends: it holds what it touches. The
+    // socket leaves Asio's watch now (the next wait registers it again).
     timer->cancel();
-    sd->release(); // libpq owns the socket
+    sd->sd.release();
     co_return !*timed_out;
+}
+
+// A new connection, made on a thread of its own: libpq resolves host names (and may talk
+// GSSAPI) synchronously, which would stall the event loop. The answer comes back to the
+// caller's executor; a connection nobody awaits any more is closed there.
+struct made {
+    pg_conn* conn = nullptr; // owned: closed unless taken
+    std::string error;
+    made() = default;
+    made(made&& o) noexcept : conn(std::exchange(o.conn, nullptr)), error(std::move(o.error)) {}
+    made& operator=(made&&) = delete;
+    ~made() {
+        if (conn)
+            PQfinish(conn);
+    }
+};
+
+asio::thread_pool& connect_threads() {
+    static asio::thread_pool pool(2);
+    return pool;
+}
+
+asio::awaitable<made> connect_elsewhere(std::string conninfo, std::string password,
+                                        std::chrono::milliseconds deadline) {
+    return asio::async_initiate<const asio::use_awaitable_t<>, void(made)>(
+        [conninfo = std::move(conninfo), password = std::move(password),
+         deadline](auto handler) mutable {
+            auto ex = asio::get_associated_executor(handler);
+            asio::post(connect_threads(),
+                       [conninfo = std::move(conninfo), password = std::move(password), deadline,
+                        handler = std::move(handler), work = asio::make_work_guard(ex)]() mutable {
+                           // libpq's connect_timeout is whole seconds, at least 2; the connection
+                           // string may set its own (it comes after, and wins).
+                           auto secs = std::to_string(std::max<std::int64_t>(
+                               2, std::chrono::ceil<std::chrono::seconds>(deadline).count()));
+                           std::vector<const char*> keys{"connect_timeout", "dbname"};
+                           std::vector<const char*> values{secs.c_str(), conninfo.c_str()};
+                           if (!password.empty()) {
+                               keys.push_back("password");
+                               values.push_back(password.c_str());
+                           }
+                           keys.push_back(nullptr);
+                           values.push_back(nullptr);
+                           made out;
+                           out.conn = PQconnectdbParams(keys.data(), values.data(), 1);
+                           if (!out.conn) {
+                               out.error = "out of memory";
+                           } else if (PQstatus(out.conn) != CONNECTION_OK) {
+                               out.error = trimmed(PQerrorMessage(out.conn));
+                               PQfinish(std::exchange(out.conn, nullptr));
+                           }
+                           auto to = work.get_executor();
+                           asio::post(to, [handler = std::move(handler), out = std::move(out),
+                                           work = std::move(work)]() mutable {
+                               std::move(handler)(std::move(out));
+                           });
+                       });
+        },
+        asio::use_awaitable);
 }
 
 } // namespace
@@ -167,28 +245,12 @@ asio::awaitable<core::result<void>> connection::ensure() {
     if (conn_ && PQstatus(conn_) == CONNECTION_OK)
         co_return core::result<void>{};
     close();
-    auto until = std::chrono::steady_clock::now() + deadline_;
-    // The connection string is expanded as dbname; a password given apart joins it.
-    const char* keys[] = {"dbname", password_.empty() ? nullptr : "password", nullptr};
-    const char* values[] = {conninfo_.c_str(), password_.c_str(), nullptr};
-    conn_ = PQconnectStartParams(keys, values, 1);
-    if (!conn_)
-        co_return core::error(errc::store_unavailable, "PostgreSQL: out of memory");
-    if (PQstatus(conn_) == CONNECTION_BAD)
-        co_return fail("cannot connect");
-    auto state = PGRES_POLLING_WRITING;
-    while (state != PGRES_POLLING_OK) {
-        if (state == PGRES_POLLING_FAILED)
-            co_return fail("cannot connect");
-        int fd = PQsocket(conn_);
-        if (fd < 0)
-            co_return fail("cannot connect");
-        bool ready = co_await wait_ready(
-            fd, state == PGRES_POLLING_READING ? readiness::read : readiness::write, until);
-        if (!ready)
-            co_return fail(fmt::format("no connection within {} ms", deadline_.count()));
-        state = PQconnectPoll(conn_);
-    }
+    auto m = co_await connect_elsewhere(conninfo_, password_, deadline_);
+    if (!m.conn)
+        co_return core::error(errc::store_unavailable,
+                              fmt::format("PostgreSQL ({}): cannot connect: {}", target_, m.error));
+    conn_ = std::exchange(m.conn, nullptr);
+
     if (PQsetnonblocking(conn_, 1) != 0)
         co_return fail("cannot use the connection without blocking");
     // The server's notices ("relation ... already exists, skipping") are not for the log.
@@ -221,7 +283,13 @@ asio::awaitable<core::result<rows>> connection::run(std::string sql, std::vector
             co_return fail("cannot send a statement");
         if (f == 0)
             break;
-        if (!co_await wait_ready(PQsocket(conn_), readiness::write, until))
+        // As libpq asks: read what the server sends meanwhile, then write again.
+        if (!PQconsumeInput(conn_))
+            co_return fail("the connection broke");
+        auto slice =
+            std::min(until, std::chrono::steady_clock::now() + std::chrono::milliseconds(50));
+        if (!co_await wait_ready(PQsocket(conn_), readiness::write, slice) &&
+            std::chrono::steady_clock::now() >= until)
             co_return fail(fmt::format("no answer within {} ms", deadline_.count()));
     }
     rows last;

@@ -177,7 +177,7 @@ pg_repository::pg_repository(std::string conninfo, std::chrono::milliseconds dea
     : pid_alive([](std::int64_t pid) {
           return pid > 0 && (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM);
       }),
-      db_(std::move(conninfo), deadline, std::move(password)) {}
+      db_(conninfo, deadline, password), heartbeat_db_(conninfo, deadline, password) {}
 
 pg_repository::~pg_repository() {
     finish();
@@ -186,6 +186,7 @@ pg_repository::~pg_repository() {
 void pg_repository::finish() {
     finished_ = true;
     db_.close();
+    heartbeat_db_.close();
 }
 
 async_result<void> pg_repository::open() {
@@ -358,7 +359,11 @@ upd AS (
     response_url = u.response_url, error = u.error, outputs = u.outputs, result = u.result,
     updated_at = u.updated_at, submitted_at = u.submitted_at, remote_done_at = u.remote_done_at,
     finished_at = u.finished_at, attempts = u.attempts, polls = u.polls
-  FROM u WHERE j.id = u.id AND ($20::text IS NULL OR j.claim_token = $20::text)
+  FROM u WHERE j.id = u.id
+    AND ($20::text IS NULL
+         OR (j.claim_token = $20::text
+             AND j.claim_until >= )" NOW_MS R"( + CASE WHEN u.state = 'submitting'
+                                                     THEN $22::bigint ELSE 0 END))
   RETURNING j.id),
 h AS (
   INSERT INTO history (job_id, at, state, note, request_id, node)
@@ -390,7 +395,8 @@ SELECT id FROM u WHERE $20::text IS NOT NULL AND id NOT IN (SELECT id FROM upd))
                             pg::array(h_note),
                             pg::array(h_request),
                             token,
-                            node};
+                            node,
+                            num(me_.submit_margin.count())};
     auto r = co_await db_.query(std::move(sql), std::move(args));
     if (!r)
         co_return r.error();
@@ -548,12 +554,12 @@ std::string random_token() {
 } // namespace
 
 async_result<lease> pg_repository::join(node_identity me) {
-    auto turn = co_await lane_.wait_turn();
+    auto turn = co_await heartbeat_lane_.wait_turn();
     auto takeover = num(me.takeover.count());
     std::string read = "SELECT token, host_id, pid, heartbeat_at, stopped_at IS NOT NULL, "
                        "takeover_ms, " NOW_MS " FROM nodes WHERE name = $1";
     std::vector<param> a1{me.name};
-    auto seen = co_await db_.query(std::move(read), std::move(a1));
+    auto seen = co_await heartbeat_db_.query(std::move(read), std::move(a1));
     if (!seen)
         co_return seen.error();
     std::string previous; // the token of the name's last holder, if it may be taken over
@@ -595,7 +601,7 @@ SELECT (SELECT count(*) FROM up), )" NOW_MS;
     std::vector<param> a2{me.name,     token,      me.host_id,
                           num(me.pid), me.version, fmt::format("{}", me.requests_per_minute),
                           takeover,    previous};
-    auto took = co_await db_.query(std::move(take), std::move(a2));
+    auto took = co_await heartbeat_db_.query(std::move(take), std::move(a2));
     if (!took)
         co_return took.error();
     if (took->int64(0, 0) != 1)
@@ -610,7 +616,7 @@ SELECT (SELECT count(*) FROM up), )" NOW_MS;
 }
 
 async_result<claimed> pg_repository::claim(std::size_t max_pending, std::size_t max_orphans) {
-    auto turn = co_await lane_.wait_turn();
+    auto turn = co_await heartbeat_lane_.wait_turn();
     std::string sql = fmt::format(R"(
 WITH o AS (
   SELECT id FROM jobs
@@ -630,7 +636,7 @@ SELECT * FROM u ORDER BY seq)",
     std::vector<param> args{me_.name, token_, num(me_.takeover.count()),
                             num(static_cast<std::int64_t>(max_orphans)),
                             num(static_cast<std::int64_t>(max_pending))};
-    auto r = co_await db_.query(std::move(sql), std::move(args));
+    auto r = co_await heartbeat_db_.query(std::move(sql), std::move(args));
     if (!r)
         co_return r.error();
     claimed out;
@@ -640,7 +646,7 @@ SELECT * FROM u ORDER BY seq)",
     }
     std::string clock = "SELECT " NOW_MS;
     std::vector<param> none;
-    auto c = co_await db_.query(std::move(clock), std::move(none));
+    auto c = co_await heartbeat_db_.query(std::move(clock), std::move(none));
     if (!c)
         co_return c.error();
     auto db_now = at_ms(c->int64(0, 0));
@@ -649,7 +655,7 @@ SELECT * FROM u ORDER BY seq)",
 }
 
 async_result<std::optional<core::job>> pg_repository::claim_one(std::string id) {
-    auto turn = co_await lane_.wait_turn();
+    auto turn = co_await heartbeat_lane_.wait_turn();
     std::string sql = fmt::format(R"(
 UPDATE jobs SET claim_node = $1, claim_token = $2, claim_until = )" NOW_MS R"( + $3
 WHERE id = $4 AND (state NOT IN )" UNFINISHED R"( OR claim_until IS NULL
@@ -657,7 +663,7 @@ WHERE id = $4 AND (state NOT IN )" UNFINISHED R"( OR claim_until IS NULL
 RETURNING {}, params)",
                                   job_columns);
     std::vector<param> args{me_.name, token_, num(me_.takeover.count()), std::move(id)};
-    auto r = co_await db_.query(std::move(sql), std::move(args));
+    auto r = co_await heartbeat_db_.query(std::move(sql), std::move(args));
     if (!r)
         co_return r.error();
     if (r->size() == 0)
@@ -668,13 +674,14 @@ RETURNING {}, params)",
 }
 
 async_result<renewal> pg_repository::renew() {
-    auto turn = co_await lane_.wait_turn();
+    auto turn = co_await heartbeat_lane_.wait_turn();
     std::string sql = R"(
 WITH n AS (
   UPDATE nodes SET heartbeat_at = )" NOW_MS R"( WHERE name = $1 AND token = $2 RETURNING 1),
 old AS (
   SELECT id, cancel_requested FROM jobs
-  WHERE claim_token = $2 AND state IN )" UNFINISHED R"( AND EXISTS (SELECT 1 FROM n)
+  WHERE claim_token = $2 AND claim_until >= )" NOW_MS R"( AND state IN )" UNFINISHED R"(
+    AND EXISTS (SELECT 1 FROM n)
   FOR UPDATE),
 j AS (
   UPDATE jobs SET claim_until = )" NOW_MS R"( + $3, cancel_requested = false
@@ -685,7 +692,7 @@ SELECT (SELECT count(*) FROM n), )" NOW_MS R"(,
        (SELECT blocked_until FROM budget WHERE id = 1)
 FROM (SELECT 1) one LEFT JOIN j ON true)";
     std::vector<param> args{me_.name, token_, num(me_.takeover.count())};
-    auto r = co_await db_.query(std::move(sql), std::move(args));
+    auto r = co_await heartbeat_db_.query(std::move(sql), std::move(args));
     if (!r)
         co_return r.error();
     renewal out;
@@ -709,12 +716,13 @@ FROM (SELECT 1) one LEFT JOIN j ON true)";
 async_result<void> pg_repository::release(std::vector<std::string> ids) {
     if (ids.empty())
         co_return core::result<void>{};
-    auto turn = co_await lane_.wait_turn();
+    auto turn = co_await heartbeat_lane_.wait_turn();
     std::vector<param> list(ids.begin(), ids.end());
     std::string sql =
-        "UPDATE jobs SET claim_until = NULL WHERE claim_token = $1 AND id = ANY($2::text[])";
+        "UPDATE jobs SET claim_until = NULL, claim_token = NULL WHERE claim_token = $1 AND id = "
+        "ANY($2::text[])";
     std::vector<param> args{token_, pg::array(list)};
-    auto r = co_await db_.query(std::move(sql), std::move(args));
+    auto r = co_await heartbeat_db_.query(std::move(sql), std::move(args));
     if (!r)
         co_return r.error();
     co_return core::result<void>{};
@@ -723,13 +731,13 @@ async_result<void> pg_repository::release(std::vector<std::string> ids) {
 async_result<void> pg_repository::leave() {
     if (token_.empty())
         co_return core::result<void>{};
-    auto turn = co_await lane_.wait_turn();
+    auto turn = co_await heartbeat_lane_.wait_turn();
     std::string sql = R"(
 WITH freed AS (
   UPDATE jobs SET claim_until = NULL WHERE claim_token = $2 AND state IN )" UNFINISHED R"()
 UPDATE nodes SET stopped_at = )" NOW_MS R"( WHERE name = $1 AND token = $2)";
     std::vector<param> args{me_.name, token_};
-    auto r = co_await db_.query(std::move(sql), std::move(args));
+    auto r = co_await heartbeat_db_.query(std::move(sql), std::move(args));
     if (!r)
         co_return r.error();
     co_return core::result<void>{};
@@ -777,7 +785,7 @@ FROM nodes n ORDER BY n.name)";
 async_result<slot_grant> pg_repository::reserve_slots(int count, double configured_rpm,
                                                       std::optional<double> my_rpm,
                                                       std::int64_t my_epoch, double margin) {
-    auto turn = co_await lane_.wait_turn();
+    auto turn = co_await heartbeat_lane_.wait_turn();
     // The rate: the smallest configured among live nodes, or the shared (lowered) one.
     // The first slot: after the last one given out, now, and the end of any 429 block.
     // A node's raise of the shared rate counts only if it had seen the latest decrease.
@@ -805,7 +813,7 @@ SELECT *, )" NOW_MS R"( FROM u)";
     std::vector<param> args{num(count), fmt::format("{}", configured_rpm), num(my_epoch),
                             fmt::format("{}", margin),
                             my_rpm ? param{fmt::format("{}", *my_rpm)} : param{}};
-    auto r = co_await db_.query(std::move(sql), std::move(args));
+    auto r = co_await heartbeat_db_.query(std::move(sql), std::move(args));
     if (!r)
         co_return r.error();
     if (r->size() != 1)
@@ -949,7 +957,7 @@ async_result<std::int64_t> pg_repository::last_event() {
 
 async_result<void> pg_repository::report_block(core::time_point until,
                                                std::optional<double> lowered) {
-    auto turn = co_await lane_.wait_turn();
+    auto turn = co_await heartbeat_lane_.wait_turn();
     std::string sql = R"(
 UPDATE budget SET blocked_until = greatest(blocked_until, $1::bigint),
   tat = greatest(tat, $1::double precision),
@@ -958,7 +966,7 @@ UPDATE budget SET blocked_until = greatest(blocked_until, $1::bigint),
   epoch = epoch + CASE WHEN $2::double precision < coalesce(allowed_rpm, 1e12) THEN 1 ELSE 0 END
 WHERE id = 1)";
     std::vector<param> args{num(ms(until)), lowered ? param{fmt::format("{}", *lowered)} : param{}};
-    auto r = co_await db_.query(std::move(sql), std::move(args));
+    auto r = co_await heartbeat_db_.query(std::move(sql), std::move(args));
     if (!r)
         co_return r.error();
     co_return core::result<void>{};

@@ -83,6 +83,10 @@ public:
 
 private:
     pg::connection db_;
+    // The cluster's own calls (join, claims, the heartbeat, budget slots) go on a
+    // connection of their own: a long flush or listing never holds up the heartbeat.
+    pg::connection heartbeat_db_;
+    lane::async_lane heartbeat_lane_;
     node_identity me_; // once joined
     std::string token_;
     lane::async_lane lane_;

@@ -200,7 +200,8 @@ INSTANTIATE_TEST_SUITE_P(all, config_rejects, ::testing::Values(
     bad_case{"postgresql_with_password", "[storage]\npostgresql = \"host=db user=k password=hunter2\"\n", "2: storage.postgresql", "must not hold a password"},
     bad_case{"postgresql_uri_with_password", "[storage]\npostgresql = \"postgresql://k:hunter2@db/klingd\"\n", "2: storage.postgresql", "password file"},
     bad_case{"postgresql_not_conninfo", "[storage]\npostgresql = \"host=db = nonsense\"\n", "2: storage.postgresql", "not a libpq connection string"},
-    bad_case{"postgresql_unknown_option", "[storage]\npostgresql = \"hots=db\"\n", "2: storage.postgresql", "hots"},
+    bad_case{"postgresql_unknown_option", "[storage]\npostgresql = \"hots=db\"\n", "2: storage.postgresql", "option names"},
+    bad_case{"postgresql_with_ssl_password", "[storage]\npostgresql = \"host=db sslpassword=x\"\n", "2: storage.postgresql", "must not hold a password"},
     bad_case{"node_name_with_slash", "[cluster]\nnode = \"a/b\"\n", "2: cluster.node", "not a node name"},
     bad_case{"takeover_too_short", "[cluster]\ntakeover_s = 1\n", "2: cluster.takeover_s", "at least 3 seconds"},
     bad_case{"takeover_absurd", "[cluster]\ntakeover_s = 1e9\n", "2: cluster.takeover_s", "out of range"},
@@ -432,6 +433,14 @@ TEST(config_cluster, postgresql_node_and_takeover_are_read_and_the_node_defaults
     std::string shortname = host;
     shortname = shortname.substr(0, shortname.find('.'));
     EXPECT_EQ(d.value->cluster.node, shortname);
+}
+
+TEST(config_cluster, a_uri_that_does_not_parse_is_refused_without_quoting_it) {
+    // libpq's own message would quote the token, here the password.
+    auto e = only_error("[storage]\npostgresql = \"postgresql://u:100%sure@db/x\"\n");
+    EXPECT_NE(e.find("storage.postgresql"), std::string::npos) << e;
+    EXPECT_EQ(e.find("100%sure"), std::string::npos) << e;
+    EXPECT_EQ(e.find("sure"), std::string::npos) << e;
 }
 
 TEST(config_cluster, the_password_credential_is_read_and_never_rendered) {

@@ -4,6 +4,7 @@
 #include "tests/daemon/daemon_env.hpp"
 #include "tests/support/pg_server.hpp"
 
+#include <csignal>
 #include <filesystem>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -212,6 +213,34 @@ TEST_F(cluster, three_nodes_share_one_account_budget_and_together_stay_within_it
     }
 }
 
+TEST_F(cluster, a_node_stopping_with_submits_in_flight_keeps_its_claims_until_they_are_answered) {
+    // Every answer takes 4 s, longer than the takeover time (3 s): a node that stopped
+    // its heartbeat while it waits for its POSTs would see them taken over and failed.
+    start_nodes(2, {"--slow-rate", "1", "--slow-s", "4"});
+    auto ids = drop_spread("g", 6);
+    std::string stopping; // the node with a submit in flight
+    ASSERT_TRUE(eventually(
+        [&] {
+            for (auto& [id, j] : jobs_seen_by(*nodes[0]))
+                if (str(j, "state") == "submitting" && !str(j, "node").empty()) {
+                    stopping = str(j, "node");
+                    return true;
+                }
+            return false;
+        },
+        30s))
+        << logs();
+    auto& gone = stopping == "n0" ? nodes[0] : nodes[1];
+    auto& stays = stopping == "n0" ? nodes[1] : nodes[0];
+    gone->signal(SIGTERM);
+    ASSERT_TRUE(eventually([&] { return !gone->running(); }, 30s)) << logs();
+    ASSERT_TRUE(stays->wait_terminal(ids, 120s)) << logs();
+    for (auto& [id, j] : jobs_seen_by(*stays))
+        EXPECT_EQ(str(j, "state"), "completed") << id << ": " << str(j, "error");
+    for (auto& [marker, n] : submissions_by_marker(stays->sim_stats()))
+        EXPECT_EQ(n, 1) << marker << " was submitted " << n << " times";
+}
+
 TEST_F(cluster, nodes_cut_off_from_the_database_send_nothing_and_recover_when_it_is_back) {
     start_nodes(2);
     auto ids = drop_spread("d", 30);
@@ -337,6 +366,14 @@ TEST_F(cluster, a_single_hosts_database_is_imported_once_and_its_jobs_go_on_in_t
     EXPECT_NE(out2.find("imported 0 of the 9 jobs"), std::string::npos) << out2;
     EXPECT_NE(out2.find("9 were there already"), std::string::npos) << out2;
 
+    // The single host refuses to run on the imported file again (both would submit them).
+    {
+        child_process again(KLINGD_PATH, {"--config", host.config_path()},
+                            {{"SEGMIND_API_KEY", "test-key-1"}});
+        EXPECT_EQ(again.wait(20s), 1);
+        EXPECT_NE(again.stderr_text().find("imported into a cluster"), std::string::npos)
+            << again.stderr_text();
+    }
     // The node lists them all, with their history; the pending three are submitted now.
     node.start();
     ASSERT_TRUE(node.wait_terminal(ids, 60s)) << node.log();

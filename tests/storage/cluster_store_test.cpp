@@ -224,9 +224,6 @@ TEST_F(cluster_store_test, the_shared_schedule_hands_out_slots_paced_at_the_smal
     ok(b->join(bn));
     auto g1 = ok(a->reserve_slots(3, 600, std::nullopt, 0, 0.0));
     EXPECT_NEAR(g1.interval_ms, 100.0, 0.01) << "the smallest rate among live nodes";
-    auto paced = ok(a->reserve_slots(1, 600, std::nullopt, 0, 0.01));
-    EXPECT_NEAR(paced.interval_ms, 100.0 / 0.99, 0.01) << "a margin below it";
-    g1.first = paced.first - milliseconds(300);
     EXPECT_EQ(g1.count, 3);
     EXPECT_GE(g1.first, g1.db_now - milliseconds(1));
     auto g2 = ok(b->reserve_slots(2, 1200, std::nullopt, 0, 0.0));
@@ -252,6 +249,40 @@ TEST_F(cluster_store_test, the_shared_schedule_hands_out_slots_paced_at_the_smal
     ok(a->reserve_slots(1, 600, std::nullopt, 1, 0.0)); // a is at full rate again
     EXPECT_FALSE(ok(b->reserve_slots(1, 1200, std::nullopt, 1, 0.0)).allowed_rpm);
     EXPECT_EQ(ok(b->renew()).blocked_until, until);
+    auto paced = ok(a->reserve_slots(1, 600, std::nullopt, 1, 0.01));
+    EXPECT_NEAR(paced.interval_ms, 60000.0 / (600 * 0.99), 0.01) << "a margin below the rate";
+}
+
+TEST_F(cluster_store_test, a_lapsed_claim_nobody_took_yet_can_no_longer_write_nor_be_renewed) {
+    auto a = open();
+    insert(*a, 1);
+    auto me = node("a", milliseconds(2000));
+    me.submit_margin = milliseconds(1500);
+    ok(a->join(me));
+    auto j = ok(a->claim(1, 0)).jobs.at(0);
+    // Fresh: a may write it, "submitting" too, but that only while the claim outlasts
+    // the margin (the POST after it must end before another node may take the job).
+    auto submitting = j;
+    submitting.state = job_state::submitting;
+    EXPECT_TRUE(ok(a->save({{submitting, {}}})).empty());
+    EXPECT_TRUE(ok(a->save({{j, {}}})).empty()); // pending again
+    ASSERT_TRUE(test::eventually(
+        [&] {
+            return ok(a->save({{submitting, {}}})) == std::vector<std::string>{"j0"};
+        },
+        std::chrono::seconds(5)))
+        << "submitting is refused once less than the margin is left";
+    j.polls = 1;
+    EXPECT_TRUE(ok(a->save({{j, {}}})).empty()) << "other writes go on until the claim lapses";
+    EXPECT_EQ(ok(a->get("j0"))->state, job_state::pending);
+    // Lapsed, nobody has taken it: still refused, and the heartbeat does not revive it.
+    ASSERT_TRUE(test::eventually(
+        [&] {
+            return ok(a->save({{j, {}}})) == std::vector<std::string>{"j0"};
+        },
+        std::chrono::seconds(5)));
+    EXPECT_TRUE(ok(a->renew()).held.empty());
+    EXPECT_EQ(ok(a->claim(1, 0)).jobs.size(), 1u) << "free for any node, a too";
 }
 
 } // namespace

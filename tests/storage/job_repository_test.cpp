@@ -397,14 +397,19 @@ TEST_F(pg_repository_test, nodes_that_start_together_migrate_the_schema_once) {
 
 TEST_F(pg_repository_test, a_stopped_server_is_an_error_and_the_next_call_reconnects) {
     test::pg_server server; // a private one: this test stops it
-    storage::pg_repository repo(server.create_database());
+    // Passwords, never to be repeated (the test server trusts the socket and ignores them).
+    storage::pg_repository repo(server.create_database() + " sslpassword=hunter3-secret",
+                                std::chrono::seconds(10), "hunter2-secret");
     ok(repo.open());
     ok(repo.insert({spec("a")}, t0, {""}));
     server.stop();
     auto r = await(repo.get("a"));
     ASSERT_FALSE(r);
     EXPECT_TRUE(r.error() == core::errc::store_unavailable) << r.error().message();
-    EXPECT_EQ(r.error().message().find("password"), std::string::npos);
+    EXPECT_EQ(r.error().message().find("hunter2-secret"), std::string::npos) << r.error().message();
+    EXPECT_EQ(r.error().message().find("hunter3-secret"), std::string::npos) << r.error().message();
+    EXPECT_EQ(repo.target().find("secret"), std::string::npos) << repo.target();
+    EXPECT_NE(repo.target().find("dbname="), std::string::npos) << repo.target();
     server.start();
     auto again = ok(repo.get("a"));
     ASSERT_TRUE(again);
