@@ -449,7 +449,7 @@ int cmd_nodes(client& c, bool as_json) {
                                                            : "gone";
         std::string beat = str(n, "heartbeat_at");
         if (auto age = str(n, "heartbeat_age_s"); !age.empty())
-            beat = fmt::format("{}s ago", age);
+            beat = fmt::format("{:.1f} s ago", std::strtod(age.c_str(), nullptr));
         std::printf("%-20s %-8s %-24s %9s  %s%s\n", str(n, "name").c_str(), status.c_str(),
                     beat.empty() ? "-" : beat.c_str(), str(n, "jobs_held").c_str(),
                     str(n, "version").c_str(), str(n, "this") == "true" ? "  (this node)" : "");

@@ -66,7 +66,7 @@ echo "== starting klingd"
 "$bin/daemon/klingd" --config "$dir/klingd.toml" >"$dir/klingd.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do [ -S "$dir/klingd.sock" ] && break; sleep 0.1; done
-ctl() { "$bin/daemon/klingctl" --socket "$dir/klingd.sock" "$@"; }
+ctl() { "$bin/client/klingctl" --socket "$dir/klingd.sock" "$@"; }
 
 echo "== dropping the example jobs into $dir/spool/incoming (write, then rename)"
 ids=()

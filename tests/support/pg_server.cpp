@@ -1,4 +1,4 @@
-// Starting and stopping through pg_server.sh; queries through libpq, synchronously.
+// Starting and stopping through pg-local.sh; queries through libpq, synchronously.
 #include "tests/support/pg_server.hpp"
 
 #include "tests/support/child_process.hpp"
@@ -14,7 +14,7 @@
 namespace klingd::test {
 
 namespace {
-const std::string script_path = std::string(KLINGD_SOURCE_DIR) + "/tests/support/pg_server.sh";
+const std::string script_path = std::string(KLINGD_SOURCE_DIR) + "/scripts/pg-local.sh";
 
 std::string new_dir() {
     char name[] = "/tmp/klingd-pg.XXXXXX";
@@ -43,7 +43,7 @@ void pg_server::script(const std::string& verb) const {
     child_process p("/bin/bash", {script_path, verb, dir_});
     auto rc = p.wait(std::chrono::seconds(90));
     if (rc != 0)
-        throw std::runtime_error("pg_server.sh " + verb + " " + dir_ +
+        throw std::runtime_error("pg-local.sh " + verb + " " + dir_ +
                                  " failed: " + p.stderr_text() + p.stdout_text());
 }
 

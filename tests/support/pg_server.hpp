@@ -1,4 +1,4 @@
-// A real PostgreSQL server for tests (tests/support/pg_server.sh): throwaway, on a
+// A real PostgreSQL server for tests (tests/support/pg-local.sh): throwaway, on a
 // Unix socket in a folder of its own, started and stopped for real.
 #pragma once
 

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# A throwaway PostgreSQL server for the tests (Debian's postgresql package): initdb
+# A throwaway PostgreSQL server for the tests and the local cluster example
+# (examples/cluster/local-cluster.sh), from Debian's postgresql package: initdb
 # into a fresh folder, listening on a Unix socket in that folder only (no TCP port
 # to collide with), fsync off. Run as root, the server runs as the unprivileged
 # `postgres` user (initdb refuses root). The database superuser is `klingd`, with
 # trust authentication on the socket: nothing outside the folder can reach it.
 #
-#   pg_server.sh start DIR           initdb DIR/data (if new) and start; DIR/sock is the socket folder
-#   pg_server.sh stop DIR            fast shutdown (connections are cut)
-#   pg_server.sh kill DIR            immediate shutdown (as after a crash)
-#   pg_server.sh remove DIR          stop if running, then delete DIR
-#   pg_server.sh fixture-start FILE  a new server in a fresh /tmp folder, its folder written to FILE
-#   pg_server.sh fixture-stop FILE   stop and remove the server FILE names
+#   pg-local.sh start DIR           initdb DIR/data (if new) and start; DIR/sock is the socket folder
+#   pg-local.sh stop DIR            fast shutdown (connections are cut)
+#   pg-local.sh kill DIR            immediate shutdown (as after a crash)
+#   pg-local.sh remove DIR          stop if running, then delete DIR
+#   pg-local.sh fixture-start FILE  a new server in a fresh /tmp folder, its folder written to FILE
+#   pg-local.sh fixture-stop FILE   stop and remove the server FILE names
 set -euo pipefail
 
 bindir=${KLINGD_PG_BINDIR:-}
@@ -20,7 +21,7 @@ if [ -z "$bindir" ]; then
   done
 fi
 if [ -z "$bindir" ] || [ ! -x "$bindir/initdb" ]; then
-  echo "pg_server.sh: no PostgreSQL server programs (initdb) found: install Debian's postgresql package (scripts/install-deps.sh does)" >&2
+  echo "pg-local.sh: no PostgreSQL server programs (initdb) found: install Debian's postgresql package (scripts/install-deps.sh does)" >&2
   exit 1
 fi
 
@@ -62,9 +63,9 @@ case ${1:-} in
     chmod 755 "$dir"
     start "$dir"
     echo "$dir" >"$2"
-    echo "pg_server.sh: test server in $dir" ;;
+    echo "pg-local.sh: test server in $dir" ;;
   fixture-stop)
     [ -f "$2" ] || exit 0
     dir=$(cat "$2"); stop "$dir" immediate; rm -rf "$dir"; rm -f "$2" ;;
-  *) echo "usage: pg_server.sh start|stop|kill|remove DIR | fixture-start|fixture-stop FILE" >&2; exit 2 ;;
+  *) echo "usage: pg-local.sh start|stop|kill|remove DIR | fixture-start|fixture-stop FILE" >&2; exit 2 ;;
 esac
