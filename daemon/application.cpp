@@ -100,7 +100,8 @@ application::application(config::settings& s, std::string config_path)
 }
 
 application::~application() {
-    store_->finish(); // no call runs on the worker once the parts are gone
+    storage::pg::finish_connects(); // none posts to the loop once it is gone
+    store_->finish();               // no call runs on the worker once the parts are gone
     engine_.finish_files();
     io_.drop_pending(); // suspended coroutines refer to the parts: drop them first
 }
@@ -112,6 +113,7 @@ int application::run() {
     std::signal(SIGIO, SIG_IGN);
     asio::co_spawn(io_, start_up(), log::exit_on_exception);
     io_.run();
+    storage::pg::finish_connects();
     store_->finish();
     engine_.finish_files();
     io_.drop_pending();

@@ -658,22 +658,14 @@ asio::awaitable<void> engine::send_submit(std::string id, core::time_point taken
     it = active_.find(id);
     if (!began || it == active_.end())
         co_return;
-    if (stopping_) {
-        // Nothing is sent: back to pending, to be tried again after the restart.
-        core::http_outcome not_sent;
-        not_sent.how = core::http_outcome::transport::not_sent;
-        not_sent.message = "klingd is stopping";
-        core::event ev = core::ev_submit_answer{std::move(not_sent)};
-        auto tr = core::advance(it->second, ev, now(), context_for(it->second));
-        co_await apply(id, std::move(tr));
-        co_return;
-    }
-    if (!holds_claims()) {
+    if (stopping_ || !holds_claims()) {
+        // Nothing is sent: back to pending. Stopping: to be tried again after the restart.
         // Cluster: the claim may lapse before the answer could come (the database went
-        // away, or this node was held up since the dispatch): nothing is sent.
+        // away, or this node was held up since the dispatch).
         core::http_outcome not_sent;
         not_sent.how = core::http_outcome::transport::not_sent;
-        not_sent.message = "this node's claim on the job may lapse before an answer";
+        not_sent.message = stopping_ ? "klingd is stopping"
+                                     : "this node's claim on the job may lapse before an answer";
         core::event ev = core::ev_submit_answer{std::move(not_sent)};
         auto tr = core::advance(it->second, ev, now(), context_for(it->second));
         co_await apply(id, std::move(tr));
@@ -939,9 +931,9 @@ asio::awaitable<core::result<job>> engine::cancel(std::string id) {
                                                   (*now_stored)->node.value_or("?")));
             }
             co_return core::error(core::errc::wrong_state,
-                                  fmt::format("job {} is held by node {}, which was asked to "
-                                              "cancel it and has not yet",
-                                              id, s.node.value_or("?")));
+                                  fmt::format("job {} is held by another node, which was asked "
+                                              "to cancel it and has not yet",
+                                              id));
         }
         std::vector<job> claimed;
         claimed.push_back(std::move(**got));
@@ -1138,10 +1130,20 @@ asio::awaitable<void> engine::adopt(std::vector<core::job> jobs, const char* why
 }
 
 asio::awaitable<void> engine::record_taken(std::vector<storage::job_change> changes) {
+    std::vector<std::string> ids;
+    for (auto& c : changes)
+        if (recording_.insert(c.j.id).second)
+            ids.push_back(c.j.id);
     if (!changes.empty())
         if (auto r = co_await journal_.write(std::move(changes)); !r)
             log::error("cannot record the jobs taken over: {}; they are let go and taken again",
                        r.error().message());
+    for (auto& id : ids)
+        recording_.erase(id);
+}
+
+asio::awaitable<void> engine::apply_later(std::string id, core::transition t) {
+    co_await apply(std::move(id), std::move(t));
 }
 
 std::vector<storage::job_change> engine::take_in(std::vector<core::job> jobs, const char* why) {
@@ -1252,13 +1254,16 @@ asio::awaitable<void> engine::cluster_tick() {
             log::notice("job {}: a cancel asked on another node is refused: {}", id, tr.rejection);
             continue;
         }
-        co_await apply(id, std::move(tr));
+        // Recorded on the side: the heartbeat never waits behind the journal.
+        asio::co_spawn(io_, apply_later(id, std::move(tr)), log::exit_on_exception);
     }
-    // Held in the database but not here (a recovery whose write failed): let them go, so
-    // that a node (this one too) takes them again.
+    // Held in the database but not here, nor on their way to it (a recovery whose write
+    // failed): let them go, so that a node (this one too) takes them again. A job this
+    // node finished whose last state is not written yet (retired) stays held.
     std::vector<std::string> stray;
     for (auto& id : r->held)
-        if (!active_.count(id) && !committing_.count(id))
+        if (!active_.count(id) && !committing_.count(id) && !journal_.retired(id) &&
+            !recording_.count(id))
             stray.push_back(id);
     if (!stray.empty()) {
         log::notice("cluster: letting go of {} job(s) held but not in memory (first: {})",
@@ -1359,9 +1364,9 @@ asio::awaitable<void> engine::slot_reserver() {
 asio::awaitable<void> engine::follower() {
     // From now on: watchers see what happens while they watch, not the past. Sequence
     // numbers are taken at insert, not at commit: a line may become visible after one
-    // with a higher number, so the last 256 numbers are read again and lines already
+    // with a higher number, so the last 4096 numbers are read again and lines already
     // published are skipped.
-    constexpr std::int64_t window = 256;
+    constexpr std::int64_t window = 4096; // more than one intake batch (512) takes
     std::int64_t seq = 0;
     std::int64_t start = 0; // lines up to here were there before this node followed
     std::set<std::int64_t> seen;
@@ -1375,19 +1380,21 @@ asio::awaitable<void> engine::follower() {
                 positioned = true;
             }
         } else {
+            // The window's lines (seen or not) and up to 1000 new ones.
+            constexpr std::size_t limit = static_cast<std::size_t>(window) + 1000;
             auto events =
-                co_await cluster_->events_after(std::max<std::int64_t>(0, seq - window), 1000);
+                co_await cluster_->events_after(std::max<std::int64_t>(0, seq - window), limit);
             if (events) {
                 for (auto& e : *events) {
                     if (e.seq <= start || e.seq <= seq - window || !seen.insert(e.seq).second)
                         continue;
                     seq = std::max(seq, e.seq);
-                    if (on_remote_change)
+                    if (!e.own && on_remote_change)
                         on_remote_change(e.j, e.note, e.at);
                 }
                 while (!seen.empty() && *seen.begin() <= seq - window)
                     seen.erase(seen.begin());
-                if (events->size() == 1000)
+                if (events->size() == limit)
                     continue; // more are waiting
             }
         }

@@ -31,6 +31,7 @@
 #include <random>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 
 namespace klingd::daemon {
 
@@ -134,6 +135,7 @@ private:
     // adopt's two halves: into memory at once; the recovery's write.
     std::vector<storage::job_change> take_in(std::vector<core::job> jobs, const char* why);
     boost::asio::awaitable<void> record_taken(std::vector<storage::job_change> changes);
+    boost::asio::awaitable<void> apply_later(std::string id, core::transition t);
     // The job leaves this node's memory: another node holds it now.
     void drop(const std::string& id);
     // How many more pending jobs this node should hold.
@@ -215,6 +217,7 @@ private:
     boost::asio::steady_timer claim_timer_;
     bool claim_soon_ = false;
     bool left_ = false; // stop() has released this node's claims: the heartbeat ends
+    std::unordered_set<std::string> recording_; // jobs taken over whose recovery is being written
     boost::asio::steady_timer slot_timer_;
     std::int64_t budget_epoch_ = 0;   // of the shared rate last adopted
     std::string reserve_problem_;     // the last failure to reserve slots, said once

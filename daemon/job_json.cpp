@@ -41,7 +41,8 @@ json::object job_to_json(const core::job& j, const std::string& blocked) {
     o["finished_at"] = opt_time(j.finished_at);
     o["attempts"] = j.attempts;
     o["polls"] = j.polls;
-    o["node"] = opt(j.node); // cluster: who holds it, or finished it; null on a single host
+    // Cluster: who holds it, or finished it; null while pending and on a single host.
+    o["node"] = j.state == core::job_state::pending ? json::value(nullptr) : opt(j.node);
     if (j.state == core::job_state::pending && !blocked.empty())
         o["blocked"] = blocked;
     return o;

@@ -34,6 +34,19 @@ int import_sqlite(const std::string& file, const config::settings& s) {
     boost::asio::io_context io;
     storage::pg_repository into(s.storage.postgresql, std::chrono::seconds(30),
                                 s.postgresql_password.reveal());
+    // First the mark: the single host must never run on this file again (its pending jobs
+    // become the cluster's, and both would submit them). No mark, no copy.
+    try {
+        storage::job_store mark(file);
+        mark.set_meta("imported_into_cluster", into.target());
+    } catch (const std::exception& e) {
+        std::fprintf(stderr,
+                     "klingd: cannot mark %s as imported into the cluster (%s); nothing was "
+                     "copied: stop the single-host klingd and run this as a user who may "
+                     "write the file\n",
+                     file.c_str(), e.what());
+        return 1;
+    }
     std::optional<core::result<storage::import_report>> done;
     boost::asio::co_spawn(
         io,
@@ -54,17 +67,6 @@ int import_sqlite(const std::string& file, const config::settings& s) {
         return 1;
     }
     const auto& r = **done;
-    // The single host must not run on this file again: its pending jobs are the cluster's
-    // now, and both would submit them.
-    try {
-        storage::job_store mark(file);
-        mark.set_meta("imported_into_cluster", fmt::format("{} ({} jobs)", into.target(), r.read));
-    } catch (const std::exception& e) {
-        std::fprintf(stderr,
-                     "klingd: warning: cannot mark %s as imported (%s): do not start a "
-                     "single-host klingd on it again\n",
-                     file.c_str(), e.what());
-    }
     std::printf("imported %zu of the %zu jobs of %s (with %zu history lines) into %s; %zu were "
                 "there already\n",
                 r.imported, r.read, file.c_str(), r.history, into.target().c_str(), r.already);

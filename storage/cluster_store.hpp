@@ -3,8 +3,10 @@
 // nodes. A node acts on a job only while it holds the job's claim: a lease timed by
 // the database's clock and renewed by the node's heartbeat; a node that stops renewing
 // loses its claims when they lapse, and any node may take them. Every write of a job
-// carries the claim's token and is refused once the claim has lapsed, taken over or not
-// (job_repository::save skips and reports those jobs); a lapsed claim is never renewed.
+// carries the claim's token and is refused once another node has taken the job
+// (job_repository::save skips and reports those jobs); "submitting" is refused, too,
+// when less than the node's submit margin is left of the claim. A lapsed claim that no
+// node has taken still carries the token: the heartbeat renews it.
 // pg_repository implements it; a single host (SQLite) has no cluster.
 #pragma once
 
@@ -70,6 +72,7 @@ struct remote_event {
     core::job j; // id, model, state, request_id, error as the job is now; state: the line's
     core::time_point at{};
     std::string note;
+    bool own = false; // written by this node (or copied by an import): not an event here
 };
 
 struct node_row {
@@ -108,8 +111,8 @@ public:
     // Asks the node that holds the job to cancel it (it does at its next heartbeat).
     virtual async_result<void> request_cancel(std::string id) = 0;
     virtual async_result<std::vector<node_row>> nodes() = 0;
-    // The history lines other nodes wrote after seq (at most limit, in order); seq 0 with
-    // from_now: none, only the position to follow from.
+    // The history lines written after seq (at most limit, in order of their numbers),
+    // those of this node marked own.
     virtual async_result<std::vector<remote_event>> events_after(std::int64_t seq,
                                                                  std::size_t limit) = 0;
     virtual async_result<std::int64_t> last_event() = 0;

@@ -73,24 +73,6 @@ std::optional<std::int64_t> opt_ms(const std::optional<time_point>& t) {
     return t ? std::optional<std::int64_t>(ms(*t)) : std::nullopt;
 }
 
-std::string outputs_json(const std::vector<std::string>& outputs) {
-    json::array a;
-    for (auto& o : outputs)
-        a.emplace_back(o);
-    return json::serialize(a);
-}
-
-std::vector<std::string> parse_outputs(const std::string& text) {
-    std::vector<std::string> out;
-    boost::system::error_code ec;
-    auto v = json::parse(text, ec);
-    if (!ec && v.is_array())
-        for (auto& e : v.as_array())
-            if (e.is_string())
-                out.emplace_back(e.as_string());
-    return out;
-}
-
 } // namespace
 
 namespace {

@@ -176,6 +176,14 @@ asio::thread_pool& connect_threads() {
     return pool;
 }
 
+} // namespace
+
+void finish_connects() {
+    connect_threads().join();
+}
+
+namespace {
+
 asio::awaitable<made> connect_elsewhere(std::string conninfo, std::string password,
                                         std::chrono::milliseconds deadline) {
     return asio::async_initiate<const asio::use_awaitable_t<>, void(made)>(

@@ -45,6 +45,10 @@ private:
 
 using param = std::optional<std::string>;
 
+// Shutdown, before the event loops go: waits for connections being made on libpq's
+// connect threads (at most their connect_timeout) and makes no more.
+void finish_connects();
+
 // PostgreSQL's text form of a one-dimensional array, for a parameter cast to text[],
 // bigint[] or int[]: {"a","b\"c",NULL}.
 std::string array(const std::vector<param>& items);

@@ -122,24 +122,6 @@ param opt_num(const std::optional<time_point>& t) {
     return t ? num(ms(*t)) : std::nullopt;
 }
 
-std::string outputs_json(const std::vector<std::string>& outputs) {
-    json::array a;
-    for (auto& o : outputs)
-        a.emplace_back(o);
-    return json::serialize(a);
-}
-
-std::vector<std::string> parse_outputs(const std::string& text) {
-    std::vector<std::string> out;
-    boost::system::error_code ec;
-    auto v = json::parse(text, ec);
-    if (!ec && v.is_array())
-        for (auto& e : v.as_array())
-            if (e.is_string())
-                out.emplace_back(e.as_string());
-    return out;
-}
-
 core::job read_job(const pg::rows& r, int i, bool with_params) {
     core::job j;
     j.id = r.text(i, 0);
@@ -362,8 +344,7 @@ upd AS (
   FROM u WHERE j.id = u.id
     AND ($20::text IS NULL
          OR (j.claim_token = $20::text
-             AND j.claim_until >= )" NOW_MS R"( + CASE WHEN u.state = 'submitting'
-                                                     THEN $22::bigint ELSE 0 END))
+             AND (u.state <> 'submitting' OR j.claim_until >= )" NOW_MS R"( + $22::bigint)))
   RETURNING j.id),
 h AS (
   INSERT INTO history (job_id, at, state, note, request_id, node)
@@ -372,7 +353,8 @@ h AS (
        WITH ORDINALITY AS h(job_id, at, state, note, request_id, n)
   WHERE $20::text IS NULL OR job_id IN (SELECT id FROM upd)
   ORDER BY n)
-SELECT id FROM u WHERE $20::text IS NOT NULL AND id NOT IN (SELECT id FROM upd))";
+SELECT u.id, j.claim_token = $20::text FROM u JOIN jobs j ON j.id = u.id
+WHERE $20::text IS NOT NULL AND u.id NOT IN (SELECT id FROM upd))";
     param token = me_.name.empty() ? param{} : param{token_};
     param node = me_.name.empty() ? param{} : param{me_.name};
     std::vector<param> args{pg::array(id),
@@ -401,8 +383,17 @@ SELECT id FROM u WHERE $20::text IS NOT NULL AND id NOT IN (SELECT id FROM upd))
     if (!r)
         co_return r.error();
     std::vector<std::string> not_held;
-    for (int i = 0; i < r->size(); ++i)
-        not_held.push_back(r->text(i, 0));
+    bool too_short = false;
+    for (int i = 0; i < r->size(); ++i) {
+        if (r->text(i, 1) == "t")
+            too_short = true; // still ours: "submitting" with too little of the claim left
+        else
+            not_held.push_back(r->text(i, 0));
+    }
+    if (too_short && not_held.empty())
+        co_return core::error(core::errc::store_busy,
+                              "this node's claim ends too soon to send a submit under it; "
+                              "it is tried again once the heartbeat has renewed it");
     co_return not_held;
 }
 
@@ -680,8 +671,7 @@ WITH n AS (
   UPDATE nodes SET heartbeat_at = )" NOW_MS R"( WHERE name = $1 AND token = $2 RETURNING 1),
 old AS (
   SELECT id, cancel_requested FROM jobs
-  WHERE claim_token = $2 AND claim_until >= )" NOW_MS R"( AND state IN )" UNFINISHED R"(
-    AND EXISTS (SELECT 1 FROM n)
+  WHERE claim_token = $2 AND state IN )" UNFINISHED R"( AND EXISTS (SELECT 1 FROM n)
   FOR UPDATE),
 j AS (
   UPDATE jobs SET claim_until = )" NOW_MS R"( + $3, cancel_requested = false
@@ -862,8 +852,8 @@ ins AS (
   ON CONFLICT (id) DO NOTHING
   RETURNING id),
 h AS (
-  INSERT INTO history (job_id, at, state, note, request_id)
-  SELECT job_id, at, state, note, request_id
+  INSERT INTO history (job_id, at, state, note, request_id, node)
+  SELECT job_id, at, state, note, request_id, ' import'
   FROM unnest($20::text[], $21::bigint[], $22::text[], $23::text[], $24::text[])
        WITH ORDINALITY AS h(job_id, at, state, note, request_id, n)
   WHERE job_id IN (SELECT id FROM ins)
@@ -920,9 +910,10 @@ async_result<std::vector<remote_event>> pg_repository::events_after(std::int64_t
                                                                     std::size_t limit) {
     auto turn = co_await lane_.wait_turn();
     std::string sql = R"(
-SELECT h.seq, h.job_id, j.model, h.state, h.request_id, j.error, h.at, h.note
+SELECT h.seq, h.job_id, j.model, h.state, h.request_id, j.error, h.at, h.note,
+       h.node IS NOT DISTINCT FROM $2 OR h.node = ' import'
 FROM history h JOIN jobs j ON j.id = h.job_id
-WHERE h.seq > $1 AND h.node IS DISTINCT FROM $2
+WHERE h.seq > $1
 ORDER BY h.seq LIMIT $3)";
     std::vector<param> args{num(seq), me_.name, num(static_cast<std::int64_t>(limit))};
     auto r = co_await db_.query(std::move(sql), std::move(args));
@@ -940,6 +931,7 @@ ORDER BY h.seq LIMIT $3)";
         e.at = at_ms(r->int64(i, 6));
         e.j.updated_at = e.at;
         e.note = r->text(i, 7);
+        e.own = r->text(i, 8) == "t";
         out.push_back(std::move(e));
     }
     co_return out;

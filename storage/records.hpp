@@ -42,4 +42,8 @@ struct job_change {
 // (state, model) -> number of jobs.
 using state_model_counts = std::map<std::pair<std::string, std::string>, std::int64_t>;
 
+// A job's output paths as both backends store them: a JSON array of strings.
+std::string outputs_json(const std::vector<std::string>& outputs);
+std::vector<std::string> parse_outputs(const std::string& text);
+
 } // namespace klingd::storage

@@ -3,7 +3,9 @@
 // already has is left as it is (the same content: already imported; other content: a
 // conflict, counted and named). Jobs keep their states: the cluster's nodes take the
 // unfinished ones as they take those of a node that stopped (a job caught in
-// submitting follows jobs.resubmit_unknown). The SQLite file is only read.
+// submitting follows jobs.resubmit_unknown). The jobs are only read from the SQLite
+// file; `klingd --import-sqlite` marks it first (meta imported_into_cluster), and a
+// single-host klingd refuses to start on a marked file.
 #pragma once
 
 #include "storage/pg_repository.hpp"
