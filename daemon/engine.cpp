@@ -209,34 +209,10 @@ asio::awaitable<void> engine::start() {
             "FROM meta WHERE key = 'imported_into_cluster'\"",
             *mark, settings_.storage.database));
     auto jobs = needed(co_await repo_.unfinished(), "the unfinished jobs");
-    auto t = now();
-    for (auto& j : jobs)
-        j = core::shifted(std::move(j), -clock_.wall_offset()); // downtime: by the wall clock
-    std::vector<storage::job_change> changes;
-    std::size_t resumed = 0;
-    for (auto& j : jobs) {
-        auto tr = core::advance(j, core::ev_recover{}, t, context_for(j));
-        if (tr.persist != core::persist_mode::none) {
-            std::vector<storage::history_entry> h;
-            if (!tr.note.empty())
-                h.push_back(
-                    {t, std::string(core::to_string(tr.next.state)), tr.note, tr.next.request_id});
-            changes.push_back({tr.next, std::move(h)});
-        }
-        if (tr.next.state != j.state)
-            log::notice("job {}: {}", j.id, tr.note);
-        if (core::is_terminal(tr.next.state))
-            continue;
-        auto id = tr.next.id;
-        if (counts_in_flight(tr.next.state))
-            ++in_flight_jobs_;
-        auto [it, ok] = active_.emplace(id, std::move(tr.next));
-        schedule(it->second, tr.work, tr.not_before);
-        ++resumed;
-    }
+    auto changes = take_in(std::move(jobs), nullptr);
     if (auto r = co_await journal_.write(std::move(changes)); !r)
         throw std::runtime_error("cannot record the recovered jobs: " + r.error().message());
-    log::info("resumed {} unfinished jobs ({} submitted and unfinished){}", resumed,
+    log::info("resumed {} unfinished jobs ({} submitted and unfinished){}", active_.size(),
               in_flight_jobs_, gate_.paused() ? "; submissions are paused" : "");
     asio::co_spawn(io_, dispatcher(), log::exit_on_exception);
     asio::co_spawn(io_, flusher(), log::exit_on_exception);
@@ -1150,6 +1126,7 @@ std::vector<storage::job_change> engine::take_in(std::vector<core::job> jobs, co
     auto t = now();
     std::vector<storage::job_change> changes;
     for (auto& stored : jobs) {
+        // Times by the wall clock: the time the job spent elsewhere (down, another node) counts.
         auto j = core::shifted(std::move(stored), -clock_.wall_offset());
         if (active_.count(j.id))
             continue; // held already (a claim renewed while it was on its way)
@@ -1161,9 +1138,11 @@ std::vector<storage::job_change> engine::take_in(std::vector<core::job> jobs, co
                     {t, std::string(core::to_string(tr.next.state)), tr.note, tr.next.request_id});
             changes.push_back({tr.next, std::move(h)});
         }
-        if (j.state != job_state::pending)
+        if (why && j.state != job_state::pending)
             log::notice("job {}: {} ({}{})", j.id, why, core::to_string(j.state),
                         tr.next.state != j.state ? "; " + tr.note : std::string());
+        else if (!why && tr.next.state != j.state)
+            log::notice("job {}: {}", j.id, tr.note);
         if (core::is_terminal(tr.next.state)) {
             if (on_change)
                 on_change(tr.next, tr.note);

@@ -132,7 +132,8 @@ private:
     // Takes jobs just claimed (or read at start) into memory: recovered as after a
     // restart, scheduled, their recovery recorded.
     boost::asio::awaitable<void> adopt(std::vector<core::job> jobs, const char* why);
-    // adopt's two halves: into memory at once; the recovery's write.
+    // adopt's two halves: into memory at once (also the unfinished jobs at start, why
+    // null: only changes of state are logged); the recovery's write.
     std::vector<storage::job_change> take_in(std::vector<core::job> jobs, const char* why);
     boost::asio::awaitable<void> record_taken(std::vector<storage::job_change> changes);
     boost::asio::awaitable<void> apply_later(std::string id, core::transition t);

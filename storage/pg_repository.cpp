@@ -166,7 +166,6 @@ pg_repository::~pg_repository() {
 }
 
 void pg_repository::finish() {
-    finished_ = true;
     db_.close();
     heartbeat_db_.close();
 }

@@ -90,7 +90,6 @@ private:
     node_identity me_; // once joined
     std::string token_;
     lane::async_lane lane_;
-    bool finished_ = false;
 };
 
 } // namespace klingd::storage
