@@ -1,5 +1,7 @@
 # klingd in a container: built on Debian 12 with the -dev packages, run on
 # Debian 12 with the runtime libraries only, as a non-root user.
+# UNTESTED: no base image can be pulled where klingd is built; the runtime packages are
+# those `ldd build/daemon/klingd` names (checked by hand).
 FROM debian:12 AS build
 WORKDIR /src
 COPY . .
@@ -9,11 +11,11 @@ RUN ./scripts/install-deps.sh \
 
 FROM debian:12-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libsqlite3-0 libssl3 libfmt9 libboost-json1.81.0 libsystemd0 libtomlplusplus3 ca-certificates \
+ && apt-get install -y --no-install-recommends libsqlite3-0 libssl3 libfmt9 libboost-json1.81.0 libboost-url1.81.0 libpq5 libsystemd0 libtomlplusplus3 ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --home-dir /var/lib/klingd --shell /usr/sbin/nologin klingd \
  && install -d -o klingd -g klingd /var/lib/klingd /var/spool/klingd /run/klingd /etc/klingd
-COPY --from=build /src/build/daemon/klingd /src/build/daemon/klingctl /usr/bin/
+COPY --from=build /src/build/daemon/klingd /src/build/client/klingctl /usr/bin/
 USER klingd
 VOLUME ["/var/lib/klingd", "/var/spool/klingd"]
 ENV KLINGD_SOCKET=/run/klingd/klingd.sock

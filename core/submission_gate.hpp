@@ -34,6 +34,8 @@ public:
     void probe_now(time_point now);
 
     bool stopped() const { return stop_ != stop_kind::none; }
+    // Stopped because the API refused the key (401): no request of this node's can work.
+    bool unauthorized() const { return stop_ == stop_kind::unauthorized; }
     // When a stopped gate's next probe is due.
     time_point next_probe() const { return next_probe_; }
     // Why submissions are not going out (paused, 401, 406), or "".

@@ -4,6 +4,7 @@
 #include "config/loader.hpp"
 #include "config/reload.hpp"
 #include "daemon/job_json.hpp"
+#include "runtime/file_lock.hpp"
 #include "runtime/log.hpp"
 #include "runtime/tls.hpp"
 
@@ -41,11 +42,21 @@ const config::settings& with_folders(const config::settings& s) {
 }
 
 // SQLite opens here; PostgreSQL connects and migrates in start_up (on the event loop).
-std::unique_ptr<storage::job_repository> open_store(const config::settings& s) try {
+std::unique_ptr<storage::job_repository>
+open_store(const config::settings& s, std::optional<runtime::file_lock>& lock_out) try {
     if (!s.storage.postgresql.empty())
         return std::make_unique<storage::pg_repository>(
             s.storage.postgresql, std::chrono::seconds(10), s.postgresql_password.reveal());
-    return std::make_unique<storage::sqlite_repository>(s.storage.database);
+    auto repo = std::make_unique<storage::sqlite_repository>(s.storage.database);
+    // One klingd per database: a second would submit the same pending jobs.
+    std::string why;
+    auto lock = runtime::file_lock::try_exclusive(s.storage.database, why);
+    if (!lock)
+        throw start_failure(1, fmt::format("cannot lock the database {} ({}): is another klingd "
+                                           "running on it? (systemctl status klingd)",
+                                           s.storage.database, why));
+    lock_out.emplace(std::move(*lock));
+    return repo;
 } catch (const storage::storage_error& e) {
     throw start_failure(1, fmt::format("cannot use the database: {}", e.what()));
 }
@@ -78,7 +89,7 @@ control_limits control_limits_of(const config::settings& s) {
 
 application::application(config::settings& s, std::string config_path)
     : settings_((apply_log_level(s), s)), config_path_(std::move(config_path)),
-      store_(open_store(with_folders(s))), cluster_(cluster_of(*store_)),
+      store_(open_store(with_folders(s), db_lock_)), cluster_(cluster_of(*store_)),
       tls_(make_tls(s.api.ca_file)), client_(io_.get_executor(), tls_, client_options_of(s)),
       engine_(io_, s, *store_, client_, clock_, cluster_),
       control_(io_, s, engine_, events_, control_limits_of(s)), spool_(io_, s, engine_),

@@ -11,6 +11,7 @@
 #include "daemon/http_client.hpp"
 #include "daemon/service_notifier.hpp"
 #include "daemon/spool.hpp"
+#include "runtime/file_lock.hpp"
 #include "storage/pg_repository.hpp"
 #include "storage/sqlite_repository.hpp"
 
@@ -59,6 +60,7 @@ private:
     config::settings& settings_;
     std::string config_path_;
     io_context io_{1};
+    std::optional<runtime::file_lock> db_lock_; // SQLite: one klingd per database
     std::unique_ptr<storage::job_repository> store_;
     storage::cluster_store* cluster_ = nullptr; // the PostgreSQL store, in a cluster
     boost::asio::ssl::context tls_;

@@ -299,13 +299,18 @@ void render_jobs(std::string& out, const storage::state_model_counts& counts) {
 
 } // namespace
 
-std::string render_metrics(engine& e, const storage::state_model_counts& counts) {
+std::string render_metrics(engine& e, const storage::state_model_counts* counts,
+                           const std::vector<storage::node_row>* nodes) {
     std::string out;
     auto family = [&](std::string_view name, std::string_view type, std::string_view help) {
         klingd::daemon::family(out, name, type, help);
     };
     const auto& st = e.stats();
-    render_jobs(out, counts);
+    family("klingd_database_up", "gauge",
+           "1 when the job store answered this scrape (else klingd_jobs is left out).");
+    out += fmt::format("klingd_database_up {}\n", counts ? 1 : 0);
+    if (counts)
+        render_jobs(out, *counts);
     family("klingd_api_requests_total", "counter",
            "API requests by kind (submit, status, result) and answer.");
     for (auto& [kind, codes] : st.requests)
@@ -344,6 +349,35 @@ std::string render_metrics(engine& e, const storage::state_model_counts& counts)
     family("klingd_downloads_total", "counter", "Result downloads by outcome.");
     out += fmt::format("klingd_downloads_total{{outcome=\"ok\"}} {}\n", st.downloads_ok);
     out += fmt::format("klingd_downloads_total{{outcome=\"failed\"}} {}\n", st.downloads_failed);
+    if (!e.in_cluster())
+        return out;
+    // Cluster: what this node holds and did (per node), and the nodes (the cluster's).
+    family("klingd_cluster_degraded", "gauge",
+           "1 while this node sends nothing: the database cannot be reached, or its claims "
+           "are about to lapse (GET /v1/health answers 503 then).");
+    out += fmt::format("klingd_cluster_degraded {}\n", e.degraded_reason().empty() ? 0 : 1);
+    family("klingd_cluster_claim_seconds_left", "gauge",
+           "Seconds this node's claims last without a heartbeat (negative once lapsed).");
+    out += fmt::format("klingd_cluster_claim_seconds_left {:.3f}\n", e.lease_left_s());
+    family("klingd_cluster_jobs_held", "gauge", "Unfinished jobs this node holds the claim of.");
+    out += fmt::format("klingd_cluster_jobs_held {}\n", e.jobs_held());
+    family("klingd_cluster_jobs_taken_over_total", "counter",
+           "Unfinished jobs this node took over from a node that stopped.");
+    out += fmt::format("klingd_cluster_jobs_taken_over_total {}\n", st.taken_over);
+    family("klingd_cluster_claims_lost_total", "counter",
+           "Jobs this node held and lost to another node (its claims lapsed).");
+    out += fmt::format("klingd_cluster_claims_lost_total {}\n", st.claims_lost);
+    if (nodes) {
+        std::size_t live = 0, stopped = 0, gone = 0;
+        for (auto& n : *nodes)
+            ++(n.live ? live : n.stopped ? stopped : gone);
+        family("klingd_cluster_nodes", "gauge",
+               "Nodes by state: live (heartbeat within cluster.takeover_s), stopped (left "
+               "cleanly), gone (silent).");
+        out += fmt::format("klingd_cluster_nodes{{state=\"live\"}} {}\n", live);
+        out += fmt::format("klingd_cluster_nodes{{state=\"stopped\"}} {}\n", stopped);
+        out += fmt::format("klingd_cluster_nodes{{state=\"gone\"}} {}\n", gone);
+    }
     return out;
 }
 
@@ -358,12 +392,20 @@ struct route {
 };
 
 asio::awaitable<control_response> metrics(const control_request& req, engine& e) {
+    // A database that does not answer leaves out the jobs by state (the one figure read
+    // from it) and says so: the rest (this node's counters) is still worth a scrape.
     auto counts = co_await e.count_by_state_and_model();
     if (!counts)
-        co_return store_unavailable(req, counts.error());
+        log::debug("metrics without jobs by state: {}", counts.error().message());
     control_response res{http::status::ok, req.version()};
     res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
-    res.body() = render_metrics(e, *counts);
+    std::optional<std::vector<storage::node_row>> nodes;
+    if (e.in_cluster()) {
+        auto listed = co_await e.nodes();
+        if (listed)
+            nodes = std::move(*listed);
+    }
+    res.body() = render_metrics(e, counts ? &*counts : nullptr, nodes ? &*nodes : nullptr);
     res.prepare_payload();
     co_return res;
 }
@@ -410,12 +452,13 @@ asio::awaitable<control_response> list_nodes(const control_request& req, engine&
     co_return json_response(req.version(), http::status::ok, json::object{{"nodes", a}});
 }
 
-control_response pause_or_resume(const control_request& req, engine& e, const peer_info& peer,
-                                 bool pause) {
-    e.set_paused(pause);
+asio::awaitable<control_response> pause_or_resume(const control_request& req, engine& e,
+                                                  const peer_info& peer, bool pause) {
+    if (auto r = co_await e.set_paused(pause); !r)
+        co_return store_unavailable(req, r.error());
     log::notice("submissions {} by pid {} uid {}", pause ? "paused" : "resumed", peer.pid,
                 peer.uid);
-    return json_response(req.version(), http::status::ok, json::object{{"paused", e.paused()}});
+    co_return json_response(req.version(), http::status::ok, json::object{{"paused", e.paused()}});
 }
 
 // GET /v1/events[?id=ID]: a stream the server writes, not an answer.
@@ -459,10 +502,10 @@ const route routes[] = {
         co_return co_await job_action(req, e, id, "retry", p);
     }},
     {http::verb::post, {"v1", "pause"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
-        co_return pause_or_resume(req, e, p, true);
+        co_return co_await pause_or_resume(req, e, p, true);
     }},
     {http::verb::post, {"v1", "resume"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
-        co_return pause_or_resume(req, e, p, false);
+        co_return co_await pause_or_resume(req, e, p, false);
     }},
     {http::verb::get, {"v1", "nodes"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
         co_return co_await list_nodes(req, e);

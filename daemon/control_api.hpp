@@ -41,6 +41,9 @@ control_response error_response(unsigned version, boost::beast::http::status sta
                                 const std::string& message);
 
 // Prometheus text exposition of the engine's counters and the jobs' counts.
-std::string render_metrics(engine& e, const storage::state_model_counts& counts);
+// counts: jobs by state and model (null when the store did not answer); nodes: the
+// cluster's nodes (null on a single host, or when the database cannot list them).
+std::string render_metrics(engine& e, const storage::state_model_counts* counts,
+                           const std::vector<storage::node_row>* nodes = nullptr);
 
 } // namespace klingd::daemon

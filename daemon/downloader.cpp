@@ -52,7 +52,10 @@ boost::asio::awaitable<core::event> downloader::fetch(std::string id, std::strin
                                      settings_.output.directory, id, dir.error().message()),
                          true, true);
     boost::system::error_code written;
-    co_await on_file_thread([&] { written = dir->write_atomically("result.json", result); });
+    co_await on_file_thread([&] {
+        dir->remove_stale_temps(std::chrono::hours(24));
+        written = dir->write_atomically("result.json", result);
+    });
     if (auto ec = written)
         co_return failed(
             fmt::format("cannot write {}: {}", dir->final_path("result.json"), ec.message()), true,
@@ -65,7 +68,7 @@ boost::asio::awaitable<core::event> downloader::fetch(std::string id, std::strin
             co_return failed(
                 fmt::format("output URL {} {}", urls[i].substr(0, 200), u.error().message()),
                 false);
-        std::string tmp = fmt::format(".download-{}.tmp", i + 1);
+        std::string tmp = output_dir::temp_name(fmt::format("download-{}", i + 1));
         dir->remove(tmp);
         // CDNs redirect: up to max_redirects hops, never with the key (no download
         // carries it), https only (http to a loopback host).

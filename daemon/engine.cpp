@@ -186,6 +186,9 @@ asio::awaitable<void> engine::start() {
         me.requests_per_minute = settings_.api.requests_per_minute;
         me.takeover = seconds_ms(settings_.cluster.takeover_s);
         me.submit_margin = send_margin();
+        // A POST under way takes at most the timeout; its answer is recorded within the
+        // database's deadline (10 s) after that.
+        me.submit_grace = seconds_ms(settings_.api.request_timeout_s) + std::chrono::seconds(10);
         auto asked = now();
         auto joined = co_await cluster_->join(me);
         if (!joined)
@@ -996,6 +999,8 @@ void engine::reconfigure() {
     hold_key(); // an answer to a request sent with the old key may still come
     budget_.reconfigure(settings_.api.requests_per_minute,
                         core::wake_tick(settings_.jobs.min_poll_interval_s));
+    if (cluster_) // the cluster paces at the smallest rate of its live nodes
+        cluster_->set_requests_per_minute(settings_.api.requests_per_minute);
     planner_.set_policy({settings_.jobs.min_poll_interval_s, settings_.jobs.max_poll_interval_s,
                          settings_.jobs.result_retention_s});
     use_limits(limits());
@@ -1007,26 +1012,30 @@ void engine::reconfigure() {
     wake();
 }
 
-void engine::set_paused(bool paused) {
-    if (gate_.paused() == paused)
-        return;
-    gate_.set_paused(paused);
-    asio::co_spawn(io_, record_paused(paused), log::exit_on_exception);
-    log::notice("submissions {}", paused ? "paused" : "resumed");
-    wake();
-}
-
-} // namespace klingd::daemon
-
-namespace klingd::daemon {
-
-asio::awaitable<void> engine::record_paused(bool paused) {
+asio::awaitable<core::result<void>> engine::set_paused(bool paused) {
+    // Recorded first, then in force: what the caller is told is what the database says,
+    // and (cluster) a heartbeat that read the old value meanwhile does not undo it.
+    ++pause_writes_;
     std::string value = paused ? "1" : "0";
-    if (auto r = co_await repo_.set_meta("paused", std::move(value)); !r)
-        log::error("cannot record the paused state: {}", r.error().message());
+    auto r = co_await repo_.set_meta("paused", std::move(value));
+    --pause_writes_;
+    ++pause_epoch_;
+    if (!r) {
+        log::error("cannot record that submissions are {}: {}", paused ? "paused" : "resumed",
+                   r.error().message());
+        co_return r;
+    }
+    if (gate_.paused() != paused) {
+        gate_.set_paused(paused);
+        log::notice("submissions {}", paused ? "paused" : "resumed");
+        wake();
+    }
+    co_return core::result<void>{};
 }
 
 } // namespace klingd::daemon
+
+namespace klingd::daemon {} // namespace klingd::daemon
 
 namespace klingd::daemon {
 
@@ -1046,6 +1055,10 @@ bool engine::holds_claims() const {
     // Cut off from the database (the last heartbeat failed), nothing it sends could be
     // recorded: it stops at once, not when its claims are about to lapse.
     return !cluster_ || (db_problem_.empty() && lease_until_ - now() >= send_margin());
+}
+
+double engine::lease_left_s() const {
+    return std::chrono::duration<double>(lease_until_ - now()).count();
 }
 
 std::string engine::degraded_reason() const {
@@ -1119,7 +1132,8 @@ asio::awaitable<void> engine::record_taken(std::vector<storage::job_change> chan
 }
 
 asio::awaitable<void> engine::apply_later(std::string id, core::transition t) {
-    co_await apply(std::move(id), std::move(t));
+    co_await apply(id, std::move(t));
+    cancels_applying_.erase(id);
 }
 
 std::vector<storage::job_change> engine::take_in(std::vector<core::job> jobs, const char* why) {
@@ -1138,10 +1152,11 @@ std::vector<storage::job_change> engine::take_in(std::vector<core::job> jobs, co
                     {t, std::string(core::to_string(tr.next.state)), tr.note, tr.next.request_id});
             changes.push_back({tr.next, std::move(h)});
         }
-        if (why && j.state != job_state::pending)
+        if (why && j.state != job_state::pending) {
+            ++stats_.taken_over;
             log::notice("job {}: {} ({}{})", j.id, why, core::to_string(j.state),
                         tr.next.state != j.state ? "; " + tr.note : std::string());
-        else if (!why && tr.next.state != j.state)
+        } else if (!why && tr.next.state != j.state)
             log::notice("job {}: {}", j.id, tr.note);
         if (core::is_terminal(tr.next.state)) {
             if (on_change)
@@ -1177,7 +1192,15 @@ asio::awaitable<void> engine::claimer() {
 
 asio::awaitable<void> engine::cluster_tick() {
     auto asked = now();
+    // A pause or resume being written (or written since the heartbeat was asked): what
+    // the heartbeat reads may be older than it.
+    auto epoch_asked = pause_writes_ > 0 ? -1 : pause_epoch_;
     auto r = co_await cluster_->renew();
+    if (!r && r.error() == core::errc::store_busy) {
+        // A deadlock or serialization failure the server broke: a retry goes through.
+        asked = now();
+        r = co_await cluster_->renew();
+    }
     if (!r) {
         if (db_problem_.empty())
             log::error("cluster: cannot renew this node's claims: {}; nothing is sent once they "
@@ -1216,24 +1239,33 @@ asio::awaitable<void> engine::cluster_tick() {
                      lost.size(), lost.front());
         for (auto& id : lost)
             drop(id);
+        stats_.claims_lost += lost.size();
     }
     if (r->blocked_until > r->l.db_now)
         budget_.hold_until(r->blocked_until + db_offset_); // another node's 429
-    if (r->paused != gate_.paused()) {
+    // Not while this node records a pause or resume of its own (or did since the heartbeat
+    // was asked): the value read may be older than it.
+    if (r->paused != gate_.paused() && pause_writes_ == 0 && pause_epoch_ == epoch_asked) {
         gate_.set_paused(r->paused);
         log::notice("submissions {} (for the whole cluster)", r->paused ? "paused" : "resumed");
         wake();
     }
+    // A cancel asked on another node stays asked (each heartbeat says so again) until the
+    // job has left pending: one that could not be applied now is tried again.
+    std::erase_if(cancels_refused_, [&](const std::string& id) { return !active_.count(id); });
     for (auto& id : r->cancel_requested) {
         auto it = active_.find(id);
-        if (it == active_.end())
+        if (it == active_.end() || committing_.count(id) || cancels_applying_.count(id))
             continue;
         auto tr = core::advance(it->second, core::ev_cancel{}, now(), context_for(it->second));
         if (!tr.rejection.empty()) {
-            log::notice("job {}: a cancel asked on another node is refused: {}", id, tr.rejection);
+            if (cancels_refused_.insert(id).second)
+                log::notice("job {}: a cancel asked on another node is refused: {}", id,
+                            tr.rejection);
             continue;
         }
         // Recorded on the side: the heartbeat never waits behind the journal.
+        cancels_applying_.insert(id);
         asio::co_spawn(io_, apply_later(id, std::move(tr)), log::exit_on_exception);
     }
     // Held in the database but not here, nor on their way to it (a recovery whose write
@@ -1252,6 +1284,45 @@ asio::awaitable<void> engine::cluster_tick() {
     }
     if (stopping_ || !holds_claims())
         co_return;
+    if (gate_.unauthorized()) {
+        // The API refuses this node's key (401), and its polls and fetches fail as its
+        // submits do: it lets the other nodes, whose key may work, carry its jobs on. It
+        // keeps one pending job (its probe of the key, until a reload fixes it), the jobs
+        // whose submit or write is under way and those with a result (downloads need no
+        // key), and takes nothing new.
+        std::vector<std::string> go;
+        bool probe_kept = false;
+        for (auto& [id, j] : active_) {
+            if (committing_.count(id) || j.state == job_state::submitting || j.result)
+                continue;
+            if (j.state == job_state::pending && !probe_kept) {
+                probe_kept = true;
+                continue;
+            }
+            go.push_back(id);
+        }
+        if (!go.empty()) {
+            log::warning("cluster: the API refuses this node's key: letting the other nodes "
+                         "carry on {} job(s) (first: {})",
+                         go.size(), go.front());
+            for (auto& id : go)
+                drop(id);
+            if (auto rel = co_await cluster_->release(std::move(go)); !rel)
+                log::warning("cluster: cannot let them go: {}", rel.error().message());
+        }
+        if (probe_kept)
+            co_return;
+        // No pending job to probe the key with: one, and nothing else.
+        auto c = co_await cluster_->claim(1, 0);
+        if (!c) {
+            db_problem_ = c.error().message();
+            log::error("cluster: cannot claim work: {}", db_problem_);
+            co_return;
+        }
+        auto changes = take_in(std::move(c->jobs), "taken over from another node");
+        asio::co_spawn(io_, record_taken(std::move(changes)), log::exit_on_exception);
+        co_return;
+    }
     auto room = pending_room();
     constexpr std::size_t orphans = 256;
     auto c = co_await cluster_->claim(room, orphans);
@@ -1265,7 +1336,7 @@ asio::awaitable<void> engine::cluster_tick() {
     std::size_t taken = c->jobs.size();
     // Taken into memory at once; the recovery's write goes on without holding up the
     // heartbeat.
-    auto changes = take_in(std::move(c->jobs), "taken over from a node that stopped");
+    auto changes = take_in(std::move(c->jobs), "taken over from another node");
     asio::co_spawn(io_, record_taken(std::move(changes)), log::exit_on_exception);
     if (taken >= room + orphans || taken == orphans)
         claim_soon_ = true; // more may wait
@@ -1273,12 +1344,14 @@ asio::awaitable<void> engine::cluster_tick() {
 
 std::size_t engine::sends_waiting() {
     auto l = policy_.limits();
-    bool submits = !gate_.paused() && !gate_.stopped() &&
-                   in_flight_jobs_ + starting_submits_ < l.max_in_flight;
+    // A gate stopped by a 401 or 406 lets one submit through when its probe is due: that
+    // one needs a slot too.
+    std::size_t in_flight = in_flight_jobs_ + starting_submits_;
+    bool submits = gate_.allows(now(), in_flight, l.max_in_flight);
     std::size_t n = queue_.ready_budgeted(submits);
-    if (submits) // no more submits than the room left
+    if (submits) // no more submits than the room left (one, for a probe)
         n = std::min(n, queue_.ready_budgeted(false) +
-                            (l.max_in_flight - in_flight_jobs_ - starting_submits_));
+                            (gate_.stopped() ? 1 : l.max_in_flight - in_flight));
     return std::min(n, l.max_requests > requests_in_flight_ ? l.max_requests - requests_in_flight_
                                                             : std::size_t{0});
 }

@@ -49,6 +49,10 @@ struct engine_stats {
     // Estimated delay from completion at the API to klingd seeing it (half the last poll gap).
     double detection_delay_sum_s = 0;
     std::uint64_t detection_delay_count = 0;
+    // Cluster: unfinished jobs this node took over from a node that stopped, and jobs it
+    // held and lost to another node (its claim lapsed).
+    std::uint64_t taken_over = 0;
+    std::uint64_t claims_lost = 0;
 };
 
 class engine {
@@ -80,7 +84,9 @@ public:
     // the lifecycle's reason, or a store error.
     boost::asio::awaitable<core::result<core::job>> cancel(std::string id);
     boost::asio::awaitable<core::result<core::job>> retry(std::string id);
-    void set_paused(bool paused);
+    // Pauses or resumes submissions (the cluster's, in a cluster) once recorded; an error
+    // when the database could not record it (nothing changed then).
+    boost::asio::awaitable<core::result<void>> set_paused(bool paused);
     // The settings changed (SIGHUP): budget, poll policy and model priors follow them.
     void reconfigure();
     // At shutdown, once the event loop has stopped: waits for file work still running.
@@ -106,6 +112,10 @@ public:
     const std::string& node_name() const;
     bool in_cluster() const { return cluster_ != nullptr; }
     bool holds_claims() const;
+    // Cluster: unfinished jobs held in memory, and seconds left of this node's claims
+    // (negative once lapsed).
+    std::size_t jobs_held() const { return active_.size(); }
+    double lease_left_s() const;
     std::string degraded_reason() const;
     boost::asio::awaitable<core::result<std::vector<storage::node_row>>> nodes();
     // Cluster: a change another node recorded (its time on the wall clock).
@@ -170,7 +180,6 @@ private:
     boost::asio::awaitable<void> download(std::string id);
     // Commits "submitting" for a submit that has passed the gate; false when it could not be.
     boost::asio::awaitable<bool> begin_submit(std::string id);
-    boost::asio::awaitable<void> record_paused(bool paused);
     // Makes the dispatcher run now. wake_by: only if it would otherwise sleep past `at`.
     void wake();
     void wake_by(core::time_point at);
@@ -215,10 +224,14 @@ private:
     storage::cluster_store* cluster_;
     core::time_point lease_until_{}; // engine time: this node's claims last until then
     std::string db_problem_;         // the last failure to reach the database, until it works
+    int pause_writes_ = 0;           // pauses or resumes being recorded now
+    std::int64_t pause_epoch_ = 0;   // bumped when one has been recorded
     boost::asio::steady_timer claim_timer_;
     bool claim_soon_ = false;
     bool left_ = false; // stop() has released this node's claims: the heartbeat ends
     std::unordered_set<std::string> recording_; // jobs taken over whose recovery is being written
+    std::unordered_set<std::string> cancels_applying_; // cancels asked elsewhere, being applied
+    std::unordered_set<std::string> cancels_refused_;  // and refused here (said once)
     boost::asio::steady_timer slot_timer_;
     std::int64_t budget_epoch_ = 0;   // of the shared rate last adopted
     std::string reserve_problem_;     // the last failure to reserve slots, said once

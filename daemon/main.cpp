@@ -2,6 +2,7 @@
 // application (daemon/application.hpp) until SIGTERM or SIGINT.
 #include "config/loader.hpp"
 #include "daemon/application.hpp"
+#include "runtime/file_lock.hpp"
 #include "runtime/log.hpp"
 #include "storage/job_store.hpp"
 #include "storage/sqlite_import.hpp"
@@ -36,6 +37,17 @@ int import_sqlite(const std::string& file, const config::settings& s) {
                                 s.postgresql_password.reveal());
     // First the mark: the single host must never run on this file again (its pending jobs
     // become the cluster's, and both would submit them). No mark, no copy.
+    // Not while a klingd runs on it: it would go on submitting the jobs copied. The lock
+    // is held until the mark is written (a klingd started meanwhile refuses the file).
+    std::string why;
+    auto running = runtime::file_lock::try_exclusive(file, why);
+    if (!running) {
+        std::fprintf(stderr,
+                     "klingd: cannot lock %s (%s); nothing was copied: stop the single-host "
+                     "klingd that runs on it first (systemctl stop klingd)\n",
+                     file.c_str(), why.c_str());
+        return 1;
+    }
     try {
         storage::job_store mark(file);
         mark.set_meta("imported_into_cluster", into.target());

@@ -2,7 +2,11 @@
 #include "daemon/output_dir.hpp"
 
 #include <cerrno>
+#include <chrono>
+#include <dirent.h>
 #include <fcntl.h>
+#include <fmt/format.h>
+#include <random>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,7 +16,45 @@ namespace {
 boost::system::error_code last_error() {
     return {errno, boost::system::system_category()};
 }
+
+// This process's mark in temporary names, random: processes of several hosts may write
+// into one shared output folder (a cluster), and none may touch another's temporary.
+const std::string& process_tag() {
+    static const std::string tag = [] {
+        std::random_device rd;
+        return fmt::format("{:08x}{:08x}", rd(), rd());
+    }();
+    return tag;
+}
 } // namespace
+
+std::string output_dir::temp_name(std::string_view stem) {
+    return fmt::format(".{}-{}.tmp", stem, process_tag());
+}
+
+void output_dir::remove_stale_temps(std::chrono::seconds older_than) const {
+    // Temporaries left by a process that died (its own names are never reused).
+    int fd = ::dup(fd_);
+    if (fd < 0)
+        return;
+    DIR* d = ::fdopendir(fd);
+    if (!d) {
+        ::close(fd);
+        return;
+    }
+    auto limit = std::chrono::system_clock::now() - older_than;
+    while (auto* e = ::readdir(d)) {
+        std::string_view name = e->d_name;
+        if (name.size() < 5 || name.front() != '.' || !name.ends_with(".tmp"))
+            continue;
+        struct stat st {};
+        if (::fstatat(fd_, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+            continue;
+        if (std::chrono::system_clock::from_time_t(st.st_mtime) < limit)
+            ::unlinkat(fd_, e->d_name, 0);
+    }
+    ::closedir(d);
+}
 
 boost::system::result<output_dir> output_dir::open(const std::string& root,
                                                    const std::string& job_id, durability d) {
@@ -59,8 +101,8 @@ void output_dir::remove(const std::string& name) const {
 boost::system::error_code output_dir::write_atomically(const std::string& name,
                                                        const std::string& content,
                                                        durability d) const {
-    // A short fixed name: a long final name still fits, and nothing else writes here meanwhile.
-    std::string tmp = ".write.tmp";
+    // A short name of this process's: a long final name still fits.
+    std::string tmp = temp_name("write");
     remove(tmp);
     int fd = ::openat(fd_, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
     if (fd < 0)

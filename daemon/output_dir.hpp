@@ -4,7 +4,9 @@
 #pragma once
 
 #include <boost/system/result.hpp>
+#include <chrono>
 #include <string>
+#include <string_view>
 
 namespace klingd::daemon {
 
@@ -28,6 +30,11 @@ public:
     std::string temp_path(const std::string& name) const;
     // Removes a leftover temporary of that name, if any.
     void remove(const std::string& name) const;
+    // A temporary file's name, unique to this process (".<stem>-<tag>.tmp"): another
+    // host's klingd writing into the same shared folder never uses it.
+    static std::string temp_name(std::string_view stem);
+    // Removes temporaries (".*.tmp") not modified for older_than: left by a process that died.
+    void remove_stale_temps(std::chrono::seconds older_than) const;
     // Writes content to name atomically. Returns the error (disk full, ...).
     boost::system::error_code write_atomically(const std::string& name, const std::string& content,
                                                durability d = durability::synced) const;

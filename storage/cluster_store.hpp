@@ -30,6 +30,10 @@ struct node_identity {
     // How long a claim must still last for "submitting" to be written under it: the POST
     // that follows must end before another node may take the job.
     std::chrono::milliseconds submit_margin{0};
+    // How much longer than its claim a job caught in "submitting" waits before another
+    // node takes it over: the time its holder's POST may still take to be answered and
+    // recorded (the holder may be cut off from the database, not dead).
+    std::chrono::milliseconds submit_grace{0};
 };
 
 // A lease as the database's clock sees it: the database's now and the claims' end, both
@@ -104,6 +108,8 @@ public:
     virtual async_result<std::optional<core::job>> claim_one(std::string id) = 0;
     // The heartbeat: renews the node and every claim it still holds.
     virtual async_result<renewal> renew() = 0;
+    // This node's api.requests_per_minute changed (a reload): the next heartbeat says so.
+    virtual void set_requests_per_minute(double rpm) = 0;
     // Lets go of jobs (a node that will not act on them soon).
     virtual async_result<void> release(std::vector<std::string> ids) = 0;
     // Shutdown: every unfinished job it holds is free at once; the node is marked stopped.

@@ -339,7 +339,8 @@ upd AS (
   UPDATE jobs j SET state = u.state, request_id = u.request_id, status_url = u.status_url,
     response_url = u.response_url, error = u.error, outputs = u.outputs, result = u.result,
     updated_at = u.updated_at, submitted_at = u.submitted_at, remote_done_at = u.remote_done_at,
-    finished_at = u.finished_at, attempts = u.attempts, polls = u.polls
+    finished_at = u.finished_at, attempts = u.attempts, polls = u.polls,
+    cancel_requested = j.cancel_requested AND u.state = 'pending'
   FROM u WHERE j.id = u.id
     AND ($20::text IS NULL
          OR (j.claim_token = $20::text
@@ -611,7 +612,9 @@ async_result<claimed> pg_repository::claim(std::size_t max_pending, std::size_t 
 WITH o AS (
   SELECT id FROM jobs
   WHERE state IN ('submitting', 'queued', 'processing')
-    AND (claim_until IS NULL OR claim_until < )" NOW_MS R"()
+    AND (claim_until IS NULL
+         OR claim_until + CASE WHEN state = 'submitting' THEN $6::bigint ELSE 0 END
+            < )" NOW_MS R"()
   ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED),
 p AS (
   SELECT id FROM jobs
@@ -623,9 +626,12 @@ u AS (
   RETURNING {}, CASE WHEN state IN ('pending', 'submitting') THEN params ELSE '' END, seq)
 SELECT * FROM u ORDER BY seq)",
                                   job_columns);
-    std::vector<param> args{me_.name, token_, num(me_.takeover.count()),
+    std::vector<param> args{me_.name,
+                            token_,
+                            num(me_.takeover.count()),
                             num(static_cast<std::int64_t>(max_orphans)),
-                            num(static_cast<std::int64_t>(max_pending))};
+                            num(static_cast<std::int64_t>(max_pending)),
+                            num(me_.submit_grace.count())};
     auto r = co_await heartbeat_db_.query(std::move(sql), std::move(args));
     if (!r)
         co_return r.error();
@@ -649,10 +655,12 @@ async_result<std::optional<core::job>> pg_repository::claim_one(std::string id) 
     std::string sql = fmt::format(R"(
 UPDATE jobs SET claim_node = $1, claim_token = $2, claim_until = )" NOW_MS R"( + $3
 WHERE id = $4 AND (state NOT IN )" UNFINISHED R"( OR claim_until IS NULL
-                   OR claim_until < )" NOW_MS R"( OR claim_token = $2)
+                   OR claim_until + CASE WHEN state = 'submitting' THEN $5::bigint ELSE 0 END
+                      < )" NOW_MS R"( OR claim_token = $2)
 RETURNING {}, params)",
                                   job_columns);
-    std::vector<param> args{me_.name, token_, num(me_.takeover.count()), std::move(id)};
+    std::vector<param> args{me_.name, token_, num(me_.takeover.count()), std::move(id),
+                            num(me_.submit_grace.count())};
     auto r = co_await heartbeat_db_.query(std::move(sql), std::move(args));
     if (!r)
         co_return r.error();
@@ -667,20 +675,24 @@ async_result<renewal> pg_repository::renew() {
     auto turn = co_await heartbeat_lane_.wait_turn();
     std::string sql = R"(
 WITH n AS (
-  UPDATE nodes SET heartbeat_at = )" NOW_MS R"( WHERE name = $1 AND token = $2 RETURNING 1),
+  UPDATE nodes SET heartbeat_at = )" NOW_MS R"(, requests_per_minute = $4::double precision
+  WHERE name = $1 AND token = $2 RETURNING 1),
 old AS (
   SELECT id, cancel_requested FROM jobs
   WHERE claim_token = $2 AND state IN )" UNFINISHED R"( AND EXISTS (SELECT 1 FROM n)
-  FOR UPDATE),
+  ORDER BY id FOR UPDATE),
 j AS (
-  UPDATE jobs SET claim_until = )" NOW_MS R"( + $3, cancel_requested = false
+  UPDATE jobs SET claim_until = )" NOW_MS R"( + $3
   FROM old WHERE jobs.id = old.id
   RETURNING jobs.id, old.cancel_requested)
 SELECT (SELECT count(*) FROM n), )" NOW_MS R"(,
        (SELECT value FROM meta WHERE key = 'paused'), j.id, j.cancel_requested,
        (SELECT blocked_until FROM budget WHERE id = 1)
 FROM (SELECT 1) one LEFT JOIN j ON true)";
-    std::vector<param> args{me_.name, token_, num(me_.takeover.count())};
+    // Rows locked in one order (by id), as save() does: a heartbeat and a write of this
+    // node's never wait for each other in a cycle.
+    std::vector<param> args{me_.name, token_, num(me_.takeover.count()),
+                            fmt::format("{}", me_.requests_per_minute)};
     auto r = co_await heartbeat_db_.query(std::move(sql), std::move(args));
     if (!r)
         co_return r.error();

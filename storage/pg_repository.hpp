@@ -48,6 +48,7 @@ public:
     async_result<claimed> claim(std::size_t max_pending, std::size_t max_orphans) override;
     async_result<std::optional<core::job>> claim_one(std::string id) override;
     async_result<renewal> renew() override;
+    void set_requests_per_minute(double rpm) override { me_.requests_per_minute = rpm; }
     async_result<void> release(std::vector<std::string> ids) override;
     async_result<void> leave() override;
     async_result<void> request_cancel(std::string id) override;

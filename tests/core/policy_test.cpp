@@ -152,6 +152,12 @@ TEST(rate_budget, with_a_shared_schedule_a_send_also_needs_one_of_its_slots) {
     EXPECT_EQ(b.allowed_rpm(), 480);
     b.adopt_allowed(5000);
     EXPECT_EQ(b.allowed_rpm(), 600) << "never above the configured rate";
+    // A slot serves up to 250 ms late, no later (however long the interval): the cluster's
+    // sends stay within 0.3 s of the schedule, so every minute within the budget.
+    b.add_shared_slots(t0 + milliseconds(3000), 1000, 2);
+    EXPECT_TRUE(b.try_acquire(t0 + milliseconds(3240)));
+    EXPECT_FALSE(b.try_acquire(t0 + milliseconds(4260)));
+    EXPECT_EQ(b.shared_slots(), 0u);
 }
 
 TEST(rate_budget, slots_shorter_than_a_millisecond_keep_their_rate) {

@@ -1,8 +1,10 @@
 // Several klingd nodes on one real PostgreSQL server and one segmind-sim (one account):
 // a node killed for good, the database stopped under the nodes, the database restarted
 // under load. The emulator's statistics judge what was sent; every node lists every job.
+#include "client/control_client.hpp"
 #include "tests/daemon/daemon_env.hpp"
 #include "tests/support/pg_server.hpp"
+#include "tests/support/prometheus_text.hpp"
 
 #include <csignal>
 #include <filesystem>
@@ -10,6 +12,7 @@
 #include <gtest/gtest.h>
 #include <set>
 #include <sstream>
+#include <sys/stat.h>
 #include <thread>
 
 namespace {
@@ -73,6 +76,28 @@ protected:
         } catch (const std::runtime_error&) {
             return -1;
         }
+    }
+    // Gives node n another API key (a key file, read again on SIGHUP); returns once reloaded.
+    void give_key(daemon_env& n, const std::string& key) {
+        std::string key_file = n.dir() + "/api-key";
+        write_file(key_file, key + "\n");
+        ::chmod(key_file.c_str(), 0600);
+        std::string cfg = read_file(n.config_path());
+        if (cfg.find("api_key_file") == std::string::npos) {
+            cfg.replace(cfg.find("[api]\n"), 6, "[api]\napi_key_file = \"" + key_file + "\"\n");
+            write_file(n.config_path(), cfg);
+        }
+        auto reloads = [&] {
+            auto log = n.log();
+            std::size_t count = 0;
+            for (auto at = log.find("reload:"); at != std::string::npos;
+                 at = log.find("reload:", at + 1))
+                ++count;
+            return count;
+        };
+        auto before = reloads();
+        n.signal(SIGHUP);
+        ASSERT_TRUE(eventually([&] { return reloads() > before; }, 20s)) << n.log();
     }
     std::string logs() {
         std::string all;
@@ -177,6 +202,21 @@ TEST_F(cluster, three_nodes_one_killed_for_good_every_job_ends_and_none_is_submi
         EXPECT_TRUE(str(j, "node") == "n0" || str(j, "node") == survivor->options().node)
             << id << " ended " << str(j, "state") << " on " << str(j, "node");
     }
+    // /metrics: the nodes by state are the cluster's; the jobs taken over are counted by
+    // the node that took them (the victim held some unfinished ones a moment before).
+    double taken_over = 0;
+    for (auto* n : {nodes[0].get(), survivor.get()}) {
+        auto m = n->api("GET", "/metrics");
+        ASSERT_EQ(m.status, 200);
+        expect_prometheus(m.text);
+        EXPECT_EQ(metric_value(m.text, "klingd_cluster_nodes{state=\"live\"}"), 2) << m.text;
+        EXPECT_EQ(metric_value(m.text, "klingd_cluster_nodes{state=\"gone\"}"), 1) << m.text;
+        EXPECT_EQ(metric_value(m.text, "klingd_cluster_degraded"), 0) << m.text;
+        EXPECT_EQ(metric_value(m.text, "klingd_cluster_jobs_held"), 0) << m.text;
+        EXPECT_GT(metric_value(m.text, "klingd_cluster_claim_seconds_left").value_or(0), 0);
+        taken_over += metric_value(m.text, "klingd_cluster_jobs_taken_over_total").value_or(-1e9);
+    }
+    EXPECT_GT(taken_over, 0);
     EXPECT_EQ(nodes[0]->stop(), 0);
     EXPECT_EQ(survivor->stop(), 0);
 }
@@ -228,6 +268,55 @@ TEST_F(cluster, three_nodes_share_one_account_budget_and_together_stay_within_it
                 60 / (60 * scale));
 }
 
+// One node's key is refused (401: a key rotated, that host not reloaded yet): it keeps
+// one pending job as its probe and lets the other node carry every other job on, those
+// it had submitted before the key changed included; every job but the probe completes,
+// and the probe too once the node is given the right key.
+TEST_F(cluster, a_node_whose_key_is_refused_lets_the_others_carry_its_jobs_on) {
+    start_nodes(2);
+    auto ids = drop_spread("k", 6);
+    ASSERT_TRUE(eventually([&] { return completed(*nodes[0]) >= 1; }, 60s)) << logs();
+    auto& bad = *nodes[1];
+    // The emulator now wants another key; n0 is given it, n1 not.
+    nodes[0]->sim_config(R"({"api_key":"test-key-2"})");
+    give_key(*nodes[0], "test-key-2");
+    auto more = drop_spread("m", 10);
+    ids.insert(ids.end(), more.begin(), more.end());
+    ASSERT_TRUE(eventually(
+        [&] { return bad.log().find("the API refuses this node's key") != std::string::npos; },
+        60s))
+        << logs();
+    // All but at most one job (n1's probe) end, completed, on n0.
+    std::string probe;
+    ASSERT_TRUE(eventually(
+        [&] {
+            int open = 0;
+            probe.clear();
+            for (auto& [id, j] : jobs_seen_by(*nodes[0]))
+                if (!final_state(str(j, "state"))) {
+                    ++open;
+                    probe = id;
+                }
+            return open <= 1;
+        },
+        120s))
+        << logs();
+    if (!probe.empty()) { // pending (node null): held by n1, the one job it holds
+        auto listed = nodes[0]->api("GET", "/v1/nodes");
+        ASSERT_EQ(listed.status, 200);
+        for (auto& n : listed.body.at("nodes").as_array())
+            if (str(n, "name") == "n1")
+                EXPECT_EQ(str(n, "jobs_held"), "1") << listed.text;
+    }
+    // Given the key, n1 sends its probe: everything completes, nothing paid twice.
+    give_key(bad, "test-key-2");
+    ASSERT_TRUE(nodes[0]->wait_terminal(ids, 120s)) << logs();
+    for (auto& [id, j] : jobs_seen_by(*nodes[0]))
+        EXPECT_EQ(str(j, "state"), "completed") << id << ": " << str(j, "error");
+    for (auto& [marker, n] : submissions_by_marker(nodes[0]->sim_stats()))
+        EXPECT_EQ(n, 1) << marker << " was submitted " << n << " times";
+}
+
 TEST_F(cluster, a_node_stopping_with_submits_in_flight_keeps_its_claims_until_they_are_answered) {
     // Every answer takes 4 s, longer than the takeover time (3 s): a node that stopped
     // its heartbeat while it waits for its POSTs would see them taken over and failed.
@@ -272,6 +361,15 @@ TEST_F(cluster, nodes_cut_off_from_the_database_send_nothing_and_recover_when_it
             15s))
             << n->options().node << "\n"
             << logs();
+    // /metrics still answers, with this node's counters, and says what is missing.
+    auto m = nodes[1]->api("GET", "/metrics");
+    ASSERT_EQ(m.status, 200) << m.text;
+    expect_prometheus(m.text);
+    EXPECT_EQ(metric_value(m.text, "klingd_cluster_degraded"), 1) << m.text;
+    EXPECT_EQ(metric_value(m.text, "klingd_database_up"), 0) << m.text;
+    EXPECT_EQ(m.text.find("klingd_jobs{"), std::string::npos) << m.text;
+    EXPECT_EQ(m.text.find("klingd_cluster_nodes{"), std::string::npos) << m.text;
+    EXPECT_TRUE(metric_value(m.text, "klingd_polls_total")) << m.text;
     // Nothing is sent that could not be recorded: the emulator hears nothing more.
     auto before = api_requests(nodes[0]->sim_stats(false));
     std::this_thread::sleep_for(2s); // a window in which nothing may happen
@@ -283,6 +381,61 @@ TEST_F(cluster, nodes_cut_off_from_the_database_send_nothing_and_recover_when_it
             << logs();
     ASSERT_TRUE(nodes[0]->wait_terminal(ids, 120s)) << logs();
     expect_all_done_and_none_paid_twice(*nodes[1], ids, 25);
+}
+
+// A database that takes connections but never answers (frozen: every server process
+// stopped) for longer than a heartbeat's deadline, while jobs arrive: the event loop never
+// waits on it (/v1/health answers within 100 ms throughout, 503 "degraded" once the
+// claims are about to lapse), nothing is sent meanwhile, and once it answers again every
+// job completes, submitted once.
+TEST_F(cluster, a_frozen_database_never_holds_up_the_event_loop) {
+    start_nodes(1);
+    auto& n = *nodes[0];
+    auto ids = drop_spread("f", 8);
+    ASSERT_TRUE(eventually([&] { return completed(n) >= 2; }, 60s)) << logs();
+    pg.freeze();
+    auto frozen_at = std::chrono::steady_clock::now();
+    auto more = drop_spread("g", 4); // intake wants the database too
+    ids.insert(ids.end(), more.begin(), more.end());
+    klingd::client::control_client socket(n.socket(), 5s);
+    int probes = 0, slow = 0, degraded = 0;
+    double worst_ms = 0;
+    std::optional<std::uint64_t> sent_when_degraded;
+    std::optional<std::chrono::steady_clock::time_point> degraded_at;
+    // 12 s: past the 10 s after which a heartbeat that gets no answer fails.
+    while (std::chrono::steady_clock::now() - frozen_at < 12s) {
+        auto t0 = std::chrono::steady_clock::now();
+        auto r = socket.call(boost::beast::http::verb::get, "/v1/health");
+        double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                        .count();
+        ASSERT_TRUE(r) << r.error().message();
+        ASSERT_TRUE(r->status == 200 || r->status == 503) << r->text;
+        if (r->status == 503) {
+            ++degraded;
+            if (!degraded_at)
+                degraded_at = t0;
+            // Counted half a second on: a request sent just before may still be on its way.
+            else if (!sent_when_degraded && t0 - *degraded_at > 500ms)
+                sent_when_degraded = api_requests(n.sim_stats(false));
+        }
+        worst_ms = std::max(worst_ms, ms);
+        slow += ms > 100;
+        ++probes;
+        std::this_thread::sleep_for(20ms); // the probes' pace, not a synchronisation
+    }
+    EXPECT_GT(degraded, 0) << "the node never said it was cut off\n" << logs();
+    // Every answer within 100 ms but for a rare hiccup of a loaded machine.
+    EXPECT_LE(slow, probes / 100) << "over " << probes << " probes";
+    EXPECT_LT(worst_ms, 1000.0) << "over " << probes << " probes";
+    // Once degraded, nothing more went out.
+    ASSERT_TRUE(sent_when_degraded) << logs();
+    EXPECT_EQ(api_requests(n.sim_stats(false)), *sent_when_degraded);
+    pg.thaw();
+    ASSERT_TRUE(eventually([&] { return n.api("GET", "/v1/health").status == 200; }, 30s))
+        << logs();
+    ASSERT_TRUE(n.wait_terminal(ids, 120s)) << logs();
+    expect_all_done_and_none_paid_twice(n, ids, 10);
+    EXPECT_EQ(n.stop(), 0);
 }
 
 TEST_F(cluster, a_database_restarted_under_load_loses_nothing_and_pays_nothing_twice) {
@@ -355,9 +508,7 @@ TEST_F(cluster, a_single_hosts_database_is_imported_once_and_its_jobs_go_on_in_t
         host.drop(ids.back() + ".json", image_job(ids.back()));
     }
     ASSERT_TRUE(eventually([&] { return host.state("s8") == "pending"; }, 20s));
-    ASSERT_EQ(host.stop(), 0);
 
-    // Into the cluster's database, twice: the second copies nothing.
     daemon_options o;
     o.scale = scale;
     o.postgresql = db;
@@ -373,6 +524,23 @@ TEST_F(cluster, a_single_hosts_database_is_imported_once_and_its_jobs_go_on_in_t
         auto rc = p.wait(60s);
         return std::make_pair(rc.value_or(-1), p.stdout_text() + p.stderr_text());
     };
+    // Not while the single host runs on the file (both would submit its pending jobs);
+    // nor may a second klingd run on it.
+    auto [rc0, out0] = import();
+    EXPECT_EQ(rc0, 1) << out0;
+    EXPECT_NE(out0.find("stop the single-host klingd"), std::string::npos) << out0;
+    {
+        child_process second(KLINGD_PATH, {"--config", host.config_path()},
+                             {{"SEGMIND_API_KEY", "test-key-1"}});
+        auto rc = second.wait(30s);
+        EXPECT_EQ(rc.value_or(-1), 1) << second.stderr_text();
+        EXPECT_NE(second.stderr_text().find("is another klingd running on it?"), std::string::npos)
+            << second.stderr_text();
+    }
+    EXPECT_EQ(host.state("s8"), "pending");
+    ASSERT_EQ(host.stop(), 0);
+
+    // Into the cluster's database, twice: the second copies nothing.
     auto [rc1, out1] = import();
     EXPECT_EQ(rc1, 0) << out1;
     EXPECT_NE(out1.find("imported 9 of the 9 jobs"), std::string::npos) << out1;

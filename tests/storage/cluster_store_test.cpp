@@ -183,7 +183,59 @@ TEST_F(cluster_store_test, renewal_carries_cancel_requests_once_and_the_pause) {
     EXPECT_EQ(r.held.size(), 2u);
     EXPECT_EQ(r.cancel_requested, std::vector<std::string>{"j1"});
     EXPECT_TRUE(r.paused);
-    EXPECT_TRUE(ok(a->renew()).cancel_requested.empty()) << "heard once";
+    // Asked until the job has left pending: a cancel that could not be applied at once
+    // (a write of the job on its way) is heard again.
+    EXPECT_EQ(ok(a->renew()).cancel_requested, std::vector<std::string>{"j1"});
+    auto j1 = ok(a->get("j1")).value();
+    EXPECT_TRUE(ok(a->save({{j1, {}}})).empty()); // still pending
+    EXPECT_EQ(ok(a->renew()).cancel_requested, std::vector<std::string>{"j1"});
+    j1.state = job_state::cancelled;
+    j1.finished_at = t0;
+    EXPECT_TRUE(ok(a->save({{j1, {{t0, "cancelled", "cancelled", std::nullopt}}}})).empty());
+    EXPECT_TRUE(ok(a->renew()).cancel_requested.empty()) << "cancelled: no longer asked";
+}
+
+TEST_F(cluster_store_test, a_job_caught_in_submitting_is_taken_over_only_after_the_grace) {
+    // a holds two jobs and stops: j1 submitted (a request id), j0 caught in "submitting"
+    // (a's POST may still be answered, and a may still record it). b takes j1 once a's
+    // claims lapse, j0 only its grace later.
+    auto a = open();
+    insert(*a, 2);
+    ok(a->join(node("a", milliseconds(400), "h", 1)));
+    auto held = ok(a->claim(2, 0)).jobs;
+    ASSERT_EQ(held.size(), 2u);
+    auto claimed_at = std::chrono::steady_clock::now();
+    for (auto& j : held) {
+        j.state = j.id == "j0" ? job_state::submitting : job_state::queued;
+        if (j.id == "j1")
+            j.request_id = "r-1";
+        EXPECT_TRUE(ok(a->save({{j, {}}})).empty());
+    }
+    auto b = open();
+    auto bn = node("b", milliseconds(30000), "h", 2); // b's own claims last
+    bn.submit_grace = milliseconds(2500);
+    ok(b->join(bn));
+    std::vector<core::job> first;
+    ASSERT_TRUE(test::eventually(
+        [&] {
+            first = ok(b->claim(0, 5)).jobs;
+            return !first.empty();
+        },
+        std::chrono::seconds(10)));
+    ASSERT_EQ(first.size(), 1u);
+    EXPECT_EQ(first[0].id, "j1");
+    EXPECT_LT(std::chrono::steady_clock::now() - claimed_at, std::chrono::milliseconds(2500))
+        << "the submitted job waited for the grace too";
+    std::vector<core::job> second;
+    ASSERT_TRUE(test::eventually(
+        [&] {
+            second = ok(b->claim(0, 5)).jobs;
+            return !second.empty();
+        },
+        std::chrono::seconds(10)));
+    ASSERT_EQ(second.size(), 1u);
+    EXPECT_EQ(second[0].id, "j0");
+    EXPECT_GE(std::chrono::steady_clock::now() - claimed_at, std::chrono::milliseconds(2900));
 }
 
 TEST_F(cluster_store_test, leaving_frees_the_claims_at_once_and_nodes_are_listed) {
@@ -251,6 +303,16 @@ TEST_F(cluster_store_test, the_shared_schedule_hands_out_slots_paced_at_the_smal
     EXPECT_EQ(ok(b->renew()).blocked_until, until);
     auto paced = ok(a->reserve_slots(1, 600, std::nullopt, 1, 0.01));
     EXPECT_NEAR(paced.interval_ms, 60000.0 / (600 * 0.99), 0.01) << "a margin below the rate";
+}
+
+TEST_F(cluster_store_test, a_rate_changed_by_a_reload_paces_the_cluster_from_the_next_heartbeat) {
+    auto a = open();
+    ok(a->join(node("a"))); // 60 a minute
+    EXPECT_NEAR(ok(a->reserve_slots(1, 60, std::nullopt, 0, 0.0)).interval_ms, 1000.0, 0.01);
+    a->set_requests_per_minute(30);
+    ok(a->renew());
+    EXPECT_EQ(ok(a->nodes()).at(0).requests_per_minute, 30);
+    EXPECT_NEAR(ok(a->reserve_slots(1, 30, std::nullopt, 0, 0.0)).interval_ms, 2000.0, 0.01);
 }
 
 TEST_F(cluster_store_test, submitting_needs_the_margin_and_a_lapsed_claim_nobody_took_stays_ours) {

@@ -4,12 +4,16 @@
 #include "tests/support/child_process.hpp"
 
 #include <atomic>
+#include <csignal>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <libpq-fe.h>
 #include <memory>
+#include <sstream>
 #include <stdexcept>
 #include <unistd.h>
+#include <vector>
 
 namespace klingd::test {
 
@@ -33,6 +37,8 @@ pg_server::pg_server(std::string dir) : dir_(std::move(dir)), owned_(false) {}
 pg_server::~pg_server() {
     if (owned_) {
         try {
+            if (frozen_)
+                thaw(); // a test that failed while the server was frozen
             script("remove");
         } catch (...) {
         }
@@ -55,6 +61,45 @@ void pg_server::stop() {
 }
 void pg_server::kill() {
     script("kill");
+}
+
+void pg_server::signal_all(int sig) const {
+    // The postmaster's pid is the first line of postmaster.pid; its children are the
+    // processes whose parent it is (/proc/PID/stat, field 4).
+    std::ifstream pidfile(dir_ + "/data/postmaster.pid");
+    long postmaster = 0;
+    if (!(pidfile >> postmaster) || postmaster <= 0)
+        throw std::runtime_error("pg_server: no postmaster.pid in " + dir_);
+    std::vector<long> pids{postmaster};
+    for (auto& e : std::filesystem::directory_iterator("/proc")) {
+        auto name = e.path().filename().string();
+        if (name.find_first_not_of("0123456789") != std::string::npos)
+            continue;
+        std::ifstream stat(e.path() / "stat");
+        std::string line;
+        if (!std::getline(stat, line))
+            continue;
+        auto close = line.rfind(')'); // the command name may hold spaces
+        if (close == std::string::npos)
+            continue;
+        std::istringstream rest(line.substr(close + 1));
+        std::string state;
+        long parent = 0;
+        if (rest >> state >> parent && parent == postmaster)
+            pids.push_back(std::stol(name));
+    }
+    for (long pid : pids)
+        ::kill(static_cast<pid_t>(pid), sig);
+}
+
+void pg_server::freeze() {
+    frozen_ = true;
+    signal_all(SIGSTOP);
+}
+
+void pg_server::thaw() {
+    signal_all(SIGCONT);
+    frozen_ = false;
 }
 
 std::string pg_server::conninfo(const std::string& db) const {

@@ -19,6 +19,10 @@ public:
     void start();
     void stop(); // fast shutdown: connections are cut
     void kill(); // immediate shutdown, as in a crash
+    // Stops (SIGSTOP) or resumes (SIGCONT) the server and every one of its processes: a
+    // database that accepts connections but never answers (a frozen host, a full disk).
+    void freeze();
+    void thaw();
 
     // libpq's connection string for one of its databases.
     std::string conninfo(const std::string& db = "postgres") const;
@@ -30,9 +34,11 @@ public:
 
 private:
     void script(const std::string& verb) const;
+    void signal_all(int sig) const;
 
     std::string dir_;
     bool owned_;
+    bool frozen_ = false;
 };
 
 // The suite's shared server: the ctest fixture's (KLINGD_TEST_PG_FILE names its folder),
