@@ -106,6 +106,9 @@ void print_table(const json::array& jobs) {
         std::string err = str(j, "error");
         if (err.empty())
             err = str(j, "blocked");
+        if (err.empty() && j.as_object().contains("held") && j.at("held").is_object())
+            err = fmt::format("held by {} until {}", str(j.at("held"), "limit"),
+                              str(j.at("held"), "until"));
         if (err.size() > 60)
             err = err.substr(0, 57) + "...";
         rows.push_back({str(j, "id"), str(j, "state"), str(j, "model"), ago(str(j, "updated_at")),
@@ -433,6 +436,26 @@ int cmd_stats(client& c, bool as_json) {
     std::printf("429 answers: %s\n", json::serialize(o.at("rate_limited")).c_str());
     auto blocked = str(r.body, "submissions_blocked");
     std::printf("submissions: %s\n", blocked.empty() ? "going" : blocked.c_str());
+    if (auto sp = o.find("spend"); sp != o.end() && sp->value().is_object()) {
+        const auto& m = sp->value().as_object();
+        // Amounts as a person writes them (Boost.JSON would print 1.05 as 1.05E0).
+        auto amount = [&](const char* k) -> std::string {
+            auto& v = m.at(k);
+            if (v.is_double())
+                return fmt::format("{}", v.as_double());
+            return v.is_null() ? std::string("?") : json::serialize(v);
+        };
+        auto limit = [&](const char* k) {
+            auto v = amount(k);
+            return v == "0" ? std::string("no limit") : "limit " + v;
+        };
+        std::printf("spend: %s today (%s), %s this month (%s)\n", amount("today").c_str(),
+                    limit("daily_limit").c_str(), amount("month").c_str(),
+                    limit("monthly_limit").c_str());
+        if (auto h = m.find("held"); h != m.end() && h->value().is_object())
+            std::printf("spend: priced submissions held by %s until %s\n",
+                        str(h->value(), "limit").c_str(), str(h->value(), "until").c_str());
+    }
     return exit_ok;
 }
 

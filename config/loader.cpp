@@ -4,6 +4,7 @@
 #include "config/loader.hpp"
 
 #include "core/job_spec.hpp"
+#include "core/money.hpp"
 #include "core/url.hpp"
 
 #include <algorithm>
@@ -123,6 +124,25 @@ std::optional<double> read_seconds(context& c, const toml::node& n, std::string_
         return std::nullopt;
     }
     return v;
+}
+
+// An amount of money (a price, a limit) in micro-units: at least 0, at most a billion,
+// exact to a millionth (sums of prices like 0.035 never drift).
+std::optional<std::int64_t> read_money(context& c, const toml::node& n, std::string_view key) {
+    auto v = read_number(c, n, key, "money");
+    if (!v)
+        return std::nullopt;
+    if (*v < 0 || *v > 1e9) {
+        c.error(n, key,
+                fmt::format("{} is out of range: must be at least 0 and at most 1000000000", *v));
+        return std::nullopt;
+    }
+    auto micro = std::llround(*v * 1e6);
+    if (std::abs(static_cast<double>(micro) - *v * 1e6) > std::max(1e-3, *v * 1e6 * 1e-12)) {
+        c.error(n, key, fmt::format("{} is finer than a millionth", *v));
+        return std::nullopt;
+    }
+    return static_cast<std::int64_t>(micro);
 }
 
 std::optional<std::int64_t> read_integer(context& c, const toml::node& n, std::string_view key,
@@ -390,6 +410,10 @@ const key_rule jobs_keys[] = {
     {"max_poll_interval_s", [](context& c, const toml::node& n, settings& s) { assign(read_seconds(c, n, "jobs.max_poll_interval_s", 86400), s.jobs.max_poll_interval_s); }},
     {"resubmit_unknown", [](context& c, const toml::node& n, settings& s) { assign(read_bool(c, n, "jobs.resubmit_unknown"), s.jobs.resubmit_unknown); }},
 };
+const key_rule spend_keys[] = {
+    {"daily_limit", [](context& c, const toml::node& n, settings& s) { if (auto v = read_money(c, n, "spend.daily_limit")) s.spend.daily_limit_micro = *v; }},
+    {"monthly_limit", [](context& c, const toml::node& n, settings& s) { if (auto v = read_money(c, n, "spend.monthly_limit")) s.spend.monthly_limit_micro = *v; }},
+};
 // clang-format on
 
 struct section_rule {
@@ -400,7 +424,7 @@ struct section_rule {
 const section_rule sections[] = {
     {"api", api_keys},     {"storage", storage_keys}, {"cluster", cluster_keys},
     {"spool", spool_keys}, {"output", output_keys},   {"control", control_keys},
-    {"jobs", jobs_keys},
+    {"jobs", jobs_keys},   {"spend", spend_keys},
 };
 
 std::string known_names(std::span<const key_rule> keys) {
@@ -461,8 +485,15 @@ void parse_models(context& c, const toml::node& node, settings& s, std::size_t l
                                : model_settings{};
         for (auto&& [k, mv] : *model) {
             std::string full = fmt::format("{}.{}", name, k.str());
+            if (k.str() == "price") {
+                if (auto v = read_money(c, mv, full))
+                    m.price_micro = *v;
+                c.lines[full] = mv.source().begin.line;
+                continue;
+            }
             if (k.str() != "expected_duration_s") {
-                c.error(k.source().begin.line, full, "unknown key (known: expected_duration_s)");
+                c.error(k.source().begin.line, full,
+                        "unknown key (known: expected_duration_s, price)");
                 continue;
             }
             assign(read_seconds(c, mv, full, 86400), m.expected_duration_s);
@@ -486,6 +517,17 @@ void check_cross_rules(context& c, settings& s) {
                 fmt::format("{} must be at most half of jobs.result_retention_s ({}), so that a "
                             "result cannot expire between two polls",
                             j.max_poll_interval_s, j.result_retention_s));
+    }
+    // A price above a limit: no submission of that model could ever go out.
+    for (auto& [slug, m] : s.models) {
+        auto key = fmt::format("models.\"{}\".price", slug);
+        for (auto [limit, name] : {std::pair{s.spend.daily_limit_micro, "spend.daily_limit"},
+                                   std::pair{s.spend.monthly_limit_micro, "spend.monthly_limit"}})
+            if (limit > 0 && m.price_micro > limit)
+                c.error(c.line_of(key), key,
+                        fmt::format("{} is above {} ({}): no submission of {} could go out",
+                                    core::money_text(m.price_micro), name, core::money_text(limit),
+                                    slug));
     }
     if (s.api.request_timeout_s >= j.result_retention_s) {
         c.error(c.line_of("api.request_timeout_s"), "api.request_timeout_s",
@@ -637,7 +679,7 @@ load_result parse_settings(std::string_view toml_text, const std::string& source
         if (sec == std::end(sections)) {
             c.error(line, k.str(),
                     "unknown key or table (known: log_level, [api], [storage], [cluster], [spool], "
-                    "[output], [control], [jobs], [models.\"<slug>\"])");
+                    "[output], [control], [jobs], [spend], [models.\"<slug>\"])");
             continue;
         }
         parse_section(c, *sec, v, s, line);
@@ -724,9 +766,13 @@ std::string render_settings(const settings& s) {
     line("min_poll_interval_s", num(s.jobs.min_poll_interval_s));
     line("max_poll_interval_s", num(s.jobs.max_poll_interval_s));
     line("resubmit_unknown", s.jobs.resubmit_unknown ? "true" : "false");
+    o += "\n[spend]\n";
+    line("daily_limit", core::money_text(s.spend.daily_limit_micro));
+    line("monthly_limit", core::money_text(s.spend.monthly_limit_micro));
     for (auto& [slug, m] : s.models) {
         o += fmt::format("\n[models.{}]\n", quote(slug));
         line("expected_duration_s", num(m.expected_duration_s));
+        line("price", core::money_text(m.price_micro));
     }
     return o;
 }

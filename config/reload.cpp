@@ -1,7 +1,10 @@
 // Field-by-field comparison of two validated configurations.
 #include "config/reload.hpp"
 
+#include "core/money.hpp"
+
 #include <fmt/format.h>
+#include <tuple>
 
 namespace klingd::config {
 
@@ -57,14 +60,28 @@ std::vector<std::string> apply_reload(settings& cur, const settings& fresh) {
     d.apply("jobs.max_poll_interval_s", cur.jobs.max_poll_interval_s,
             fresh.jobs.max_poll_interval_s);
     d.apply("jobs.resubmit_unknown", cur.jobs.resubmit_unknown, fresh.jobs.resubmit_unknown);
+    for (auto [key, c, f] : {std::tuple{"spend.daily_limit", &cur.spend.daily_limit_micro,
+                                        fresh.spend.daily_limit_micro},
+                             std::tuple{"spend.monthly_limit", &cur.spend.monthly_limit_micro,
+                                        fresh.spend.monthly_limit_micro}})
+        if (*c != f) {
+            d.lines.push_back(
+                fmt::format("{}: {} -> {}", key, core::money_text(*c), core::money_text(f)));
+            *c = f;
+        }
     for (auto& [slug, m] : fresh.models) {
         auto it = cur.models.find(slug);
         double old = it == cur.models.end() ? 0 : it->second.expected_duration_s;
-        if (old != m.expected_duration_s) {
+        std::int64_t old_price = it == cur.models.end() ? 0 : it->second.price_micro;
+        if (old != m.expected_duration_s)
             d.lines.push_back(fmt::format("models.\"{}\".expected_duration_s: {} -> {}", slug, old,
                                           m.expected_duration_s));
+        if (old_price != m.price_micro)
+            d.lines.push_back(fmt::format("models.\"{}\".price: {} -> {}", slug,
+                                          core::money_text(old_price),
+                                          core::money_text(m.price_micro)));
+        if (old != m.expected_duration_s || old_price != m.price_micro)
             cur.models[slug] = m;
-        }
     }
     if (cur.api_key.reveal() != fresh.api_key.reveal() ||
         cur.api_key_source != fresh.api_key_source) {

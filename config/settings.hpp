@@ -72,6 +72,14 @@ struct jobs_settings {
 
 struct model_settings {
     double expected_duration_s = 60;
+    // What one submission costs, in micro-units (1e-6) of the user's unit; 0: not counted.
+    std::int64_t price_micro = 0;
+};
+
+// Spend limits, in micro-units (1e-6) of the unit prices are given in; 0: none.
+struct spend_settings {
+    std::int64_t daily_limit_micro = 0;   // a UTC day
+    std::int64_t monthly_limit_micro = 0; // a UTC calendar month
 };
 
 struct settings {
@@ -83,6 +91,7 @@ struct settings {
     output_settings output;
     control_settings control;
     jobs_settings jobs;
+    spend_settings spend;
     std::map<std::string, model_settings> models = {
         {"kling-o1", {58}},
         {"kling-o1-video-to-video-edit", {223}},

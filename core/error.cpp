@@ -60,6 +60,8 @@ public:
             return "this node no longer holds the job's claim";
         case errc::node_name_taken:
             return "a live node of the cluster has this node's name";
+        case errc::spend_limit:
+            return "a spend limit would be passed";
         case errc::io_failed:
             return "a file operation failed";
         }

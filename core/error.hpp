@@ -40,6 +40,7 @@ enum class errc {
     store_unavailable, // the database server cannot be reached, or the connection broke
     claim_lost,        // in a cluster: this node no longer holds the job's claim
     node_name_taken,   // in a cluster: a live node holds this node's name
+    spend_limit,       // a submission would take the day's or month's spend above its limit
     io_failed,         // a file operation failed
 };
 

@@ -204,6 +204,7 @@ struct machine {
 
     // The submit never left (DNS, connect, TLS): nothing to pay, try again.
     void submit_not_sent(const http_outcome& o) {
+        t.submit_created_nothing = true;
         ++n().failures;
         --n().attempts; // nothing reached the API
         auto at = now + backoff(c, n().failures);
@@ -257,6 +258,8 @@ struct machine {
     }
 
     void submit_answered(const http_outcome& o) {
+        // A 4xx (429, 401, 406 and the others) says the API refused it: nothing was created.
+        t.submit_created_nothing = o.status >= 400 && o.status < 500;
         auto k = classify(o.status);
         signal_from(o, k, true);
         switch (k) {

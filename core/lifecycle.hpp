@@ -98,6 +98,9 @@ struct transition {
         double hi;
     };
     std::optional<duration_interval> duration_sample;
+    // A submit's answer that proves nothing was created at the API (not sent, or any 4xx):
+    // what the attempt was counted against the spend limits is taken back.
+    bool submit_created_nothing = false;
     std::string rejection; // non-empty: the event does not apply to this job (409)
     std::string log;       // a line worth logging that is not history (a transient error)
 };

@@ -47,8 +47,8 @@ open_store(const config::settings& s, std::optional<runtime::file_lock>& lock_ou
     if (!s.storage.postgresql.empty())
         return std::make_unique<storage::pg_repository>(
             s.storage.postgresql, std::chrono::seconds(10), s.postgresql_password.reveal());
-    auto repo = std::make_unique<storage::sqlite_repository>(s.storage.database);
-    // One klingd per database: a second would submit the same pending jobs.
+    // One klingd per database: a second would submit the same pending jobs. Locked before
+    // it is opened: a second klingd (perhaps a newer one) must not migrate it meanwhile.
     std::string why;
     auto lock = runtime::file_lock::try_exclusive(s.storage.database, why);
     if (!lock)
@@ -56,7 +56,7 @@ open_store(const config::settings& s, std::optional<runtime::file_lock>& lock_ou
                                            "running on it? (systemctl status klingd)",
                                            s.storage.database, why));
     lock_out.emplace(std::move(*lock));
-    return repo;
+    return std::make_unique<storage::sqlite_repository>(s.storage.database);
 } catch (const storage::storage_error& e) {
     throw start_failure(1, fmt::format("cannot use the database: {}", e.what()));
 }

@@ -2,6 +2,7 @@
 #include "daemon/control_api.hpp"
 
 #include "core/job_spec.hpp"
+#include "core/money.hpp"
 #include "core/time_text.hpp"
 #include "core/utf8.hpp"
 #include "daemon/job_json.hpp"
@@ -61,8 +62,25 @@ json::value number(double d) {
     return r;
 }
 
+// The spend limit holding priced submissions: which, until when, and what it saw spent.
+json::value held_json(engine& e) {
+    auto h = e.spend_held();
+    if (!h)
+        return nullptr;
+    bool daily = h->kind == storage::spend_limit_kind::daily;
+    const auto& sp = e.settings().spend;
+    return json::object{
+        {"limit", daily ? "spend.daily_limit" : "spend.monthly_limit"},
+        {"value", number(core::money_value(daily ? sp.daily_limit_micro : sp.monthly_limit_micro))},
+        {"spent", number(core::money_value(daily ? h->today : h->month))},
+        {"until", core::format_rfc3339(e.time().to_wall(h->until), core::time_precision::seconds)}};
+}
+
 json::object job_json(engine& e, const core::job& j) {
-    return job_to_json(j, e.blocked_reason());
+    auto o = job_to_json(j, e.blocked_reason());
+    if (j.state == core::job_state::pending && e.holds_back(j))
+        o["held"] = held_json(e); // waits for a spend limit to lift
+    return o;
 }
 
 // The database could not answer (locked by another process, a full or failing disk).
@@ -210,8 +228,17 @@ asio::awaitable<control_response> job_action(const control_request& req, engine&
     co_return json_response(req.version(), http::status::ok, job_json(e, *done));
 }
 
-json::object stats_json(engine& e, const std::map<std::string, std::int64_t>& counts) {
+json::object stats_json(engine& e, const std::map<std::string, std::int64_t>& counts,
+                        const storage::spend_totals* spent) {
     json::object o;
+    const auto& sp = e.settings().spend;
+    json::object spend;
+    spend["today"] = spent ? number(core::money_value(spent->today)) : json::value(nullptr);
+    spend["month"] = spent ? number(core::money_value(spent->month)) : json::value(nullptr);
+    spend["daily_limit"] = number(core::money_value(sp.daily_limit_micro));
+    spend["monthly_limit"] = number(core::money_value(sp.monthly_limit_micro));
+    spend["held"] = held_json(e);
+    o["spend"] = std::move(spend);
     json::object jobs;
     for (auto s : core::all_job_states)
         jobs[core::to_string(s)] = 0;
@@ -349,6 +376,15 @@ std::string render_metrics(engine& e, const storage::state_model_counts* counts,
     family("klingd_downloads_total", "counter", "Result downloads by outcome.");
     out += fmt::format("klingd_downloads_total{{outcome=\"ok\"}} {}\n", st.downloads_ok);
     out += fmt::format("klingd_downloads_total{{outcome=\"failed\"}} {}\n", st.downloads_failed);
+    family("klingd_spend_total", "counter",
+           "What this node's submissions cost (models.<m>.price), those taken back excluded.");
+    for (auto& [model, micro] : st.spend_micro)
+        out += fmt::format("klingd_spend_total{{model=\"{}\"}} {}\n", label(model),
+                           core::money_text(micro));
+    family(
+        "klingd_spend_held", "gauge",
+        "1 while a spend limit holds priced submissions back (until the UTC day or month ends).");
+    out += fmt::format("klingd_spend_held {}\n", e.spend_held() ? 1 : 0);
     if (!e.in_cluster())
         return out;
     // Cluster: what this node holds and did (per node), and the nodes (the cluster's).
@@ -394,13 +430,18 @@ struct route {
 asio::awaitable<control_response> metrics(const control_request& req, engine& e) {
     // A database that does not answer leaves out the jobs by state (the one figure read
     // from it) and says so: the rest (this node's counters) is still worth a scrape.
-    auto counts = co_await e.count_by_state_and_model();
+    // A node that knows itself cut off (cluster) does not even ask: a scrape must answer
+    // within its timeout, and a frozen database would hold it for the call's deadline.
+    core::result<storage::state_model_counts> counts =
+        core::error(core::errc::store_unavailable, e.degraded_reason());
+    if (!e.in_cluster() || e.degraded_reason().empty())
+        counts = co_await e.count_by_state_and_model();
     if (!counts)
         log::debug("metrics without jobs by state: {}", counts.error().message());
     control_response res{http::status::ok, req.version()};
     res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
     std::optional<std::vector<storage::node_row>> nodes;
-    if (e.in_cluster()) {
+    if (e.in_cluster() && counts) {
         auto listed = co_await e.nodes();
         if (listed)
             nodes = std::move(*listed);
@@ -414,7 +455,9 @@ asio::awaitable<control_response> stats(const control_request& req, engine& e) {
     auto counts = co_await e.count_by_state();
     if (!counts)
         co_return store_unavailable(req, counts.error());
-    co_return json_response(req.version(), http::status::ok, stats_json(e, *counts));
+    auto spent = co_await e.spend_totals();
+    co_return json_response(req.version(), http::status::ok,
+                            stats_json(e, *counts, spent ? &*spent : nullptr));
 }
 
 // The cluster's nodes; one host alone is a cluster of one, with no database heartbeat.
@@ -481,7 +524,10 @@ const route routes[] = {
         if (auto why = e.degraded_reason(); !why.empty())
             co_return json_response(req.version(), http::status::service_unavailable,
                                     json::object{{"status", "degraded"}, {"reason", why}, {"version", KLINGD_VERSION}});
-        co_return json_response(req.version(), http::status::ok, json::object{{"status", "ok"}, {"version", KLINGD_VERSION}});
+        json::object ok{{"status", "ok"}, {"version", KLINGD_VERSION}};
+        if (auto held = held_json(e); !held.is_null())
+            ok["held"] = held; // a spend limit holds priced submissions: still healthy
+        co_return json_response(req.version(), http::status::ok, ok);
     }},
     {http::verb::get, {"v1", "events"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
         co_return events(req, t);

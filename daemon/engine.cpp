@@ -2,6 +2,7 @@
 // execution, and applying transitions.
 #include "daemon/engine.hpp"
 
+#include "core/money.hpp"
 #include "core/time_text.hpp"
 #include "runtime/log.hpp"
 
@@ -15,6 +16,7 @@
 #include <fmt/format.h>
 #include <fstream>
 #include <set>
+#include <sstream>
 #include <stdexcept>
 #include <unistd.h>
 #include <unordered_set>
@@ -34,6 +36,20 @@ constexpr auto flush_interval = std::chrono::milliseconds(500);
 
 bool counts_in_flight(job_state s) {
     return s == job_state::submitting || s == job_state::queued || s == job_state::processing;
+}
+
+// The UTC day and calendar month a wall-clock time falls in: where they begin and end.
+core::time_point utc_day_start(core::time_point wall) {
+    return std::chrono::floor<std::chrono::days>(wall);
+}
+core::time_point utc_month_start(core::time_point wall) {
+    std::chrono::year_month_day d{std::chrono::floor<std::chrono::days>(wall)};
+    return std::chrono::sys_days{d.year() / d.month() / 1};
+}
+core::time_point utc_month_end(core::time_point wall) {
+    std::chrono::year_month_day d{std::chrono::floor<std::chrono::days>(wall)};
+    auto next = d.year() / d.month() / 1;
+    return std::chrono::sys_days{next + std::chrono::months(1)};
 }
 
 std::chrono::milliseconds seconds_ms(double s) {
@@ -186,9 +202,7 @@ asio::awaitable<void> engine::start() {
         me.requests_per_minute = settings_.api.requests_per_minute;
         me.takeover = seconds_ms(settings_.cluster.takeover_s);
         me.submit_margin = send_margin();
-        // A POST under way takes at most the timeout; its answer is recorded within the
-        // database's deadline (10 s) after that.
-        me.submit_grace = seconds_ms(settings_.api.request_timeout_s) + std::chrono::seconds(10);
+        me.submit_grace = submit_grace();
         auto asked = now();
         auto joined = co_await cluster_->join(me);
         if (!joined)
@@ -285,6 +299,8 @@ void engine::schedule(const job& j, work_kind w, core::time_point at) {
         queue_.cancel(j.id);
         return;
     }
+    if (w == work_kind::submit && holds_back(j))
+        at = std::max(at, spend_hold_->until); // a spend limit holds it until the day or month ends
     core::time_point deadline{};
     if (j.submitted_at)
         deadline = *j.submitted_at + seconds_ms(settings_.jobs.result_retention_s);
@@ -298,9 +314,32 @@ asio::awaitable<bool> engine::persist(const std::string& id, const core::transit
                                       t.note, t.next.request_id};
     switch (t.persist) {
     case core::persist_mode::durable: {
+        // Spend: a submission is counted in the commit of its "submitting" (refused there
+        // when a limit would be passed), and taken back in the commit of an answer that
+        // proves nothing was created.
+        std::optional<storage::spend_charge> charge;
+        std::optional<std::int64_t> refund;
+        auto before = active_.find(id);
+        bool answer = before != active_.end() && before->second.state == job_state::submitting &&
+                      t.next.state != job_state::submitting;
+        if (t.next.state == job_state::submitting)
+            charge = charge_for(t.next);
+        if (auto c = charged_.find(id); answer && t.submit_created_nothing && c != charged_.end())
+            refund = c->second.attempt;
         committing_.emplace(id, t.next.state);
-        auto r = co_await journal_.write_now(t.next, line);
+        auto r = co_await journal_.write_now(t.next, line, charge, refund);
         committing_.erase(id);
+        if (r && charge)
+            charged_[id] = {charge->attempt, charge->micro};
+        if (auto c = charged_.find(id); answer && c != charged_.end()) {
+            if (!t.submit_created_nothing)
+                stats_.spend_micro[t.next.model] += c->second.micro;
+            charged_.erase(c);
+        }
+        if (!r && r.error() == core::errc::spend_limit) {
+            hold_spending(r.error().detail);
+            co_return false; // stays pending, until the limit lifts
+        }
         if (!r && r.error() == core::errc::claim_lost)
             co_return false; // dropped: another node's job now
         if (!r) {
@@ -1000,13 +1039,32 @@ void engine::reconfigure() {
     budget_.reconfigure(settings_.api.requests_per_minute,
                         core::wake_tick(settings_.jobs.min_poll_interval_s));
     if (cluster_) // the cluster paces at the smallest rate of its live nodes
-        cluster_->set_requests_per_minute(settings_.api.requests_per_minute);
+        cluster_->set_node_settings(settings_.api.requests_per_minute, submit_grace());
     planner_.set_policy({settings_.jobs.min_poll_interval_s, settings_.jobs.max_poll_interval_s,
                          settings_.jobs.result_retention_s});
     use_limits(limits());
     gate_.set_probe_interval(seconds_ms(settings_.jobs.max_poll_interval_s));
     for (auto& [slug, m] : settings_.models)
         durations_for(slug).set_prior(m.expected_duration_s);
+    // New limits or prices: the jobs a spend limit held try again now (one still over a
+    // limit is refused at its commit, and held again).
+    if (spend_hold_) {
+        // (The settings are the new ones already: every pending job of a priced model may
+        // have been held.)
+        std::vector<std::string> held;
+        for (auto& [id, j] : active_) {
+            auto m = settings_.models.find(j.model);
+            if (j.state == job_state::pending && m != settings_.models.end() &&
+                m->second.price_micro > 0)
+                held.push_back(id);
+        }
+        spend_hold_.reset();
+        for (auto& id : held)
+            schedule(active_.at(id), work_kind::submit, now());
+        if (!held.empty())
+            log::notice("spend: the hold ends with the reload: {} pending job(s) try again",
+                        held.size());
+    }
     // A new key may be the fix for a 401: probe at once.
     gate_.probe_now(now());
     wake();
@@ -1020,11 +1078,14 @@ asio::awaitable<core::result<void>> engine::set_paused(bool paused) {
     auto r = co_await repo_.set_meta("paused", std::move(value));
     --pause_writes_;
     ++pause_epoch_;
-    if (!r) {
+    if (!r && cluster_) {
         log::error("cannot record that submissions are {}: {}", paused ? "paused" : "resumed",
                    r.error().message());
-        co_return r;
+        co_return r; // the cluster's state is the database's: nothing changed
     }
+    if (!r) // one host: an emergency brake works anyway, until a restart
+        log::error("cannot record that submissions are {} ({}): in force until klingd restarts",
+                   paused ? "paused" : "resumed", r.error().message());
     if (gate_.paused() != paused) {
         gate_.set_paused(paused);
         log::notice("submissions {}", paused ? "paused" : "resumed");
@@ -1051,10 +1112,89 @@ std::chrono::milliseconds engine::send_margin() const {
                     seconds_ms(settings_.cluster.takeover_s / 2));
 }
 
+std::chrono::milliseconds engine::submit_grace() const {
+    // A POST under way takes at most the timeout; its answer is recorded within the
+    // database's deadline (10 s) after that.
+    return seconds_ms(settings_.api.request_timeout_s) + std::chrono::seconds(10);
+}
+
 bool engine::holds_claims() const {
     // Cut off from the database (the last heartbeat failed), nothing it sends could be
     // recorded: it stops at once, not when its claims are about to lapse.
     return !cluster_ || (db_problem_.empty() && lease_until_ - now() >= send_margin());
+}
+
+std::optional<storage::spend_charge> engine::charge_for(const core::job& j) const {
+    auto m = settings_.models.find(j.model);
+    if (m == settings_.models.end() || m->second.price_micro <= 0)
+        return std::nullopt;
+    auto wall = clock_.to_wall(now());
+    storage::spend_charge c;
+    c.model = j.model;
+    c.micro = m->second.price_micro;
+    c.attempt = j.attempts;
+    c.at = wall;
+    c.day_start = utc_day_start(wall);
+    c.month_start = utc_month_start(wall);
+    c.daily_limit = settings_.spend.daily_limit_micro;
+    c.monthly_limit = settings_.spend.monthly_limit_micro;
+    return c;
+}
+
+void engine::hold_spending(const std::string& detail) {
+    std::istringstream in(detail);
+    std::string limit;
+    spend_hold h;
+    in >> limit >> h.today >> h.month;
+    h.kind = limit == "monthly_limit" ? storage::spend_limit_kind::monthly
+                                      : storage::spend_limit_kind::daily;
+    auto wall = clock_.to_wall(now());
+    auto end = h.kind == storage::spend_limit_kind::daily
+                   ? utc_day_start(wall) + std::chrono::days(1)
+                   : utc_month_end(wall);
+    h.until = clock_.from_wall(end);
+    bool fresh = !spend_hold_ || spend_hold_->kind != h.kind || spend_hold_->until != h.until ||
+                 now() >= spend_hold_->until;
+    spend_hold_ = h;
+    if (fresh) {
+        auto name = h.kind == storage::spend_limit_kind::daily ? "spend.daily_limit"
+                                                               : "spend.monthly_limit";
+        auto cap = h.kind == storage::spend_limit_kind::daily ? settings_.spend.daily_limit_micro
+                                                              : settings_.spend.monthly_limit_micro;
+        log::warning(
+            "spend: {} ({}) reached ({} spent {}); priced submissions wait until {} "
+            "(UTC), or a reload that raises it",
+            name, core::money_text(cap),
+            core::money_text(h.kind == storage::spend_limit_kind::daily ? h.today : h.month),
+            h.kind == storage::spend_limit_kind::daily ? "today" : "this month",
+            core::format_rfc3339(end, core::time_precision::seconds));
+    }
+    for (auto& [id, j] : active_)
+        if (j.state == job_state::pending && holds_back(j))
+            schedule(j, work_kind::submit, now());
+}
+
+std::optional<spend_hold> engine::spend_held() const {
+    if (!spend_hold_ || now() >= spend_hold_->until)
+        return std::nullopt;
+    return spend_hold_;
+}
+
+bool engine::holds_back(const core::job& j) const {
+    if (!spend_hold_ || now() >= spend_hold_->until)
+        return false;
+    auto m = settings_.models.find(j.model);
+    if (m == settings_.models.end() || m->second.price_micro <= 0)
+        return false; // unpriced: never held
+    auto price = m->second.price_micro;
+    const auto& sp = settings_.spend;
+    return (sp.daily_limit_micro > 0 && spend_hold_->today + price > sp.daily_limit_micro) ||
+           (sp.monthly_limit_micro > 0 && spend_hold_->month + price > sp.monthly_limit_micro);
+}
+
+asio::awaitable<core::result<storage::spend_totals>> engine::spend_totals() {
+    auto wall = clock_.to_wall(now());
+    co_return co_await repo_.spend(utc_day_start(wall), utc_month_start(wall));
 }
 
 double engine::lease_left_s() const {
@@ -1277,6 +1417,7 @@ asio::awaitable<void> engine::cluster_tick() {
             !recording_.count(id))
             stray.push_back(id);
     if (!stray.empty()) {
+        std::sort(stray.begin(), stray.end());
         log::notice("cluster: letting go of {} job(s) held but not in memory (first: {})",
                     stray.size(), stray.front());
         if (auto rel = co_await cluster_->release(std::move(stray)); !rel)
@@ -1290,17 +1431,29 @@ asio::awaitable<void> engine::cluster_tick() {
         // keeps one pending job (its probe of the key, until a reload fixes it), the jobs
         // whose submit or write is under way and those with a result (downloads need no
         // key), and takes nothing new.
+        // One submitted job stays too: its status polls also tell when the key works again
+        // (any accepted answer reopens the gate), with no pending job to probe with.
+        // A submitted job is kept only when there is no pending one: the others poll theirs
+        // (a job kept here could expire before the key is fixed).
         std::vector<std::string> go;
-        bool probe_kept = false;
+        bool probe_kept = false, poll_kept = false;
+        for (auto& [id, j] : active_)
+            if (j.state == job_state::pending && !committing_.count(id))
+                probe_kept = true;
         for (auto& [id, j] : active_) {
             if (committing_.count(id) || j.state == job_state::submitting || j.result)
                 continue;
-            if (j.state == job_state::pending && !probe_kept) {
-                probe_kept = true;
+            if (j.state == job_state::pending && probe_kept && !poll_kept) {
+                poll_kept = true; // (the one pending probe)
+                continue;
+            }
+            if (j.state != job_state::pending && !probe_kept && !poll_kept) {
+                poll_kept = true;
                 continue;
             }
             go.push_back(id);
         }
+        std::sort(go.begin(), go.end()); // released in one order (rows locked by id)
         if (!go.empty()) {
             log::warning("cluster: the API refuses this node's key: letting the other nodes "
                          "carry on {} job(s) (first: {})",
@@ -1310,9 +1463,9 @@ asio::awaitable<void> engine::cluster_tick() {
             if (auto rel = co_await cluster_->release(std::move(go)); !rel)
                 log::warning("cluster: cannot let them go: {}", rel.error().message());
         }
-        if (probe_kept)
+        if (probe_kept || poll_kept)
             co_return;
-        // No pending job to probe the key with: one, and nothing else.
+        // Nothing to probe the key with: one pending job, and nothing else.
         auto c = co_await cluster_->claim(1, 0);
         if (!c) {
             db_problem_ = c.error().message();

@@ -53,6 +53,16 @@ struct engine_stats {
     // held and lost to another node (its claim lapsed).
     std::uint64_t taken_over = 0;
     std::uint64_t claims_lost = 0;
+    // Spent by this node's submissions that were not taken back, by model (micro-units).
+    std::map<std::string, std::int64_t> spend_micro;
+};
+
+// Priced submissions held back by a spend limit until the UTC day or month ends.
+struct spend_hold {
+    storage::spend_limit_kind kind = storage::spend_limit_kind::daily;
+    core::time_point until{}; // engine time
+    std::int64_t today = 0;   // spent (micro-units) when the limit refused a submission
+    std::int64_t month = 0;
 };
 
 class engine {
@@ -92,6 +102,11 @@ public:
     // At shutdown, once the event loop has stopped: waits for file work still running.
     void finish_files() { downloader_.finish(); }
     bool paused() const { return gate_.paused(); }
+    // The spend limit holding priced submissions now, if any; whether it holds job j.
+    std::optional<spend_hold> spend_held() const;
+    bool holds_back(const core::job& j) const;
+    // What every node has spent this UTC day and month (micro-units).
+    boost::asio::awaitable<core::result<storage::spend_totals>> spend_totals();
 
     // Why submissions are not going out now (paused, 401, 406), or "".
     std::string blocked_reason() const { return gate_.blocked_reason(); }
@@ -106,6 +121,7 @@ public:
     void note_invalid_file() { ++stats_.intake_invalid; }
 
     const clock& time() const { return clock_; }
+    const config::settings& settings() const { return settings_; }
 
     // In a cluster: this node's name ("" on a single host), whether it may act on the
     // jobs it holds now (its claims outlive a request), and why not.
@@ -153,6 +169,8 @@ private:
     std::size_t pending_room() const;
     // What is left of the claims that lets a request be sent.
     std::chrono::milliseconds send_margin() const;
+    // Cluster: how long after its claim a job caught in "submitting" waits to be taken over.
+    std::chrono::milliseconds submit_grace() const;
     void note_lease(core::time_point asked, const storage::lease& l);
     void wake_claimer();
     // Cluster: keeps a few slots of the account's shared schedule in hand while budgeted
@@ -230,6 +248,16 @@ private:
     bool claim_soon_ = false;
     bool left_ = false; // stop() has released this node's claims: the heartbeat ends
     std::unordered_set<std::string> recording_; // jobs taken over whose recovery is being written
+    std::optional<spend_hold> spend_hold_;
+    struct charged {
+        std::int64_t attempt;
+        std::int64_t micro;
+    };
+    std::unordered_map<std::string, charged> charged_; // submits counted, answer awaited
+    // The charge for committing j as "submitting" (none for an unpriced model).
+    std::optional<storage::spend_charge> charge_for(const core::job& j) const;
+    // A limit refused a submission (detail: "<limit> <today> <month>"): hold priced ones.
+    void hold_spending(const std::string& detail);
     std::unordered_set<std::string> cancels_applying_; // cancels asked elsewhere, being applied
     std::unordered_set<std::string> cancels_refused_;  // and refused here (said once)
     boost::asio::steady_timer slot_timer_;

@@ -53,7 +53,9 @@ void job_journal::give_back(const std::string& id, std::vector<storage::history_
 }
 
 asio::awaitable<core::result<void>>
-job_journal::write_now(core::job j, std::optional<storage::history_entry> line) {
+job_journal::write_now(core::job j, std::optional<storage::history_entry> line,
+                       std::optional<storage::spend_charge> charge,
+                       std::optional<std::int64_t> refund_attempt) {
     auto turn = co_await lane_.wait_turn();
     std::vector<storage::history_entry> owed;
     if (auto p = history_.find(j.id); p != history_.end()) {
@@ -70,7 +72,7 @@ job_journal::write_now(core::job j, std::optional<storage::history_entry> line) 
         h.push_back(*line);
     auto id = j.id;
     std::vector<storage::job_change> change;
-    change.push_back({std::move(j), std::move(h)});
+    change.push_back({std::move(j), std::move(h), std::move(charge), refund_attempt});
     auto r = co_await save(std::move(change));
     if (!r && r.error() == core::errc::claim_lost)
         co_return r; // another node's job now: nothing of it is written from here

@@ -39,7 +39,9 @@ public:
     // `line`. On failure the owed history is kept and j and line are not: the caller
     // defers the change or gives it up.
     boost::asio::awaitable<core::result<void>>
-    write_now(core::job j, std::optional<storage::history_entry> line);
+    write_now(core::job j, std::optional<storage::history_entry> line,
+              std::optional<storage::spend_charge> charge = std::nullopt,
+              std::optional<std::int64_t> refund_attempt = std::nullopt);
     // Remembers that the job changed (its state is read at the flush) and `line`.
     void defer(const std::string& id, std::optional<storage::history_entry> line);
     // Remembers a change only a flush at shutdown needs to write (a poll counter).

@@ -3,6 +3,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <dirent.h>
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -19,12 +20,49 @@ boost::system::error_code last_error() {
 
 // This process's mark in temporary names, random: processes of several hosts may write
 // into one shared output folder (a cluster), and none may touch another's temporary.
+// "<host>-<pid>-<random>": a temporary left by a process of this host that has died can be
+// recognised, and removed at once.
+const std::string& host_name() {
+    static const std::string name = [] {
+        char buf[256] = {};
+        if (::gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0')
+            return std::string("host");
+        std::string h = buf;
+        for (auto& c : h)
+            if (c == '/' || c == '.')
+                c = '_';
+        return h;
+    }();
+    return name;
+}
+
 const std::string& process_tag() {
     static const std::string tag = [] {
         std::random_device rd;
-        return fmt::format("{:08x}{:08x}", rd(), rd());
+        return fmt::format("{}-{}-{:08x}", host_name(), ::getpid(), rd());
     }();
     return tag;
+}
+
+// A temporary named by a process of this host that no longer runs.
+bool left_by_dead_process(std::string_view name) {
+    auto mark = "-" + host_name() + "-";
+    auto at = name.rfind(mark);
+    if (at == std::string_view::npos)
+        return false;
+    auto rest = name.substr(at + mark.size());
+    auto dash = rest.find('-');
+    if (dash == std::string_view::npos || dash == 0)
+        return false;
+    long pid = 0;
+    for (char c : rest.substr(0, dash)) {
+        if (c < '0' || c > '9')
+            return false;
+        pid = pid * 10 + (c - '0');
+        if (pid > 1L << 30)
+            return false;
+    }
+    return pid != ::getpid() && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
 }
 } // namespace
 
@@ -50,7 +88,8 @@ void output_dir::remove_stale_temps(std::chrono::seconds older_than) const {
         struct stat st {};
         if (::fstatat(fd_, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
             continue;
-        if (std::chrono::system_clock::from_time_t(st.st_mtime) < limit)
+        if (std::chrono::system_clock::from_time_t(st.st_mtime) < limit ||
+            left_by_dead_process(name))
             ::unlinkat(fd_, e->d_name, 0);
     }
     ::closedir(d);

@@ -33,7 +33,8 @@ public:
     // A temporary file's name, unique to this process (".<stem>-<tag>.tmp"): another
     // host's klingd writing into the same shared folder never uses it.
     static std::string temp_name(std::string_view stem);
-    // Removes temporaries (".*.tmp") not modified for older_than: left by a process that died.
+    // Removes temporaries (".*.tmp") left by a process of this host that died, and any
+    // not modified for older_than (another host's).
     void remove_stale_temps(std::chrono::seconds older_than) const;
     // Writes content to name atomically. Returns the error (disk full, ...).
     boost::system::error_code write_atomically(const std::string& name, const std::string& content,

@@ -20,7 +20,11 @@ public:
     // The lock, or nothing with why set (held by another process, or the file cannot be
     // opened).
     static std::optional<file_lock> try_exclusive(const std::string& path, std::string& why) {
-        int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        // Read-write (a lock emulated over NFS needs it), created when missing (before
+        // SQLite opens it: nothing of the file is touched unless the lock is ours).
+        int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOCTTY, 0640);
+        if (fd < 0 && (errno == EROFS || errno == EACCES)) // the owner says why it cannot write
+            fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
         if (fd < 0) {
             why = std::strerror(errno);
             return std::nullopt;

@@ -108,8 +108,9 @@ public:
     virtual async_result<std::optional<core::job>> claim_one(std::string id) = 0;
     // The heartbeat: renews the node and every claim it still holds.
     virtual async_result<renewal> renew() = 0;
-    // This node's api.requests_per_minute changed (a reload): the next heartbeat says so.
-    virtual void set_requests_per_minute(double rpm) = 0;
+    // This node's api.requests_per_minute or its submit grace (api.request_timeout_s)
+    // changed (a reload): the next heartbeat says so.
+    virtual void set_node_settings(double rpm, std::chrono::milliseconds submit_grace) = 0;
     // Lets go of jobs (a node that will not act on them soon).
     virtual async_result<void> release(std::vector<std::string> ids) = 0;
     // Shutdown: every unfinished job it holds is free at once; the node is marked stopped.

@@ -43,6 +43,9 @@ public:
     // is not written (nor its history): the answer lists those ids (always empty on a
     // single host).
     virtual async_result<std::vector<std::string>> save(std::vector<job_change> changes) = 0;
+    // What every node has spent (not taken back) since day_start and since month_start.
+    virtual async_result<spend_totals> spend(core::time_point day_start,
+                                             core::time_point month_start) = 0;
 
     virtual async_result<std::optional<core::job>> get(std::string id) = 0;
     // In the order jobs were recorded; without params.

@@ -54,6 +54,20 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE INDEX jobs_by_state_model ON jobs(state, model);
 DROP INDEX jobs_by_state;
 )",
+    // 2 -> 3: spend limits. One row per submission of a priced model (job, attempt), its
+    // cost in micro-units; refunded once it provably created nothing.
+    R"(
+CREATE TABLE spend (
+  job_id TEXT NOT NULL,
+  attempt INTEGER NOT NULL,
+  model TEXT NOT NULL,
+  at INTEGER NOT NULL,
+  micro INTEGER NOT NULL,
+  refunded INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (job_id, attempt)
+);
+CREATE INDEX spend_by_time ON spend(at);
+)",
 };
 
 static_assert(std::size(migrations) == job_store::schema_version);
@@ -241,11 +255,57 @@ void job_store::save(const core::job& j, const std::string& note) {
     t.commit();
 }
 
+spend_totals job_store::spend(core::time_point day_start, core::time_point month_start) {
+    statement s(db_, "SELECT coalesce(sum(CASE WHEN at >= ?1 THEN micro END), 0), "
+                     "coalesce(sum(micro), 0) FROM spend WHERE at >= ?2 AND refunded = 0");
+    s.bind(1, ms(day_start)).bind(2, ms(month_start));
+    spend_totals out;
+    if (s.step()) {
+        out.today = s.int64(0);
+        out.month = s.int64(1);
+    }
+    return out;
+}
+
+void job_store::charge(const core::job& j, const spend_charge& c) {
+    // In the transaction that commits "submitting": nothing else writes meanwhile. The
+    // attempt's own earlier row (a submit not sent, taken back) does not count.
+    statement sum(db_, "SELECT coalesce(sum(CASE WHEN at >= ?1 THEN micro END), 0), "
+                       "coalesce(sum(micro), 0) FROM spend WHERE at >= ?2 AND refunded = 0 "
+                       "AND NOT (job_id = ?3 AND attempt = ?4)");
+    sum.bind(1, ms(c.day_start)).bind(2, ms(c.month_start)).bind(3, j.id).bind(4, c.attempt);
+    std::int64_t today = 0, month = 0;
+    if (sum.step()) {
+        today = sum.int64(0);
+        month = sum.int64(1);
+    }
+    if (c.daily_limit > 0 && today + c.micro > c.daily_limit)
+        throw spend_refused(spend_limit_kind::daily, today, month);
+    if (c.monthly_limit > 0 && month + c.micro > c.monthly_limit)
+        throw spend_refused(spend_limit_kind::monthly, today, month);
+    statement put(db_, "INSERT INTO spend (job_id, attempt, model, at, micro, refunded) "
+                       "VALUES (?1, ?2, ?3, ?4, ?5, 0) ON CONFLICT (job_id, attempt) DO UPDATE "
+                       "SET model = excluded.model, at = excluded.at, micro = excluded.micro, "
+                       "refunded = 0");
+    put.bind(1, j.id).bind(2, c.attempt).bind(3, c.model).bind(4, ms(c.at)).bind(5, c.micro);
+    put.run();
+}
+
+void job_store::refund(const std::string& id, std::int64_t attempt) {
+    statement s(db_, "UPDATE spend SET refunded = 1 WHERE job_id = ?1 AND attempt = ?2");
+    s.bind(1, id).bind(2, attempt);
+    s.run();
+}
+
 void job_store::save_many(const std::vector<change>& changes) {
     if (changes.empty())
         return;
     transaction t(db_);
     for (auto& c : changes) {
+        if (c.charge)
+            charge(c.j, *c.charge); // throws spend_refused: nothing of the batch is written
+        if (c.refund_attempt)
+            refund(c.j.id, *c.refund_attempt);
         write_job(c.j);
         for (auto& h : c.history)
             write_history(c.j.id, h);

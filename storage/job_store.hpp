@@ -31,7 +31,7 @@ public:
     // is not a database, is from a newer klingd, or cannot be opened; it is never overwritten.
     explicit job_store(const std::string& path, sqlite_tuning tuning = {});
 
-    static constexpr int schema_version = 2;
+    static constexpr int schema_version = 3;
 
     // Records a new job (state pending). Throws storage_error on failure.
     insert_outcome insert(const core::job_spec& spec, core::time_point now,
@@ -46,6 +46,8 @@ public:
     using change = job_change;
     // Writes many jobs and their history entries in one transaction.
     void save_many(const std::vector<change>& changes);
+    // Spent (not taken back) since day_start and since month_start, micro-units.
+    spend_totals spend(core::time_point day_start, core::time_point month_start);
 
     std::optional<core::job> get(const std::string& id);
     std::vector<core::job> list(const job_filter& f);
@@ -64,6 +66,8 @@ public:
     connection& db() { return db_; }
 
 private:
+    void charge(const core::job& j, const spend_charge& c);
+    void refund(const std::string& id, std::int64_t attempt);
     void migrate();
     core::job read_job(statement& s, bool with_params) const;
     void write_job(const core::job& j);

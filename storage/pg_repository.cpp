@@ -90,12 +90,35 @@ CREATE TABLE budget (
 );
 INSERT INTO budget VALUES (1, 0, 0, NULL, 0);
 )",
+    // 1 -> 2: spend limits, shared by the nodes. One row per submission of a priced model.
+    R"(
+CREATE TABLE spend (
+  job_id text NOT NULL,
+  attempt bigint NOT NULL,
+  model text NOT NULL,
+  at bigint NOT NULL,
+  micro bigint NOT NULL,
+  refunded boolean NOT NULL DEFAULT false,
+  node text,
+  PRIMARY KEY (job_id, attempt)
+);
+CREATE INDEX spend_by_time ON spend (at);
+-- How long after its claim a job caught in "submitting" waits before another node takes
+-- it: its holder's POST may still be answered (api.request_timeout_s + 10 s, its own).
+ALTER TABLE nodes ADD COLUMN submit_grace_ms bigint NOT NULL DEFAULT 40000;
+)",
 };
 
 static_assert(std::size(migrations) == pg_repository::schema_version);
 
 // Any number: the lock nodes take to migrate one at a time.
 constexpr const char* migration_lock = "SELECT pg_advisory_xact_lock(7242001)";
+// And the one they take to check the spend limits and count a submission, one at a time.
+constexpr const char* spend_lock = "SELECT pg_advisory_xact_lock(7242002)";
+
+constexpr const char* spend_sums =
+    "SELECT coalesce(sum(CASE WHEN at >= $1::bigint THEN micro END), 0)::bigint, "
+    "coalesce(sum(micro), 0)::bigint FROM spend WHERE at >= $2::bigint AND NOT refunded";
 
 // The database's clock, in wall-clock milliseconds: claims and heartbeats are timed by it.
 #define NOW_MS "(extract(epoch from now()) * 1000)::bigint"
@@ -293,6 +316,98 @@ async_result<std::vector<std::string>> pg_repository::save(std::vector<job_chang
     if (changes.empty())
         co_return std::vector<std::string>{};
     auto turn = co_await lane_.wait_turn();
+    bool charged = false, refunded = false;
+    for (auto& c : changes) {
+        charged = charged || c.charge.has_value();
+        refunded = refunded || c.refund_attempt.has_value();
+    }
+    if (!charged && !refunded)
+        co_return co_await save_jobs(changes);
+    // The limits' check, the count and the jobs' write: one transaction, under a lock
+    // every node takes for it (the nodes' submissions are counted one at a time).
+    if (auto b = co_await db_.script(std::string("BEGIN")); !b)
+        co_return b.error();
+    auto r = co_await spend_and_save(changes, charged);
+    if (!r) {
+        co_await db_.script(std::string("ROLLBACK")); // or gone with a broken connection
+        co_return r.error();
+    }
+    if (auto c = co_await db_.script(std::string("COMMIT")); !c)
+        co_return c.error();
+    co_return r;
+}
+
+async_result<std::vector<std::string>>
+pg_repository::spend_and_save(const std::vector<job_change>& changes, bool charged) {
+    if (charged) {
+        std::vector<param> none;
+        if (auto l = co_await db_.query(std::string(spend_lock), std::move(none)); !l)
+            co_return l.error();
+    }
+    for (auto& c : changes) {
+        if (!c.charge)
+            continue;
+        auto& ch = *c.charge;
+        std::string sql =
+            std::string(spend_sums) + " AND NOT (job_id = $3 AND attempt = $4::bigint)";
+        std::vector<param> args{num(ms(ch.day_start)), num(ms(ch.month_start)), c.j.id,
+                                num(ch.attempt)};
+        auto sums = co_await db_.query(std::move(sql), std::move(args));
+        if (!sums)
+            co_return sums.error();
+        auto today = sums->int64(0, 0), month = sums->int64(0, 1);
+        if (ch.daily_limit > 0 && today + ch.micro > ch.daily_limit)
+            co_return core::error(core::errc::spend_limit,
+                                  fmt::format("daily_limit {} {}", today, month));
+        if (ch.monthly_limit > 0 && month + ch.micro > ch.monthly_limit)
+            co_return core::error(core::errc::spend_limit,
+                                  fmt::format("monthly_limit {} {}", today, month));
+        std::string put = R"(
+INSERT INTO spend (job_id, attempt, model, at, micro, refunded, node)
+VALUES ($1, $2::bigint, $3, $4::bigint, $5::bigint, false, $6)
+ON CONFLICT (job_id, attempt) DO UPDATE SET model = excluded.model, at = excluded.at,
+  micro = excluded.micro, refunded = false, node = excluded.node)";
+        param node = me_.name.empty() ? param{} : param{me_.name};
+        std::vector<param> values{c.j.id,         num(ch.attempt), ch.model,
+                                  num(ms(ch.at)), num(ch.micro),   node};
+        if (auto p = co_await db_.query(std::move(put), std::move(values)); !p)
+            co_return p.error();
+    }
+    for (auto& c : changes) {
+        if (!c.refund_attempt)
+            continue;
+        std::string sql =
+            "UPDATE spend SET refunded = true WHERE job_id = $1 AND attempt = $2::bigint";
+        std::vector<param> args{c.j.id, num(*c.refund_attempt)};
+        if (auto u = co_await db_.query(std::move(sql), std::move(args)); !u)
+            co_return u.error();
+    }
+    auto r = co_await save_jobs(changes);
+    if (!r)
+        co_return r.error();
+    // A charged job this node could not write (not held): its charge goes with it.
+    for (auto& c : changes)
+        if (c.charge && std::find(r->begin(), r->end(), c.j.id) != r->end())
+            co_return core::error(core::errc::claim_lost,
+                                  "the job is no longer this node's: nothing was counted");
+    co_return r;
+}
+
+async_result<spend_totals> pg_repository::spend(core::time_point day_start,
+                                                core::time_point month_start) {
+    auto turn = co_await lane_.wait_turn();
+    std::vector<param> args{num(ms(day_start)), num(ms(month_start))};
+    auto r = co_await db_.query(std::string(spend_sums), std::move(args));
+    if (!r)
+        co_return r.error();
+    spend_totals out;
+    out.today = r->int64(0, 0);
+    out.month = r->int64(0, 1);
+    co_return out;
+}
+
+async_result<std::vector<std::string>>
+pg_repository::save_jobs(const std::vector<job_change>& changes) {
     // A job saved twice in one batch: its last state, and every history line in order.
     std::map<std::string, std::size_t> last;
     for (std::size_t i = 0; i < changes.size(); ++i)
@@ -577,10 +692,10 @@ async_result<lease> pg_repository::join(node_identity me) {
     std::string take = R"(
 WITH up AS (
   INSERT INTO nodes AS n (name, token, host_id, pid, version, requests_per_minute, takeover_ms,
-                          started_at, heartbeat_at, stopped_at)
-  VALUES ($1, $2, $3, $4, $5, $6, $7, )" NOW_MS ", " NOW_MS R"(, NULL)
+                          started_at, heartbeat_at, stopped_at, submit_grace_ms)
+  VALUES ($1, $2, $3, $4, $5, $6, $7, )" NOW_MS ", " NOW_MS R"(, NULL, $9::bigint)
   ON CONFLICT (name) DO UPDATE SET token = EXCLUDED.token, host_id = EXCLUDED.host_id,
-    pid = EXCLUDED.pid, version = EXCLUDED.version,
+    pid = EXCLUDED.pid, version = EXCLUDED.version, submit_grace_ms = EXCLUDED.submit_grace_ms,
     requests_per_minute = EXCLUDED.requests_per_minute, takeover_ms = EXCLUDED.takeover_ms,
     started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at, stopped_at = NULL
   WHERE n.token = $8
@@ -591,7 +706,7 @@ freed AS (
 SELECT (SELECT count(*) FROM up), )" NOW_MS;
     std::vector<param> a2{me.name,     token,      me.host_id,
                           num(me.pid), me.version, fmt::format("{}", me.requests_per_minute),
-                          takeover,    previous};
+                          takeover,    previous,   num(me.submit_grace.count())};
     auto took = co_await heartbeat_db_.query(std::move(take), std::move(a2));
     if (!took)
         co_return took.error();
@@ -613,8 +728,9 @@ WITH o AS (
   SELECT id FROM jobs
   WHERE state IN ('submitting', 'queued', 'processing')
     AND (claim_until IS NULL
-         OR claim_until + CASE WHEN state = 'submitting' THEN $6::bigint ELSE 0 END
-            < )" NOW_MS R"()
+         OR claim_until + CASE WHEN state = 'submitting' THEN greatest($6::bigint,
+              coalesce((SELECT n.submit_grace_ms FROM nodes n WHERE n.name = jobs.claim_node), 0))
+            ELSE 0 END < )" NOW_MS R"()
   ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED),
 p AS (
   SELECT id FROM jobs
@@ -655,8 +771,10 @@ async_result<std::optional<core::job>> pg_repository::claim_one(std::string id) 
     std::string sql = fmt::format(R"(
 UPDATE jobs SET claim_node = $1, claim_token = $2, claim_until = )" NOW_MS R"( + $3
 WHERE id = $4 AND (state NOT IN )" UNFINISHED R"( OR claim_until IS NULL
-                   OR claim_until + CASE WHEN state = 'submitting' THEN $5::bigint ELSE 0 END
-                      < )" NOW_MS R"( OR claim_token = $2)
+                   OR claim_until + CASE WHEN state = 'submitting' THEN greatest($5::bigint,
+                        coalesce((SELECT n.submit_grace_ms FROM nodes n
+                                  WHERE n.name = jobs.claim_node), 0))
+                      ELSE 0 END < )" NOW_MS R"( OR claim_token = $2)
 RETURNING {}, params)",
                                   job_columns);
     std::vector<param> args{me_.name, token_, num(me_.takeover.count()), std::move(id),
@@ -675,7 +793,8 @@ async_result<renewal> pg_repository::renew() {
     auto turn = co_await heartbeat_lane_.wait_turn();
     std::string sql = R"(
 WITH n AS (
-  UPDATE nodes SET heartbeat_at = )" NOW_MS R"(, requests_per_minute = $4::double precision
+  UPDATE nodes SET heartbeat_at = )" NOW_MS R"(, requests_per_minute = $4::double precision,
+    submit_grace_ms = $5::bigint
   WHERE name = $1 AND token = $2 RETURNING 1),
 old AS (
   SELECT id, cancel_requested FROM jobs
@@ -692,7 +811,8 @@ FROM (SELECT 1) one LEFT JOIN j ON true)";
     // Rows locked in one order (by id), as save() does: a heartbeat and a write of this
     // node's never wait for each other in a cycle.
     std::vector<param> args{me_.name, token_, num(me_.takeover.count()),
-                            fmt::format("{}", me_.requests_per_minute)};
+                            fmt::format("{}", me_.requests_per_minute),
+                            num(me_.submit_grace.count())};
     auto r = co_await heartbeat_db_.query(std::move(sql), std::move(args));
     if (!r)
         co_return r.error();

@@ -19,7 +19,7 @@ namespace klingd::storage {
 
 class pg_repository final : public job_repository, public cluster_store {
 public:
-    static constexpr int schema_version = 1;
+    static constexpr int schema_version = 2;
 
     explicit pg_repository(std::string conninfo,
                            std::chrono::milliseconds deadline = std::chrono::seconds(10),
@@ -34,6 +34,8 @@ public:
                                                      core::time_point now,
                                                      std::vector<std::string> sources) override;
     async_result<std::vector<std::string>> save(std::vector<job_change> changes) override;
+    async_result<spend_totals> spend(core::time_point day_start,
+                                     core::time_point month_start) override;
     async_result<std::optional<core::job>> get(std::string id) override;
     async_result<std::vector<core::job>> list(job_filter f) override;
     async_result<std::vector<core::job>> unfinished() override;
@@ -48,7 +50,10 @@ public:
     async_result<claimed> claim(std::size_t max_pending, std::size_t max_orphans) override;
     async_result<std::optional<core::job>> claim_one(std::string id) override;
     async_result<renewal> renew() override;
-    void set_requests_per_minute(double rpm) override { me_.requests_per_minute = rpm; }
+    void set_node_settings(double rpm, std::chrono::milliseconds submit_grace) override {
+        me_.requests_per_minute = rpm;
+        me_.submit_grace = submit_grace;
+    }
     async_result<void> release(std::vector<std::string> ids) override;
     async_result<void> leave() override;
     async_result<void> request_cancel(std::string id) override;
@@ -83,6 +88,11 @@ public:
     std::function<bool(std::int64_t pid)> pid_alive;
 
 private:
+    // The jobs' rows and history (save's one statement); the ids not held.
+    async_result<std::vector<std::string>> save_jobs(const std::vector<job_change>& changes);
+    // In a transaction: checks and counts the charges, takes back the refunds, saves.
+    async_result<std::vector<std::string>> spend_and_save(const std::vector<job_change>& changes,
+                                                          bool charged);
     pg::connection db_;
     // The cluster's own calls (join, claims, the heartbeat, budget slots) go on a
     // connection of their own: a long flush or listing never holds up the heartbeat.

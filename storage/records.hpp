@@ -34,9 +34,39 @@ enum class insert_outcome {
 };
 
 // A job's mutable fields and the history lines written along, in order.
+// A submission's cost, counted when its "submitting" is committed (in the same
+// transaction, after the limits are checked). Money in micro-units (1e-6 of the unit the
+// prices are given in): sums of prices like 0.035 stay exact.
+struct spend_charge {
+    std::string model;
+    std::int64_t micro = 0;
+    std::int64_t attempt = 0; // the job's attempt number: one charge per attempt
+    core::time_point at{};    // wall clock
+    // The UTC day and month that `at` falls in begin here (wall clock).
+    core::time_point day_start{};
+    core::time_point month_start{};
+    std::int64_t daily_limit = 0; // micro-units; 0: none
+    std::int64_t monthly_limit = 0;
+};
+
+// Which limit refused a charge (the error's detail says it in words).
+enum class spend_limit_kind { daily, monthly };
+
 struct job_change {
     core::job j;
     std::vector<history_entry> history;
+    // "submitting" of a priced model: counted, or the whole change is refused with
+    // errc::spend_limit (detail: "<daily_limit|monthly_limit> <spent today> <spent this
+    // month>", micro-units) and nothing is written.
+    std::optional<spend_charge> charge;
+    // The attempt whose charge is taken back: it provably created nothing.
+    std::optional<std::int64_t> refund_attempt;
+};
+
+// What has been spent in a UTC day and month (micro-units), by every node.
+struct spend_totals {
+    std::int64_t today = 0;
+    std::int64_t month = 0;
 };
 
 // (state, model) -> number of jobs.

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "core/error.hpp"
+#include "storage/records.hpp"
 
 #include <cstdint>
 #include <memory>
@@ -26,6 +27,20 @@ private:
 
 // The kind of a storage failure in klingd's error category (busy, full, read-only, other).
 core::errc errc_of(const storage_error& e);
+
+// A charge the spend limits refuse: the transaction is rolled back, nothing written.
+class spend_refused : public std::runtime_error {
+public:
+    // what(): "<daily_limit|monthly_limit> <spent today> <spent this month>" (micro-units).
+    spend_refused(spend_limit_kind k, std::int64_t today, std::int64_t month)
+        : std::runtime_error((k == spend_limit_kind::daily ? "daily_limit " : "monthly_limit ") +
+                             std::to_string(today) + " " + std::to_string(month)),
+          kind_(k) {}
+    spend_limit_kind kind() const { return kind_; }
+
+private:
+    spend_limit_kind kind_;
+};
 
 class connection {
 public:

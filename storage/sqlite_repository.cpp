@@ -41,6 +41,8 @@ auto sqlite_repository::on_worker(F f) -> async_result<std::invoke_result_t<F, j
                         } else {
                             return f(store_);
                         }
+                    } catch (const spend_refused& e) {
+                        return core::error(core::errc::spend_limit, e.what());
                     } catch (const storage_error& e) {
                         return core::error(errc_of(e), e.what());
                     } catch (const std::exception& e) {
@@ -72,6 +74,12 @@ async_result<std::vector<std::string>> sqlite_repository::save(std::vector<job_c
         s.save_many(changes);
         return std::vector<std::string>{}; // one host holds every job
     });
+}
+
+async_result<spend_totals> sqlite_repository::spend(core::time_point day_start,
+                                                    core::time_point month_start) {
+    return on_worker(
+        [day_start, month_start](job_store& s) { return s.spend(day_start, month_start); });
 }
 
 async_result<std::optional<core::job>> sqlite_repository::get(std::string id) {

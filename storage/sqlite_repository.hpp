@@ -25,6 +25,8 @@ public:
                                                      core::time_point now,
                                                      std::vector<std::string> sources) override;
     async_result<std::vector<std::string>> save(std::vector<job_change> changes) override;
+    async_result<spend_totals> spend(core::time_point day_start,
+                                     core::time_point month_start) override;
     async_result<std::optional<core::job>> get(std::string id) override;
     async_result<std::vector<core::job>> list(job_filter f) override;
     async_result<std::vector<core::job>> unfinished() override;

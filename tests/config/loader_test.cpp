@@ -2,6 +2,7 @@
 // (named by key and line), the API key search order, redaction, and the real
 // `klingd --check-config` program.
 #include "config/loader.hpp"
+#include "core/money.hpp"
 #include "tests/support/child_process.hpp"
 
 #include <filesystem>
@@ -205,9 +206,38 @@ INSTANTIATE_TEST_SUITE_P(all, config_rejects, ::testing::Values(
     bad_case{"node_name_with_slash", "[cluster]\nnode = \"a/b\"\n", "2: cluster.node", "not a node name"},
     bad_case{"takeover_too_short", "[cluster]\ntakeover_s = 1\n", "2: cluster.takeover_s", "at least 3 seconds"},
     bad_case{"takeover_absurd", "[cluster]\ntakeover_s = 1e9\n", "2: cluster.takeover_s", "out of range"},
+    bad_case{"negative_price", "[models.\"kling-o1\"]\nprice = -0.5\n", "2: models.\"kling-o1\".price", "out of range"},
+    bad_case{"price_finer_than_a_millionth", "[models.\"kling-o1\"]\nprice = 0.0000001\n", "2: models.\"kling-o1\".price", "finer than a millionth"},
+    bad_case{"price_as_text", "[models.\"kling-o1\"]\nprice = \"0.03\"\n", "2: models.\"kling-o1\".price", "expected a number"},
+    bad_case{"absurd_limit", "[spend]\ndaily_limit = 1e300\n", "2: spend.daily_limit", "out of range"},
+    bad_case{"unknown_spend_key", "[spend]\nweekly_limit = 3\n", "2: spend.weekly_limit", "unknown key"},
+    bad_case{"price_above_daily_limit", "[spend]\ndaily_limit = 0.5\n[models.\"kling-o1\"]\nprice = 0.75\n", "4: models.\"kling-o1\".price", "0.75 is above spend.daily_limit (0.5)"},
     bad_case{"syntax_error", "[api\nbase_url = 1\n", "1: syntax", ""}
 ), [](const auto& info) { return std::string(info.param.name); });
 // clang-format on
+
+// Prices and limits are kept in whole millionths: 0.035 is 35000 exactly, and a sum of ten
+// thousand of them is 350, not 349.99999.
+TEST(config_values, money_is_exact_in_millionths) {
+    auto r = parse("[spend]\ndaily_limit = 350\nmonthly_limit = 1000.000001\n"
+                   "[models.\"kling-o1\"]\nprice = 0.035\n");
+    ASSERT_TRUE(r.value) << (r.errors.empty() ? "" : r.errors[0]);
+    const auto& s = *r.value;
+    EXPECT_EQ(s.models.at("kling-o1").price_micro, 35000);
+    EXPECT_EQ(s.spend.daily_limit_micro, 350'000'000);
+    EXPECT_EQ(s.spend.monthly_limit_micro, 1'000'000'001);
+    std::int64_t sum = 0;
+    double drift = 0;
+    for (int i = 0; i < 10000; ++i) {
+        sum += s.models.at("kling-o1").price_micro;
+        drift += 0.035;
+    }
+    EXPECT_EQ(sum, s.spend.daily_limit_micro);
+    EXPECT_EQ(klingd::core::money_text(sum), "350");
+    EXPECT_NE(drift, 350.0) << "doubles would drift: the reason for millionths";
+    EXPECT_EQ(klingd::core::money_text(35000), "0.035");
+    EXPECT_EQ(klingd::core::money_text(1), "0.000001");
+}
 
 TEST(config_errors, all_problems_are_reported_at_once) {
     auto r = parse("[api]\nrequests_per_minute = -1\nmax_connections = 300\n[jobs]\nfoo = 1\n");

@@ -430,6 +430,13 @@ TEST_F(cluster, a_frozen_database_never_holds_up_the_event_loop) {
     // Once degraded, nothing more went out.
     ASSERT_TRUE(sent_when_degraded) << logs();
     EXPECT_EQ(api_requests(n.sim_stats(false)), *sent_when_degraded);
+    // A scrape answers at once, and says so (it does not wait on the frozen database).
+    auto t0 = std::chrono::steady_clock::now();
+    auto m = n.api("GET", "/metrics");
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
+    EXPECT_EQ(m.status, 200);
+    EXPECT_EQ(metric_value(m.text, "klingd_cluster_degraded"), 1) << m.text;
+    EXPECT_EQ(metric_value(m.text, "klingd_database_up"), 0) << m.text;
     pg.thaw();
     ASSERT_TRUE(eventually([&] { return n.api("GET", "/v1/health").status == 200; }, 30s))
         << logs();

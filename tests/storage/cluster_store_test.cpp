@@ -202,9 +202,9 @@ TEST_F(cluster_store_test, a_job_caught_in_submitting_is_taken_over_only_after_t
     auto a = open();
     insert(*a, 2);
     ok(a->join(node("a", milliseconds(400), "h", 1)));
+    auto claimed_at = std::chrono::steady_clock::now(); // before: the claim lasts from then at most
     auto held = ok(a->claim(2, 0)).jobs;
     ASSERT_EQ(held.size(), 2u);
-    auto claimed_at = std::chrono::steady_clock::now();
     for (auto& j : held) {
         j.state = j.id == "j0" ? job_state::submitting : job_state::queued;
         if (j.id == "j1")
@@ -309,7 +309,7 @@ TEST_F(cluster_store_test, a_rate_changed_by_a_reload_paces_the_cluster_from_the
     auto a = open();
     ok(a->join(node("a"))); // 60 a minute
     EXPECT_NEAR(ok(a->reserve_slots(1, 60, std::nullopt, 0, 0.0)).interval_ms, 1000.0, 0.01);
-    a->set_requests_per_minute(30);
+    a->set_node_settings(30, milliseconds(40000));
     ok(a->renew());
     EXPECT_EQ(ok(a->nodes()).at(0).requests_per_minute, 30);
     EXPECT_NEAR(ok(a->reserve_slots(1, 30, std::nullopt, 0, 0.0)).interval_ms, 2000.0, 0.01);

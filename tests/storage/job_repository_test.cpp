@@ -3,6 +3,7 @@
 // real PostgreSQL server). Then what the seam promises the event loop: a failure is an
 // error and not an exception, and a locked or unreachable database never holds up the
 // caller's loop.
+#include "core/money.hpp"
 #include "storage/job_repository.hpp"
 #include "storage/pg_repository.hpp"
 #include "storage/sqlite_repository.hpp"
@@ -177,6 +178,88 @@ TYPED_TEST(job_repository_test, save_round_trips_every_field_with_its_history) {
     EXPECT_EQ(h[2].state, "processing");
     EXPECT_EQ(h[2].request_id, "r-1");
     EXPECT_EQ(h[2].at, t0 + milliseconds(5));
+}
+
+// Spend limits: a "submitting" of a priced model is counted in its own commit, refused
+// (and nothing of it written) when a limit would be passed; a refund takes an attempt back;
+// sums are exact; an attempt counted twice (a resend after "not sent") counts once.
+TYPED_TEST(job_repository_test, submissions_are_counted_against_the_limits_in_their_commit) {
+    const auto day = t0 - milliseconds(3'600'000);    // this UTC day began an hour ago
+    const auto month = t0 - milliseconds(86'400'000); // and the month a day ago
+    auto charge = [&](const core::job& j, std::int64_t micro, std::int64_t daily,
+                      std::int64_t monthly, time_point at) {
+        storage::spend_charge c;
+        c.model = j.model;
+        c.micro = micro;
+        c.attempt = j.attempts;
+        c.at = at;
+        c.day_start = day;
+        c.month_start = month;
+        c.daily_limit = daily;
+        c.monthly_limit = monthly;
+        return c;
+    };
+    std::vector<core::job_spec> specs;
+    for (int i = 0; i < 5; ++i)
+        specs.push_back(spec("s" + std::to_string(i)));
+    this->insert(specs);
+    // A charge from yesterday's part of the month: in the month's sum, not today's.
+    auto old = this->get("s4");
+    old.state = job_state::submitting;
+    old.attempts = 1;
+    this->ok(this->repo->save(
+        {{old, {}, charge(old, 400'000, 0, 0, day - milliseconds(1)), std::nullopt}}));
+    auto submit = [&](const std::string& id, std::int64_t micro, std::int64_t daily,
+                      std::int64_t monthly) {
+        auto j = this->get(id);
+        j.state = job_state::submitting;
+        j.attempts += 1;
+        return await(this->repo->save({{j,
+                                        {{t0, "submitting", "attempt", std::nullopt}},
+                                        charge(j, micro, daily, monthly, t0),
+                                        std::nullopt}}));
+    };
+    // 0.35 each against a daily limit of 1.0: two fit, the third is refused.
+    EXPECT_TRUE(submit("s0", 350'000, 1'000'000, 0));
+    EXPECT_TRUE(submit("s1", 350'000, 1'000'000, 0));
+    auto refused = submit("s2", 350'000, 1'000'000, 0);
+    ASSERT_FALSE(refused);
+    EXPECT_TRUE(refused.error() == core::errc::spend_limit) << refused.error().message();
+    EXPECT_EQ(refused.error().detail, "daily_limit 700000 1100000");
+    EXPECT_EQ(this->get("s2").state, job_state::pending)
+        << "nothing of a refused change is written";
+    EXPECT_EQ(this->ok(this->repo->history("s2")).size(), 1u);
+    // The month's limit counts yesterday's 0.4 too.
+    auto monthly = submit("s2", 350'000, 0, 1'200'000);
+    ASSERT_FALSE(monthly);
+    EXPECT_EQ(monthly.error().detail, "monthly_limit 700000 1100000");
+    auto totals = this->ok(this->repo->spend(day, month));
+    EXPECT_EQ(totals.today, 700'000);
+    EXPECT_EQ(totals.month, 1'100'000);
+    // s1's submit created nothing (a 429): taken back, in the commit of its answer.
+    auto s1 = this->get("s1");
+    s1.state = job_state::pending;
+    this->ok(this->repo->save({{s1, {}, std::nullopt, s1.attempts}}));
+    EXPECT_EQ(this->ok(this->repo->spend(day, month)).today, 350'000);
+    EXPECT_TRUE(submit("s2", 350'000, 1'000'000, 0)) << "room again";
+    // The same attempt counted again (sent again after "not sent"): once.
+    auto s2 = this->get("s2");
+    this->ok(this->repo->save({{s2, {}, charge(s2, 350'000, 0, 0, t0), std::nullopt}}));
+    EXPECT_EQ(this->ok(this->repo->spend(day, month)).today, 700'000);
+    // Exact: 0.035 a thousand times is 35, not 34.99999.
+    this->ok(this->repo->save({{s2, {}, std::nullopt, s2.attempts}}));
+    this->ok(this->repo->save({{this->get("s0"), {}, std::nullopt, 1}}));
+    std::vector<storage::job_change> many;
+    auto s3 = this->get("s3");
+    for (int i = 1; i <= 1000; ++i) {
+        s3.attempts = i;
+        many.push_back({s3, {}, charge(s3, 35'000, 0, 0, t0), std::nullopt});
+    }
+    this->ok(this->repo->save(std::move(many)));
+    totals = this->ok(this->repo->spend(day, month));
+    EXPECT_EQ(totals.today, 35'000'000);
+    EXPECT_EQ(core::money_text(totals.today), "35");
+    EXPECT_EQ(core::money_text(totals.month), "35.4");
 }
 
 TYPED_TEST(job_repository_test, a_save_of_many_jobs_writes_each_and_adds_no_history_unasked) {
