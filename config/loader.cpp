@@ -201,6 +201,65 @@ std::optional<std::string> read_path(context& c, const toml::node& n, std::strin
     return p.lexically_normal().string();
 }
 
+// [inputs] directories: absolute folders, normalised, no duplicates.
+void parse_input_directories(context& c, const toml::node& n, inputs_settings& in) {
+    constexpr std::string_view key = "inputs.directories";
+    auto* a = n.as_array();
+    if (!a) {
+        c.error(n, key, "must be an array of absolute folder paths, e.g. [\"/srv/media\"]");
+        return;
+    }
+    std::vector<std::string> dirs;
+    for (auto& e : *a) {
+        auto* str = e.as_string();
+        if (!str) {
+            c.error(e, key, "every entry must be a string: an absolute folder path");
+            return;
+        }
+        fs::path p(str->get());
+        if (str->get().empty() || !p.is_absolute()) {
+            c.error(e, key, fmt::format("\"{}\" must be an absolute folder path", str->get()));
+            return;
+        }
+        if (str->get().find('\0') != std::string::npos) {
+            c.error(e, key, "a path must not contain a NUL byte");
+            return;
+        }
+        auto norm = p.lexically_normal().string();
+        if (norm.size() > 1 && norm.ends_with('/'))
+            norm.pop_back();
+        if (norm == "/") {
+            c.error(e, key,
+                    "\"/\" would let a job file upload any file of this host (the API key, the "
+                    "database): name the folders that hold media");
+            return;
+        }
+        if (std::find(dirs.begin(), dirs.end(), norm) == dirs.end())
+            dirs.push_back(norm);
+    }
+    in.directories = std::move(dirs);
+}
+
+void parse_upload_url(context& c, const toml::node& n, inputs_settings& in) {
+    constexpr std::string_view key = "inputs.upload_url";
+    auto v = read_string(c, n, key);
+    if (!v)
+        return;
+    auto u = core::http_url::parse(*v);
+    if (!u) {
+        c.error(n, key, fmt::format("\"{}\" {}", *v, u.error().message()));
+        return;
+    }
+    if (!u->tls() && !core::is_loopback_host(u->host())) {
+        c.error(n, key,
+                fmt::format("\"{}\": plain http:// is allowed only to a loopback host "
+                            "(localhost, 127.0.0.0/8, [::1]); use https://",
+                            *v));
+        return;
+    }
+    in.upload_url = *v;
+}
+
 void parse_base_url(context& c, const toml::node& n, api_settings& api) {
     constexpr std::string_view key = "api.base_url";
     auto v = read_string(c, n, key);
@@ -414,6 +473,13 @@ const key_rule spend_keys[] = {
     {"daily_limit", [](context& c, const toml::node& n, settings& s) { if (auto v = read_money(c, n, "spend.daily_limit")) s.spend.daily_limit_micro = *v; }},
     {"monthly_limit", [](context& c, const toml::node& n, settings& s) { if (auto v = read_money(c, n, "spend.monthly_limit")) s.spend.monthly_limit_micro = *v; }},
 };
+const key_rule inputs_keys[] = {
+    {"directories", [](context& c, const toml::node& n, settings& s) { parse_input_directories(c, n, s.inputs); }},
+    {"upload_url", [](context& c, const toml::node& n, settings& s) { parse_upload_url(c, n, s.inputs); }},
+    {"max_bytes", [](context& c, const toml::node& n, settings& s) {
+        if (auto v = read_integer(c, n, "inputs.max_bytes", 1, std::int64_t{4} << 30)) s.inputs.max_bytes = static_cast<std::uint64_t>(*v);
+    }},
+};
 // clang-format on
 
 struct section_rule {
@@ -424,7 +490,7 @@ struct section_rule {
 const section_rule sections[] = {
     {"api", api_keys},     {"storage", storage_keys}, {"cluster", cluster_keys},
     {"spool", spool_keys}, {"output", output_keys},   {"control", control_keys},
-    {"jobs", jobs_keys},   {"spend", spend_keys},
+    {"jobs", jobs_keys},   {"spend", spend_keys},     {"inputs", inputs_keys},
 };
 
 std::string known_names(std::span<const key_rule> keys) {
@@ -528,6 +594,21 @@ void check_cross_rules(context& c, settings& s) {
                         fmt::format("{} is above {} ({}): no submission of {} could go out",
                                     core::money_text(m.price_micro), name, core::money_text(limit),
                                     slug));
+    }
+    // A folder of inputs must not hold klingd's own secrets and state: a job file could
+    // upload them.
+    for (auto& dir : s.inputs.directories) {
+        for (auto [path, what] : {std::pair{s.api.api_key_file, "api.api_key_file"},
+                                  std::pair{s.storage.database, "storage.database"}}) {
+            if (path.empty())
+                continue;
+            auto rel = fs::path(path).lexically_normal().lexically_relative(dir);
+            if (!rel.empty() && *rel.begin() != "..")
+                c.error(c.line_of("inputs.directories"), "inputs.directories",
+                        fmt::format("\"{}\" holds {} ({}): a job file could upload it; keep "
+                                    "media in a folder of their own",
+                                    dir, what, path));
+        }
     }
     if (s.api.request_timeout_s >= j.result_retention_s) {
         c.error(c.line_of("api.request_timeout_s"), "api.request_timeout_s",
@@ -679,7 +760,7 @@ load_result parse_settings(std::string_view toml_text, const std::string& source
         if (sec == std::end(sections)) {
             c.error(line, k.str(),
                     "unknown key or table (known: log_level, [api], [storage], [cluster], [spool], "
-                    "[output], [control], [jobs], [spend], [models.\"<slug>\"])");
+                    "[output], [control], [jobs], [spend], [inputs], [models.\"<slug>\"])");
             continue;
         }
         parse_section(c, *sec, v, s, line);
@@ -769,6 +850,15 @@ std::string render_settings(const settings& s) {
     o += "\n[spend]\n";
     line("daily_limit", core::money_text(s.spend.daily_limit_micro));
     line("monthly_limit", core::money_text(s.spend.monthly_limit_micro));
+    o += "\n[inputs]\n";
+    {
+        std::string dirs;
+        for (auto& d : s.inputs.directories)
+            dirs += (dirs.empty() ? "" : ", ") + quote(d);
+        line("directories", "[" + dirs + "]");
+    }
+    line("upload_url", quote(s.inputs.upload_url));
+    line("max_bytes", std::to_string(s.inputs.max_bytes));
     for (auto& [slug, m] : s.models) {
         o += fmt::format("\n[models.{}]\n", quote(slug));
         line("expected_duration_s", num(m.expected_duration_s));

@@ -69,6 +69,19 @@ std::vector<std::string> apply_reload(settings& cur, const settings& fresh) {
                 fmt::format("{}: {} -> {}", key, core::money_text(*c), core::money_text(f)));
             *c = f;
         }
+    if (cur.inputs.directories != fresh.inputs.directories) {
+        auto show = [](const std::vector<std::string>& v) {
+            std::string out;
+            for (auto& d : v)
+                out += (out.empty() ? "" : ", ") + d;
+            return "[" + out + "]";
+        };
+        d.lines.push_back(fmt::format("inputs.directories: {} -> {}", show(cur.inputs.directories),
+                                      show(fresh.inputs.directories)));
+        cur.inputs.directories = fresh.inputs.directories;
+    }
+    d.apply("inputs.upload_url", cur.inputs.upload_url, fresh.inputs.upload_url);
+    d.apply("inputs.max_bytes", cur.inputs.max_bytes, fresh.inputs.max_bytes);
     for (auto& [slug, m] : fresh.models) {
         auto it = cur.models.find(slug);
         double old = it == cur.models.end() ? 0 : it->second.expected_duration_s;

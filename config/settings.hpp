@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 namespace klingd::config {
 
@@ -82,6 +83,13 @@ struct spend_settings {
     std::int64_t monthly_limit_micro = 0; // a UTC calendar month
 };
 
+// Local files as job inputs (file:// URLs in params), uploaded before the submit.
+struct inputs_settings {
+    std::vector<std::string> directories; // absolute, normalised; empty: no local files
+    std::string upload_url = "https://workflows-api.segmind.com/upload-asset";
+    std::uint64_t max_bytes = 104857600;
+};
+
 struct settings {
     std::string log_level = "info";
     api_settings api;
@@ -92,6 +100,7 @@ struct settings {
     control_settings control;
     jobs_settings jobs;
     spend_settings spend;
+    inputs_settings inputs;
     std::map<std::string, model_settings> models = {
         {"kling-o1", {58}},
         {"kling-o1-video-to-video-edit", {223}},

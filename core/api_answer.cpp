@@ -275,6 +275,8 @@ std::string_view to_string(request_kind k) {
         return "submit";
     case request_kind::status:
         return "status";
+    case request_kind::upload:
+        return "upload";
     case request_kind::result:
         break;
     }

@@ -66,7 +66,7 @@ std::optional<submit_fields> parse_submit(std::string_view body, std::string_vie
 std::optional<submit_fields> parse_cut_submit(std::string_view partial, std::string_view base_url);
 
 // The kinds of API request klingd makes.
-enum class request_kind { submit, status, result };
+enum class request_kind { submit, status, result, upload };
 std::string_view to_string(request_kind k);
 
 // The status of a request at the API, as a status answer reports it.

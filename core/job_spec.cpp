@@ -54,6 +54,7 @@ bool valid_name_char(char c) {
 struct checker {
     const json::object& params;
     std::optional<std::string> problem;
+    std::vector<local_ref>* refs = nullptr; // file:// URLs found, when asked
 
     bool failed() const { return problem.has_value(); }
     void fail(std::string msg) {
@@ -99,9 +100,18 @@ struct checker {
             fail(fmt::format("params.{} must be true or false, found {}", name, show(*v)));
     }
 
-    void url_value(const json::value& v, const std::string& where) {
+    void url_value(const json::value& v, const std::string& where,
+                   media_want want = media_want::image) {
         if (!v.is_string())
             return fail(fmt::format("{} must be a URL string, found {}", where, kind_of(v)));
+        if (is_file_url(v.as_string())) {
+            auto path = file_url_path(v.as_string());
+            if (!path)
+                return fail(fmt::format("{} {} {}", where, show(v), path.error().detail));
+            if (refs)
+                refs->push_back({where, std::string(v.as_string()), std::move(*path), want});
+            return;
+        }
         if (auto u = http_url::parse(v.as_string()); !u)
             fail(fmt::format("{} {} {}", where, show(v), u.error().message()));
     }
@@ -168,8 +178,8 @@ void check_image_references(checker& c, const json::object& p, long images,
                            spelling, ref, images, images == 1 ? "" : "s"));
 }
 
-std::optional<std::string> check_kling_o1(const json::object& p) {
-    checker c{p, {}};
+std::optional<std::string> check_kling_o1(const json::object& p, std::vector<local_ref>* refs) {
+    checker c{p, {}, refs};
     c.only_known("kling-o1",
                  {"prompt", "image_urls", "aspect_ratio", "output_format", "resolution"});
     c.string_field("prompt", true);
@@ -182,12 +192,13 @@ std::optional<std::string> check_kling_o1(const json::object& p) {
     return c.problem;
 }
 
-std::optional<std::string> check_video_edit(const json::object& p) {
-    checker c{p, {}};
+std::optional<std::string> check_video_edit(const json::object& p, std::vector<local_ref>* refs) {
+    checker c{p, {}, refs};
     c.only_known("kling-o1-video-to-video-edit",
                  {"prompt", "video_url", "image_urls", "elements", "keep_audio"});
     c.string_field("prompt", true);
-    c.url_field("video_url", true);
+    if (auto v = c.field("video_url", true))
+        c.url_value(*v, "params.video_url", media_want::video);
     long images = c.url_array(c.field("image_urls", false), "params.image_urls", false);
     c.bool_field("keep_audio");
     if (auto e = c.field("elements", false); e && !c.failed()) {
@@ -297,13 +308,58 @@ std::optional<std::string> job_id_problem(std::string_view id) {
     return std::nullopt;
 }
 
-std::optional<std::string> model_params_problem(std::string_view model,
-                                                const json::object& params) {
-    if (model == "kling-o1")
-        return check_kling_o1(params);
-    if (model == "kling-o1-video-to-video-edit")
-        return check_video_edit(params);
+namespace {
+
+// Any other model: every string that is a file:// URL, wherever it is, may be an image
+// or a video.
+std::optional<std::string> generic_file_urls(const json::value& v, const std::string& where,
+                                             std::vector<local_ref>* refs) {
+    if (v.is_string() && is_file_url(v.as_string())) {
+        auto path = file_url_path(v.as_string());
+        if (!path)
+            return fmt::format("{} {} {}", where, show(v), path.error().detail);
+        if (refs)
+            refs->push_back({where, std::string(v.as_string()), std::move(*path), media_want::any});
+    } else if (v.is_array()) {
+        const auto& a = v.as_array();
+        for (std::size_t i = 0; i < a.size(); ++i)
+            if (auto p = generic_file_urls(a[i], fmt::format("{}[{}]", where, i), refs))
+                return p;
+    } else if (v.is_object()) {
+        for (auto& kv : v.as_object())
+            if (auto p = generic_file_urls(
+                    kv.value(), fmt::format("{}.{}", where, utf8_prefix(kv.key(), 80)), refs))
+                return p;
+    }
     return std::nullopt;
+}
+
+} // namespace
+
+std::optional<std::string> model_params_problem(std::string_view model, const json::object& params,
+                                                std::vector<local_ref>* refs) {
+    if (model == "kling-o1")
+        return check_kling_o1(params, refs);
+    if (model == "kling-o1-video-to-video-edit")
+        return check_video_edit(params, refs);
+    return generic_file_urls(params, "params", refs);
+}
+
+std::vector<local_ref> local_refs(std::string_view model, std::string_view params) {
+    std::vector<local_ref> refs;
+    // Most jobs have none: a string that starts with "file:" is looked for first.
+    bool maybe = false;
+    for (std::size_t at = params.find('"'); at != std::string_view::npos && !maybe;
+         at = params.find('"', at + 1))
+        maybe = is_file_url(params.substr(at + 1, 5));
+    if (!maybe)
+        return refs;
+    boost::system::error_code ec;
+    auto v = json::parse(params, ec);
+    if (ec || !v.is_object())
+        return refs;
+    model_params_problem(model, v.as_object(), &refs);
+    return refs;
 }
 
 namespace {
@@ -351,7 +407,7 @@ std::optional<std::string> read_model_and_params(const json::object& o, job_spec
         return fmt::format("params must be an object, found {}", kind_of(pa->value()));
     if (auto p = non_finite_number(pa->value(), "params"))
         return fmt::format("{} is a number beyond the range of a double (about 1.8e308)", *p);
-    if (auto p = model_params_problem(spec.model, pa->value().as_object()))
+    if (auto p = model_params_problem(spec.model, pa->value().as_object(), &spec.local_inputs))
         return p;
     spec.params = canonical_json(pa->value());
     return std::nullopt;

@@ -188,6 +188,72 @@ struct machine {
         schedule(work_kind::submit, at);
     }
 
+    // An upload is no submit: nothing paid, nothing to follow. Its errors are a submit's.
+    void on(const ev_upload_answer& e) {
+        if (j.state != job_state::pending) {
+            t.rejection = fmt::format("job is {}, not pending", to_string(j.state));
+            return;
+        }
+        const auto& o = e.out;
+        n().updated_at = now;
+        if (o.how != http_outcome::transport::ok) {
+            ++n().failures;
+            auto at = now + backoff(c, n().failures);
+            n().error = fmt::format("last upload of {}: {}; retrying", e.input, o.message);
+            t.persist = persist_mode::batched;
+            t.note = fmt::format("upload of {} {} ({}); retrying in {:.1f}s", e.input,
+                                 o.how == http_outcome::transport::not_sent ? "not sent" : "lost",
+                                 o.message, seconds_d(at - now).count());
+            schedule(work_kind::submit, at);
+            return;
+        }
+        auto k = classify(o.status);
+        signal_from(o, k, true);
+        switch (k) {
+        case answer_class::ok:
+            fail(fmt::format("the upload of {} was answered (HTTP {}) without a hosted URL under "
+                             "file_urls or urls: {}",
+                             e.input, o.status, error_detail(o.status, o.body)));
+            return;
+        case answer_class::rate_limited:
+            t.persist = persist_mode::batched;
+            t.note =
+                fmt::format("upload of {} rate limited (429); waiting for the budget", e.input);
+            schedule(work_kind::submit, now);
+            return;
+        case answer_class::unauthorized:
+        case answer_class::no_credits:
+            t.persist = persist_mode::batched;
+            t.note = fmt::format("upload of {} refused ({}); submissions stop until this is fixed",
+                                 e.input, t.signal_reason);
+            schedule(work_kind::submit, now);
+            return;
+        case answer_class::server_error: {
+            ++n().failures;
+            auto at = now + backoff(c, n().failures);
+            n().error = fmt::format("last upload of {}: {}; retrying", e.input,
+                                    error_detail(o.status, o.body));
+            t.persist = persist_mode::batched;
+            t.note = fmt::format("upload of {} got {}; retrying in {:.1f}s", e.input,
+                                 error_detail(o.status, o.body), seconds_d(at - now).count());
+            schedule(work_kind::submit, at);
+            return;
+        }
+        default:
+            fail(fmt::format("the upload of {} was refused: {}", e.input,
+                             error_detail(o.status, o.body)));
+            return;
+        }
+    }
+
+    void on(const ev_input_failed& e) {
+        if (j.state != job_state::pending) {
+            t.rejection = fmt::format("job is {}, not pending", to_string(j.state));
+            return;
+        }
+        fail(e.reason);
+    }
+
     void on(const ev_submit_answer& e) {
         if (j.state != job_state::submitting) {
             t.rejection = "no submit in flight";

@@ -56,6 +56,17 @@ struct ev_download_failed {
     // the database, so this is retried for as long as it takes, not counted against the job.
     bool local = false;
 };
+// The answer to the upload of one of a pending job's local inputs that gave no hosted
+// URL (a 2xx that did is recorded by the daemon, and the job goes on to its submit).
+struct ev_upload_answer {
+    http_outcome out;
+    std::string input; // the file:// URL, for messages
+};
+// A local input cannot be uploaded as it was taken in (gone, moved out, changed): the
+// job fails with the reason.
+struct ev_input_failed {
+    std::string reason;
+};
 // The daemon (re)started with this job in the database.
 struct ev_recover {};
 // The retention window passed before the result was fetched.
@@ -65,7 +76,7 @@ struct ev_retry {};
 
 using event = std::variant<ev_submit_begin, ev_submit_deferred, ev_submit_answer, ev_poll_answer,
                            ev_result_answer, ev_download_done, ev_download_failed, ev_recover,
-                           ev_expire, ev_cancel, ev_retry>;
+                           ev_expire, ev_cancel, ev_retry, ev_upload_answer, ev_input_failed>;
 
 enum class work_kind { none, submit, poll, fetch_result, download };
 enum class persist_mode {

@@ -230,3 +230,43 @@ result<http_url> redirect_target(const http_url& from, std::string_view location
 }
 
 } // namespace klingd::core
+
+namespace klingd::core {
+
+bool is_file_url(std::string_view s) {
+    return s.size() >= 5 && std::equal(s.begin(), s.begin() + 5,
+                                       "file:", [](char a, char b) { return (a | 0x20) == b; });
+}
+
+result<std::string> file_url_path(std::string_view s) {
+    auto bad = [](std::string why) {
+        return result<std::string>(error(errc::url_malformed, std::move(why)));
+    };
+    if (s.size() > 8192)
+        return bad("is longer than 8192 characters");
+    auto u = boost::urls::parse_uri(s);
+    if (!u)
+        return bad("is not a file:// URL with an absolute path (file:///folder/name.png)");
+    if (u->scheme_id() != boost::urls::scheme::file)
+        return bad("is not a file:// URL");
+    if (!u->has_authority())
+        return bad("must be file:// and an absolute path (file:///folder/name.png)");
+    if (u->has_userinfo() || u->has_port() || u->has_query() || u->has_fragment())
+        return bad("must be file:// and a path only: no user, port, query or fragment");
+    auto host = u->encoded_host();
+    if (!host.empty() && host != "localhost")
+        return bad("names another host: only local files (file:///path) are taken");
+    std::string path = u->path();
+    if (path.empty() || path.front() != '/')
+        return bad("must name an absolute path");
+    if (path.size() > 4096)
+        return bad("names a path longer than 4096 bytes");
+    if (path.find('\0') != std::string::npos)
+        return bad("holds a NUL byte");
+    for (auto seg : u->segments())
+        if (seg == "." || seg == ".." || seg.empty())
+            return bad("must not hold \".\", \"..\" or empty path segments");
+    return path;
+}
+
+} // namespace klingd::core

@@ -57,4 +57,13 @@ bool is_loopback_host(std::string_view host);
 // a local service); else why not (errc::url_not_http, or why the URL is refused).
 result<http_url> redirect_target(const http_url& from, std::string_view location);
 
+// The absolute local path a file:// URL names ("file:///srv/media/a%20b.png" gives
+// "/srv/media/a b.png"), or why it is not one klingd takes: no host but an empty one or
+// "localhost", no user, port, query or fragment, an absolute path without "." or ".."
+// segments, no NUL, at most 4096 bytes.
+result<std::string> file_url_path(std::string_view s);
+
+// True when s starts with "file:" (any case): a local file, not a URL to fetch.
+bool is_file_url(std::string_view s);
+
 } // namespace klingd::core

@@ -6,6 +6,7 @@
 #include "core/time_text.hpp"
 #include "core/utf8.hpp"
 #include "daemon/job_json.hpp"
+#include "daemon/local_inputs.hpp"
 #include "runtime/log.hpp"
 
 #include <boost/json.hpp>
@@ -183,6 +184,13 @@ asio::awaitable<control_response> post_job(const control_request& req, engine& e
     if (!parsed)
         co_return error_response(req.version(), http::status::bad_request,
                                  parsed.error().message());
+    if (!parsed->local_inputs.empty()) {
+        auto inputs = check_local_inputs(parsed->local_inputs, e.settings().inputs);
+        if (!inputs)
+            co_return error_response(req.version(), http::status::bad_request,
+                                     inputs.error().message());
+        parsed->inputs = std::move(*inputs);
+    }
     // Named, not braced lists in the call: GCC 12 cannot copy an initializer list into
     // a coroutine's frame.
     std::vector<core::job_spec> specs{*parsed};
@@ -339,7 +347,7 @@ std::string render_metrics(engine& e, const storage::state_model_counts* counts,
     if (counts)
         render_jobs(out, *counts);
     family("klingd_api_requests_total", "counter",
-           "API requests by kind (submit, status, result) and answer.");
+           "API requests by kind (submit, status, result, upload) and answer.");
     for (auto& [kind, codes] : st.requests)
         for (auto& [code, n] : codes)
             out += fmt::format("klingd_api_requests_total{{kind=\"{}\",code=\"{}\"}} {}\n",

@@ -4,6 +4,7 @@
 
 #include "core/money.hpp"
 #include "core/time_text.hpp"
+#include "daemon/local_inputs.hpp"
 #include "runtime/log.hpp"
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http/verb.hpp>
+#include <boost/json.hpp>
 #include <filesystem>
 #include <fmt/format.h>
 #include <fstream>
@@ -653,6 +655,15 @@ asio::awaitable<void> engine::send_submit(std::string id, core::time_point taken
     it = active_.find(id);
     if (it == active_.end())
         co_return;
+    // Local inputs: uploaded first, one upload per dispatch (it spends this turn's budget
+    // slot), their hosted URLs recorded before the submit that sends them.
+    if (!body.empty() && !core::local_refs(it->second.model, body).empty()) {
+        auto ready = co_await prepare_inputs(id, std::move(body), taken_at);
+        it = active_.find(id);
+        if (!ready || stopping_ || it == active_.end())
+            co_return;
+        body = std::move(*ready);
+    }
     auto u = base_.with_target(fmt::format("/v2/{}", it->second.model));
     http_client::prepared conn;
     if (!body.empty() && !stopping_)
@@ -709,6 +720,127 @@ asio::awaitable<void> engine::send_submit(std::string id, core::time_point taken
     scrub(tr); // before the gate keeps or logs its reason
     note_signal(tr, true, taken_at, out_answered);
     co_await apply(id, std::move(tr));
+}
+
+namespace {
+
+// params with every string that names an uploaded input replaced by its hosted URL.
+std::string with_hosted_urls(const std::string& params,
+                             const std::vector<core::local_input>& inputs) {
+    boost::system::error_code ec;
+    auto v = boost::json::parse(params, ec);
+    if (ec)
+        return params;
+    std::function<void(boost::json::value&)> walk = [&](boost::json::value& x) {
+        if (x.is_string()) {
+            for (auto& in : inputs)
+                if (in.hosted && x.as_string() == in.url)
+                    x = *in.hosted;
+        } else if (x.is_array()) {
+            for (auto& e : x.as_array())
+                walk(e);
+        } else if (x.is_object()) {
+            for (auto& kv : x.as_object())
+                walk(kv.value());
+        }
+    };
+    walk(v);
+    return core::canonical_json(v);
+}
+
+} // namespace
+
+asio::awaitable<std::optional<std::string>>
+engine::prepare_inputs(std::string id, std::string params, core::time_point taken_at) {
+    auto put_off = [&](std::string why) -> asio::awaitable<void> {
+        auto it = active_.find(id);
+        if (it == active_.end())
+            co_return;
+        core::event ev = core::ev_submit_deferred{std::move(why)};
+        auto tr = core::advance(it->second, ev, now(), context_for(it->second));
+        co_await apply(id, std::move(tr));
+    };
+    auto inputs = co_await repo_.inputs_of(id);
+    if (!inputs) {
+        co_await put_off(fmt::format("its local inputs cannot be read from the database: {}",
+                                     inputs.error().message()));
+        co_return std::nullopt;
+    }
+    auto wall = clock_.to_wall(now());
+    for (auto& in : *inputs) {
+        if (in.hosted)
+            continue;
+        // The same content uploaded within a day: its hosted URL again, no request spent.
+        auto cached = co_await repo_.cached_upload(in.sha256, wall - std::chrono::hours(24));
+        if (cached && *cached) {
+            auto r = co_await repo_.record_upload(id, in.url, in.sha256, **cached, wall, false);
+            if (!r) {
+                co_await put_off(fmt::format("the hosted URL of {} cannot be recorded: {}", in.url,
+                                             r.error().message()));
+                co_return std::nullopt;
+            }
+            log::info("job {}: {} has the content of an upload of the last day: {}", id, in.url,
+                      **cached);
+            in.hosted = **cached;
+            continue;
+        }
+        auto u = core::http_url::parse(settings_.inputs.upload_url);
+        if (!u) {
+            co_await put_off(
+                fmt::format("inputs.upload_url is not usable: {}", u.error().message()));
+            co_return std::nullopt;
+        }
+        auto body = upload_body(in, settings_.inputs);
+        if (!body) {
+            auto it = active_.find(id);
+            if (it == active_.end())
+                co_return std::nullopt;
+            core::event ev = core::ev_input_failed{body.error().detail};
+            auto tr = core::advance(it->second, ev, now(), context_for(it->second));
+            co_await apply(id, std::move(tr));
+            co_return std::nullopt;
+        }
+        header_list headers;
+        headers.emplace_back("x-api-key", settings_.api_key.reveal());
+        auto out = co_await client_.request(http::verb::post, *u, std::move(*body),
+                                            std::move(headers), settings_.api.max_result_bytes);
+        count(core::request_kind::upload, out);
+        bool answered = out.how == core::http_outcome::transport::ok;
+        std::string hosted =
+            answered && out.status >= 200 && out.status < 300 ? hosted_url_of(out.body) : "";
+        if (!hosted.empty()) {
+            core::transition ok;
+            ok.signal = core::api_signal::accepted;
+            note_signal(ok, true, taken_at, true);
+            auto r = co_await repo_.record_upload(id, in.url, in.sha256, hosted,
+                                                  clock_.to_wall(now()), true);
+            if (!r)
+                log::warning("job {}: {} was uploaded as {} but that cannot be recorded ({}): it "
+                             "is uploaded again later",
+                             id, in.url, hosted, r.error().message());
+            else
+                log::info("job {}: {} uploaded ({} bytes, {}) as {}", id, in.url, in.bytes, in.mime,
+                          hosted);
+        } else {
+            auto it = active_.find(id);
+            if (it == active_.end())
+                co_return std::nullopt;
+            core::event ev = core::ev_upload_answer{std::move(out), in.url};
+            auto tr = core::advance(it->second, ev, now(), context_for(it->second));
+            scrub(tr);
+            note_signal(tr, true, taken_at, answered);
+            co_await apply(id, std::move(tr));
+            co_return std::nullopt;
+        }
+        // This turn's slot is spent: the next input, or the submit, takes another.
+        if (auto it = active_.find(id); it != active_.end() && !stopping_) {
+            it->second.error.reset();
+            schedule(it->second, work_kind::submit, now());
+            wake();
+        }
+        co_return std::nullopt;
+    }
+    co_return with_hosted_urls(params, *inputs);
 }
 
 asio::awaitable<void> engine::send_get(std::string id, bool poll, core::time_point taken_at) {

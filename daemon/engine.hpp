@@ -188,6 +188,11 @@ private:
                                          core::time_point taken_at);
     boost::asio::awaitable<void> send_submit(std::string id, core::time_point taken_at);
     // A status poll, or the result fetch.
+    // Uploads the next local input of a pending job that has no hosted URL yet (or finds
+    // the same content uploaded within a day): nullopt then, the job scheduled again or
+    // failed. With every input hosted: params with the hosted URLs in place.
+    boost::asio::awaitable<std::optional<std::string>>
+    prepare_inputs(std::string id, std::string params, core::time_point taken_at);
     boost::asio::awaitable<void> send_get(std::string id, bool poll, core::time_point taken_at);
     // A job not in memory, in engine time: the journal's unwritten copy, else the database's.
     boost::asio::awaitable<core::result<std::optional<core::job>>> inactive_job(std::string id);

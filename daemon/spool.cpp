@@ -2,6 +2,7 @@
 #include "daemon/spool.hpp"
 
 #include "core/job_spec.hpp"
+#include "daemon/local_inputs.hpp"
 #include "daemon/output_dir.hpp"
 #include "runtime/log.hpp"
 
@@ -416,6 +417,12 @@ spool::candidate spool::read_candidate(const std::string& name) const {
                     ns(st.st_mtim), ns(st.st_ctim)};
     if (!parsed)
         return rejection{parsed.error().message(), std::move(file)};
+    if (!parsed->local_inputs.empty()) {
+        auto inputs = check_local_inputs(parsed->local_inputs, settings_.inputs);
+        if (!inputs)
+            return rejection{inputs.error().message(), std::move(file)};
+        parsed->inputs = std::move(*inputs);
+    }
     return job_file{std::move(*parsed), std::move(file)};
 }
 

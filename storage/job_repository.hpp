@@ -59,6 +59,17 @@ public:
     // Seconds from submission to completion of a model's latest n completed jobs.
     virtual async_result<std::vector<double>> recent_durations(std::string model, int n) = 0;
 
+    // Local inputs (file:// URLs in params), recorded at insert from job_spec::inputs.
+    virtual async_result<std::vector<core::local_input>> inputs_of(std::string id) = 0;
+    // Records an input's hosted URL, before the submit that uses it. fresh: it was
+    // uploaded now (not reused), and is remembered by its content for a day.
+    virtual async_result<void> record_upload(std::string id, std::string url, std::string sha256,
+                                             std::string hosted, core::time_point at,
+                                             bool fresh) = 0;
+    // The hosted URL of the same content uploaded at or after since.
+    virtual async_result<std::optional<std::string>> cached_upload(std::string sha256,
+                                                                   core::time_point since) = 0;
+
     // Small daemon state ("paused").
     virtual async_result<std::optional<std::string>> meta(std::string key) = 0;
     virtual async_result<void> set_meta(std::string key, std::string value) = 0;

@@ -68,6 +68,27 @@ CREATE TABLE spend (
 );
 CREATE INDEX spend_by_time ON spend(at);
 )",
+    // 3 -> 4: local files as inputs. A job's file:// inputs as checked at intake, each
+    // with its hosted URL once uploaded; and the uploads of the last day by content, so
+    // that the same content is uploaded once a day at most.
+    R"(
+CREATE TABLE inputs (
+  job_id TEXT NOT NULL,
+  url TEXT NOT NULL,
+  path TEXT NOT NULL,
+  sha256 TEXT NOT NULL,
+  bytes INTEGER NOT NULL,
+  mime TEXT NOT NULL,
+  hosted_url TEXT,
+  node TEXT NOT NULL DEFAULT '',
+  PRIMARY KEY (job_id, url)
+);
+CREATE TABLE uploads (
+  sha256 TEXT PRIMARY KEY,
+  hosted_url TEXT NOT NULL,
+  uploaded_at INTEGER NOT NULL
+);
+)",
 };
 
 static_assert(std::size(migrations) == job_store::schema_version);
@@ -214,6 +235,12 @@ std::vector<insert_outcome> job_store::insert_many(const std::vector<core::job_s
             .bind(5, ms(now));
         insert_->bind(6, i < sources.size() ? sources[i] : std::string());
         insert_->run();
+        for (const auto& in : s.inputs) {
+            statement ins(db_, "INSERT OR IGNORE INTO inputs (job_id, url, path, sha256, bytes, "
+                               "mime, hosted_url) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+            ins.bind(1, s.id).bind(2, in.url).bind(3, in.path).bind(4, in.sha256);
+            ins.bind(5, in.bytes).bind(6, in.mime).bind(7, in.hosted).run();
+        }
         add_history_->bind(1, s.id)
             .bind(2, ms(now))
             .bind(3, core::to_string(core::job_state::pending));
@@ -253,6 +280,39 @@ void job_store::save(const core::job& j, const std::string& note) {
         write_history(j.id,
                       {j.updated_at, std::string(core::to_string(j.state)), note, j.request_id});
     t.commit();
+}
+
+std::vector<core::local_input> job_store::inputs_of(const std::string& id) {
+    statement s(db_, "SELECT url, path, sha256, bytes, mime, hosted_url FROM inputs "
+                     "WHERE job_id = ?1 ORDER BY rowid");
+    s.bind(1, id);
+    std::vector<core::local_input> out;
+    while (s.step())
+        out.push_back({s.text(0), s.text(1), s.text(2), s.int64(3), s.text(4), s.opt_text(5)});
+    return out;
+}
+
+void job_store::record_upload(const std::string& id, const std::string& url,
+                              const std::string& sha256, const std::string& hosted, time_point at,
+                              bool fresh) {
+    transaction t(db_);
+    statement u(db_, "UPDATE inputs SET hosted_url = ?3 WHERE job_id = ?1 AND url = ?2");
+    u.bind(1, id).bind(2, url).bind(3, hosted).run();
+    if (fresh) {
+        statement c(db_, "INSERT INTO uploads (sha256, hosted_url, uploaded_at) VALUES (?1, ?2, "
+                         "?3) ON CONFLICT (sha256) DO UPDATE SET hosted_url = excluded.hosted_url, "
+                         "uploaded_at = excluded.uploaded_at");
+        c.bind(1, sha256).bind(2, hosted).bind(3, ms(at)).run();
+    }
+    t.commit();
+}
+
+std::optional<std::string> job_store::cached_upload(const std::string& sha256, time_point since) {
+    statement s(db_, "SELECT hosted_url FROM uploads WHERE sha256 = ?1 AND uploaded_at >= ?2");
+    s.bind(1, sha256).bind(2, ms(since));
+    if (s.step())
+        return s.text(0);
+    return std::nullopt;
 }
 
 spend_totals job_store::spend(core::time_point day_start, core::time_point month_start) {

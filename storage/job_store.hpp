@@ -31,7 +31,7 @@ public:
     // is not a database, is from a newer klingd, or cannot be opened; it is never overwritten.
     explicit job_store(const std::string& path, sqlite_tuning tuning = {});
 
-    static constexpr int schema_version = 3;
+    static constexpr int schema_version = 4;
 
     // Records a new job (state pending). Throws storage_error on failure.
     insert_outcome insert(const core::job_spec& spec, core::time_point now,
@@ -59,6 +59,14 @@ public:
     state_model_counts count_by_state_and_model();
     // Seconds from submission to completion of the latest completed requests of a model.
     std::vector<double> recent_durations(const std::string& model, int n);
+
+    // A job's local inputs, in the order recorded at intake.
+    std::vector<core::local_input> inputs_of(const std::string& id);
+    // The input's hosted URL; fresh: uploaded now (not reused), remembered by content.
+    void record_upload(const std::string& id, const std::string& url, const std::string& sha256,
+                       const std::string& hosted, core::time_point at, bool fresh);
+    // The hosted URL of content uploaded at or after since, if any.
+    std::optional<std::string> cached_upload(const std::string& sha256, core::time_point since);
 
     std::optional<std::string> meta(const std::string& key);
     void set_meta(const std::string& key, const std::string& value);

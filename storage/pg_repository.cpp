@@ -107,6 +107,28 @@ CREATE INDEX spend_by_time ON spend (at);
 -- it: its holder's POST may still be answered (api.request_timeout_s + 10 s, its own).
 ALTER TABLE nodes ADD COLUMN submit_grace_ms bigint NOT NULL DEFAULT 40000;
 )",
+    // 2 -> 3: local files as inputs (a job's file:// inputs, checked at intake on the node
+    // that holds the files, with their hosted URLs once uploaded), and the uploads of the
+    // last day by content.
+    R"(
+CREATE TABLE inputs (
+  job_id text NOT NULL,
+  url text NOT NULL,
+  path text NOT NULL,
+  sha256 text NOT NULL,
+  bytes bigint NOT NULL,
+  mime text NOT NULL,
+  hosted_url text,
+  node text NOT NULL DEFAULT '',
+  ord bigserial,
+  PRIMARY KEY (job_id, url)
+);
+CREATE TABLE uploads (
+  sha256 text PRIMARY KEY,
+  hosted_url text NOT NULL,
+  uploaded_at bigint NOT NULL
+);
+)",
 };
 
 static_assert(std::size(migrations) == pg_repository::schema_version);
@@ -242,7 +264,16 @@ async_result<std::vector<insert_outcome>> pg_repository::insert(std::vector<core
                                                                 std::vector<std::string> sources) {
     auto turn = co_await lane_.wait_turn();
     std::vector<param> ids, models, params, priorities, from;
+    std::vector<param> in_job, in_url, in_path, in_sha, in_bytes, in_mime;
     for (std::size_t i = 0; i < specs.size(); ++i) {
+        for (auto& in : specs[i].inputs) {
+            in_job.emplace_back(specs[i].id);
+            in_url.emplace_back(in.url);
+            in_path.emplace_back(in.path);
+            in_sha.emplace_back(in.sha256);
+            in_bytes.emplace_back(std::to_string(in.bytes));
+            in_mime.emplace_back(in.mime);
+        }
         ids.emplace_back(specs[i].id);
         models.emplace_back(specs[i].model);
         params.emplace_back(specs[i].params);
@@ -266,7 +297,14 @@ hist AS (
   SELECT i.id, $6::bigint, 'pending',
          CASE WHEN i.source <> '' THEN 'accepted from ' || i.source ELSE 'accepted' END,
          $7::text
-  FROM input i JOIN ins ON ins.id = i.id ORDER BY i.n)
+  FROM input i JOIN ins ON ins.id = i.id ORDER BY i.n),
+inp AS (
+  INSERT INTO inputs (job_id, url, path, sha256, bytes, mime, node)
+  SELECT x.job_id, x.url, x.path, x.sha256, x.bytes, x.mime, coalesce($7::text, '')
+  FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::text[])
+       WITH ORDINALITY AS x(job_id, url, path, sha256, bytes, mime, n)
+  JOIN ins ON ins.id = x.job_id ORDER BY x.n
+  ON CONFLICT DO NOTHING)
 SELECT id FROM ins)";
     std::vector<param> args{pg::array(ids),
                             pg::array(models),
@@ -274,7 +312,13 @@ SELECT id FROM ins)";
                             pg::array(priorities),
                             pg::array(from),
                             num(ms(now)),
-                            me_.name.empty() ? param{} : param{me_.name}};
+                            me_.name.empty() ? param{} : param{me_.name},
+                            pg::array(in_job),
+                            pg::array(in_url),
+                            pg::array(in_path),
+                            pg::array(in_sha),
+                            pg::array(in_bytes),
+                            pg::array(in_mime)};
     auto r = co_await db_.query(std::move(sql), std::move(args));
     if (!r)
         co_return r.error();
@@ -635,6 +679,54 @@ async_result<std::optional<std::string>> pg_repository::meta(std::string key) {
     co_return std::optional<std::string>(r->text(0, 0));
 }
 
+async_result<std::vector<core::local_input>> pg_repository::inputs_of(std::string id) {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql = "SELECT url, path, sha256, bytes, mime, hosted_url FROM inputs "
+                      "WHERE job_id = $1 ORDER BY ord";
+    std::vector<param> args{std::move(id)};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    std::vector<core::local_input> out;
+    for (int i = 0; i < r->size(); ++i)
+        out.push_back({r->text(i, 0), r->text(i, 1), r->text(i, 2), r->int64(i, 3), r->text(i, 4),
+                       r->opt_text(i, 5)});
+    co_return out;
+}
+
+async_result<void> pg_repository::record_upload(std::string id, std::string url, std::string sha256,
+                                                std::string hosted, core::time_point at,
+                                                bool fresh) {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql = R"(
+WITH u AS (UPDATE inputs SET hosted_url = $3 WHERE job_id = $1 AND url = $2 RETURNING 1)
+INSERT INTO uploads (sha256, hosted_url, uploaded_at)
+SELECT $4, $3, $5::bigint WHERE $6::boolean
+ON CONFLICT (sha256) DO UPDATE SET hosted_url = EXCLUDED.hosted_url,
+  uploaded_at = EXCLUDED.uploaded_at)";
+    std::vector<param> args{std::move(id),     std::move(url),
+                            std::move(hosted), std::move(sha256),
+                            num(ms(at)),       std::string(fresh ? "true" : "false")};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    co_return core::result<void>{};
+}
+
+async_result<std::optional<std::string>> pg_repository::cached_upload(std::string sha256,
+                                                                      core::time_point since) {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql =
+        "SELECT hosted_url FROM uploads WHERE sha256 = $1 AND uploaded_at >= $2::bigint";
+    std::vector<param> args{std::move(sha256), num(ms(since))};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    if (r->size() == 0)
+        co_return std::optional<std::string>{};
+    co_return std::optional<std::string>(r->text(0, 0));
+}
+
 async_result<void> pg_repository::set_meta(std::string key, std::string value) {
     auto turn = co_await lane_.wait_turn();
     std::string sql = "INSERT INTO meta (key, value) VALUES ($1, $2) "
@@ -735,6 +827,8 @@ WITH o AS (
 p AS (
   SELECT id FROM jobs
   WHERE state = 'pending' AND (claim_until IS NULL OR claim_until < )" NOW_MS R"()
+    AND NOT EXISTS (SELECT 1 FROM inputs i WHERE i.job_id = jobs.id
+                    AND i.hosted_url IS NULL AND i.node <> $1)
   ORDER BY priority DESC, seq LIMIT $5 FOR UPDATE SKIP LOCKED),
 u AS (
   UPDATE jobs SET claim_node = $1, claim_token = $2, claim_until = )" NOW_MS R"( + $3

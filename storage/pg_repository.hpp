@@ -19,7 +19,7 @@ namespace klingd::storage {
 
 class pg_repository final : public job_repository, public cluster_store {
 public:
-    static constexpr int schema_version = 2;
+    static constexpr int schema_version = 3;
 
     explicit pg_repository(std::string conninfo,
                            std::chrono::milliseconds deadline = std::chrono::seconds(10),
@@ -45,6 +45,11 @@ public:
     async_result<std::vector<double>> recent_durations(std::string model, int n) override;
     async_result<std::optional<std::string>> meta(std::string key) override;
     async_result<void> set_meta(std::string key, std::string value) override;
+    async_result<std::vector<core::local_input>> inputs_of(std::string id) override;
+    async_result<void> record_upload(std::string id, std::string url, std::string sha256,
+                                     std::string hosted, core::time_point at, bool fresh) override;
+    async_result<std::optional<std::string>> cached_upload(std::string sha256,
+                                                           core::time_point since) override;
 
     async_result<lease> join(node_identity me) override;
     async_result<claimed> claim(std::size_t max_pending, std::size_t max_orphans) override;

@@ -120,4 +120,24 @@ async_result<void> sqlite_repository::set_meta(std::string key, std::string valu
         [key = std::move(key), value = std::move(value)](job_store& s) { s.set_meta(key, value); });
 }
 
+async_result<std::vector<core::local_input>> sqlite_repository::inputs_of(std::string id) {
+    return on_worker([id = std::move(id)](job_store& s) { return s.inputs_of(id); });
+}
+
+async_result<void> sqlite_repository::record_upload(std::string id, std::string url,
+                                                    std::string sha256, std::string hosted,
+                                                    core::time_point at, bool fresh) {
+    return on_worker([id = std::move(id), url = std::move(url), sha256 = std::move(sha256),
+                      hosted = std::move(hosted), at, fresh](job_store& s) {
+        s.record_upload(id, url, sha256, hosted, at, fresh);
+    });
+}
+
+async_result<std::optional<std::string>> sqlite_repository::cached_upload(std::string sha256,
+                                                                          core::time_point since) {
+    return on_worker([sha256 = std::move(sha256), since](job_store& s) {
+        return s.cached_upload(sha256, since);
+    });
+}
+
 } // namespace klingd::storage

@@ -36,6 +36,11 @@ public:
     async_result<std::vector<double>> recent_durations(std::string model, int n) override;
     async_result<std::optional<std::string>> meta(std::string key) override;
     async_result<void> set_meta(std::string key, std::string value) override;
+    async_result<std::vector<core::local_input>> inputs_of(std::string id) override;
+    async_result<void> record_upload(std::string id, std::string url, std::string sha256,
+                                     std::string hosted, core::time_point at, bool fresh) override;
+    async_result<std::optional<std::string>> cached_upload(std::string sha256,
+                                                           core::time_point since) override;
 
 private:
     // Runs f(store_) on the worker thread; a storage_error becomes the result's error.

@@ -124,6 +124,44 @@ TYPED_TEST(job_repository_test,
     EXPECT_EQ(h[0].state, "pending");
 }
 
+TYPED_TEST(job_repository_test, local_inputs_are_recorded_with_the_job_and_their_uploads_kept) {
+    auto s = spec("in", R"({"image_urls":["file:///m/a.png","file:///m/b.png"],"prompt":"p"})");
+    s.inputs = {{"file:///m/a.png", "/m/a.png", "aa11", 10, "image/png", std::nullopt},
+                {"file:///m/b.png", "/m/b.png", "bb22", 20, "image/jpeg", std::nullopt}};
+    EXPECT_EQ(this->insert({s}), std::vector{storage::insert_outcome::inserted});
+    // The same job again records nothing twice.
+    EXPECT_EQ(this->insert({s}), std::vector{storage::insert_outcome::same_content});
+    auto in = this->ok(this->repo->inputs_of("in"));
+    ASSERT_EQ(in.size(), 2u);
+    EXPECT_EQ(in[0].url, "file:///m/a.png");
+    EXPECT_EQ(in[0].sha256, "aa11");
+    EXPECT_EQ(in[1].bytes, 20);
+    EXPECT_EQ(in[1].mime, "image/jpeg");
+    EXPECT_FALSE(in[0].hosted);
+    EXPECT_TRUE(this->ok(this->repo->inputs_of("nobody")).empty());
+
+    // An upload recorded: on the job's input, and by content for a day.
+    this->ok(
+        this->repo->record_upload("in", "file:///m/a.png", "aa11", "https://h/1.png", t0, true));
+    in = this->ok(this->repo->inputs_of("in"));
+    EXPECT_EQ(in[0].hosted.value_or(""), "https://h/1.png");
+    EXPECT_FALSE(in[1].hosted);
+    EXPECT_EQ(this->ok(this->repo->cached_upload("aa11", t0 - std::chrono::hours(24))).value_or(""),
+              "https://h/1.png");
+    EXPECT_FALSE(this->ok(this->repo->cached_upload("aa11", t0 + milliseconds(1))))
+        << "uploaded before `since`: not reused";
+    EXPECT_FALSE(this->ok(this->repo->cached_upload("bb22", t0 - std::chrono::hours(24))));
+    // A reuse (fresh = false) sets the job's URL and leaves the cache's time alone.
+    this->ok(this->repo->record_upload("in", "file:///m/b.png", "aa11", "https://h/1.png",
+                                       t0 + std::chrono::hours(5), false));
+    EXPECT_FALSE(this->ok(this->repo->cached_upload("aa11", t0 + milliseconds(1))));
+    EXPECT_EQ(this->ok(this->repo->inputs_of("in"))[1].hosted.value_or(""), "https://h/1.png");
+    if constexpr (TypeParam::durable) {
+        this->repo = TypeParam::open(this->dir);
+        EXPECT_EQ(this->ok(this->repo->inputs_of("in"))[0].hosted.value_or(""), "https://h/1.png");
+    }
+}
+
 TYPED_TEST(job_repository_test, a_batch_of_inserts_has_its_outcomes_in_order) {
     using storage::insert_outcome;
     this->insert({spec("x")});

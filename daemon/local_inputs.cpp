@@ -1,0 +1,321 @@
+// Local inputs: open a file only when it is what it claims to be and where it must be.
+#include "daemon/local_inputs.hpp"
+
+#include "core/url.hpp"
+
+#include <algorithm>
+#include <boost/json.hpp>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <memory>
+#include <openssl/evp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace klingd::daemon {
+namespace json = boost::json;
+
+namespace {
+
+struct fd_guard {
+    int fd = -1;
+    ~fd_guard() {
+        if (fd >= 0)
+            ::close(fd);
+    }
+};
+
+struct digest {
+    std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx{EVP_MD_CTX_new(), EVP_MD_CTX_free};
+    digest() { EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr); }
+    void add(const void* p, std::size_t n) { EVP_DigestUpdate(ctx.get(), p, n); }
+    std::string hex() {
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned len = 0;
+        EVP_DigestFinal_ex(ctx.get(), md, &len);
+        std::string out;
+        for (unsigned i = 0; i < len; ++i)
+            out += fmt::format("{:02x}", md[i]);
+        return out;
+    }
+};
+
+std::string real_path(const std::string& p) {
+    char buf[PATH_MAX];
+    if (::realpath(p.c_str(), buf) == nullptr)
+        return {};
+    return buf;
+}
+
+bool inside(const std::string& path, const std::string& dir) {
+    return path.size() > dir.size() + 1 && path.compare(0, dir.size(), dir) == 0 &&
+           path[dir.size()] == '/';
+}
+
+// The folders as they really are now (a folder may itself be a symlink); those that do
+// not exist are left out.
+std::vector<std::string> real_folders(const config::inputs_settings& cfg) {
+    std::vector<std::string> out;
+    for (auto& d : cfg.directories)
+        if (auto r = real_path(d); !r.empty() && r != "/")
+            out.push_back(r);
+    return out;
+}
+
+bool inside_any(const std::string& path, const std::vector<std::string>& dirs) {
+    for (auto& d : dirs)
+        if (inside(path, d))
+            return true;
+    return false;
+}
+
+std::string folder_list(const config::inputs_settings& cfg) {
+    std::string out;
+    for (auto& d : cfg.directories)
+        out += (out.empty() ? "" : ", ") + d;
+    return out;
+}
+
+// The file behind path, opened for reading when it is acceptable; else why not.
+struct opened {
+    fd_guard f;
+    std::string real;
+    std::int64_t bytes = 0;
+    std::string problem;
+};
+
+void open_checked(opened& o, const std::string& path, const config::inputs_settings& cfg) {
+    if (cfg.directories.empty()) {
+        o.problem = "names a local file, but [inputs] directories is empty: this klingd takes "
+                    "no local files";
+        return;
+    }
+    auto dirs = real_folders(cfg);
+    o.real = real_path(path);
+    if (o.real.empty()) {
+        o.problem = fmt::format("cannot be resolved: {}", std::strerror(errno));
+        return;
+    }
+    if (!inside_any(o.real, dirs)) {
+        o.problem = fmt::format("resolves to {}, which is outside [inputs] directories ({})",
+                                o.real, folder_list(cfg));
+        return;
+    }
+    o.f.fd = ::open(o.real.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (o.f.fd < 0) {
+        o.problem = errno == ELOOP
+                        ? std::string("was replaced by a symbolic link while it was checked")
+                        : fmt::format("cannot be opened: {}", std::strerror(errno));
+        return;
+    }
+    // What was opened, whatever happened to the path's folders since it was resolved.
+    char buf[PATH_MAX];
+    auto proc = fmt::format("/proc/self/fd/{}", o.f.fd);
+    auto n = ::readlink(proc.c_str(), buf, sizeof buf - 1);
+    if (n <= 0) {
+        o.problem = fmt::format("cannot be checked: {}", std::strerror(errno));
+        return;
+    }
+    std::string opened_path(buf, static_cast<std::size_t>(n));
+    if (!inside_any(opened_path, dirs)) {
+        o.problem = fmt::format("opened as {}, which is outside [inputs] directories ({})",
+                                opened_path, folder_list(cfg));
+        return;
+    }
+    struct stat st {};
+    if (::fstat(o.f.fd, &st) != 0) {
+        o.problem = fmt::format("cannot be read: {}", std::strerror(errno));
+        return;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        o.problem = "is not a regular file";
+        return;
+    }
+    if (st.st_nlink != 1) {
+        o.problem = fmt::format("has {} hard links: a file with more than one name may be one "
+                                "from outside [inputs] directories; copy it instead",
+                                st.st_nlink);
+        return;
+    }
+    if (static_cast<std::uint64_t>(st.st_size) > cfg.max_bytes) {
+        o.problem =
+            fmt::format("is {} bytes, above inputs.max_bytes ({})", st.st_size, cfg.max_bytes);
+        return;
+    }
+    if (st.st_size == 0) {
+        o.problem = "is empty";
+        return;
+    }
+    // A FIFO swapped in would have been refused above; the descriptor may block now.
+    int fl = ::fcntl(o.f.fd, F_GETFL);
+    if (fl >= 0)
+        ::fcntl(o.f.fd, F_SETFL, fl & ~O_NONBLOCK);
+    o.bytes = st.st_size;
+}
+
+// Reads up to n bytes, retrying short reads; the number read, or -1.
+ssize_t read_full(int fd, char* p, std::size_t n) {
+    std::size_t got = 0;
+    while (got < n) {
+        auto r = ::read(fd, p + got, n - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            break;
+        got += static_cast<std::size_t>(r);
+    }
+    return static_cast<ssize_t>(got);
+}
+
+bool is_image(std::string_view mime) {
+    return mime.starts_with("image/");
+}
+
+std::string_view want_name(core::media_want w) {
+    switch (w) {
+    case core::media_want::image:
+        return "an image";
+    case core::media_want::video:
+        return "a video";
+    default:
+        return "an image or a video";
+    }
+}
+
+} // namespace
+
+std::string sniff_media(std::string_view h) {
+    auto at = [&](std::size_t off, std::string_view magic) {
+        return h.size() >= off + magic.size() && h.substr(off, magic.size()) == magic;
+    };
+    if (at(0, "\x89PNG\r\n\x1a\n"))
+        return "image/png";
+    if (at(0, "\xff\xd8\xff"))
+        return "image/jpeg";
+    if (at(0, "GIF87a") || at(0, "GIF89a"))
+        return "image/gif";
+    if (at(0, "RIFF") && at(8, "WEBP"))
+        return "image/webp";
+    if (at(4, "ftyp"))
+        return at(8, "qt  ") ? "video/quicktime" : "video/mp4";
+    if (at(0, "\x1a\x45\xdf\xa3"))
+        return "video/webm";
+    return {};
+}
+
+core::result<std::vector<core::local_input>>
+check_local_inputs(const std::vector<core::local_ref>& refs, const config::inputs_settings& cfg) {
+    std::vector<core::local_input> out;
+    auto bad = [](const core::local_ref& r, const std::string& why) {
+        return core::error(core::errc::invalid_job,
+                           fmt::format("{} \"{}\" {}", r.where, r.url.substr(0, 300), why));
+    };
+    for (const auto& r : refs) {
+        if (std::any_of(out.begin(), out.end(), [&](auto& i) { return i.url == r.url; }))
+            continue; // the same file twice: one upload
+        opened o;
+        open_checked(o, r.path, cfg);
+        if (!o.problem.empty())
+            return bad(r, o.problem);
+        digest d;
+        std::string head;
+        std::vector<char> buf(1 << 20);
+        std::int64_t total = 0;
+        for (;;) {
+            auto n = read_full(o.f.fd, buf.data(), buf.size());
+            if (n < 0)
+                return bad(r, fmt::format("cannot be read: {}", std::strerror(errno)));
+            if (n == 0)
+                break;
+            if (head.size() < 16)
+                head.append(buf.data(), std::min<std::size_t>(16 - head.size(), n));
+            d.add(buf.data(), static_cast<std::size_t>(n));
+            total += n;
+            if (static_cast<std::uint64_t>(total) > cfg.max_bytes)
+                return bad(r, fmt::format("grew above inputs.max_bytes ({}) while it was read",
+                                          cfg.max_bytes));
+        }
+        auto mime = sniff_media(head);
+        if (mime.empty())
+            return bad(r, fmt::format("is not {} klingd knows by its content (PNG, JPEG, WebP, "
+                                      "GIF; MP4, MOV, WebM)",
+                                      want_name(r.want)));
+        if (r.want == core::media_want::image && !is_image(mime))
+            return bad(r, fmt::format("holds {} by its content: this field takes an image", mime));
+        if (r.want == core::media_want::video && is_image(mime))
+            return bad(r, fmt::format("holds {} by its content: this field takes a video", mime));
+        out.push_back({r.url, o.real, d.hex(), total, std::move(mime), std::nullopt});
+    }
+    return out;
+}
+
+core::result<std::string> upload_body(const core::local_input& in,
+                                      const config::inputs_settings& cfg) {
+    auto bad = [&](const std::string& why) {
+        return core::error(core::errc::invalid_job,
+                           fmt::format("input \"{}\" {}", in.url.substr(0, 300), why));
+    };
+    opened o;
+    open_checked(o, in.path, cfg);
+    if (!o.problem.empty())
+        return bad(o.problem);
+    if (o.real != in.path)
+        return bad(fmt::format("now resolves to {}, not {} as at intake", o.real, in.path));
+    if (o.bytes != in.bytes)
+        return bad(fmt::format("changed since it was taken in ({} bytes then, {} now)", in.bytes,
+                               o.bytes));
+    std::string prefix = fmt::format(R"({{"data_urls":["data:{};base64,)", in.mime);
+    std::string body;
+    body.reserve(prefix.size() + 4 * ((static_cast<std::size_t>(in.bytes) + 2) / 3) + 8);
+    body += prefix;
+    digest d;
+    constexpr std::size_t chunk = 3 * 65536; // a multiple of 3: no padding but at the end
+    std::vector<char> buf(chunk);
+    std::int64_t total = 0;
+    for (;;) {
+        auto n = read_full(o.f.fd, buf.data(), chunk);
+        if (n < 0)
+            return bad(fmt::format("cannot be read: {}", std::strerror(errno)));
+        if (n == 0)
+            break;
+        total += n;
+        if (total > in.bytes)
+            return bad("changed since it was taken in (it grew)");
+        d.add(buf.data(), static_cast<std::size_t>(n));
+        auto at = body.size();
+        body.resize(at + 4 * ((static_cast<std::size_t>(n) + 2) / 3) + 1);
+        int w = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(body.data() + at),
+                                reinterpret_cast<const unsigned char*>(buf.data()),
+                                static_cast<int>(n));
+        body.resize(at + static_cast<std::size_t>(w));
+        if (static_cast<std::size_t>(n) < chunk)
+            break; // the end (read_full fills the chunk unless the file ends)
+    }
+    if (total != in.bytes || d.hex() != in.sha256)
+        return bad("changed since it was taken in (its SHA-256 differs): not uploaded");
+    body += "\"]}";
+    return body;
+}
+
+std::string hosted_url_of(std::string_view body) {
+    boost::system::error_code ec;
+    auto v = json::parse(body, ec);
+    if (ec || !v.is_object())
+        return {};
+    for (auto key : {"file_urls", "urls"}) {
+        auto* a = v.as_object().if_contains(key);
+        if (!a || !a->is_array() || a->as_array().empty() || !a->as_array()[0].is_string())
+            continue;
+        std::string_view u = a->as_array()[0].as_string();
+        if (core::http_url::parse(u))
+            return std::string(u);
+    }
+    return {};
+}
+
+} // namespace klingd::daemon

@@ -1,0 +1,44 @@
+// Local files as job inputs: the checks at intake and the read before the upload.
+//
+// A job file names local media as file:// URLs; klingd uploads them and sends the hosted
+// URLs. A job file must never make klingd read a file outside [inputs] directories, so
+// both the intake and the upload open the file the same careful way: the path resolved
+// (every symlink), then opened without following a final symlink, then the path of what
+// was really opened (/proc/self/fd) checked again against the folders, which defeats a
+// folder swapped for a symlink in between; a regular file with one link only (a hard
+// link could be a door to a file elsewhere), no larger than max_bytes. The content's
+// SHA-256 is recorded at intake and checked again while the upload body is built: bytes
+// that changed fail the job.
+#pragma once
+
+#include "config/settings.hpp"
+#include "core/error.hpp"
+#include "core/job_spec.hpp"
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace klingd::daemon {
+
+// The MIME type the first bytes of a file show ("image/png", "video/mp4"), or "" when
+// they are none klingd knows.
+std::string sniff_media(std::string_view head);
+
+// Checks each of a job's file:// references (what, where, kind by content) and reads
+// its hash: the inputs to record, or errc::invalid_job with one line naming the field,
+// the URL and what is wrong.
+core::result<std::vector<core::local_input>>
+check_local_inputs(const std::vector<core::local_ref>& refs, const config::inputs_settings& cfg);
+
+// The JSON body of the upload of one input, {"data_urls":["data:<mime>;base64,..."]},
+// built while the file is read (one copy of it in memory, encoded); the file opened as at
+// intake and its content checked against the hash recorded then. errc::invalid_job when
+// the file is gone, moved out, changed or no longer acceptable (the job fails with it).
+core::result<std::string> upload_body(const core::local_input& in,
+                                      const config::inputs_settings& cfg);
+
+// The hosted URL an upload's answer gives, under "file_urls" or "urls"; "" when none.
+std::string hosted_url_of(std::string_view body);
+
+} // namespace klingd::daemon

@@ -1,0 +1,241 @@
+// Local inputs against someone who wants out of [inputs] directories: "..", symlinks
+// planted before and after intake, a folder swapped for a symlink, a hard link to a file
+// outside, a file changed or swapped between intake and upload, a FIFO, a folder, the
+// wrong kind of media for a field, a file too large. And what is accepted: the content's
+// hash and kind recorded, and the upload body carrying the bytes unchanged.
+#include "core/job_spec.hpp"
+#include "daemon/local_inputs.hpp"
+#include "tests/support/child_process.hpp"
+
+#include <boost/json.hpp>
+#include <filesystem>
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <openssl/evp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace {
+
+using namespace klingd;
+namespace fs = std::filesystem;
+namespace json = boost::json;
+
+const std::string png_bytes = std::string("\x89PNG\r\n\x1a\n", 8) + std::string(5000, 'p');
+const std::string mp4_bytes = std::string("\0\0\0\x18"
+                                          "ftypisom",
+                                          12) +
+                              std::string(7000, 'v');
+
+class local_inputs : public ::testing::Test {
+protected:
+    test::temp_dir tmp;
+    fs::path media = fs::path(tmp.path()) / "media";
+    fs::path outside = fs::path(tmp.path()) / "secret";
+    config::inputs_settings cfg;
+
+    void SetUp() override {
+        fs::create_directories(media);
+        fs::create_directories(outside);
+        cfg.directories = {media.string()};
+        cfg.max_bytes = 1 << 20;
+        test::write_file((outside / "key.png").string(),
+                         png_bytes); // looks like media, must stay home
+        test::write_file((media / "a.png").string(), png_bytes);
+        test::write_file((media / "v.mp4").string(), mp4_bytes);
+    }
+
+    static std::string url(const fs::path& p) { return "file://" + p.string(); }
+
+    // Parses a kling-o1 job naming u as its image, then checks its inputs.
+    core::result<std::vector<core::local_input>> intake(const std::string& u,
+                                                        const std::string& model = "kling-o1") {
+        std::string text =
+            model == "kling-o1"
+                ? fmt::format(R"({{"model":"kling-o1","params":{{"prompt":"p @Image1",)"
+                              R"("image_urls":["{}"]}}}})",
+                              u)
+                : fmt::format(R"({{"model":"{}","params":{{"prompt":"p","video_url":"{}"}}}})",
+                              model, u);
+        auto spec = core::parse_job_spec(text, "j");
+        if (!spec)
+            return spec.error();
+        return daemon::check_local_inputs(spec->local_inputs, cfg);
+    }
+
+    static std::string why(const core::result<std::vector<core::local_input>>& r) {
+        return r ? std::string("accepted") : r.error().detail;
+    }
+};
+
+std::string sha256_hex(const std::string& s) {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned n = 0;
+    EVP_Digest(s.data(), s.size(), md, &n, EVP_sha256(), nullptr);
+    std::string out;
+    for (unsigned i = 0; i < n; ++i)
+        out += fmt::format("{:02x}", md[i]);
+    return out;
+}
+
+std::string decode_b64(const std::string& b64) {
+    std::string out(b64.size(), '\0');
+    int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                            reinterpret_cast<const unsigned char*>(b64.data()),
+                            static_cast<int>(b64.size()));
+    out.resize(static_cast<std::size_t>(n));
+    auto pad = std::count(b64.end() - std::min<long>(2, b64.size()), b64.end(), '=');
+    out.resize(out.size() - static_cast<std::size_t>(pad));
+    return out;
+}
+
+TEST_F(local_inputs, a_file_inside_is_taken_with_its_hash_and_kind_and_uploaded_unchanged) {
+    auto r = intake(url(media / "a.png"));
+    ASSERT_TRUE(r) << why(r);
+    ASSERT_EQ(r->size(), 1u);
+    auto& in = r->front();
+    EXPECT_EQ(in.path, fs::canonical(media / "a.png").string());
+    EXPECT_EQ(in.sha256, sha256_hex(png_bytes));
+    EXPECT_EQ(in.bytes, static_cast<std::int64_t>(png_bytes.size()));
+    EXPECT_EQ(in.mime, "image/png");
+
+    auto body = daemon::upload_body(in, cfg);
+    ASSERT_TRUE(body) << body.error().detail;
+    auto v = json::parse(*body);
+    std::string data(v.at("data_urls").at(0).as_string());
+    const std::string prefix = "data:image/png;base64,";
+    ASSERT_EQ(data.substr(0, prefix.size()), prefix);
+    EXPECT_EQ(decode_b64(data.substr(prefix.size())), png_bytes);
+
+    auto video = intake(url(media / "v.mp4"), "kling-o1-video-to-video-edit");
+    ASSERT_TRUE(video) << why(video);
+    EXPECT_EQ(video->front().mime, "video/mp4");
+}
+
+TEST_F(local_inputs, dot_dot_and_other_hosts_are_refused_before_any_file_is_opened) {
+    auto dots = url(media) + "/../secret/key.png";
+    EXPECT_NE(why(intake(dots)).find("\"..\""), std::string::npos) << why(intake(dots));
+    EXPECT_NE(why(intake("file://example.com/etc/passwd")).find("another host"), std::string::npos);
+    EXPECT_NE(why(intake("file:relative.png")).find("file://"), std::string::npos);
+    EXPECT_NE(why(intake(url(media / "a.png") + "?x=1")).find("query"), std::string::npos);
+}
+
+TEST_F(local_inputs, a_path_outside_the_folders_is_refused_even_when_it_is_media) {
+    auto r = intake(url(outside / "key.png"));
+    EXPECT_NE(why(r).find("outside [inputs] directories"), std::string::npos) << why(r);
+    cfg.directories.clear();
+    r = intake(url(media / "a.png"));
+    EXPECT_NE(why(r).find("directories is empty"), std::string::npos) << why(r);
+}
+
+TEST_F(local_inputs, a_symlink_planted_before_intake_that_leads_outside_is_refused) {
+    fs::create_symlink(outside / "key.png", media / "link.png");
+    auto r = intake(url(media / "link.png"));
+    EXPECT_NE(why(r).find("outside [inputs] directories"), std::string::npos) << why(r);
+    // A symlinked folder inside that leads out is the same.
+    fs::create_directory_symlink(outside, media / "sub");
+    r = intake(url(media / "sub" / "key.png"));
+    EXPECT_NE(why(r).find("outside [inputs] directories"), std::string::npos) << why(r);
+    // A symlink that stays inside is fine: it resolves to a file inside.
+    fs::create_symlink(media / "a.png", media / "alias.png");
+    EXPECT_TRUE(intake(url(media / "alias.png"))) << why(intake(url(media / "alias.png")));
+}
+
+TEST_F(local_inputs, a_hard_link_to_a_file_outside_is_refused) {
+    ASSERT_EQ(::link((outside / "key.png").c_str(), (media / "hard.png").c_str()), 0);
+    auto r = intake(url(media / "hard.png"));
+    EXPECT_NE(why(r).find("hard links"), std::string::npos) << why(r);
+}
+
+TEST_F(local_inputs, fifos_folders_empty_and_oversized_files_are_refused) {
+    ASSERT_EQ(::mkfifo((media / "pipe.png").c_str(), 0600), 0);
+    EXPECT_NE(why(intake(url(media / "pipe.png"))).find("not a regular file"), std::string::npos);
+    fs::create_directory(media / "dir.png");
+    EXPECT_NE(why(intake(url(media / "dir.png"))).find("not a regular file"), std::string::npos);
+    test::write_file((media / "empty.png").string(), "");
+    EXPECT_NE(why(intake(url(media / "empty.png"))).find("empty"), std::string::npos);
+    cfg.max_bytes = 100;
+    EXPECT_NE(why(intake(url(media / "a.png"))).find("inputs.max_bytes"), std::string::npos);
+    EXPECT_NE(why(intake(url(media / "missing.png"))).find("cannot be resolved"),
+              std::string::npos);
+}
+
+TEST_F(local_inputs, the_kind_comes_from_the_content_not_the_name) {
+    test::write_file((media / "fake.png").string(), "#!/bin/sh\necho not an image\n");
+    auto r = intake(url(media / "fake.png"));
+    EXPECT_NE(why(r).find("not an image klingd knows"), std::string::npos) << why(r);
+    // A video in an image field, an image in the video field.
+    r = intake(url(media / "v.mp4"));
+    EXPECT_NE(why(r).find("video/mp4 by its content: this field takes an image"), std::string::npos)
+        << why(r);
+    r = intake(url(media / "a.png"), "kling-o1-video-to-video-edit");
+    EXPECT_NE(why(r).find("this field takes a video"), std::string::npos) << why(r);
+}
+
+TEST_F(local_inputs, a_file_changed_or_swapped_between_intake_and_upload_is_not_uploaded) {
+    auto r = intake(url(media / "a.png"));
+    ASSERT_TRUE(r) << why(r);
+    auto in = r->front();
+
+    // The same size, other bytes.
+    std::string changed = png_bytes;
+    changed.back() = 'X';
+    test::write_file((media / "a.png").string(), changed);
+    auto b = daemon::upload_body(in, cfg);
+    ASSERT_FALSE(b);
+    EXPECT_NE(b.error().detail.find("SHA-256 differs"), std::string::npos) << b.error().detail;
+
+    // Replaced by a symlink to a file outside with the very same bytes.
+    test::write_file((outside / "same.png").string(), png_bytes);
+    fs::remove(media / "a.png");
+    fs::create_symlink(outside / "same.png", media / "a.png");
+    b = daemon::upload_body(in, cfg);
+    ASSERT_FALSE(b);
+    EXPECT_NE(b.error().detail.find("outside [inputs] directories"), std::string::npos)
+        << b.error().detail;
+
+    // The folder itself swapped for a symlink to a folder outside holding the same name.
+    fs::remove(media / "a.png");
+    test::write_file((outside / "a.png").string(), png_bytes);
+    fs::rename(media, fs::path(tmp.path()) / "media-old");
+    fs::create_directory_symlink(outside, media);
+    b = daemon::upload_body(in, cfg);
+    ASSERT_FALSE(b);
+    EXPECT_NE(b.error().detail.find("now resolves to"), std::string::npos) << b.error().detail;
+
+    // Gone.
+    fs::remove(media);
+    fs::rename(fs::path(tmp.path()) / "media-old", media);
+    b = daemon::upload_body(in, cfg);
+    ASSERT_FALSE(b);
+    EXPECT_NE(b.error().detail.find("cannot be resolved"), std::string::npos) << b.error().detail;
+}
+
+TEST_F(local_inputs, the_hosted_url_is_read_under_file_urls_or_urls_and_must_be_http) {
+    EXPECT_EQ(daemon::hosted_url_of(R"({"file_urls":["https://h/x.png"]})"), "https://h/x.png");
+    EXPECT_EQ(daemon::hosted_url_of(R"({"urls":["https://h/y.png"]})"), "https://h/y.png");
+    EXPECT_EQ(daemon::hosted_url_of(R"({"urls":["file:///etc/passwd"]})"), "");
+    EXPECT_EQ(daemon::hosted_url_of(R"({"urls":[]})"), "");
+    EXPECT_EQ(daemon::hosted_url_of("not json"), "");
+}
+
+TEST(local_refs, are_found_in_stored_params_by_field_with_the_kind_each_field_wants) {
+    auto refs = core::local_refs(
+        "kling-o1-video-to-video-edit",
+        R"({"elements":[{"frontal_image_url":"file:///m/f.png","reference_image_urls":["file:///m/r.png"]}],)"
+        R"("image_urls":["https://x/y.png"],"prompt":"file:///m/not-a-field.png","video_url":"file:///m/v.mp4"})");
+    ASSERT_EQ(refs.size(), 3u);
+    EXPECT_EQ(refs[0].where, "params.video_url");
+    EXPECT_EQ(refs[0].want, core::media_want::video);
+    EXPECT_EQ(refs[1].path, "/m/f.png");
+    EXPECT_EQ(refs[1].want, core::media_want::image);
+    EXPECT_EQ(refs[2].where, "params.elements[0].reference_image_urls[0]");
+    EXPECT_TRUE(core::local_refs("kling-o1", R"({"image_urls":["https://x/y.png"]})").empty());
+    // Another model: any file:// string, either kind; percent-encoding decoded.
+    auto other = core::local_refs("other", R"({"a":{"b":["FILE:///m/a%20b.png"]}})");
+    ASSERT_EQ(other.size(), 1u);
+    EXPECT_EQ(other[0].path, "/m/a b.png");
+    EXPECT_EQ(other[0].want, core::media_want::any);
+}
+
+} // namespace
