@@ -784,6 +784,15 @@ engine::prepare_inputs(std::string id, std::string params, core::time_point take
             in.hosted = **cached;
             continue;
         }
+        // The same content being uploaded for another job: its URL, once recorded, serves
+        // this one too.
+        if (uploading_.count(in.sha256)) {
+            if (auto it = active_.find(id); it != active_.end() && !stopping_) {
+                schedule(it->second, work_kind::submit, now() + std::chrono::seconds(1));
+                wake();
+            }
+            co_return std::nullopt;
+        }
         auto u = core::http_url::parse(settings_.inputs.upload_url);
         if (!u) {
             co_await put_off(
@@ -802,6 +811,12 @@ engine::prepare_inputs(std::string id, std::string params, core::time_point take
         }
         header_list headers;
         headers.emplace_back("x-api-key", settings_.api_key.reveal());
+        struct uploading_guard {
+            std::set<std::string>& set;
+            std::string sha;
+            ~uploading_guard() { set.erase(sha); }
+        } guard{uploading_, in.sha256};
+        uploading_.insert(in.sha256);
         auto out = co_await client_.request(http::verb::post, *u, std::move(*body),
                                             std::move(headers), settings_.api.max_result_bytes);
         count(core::request_kind::upload, out);

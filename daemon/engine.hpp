@@ -29,6 +29,7 @@
 #include <functional>
 #include <map>
 #include <random>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -243,6 +244,8 @@ private:
 
     boost::asio::io_context& io_;
     const config::settings& settings_;
+    // Contents (SHA-256) whose upload is under way: another job with the same waits for it.
+    std::set<std::string> uploading_;
     storage::job_repository& repo_;
     storage::cluster_store* cluster_;
     core::time_point lease_until_{}; // engine time: this node's claims last until then

@@ -212,6 +212,12 @@ INSTANTIATE_TEST_SUITE_P(all, config_rejects, ::testing::Values(
     bad_case{"absurd_limit", "[spend]\ndaily_limit = 1e300\n", "2: spend.daily_limit", "out of range"},
     bad_case{"unknown_spend_key", "[spend]\nweekly_limit = 3\n", "2: spend.weekly_limit", "unknown key"},
     bad_case{"price_above_daily_limit", "[spend]\ndaily_limit = 0.5\n[models.\"kling-o1\"]\nprice = 0.75\n", "4: models.\"kling-o1\".price", "0.75 is above spend.daily_limit (0.5)"},
+    bad_case{"inputs_relative_folder", "[inputs]\ndirectories = [\"media\"]\n", "2: inputs.directories", "must be an absolute folder path"},
+    bad_case{"inputs_root_folder", "[inputs]\ndirectories = [\"/srv\", \"/\"]\n", "2: inputs.directories", "any file of this host"},
+    bad_case{"inputs_not_an_array", "[inputs]\ndirectories = \"/srv\"\n", "2: inputs.directories", "must be an array"},
+    bad_case{"inputs_folder_holds_the_database", "[storage]\ndatabase = \"/srv/klingd/k.db\"\n[inputs]\ndirectories = [\"/srv/klingd/\"]\n", "4: inputs.directories", "holds storage.database"},
+    bad_case{"inputs_plain_http_upload", "[inputs]\nupload_url = \"http://uploads.example.com/upload-asset\"\n", "2: inputs.upload_url", "only to a loopback host"},
+    bad_case{"inputs_zero_bytes", "[inputs]\nmax_bytes = 0\n", "2: inputs.max_bytes", "out of range"},
     bad_case{"syntax_error", "[api\nbase_url = 1\n", "1: syntax", ""}
 ), [](const auto& info) { return std::string(info.param.name); });
 // clang-format on
@@ -237,6 +243,19 @@ TEST(config_values, money_is_exact_in_millionths) {
     EXPECT_NE(drift, 350.0) << "doubles would drift: the reason for millionths";
     EXPECT_EQ(klingd::core::money_text(35000), "0.035");
     EXPECT_EQ(klingd::core::money_text(1), "0.000001");
+}
+
+TEST(config_values, inputs_folders_are_normalised_and_the_upload_url_kept) {
+    auto r = parse("[inputs]\ndirectories = [\"/srv/media/\", \"/srv/./media\", \"/data\"]\n"
+                   "upload_url = \"http://127.0.0.1:9/upload-asset\"\nmax_bytes = 2048\n");
+    ASSERT_TRUE(r.value) << (r.errors.empty() ? "" : r.errors[0]);
+    EXPECT_EQ(r.value->inputs.directories, (std::vector<std::string>{"/srv/media", "/data"}));
+    EXPECT_EQ(r.value->inputs.upload_url, "http://127.0.0.1:9/upload-asset");
+    EXPECT_EQ(r.value->inputs.max_bytes, 2048u);
+    auto d = parse("");
+    ASSERT_TRUE(d.value);
+    EXPECT_TRUE(d.value->inputs.directories.empty()) << "no local files unless asked";
+    EXPECT_EQ(d.value->inputs.upload_url, "https://workflows-api.segmind.com/upload-asset");
 }
 
 TEST(config_errors, all_problems_are_reported_at_once) {

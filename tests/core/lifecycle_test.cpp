@@ -176,6 +176,49 @@ TEST_F(fixture, submit_401_returns_to_pending_untouched_and_stops_submissions) {
     EXPECT_EQ(t.persist, persist_mode::durable);
 }
 
+// The upload of a local input: a submit's error classes, nothing counted as an attempt.
+TEST_F(fixture, upload_answers_follow_a_submits_error_classes_and_never_count_an_attempt) {
+    const std::string in = "file:///m/a.png";
+    auto j = pending_job();
+    auto t = go(j, ev_upload_answer{answer(429, "{}", "7"), in});
+    EXPECT_EQ(t.next.state, job_state::pending);
+    EXPECT_EQ(t.signal, api_signal::rate_limited);
+    ASSERT_TRUE(t.rate_limited_until);
+    EXPECT_EQ(*t.rate_limited_until, t0 + seconds(7));
+    EXPECT_EQ(t.work, work_kind::submit);
+    EXPECT_EQ(t.next.attempts, 0);
+
+    t = go(j, ev_upload_answer{answer(401, R"({"error":"Invalid API key"})"), in});
+    EXPECT_EQ(t.next.state, job_state::pending);
+    EXPECT_EQ(t.signal, api_signal::unauthorized);
+    t = go(j, ev_upload_answer{answer(406, R"({"error":"Insufficient credits"})"), in});
+    EXPECT_EQ(t.signal, api_signal::no_credits);
+    EXPECT_EQ(t.next.state, job_state::pending);
+
+    t = go(j, ev_upload_answer{answer(502, "<html>bad gateway</html>"), in});
+    EXPECT_EQ(t.next.state, job_state::pending);
+    EXPECT_EQ(t.work, work_kind::submit);
+    EXPECT_GT(t.not_before, t0) << "a 5xx waits its backoff";
+    EXPECT_EQ(t.next.failures, 1);
+    t = go(j, ev_upload_answer{transport_error(transport::lost, "timeout"), in});
+    EXPECT_EQ(t.next.state, job_state::pending);
+    EXPECT_GT(t.not_before, t0);
+
+    t = go(j, ev_upload_answer{answer(413, R"({"error":"File too large"})"), in});
+    EXPECT_EQ(t.next.state, job_state::failed);
+    EXPECT_NE(t.next.error->find("File too large"), std::string::npos) << *t.next.error;
+    EXPECT_NE(t.next.error->find(in), std::string::npos);
+    t = go(j, ev_upload_answer{answer(200, R"({"nothing":[]})"), in});
+    EXPECT_EQ(t.next.state, job_state::failed) << "a 2xx without a hosted URL";
+
+    t = go(j, ev_input_failed{"input \"file:///m/a.png\" changed since it was taken in"});
+    EXPECT_EQ(t.next.state, job_state::failed);
+    EXPECT_NE(t.next.error->find("changed since"), std::string::npos);
+    // Only a pending job uploads.
+    EXPECT_FALSE(go(submitting(), ev_upload_answer{answer(429, "{}"), in}).rejection.empty());
+    EXPECT_FALSE(go(submitting(), ev_input_failed{"x"}).rejection.empty());
+}
+
 TEST_F(fixture, submit_406_returns_to_pending_and_signals_no_credits) {
     auto t = go(submitting(), ev_submit_answer{answer(406, R"({"error":"Insufficient credits"})")});
     EXPECT_EQ(t.next.state, job_state::pending);
