@@ -18,6 +18,7 @@
 #include <fmt/format.h>
 #include <fstream>
 #include <libpq-fe.h>
+#include <openssl/evp.h>
 #include <span>
 #include <sstream>
 #include <sys/stat.h>
@@ -260,6 +261,58 @@ void parse_upload_url(context& c, const toml::node& n, inputs_settings& in) {
     in.upload_url = *v;
 }
 
+void parse_hook_command(context& c, const toml::node& n, hooks_settings& h) {
+    constexpr std::string_view key = "hooks.command";
+    auto* a = n.as_array();
+    if (!a) {
+        c.error(n, key,
+                "must be an array: the program and its arguments, no shell "
+                "(e.g. [\"/usr/local/bin/on-done\", \"--quiet\"])");
+        return;
+    }
+    std::vector<std::string> argv;
+    for (auto& e : *a) {
+        auto* str = e.as_string();
+        if (!str || str->get().find('\0') != std::string::npos) {
+            c.error(e, key, "every entry must be a string without NUL bytes");
+            return;
+        }
+        argv.push_back(str->get());
+    }
+    if (!argv.empty() && !fs::path(argv.front()).is_absolute()) {
+        c.error(n, key,
+                fmt::format("the program \"{}\" must be an absolute path (the service's PATH is "
+                            "short)",
+                            argv.front()));
+        return;
+    }
+    h.command = std::move(argv);
+}
+
+void parse_webhook_url(context& c, const toml::node& n, hooks_settings& h) {
+    constexpr std::string_view key = "hooks.webhook_url";
+    auto v = read_string(c, n, key);
+    if (!v)
+        return;
+    if (v->empty()) {
+        h.webhook_url.clear();
+        return;
+    }
+    auto u = core::http_url::parse(*v);
+    if (!u) {
+        c.error(n, key, fmt::format("\"{}\" {}", v->substr(0, 200), u.error().message()));
+        return;
+    }
+    if (!u->tls() && !core::is_loopback_host(u->host())) {
+        c.error(n, key,
+                fmt::format("\"{}\": plain http:// is allowed only to a loopback host "
+                            "(localhost, 127.0.0.0/8, [::1]); use https://",
+                            v->substr(0, 200)));
+        return;
+    }
+    h.webhook_url = *v;
+}
+
 void parse_base_url(context& c, const toml::node& n, api_settings& api) {
     constexpr std::string_view key = "api.base_url";
     auto v = read_string(c, n, key);
@@ -480,6 +533,21 @@ const key_rule inputs_keys[] = {
         if (auto v = read_integer(c, n, "inputs.max_bytes", 1, std::int64_t{4} << 30)) s.inputs.max_bytes = static_cast<std::uint64_t>(*v);
     }},
 };
+const key_rule hooks_keys[] = {
+    {"command", [](context& c, const toml::node& n, settings& s) { parse_hook_command(c, n, s.hooks); }},
+    {"webhook_url", [](context& c, const toml::node& n, settings& s) { parse_webhook_url(c, n, s.hooks); }},
+    {"webhook_secret_file", [](context& c, const toml::node& n, settings& s) { assign(read_path(c, n, "hooks.webhook_secret_file", true), s.hooks.webhook_secret_file); }},
+    {"timeout_s", [](context& c, const toml::node& n, settings& s) {
+        auto v = read_seconds(c, n, "hooks.timeout_s", 3600);
+        if (v && *v < 0.1)
+            c.error(n, "hooks.timeout_s", fmt::format("{} is too short: at least 0.1 seconds", *v));
+        else
+            assign(v, s.hooks.timeout_s);
+    }},
+    {"max_attempts", [](context& c, const toml::node& n, settings& s) {
+        if (auto v = read_integer(c, n, "hooks.max_attempts", 1, 1000)) s.hooks.max_attempts = static_cast<int>(*v);
+    }},
+};
 // clang-format on
 
 struct section_rule {
@@ -491,6 +559,7 @@ const section_rule sections[] = {
     {"api", api_keys},     {"storage", storage_keys}, {"cluster", cluster_keys},
     {"spool", spool_keys}, {"output", output_keys},   {"control", control_keys},
     {"jobs", jobs_keys},   {"spend", spend_keys},     {"inputs", inputs_keys},
+    {"hooks", hooks_keys},
 };
 
 std::string known_names(std::span<const key_rule> keys) {
@@ -689,6 +758,54 @@ void find_api_key(context& c, settings& s, const env_lookup& env) {
         "($CREDENTIALS_DIRECTORY/segmind-api-key), or set $SEGMIND_API_KEY");
 }
 
+// The Standard Webhooks secret: "whsec_" then the base64 key (the file's only line).
+void read_webhook_secret(context& c, settings& s) {
+    const auto& path = s.hooks.webhook_secret_file;
+    constexpr std::string_view key = "hooks.webhook_secret_file";
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        c.error(c.line_of(std::string(key)), key,
+                fmt::format("cannot read {}: {}", path, std::strerror(errno)));
+        return;
+    }
+    std::ostringstream buf;
+    buf << in.rdbuf();
+    std::string text = trim(buf.str());
+    constexpr std::string_view prefix = "whsec_";
+    std::string b64 = text.starts_with(prefix) ? text.substr(prefix.size()) : std::string();
+    std::string raw(b64.size(), '\0');
+    int n = -1;
+    bool clean = !b64.empty() && b64.size() % 4 == 0 &&
+                 b64.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                       "0123456789+/=") == std::string::npos;
+    if (clean)
+        n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(raw.data()),
+                            reinterpret_cast<const unsigned char*>(b64.data()),
+                            static_cast<int>(b64.size()));
+    if (n <= 0) {
+        c.error(c.line_of(std::string(key)), key,
+                fmt::format("{} does not hold a Standard Webhooks secret (\"whsec_\" and base64 "
+                            "on one line)",
+                            path));
+        return;
+    }
+    raw.resize(static_cast<std::size_t>(n) - (b64.ends_with("==")  ? 2
+                                              : b64.ends_with('=') ? 1
+                                                                   : 0));
+    if (raw.size() < 24 || raw.size() > 64) {
+        c.error(c.line_of(std::string(key)), key,
+                fmt::format("the key in {} is {} bytes; Standard Webhooks keys are 24 to 64", path,
+                            raw.size()));
+        return;
+    }
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && (st.st_mode & 0004))
+        c.warnings.push_back(
+            fmt::format("{}: the webhook secret file {} is readable by every user; chmod o-r it",
+                        c.file, path));
+    s.webhook_key = secret(std::move(raw));
+}
+
 void find_postgresql_password(context& c, settings& s, const env_lookup& env) {
     auto dir = env("CREDENTIALS_DIRECTORY");
     if (!dir || dir->empty())
@@ -760,7 +877,8 @@ load_result parse_settings(std::string_view toml_text, const std::string& source
         if (sec == std::end(sections)) {
             c.error(line, k.str(),
                     "unknown key or table (known: log_level, [api], [storage], [cluster], [spool], "
-                    "[output], [control], [jobs], [spend], [inputs], [models.\"<slug>\"])");
+                    "[output], [control], [jobs], [spend], [inputs], [hooks], "
+                    "[models.\"<slug>\"])");
             continue;
         }
         parse_section(c, *sec, v, s, line);
@@ -772,6 +890,8 @@ load_result parse_settings(std::string_view toml_text, const std::string& source
         find_api_key(c, s, env);
     if (c.errors.empty() && !s.storage.postgresql.empty())
         find_postgresql_password(c, s, env);
+    if (c.errors.empty() && !s.hooks.webhook_secret_file.empty())
+        read_webhook_secret(c, s);
     if (c.errors.empty() && s.cluster.node.empty()) {
         char host[256] = {};
         if (::gethostname(host, sizeof host - 1) == 0)
@@ -859,6 +979,19 @@ std::string render_settings(const settings& s) {
     }
     line("upload_url", quote(s.inputs.upload_url));
     line("max_bytes", std::to_string(s.inputs.max_bytes));
+    o += "\n[hooks]\n";
+    {
+        std::string argv;
+        for (auto& a : s.hooks.command)
+            argv += (argv.empty() ? "" : ", ") + quote(a);
+        line("command", "[" + argv + "]");
+    }
+    line("webhook_url", quote(s.hooks.webhook_url));
+    line("webhook_secret_file", quote(s.hooks.webhook_secret_file));
+    if (!s.webhook_key.empty())
+        o += "# webhook secret: read (redacted)\n";
+    line("timeout_s", num(s.hooks.timeout_s));
+    line("max_attempts", std::to_string(s.hooks.max_attempts));
     for (auto& [slug, m] : s.models) {
         o += fmt::format("\n[models.{}]\n", quote(slug));
         line("expected_duration_s", num(m.expected_duration_s));

@@ -82,6 +82,22 @@ std::vector<std::string> apply_reload(settings& cur, const settings& fresh) {
     }
     d.apply("inputs.upload_url", cur.inputs.upload_url, fresh.inputs.upload_url);
     d.apply("inputs.max_bytes", cur.inputs.max_bytes, fresh.inputs.max_bytes);
+    if (cur.hooks.command != fresh.hooks.command) {
+        d.lines.push_back("hooks.command changed");
+        cur.hooks.command = fresh.hooks.command;
+    }
+    d.apply("hooks.webhook_url", cur.hooks.webhook_url, fresh.hooks.webhook_url);
+    if (cur.hooks.webhook_secret_file != fresh.hooks.webhook_secret_file ||
+        cur.webhook_key.reveal() != fresh.webhook_key.reveal()) {
+        d.lines.push_back(fmt::format("the webhook secret was read again (from {})",
+                                      fresh.hooks.webhook_secret_file.empty()
+                                          ? std::string("nowhere: unsigned")
+                                          : fresh.hooks.webhook_secret_file));
+        cur.hooks.webhook_secret_file = fresh.hooks.webhook_secret_file;
+        cur.webhook_key = fresh.webhook_key;
+    }
+    d.apply("hooks.timeout_s", cur.hooks.timeout_s, fresh.hooks.timeout_s);
+    d.apply("hooks.max_attempts", cur.hooks.max_attempts, fresh.hooks.max_attempts);
     for (auto& [slug, m] : fresh.models) {
         auto it = cur.models.find(slug);
         double old = it == cur.models.end() ? 0 : it->second.expected_duration_s;

@@ -90,6 +90,16 @@ struct inputs_settings {
     std::uint64_t max_bytes = 104857600;
 };
 
+// What runs when a job reaches a final state: a command and/or a signed webhook POST.
+struct hooks_settings {
+    std::vector<std::string> command; // argv, no shell; empty: none
+    std::string webhook_url;          // https (http only to loopback); empty: none
+    std::string webhook_secret_file;  // "whsec_" + base64; empty: unsigned
+    double timeout_s = 30;
+    int max_attempts = 10;
+    bool any() const { return !command.empty() || !webhook_url.empty(); }
+};
+
 struct settings {
     std::string log_level = "info";
     api_settings api;
@@ -101,6 +111,7 @@ struct settings {
     jobs_settings jobs;
     spend_settings spend;
     inputs_settings inputs;
+    hooks_settings hooks;
     std::map<std::string, model_settings> models = {
         {"kling-o1", {58}},
         {"kling-o1-video-to-video-edit", {223}},
@@ -113,6 +124,9 @@ struct settings {
     // The PostgreSQL password from the systemd credential postgresql-password, if given
     // (libpq's passfile is the other way); never in the connection string.
     secret postgresql_password;
+    // The webhook signing key: the bytes base64-decoded from after "whsec_" in
+    // hooks.webhook_secret_file; empty when there is none.
+    secret webhook_key;
 };
 
 } // namespace klingd::config

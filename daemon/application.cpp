@@ -91,10 +91,13 @@ application::application(config::settings& s, std::string config_path)
     : settings_((apply_log_level(s), s)), config_path_(std::move(config_path)),
       store_(open_store(with_folders(s), db_lock_)), cluster_(cluster_of(*store_)),
       tls_(make_tls(s.api.ca_file)), client_(io_.get_executor(), tls_, client_options_of(s)),
-      engine_(io_, s, *store_, client_, clock_, cluster_),
+      engine_(io_, s, *store_, client_, clock_, cluster_), hooks_(io_, s, *store_, tls_),
       control_(io_, s, engine_, events_, control_limits_of(s)), spool_(io_, s, engine_),
       notifier_(io_, engine_), stop_signals_(io_, SIGTERM, SIGINT), reload_signals_(io_, SIGHUP) {
+    engine_.hooks = &hooks_;
     engine_.on_change = [this](const core::job& j, const std::string& note) {
+        if (core::is_terminal(j.state) && settings_.hooks.any())
+            hooks_.wake();
         if (!note.empty())
             events_.publish(j.id, event_line(j, note, clock_.to_wall(j.updated_at)));
     };
@@ -138,6 +141,7 @@ asio::awaitable<void> application::start_up() {
         if (auto opened = co_await store_->open(); !opened)
             throw std::runtime_error("cannot use the database: " + opened.error().message());
         co_await engine_.start();
+        hooks_.start();
         control_.start();
         spool_.start();
     } catch (const std::exception& e) {
@@ -170,6 +174,7 @@ asio::awaitable<void> application::stop_on_signal() {
     log::notice("signal {}: stopping (requests in flight get a few seconds to finish)", sig);
     spool_.stop();
     control_.stop();
+    hooks_.stop();
     asio::co_spawn(
         io_,
         [this]() -> asio::awaitable<void> {

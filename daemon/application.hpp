@@ -8,6 +8,7 @@
 #include "daemon/control_server.hpp"
 #include "daemon/engine.hpp"
 #include "daemon/event_hub.hpp"
+#include "daemon/hooks.hpp"
 #include "daemon/http_client.hpp"
 #include "daemon/service_notifier.hpp"
 #include "daemon/spool.hpp"
@@ -67,6 +68,7 @@ private:
     http_client client_;
     system_clock clock_;
     engine engine_;
+    hook_runner hooks_;
     event_hub events_;
     control_server control_;
     spool spool_;

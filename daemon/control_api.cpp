@@ -152,6 +152,22 @@ asio::awaitable<control_response> get_job(const control_request& req, engine& e,
     if (!h)
         co_return store_unavailable(req, h.error());
     o["history"] = history_to_json(*h);
+    auto d = co_await e.deliveries_of(id);
+    if (!d)
+        co_return store_unavailable(req, d.error());
+    json::array hooks;
+    for (auto& x : *d) {
+        json::object ho;
+        ho["event"] = x.event_id;
+        ho["type"] = x.type;
+        ho["target"] = x.target;
+        ho["attempts"] = x.attempts;
+        ho["outcome"] = x.outcome;
+        ho["last_error"] =
+            x.last_error ? json::value(core::valid_utf8(*x.last_error)) : json::value(nullptr);
+        hooks.push_back(std::move(ho));
+    }
+    o["hooks"] = std::move(hooks);
     co_return json_response(req.version(), http::status::ok, o);
 }
 
@@ -237,8 +253,19 @@ asio::awaitable<control_response> job_action(const control_request& req, engine&
 }
 
 json::object stats_json(engine& e, const std::map<std::string, std::int64_t>& counts,
-                        const storage::spend_totals* spent) {
+                        const storage::spend_totals* spent,
+                        const std::map<std::string, std::int64_t>* deliveries) {
     json::object o;
+    json::object hooks;
+    for (auto outcome : {"pending", "delivered", "given_up"}) {
+        auto it = deliveries ? deliveries->find(outcome) : decltype(deliveries->end()){};
+        hooks[outcome] = !deliveries               ? json::value(nullptr)
+                         : it == deliveries->end() ? json::value(0)
+                                                   : json::value(it->second);
+    }
+    hooks["failed_attempts"] = e.hooks ? e.hooks->stats().failed_attempts : 0;
+    hooks["running"] = e.hooks ? e.hooks->running() : 0;
+    o["hooks"] = std::move(hooks);
     const auto& sp = e.settings().spend;
     json::object spend;
     spend["today"] = spent ? number(core::money_value(spent->today)) : json::value(nullptr);
@@ -393,6 +420,17 @@ std::string render_metrics(engine& e, const storage::state_model_counts* counts,
         "klingd_spend_held", "gauge",
         "1 while a spend limit holds priced submissions back (until the UTC day or month ends).");
     out += fmt::format("klingd_spend_held {}\n", e.spend_held() ? 1 : 0);
+    family("klingd_hook_deliveries_total", "counter",
+           "Completion hook attempts by target (command, webhook) and outcome (delivered, "
+           "failed: to be retried, given_up: after hooks.max_attempts).");
+    if (e.hooks)
+        for (auto& [key, n] : e.hooks->stats().by_target) {
+            auto sp = key.find(' ');
+            out += fmt::format("klingd_hook_deliveries_total{{target=\"{}\",outcome=\"{}\"}} {}\n",
+                               key.substr(0, sp), key.substr(sp + 1), n);
+        }
+    family("klingd_hooks_running", "gauge", "Completion hook deliveries running now.");
+    out += fmt::format("klingd_hooks_running {}\n", e.hooks ? e.hooks->running() : 0);
     if (!e.in_cluster())
         return out;
     // Cluster: what this node holds and did (per node), and the nodes (the cluster's).
@@ -464,8 +502,10 @@ asio::awaitable<control_response> stats(const control_request& req, engine& e) {
     if (!counts)
         co_return store_unavailable(req, counts.error());
     auto spent = co_await e.spend_totals();
-    co_return json_response(req.version(), http::status::ok,
-                            stats_json(e, *counts, spent ? &*spent : nullptr));
+    auto deliveries = co_await e.delivery_counts();
+    co_return json_response(
+        req.version(), http::status::ok,
+        stats_json(e, *counts, spent ? &*spent : nullptr, deliveries ? &*deliveries : nullptr));
 }
 
 // The cluster's nodes; one host alone is a cluster of one, with no database heartbeat.

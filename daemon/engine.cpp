@@ -4,6 +4,7 @@
 
 #include "core/money.hpp"
 #include "core/time_text.hpp"
+#include "daemon/job_json.hpp"
 #include "daemon/local_inputs.hpp"
 #include "runtime/log.hpp"
 
@@ -328,8 +329,12 @@ asio::awaitable<bool> engine::persist(const std::string& id, const core::transit
             charge = charge_for(t.next);
         if (auto c = charged_.find(id); answer && t.submit_created_nothing && c != charged_.end())
             refund = c->second.attempt;
+        std::optional<storage::hook_event> event;
+        if (core::is_terminal(t.next.state) &&
+            (before == active_.end() || !core::is_terminal(before->second.state)))
+            event = hook_event_for(t.next);
         committing_.emplace(id, t.next.state);
-        auto r = co_await journal_.write_now(t.next, line, charge, refund);
+        auto r = co_await journal_.write_now(t.next, line, charge, refund, std::move(event));
         committing_.erase(id);
         if (r && charge)
             charged_[id] = {charge->attempt, charge->micro};
@@ -856,6 +861,39 @@ engine::prepare_inputs(std::string id, std::string params, core::time_point take
         co_return std::nullopt;
     }
     co_return with_hosted_urls(params, *inputs);
+}
+
+asio::awaitable<core::result<std::vector<storage::hook_delivery>>>
+engine::deliveries_of(std::string id) {
+    co_await flush(); // a final state deferred: its deliveries go with it
+    co_return co_await repo_.deliveries_of(std::move(id));
+}
+
+asio::awaitable<core::result<std::map<std::string, std::int64_t>>> engine::delivery_counts() {
+    co_return co_await repo_.delivery_counts();
+}
+
+std::optional<storage::hook_event> engine::hook_event_for(const core::job& next) const {
+    const auto& h = settings_.hooks;
+    if (!h.any() || !core::is_terminal(next.state))
+        return std::nullopt;
+    storage::hook_event e;
+    e.state = std::string(core::to_string(next.state));
+    e.type = "job." + e.state;
+    e.at = clock_.to_wall(now());
+    auto wall = core::shifted(next, clock_.wall_offset());
+    wall.params.clear();
+    wall.result.reset();
+    boost::json::object o;
+    o["type"] = e.type;
+    o["timestamp"] = core::format_rfc3339(e.at);
+    o["data"] = job_to_json(wall);
+    e.payload = boost::json::serialize(o);
+    if (!h.command.empty())
+        e.targets.push_back("command");
+    if (!h.webhook_url.empty())
+        e.targets.push_back("webhook");
+    return e;
 }
 
 asio::awaitable<void> engine::send_get(std::string id, bool poll, core::time_point taken_at) {
@@ -1438,6 +1476,8 @@ std::vector<storage::job_change> engine::take_in(std::vector<core::job> jobs, co
                 h.push_back(
                     {t, std::string(core::to_string(tr.next.state)), tr.note, tr.next.request_id});
             changes.push_back({tr.next, std::move(h)});
+            if (core::is_terminal(tr.next.state) && !core::is_terminal(j.state))
+                changes.back().event = hook_event_for(tr.next);
         }
         if (why && j.state != job_state::pending) {
             ++stats_.taken_over;

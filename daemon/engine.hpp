@@ -18,6 +18,7 @@
 #include "core/url.hpp"
 #include "daemon/clock.hpp"
 #include "daemon/downloader.hpp"
+#include "daemon/hooks.hpp"
 #include "daemon/http_client.hpp"
 #include "daemon/job_journal.hpp"
 #include "storage/cluster_store.hpp"
@@ -108,6 +109,10 @@ public:
     bool holds_back(const core::job& j) const;
     // What every node has spent this UTC day and month (micro-units).
     boost::asio::awaitable<core::result<storage::spend_totals>> spend_totals();
+    // Completion hooks: a job's deliveries; every delivery counted by outcome.
+    boost::asio::awaitable<core::result<std::vector<storage::hook_delivery>>>
+    deliveries_of(std::string id);
+    boost::asio::awaitable<core::result<std::map<std::string, std::int64_t>>> delivery_counts();
 
     // Why submissions are not going out now (paused, 401, 406), or "".
     std::string blocked_reason() const { return gate_.blocked_reason(); }
@@ -144,6 +149,12 @@ public:
     // Called after each job change (for watchers), the job's times in engine time (turn
     // them into wall-clock times with time().to_wall()); may be empty.
     std::function<void(const core::job&, const std::string& note)> on_change;
+    // The completion hooks' runner (its figures for /v1/stats and /metrics); set by the
+    // application, null in tests that run an engine alone.
+    hook_runner* hooks = nullptr;
+    // The outbox event of a job that arrives at a final state now (next: the job in the
+    // engine's time), when hooks are configured.
+    std::optional<storage::hook_event> hook_event_for(const core::job& next) const;
 
 private:
     core::time_point now() const { return clock_.now(); }

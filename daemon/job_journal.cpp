@@ -55,8 +55,14 @@ void job_journal::give_back(const std::string& id, std::vector<storage::history_
 asio::awaitable<core::result<void>>
 job_journal::write_now(core::job j, std::optional<storage::history_entry> line,
                        std::optional<storage::spend_charge> charge,
-                       std::optional<std::int64_t> refund_attempt) {
+                       std::optional<std::int64_t> refund_attempt,
+                       std::optional<storage::hook_event> event) {
     auto turn = co_await lane_.wait_turn();
+    if (!event) // one written with an earlier state that failed
+        if (auto e = events_.find(j.id); e != events_.end()) {
+            event = std::move(e->second);
+            events_.erase(e);
+        }
     std::vector<storage::history_entry> owed;
     if (auto p = history_.find(j.id); p != history_.end()) {
         owed = std::move(p->second);
@@ -72,11 +78,15 @@ job_journal::write_now(core::job j, std::optional<storage::history_entry> line,
         h.push_back(*line);
     auto id = j.id;
     std::vector<storage::job_change> change;
-    change.push_back({std::move(j), std::move(h), std::move(charge), refund_attempt});
+    auto kept = event;
+    change.push_back(
+        {std::move(j), std::move(h), std::move(charge), refund_attempt, std::move(event)});
     auto r = co_await save(std::move(change));
     if (!r && r.error() == core::errc::claim_lost)
         co_return r; // another node's job now: nothing of it is written from here
     if (!r) {
+        if (kept)
+            events_.insert_or_assign(id, std::move(*kept));
         give_back(id, std::move(owed));
         if (was_dirty)
             dirty_.try_emplace(id, std::move(*was_dirty));
@@ -132,6 +142,8 @@ asio::awaitable<core::result<void>> job_journal::flush() {
         auto h = lines.find(id);
         changes.push_back(
             {*j, h == lines.end() ? std::vector<storage::history_entry>{} : h->second});
+        if (auto e = events_.find(id); e != events_.end())
+            changes.back().event = e->second;
     }
     auto n = changes.size();
     auto r = co_await save(std::move(changes));
@@ -147,6 +159,8 @@ asio::awaitable<core::result<void>> job_journal::flush() {
         co_return core::error(r.error().code,
                               std::to_string(n) + " job updates: " + r.error().detail);
     }
+    for (auto& [id, copy] : flushing_)
+        events_.erase(id); // written with the state it belongs to
     flushing_.clear();
     co_return r;
 }

@@ -41,7 +41,8 @@ public:
     boost::asio::awaitable<core::result<void>>
     write_now(core::job j, std::optional<storage::history_entry> line,
               std::optional<storage::spend_charge> charge = std::nullopt,
-              std::optional<std::int64_t> refund_attempt = std::nullopt);
+              std::optional<std::int64_t> refund_attempt = std::nullopt,
+              std::optional<storage::hook_event> event = std::nullopt);
     // Remembers that the job changed (its state is read at the flush) and `line`.
     void defer(const std::string& id, std::optional<storage::history_entry> line);
     // Remembers a change only a flush at shutdown needs to write (a poll counter).
@@ -68,6 +69,8 @@ public:
     std::size_t pending() const { return dirty_.size(); }
 
 private:
+    // Final states' hook events whose write failed: they go with the job's deferred state.
+    std::map<std::string, storage::hook_event> events_;
     boost::asio::awaitable<core::result<void>> save(std::vector<storage::job_change> changes);
     // Puts back history lines a failed write took: before any written since.
     void give_back(const std::string& id, std::vector<storage::history_entry> lines);

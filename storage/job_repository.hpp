@@ -15,6 +15,7 @@
 #include "storage/records.hpp"
 
 #include <boost/asio/awaitable.hpp>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -69,6 +70,19 @@ public:
     // The hosted URL of the same content uploaded at or after since.
     virtual async_result<std::optional<std::string>> cached_upload(std::string sha256,
                                                                    core::time_point since) = 0;
+
+    // Completion hooks (the outbox written by save with job_change::event). The pending
+    // deliveries due at now, claimed until claim_until so that no one else takes them
+    // meanwhile (at most limit; in a cluster a command only by the node that finished its
+    // job, a webhook by any); a delivery's outcome written back (its claim released); a
+    // job's deliveries in order; the number of deliveries by outcome.
+    virtual async_result<std::vector<hook_delivery>>
+    take_due_deliveries(core::time_point now, core::time_point claim_until, std::size_t limit) = 0;
+    virtual async_result<void> finish_delivery(hook_delivery d) = 0;
+    virtual async_result<std::vector<hook_delivery>> deliveries_of(std::string job_id) = 0;
+    virtual async_result<std::map<std::string, std::int64_t>> delivery_counts() = 0;
+    // At start: the claims this node (a single host: any) left on deliveries are let go.
+    virtual async_result<void> release_deliveries() = 0;
 
     // Small daemon state ("paused").
     virtual async_result<std::optional<std::string>> meta(std::string key) = 0;

@@ -89,6 +89,26 @@ CREATE TABLE uploads (
   uploaded_at INTEGER NOT NULL
 );
 )",
+    // 4 -> 5: completion hooks. The outbox: one row per event and target, written in the
+    // commit of the job's final state, until delivered or given up.
+    R"(
+CREATE TABLE deliveries (
+  event_id TEXT NOT NULL,
+  target TEXT NOT NULL,
+  job_id TEXT NOT NULL,
+  type TEXT NOT NULL,
+  payload TEXT NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  outcome TEXT NOT NULL DEFAULT 'pending',
+  last_error TEXT,
+  next_at INTEGER NOT NULL,
+  claim_until INTEGER,
+  node TEXT NOT NULL DEFAULT '',
+  PRIMARY KEY (event_id, target)
+);
+CREATE INDEX deliveries_by_job ON deliveries(job_id);
+CREATE INDEX deliveries_due ON deliveries(next_at) WHERE outcome = 'pending';
+)",
 };
 
 static_assert(std::size(migrations) == job_store::schema_version);
@@ -369,8 +389,87 @@ void job_store::save_many(const std::vector<change>& changes) {
         write_job(c.j);
         for (auto& h : c.history)
             write_history(c.j.id, h);
+        if (c.event)
+            add_event(c.j.id, *c.event);
     }
     t.commit();
+}
+
+void job_store::add_event(const std::string& job_id, const hook_event& e) {
+    statement n(db_, "SELECT count(DISTINCT event_id) FROM deliveries WHERE job_id = ?1");
+    n.bind(1, job_id);
+    std::int64_t seen = n.step() ? n.int64(0) : 0;
+    auto id = fmt::format("{}-{}-{}", job_id, seen + 1, e.state);
+    for (auto& target : e.targets) {
+        statement ins(db_, "INSERT OR IGNORE INTO deliveries (event_id, target, job_id, type, "
+                           "payload, next_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
+        ins.bind(1, id).bind(2, target).bind(3, job_id).bind(4, e.type).bind(5, e.payload);
+        ins.bind(6, ms(e.at)).run();
+    }
+}
+
+namespace {
+hook_delivery read_delivery(statement& s) {
+    hook_delivery d;
+    d.event_id = s.text(0);
+    d.target = s.text(1);
+    d.job_id = s.text(2);
+    d.type = s.text(3);
+    d.payload = s.text(4);
+    d.attempts = static_cast<int>(s.int64(5));
+    d.outcome = s.text(6);
+    d.last_error = s.opt_text(7);
+    d.next_at = at_ms(s.int64(8));
+    d.node = s.text(9);
+    return d;
+}
+constexpr const char* delivery_columns =
+    "event_id, target, job_id, type, payload, attempts, outcome, last_error, next_at, node";
+} // namespace
+
+std::vector<hook_delivery> job_store::take_due_deliveries(time_point now, time_point claim_until,
+                                                          std::size_t limit) {
+    transaction t(db_);
+    statement s(db_, fmt::format("SELECT {} FROM deliveries WHERE outcome = 'pending' AND "
+                                 "next_at <= ?1 AND (claim_until IS NULL OR claim_until < ?1) "
+                                 "ORDER BY next_at LIMIT ?2",
+                                 delivery_columns));
+    s.bind(1, ms(now)).bind(2, static_cast<std::int64_t>(limit));
+    std::vector<hook_delivery> out;
+    while (s.step())
+        out.push_back(read_delivery(s));
+    for (auto& d : out) {
+        statement c(db_,
+                    "UPDATE deliveries SET claim_until = ?3 WHERE event_id = ?1 AND target = ?2");
+        c.bind(1, d.event_id).bind(2, d.target).bind(3, ms(claim_until)).run();
+    }
+    t.commit();
+    return out;
+}
+
+void job_store::finish_delivery(const hook_delivery& d) {
+    statement u(db_, "UPDATE deliveries SET attempts = ?3, outcome = ?4, last_error = ?5, "
+                     "next_at = ?6, claim_until = NULL WHERE event_id = ?1 AND target = ?2");
+    u.bind(1, d.event_id).bind(2, d.target).bind(3, d.attempts).bind(4, d.outcome);
+    u.bind(5, d.last_error).bind(6, ms(d.next_at)).run();
+}
+
+std::vector<hook_delivery> job_store::deliveries_of(const std::string& job_id) {
+    statement s(db_, fmt::format("SELECT {} FROM deliveries WHERE job_id = ?1 ORDER BY rowid",
+                                 delivery_columns));
+    s.bind(1, job_id);
+    std::vector<hook_delivery> out;
+    while (s.step())
+        out.push_back(read_delivery(s));
+    return out;
+}
+
+std::map<std::string, std::int64_t> job_store::delivery_counts() {
+    statement s(db_, "SELECT outcome, count(*) FROM deliveries GROUP BY outcome");
+    std::map<std::string, std::int64_t> out;
+    while (s.step())
+        out[s.text(0)] = s.int64(1);
+    return out;
 }
 
 core::job job_store::read_job(statement& s, bool with_params) const {

@@ -31,7 +31,7 @@ public:
     // is not a database, is from a newer klingd, or cannot be opened; it is never overwritten.
     explicit job_store(const std::string& path, sqlite_tuning tuning = {});
 
-    static constexpr int schema_version = 4;
+    static constexpr int schema_version = 5;
 
     // Records a new job (state pending). Throws storage_error on failure.
     insert_outcome insert(const core::job_spec& spec, core::time_point now,
@@ -68,6 +68,14 @@ public:
     // The hosted URL of content uploaded at or after since, if any.
     std::optional<std::string> cached_upload(const std::string& sha256, core::time_point since);
 
+    // Completion hooks: the pending deliveries due at now, claimed until claim_until (at
+    // most limit); a delivery's outcome written back; a job's deliveries; counts by outcome.
+    std::vector<hook_delivery> take_due_deliveries(core::time_point now,
+                                                   core::time_point claim_until, std::size_t limit);
+    void finish_delivery(const hook_delivery& d);
+    std::vector<hook_delivery> deliveries_of(const std::string& job_id);
+    std::map<std::string, std::int64_t> delivery_counts();
+
     std::optional<std::string> meta(const std::string& key);
     void set_meta(const std::string& key, const std::string& value);
 
@@ -76,6 +84,7 @@ public:
 private:
     void charge(const core::job& j, const spend_charge& c);
     void refund(const std::string& id, std::int64_t attempt);
+    void add_event(const std::string& job_id, const hook_event& e);
     void migrate();
     core::job read_job(statement& s, bool with_params) const;
     void write_job(const core::job& j);

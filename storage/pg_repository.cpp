@@ -129,6 +129,28 @@ CREATE TABLE uploads (
   uploaded_at bigint NOT NULL
 );
 )",
+    // 3 -> 4: completion hooks. The outbox: one row per event and target, written in the
+    // commit of the job's final state, claimed by a node while it delivers.
+    R"(
+CREATE TABLE deliveries (
+  seq bigserial UNIQUE,
+  event_id text NOT NULL,
+  target text NOT NULL,
+  job_id text NOT NULL,
+  type text NOT NULL,
+  payload text NOT NULL,
+  attempts integer NOT NULL DEFAULT 0,
+  outcome text NOT NULL DEFAULT 'pending',
+  last_error text,
+  next_at bigint NOT NULL,
+  claim_until bigint,
+  claim_node text,
+  node text NOT NULL DEFAULT '',
+  PRIMARY KEY (event_id, target)
+);
+CREATE INDEX deliveries_by_job ON deliveries (job_id, seq);
+CREATE INDEX deliveries_due ON deliveries (next_at) WHERE outcome = 'pending';
+)",
 };
 
 static_assert(std::size(migrations) == pg_repository::schema_version);
@@ -459,8 +481,18 @@ pg_repository::save_jobs(const std::vector<job_change>& changes) {
     std::vector<param> id, state, request_id, status_url, response_url, error, outputs, result,
         updated, submitted, remote_done, finished, attempts, polls;
     std::vector<param> h_id, h_at, h_state, h_note, h_request;
+    std::vector<param> d_job, d_state, d_type, d_target, d_payload, d_at;
     for (std::size_t i = 0; i < changes.size(); ++i) {
         auto& j = changes[i].j;
+        if (auto& e = changes[i].event)
+            for (auto& target : e->targets) {
+                d_job.emplace_back(j.id);
+                d_state.emplace_back(e->state);
+                d_type.emplace_back(e->type);
+                d_target.emplace_back(target);
+                d_payload.emplace_back(e->payload);
+                d_at.push_back(num(ms(e->at)));
+            }
         for (auto& h : changes[i].history) {
             h_id.emplace_back(j.id);
             h_at.push_back(num(ms(h.at)));
@@ -511,7 +543,17 @@ h AS (
   FROM unnest($15::text[], $16::bigint[], $17::text[], $18::text[], $19::text[])
        WITH ORDINALITY AS h(job_id, at, state, note, request_id, n)
   WHERE $20::text IS NULL OR job_id IN (SELECT id FROM upd)
-  ORDER BY n)
+  ORDER BY n),
+d AS (
+  INSERT INTO deliveries (event_id, target, job_id, type, payload, next_at, node)
+  SELECT x.job_id || '-' || (1 + (SELECT count(DISTINCT y.event_id) FROM deliveries y
+                                  WHERE y.job_id = x.job_id)) || '-' || x.state,
+         x.target, x.job_id, x.type, x.payload, x.at, coalesce($21::text, '')
+  FROM unnest($23::text[], $24::text[], $25::text[], $26::text[], $27::text[], $28::bigint[])
+       WITH ORDINALITY AS x(job_id, state, type, target, payload, at, n)
+  WHERE $20::text IS NULL OR x.job_id IN (SELECT id FROM upd)
+  ORDER BY x.n
+  ON CONFLICT DO NOTHING)
 SELECT u.id, j.claim_token = $20::text FROM u JOIN jobs j ON j.id = u.id
 WHERE $20::text IS NOT NULL AND u.id NOT IN (SELECT id FROM upd))";
     param token = me_.name.empty() ? param{} : param{token_};
@@ -537,7 +579,13 @@ WHERE $20::text IS NOT NULL AND u.id NOT IN (SELECT id FROM upd))";
                             pg::array(h_request),
                             token,
                             node,
-                            num(me_.submit_margin.count())};
+                            num(me_.submit_margin.count()),
+                            pg::array(d_job),
+                            pg::array(d_state),
+                            pg::array(d_type),
+                            pg::array(d_target),
+                            pg::array(d_payload),
+                            pg::array(d_at)};
     auto r = co_await db_.query(std::move(sql), std::move(args));
     if (!r)
         co_return r.error();
@@ -725,6 +773,106 @@ async_result<std::optional<std::string>> pg_repository::cached_upload(std::strin
     if (r->size() == 0)
         co_return std::optional<std::string>{};
     co_return std::optional<std::string>(r->text(0, 0));
+}
+
+namespace {
+constexpr const char* delivery_columns =
+    "event_id, target, job_id, type, payload, attempts, outcome, last_error, next_at, node";
+hook_delivery read_delivery(const pg::rows& r, int i) {
+    hook_delivery d;
+    d.event_id = r.text(i, 0);
+    d.target = r.text(i, 1);
+    d.job_id = r.text(i, 2);
+    d.type = r.text(i, 3);
+    d.payload = r.text(i, 4);
+    d.attempts = static_cast<int>(r.int64(i, 5));
+    d.outcome = r.text(i, 6);
+    d.last_error = r.opt_text(i, 7);
+    d.next_at = at_ms(r.int64(i, 8));
+    d.node = r.text(i, 9);
+    return d;
+}
+} // namespace
+
+async_result<std::vector<hook_delivery>>
+pg_repository::take_due_deliveries(core::time_point now, core::time_point claim_until,
+                                   std::size_t limit) {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql = fmt::format(R"(
+UPDATE deliveries SET claim_until = $2::bigint, claim_node = coalesce($4::text, '')
+WHERE seq IN (
+  SELECT seq FROM deliveries
+  WHERE outcome = 'pending' AND next_at <= $1::bigint
+    AND (claim_until IS NULL OR claim_until < $1::bigint)
+    AND (target = 'webhook' OR node = coalesce($4::text, ''))
+  ORDER BY next_at LIMIT $3::bigint FOR UPDATE SKIP LOCKED)
+RETURNING {})",
+                                  delivery_columns);
+    std::vector<param> args{num(ms(now)), num(ms(claim_until)),
+                            num(static_cast<std::int64_t>(limit)),
+                            me_.name.empty() ? param{} : param{me_.name}};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    std::vector<hook_delivery> out;
+    for (int i = 0; i < r->size(); ++i)
+        out.push_back(read_delivery(*r, i));
+    co_return out;
+}
+
+async_result<void> pg_repository::finish_delivery(hook_delivery d) {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql = "UPDATE deliveries SET attempts = $3::integer, outcome = $4, last_error = "
+                      "$5, next_at = $6::bigint, claim_until = NULL, claim_node = NULL "
+                      "WHERE event_id = $1 AND target = $2";
+    std::vector<param> args{d.event_id,
+                            d.target,
+                            num(d.attempts),
+                            d.outcome,
+                            d.last_error ? param{*d.last_error} : param{},
+                            num(ms(d.next_at))};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    co_return core::result<void>{};
+}
+
+async_result<std::vector<hook_delivery>> pg_repository::deliveries_of(std::string job_id) {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql =
+        fmt::format("SELECT {} FROM deliveries WHERE job_id = $1 ORDER BY seq", delivery_columns);
+    std::vector<param> args{std::move(job_id)};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    std::vector<hook_delivery> out;
+    for (int i = 0; i < r->size(); ++i)
+        out.push_back(read_delivery(*r, i));
+    co_return out;
+}
+
+async_result<std::map<std::string, std::int64_t>> pg_repository::delivery_counts() {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql = "SELECT outcome, count(*) FROM deliveries GROUP BY outcome";
+    std::vector<param> none;
+    auto r = co_await db_.query(std::move(sql), std::move(none));
+    if (!r)
+        co_return r.error();
+    std::map<std::string, std::int64_t> out;
+    for (int i = 0; i < r->size(); ++i)
+        out[r->text(i, 0)] = r->int64(i, 1);
+    co_return out;
+}
+
+async_result<void> pg_repository::release_deliveries() {
+    auto turn = co_await lane_.wait_turn();
+    std::string sql = "UPDATE deliveries SET claim_until = NULL, claim_node = NULL "
+                      "WHERE claim_node = $1";
+    std::vector<param> args{me_.name};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    co_return core::result<void>{};
 }
 
 async_result<void> pg_repository::set_meta(std::string key, std::string value) {

@@ -52,6 +52,31 @@ struct spend_charge {
 // Which limit refused a charge (the error's detail says it in words).
 enum class spend_limit_kind { daily, monthly };
 
+// A job's arrival at a final state, for the completion hooks: recorded in the commit of
+// that state (an outbox), one delivery per target. Its id (the webhook-id) is given by
+// the storage: "<job id>-<n>-<state>", n counting the job's events from 1.
+struct hook_event {
+    std::string type;                 // "job.completed", "job.failed", ...
+    std::string state;                // "completed", ...
+    std::string payload;              // the event as JSON, as it is delivered
+    std::vector<std::string> targets; // "command", "webhook"
+    core::time_point at{};            // wall clock: due from then
+};
+
+// One target's delivery of an event, and where it stands.
+struct hook_delivery {
+    std::string event_id;
+    std::string target; // "command" or "webhook"
+    std::string job_id;
+    std::string type;
+    std::string payload;
+    int attempts = 0;
+    std::string outcome = "pending"; // pending, delivered, given_up
+    std::optional<std::string> last_error;
+    core::time_point next_at{}; // wall clock
+    std::string node;           // the node that finished the job ("" on a single host)
+};
+
 struct job_change {
     core::job j;
     std::vector<history_entry> history;
@@ -61,6 +86,8 @@ struct job_change {
     std::optional<spend_charge> charge;
     // The attempt whose charge is taken back: it provably created nothing.
     std::optional<std::int64_t> refund_attempt;
+    // The job reached a final state: its hooks' deliveries, written in the same commit.
+    std::optional<hook_event> event;
 };
 
 // What has been spent in a UTC day and month (micro-units), by every node.

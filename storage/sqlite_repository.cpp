@@ -140,4 +140,31 @@ async_result<std::optional<std::string>> sqlite_repository::cached_upload(std::s
     });
 }
 
+async_result<std::vector<hook_delivery>>
+sqlite_repository::take_due_deliveries(core::time_point now, core::time_point claim_until,
+                                       std::size_t limit) {
+    return on_worker([now, claim_until, limit](job_store& s) {
+        return s.take_due_deliveries(now, claim_until, limit);
+    });
+}
+
+async_result<void> sqlite_repository::finish_delivery(hook_delivery d) {
+    return on_worker([d = std::move(d)](job_store& s) { s.finish_delivery(d); });
+}
+
+async_result<std::vector<hook_delivery>> sqlite_repository::deliveries_of(std::string job_id) {
+    return on_worker([id = std::move(job_id)](job_store& s) { return s.deliveries_of(id); });
+}
+
+async_result<std::map<std::string, std::int64_t>> sqlite_repository::delivery_counts() {
+    return on_worker([](job_store& s) { return s.delivery_counts(); });
+}
+
+async_result<void> sqlite_repository::release_deliveries() {
+    return on_worker([](job_store& s) {
+        s.db().exec("UPDATE deliveries SET claim_until = NULL WHERE claim_until IS NOT NULL",
+                    "release the deliveries' claims");
+    });
+}
+
 } // namespace klingd::storage

@@ -36,6 +36,13 @@ public:
     async_result<std::vector<double>> recent_durations(std::string model, int n) override;
     async_result<std::optional<std::string>> meta(std::string key) override;
     async_result<void> set_meta(std::string key, std::string value) override;
+    async_result<std::vector<hook_delivery>> take_due_deliveries(core::time_point now,
+                                                                 core::time_point claim_until,
+                                                                 std::size_t limit) override;
+    async_result<void> finish_delivery(hook_delivery d) override;
+    async_result<std::vector<hook_delivery>> deliveries_of(std::string job_id) override;
+    async_result<std::map<std::string, std::int64_t>> delivery_counts() override;
+    async_result<void> release_deliveries() override;
     async_result<std::vector<core::local_input>> inputs_of(std::string id) override;
     async_result<void> record_upload(std::string id, std::string url, std::string sha256,
                                      std::string hosted, core::time_point at, bool fresh) override;

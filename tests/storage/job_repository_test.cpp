@@ -24,6 +24,7 @@ using namespace klingd;
 using core::job_state;
 using core::milliseconds;
 using core::time_point;
+using std::chrono::seconds;
 using test::await;
 
 const time_point t0{milliseconds(1'800'000'000'000)};
@@ -160,6 +161,64 @@ TYPED_TEST(job_repository_test, local_inputs_are_recorded_with_the_job_and_their
         this->repo = TypeParam::open(this->dir);
         EXPECT_EQ(this->ok(this->repo->inputs_of("in"))[0].hosted.value_or(""), "https://h/1.png");
     }
+}
+
+TYPED_TEST(job_repository_test, a_final_state_writes_its_hook_deliveries_in_the_same_commit) {
+    this->insert({spec("h")});
+    auto j = this->get("h");
+    j.state = job_state::failed;
+    storage::hook_event e{
+        "job.failed", "failed", R"({"type":"job.failed"})", {"command", "webhook"}, t0};
+    this->ok(this->repo->save({{j, {}, std::nullopt, std::nullopt, e}}));
+    auto d = this->ok(this->repo->deliveries_of("h"));
+    ASSERT_EQ(d.size(), 2u);
+    EXPECT_EQ(d[0].event_id, "h-1-failed");
+    EXPECT_EQ(d[1].event_id, "h-1-failed") << "one event, one id, for every target";
+    EXPECT_EQ(d[0].target, "command");
+    EXPECT_EQ(d[1].target, "webhook");
+    EXPECT_EQ(d[0].outcome, "pending");
+    EXPECT_EQ(d[0].payload, R"({"type":"job.failed"})");
+
+    // Due ones are taken once until their claim lapses or is released.
+    auto taken = this->ok(this->repo->take_due_deliveries(t0, t0 + seconds(60), 10));
+    EXPECT_EQ(taken.size(), 2u);
+    EXPECT_TRUE(
+        this->ok(this->repo->take_due_deliveries(t0 + seconds(1), t0 + seconds(60), 10)).empty());
+    EXPECT_EQ(
+        this->ok(this->repo->take_due_deliveries(t0 + seconds(61), t0 + seconds(120), 1)).size(),
+        1u)
+        << "a lapsed claim: due again (at most `limit`)";
+    this->ok(this->repo->release_deliveries());
+    EXPECT_EQ(this->ok(this->repo->take_due_deliveries(t0, t0 + seconds(60), 10)).size(), 2u);
+
+    // Outcomes written back; a failed attempt waits for its next time.
+    auto first = taken[0];
+    first.attempts = 1;
+    first.outcome = "delivered";
+    this->ok(this->repo->finish_delivery(first));
+    auto second = taken[1];
+    second.attempts = 1;
+    second.last_error = "HTTP 503";
+    second.next_at = t0 + seconds(30);
+    this->ok(this->repo->finish_delivery(second));
+    EXPECT_TRUE(
+        this->ok(this->repo->take_due_deliveries(t0 + seconds(29), t0 + seconds(90), 10)).empty());
+    auto again = this->ok(this->repo->take_due_deliveries(t0 + seconds(30), t0 + seconds(90), 10));
+    ASSERT_EQ(again.size(), 1u);
+    EXPECT_EQ(again[0].target, "webhook");
+    EXPECT_EQ(again[0].attempts, 1);
+    EXPECT_EQ(again[0].last_error.value_or(""), "HTTP 503");
+    auto counts = this->ok(this->repo->delivery_counts());
+    EXPECT_EQ(counts["delivered"], 1);
+    EXPECT_EQ(counts["pending"], 1);
+
+    // Retried and completed: a second event, its own id.
+    j.state = job_state::completed;
+    storage::hook_event done{"job.completed", "completed", "{}", {"webhook"}, t0};
+    this->ok(this->repo->save({{j, {}, std::nullopt, std::nullopt, done}}));
+    d = this->ok(this->repo->deliveries_of("h"));
+    ASSERT_EQ(d.size(), 3u);
+    EXPECT_EQ(d[2].event_id, "h-2-completed");
 }
 
 TYPED_TEST(job_repository_test, a_batch_of_inserts_has_its_outcomes_in_order) {
