@@ -547,6 +547,13 @@ const key_rule hooks_keys[] = {
     {"max_attempts", [](context& c, const toml::node& n, settings& s) {
         if (auto v = read_integer(c, n, "hooks.max_attempts", 1, 1000)) s.hooks.max_attempts = static_cast<int>(*v);
     }},
+    {"retry_s", [](context& c, const toml::node& n, settings& s) {
+        auto v = read_seconds(c, n, "hooks.retry_s", 3600);
+        if (v && *v < 0.1)
+            c.error(n, "hooks.retry_s", fmt::format("{} is too short: at least 0.1 seconds", *v));
+        else
+            assign(v, s.hooks.retry_s);
+    }},
 };
 // clang-format on
 
@@ -992,6 +999,7 @@ std::string render_settings(const settings& s) {
         o += "# webhook secret: read (redacted)\n";
     line("timeout_s", num(s.hooks.timeout_s));
     line("max_attempts", std::to_string(s.hooks.max_attempts));
+    line("retry_s", num(s.hooks.retry_s));
     for (auto& [slug, m] : s.models) {
         o += fmt::format("\n[models.{}]\n", quote(slug));
         line("expected_duration_s", num(m.expected_duration_s));

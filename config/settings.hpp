@@ -97,6 +97,7 @@ struct hooks_settings {
     std::string webhook_secret_file;  // "whsec_" + base64; empty: unsigned
     double timeout_s = 30;
     int max_attempts = 10;
+    double retry_s = 5; // the first retry's delay; it doubles each time, at most an hour
     bool any() const { return !command.empty() || !webhook_url.empty(); }
 };
 

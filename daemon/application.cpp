@@ -211,6 +211,7 @@ void application::reload() {
     client_.set_timeout(std::chrono::milliseconds(
         static_cast<std::int64_t>(settings_.api.request_timeout_s * 1000)));
     engine_.reconfigure();
+    hooks_.reconfigure();
     if (changes.empty())
         log::notice("reload: nothing changed");
     for (auto& c : changes)

@@ -248,6 +248,12 @@ void hook_runner::stop() {
     timer_.cancel();
 }
 
+void hook_runner::reconfigure() {
+    client_.set_timeout(
+        std::chrono::milliseconds(static_cast<std::int64_t>(settings_.hooks.timeout_s * 1000)));
+    timer_.cancel();
+}
+
 void hook_runner::wake() {
     timer_.cancel();
 }
@@ -285,6 +291,33 @@ asio::awaitable<void> hook_runner::loop() {
     }
 }
 
+namespace {
+
+// run_command on the pool, its outcome handed back to the caller's executor. Not a
+// coroutine itself: GCC 12 would destroy a lambda's moved captures twice inside one.
+asio::awaitable<command_outcome> run_off_loop(asio::thread_pool& pool,
+                                              std::vector<std::string> argv,
+                                              std::vector<std::string> env, std::string data,
+                                              std::chrono::milliseconds timeout) {
+    return asio::async_initiate<const asio::use_awaitable_t<>, void(command_outcome)>(
+        [&pool, argv = std::move(argv), env = std::move(env), data = std::move(data),
+         timeout](auto handler) mutable {
+            auto ex = asio::get_associated_executor(handler);
+            asio::post(pool, [argv = std::move(argv), env = std::move(env), data = std::move(data),
+                              timeout, handler = std::move(handler),
+                              work = asio::make_work_guard(ex)]() mutable {
+                auto out = run_command(argv, env, data, timeout);
+                auto to = work.get_executor();
+                asio::post(
+                    to, [handler = std::move(handler), out = std::move(out),
+                         work = std::move(work)]() mutable { std::move(handler)(std::move(out)); });
+            });
+        },
+        asio::use_awaitable);
+}
+
+} // namespace
+
 asio::awaitable<command_outcome> hook_runner::run_on_pool(storage::hook_delivery d) {
     std::vector<std::string> env{"PATH=/usr/local/bin:/usr/bin:/bin", "KLINGD_JOB_ID=" + d.job_id};
     std::string data = d.payload;
@@ -305,21 +338,8 @@ asio::awaitable<command_outcome> hook_runner::run_on_pool(storage::hook_delivery
     auto argv = settings_.hooks.command;
     auto timeout =
         std::chrono::milliseconds(static_cast<std::int64_t>(settings_.hooks.timeout_s * 1000));
-    co_return co_await asio::async_initiate<const asio::use_awaitable_t<>, void(command_outcome)>(
-        [this, argv = std::move(argv), env = std::move(env), data = std::move(data),
-         timeout](auto handler) mutable {
-            auto ex = asio::get_associated_executor(handler);
-            asio::post(pool_, [argv = std::move(argv), env = std::move(env), data = std::move(data),
-                               timeout, handler = std::move(handler),
-                               work = asio::make_work_guard(ex)]() mutable {
-                auto out = run_command(argv, env, data, timeout);
-                auto to = work.get_executor();
-                asio::post(
-                    to, [handler = std::move(handler), out = std::move(out),
-                         work = std::move(work)]() mutable { std::move(handler)(std::move(out)); });
-            });
-        },
-        asio::use_awaitable);
+    co_return co_await run_off_loop(pool_, std::move(argv), std::move(env), std::move(data),
+                                    timeout);
 }
 
 asio::awaitable<command_outcome> hook_runner::post_webhook(const storage::hook_delivery& d) {
@@ -386,8 +406,9 @@ asio::awaitable<void> hook_runner::deliver(storage::hook_delivery d) {
             log::error("hook {}: {} given up after {} attempt{}: {}", d.event_id, d.target,
                        d.attempts, d.attempts == 1 ? "" : "s", *d.last_error);
         } else {
-            // 5 s, 10 s, 20 s ... at most an hour, with a tenth of jitter.
-            double base = std::min(3600.0, 5.0 * std::pow(2.0, d.attempts - 1));
+            // retry_s, twice that, ... at most an hour, with a tenth of jitter.
+            double base = std::min(3600.0, settings_.hooks.retry_s *
+                                               std::pow(2.0, std::min(d.attempts - 1, 30)));
             static thread_local std::mt19937_64 rng{std::random_device{}()};
             base *= std::uniform_real_distribution<double>(0.9, 1.1)(rng);
             d.next_at =

@@ -59,6 +59,8 @@ public:
     void stop();
     // A job reached a final state: look at the outbox now.
     void wake();
+    // After a reload: hooks.timeout_s for the webhook's requests.
+    void reconfigure();
     const hook_stats& stats() const { return stats_; }
     std::size_t running() const { return in_flight_.size(); }
 
