@@ -126,14 +126,26 @@ reply handle_request(const http_request& req, service& svc, time_point now) {
     bool api = path.starts_with("/v2/");
     bool media = req.method() == http::verb::get && path.starts_with("/media/");
     reply r;
-    if (!api && !media) {
+    // A hosted upload: public, not an API call (no key, not counted against the budget).
+    if (req.method() == http::verb::get && path.starts_with("/files/")) {
+        r.kind = endpoint::files;
+        if (auto* f = svc.hosted(path.substr(7)))
+            r.response = make_response(req, 200, f->bytes, f->mime);
+        else
+            r.response = make_response(req, 404, not_found_body, "application/json");
+        svc.count_answer(endpoint::files, r.response.result_int());
+        return r;
+    }
+    bool upload = req.method() == http::verb::post && path == "/upload-asset";
+    if (!api && !media && !upload) {
         r.response = make_response(req, 404, not_found_body, "application/json");
         svc.count_answer(endpoint::other, 404);
         return r;
     }
 
-    auto [kind, name] =
-        api ? api_route(req.method(), path) : std::pair{endpoint::media, path.substr(7)};
+    auto [kind, name] = upload ? std::pair{endpoint::upload, std::string_view()}
+                        : api  ? api_route(req.method(), path)
+                               : std::pair{endpoint::media, path.substr(7)};
     r.kind = kind;
     delivery d = svc.draw_delivery(kind);
     if (d.reset_before) {
@@ -150,6 +162,9 @@ reply handle_request(const http_request& req, service& svc, time_point now) {
     if (kind == endpoint::submit) {
         r.response =
             from_answer(req, svc.submit(name, key, header(req, "content-type"), req.body(), now));
+    } else if (kind == endpoint::upload) {
+        r.response =
+            from_answer(req, svc.upload(key, header(req, "content-type"), req.body(), now));
     } else if (kind == endpoint::status) {
         r.response = from_answer(req, svc.status(name, key, now, seen_at));
     } else if (kind == endpoint::result) {

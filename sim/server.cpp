@@ -33,7 +33,8 @@ constexpr std::uint64_t max_request_body = 8 * 1024 * 1024;
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
 const char* endpoint_name(endpoint e) {
-    static constexpr const char* names[] = {"submit", "status", "result", "media", "other"};
+    static constexpr const char* names[] = {"submit", "status", "result", "media",
+                                            "other",  "upload", "files"};
     return names[static_cast<int>(e)];
 }
 
@@ -119,7 +120,9 @@ asio::awaitable<bool> server::serve(Stream& stream) {
     beast::flat_buffer buffer;
     for (;;) {
         http::request_parser<http::string_body> parser;
-        parser.body_limit(max_request_body);
+        // An upload carries a file as base64 in JSON: 4/3 of the largest file, and room.
+        parser.body_limit(
+            std::max(max_request_body, svc_.current().upload_max_bytes / 3 * 4 + (1u << 20)));
         tcp.expires_after(idle_timeout);
         auto [rec, read] = co_await http::async_read(stream, buffer, parser, use_tuple);
         if (rec)

@@ -254,6 +254,23 @@ api_answer service::submit(std::string_view model, std::string_view api_key,
         prompt = p->get_string();
     r.prompt = first_chars(prompt, prompt_chars_kept);
     r.body_sha256 = sha256_hex(body);
+    auto add_url = [&r](const json::value* v) {
+        if (v && v->is_string())
+            r.input_urls.emplace_back(v->get_string());
+    };
+    add_url(params.if_contains("video_url"));
+    if (auto* a = params.if_contains("image_urls"); a && a->is_array())
+        for (auto& u : a->get_array())
+            add_url(&u);
+    if (auto* el = params.if_contains("elements"); el && el->is_array())
+        for (auto& e : el->get_array())
+            if (e.is_object()) {
+                add_url(e.get_object().if_contains("frontal_image_url"));
+                if (auto* refs = e.get_object().if_contains("reference_image_urls");
+                    refs && refs->is_array())
+                    for (auto& u : refs->get_array())
+                        add_url(&u);
+            }
     r.kind = media_kind::mp4;
     if (image) {
         auto* f = params.if_contains("output_format");
@@ -452,7 +469,9 @@ std::string service::config_json() const {
                                         {"fail_rate", cfg_.fail_rate},
                                         {"retry_after", cfg_.retry_after},
                                         {"limiter", name_of(cfg_.limiter)},
-                                        {"echo_key", cfg_.echo_key}});
+                                        {"echo_key", cfg_.echo_key},
+                                        {"upload_max_bytes", cfg_.upload_max_bytes},
+                                        {"upload_answer_key", cfg_.upload_answer_key}});
 }
 
 api_answer service::configure(std::string_view body) {
@@ -489,6 +508,17 @@ api_answer service::configure(std::string_view body) {
                 next.limiter = *k;
         } else if (key == "echo_key") {
             must = set_bool(v, next.echo_key);
+        } else if (key == "upload_max_bytes") {
+            long long n = 0;
+            must = set_integer(v, 1, n);
+            if (!must)
+                next.upload_max_bytes = static_cast<std::uint64_t>(n);
+        } else if (key == "upload_answer_key") {
+            must = v.is_string() && (v.get_string() == "file_urls" || v.get_string() == "urls")
+                       ? nullptr
+                       : "\"file_urls\" or \"urls\"";
+            if (!must)
+                next.upload_answer_key = v.get_string();
         } else if (double* rate = rate_named(next, key)) {
             must = set_number(v, 0, 1, "a number between 0 and 1", *rate);
         } else {
@@ -504,11 +534,106 @@ api_answer service::configure(std::string_view body) {
     return {200, config_json(), "application/json", {}};
 }
 
+namespace {
+
+// Strict base64 (RFC 4648 alphabet, padding only at the end); nullopt when not.
+std::optional<std::string> decode_base64(std::string_view in) {
+    if (in.size() % 4 != 0)
+        return std::nullopt;
+    auto pad = in.ends_with("==") ? 2u : in.ends_with('=') ? 1u : 0u;
+    for (std::size_t i = 0; i < in.size() - pad; ++i) {
+        char c = in[i];
+        if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '+' || c == '/'))
+            return std::nullopt;
+    }
+    std::string out(in.size() / 4 * 3, '\0');
+    int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                            reinterpret_cast<const unsigned char*>(in.data()),
+                            static_cast<int>(in.size()));
+    if (n < 0)
+        return std::nullopt;
+    out.resize(static_cast<std::size_t>(n) - pad);
+    return out;
+}
+
+std::string extension_of(std::string_view mime) {
+    static const std::pair<std::string_view, std::string_view> known[] = {
+        {"image/png", "png"},  {"image/jpeg", "jpg"}, {"image/webp", "webp"},
+        {"image/gif", "gif"},  {"video/mp4", "mp4"},  {"video/quicktime", "mov"},
+        {"video/webm", "webm"}};
+    for (auto& [m, e] : known)
+        if (m == mime)
+            return std::string(e);
+    return "bin";
+}
+
+} // namespace
+
+api_answer service::upload(std::string_view api_key, std::string_view content_type,
+                           std::string_view body, time_point now) {
+    if (auto refused = gate(api_key, now))
+        return *refused;
+    if (!is_json_content_type(content_type))
+        return error_answer(
+            406,
+            fmt::format("Unsupported content type \"{}\": send application/json", content_type));
+    boost::system::error_code ec;
+    json::value parsed = json::parse(body, ec);
+    if (ec || !parsed.is_object())
+        return error_answer(400, "Request body must be a JSON object");
+    auto* list = parsed.get_object().if_contains("data_urls");
+    if (!list || !list->is_array() || list->get_array().empty())
+        return error_answer(400, "data_urls must be a non-empty array of data URLs");
+    if (list->get_array().size() > 10)
+        return error_answer(400, "at most 10 data_urls per upload");
+    std::vector<std::pair<std::string, std::string>> files; // (mime, bytes)
+    for (auto& v : list->get_array()) {
+        if (!v.is_string())
+            return error_answer(400, "data_urls must hold strings");
+        std::string_view d = v.get_string();
+        auto comma = d.find(',');
+        constexpr std::string_view b64 = ";base64";
+        if (!d.starts_with("data:") || comma == std::string_view::npos ||
+            d.substr(0, comma).size() < 5 + b64.size() || !d.substr(0, comma).ends_with(b64))
+            return error_answer(400, "each entry must be data:<type>/<subtype>;base64,<data>");
+        auto mime = d.substr(5, comma - 5 - b64.size());
+        if (mime.find('/') == std::string_view::npos ||
+            mime.find_first_of(" ;,") != std::string_view::npos)
+            return error_answer(400,
+                                fmt::format("\"{}\" is not a media type", first_chars(mime, 60)));
+        auto data = d.substr(comma + 1);
+        if (data.size() / 4 * 3 > cfg_.upload_max_bytes + 2)
+            return error_answer(
+                413, fmt::format("File too large: at most {} bytes", cfg_.upload_max_bytes));
+        auto bytes = decode_base64(data);
+        if (!bytes)
+            return error_answer(400, "the data is not valid base64");
+        if (bytes->size() > cfg_.upload_max_bytes)
+            return error_answer(
+                413, fmt::format("File too large: at most {} bytes", cfg_.upload_max_bytes));
+        files.emplace_back(std::string(mime), std::move(*bytes));
+    }
+    json::array urls;
+    for (auto& [mime, bytes] : files) {
+        auto name = new_uuid() + "." + extension_of(mime);
+        auto url = cfg_.public_url + "/files/" + name;
+        uploads_.push_back({url, mime, bytes.size(), sha256_hex(bytes)});
+        files_[name] = {mime, std::move(bytes)};
+        urls.emplace_back(url);
+    }
+    return json_answer(200, json::object{{cfg_.upload_answer_key, std::move(urls)}});
+}
+
+const service::hosted_file* service::hosted(std::string_view name) const {
+    auto it = files_.find(name);
+    return it == files_.end() ? nullptr : &it->second;
+}
+
 std::string service::stats_json(bool with_requests, time_point now) const {
     static constexpr const char* endpoint_names[] = {"submit", "status", "result", "media",
-                                                     "other"};
+                                                     "other",  "upload", "files"};
     json::object out;
-    for (int e = 0; e < 5; ++e) {
+    for (int e = 0; e < 7; ++e) {
         json::object codes;
         for (auto [code, n] : answers_[e])
             codes[code == 0 ? std::string("reset") : std::to_string(code)] = n;
@@ -527,7 +652,13 @@ std::string service::stats_json(bool with_requests, time_point now) const {
     out["media_by_host"] = std::move(hosts);
     out["media_with_key"] = media_with_key_;
     out["credits"] = cfg_.credits;
+    out["uploads"] = uploads_.size();
     if (with_requests) {
+        json::array up;
+        for (auto& u : uploads_)
+            up.push_back(json::object{
+                {"url", u.url}, {"mime", u.mime}, {"bytes", u.bytes}, {"sha256", u.sha256}});
+        out["uploaded"] = std::move(up);
         json::array list;
         list.reserve(records_.size());
         for (const record& r : records_) {
@@ -538,6 +669,7 @@ std::string service::stats_json(bool with_requests, time_point now) const {
                 {"model", r.model},
                 {"prompt", r.prompt},
                 {"body_sha256", r.body_sha256},
+                {"input_urls", json::array(r.input_urls.begin(), r.input_urls.end())},
                 {"outcome", state_name(static_cast<int>(st))},
                 {"error", r.error.empty() || !done ? json::value() : json::value(r.error)},
                 {"status_polls", r.status_polls},

@@ -31,7 +31,7 @@ struct api_answer {
     std::vector<std::pair<std::string, std::string>> headers;
 };
 
-enum class endpoint { submit, status, result, media, other };
+enum class endpoint { submit, status, result, media, other, upload, files };
 
 // What happens to one answer on its way to the client.
 struct delivery {
@@ -59,6 +59,16 @@ public:
     api_answer result(std::string_view id, std::string_view api_key, time_point now) {
         return result(id, api_key, now, now);
     }
+    // POST /upload-asset: {"data_urls":["data:<mime>;base64,..."]} -> the hosted URLs.
+    api_answer upload(std::string_view api_key, std::string_view content_type,
+                      std::string_view body, time_point now);
+    // GET /files/<name>: an uploaded file (its bytes and type), or nullopt.
+    struct hosted_file {
+        std::string mime;
+        std::string bytes;
+    };
+    const hosted_file* hosted(std::string_view name) const;
+
     // Any other call under /v2/: authenticated and counted like the rest, then 404.
     api_answer other_api_call(std::string_view api_key, time_point now);
 
@@ -109,6 +119,7 @@ private:
         time_point processing_at;
         time_point done_at;
         std::optional<time_point> first_seen_at;
+        std::vector<std::string> input_urls; // the URLs in its params
         std::uint64_t status_polls = 0;
         std::uint64_t result_fetches = 0;
     };
@@ -144,7 +155,15 @@ private:
     rate_limiter limiter_;
     std::deque<record> records_;
     std::unordered_map<std::string, std::size_t, string_hash, std::equal_to<>> index_;
-    std::map<unsigned, std::uint64_t> answers_[5];
+    std::map<unsigned, std::uint64_t> answers_[7];
+    struct upload_record {
+        std::string url;
+        std::string mime;
+        std::uint64_t bytes = 0;
+        std::string sha256;
+    };
+    std::vector<upload_record> uploads_;
+    std::map<std::string, hosted_file, std::less<>> files_; // by name ("<uuid>.png")
     std::uint64_t rate_limited_ = 0;
     std::uint64_t faults_error_ = 0;
     std::uint64_t faults_reset_ = 0;

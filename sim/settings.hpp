@@ -47,6 +47,10 @@ struct settings {
     std::uint64_t media_bytes_video = 1048576;
     std::uint64_t result_padding = 0; // bytes of filler in a completed result's body
     std::uint64_t seed = 0;
+    // Uploads (POST /upload-asset): the largest decoded file, and the key the answer
+    // lists the hosted URLs under ("file_urls" or "urls": sources differ).
+    std::uint64_t upload_max_bytes = 104857600;
+    std::string upload_answer_key = "file_urls";
 };
 
 // Returns what is wrong with s, naming the option, or the empty string when s is usable.

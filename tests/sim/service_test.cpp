@@ -66,6 +66,53 @@ TEST(service, missing_or_wrong_key_is_401) {
     EXPECT_EQ(stats(svc, t0).at("submissions").to_number<std::uint64_t>(), 0u);
 }
 
+// Uploads: the bytes kept as sent, served back at the hosted URL, under either answer key;
+// the gate (key, budget) applies, and bad bodies are refused with the reason.
+TEST(service, uploads_keep_the_bytes_and_answer_the_hosted_url) {
+    service svc(fixed_settings());
+    const std::string body = R"({"data_urls":["data:image/png;base64,iVBORw0KGgo="]})";
+    auto a = svc.upload("sim-key", "application/json", body, t0);
+    ASSERT_EQ(a.status, 200u) << a.body;
+    auto url = std::string(parse(a).at("file_urls").at(0).as_string());
+    ASSERT_EQ(url.rfind("https://sim.test/files/", 0), 0u) << url;
+    EXPECT_TRUE(url.ends_with(".png"));
+    auto* f = svc.hosted(url.substr(std::string("https://sim.test/files/").size()));
+    ASSERT_NE(f, nullptr);
+    EXPECT_EQ(f->bytes, std::string("\x89PNG\r\n\x1a\n", 8));
+    EXPECT_EQ(f->mime, "image/png");
+    auto stats = json::parse(svc.stats_json(true, t0));
+    EXPECT_EQ(stats.at("uploads").to_number<int>(), 1);
+    EXPECT_EQ(stats.at("uploaded").at(0).at("bytes").to_number<int>(), 8);
+    EXPECT_EQ(svc.hosted("nothing.png"), nullptr);
+
+    ASSERT_EQ(svc.configure(R"({"upload_answer_key":"urls"})").status, 200u);
+    a = svc.upload("sim-key", "application/json", body, t0);
+    EXPECT_TRUE(parse(a).contains("urls")) << a.body;
+}
+
+TEST(service, bad_uploads_are_refused_with_the_reason) {
+    auto s = fixed_settings();
+    s.upload_max_bytes = 4;
+    s.rpm = 8;
+    service svc(s);
+    auto up = [&](const std::string& body, const char* key = "sim-key") {
+        return svc.upload(key, "application/json", body, t0);
+    };
+    EXPECT_EQ(up(R"({"data_urls":["data:image/png;base64,AAAA"]})", "").status, 401u);
+    EXPECT_EQ(up("[]").status, 400u);
+    EXPECT_EQ(up(R"({"data_urls":[]})").status, 400u);
+    EXPECT_EQ(up(R"({"data_urls":["https://x/a.png"]})").status, 400u);
+    EXPECT_EQ(up(R"({"data_urls":["data:image/png;base64,A*AA"]})").status, 400u);
+    EXPECT_EQ(up(R"({"data_urls":["data:image/png;base64,AAAAAAAA"]})").status, 413u)
+        << "6 bytes, above upload_max_bytes";
+    EXPECT_EQ(svc.upload("sim-key", "text/plain", "x", t0).status, 406u);
+    // The same budget as every call.
+    unsigned last = 0;
+    for (int i = 0; i < 10; ++i)
+        last = up(R"({"data_urls":["data:image/png;base64,AAAA"]})").status;
+    EXPECT_EQ(last, 429u);
+}
+
 TEST(service, unknown_model_is_404) {
     service svc(fixed_settings());
     auto a = svc.submit("kling-o2", "sim-key", "application/json", image_body, t0);
