@@ -229,6 +229,16 @@ int cmd_show(client& c, const std::string& id, bool as_json) {
         for (auto& e : h->value().as_array())
             std::printf("  %s  %-10s %s\n", str(e, "at").c_str(), str(e, "state").c_str(),
                         str(e, "note").c_str());
+    if (auto h = o.find("hooks"); h != o.end() && !h->value().as_array().empty()) {
+        std::puts("hooks:");
+        for (auto& e : h->value().as_array()) {
+            auto err = str(e, "last_error");
+            std::printf("  %-28s %-8s %-10s %s attempt%s%s\n", str(e, "event").c_str(),
+                        str(e, "target").c_str(), str(e, "outcome").c_str(),
+                        str(e, "attempts").c_str(), str(e, "attempts") == "1" ? "" : "s",
+                        err.empty() ? "" : ("  " + err).c_str());
+        }
+    }
     return exit_ok;
 }
 
