@@ -145,17 +145,16 @@ int main(int argc, char** argv) {
                    "share of media downloads sent at 1 KiB/s (512 bytes each half second)");
     app.add_option("--media-bytes-image", s.media_bytes_image, "size of image outputs")
         ->capture_default_str();
-    app.add_option("--upload-max-bytes", s.upload_max_bytes,
-                   "largest file POST /upload-asset takes (413 above)")
-        ->capture_default_str();
-    app.add_option("--upload-answer-key", s.upload_answer_key,
-                   "where an upload's answer lists the hosted URLs: file_urls or urls")
-        ->check(CLI::IsMember({"file_urls", "urls"}))
-        ->capture_default_str();
     app.add_option("--media-bytes-video", s.media_bytes_video, "size of video outputs")
         ->capture_default_str();
     app.add_option("--result-padding", s.result_padding,
                    "bytes of filler in a completed result's body (to test size limits)")
+        ->capture_default_str();
+    app.add_option("--upload-max-bytes", s.upload_max_bytes,
+                   "largest decoded file POST /upload-asset takes (413 above)")
+        ->capture_default_str();
+    app.add_option("--upload-answer-key", s.upload_answer_key,
+                   "where an upload's answer lists the hosted URLs: file_urls or urls")
         ->capture_default_str();
     app.add_option("--seed", seed, "seed of the random generator (default: random, logged)");
     app.add_flag("--log-requests", log_requests, "log one line per request");

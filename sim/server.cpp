@@ -5,6 +5,7 @@
 #include "runtime/log.hpp"
 #include "sim/handler.hpp"
 
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -32,10 +33,16 @@ constexpr auto handshake_timeout = std::chrono::seconds(10);
 constexpr std::uint64_t max_request_body = 8 * 1024 * 1024;
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
-const char* endpoint_name(endpoint e) {
-    static constexpr const char* names[] = {"submit", "status", "result", "media",
-                                            "other",  "upload", "files"};
-    return names[static_cast<int>(e)];
+// An upload carries its files as base64 in JSON: 4/3 of the largest file, and room for
+// the rest of the body. Never below what every request may carry.
+std::uint64_t upload_body_limit(const settings& s) {
+    return std::max(max_request_body, s.upload_max_bytes / 3 * 4 + (std::uint64_t{1} << 20));
+}
+
+bool is_upload(const http_request& req) {
+    auto target = std::string_view(req.target());
+    return req.method() == http::verb::post &&
+           target.substr(0, target.find('?')) == "/upload-asset";
 }
 
 // Closes with an RST rather than a FIN.
@@ -120,11 +127,38 @@ asio::awaitable<bool> server::serve(Stream& stream) {
     beast::flat_buffer buffer;
     for (;;) {
         http::request_parser<http::string_body> parser;
-        // An upload carries a file as base64 in JSON: 4/3 of the largest file, and room.
-        parser.body_limit(
-            std::max(max_request_body, svc_.current().upload_max_bytes / 3 * 4 + (1u << 20)));
+        // The largest limit first (a Content-Length is checked against it with the header),
+        // then the one of the request's route before any of its body is read.
+        parser.body_limit(upload_body_limit(svc_.current()));
         tcp.expires_after(idle_timeout);
-        auto [rec, read] = co_await http::async_read(stream, buffer, parser, use_tuple);
+        auto [hec, hread] = co_await http::async_read_header(stream, buffer, parser, use_tuple);
+        bool upload = is_upload(parser.get());
+        boost::system::error_code rec = hec;
+        if (!rec) {
+            if (!upload)
+                parser.body_limit(max_request_body);
+            tcp.expires_after(idle_timeout);
+            auto [bec, bread] = co_await http::async_read(stream, buffer, parser, use_tuple);
+            rec = bec;
+        }
+        if (rec == http::error::body_limit) {
+            // What a gateway does: a 413 before the API sees anything, then close.
+            auto kind = upload ? endpoint::upload : endpoint::other;
+            svc_.count_answer(kind, 413);
+            if (log_requests_)
+                log::info("{} {} {} -> 413 body too large", endpoint_name(kind),
+                          std::string_view(parser.get().method_string()),
+                          std::string_view(parser.get().target()));
+            http_response res{http::status::payload_too_large, parser.get().version()};
+            res.set(http::field::server, "segmind-sim");
+            res.set(http::field::content_type, "application/json");
+            res.keep_alive(false);
+            res.body().text = R"({"error":"Request body too large"})";
+            res.prepare_payload();
+            tcp.expires_after(io_timeout);
+            auto [wec, written] = co_await http::async_write(stream, res, use_tuple);
+            co_return !wec;
+        }
         if (rec)
             co_return rec == http::error::end_of_stream;
 

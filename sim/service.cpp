@@ -9,6 +9,7 @@
 #include <cctype>
 #include <cmath>
 #include <fmt/format.h>
+#include <iterator>
 #include <openssl/evp.h>
 
 namespace klingd::sim {
@@ -142,6 +143,13 @@ double* rate_named(settings& s, std::string_view key) {
 }
 
 } // namespace
+
+const char* endpoint_name(endpoint e) {
+    static constexpr const char* names[] = {"submit", "status", "result", "media",
+                                            "other",  "upload", "files"};
+    static_assert(std::size(names) == endpoint_count);
+    return names[static_cast<int>(e)];
+}
 
 service::service(settings s)
     : cfg_(std::move(s)), rng_(cfg_.seed), limiter_(cfg_.rpm, scaled(60), cfg_.limiter) {}
@@ -509,10 +517,10 @@ api_answer service::configure(std::string_view body) {
         } else if (key == "echo_key") {
             must = set_bool(v, next.echo_key);
         } else if (key == "upload_max_bytes") {
-            long long n = 0;
-            must = set_integer(v, 1, n);
+            must = v.is_int64() && v.get_int64() >= 1 ? nullptr
+                                                      : "an integer number of bytes, 1 or more";
             if (!must)
-                next.upload_max_bytes = static_cast<std::uint64_t>(n);
+                next.upload_max_bytes = static_cast<std::uint64_t>(v.get_int64());
         } else if (key == "upload_answer_key") {
             must = v.is_string() && (v.get_string() == "file_urls" || v.get_string() == "urls")
                        ? nullptr
@@ -536,16 +544,28 @@ api_answer service::configure(std::string_view body) {
 
 namespace {
 
-// Strict base64 (RFC 4648 alphabet, padding only at the end); nullopt when not.
+// Strict base64 (RFC 4648 alphabet, padding only at the end, unused bits zero); nullopt
+// when not.
 std::optional<std::string> decode_base64(std::string_view in) {
     if (in.size() % 4 != 0)
         return std::nullopt;
     auto pad = in.ends_with("==") ? 2u : in.ends_with('=') ? 1u : 0u;
+    auto value = [](char c) -> int {
+        if (c >= 'A' && c <= 'Z')
+            return c - 'A';
+        if (c >= 'a' && c <= 'z')
+            return c - 'a' + 26;
+        if (c >= '0' && c <= '9')
+            return c - '0' + 52;
+        return c == '+' ? 62 : c == '/' ? 63 : -1;
+    };
     for (std::size_t i = 0; i < in.size() - pad; ++i) {
-        char c = in[i];
-        if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '+' || c == '/'))
+        if (value(in[i]) < 0)
             return std::nullopt;
     }
+    // The bits after the last whole byte: 4 with "==", 2 with "=".
+    if (pad > 0 && (value(in[in.size() - pad - 1]) & (pad == 2 ? 0xF : 0x3)) != 0)
+        return std::nullopt;
     std::string out(in.size() / 4 * 3, '\0');
     int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
                             reinterpret_cast<const unsigned char*>(in.data()),
@@ -556,14 +576,34 @@ std::optional<std::string> decode_base64(std::string_view in) {
     return out;
 }
 
+// A media type's type and subtype: RFC 6838 names, at least one character each.
+bool is_media_type(std::string_view m) {
+    auto name = [](std::string_view part) {
+        if (part.empty() || !std::isalnum(static_cast<unsigned char>(part[0])))
+            return false;
+        for (char c : part) {
+            if (!std::isalnum(static_cast<unsigned char>(c)) &&
+                std::string_view("!#$&-^_.+").find(c) == std::string_view::npos)
+                return false;
+        }
+        return true;
+    };
+    auto slash = m.find('/');
+    return slash != std::string_view::npos && name(m.substr(0, slash)) && name(m.substr(slash + 1));
+}
+
 std::string extension_of(std::string_view mime) {
     static const std::pair<std::string_view, std::string_view> known[] = {
         {"image/png", "png"},  {"image/jpeg", "jpg"}, {"image/webp", "webp"},
         {"image/gif", "gif"},  {"video/mp4", "mp4"},  {"video/quicktime", "mov"},
         {"video/webm", "webm"}};
-    for (auto& [m, e] : known)
-        if (m == mime)
+    std::string lower(mime);
+    for (char& c : lower)
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    for (auto& [m, e] : known) {
+        if (m == lower)
             return std::string(e);
+    }
     return "bin";
 }
 
@@ -597,17 +637,18 @@ api_answer service::upload(std::string_view api_key, std::string_view content_ty
             d.substr(0, comma).size() < 5 + b64.size() || !d.substr(0, comma).ends_with(b64))
             return error_answer(400, "each entry must be data:<type>/<subtype>;base64,<data>");
         auto mime = d.substr(5, comma - 5 - b64.size());
-        if (mime.find('/') == std::string_view::npos ||
-            mime.find_first_of(" ;,") != std::string_view::npos)
-            return error_answer(400,
-                                fmt::format("\"{}\" is not a media type", first_chars(mime, 60)));
+        if (!is_media_type(mime))
+            return error_answer(400, fmt::format("\"{}\" is not a media type (type/subtype)",
+                                                 first_chars(mime, 60)));
         auto data = d.substr(comma + 1);
+        if (data.empty())
+            return error_answer(400, "a data URL holds no data");
         if (data.size() / 4 * 3 > cfg_.upload_max_bytes + 2)
             return error_answer(
                 413, fmt::format("File too large: at most {} bytes", cfg_.upload_max_bytes));
         auto bytes = decode_base64(data);
         if (!bytes)
-            return error_answer(400, "the data is not valid base64");
+            return error_answer(400, "the data is not valid base64 (RFC 4648, padded, no spaces)");
         if (bytes->size() > cfg_.upload_max_bytes)
             return error_answer(
                 413, fmt::format("File too large: at most {} bytes", cfg_.upload_max_bytes));
@@ -630,14 +671,12 @@ const service::hosted_file* service::hosted(std::string_view name) const {
 }
 
 std::string service::stats_json(bool with_requests, time_point now) const {
-    static constexpr const char* endpoint_names[] = {"submit", "status", "result", "media",
-                                                     "other",  "upload", "files"};
     json::object out;
-    for (int e = 0; e < 7; ++e) {
+    for (int e = 0; e < endpoint_count; ++e) {
         json::object codes;
         for (auto [code, n] : answers_[e])
             codes[code == 0 ? std::string("reset") : std::to_string(code)] = n;
-        out[endpoint_names[e]] = std::move(codes);
+        out[endpoint_name(static_cast<endpoint>(e))] = std::move(codes);
     }
     out["submissions"] = records_.size();
     out["rate_limited"] = rate_limited_;

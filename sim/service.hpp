@@ -32,6 +32,9 @@ struct api_answer {
 };
 
 enum class endpoint { submit, status, result, media, other, upload, files };
+constexpr int endpoint_count = 7;
+// Its name in /sim/stats and in the request log.
+const char* endpoint_name(endpoint e);
 
 // What happens to one answer on its way to the client.
 struct delivery {
@@ -155,7 +158,7 @@ private:
     rate_limiter limiter_;
     std::deque<record> records_;
     std::unordered_map<std::string, std::size_t, string_hash, std::equal_to<>> index_;
-    std::map<unsigned, std::uint64_t> answers_[7];
+    std::map<unsigned, std::uint64_t> answers_[endpoint_count];
     struct upload_record {
         std::string url;
         std::string mime;

@@ -34,6 +34,11 @@ std::string check_settings(const settings& s) {
         return fmt::format("--credits must be -1 (unlimited) or more, not {}", s.credits);
     if (!(s.slow_s >= 0))
         return fmt::format("--slow-s must be 0 or more, not {}", s.slow_s);
+    if (s.upload_max_bytes < 1)
+        return "--upload-max-bytes must be 1 or more";
+    if (s.upload_answer_key != "file_urls" && s.upload_answer_key != "urls")
+        return fmt::format("--upload-answer-key must be file_urls or urls, not \"{}\"",
+                           s.upload_answer_key);
     for (auto [name, v] : {std::pair{"--fail-rate", s.fail_rate},
                            {"--error-rate", s.error_rate},
                            {"--reset-rate", s.reset_rate},

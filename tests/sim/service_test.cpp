@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <boost/json.hpp>
 #include <cmath>
+#include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <vector>
 
 namespace klingd::sim {
 namespace {
@@ -66,51 +68,285 @@ TEST(service, missing_or_wrong_key_is_401) {
     EXPECT_EQ(stats(svc, t0).at("submissions").to_number<std::uint64_t>(), 0u);
 }
 
-// Uploads: the bytes kept as sent, served back at the hosted URL, under either answer key;
-// the gate (key, budget) applies, and bad bodies are refused with the reason.
-TEST(service, uploads_keep_the_bytes_and_answer_the_hosted_url) {
+// An upload body holding data_urls.
+std::string upload_body(std::initializer_list<std::string> data_urls) {
+    json::array a;
+    for (auto& d : data_urls)
+        a.emplace_back(d);
+    return json::serialize(json::object{{"data_urls", std::move(a)}});
+}
+
+api_answer upload(service& svc, const std::string& body, std::string_view key = "sim-key") {
+    return svc.upload(key, "application/json", body, t0);
+}
+
+// The name under /files/ of a hosted URL of the fixed settings.
+std::string file_name(std::string_view url) {
+    constexpr std::string_view base = "https://sim.test/files/";
+    return url.starts_with(base) ? std::string(url.substr(base.size())) : std::string();
+}
+
+// Uploads: the bytes kept as sent, under a new id each, served back by name, listed in the
+// statistics with their SHA-256.
+TEST(service, uploads_keep_the_bytes_and_answer_the_hosted_urls) {
     service svc(fixed_settings());
-    const std::string body = R"({"data_urls":["data:image/png;base64,iVBORw0KGgo="]})";
-    auto a = svc.upload("sim-key", "application/json", body, t0);
+    auto a = upload(
+        svc, upload_body({"data:image/png;base64,iVBORw0KGgo=", "data:image/jpeg;base64,YWJj"}));
     ASSERT_EQ(a.status, 200u) << a.body;
-    auto url = std::string(parse(a).at("file_urls").at(0).as_string());
-    ASSERT_EQ(url.rfind("https://sim.test/files/", 0), 0u) << url;
-    EXPECT_TRUE(url.ends_with(".png"));
-    auto* f = svc.hosted(url.substr(std::string("https://sim.test/files/").size()));
+    EXPECT_EQ(a.content_type, "application/json");
+    auto out = parse(a);
+    EXPECT_FALSE(out.contains("urls"));
+    auto& urls = out.at("file_urls").as_array();
+    ASSERT_EQ(urls.size(), 2u);
+    auto png = file_name(urls[0].as_string());
+    auto jpg = file_name(urls[1].as_string());
+    ASSERT_FALSE(png.empty()) << urls[0];
+    EXPECT_TRUE(png.ends_with(".png")) << png;
+    EXPECT_TRUE(jpg.ends_with(".jpg")) << jpg;
+    EXPECT_EQ(png.size(), 36u + 4u) << "a uuid and the extension";
+    EXPECT_NE(png.substr(0, 36), jpg.substr(0, 36));
+
+    auto* f = svc.hosted(png);
     ASSERT_NE(f, nullptr);
     EXPECT_EQ(f->bytes, std::string("\x89PNG\r\n\x1a\n", 8));
     EXPECT_EQ(f->mime, "image/png");
-    auto stats = json::parse(svc.stats_json(true, t0));
-    EXPECT_EQ(stats.at("uploads").to_number<int>(), 1);
-    EXPECT_EQ(stats.at("uploaded").at(0).at("bytes").to_number<int>(), 8);
+    ASSERT_NE(svc.hosted(jpg), nullptr);
+    EXPECT_EQ(svc.hosted(jpg)->bytes, "abc");
+    EXPECT_EQ(svc.hosted(jpg)->mime, "image/jpeg");
     EXPECT_EQ(svc.hosted("nothing.png"), nullptr);
+    EXPECT_EQ(svc.hosted(png.substr(0, 36) + ".jpg"), nullptr) << "the extension is the name's";
 
-    ASSERT_EQ(svc.configure(R"({"upload_answer_key":"urls"})").status, 200u);
-    a = svc.upload("sim-key", "application/json", body, t0);
-    EXPECT_TRUE(parse(a).contains("urls")) << a.body;
+    auto st = stats(svc, t0);
+    EXPECT_EQ(st.at("uploads").to_number<int>(), 2);
+    auto& up = st.at("uploaded").as_array();
+    ASSERT_EQ(up.size(), 2u);
+    EXPECT_EQ(up[0].at("bytes").to_number<int>(), 8);
+    EXPECT_EQ(up[0].at("mime").as_string(), "image/png");
+    EXPECT_EQ(up[0].at("url"), urls[0]);
+    // The FIPS 180-2 test vector of "abc".
+    EXPECT_EQ(up[1].at("sha256").as_string(),
+              "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    EXPECT_EQ(up[1].at("bytes").to_number<int>(), 3);
+    auto brief = json::parse(svc.stats_json(false, t0)).as_object();
+    EXPECT_EQ(brief.at("uploads").to_number<int>(), 2);
+    EXPECT_FALSE(brief.contains("uploaded"));
 }
 
-TEST(service, bad_uploads_are_refused_with_the_reason) {
+TEST(service, the_upload_answer_key_is_file_urls_or_urls) {
+    const std::string body = upload_body({"data:image/png;base64,YWJj"});
+    auto s = fixed_settings();
+    s.upload_answer_key = "urls";
+    service at_start(s);
+    auto a = upload(at_start, body);
+    ASSERT_EQ(a.status, 200u) << a.body;
+    EXPECT_EQ(parse(a).at("urls").as_array().size(), 1u);
+    EXPECT_FALSE(parse(a).contains("file_urls"));
+
+    service svc(fixed_settings());
+    EXPECT_TRUE(parse(upload(svc, body)).contains("file_urls"));
+    auto cfg = svc.configure(R"({"upload_answer_key":"urls"})");
+    ASSERT_EQ(cfg.status, 200u) << cfg.body;
+    EXPECT_EQ(parse(cfg).at("upload_answer_key").as_string(), "urls");
+    EXPECT_TRUE(parse(upload(svc, body)).contains("urls"));
+    EXPECT_EQ(svc.configure(R"({"upload_answer_key":"file_urls"})").status, 200u);
+    EXPECT_TRUE(parse(upload(svc, body)).contains("file_urls"));
+
+    auto bad = svc.configure(R"({"upload_answer_key":"links"})");
+    EXPECT_EQ(bad.status, 400u);
+    EXPECT_NE(parse(bad).at("error").as_string().find("upload_answer_key"), json::string::npos);
+    EXPECT_EQ(svc.configure(R"({"upload_answer_key":1})").status, 400u);
+    EXPECT_EQ(json::parse(svc.config_json()).at("upload_answer_key").as_string(), "file_urls");
+}
+
+TEST(service, hosted_files_are_named_by_media_type) {
+    service svc(fixed_settings());
+    for (auto [mime, ext] : {std::pair{"image/png", ".png"},
+                             {"image/jpeg", ".jpg"},
+                             {"image/webp", ".webp"},
+                             {"image/gif", ".gif"},
+                             {"video/mp4", ".mp4"},
+                             {"video/quicktime", ".mov"},
+                             {"video/webm", ".webm"},
+                             {"IMAGE/PNG", ".png"},
+                             {"application/pdf", ".bin"},
+                             {"image/x-icon", ".bin"}}) {
+        auto a = upload(svc, upload_body({fmt::format("data:{};base64,YWJj", mime)}));
+        ASSERT_EQ(a.status, 200u) << mime << ": " << a.body;
+        auto name = file_name(parse(a).at("file_urls").at(0).as_string());
+        EXPECT_TRUE(name.ends_with(ext)) << mime << " -> " << name;
+        ASSERT_NE(svc.hosted(name), nullptr);
+        EXPECT_EQ(svc.hosted(name)->mime, mime) << "served with the type it was sent with";
+    }
+}
+
+TEST(service, bad_uploads_are_400_with_the_reason_and_store_nothing) {
+    service svc(fixed_settings());
+    const std::string ok = "data:image/png;base64,YWJj";
+    std::vector<std::string> eleven(11, ok);
+    json::array many;
+    for (auto& d : eleven)
+        many.emplace_back(d);
+    for (const std::string& body : std::initializer_list<std::string>{
+             "not json",
+             "[]",
+             R"("data:image/png;base64,YWJj")",
+             "{}",
+             R"({"data_urls":null})",
+             R"({"data_urls":"data:image/png;base64,YWJj"})",
+             R"({"data_urls":[]})",
+             R"({"data_urls":[1]})",
+             R"({"data_urls":["data:image/png;base64,YWJj",{"url":"x"}]})",
+             json::serialize(json::object{{"data_urls", many}}),
+             upload_body({"https://x/a.png"}),
+             upload_body({"data:image/png,YWJj"}),
+             upload_body({"data:image/png;base64"}),
+             upload_body({"image/png;base64,YWJj"}),
+             upload_body({"data:;base64,YWJj"}),
+             upload_body({"data:png;base64,YWJj"}),
+             upload_body({"data:image/;base64,YWJj"}),
+             upload_body({"data:/png;base64,YWJj"}),
+             upload_body({"data:image/png;charset=x;base64,YWJj"}),
+             upload_body({"data:image/png;base64,"}),
+             upload_body({"data:image/png;base64,A*AA"}),
+             upload_body({"data:image/png;base64,YWJ"}),
+             upload_body({"data:image/png;base64,YW Jj"}),
+             upload_body({"data:image/png;base64,YWJj\n"}),
+             upload_body({"data:image/png;base64,YW=j"}),
+             upload_body({"data:image/png;base64,Y==="}),
+             upload_body({"data:image/png;base64,YWI-"}),
+             upload_body({"data:image/png;base64,YWJ="}),     // unused bits not zero
+             upload_body({"data:image/png;base64,YR=="}),     // unused bits not zero
+             upload_body({ok, "data:image/png;base64,%%%%"}), // one bad entry: none kept
+         }) {
+        auto a = upload(svc, body);
+        EXPECT_EQ(a.status, 400u) << body << " -> " << a.body;
+        ASSERT_EQ(a.content_type, "application/json") << body;
+        auto e = parse(a);
+        ASSERT_TRUE(e.contains("error") && e.at("error").is_string()) << a.body;
+        EXPECT_FALSE(e.at("error").as_string().empty());
+    }
+    EXPECT_EQ(stats(svc, t0).at("uploads").to_number<int>(), 0);
+    // Padding that leaves the unused bits zero is fine: "YQ==" is "a", "YWI=" is "ab".
+    auto a = upload(svc, upload_body({"data:image/png;base64,YQ==", "data:image/png;base64,YWI="}));
+    ASSERT_EQ(a.status, 200u) << a.body;
+    auto urls = parse(a).at("file_urls").as_array();
+    EXPECT_EQ(svc.hosted(file_name(urls[0].as_string()))->bytes, "a");
+    EXPECT_EQ(svc.hosted(file_name(urls[1].as_string()))->bytes, "ab");
+    EXPECT_EQ(upload(svc, json::serialize(json::object{
+                              {"data_urls", json::array(eleven.begin(), eleven.end() - 1)}}))
+                  .status,
+              200u)
+        << "ten are allowed";
+}
+
+TEST(service, an_upload_that_is_not_json_is_406) {
+    service svc(fixed_settings());
+    auto body = upload_body({"data:image/png;base64,YWJj"});
+    auto a = svc.upload("sim-key", "multipart/form-data; boundary=x", body, t0);
+    EXPECT_EQ(a.status, 406u);
+    EXPECT_TRUE(parse(a).at("error").is_string());
+    EXPECT_EQ(svc.upload("sim-key", "", body, t0).status, 406u);
+    EXPECT_EQ(svc.upload("sim-key", "Application/JSON; charset=utf-8", body, t0).status, 200u);
+}
+
+TEST(service, a_file_above_upload_max_bytes_is_413) {
     auto s = fixed_settings();
     s.upload_max_bytes = 4;
-    s.rpm = 8;
     service svc(s);
-    auto up = [&](const std::string& body, const char* key = "sim-key") {
-        return svc.upload(key, "application/json", body, t0);
-    };
-    EXPECT_EQ(up(R"({"data_urls":["data:image/png;base64,AAAA"]})", "").status, 401u);
-    EXPECT_EQ(up("[]").status, 400u);
-    EXPECT_EQ(up(R"({"data_urls":[]})").status, 400u);
-    EXPECT_EQ(up(R"({"data_urls":["https://x/a.png"]})").status, 400u);
-    EXPECT_EQ(up(R"({"data_urls":["data:image/png;base64,A*AA"]})").status, 400u);
-    EXPECT_EQ(up(R"({"data_urls":["data:image/png;base64,AAAAAAAA"]})").status, 413u)
-        << "6 bytes, above upload_max_bytes";
-    EXPECT_EQ(svc.upload("sim-key", "text/plain", "x", t0).status, 406u);
-    // The same budget as every call.
-    unsigned last = 0;
-    for (int i = 0; i < 10; ++i)
-        last = up(R"({"data_urls":["data:image/png;base64,AAAA"]})").status;
-    EXPECT_EQ(last, 429u);
+    auto exact = upload(svc, upload_body({"data:image/png;base64,YWJjZA=="}));
+    EXPECT_EQ(exact.status, 200u) << "4 bytes: " << exact.body;
+    for (auto data : {"YWJjZGU=", "YWJjZGVm", "YWJjZGVmZ2hpamts"}) {
+        auto a = upload(svc, upload_body({fmt::format("data:image/png;base64,{}", data)}));
+        EXPECT_EQ(a.status, 413u) << data << " -> " << a.body;
+        EXPECT_NE(parse(a).at("error").as_string().find("4 bytes"), json::string::npos) << a.body;
+    }
+    // Too large is told before bad base64 when the length alone shows it.
+    EXPECT_EQ(upload(svc, upload_body({"data:image/png;base64,YWJjZGVm*mhpamts"})).status, 413u);
+    EXPECT_EQ(stats(svc, t0).at("uploads").to_number<int>(), 1);
+
+    auto cfg = svc.configure(R"({"upload_max_bytes":6})");
+    ASSERT_EQ(cfg.status, 200u) << cfg.body;
+    EXPECT_EQ(parse(cfg).at("upload_max_bytes").to_number<int>(), 6);
+    EXPECT_EQ(upload(svc, upload_body({"data:image/png;base64,YWJjZGVm"})).status, 200u);
+    for (auto bad : {R"({"upload_max_bytes":0})", R"({"upload_max_bytes":-1})",
+                     R"({"upload_max_bytes":1.5})", R"({"upload_max_bytes":"1"})"})
+        EXPECT_EQ(svc.configure(bad).status, 400u) << bad;
+    EXPECT_EQ(json::parse(svc.config_json()).at("upload_max_bytes").to_number<int>(), 6);
+    EXPECT_EQ(json::parse(service(fixed_settings()).config_json())
+                  .at("upload_max_bytes")
+                  .to_number<std::uint64_t>(),
+              104857600u);
+}
+
+TEST(service, uploads_pass_the_gate_of_every_call) {
+    auto s = fixed_settings();
+    s.rpm = 3;
+    s.retry_after = true;
+    service svc(s);
+    auto body = upload_body({"data:image/png;base64,YWJj"});
+    auto missing = upload(svc, body, "");
+    EXPECT_EQ(missing.status, 401u);
+    EXPECT_TRUE(parse(missing).at("error").is_string());
+    EXPECT_EQ(upload(svc, body, "wrong").status, 401u);
+    // One budget for uploads and the other calls.
+    EXPECT_EQ(upload(svc, body).status, 200u);
+    EXPECT_FALSE(submit(svc, "kling-o1", image_body, t0).empty());
+    EXPECT_EQ(upload(svc, body).status, 200u);
+    auto limited = upload(svc, body);
+    EXPECT_EQ(limited.status, 429u);
+    EXPECT_TRUE(parse(limited).at("error").is_string());
+    EXPECT_EQ(header(limited, "x-rate-limit-reset-at-utc"), "2026-01-01T00:01:00.000Z");
+    EXPECT_EQ(header(limited, "Retry-After"), "60");
+    EXPECT_EQ(svc.submit("kling-o1", "sim-key", "application/json", image_body, t0).status, 429u);
+    auto st = stats(svc, t0);
+    EXPECT_EQ(st.at("rate_limited").to_number<int>(), 2);
+    EXPECT_EQ(st.at("uploads").to_number<int>(), 2);
+    // The next window.
+    EXPECT_EQ(svc.upload("sim-key", "application/json", body, at(60)).status, 200u);
+
+    auto faulty = fixed_settings();
+    faulty.error_rate = 1;
+    service broken(faulty);
+    auto a = upload(broken, body);
+    EXPECT_TRUE(a.status == 500u || a.status == 502u || a.status == 504u) << a.status;
+    EXPECT_EQ(stats(broken, t0).at("uploads").to_number<int>(), 0);
+    EXPECT_EQ(stats(broken, t0).at("faults").at("error").to_number<int>(), 1);
+}
+
+TEST(service, upload_settings_are_checked) {
+    auto s = fixed_settings();
+    EXPECT_EQ(check_settings(s), "");
+    s.upload_max_bytes = 0;
+    EXPECT_NE(check_settings(s).find("--upload-max-bytes"), std::string::npos);
+    s = fixed_settings();
+    s.upload_answer_key = "links";
+    EXPECT_NE(check_settings(s).find("--upload-answer-key"), std::string::npos);
+    s.upload_answer_key = "urls";
+    EXPECT_EQ(check_settings(s), "");
+}
+
+// Each submit lists the URLs its params carry, so a test can tell a hosted URL was sent.
+TEST(service, submits_record_the_urls_in_their_params) {
+    service svc(fixed_settings());
+    ASSERT_FALSE(submit(svc, "kling-o1", image_body, t0).empty());
+    const std::string video =
+        R"({"prompt":"@Element1 in @image1","video_url":"https://x/v.mp4",)"
+        R"("image_urls":["https://x/i.png"],"elements":[{"frontal_image_url":"https://x/f.png",)"
+        R"("reference_image_urls":["https://x/r1.png","https://x/r2.png"]}],"keep_audio":true})";
+    ASSERT_FALSE(submit(svc, "kling-o1-video-to-video-edit", video, t0).empty());
+    ASSERT_FALSE(submit(svc, "kling-o1-video-to-video-edit", video_body, t0).empty());
+    auto st = stats(svc, t0);
+    auto& reqs = st.at("requests").as_array();
+    ASSERT_EQ(reqs.size(), 3u);
+    EXPECT_EQ(reqs[0].at("input_urls"), json::parse(R"(["https://x/1.png","https://x/2.png"])"));
+    std::vector<std::string> got;
+    for (auto& u : reqs[1].at("input_urls").as_array())
+        got.emplace_back(u.as_string());
+    std::sort(got.begin(), got.end());
+    EXPECT_EQ(got,
+              (std::vector<std::string>{"https://x/f.png", "https://x/i.png", "https://x/r1.png",
+                                        "https://x/r2.png", "https://x/v.mp4"}));
+    EXPECT_EQ(reqs[2].at("input_urls"), json::parse(R"(["https://x/v.mp4"])"));
 }
 
 TEST(service, unknown_model_is_404) {
