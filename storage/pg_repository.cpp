@@ -1200,10 +1200,17 @@ async_result<pg_repository::import_counts> pg_repository::import(import_batch ba
     for (auto& row : batch.jobs)
         for (int c = 0; c < job_cols; ++c)
             cols[static_cast<std::size_t>(c)].push_back(row[static_cast<std::size_t>(c)]);
-    std::vector<std::vector<param>> hcols(5);
-    for (auto& row : batch.history)
-        for (std::size_t c = 0; c < 5; ++c)
-            hcols[c].push_back(row[c]);
+    auto columns_of = [](const std::vector<std::vector<param>>& rows, std::size_t n) {
+        std::vector<std::vector<param>> out(n);
+        for (auto& row : rows)
+            for (std::size_t c = 0; c < n; ++c)
+                out[c].push_back(row[c]);
+        return out;
+    };
+    auto hcols = columns_of(batch.history, 5);
+    auto icols = columns_of(batch.inputs, 7);
+    auto scols = columns_of(batch.spend, 6);
+    auto dcols = columns_of(batch.deliveries, 9);
     std::string sql = R"(
 WITH u AS (
   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
@@ -1231,13 +1238,42 @@ h AS (
        WITH ORDINALITY AS h(job_id, at, state, note, request_id, n)
   WHERE job_id IN (SELECT id FROM ins)
   ORDER BY n
-  RETURNING 1)
+  RETURNING 1),
+i AS (
+  INSERT INTO inputs (job_id, url, path, sha256, bytes, mime, hosted_url, node)
+  SELECT job_id, url, path, sha256, bytes::bigint, mime, hosted_url, coalesce($25::text, '')
+  FROM unnest($26::text[], $27::text[], $28::text[], $29::text[], $30::text[], $31::text[],
+              $32::text[]) WITH ORDINALITY AS x(job_id, url, path, sha256, bytes, mime,
+                                                 hosted_url, n)
+  WHERE job_id IN (SELECT id FROM ins) ORDER BY n
+  ON CONFLICT DO NOTHING),
+s AS (
+  INSERT INTO spend (job_id, attempt, model, at, micro, refunded, node)
+  SELECT job_id, attempt::bigint, model, at::bigint, micro::bigint, refunded = '1', $25::text
+  FROM unnest($33::text[], $34::text[], $35::text[], $36::text[], $37::text[], $38::text[])
+       AS x(job_id, attempt, model, at, micro, refunded)
+  WHERE job_id IN (SELECT id FROM ins)
+  ON CONFLICT DO NOTHING),
+d AS (
+  INSERT INTO deliveries (event_id, target, job_id, type, payload, attempts, outcome, last_error,
+                          next_at, node)
+  SELECT event_id, target, job_id, type, payload, attempts::integer, outcome, last_error,
+         next_at::bigint, coalesce($25::text, '')
+  FROM unnest($39::text[], $40::text[], $41::text[], $42::text[], $43::text[], $44::text[],
+              $45::text[], $46::text[], $47::text[]) WITH ORDINALITY
+       AS x(event_id, target, job_id, type, payload, attempts, outcome, last_error, next_at, n)
+  WHERE job_id IN (SELECT id FROM ins) ORDER BY n
+  ON CONFLICT DO NOTHING)
 SELECT 'job', id FROM ins UNION ALL SELECT 'history', count(*)::text FROM h)";
     std::vector<param> args;
     for (auto& c : cols)
         args.push_back(pg::array(c));
     for (auto& c : hcols)
         args.push_back(pg::array(c));
+    args.push_back(me_.name.empty() ? param{} : param{me_.name});
+    for (auto* group : {&icols, &scols, &dcols})
+        for (auto& c : *group)
+            args.push_back(pg::array(c));
     auto r = co_await db_.query(std::move(sql), std::move(args));
     if (!r)
         co_return r.error();

@@ -83,9 +83,15 @@ public:
     // request_id, status_url, response_url, error, outputs, result, created_at,
     // updated_at, submitted_at, remote_done_at, finished_at, attempts, polls, source)
     // and their history lines (job_id, at, state, note, request_id), all as text.
+    // And of those jobs: local inputs (job_id, url, path, sha256, bytes, mime, hosted_url),
+    // spend rows (job_id, attempt, model, at, micro, refunded as 0/1) and hook deliveries
+    // (event_id, target, job_id, type, payload, attempts, outcome, last_error, next_at).
     struct import_batch {
         std::vector<std::vector<pg::param>> jobs;
         std::vector<std::vector<pg::param>> history;
+        std::vector<std::vector<pg::param>> inputs;
+        std::vector<std::vector<pg::param>> spend;
+        std::vector<std::vector<pg::param>> deliveries;
     };
     struct import_counts {
         std::size_t imported = 0, already = 0, history = 0;

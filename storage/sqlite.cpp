@@ -101,6 +101,9 @@ void statement::reset() {
     sqlite3_clear_bindings(stmt_.get());
 }
 
+int statement::columns() const {
+    return sqlite3_column_count(stmt_.get());
+}
 bool statement::is_null(int col) const {
     return sqlite3_column_type(stmt_.get(), col) == SQLITE_NULL;
 }

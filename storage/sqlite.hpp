@@ -81,6 +81,7 @@ public:
     void reset();
 
     bool is_null(int col) const;
+    int columns() const; // of the result
     std::int64_t int64(int col) const;
     double real(int col) const;
     std::string text(int col) const;

@@ -36,6 +36,27 @@ boost::asio::awaitable<core::result<import_report>> import_sqlite(const std::str
         co_return core::error(core::errc::store_failed,
                               fmt::format("cannot read {}: {}", path, e.what()));
     }
+    std::int64_t version = 0;
+    {
+        statement v(*db, "PRAGMA user_version");
+        version = v.step() ? v.int64(0) : 0;
+    }
+    // Rows of a table about the jobs of this page, as text (NULL kept), when the
+    // database's schema has it.
+    auto rows_of = [&](std::int64_t since_version, const std::string& select, std::int64_t from,
+                       std::int64_t to, std::vector<std::vector<pg::param>>& into) {
+        if (version < since_version)
+            return;
+        statement q(*db, select + " WHERE job_id IN (SELECT id FROM jobs WHERE rowid > ?1 AND "
+                                  "rowid <= ?2) ORDER BY rowid");
+        q.bind(1, from).bind(2, to);
+        while (q.step()) {
+            std::vector<pg::param> row;
+            for (int c = 0; c < q.columns(); ++c)
+                row.push_back(q.is_null(c) ? pg::param{} : pg::param{q.text(c)});
+            into.push_back(std::move(row));
+        }
+    };
     std::int64_t after = 0;
     for (;;) {
         pg_repository::import_batch batch;
@@ -61,6 +82,14 @@ boost::asio::awaitable<core::result<import_report>> import_sqlite(const std::str
             while (h.step())
                 batch.history.push_back({h.text(0), h.text(1), h.text(2), h.text(3),
                                          h.is_null(4) ? pg::param{} : pg::param{h.text(4)}});
+            rows_of(3, "SELECT job_id, attempt, model, at, micro, refunded FROM spend", after, last,
+                    batch.spend);
+            rows_of(4, "SELECT job_id, url, path, sha256, bytes, mime, hosted_url FROM inputs",
+                    after, last, batch.inputs);
+            rows_of(5,
+                    "SELECT event_id, target, job_id, type, payload, attempts, outcome, "
+                    "last_error, next_at FROM deliveries",
+                    after, last, batch.deliveries);
         } catch (const storage_error& e) {
             co_return core::error(core::errc::store_failed,
                                   fmt::format("cannot read {}: {}", path, e.what()));
