@@ -241,6 +241,27 @@ void parse_input_directories(context& c, const toml::node& n, inputs_settings& i
     in.directories = std::move(dirs);
 }
 
+} // namespace
+
+std::string resolve_input_directories(inputs_settings& in) {
+    in.real_directories.clear();
+    for (auto& d : in.directories) {
+        std::error_code ec;
+        auto real = fs::canonical(d, ec);
+        if (ec)
+            return fmt::format("{} cannot be resolved: {}", d, ec.message());
+        if (!fs::is_directory(real, ec))
+            return fmt::format("{} is not a folder", d);
+        if (real == "/")
+            return fmt::format(
+                "{} resolves to \"/\": a job file could upload any file of this host", d);
+        in.real_directories.push_back(real.string());
+    }
+    return {};
+}
+
+namespace {
+
 void parse_upload_url(context& c, const toml::node& n, inputs_settings& in) {
     constexpr std::string_view key = "inputs.upload_url";
     auto v = read_string(c, n, key);
@@ -530,7 +551,7 @@ const key_rule inputs_keys[] = {
     {"directories", [](context& c, const toml::node& n, settings& s) { parse_input_directories(c, n, s.inputs); }},
     {"upload_url", [](context& c, const toml::node& n, settings& s) { parse_upload_url(c, n, s.inputs); }},
     {"max_bytes", [](context& c, const toml::node& n, settings& s) {
-        if (auto v = read_integer(c, n, "inputs.max_bytes", 1, std::int64_t{4} << 30)) s.inputs.max_bytes = static_cast<std::uint64_t>(*v);
+        if (auto v = read_integer(c, n, "inputs.max_bytes", 1, std::int64_t{1} << 30)) s.inputs.max_bytes = static_cast<std::uint64_t>(*v);
     }},
 };
 const key_rule hooks_keys[] = {
@@ -672,16 +693,26 @@ void check_cross_rules(context& c, settings& s) {
                                     slug));
     }
     // A folder of inputs must not hold klingd's own secrets and state: a job file could
-    // upload them.
-    for (auto& dir : s.inputs.directories) {
-        for (auto [path, what] : {std::pair{s.api.api_key_file, "api.api_key_file"},
-                                  std::pair{s.storage.database, "storage.database"}}) {
+    // upload them. Compared as they really are (a folder may be a symlink).
+    if (auto why = resolve_input_directories(s.inputs); !why.empty())
+        c.error(c.line_of("inputs.directories"), "inputs.directories", why);
+    for (auto& dir : s.inputs.real_directories) {
+        for (auto [path, what] :
+             {std::pair{s.api.api_key_file, "api.api_key_file"},
+              std::pair{s.storage.database, "storage.database"},
+              std::pair{s.hooks.webhook_secret_file, "hooks.webhook_secret_file"},
+              std::pair{s.api.ca_file, "api.ca_file"},
+              std::pair{std::string(c.file), "the configuration file"}}) {
             if (path.empty())
                 continue;
-            auto rel = fs::path(path).lexically_normal().lexically_relative(dir);
+            std::error_code ec;
+            auto real = fs::weakly_canonical(fs::absolute(path), ec);
+            if (ec)
+                real = fs::path(path).lexically_normal();
+            auto rel = real.lexically_relative(dir);
             if (!rel.empty() && *rel.begin() != "..")
                 c.error(c.line_of("inputs.directories"), "inputs.directories",
-                        fmt::format("\"{}\" holds {} ({}): a job file could upload it; keep "
+                        fmt::format("{} holds {} ({}): a job file could upload it; keep "
                                     "media in a folder of their own",
                                     dir, what, path));
         }

@@ -69,7 +69,8 @@ std::vector<std::string> apply_reload(settings& cur, const settings& fresh) {
                 fmt::format("{}: {} -> {}", key, core::money_text(*c), core::money_text(f)));
             *c = f;
         }
-    if (cur.inputs.directories != fresh.inputs.directories) {
+    bool dirs_changed = cur.inputs.directories != fresh.inputs.directories;
+    if (dirs_changed) {
         auto show = [](const std::vector<std::string>& v) {
             std::string out;
             for (auto& d : v)
@@ -79,6 +80,11 @@ std::vector<std::string> apply_reload(settings& cur, const settings& fresh) {
         d.lines.push_back(fmt::format("inputs.directories: {} -> {}", show(cur.inputs.directories),
                                       show(fresh.inputs.directories)));
         cur.inputs.directories = fresh.inputs.directories;
+    }
+    if (cur.inputs.real_directories != fresh.inputs.real_directories) {
+        if (!dirs_changed)
+            d.lines.push_back("inputs.directories resolved again (a folder was moved)");
+        cur.inputs.real_directories = fresh.inputs.real_directories;
     }
     d.apply("inputs.upload_url", cur.inputs.upload_url, fresh.inputs.upload_url);
     d.apply("inputs.max_bytes", cur.inputs.max_bytes, fresh.inputs.max_bytes);

@@ -86,9 +86,18 @@ struct spend_settings {
 // Local files as job inputs (file:// URLs in params), uploaded before the submit.
 struct inputs_settings {
     std::vector<std::string> directories; // absolute, normalised; empty: no local files
+    // The same folders resolved (every symlink) when the configuration was read: what a
+    // file must be inside. Fixed then, so a folder swapped later for a symlink to
+    // elsewhere does not move the boundary.
+    std::vector<std::string> real_directories;
     std::string upload_url = "https://workflows-api.segmind.com/upload-asset";
     std::uint64_t max_bytes = 104857600;
+    std::size_t max_files = 16; // local files one job may name
 };
+
+// Fills in.real_directories from in.directories; the first folder that cannot be resolved
+// (or is not a folder), with the reason, or "" when all are.
+std::string resolve_input_directories(inputs_settings& in);
 
 // What runs when a job reaches a final state: a command and/or a signed webhook POST.
 struct hooks_settings {

@@ -201,7 +201,9 @@ asio::awaitable<control_response> post_job(const control_request& req, engine& e
         co_return error_response(req.version(), http::status::bad_request,
                                  parsed.error().message());
     if (!parsed->local_inputs.empty()) {
-        auto inputs = check_local_inputs(parsed->local_inputs, e.settings().inputs);
+        auto inputs = check_local_inputs(
+            parsed->local_inputs, e.settings().inputs,
+            peer.uid >= 0 ? std::optional<uid_t>(static_cast<uid_t>(peer.uid)) : std::nullopt);
         if (!inputs)
             co_return error_response(req.version(), http::status::bad_request,
                                      inputs.error().message());

@@ -771,6 +771,20 @@ engine::prepare_inputs(std::string id, std::string params, core::time_point take
                                      inputs.error().message()));
         co_return std::nullopt;
     }
+    // Every file:// URL of params must have been checked at intake (a job taken in by an
+    // older klingd has none): never sent as it is, never read unchecked.
+    if (auto it = active_.find(id); it != active_.end())
+        for (auto& ref : core::local_refs(it->second.model, params))
+            if (std::none_of(inputs->begin(), inputs->end(),
+                             [&](auto& in) { return in.url == ref.url; })) {
+                core::event ev = core::ev_input_failed{fmt::format(
+                    "{} names a local file that was not checked when the job was taken in; "
+                    "submit the job again",
+                    ref.where)};
+                auto tr = core::advance(it->second, ev, now(), context_for(it->second));
+                co_await apply(id, std::move(tr));
+                co_return std::nullopt;
+            }
     auto wall = clock_.to_wall(now());
     for (auto& in : *inputs) {
         if (in.hosted)
@@ -804,7 +818,15 @@ engine::prepare_inputs(std::string id, std::string params, core::time_point take
                 fmt::format("inputs.upload_url is not usable: {}", u.error().message()));
             co_return std::nullopt;
         }
-        auto body = upload_body(in, settings_.inputs);
+        core::result<std::string> body = core::error(core::errc::invalid_job);
+        try {
+            body = upload_body(in, settings_.inputs);
+        } catch (const std::bad_alloc&) {
+            body = core::error(core::errc::invalid_job,
+                               fmt::format("input \"{}\" ({} bytes) does not fit in memory to be "
+                                           "encoded for its upload",
+                                           in.url, in.bytes));
+        }
         if (!body) {
             auto it = active_.find(id);
             if (it == active_.end())

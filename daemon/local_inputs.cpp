@@ -10,8 +10,10 @@
 #include <cstring>
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <grp.h>
 #include <memory>
 #include <openssl/evp.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -55,21 +57,19 @@ bool inside(const std::string& path, const std::string& dir) {
            path[dir.size()] == '/';
 }
 
-// The folders as they really are now (a folder may itself be a symlink); those that do
-// not exist are left out.
-std::vector<std::string> real_folders(const config::inputs_settings& cfg) {
-    std::vector<std::string> out;
-    for (auto& d : cfg.directories)
-        if (auto r = real_path(d); !r.empty() && r != "/")
-            out.push_back(r);
-    return out;
-}
-
 bool inside_any(const std::string& path, const std::vector<std::string>& dirs) {
     for (auto& d : dirs)
         if (inside(path, d))
             return true;
     return false;
+}
+
+// The real folder path lies inside, if any.
+const std::string* folder_of(const std::string& path, const std::vector<std::string>& dirs) {
+    for (auto& d : dirs)
+        if (inside(path, d))
+            return &d;
+    return nullptr;
 }
 
 std::string folder_list(const config::inputs_settings& cfg) {
@@ -79,27 +79,65 @@ std::string folder_list(const config::inputs_settings& cfg) {
     return out;
 }
 
+// May the user who submitted the job read this file? Root and klingd's own user may read
+// what klingd may; others need to own it, or to be in its group when the group may read
+// it, or the world may read it.
+bool submitter_may_read(const struct stat& st, std::optional<uid_t> who) {
+    if (!who || *who == 0 || *who == ::geteuid())
+        return true;
+    if (st.st_mode & S_IROTH)
+        return true;
+    if (st.st_uid == *who)
+        return (st.st_mode & S_IRUSR) != 0;
+    if (!(st.st_mode & S_IRGRP))
+        return false;
+    std::vector<char> buf(16384);
+    struct passwd pw {};
+    struct passwd* found = nullptr;
+    if (::getpwuid_r(*who, &pw, buf.data(), buf.size(), &found) != 0 || !found)
+        return false;
+    int n = 64;
+    std::vector<gid_t> groups(static_cast<std::size_t>(n));
+    if (::getgrouplist(pw.pw_name, pw.pw_gid, groups.data(), &n) < 0) {
+        groups.resize(static_cast<std::size_t>(n));
+        if (::getgrouplist(pw.pw_name, pw.pw_gid, groups.data(), &n) < 0)
+            return false;
+    }
+    groups.resize(static_cast<std::size_t>(n));
+    return std::find(groups.begin(), groups.end(), st.st_gid) != groups.end();
+}
+
 // The file behind path, opened for reading when it is acceptable; else why not.
 struct opened {
     fd_guard f;
     std::string real;
     std::int64_t bytes = 0;
+    dev_t dev = 0;
+    ino_t ino = 0;
     std::string problem;
 };
 
-void open_checked(opened& o, const std::string& path, const config::inputs_settings& cfg) {
+void open_checked(opened& o, const std::string& path, const config::inputs_settings& cfg,
+                  std::optional<uid_t> submitter = std::nullopt) {
     if (cfg.directories.empty()) {
         o.problem = "names a local file, but [inputs] directories is empty: this klingd takes "
                     "no local files";
         return;
     }
-    auto dirs = real_folders(cfg);
+    const auto& dirs = cfg.real_directories;
+    // By its text first: nothing outside the folders is even looked at (no probing of
+    // other paths, no waiting on a dead mount elsewhere).
+    if (!inside_any(path, cfg.directories) && !inside_any(path, dirs)) {
+        o.problem = fmt::format("is outside [inputs] directories ({})", folder_list(cfg));
+        return;
+    }
     o.real = real_path(path);
     if (o.real.empty()) {
         o.problem = fmt::format("cannot be resolved: {}", std::strerror(errno));
         return;
     }
-    if (!inside_any(o.real, dirs)) {
+    const std::string* folder = folder_of(o.real, dirs);
+    if (!folder) {
         o.problem = fmt::format("resolves to {}, which is outside [inputs] directories ({})",
                                 o.real, folder_list(cfg));
         return;
@@ -120,13 +158,14 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
         return;
     }
     std::string opened_path(buf, static_cast<std::size_t>(n));
-    if (!inside_any(opened_path, dirs)) {
-        o.problem = fmt::format("opened as {}, which is outside [inputs] directories ({})",
-                                opened_path, folder_list(cfg));
+    if (!inside(opened_path, *folder)) {
+        o.problem = fmt::format("was moved outside [inputs] directories ({}) while it was checked",
+                                folder_list(cfg));
         return;
     }
     struct stat st {};
-    if (::fstat(o.f.fd, &st) != 0) {
+    struct stat folder_st {};
+    if (::fstat(o.f.fd, &st) != 0 || ::lstat(folder->c_str(), &folder_st) != 0) {
         o.problem = fmt::format("cannot be read: {}", std::strerror(errno));
         return;
     }
@@ -134,10 +173,25 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
         o.problem = "is not a regular file";
         return;
     }
+    if (!S_ISDIR(folder_st.st_mode)) {
+        o.problem = fmt::format("is in {}, which is no longer a folder", *folder);
+        return;
+    }
+    // A file on another file system (a mount inside the folder) or with more than one name
+    // (a hard link) may be a door to a file from elsewhere.
+    if (st.st_dev != folder_st.st_dev) {
+        o.problem = "is on another file system than its [inputs] folder: copy it into the folder";
+        return;
+    }
     if (st.st_nlink != 1) {
         o.problem = fmt::format("has {} hard links: a file with more than one name may be one "
                                 "from outside [inputs] directories; copy it instead",
                                 st.st_nlink);
+        return;
+    }
+    if (!submitter_may_read(st, submitter)) {
+        o.problem =
+            fmt::format("is not readable by the user who submitted the job (uid {})", *submitter);
         return;
     }
     if (static_cast<std::uint64_t>(st.st_size) > cfg.max_bytes) {
@@ -154,6 +208,8 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
     if (fl >= 0)
         ::fcntl(o.f.fd, F_SETFL, fl & ~O_NONBLOCK);
     o.bytes = st.st_size;
+    o.dev = st.st_dev;
+    o.ino = st.st_ino;
 }
 
 // Reads up to n bytes, retrying short reads; the number read, or -1.
@@ -201,46 +257,42 @@ std::string sniff_media(std::string_view h) {
         return "image/gif";
     if (at(0, "RIFF") && at(8, "WEBP"))
         return "image/webp";
-    if (at(4, "ftyp"))
+    if (at(4, "ftyp")) {
+        // Still images in the same container (HEIF, AVIF): not a kind the API takes.
+        for (auto brand : {"heic", "heix", "hevc", "heim", "heis", "mif1", "msf1", "avif", "avis"})
+            if (at(8, brand))
+                return {};
         return at(8, "qt  ") ? "video/quicktime" : "video/mp4";
+    }
     if (at(0, "\x1a\x45\xdf\xa3"))
         return "video/webm";
     return {};
 }
 
 core::result<std::vector<core::local_input>>
-check_local_inputs(const std::vector<core::local_ref>& refs, const config::inputs_settings& cfg) {
+check_local_inputs(const std::vector<core::local_ref>& refs, const config::inputs_settings& cfg,
+                   std::optional<uid_t> submitter) {
     std::vector<core::local_input> out;
     auto bad = [](const core::local_ref& r, const std::string& why) {
         return core::error(core::errc::invalid_job,
                            fmt::format("{} \"{}\" {}", r.where, r.url.substr(0, 300), why));
     };
+    if (refs.size() > cfg.max_files)
+        return core::error(core::errc::invalid_job,
+                           fmt::format("params names {} local files; at most {} are taken",
+                                       refs.size(), cfg.max_files));
+    std::vector<std::pair<dev_t, ino_t>> seen; // parallel to out
     for (const auto& r : refs) {
-        if (std::any_of(out.begin(), out.end(), [&](auto& i) { return i.url == r.url; }))
-            continue; // the same file twice: one upload
         opened o;
-        open_checked(o, r.path, cfg);
+        open_checked(o, r.path, cfg, submitter);
         if (!o.problem.empty())
             return bad(r, o.problem);
-        digest d;
-        std::string head;
-        std::vector<char> buf(1 << 20);
-        std::int64_t total = 0;
-        for (;;) {
-            auto n = read_full(o.f.fd, buf.data(), buf.size());
-            if (n < 0)
-                return bad(r, fmt::format("cannot be read: {}", std::strerror(errno)));
-            if (n == 0)
-                break;
-            if (head.size() < 16)
-                head.append(buf.data(), std::min<std::size_t>(16 - head.size(), n));
-            d.add(buf.data(), static_cast<std::size_t>(n));
-            total += n;
-            if (static_cast<std::uint64_t>(total) > cfg.max_bytes)
-                return bad(r, fmt::format("grew above inputs.max_bytes ({}) while it was read",
-                                          cfg.max_bytes));
-        }
-        auto mime = sniff_media(head);
+        // The kind first, from the first bytes: nothing is hashed that would be refused.
+        char head_buf[16] = {};
+        auto h = ::pread(o.f.fd, head_buf, sizeof head_buf, 0);
+        if (h < 0)
+            return bad(r, fmt::format("cannot be read: {}", std::strerror(errno)));
+        auto mime = sniff_media(std::string_view(head_buf, static_cast<std::size_t>(h)));
         if (mime.empty())
             return bad(r, fmt::format("is not {} klingd knows by its content (PNG, JPEG, WebP, "
                                       "GIF; MP4, MOV, WebM)",
@@ -249,7 +301,35 @@ check_local_inputs(const std::vector<core::local_ref>& refs, const config::input
             return bad(r, fmt::format("holds {} by its content: this field takes an image", mime));
         if (r.want == core::media_want::video && is_image(mime))
             return bad(r, fmt::format("holds {} by its content: this field takes a video", mime));
+        // The same file named twice (in two fields, or in two spellings): read once; each
+        // spelling gets its row, so every URL in params has its hosted URL.
+        auto same = std::find(seen.begin(), seen.end(), std::pair{o.dev, o.ino});
+        if (same != seen.end()) {
+            auto copy = out[static_cast<std::size_t>(same - seen.begin())];
+            if (std::none_of(out.begin(), out.end(), [&](auto& i) { return i.url == r.url; })) {
+                copy.url = r.url;
+                out.push_back(std::move(copy));
+                seen.emplace_back(o.dev, o.ino);
+            }
+            continue;
+        }
+        digest d;
+        std::vector<char> buf(1 << 20);
+        std::int64_t total = 0;
+        for (;;) {
+            auto n = read_full(o.f.fd, buf.data(), buf.size());
+            if (n < 0)
+                return bad(r, fmt::format("cannot be read: {}", std::strerror(errno)));
+            if (n == 0)
+                break;
+            d.add(buf.data(), static_cast<std::size_t>(n));
+            total += n;
+            if (static_cast<std::uint64_t>(total) > cfg.max_bytes)
+                return bad(r, fmt::format("grew above inputs.max_bytes ({}) while it was read",
+                                          cfg.max_bytes));
+        }
         out.push_back({r.url, o.real, d.hex(), total, std::move(mime), std::nullopt});
+        seen.emplace_back(o.dev, o.ino);
     }
     return out;
 }

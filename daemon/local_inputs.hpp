@@ -15,8 +15,10 @@
 #include "core/error.hpp"
 #include "core/job_spec.hpp"
 
+#include <optional>
 #include <string>
 #include <string_view>
+#include <sys/types.h>
 #include <vector>
 
 namespace klingd::daemon {
@@ -28,8 +30,11 @@ std::string sniff_media(std::string_view head);
 // Checks each of a job's file:// references (what, where, kind by content) and reads
 // its hash: the inputs to record, or errc::invalid_job with one line naming the field,
 // the URL and what is wrong.
+// submitter: the user who submitted the job (the job file's owner, the socket peer); the
+// file must be readable by that user too, not only by klingd.
 core::result<std::vector<core::local_input>>
-check_local_inputs(const std::vector<core::local_ref>& refs, const config::inputs_settings& cfg);
+check_local_inputs(const std::vector<core::local_ref>& refs, const config::inputs_settings& cfg,
+                   std::optional<uid_t> submitter = std::nullopt);
 
 // The JSON body of the upload of one input, {"data_urls":["data:<mime>;base64,..."]},
 // built while the file is read (one copy of it in memory, encoded); the file opened as at

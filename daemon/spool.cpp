@@ -418,7 +418,8 @@ spool::candidate spool::read_candidate(const std::string& name) const {
     if (!parsed)
         return rejection{parsed.error().message(), std::move(file)};
     if (!parsed->local_inputs.empty()) {
-        auto inputs = check_local_inputs(parsed->local_inputs, settings_.inputs);
+        // The job file's owner submitted it: the files must be readable by that user.
+        auto inputs = check_local_inputs(parsed->local_inputs, settings_.inputs, st.st_uid);
         if (!inputs)
             return rejection{inputs.error().message(), std::move(file)};
         parsed->inputs = std::move(*inputs);

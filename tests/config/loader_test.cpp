@@ -215,7 +215,8 @@ INSTANTIATE_TEST_SUITE_P(all, config_rejects, ::testing::Values(
     bad_case{"inputs_relative_folder", "[inputs]\ndirectories = [\"media\"]\n", "2: inputs.directories", "must be an absolute folder path"},
     bad_case{"inputs_root_folder", "[inputs]\ndirectories = [\"/srv\", \"/\"]\n", "2: inputs.directories", "any file of this host"},
     bad_case{"inputs_not_an_array", "[inputs]\ndirectories = \"/srv\"\n", "2: inputs.directories", "must be an array"},
-    bad_case{"inputs_folder_holds_the_database", "[storage]\ndatabase = \"/srv/klingd/k.db\"\n[inputs]\ndirectories = [\"/srv/klingd/\"]\n", "4: inputs.directories", "holds storage.database"},
+    bad_case{"inputs_folder_holds_the_database", "[storage]\ndatabase = \"/tmp/k.db\"\n[inputs]\ndirectories = [\"/tmp/\"]\n", "4: inputs.directories", "/tmp holds storage.database"},
+    bad_case{"inputs_folder_missing", "[inputs]\ndirectories = [\"/nonexistent/media\"]\n", "2: inputs.directories", "/nonexistent/media cannot be resolved"},
     bad_case{"inputs_plain_http_upload", "[inputs]\nupload_url = \"http://uploads.example.com/upload-asset\"\n", "2: inputs.upload_url", "only to a loopback host"},
     bad_case{"inputs_zero_bytes", "[inputs]\nmax_bytes = 0\n", "2: inputs.max_bytes", "out of range"},
     bad_case{"syntax_error", "[api\nbase_url = 1\n", "1: syntax", ""}
@@ -246,10 +247,11 @@ TEST(config_values, money_is_exact_in_millionths) {
 }
 
 TEST(config_values, inputs_folders_are_normalised_and_the_upload_url_kept) {
-    auto r = parse("[inputs]\ndirectories = [\"/srv/media/\", \"/srv/./media\", \"/data\"]\n"
+    auto r = parse("[inputs]\ndirectories = [\"/var/tmp/\", \"/var/./tmp\", \"/usr/share\"]\n"
                    "upload_url = \"http://127.0.0.1:9/upload-asset\"\nmax_bytes = 2048\n");
     ASSERT_TRUE(r.value) << (r.errors.empty() ? "" : r.errors[0]);
-    EXPECT_EQ(r.value->inputs.directories, (std::vector<std::string>{"/srv/media", "/data"}));
+    EXPECT_EQ(r.value->inputs.directories, (std::vector<std::string>{"/var/tmp", "/usr/share"}));
+    EXPECT_EQ(r.value->inputs.real_directories.size(), 2u) << "resolved once, at load";
     EXPECT_EQ(r.value->inputs.upload_url, "http://127.0.0.1:9/upload-asset");
     EXPECT_EQ(r.value->inputs.max_bytes, 2048u);
     auto d = parse("");

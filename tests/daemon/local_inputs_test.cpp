@@ -39,6 +39,7 @@ protected:
         fs::create_directories(outside);
         cfg.directories = {media.string()};
         cfg.max_bytes = 1 << 20;
+        ASSERT_EQ(config::resolve_input_directories(cfg), "");
         test::write_file((outside / "key.png").string(),
                          png_bytes); // looks like media, must stay home
         test::write_file((media / "a.png").string(), png_bytes);
@@ -46,6 +47,8 @@ protected:
     }
 
     static std::string url(const fs::path& p) { return "file://" + p.string(); }
+
+    std::optional<uid_t> submitter; // the job's owner; none: root's job
 
     // Parses a kling-o1 job naming u as its image, then checks its inputs.
     core::result<std::vector<core::local_input>> intake(const std::string& u,
@@ -60,7 +63,7 @@ protected:
         auto spec = core::parse_job_spec(text, "j");
         if (!spec)
             return spec.error();
-        return daemon::check_local_inputs(spec->local_inputs, cfg);
+        return daemon::check_local_inputs(spec->local_inputs, cfg, submitter);
     }
 
     static std::string why(const core::result<std::vector<core::local_input>>& r) {
@@ -164,6 +167,13 @@ TEST_F(local_inputs, the_kind_comes_from_the_content_not_the_name) {
     test::write_file((media / "fake.png").string(), "#!/bin/sh\necho not an image\n");
     auto r = intake(url(media / "fake.png"));
     EXPECT_NE(why(r).find("not an image klingd knows"), std::string::npos) << why(r);
+    // A HEIF still in an MP4-like box is no video.
+    test::write_file((media / "still.mp4").string(), std::string("\0\0\0\x18"
+                                                                 "ftypheic",
+                                                                 12) +
+                                                         std::string(100, 'h'));
+    r = intake(url(media / "still.mp4"), "kling-o1-video-to-video-edit");
+    EXPECT_NE(why(r).find("not a video klingd knows"), std::string::npos) << why(r);
     // A video in an image field, an image in the video field.
     r = intake(url(media / "v.mp4"));
     EXPECT_NE(why(r).find("video/mp4 by its content: this field takes an image"), std::string::npos)
@@ -201,7 +211,8 @@ TEST_F(local_inputs, a_file_changed_or_swapped_between_intake_and_upload_is_not_
     fs::create_directory_symlink(outside, media);
     b = daemon::upload_body(in, cfg);
     ASSERT_FALSE(b);
-    EXPECT_NE(b.error().detail.find("now resolves to"), std::string::npos) << b.error().detail;
+    EXPECT_NE(b.error().detail.find("outside [inputs] directories"), std::string::npos)
+        << "the boundary was fixed when the folders were read: " << b.error().detail;
 
     // Gone.
     fs::remove(media);
@@ -209,6 +220,57 @@ TEST_F(local_inputs, a_file_changed_or_swapped_between_intake_and_upload_is_not_
     b = daemon::upload_body(in, cfg);
     ASSERT_FALSE(b);
     EXPECT_NE(b.error().detail.find("cannot be resolved"), std::string::npos) << b.error().detail;
+}
+
+TEST_F(local_inputs, a_path_outside_by_its_text_is_refused_without_looking_at_it) {
+    auto r = intake("file:///proc/self/fd/3");
+    EXPECT_EQ(why(r).find("resolves"), std::string::npos) << "nothing about what it is";
+    EXPECT_NE(why(r).find("is outside [inputs] directories"), std::string::npos) << why(r);
+    // A sibling whose name starts like the folder's.
+    fs::create_directories(media.string() + "-evil");
+    test::write_file(media.string() + "-evil/a.png", png_bytes);
+    r = intake(url(media.string() + "-evil/a.png"));
+    EXPECT_NE(why(r).find("outside"), std::string::npos) << why(r);
+}
+
+TEST_F(local_inputs, a_folder_swapped_for_a_symlink_after_start_does_not_move_the_boundary) {
+    // The configured folder is resolved at load; later it becomes a link to elsewhere.
+    fs::rename(media, fs::path(tmp.path()) / "media-old");
+    fs::create_directory_symlink(outside, media);
+    auto r = intake(url(media / "key.png"));
+    EXPECT_NE(why(r).find("outside [inputs] directories"), std::string::npos) << why(r);
+}
+
+TEST_F(local_inputs, a_file_the_submitter_cannot_read_is_refused) {
+    test::write_file((media / "private.png").string(), png_bytes);
+    fs::permissions(media / "private.png", fs::perms::owner_read | fs::perms::owner_write);
+    submitter = 65534; // nobody: neither its owner nor in its group, and others may not read
+    auto r = intake(url(media / "private.png"));
+    EXPECT_NE(why(r).find("not readable by the user who submitted the job (uid 65534)"),
+              std::string::npos)
+        << why(r);
+    fs::permissions(media / "private.png", fs::perms::others_read, fs::perm_options::add);
+    EXPECT_TRUE(intake(url(media / "private.png"))) << "readable by all";
+    submitter = 0;
+    fs::permissions(media / "private.png", fs::perms::others_read, fs::perm_options::remove);
+    EXPECT_TRUE(intake(url(media / "private.png"))) << "root may read it";
+}
+
+TEST_F(local_inputs, one_file_in_two_spellings_is_read_once_and_each_spelling_is_recorded) {
+    auto spec = core::parse_job_spec(
+        fmt::format(R"({{"model":"kling-o1","params":{{"prompt":"p @Image1 @Image2",)"
+                    R"("image_urls":["{}","file://localhost{}"]}}}})",
+                    url(media / "a.png"), (media / "a.png").string()),
+        "j");
+    ASSERT_TRUE(spec);
+    auto r = daemon::check_local_inputs(spec->local_inputs, cfg);
+    ASSERT_TRUE(r) << why(r);
+    ASSERT_EQ(r->size(), 2u);
+    EXPECT_EQ((*r)[0].sha256, (*r)[1].sha256);
+    EXPECT_NE((*r)[0].url, (*r)[1].url);
+    cfg.max_files = 1;
+    EXPECT_NE(why(daemon::check_local_inputs(spec->local_inputs, cfg)).find("at most 1"),
+              std::string::npos);
 }
 
 TEST_F(local_inputs, the_hosted_url_is_read_under_file_urls_or_urls_and_must_be_http) {
