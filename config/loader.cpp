@@ -813,9 +813,10 @@ void read_webhook_secret(context& c, settings& s) {
     std::string b64 = text.starts_with(prefix) ? text.substr(prefix.size()) : std::string();
     std::string raw(b64.size(), '\0');
     int n = -1;
-    bool clean = !b64.empty() && b64.size() % 4 == 0 &&
-                 b64.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-                                       "0123456789+/=") == std::string::npos;
+    auto body = b64.substr(0, b64.find_last_not_of('=') + 1); // padding only at the end
+    bool clean = !b64.empty() && b64.size() % 4 == 0 && b64.size() - body.size() <= 2 &&
+                 body.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                        "0123456789+/") == std::string::npos;
     if (clean)
         n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(raw.data()),
                             reinterpret_cast<const unsigned char*>(b64.data()),

@@ -117,6 +117,7 @@ application::~application() {
     storage::pg::finish_connects(); // none posts to the loop once it is gone
     store_->finish();               // no call runs on the worker once the parts are gone
     engine_.finish_files();
+    hooks_.finish();    // no command's completion is posted to the loop once it is gone
     io_.drop_pending(); // suspended coroutines refer to the parts: drop them first
 }
 
@@ -130,6 +131,7 @@ int application::run() {
     storage::pg::finish_connects();
     store_->finish();
     engine_.finish_files();
+    hooks_.finish();
     io_.drop_pending();
     if (exit_code_ == 0)
         log::notice("klingd stopped");

@@ -52,8 +52,6 @@ namespace {
 
 constexpr std::size_t output_kept = 4096;
 
-std::atomic<bool> stop_commands{false};
-
 void close_fd(int& fd) {
     if (fd >= 0)
         ::close(fd);
@@ -64,7 +62,10 @@ void close_fd(int& fd) {
 
 command_outcome run_command(const std::vector<std::string>& argv,
                             const std::vector<std::string>& env, const std::string& input,
-                            std::chrono::milliseconds timeout) {
+                            std::chrono::milliseconds timeout, const std::atomic<bool>* cancel) {
+    auto stopped = [cancel] {
+        return cancel && cancel->load();
+    };
     command_outcome out;
     if (argv.empty()) {
         out.error = "no command";
@@ -82,6 +83,8 @@ command_outcome run_command(const std::vector<std::string>& argv,
     posix_spawn_file_actions_adddup2(&fa, in_pipe[0], 0);
     posix_spawn_file_actions_adddup2(&fa, out_pipe[1], 1);
     posix_spawn_file_actions_adddup2(&fa, out_pipe[1], 2);
+    // Sockets Asio made are not close-on-exec: nothing of klingd's may reach the command.
+    posix_spawn_file_actions_addclosefrom_np(&fa, 3);
     posix_spawnattr_t attr;
     posix_spawnattr_init(&attr);
     posix_spawnattr_setpgroup(&attr, 0); // its own group: a timeout kills what it started too
@@ -121,10 +124,24 @@ command_outcome run_command(const std::vector<std::string>& argv,
     bool cut = false, timed_out = false;
     if (input.empty())
         close_fd(in_pipe[1]);
+    int status = 0;
+    bool reaped = false;
     while (out_pipe[0] >= 0) {
+        // It ended, but something it started may hold its output open: what was written
+        // is read, and that is all.
+        if (!reaped && ::waitpid(pid, &status, WNOHANG) == pid) {
+            reaped = true;
+            char buf[4096];
+            for (ssize_t r; (r = ::read(out_pipe[0], buf, sizeof buf)) > 0;) {
+                auto room = output_kept - std::min(output_kept, out.output.size());
+                out.output.append(buf, std::min<std::size_t>(room, r));
+                cut = cut || static_cast<std::size_t>(r) > room;
+            }
+            break;
+        }
         auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
             deadline - std::chrono::steady_clock::now());
-        if (left.count() <= 0 || stop_commands) {
+        if (left.count() <= 0 || stopped()) {
             timed_out = true;
             break;
         }
@@ -155,8 +172,7 @@ command_outcome run_command(const std::vector<std::string>& argv,
         }
     }
     close_fd(in_pipe[1]);
-    int status = 0;
-    if (!timed_out) {
+    if (!timed_out && !reaped) {
         // Its output is closed; it should end now, within what is left of the timeout.
         while (true) {
             auto w = ::waitpid(pid, &status, WNOHANG);
@@ -166,7 +182,7 @@ command_outcome run_command(const std::vector<std::string>& argv,
                 status = 0;
                 break;
             }
-            if (std::chrono::steady_clock::now() >= deadline || stop_commands) {
+            if (std::chrono::steady_clock::now() >= deadline || stopped()) {
                 timed_out = true;
                 break;
             }
@@ -175,15 +191,16 @@ command_outcome run_command(const std::vector<std::string>& argv,
     }
     if (timed_out) {
         ::kill(-pid, SIGKILL);
-        ::waitpid(pid, &status, 0);
+        if (!reaped)
+            ::waitpid(pid, &status, 0);
     }
     close_fd(out_pipe[0]);
     if (cut)
         out.output += "...";
     if (timed_out)
-        out.error = stop_commands ? std::string("stopped with klingd")
-                                  : fmt::format("killed after {:.1f} s (hooks.timeout_s)",
-                                                timeout.count() / 1000.0);
+        out.error = stopped() ? std::string("stopped with klingd")
+                              : fmt::format("killed after {:.1f} s (hooks.timeout_s)",
+                                            timeout.count() / 1000.0);
     else if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
         out.ok = true;
     else if (WIFEXITED(status))
@@ -232,8 +249,17 @@ hook_runner::hook_runner(asio::io_context& io, const config::settings& s,
       timer_(io) {}
 
 hook_runner::~hook_runner() {
-    stop_commands = true; // a command still running is killed, not waited for
+    finish();
+}
+
+void hook_runner::finish() {
+    cancel_ = true; // a command still running is killed, not waited for
     pool_.join();
+}
+
+std::size_t hook_runner::running(const std::string& target) const {
+    return static_cast<std::size_t>(std::count_if(in_flight_.begin(), in_flight_.end(),
+                                                  [&](auto& k) { return k.second == target; }));
 }
 
 void hook_runner::start() {
@@ -245,6 +271,7 @@ void hook_runner::start() {
 
 void hook_runner::stop() {
     stopping_ = true;
+    cancel_ = true; // a command running ends now; its delivery is taken again after the restart
     timer_.cancel();
 }
 
@@ -260,29 +287,38 @@ void hook_runner::wake() {
 
 asio::awaitable<void> hook_runner::loop() {
     while (!stopping_) {
-        if (settings_.hooks.any() || !released_) {
-            if (!released_) {
-                // Claims an earlier run of this node left (a crash): its deliveries are due.
-                if (auto r = co_await repo_.release_deliveries(); r)
-                    released_ = true;
-                else
-                    log::warning("hooks: cannot release earlier claims: {}", r.error().message());
+        if (!released_) {
+            // Claims an earlier run of this node left (a crash): its deliveries are due.
+            if (auto r = co_await repo_.release_deliveries(); r)
+                released_ = true;
+            else
+                log::warning("hooks: cannot release earlier claims: {}", r.error().message());
+        }
+        // Only the targets configured here are taken: the others wait for a node (or a
+        // reload) that has them.
+        std::vector<std::string> targets;
+        if (!settings_.hooks.command.empty())
+            targets.emplace_back("command");
+        if (!settings_.hooks.webhook_url.empty())
+            targets.emplace_back("webhook");
+        for (std::size_t t = 0; released_ && t < targets.size() && !stopping_; ++t) {
+            std::size_t room = slots - std::min(slots, running(targets[t]));
+            if (room == 0)
+                continue;
+            // A claim outlasts the longest attempt: connect, handshake and exchange each
+            // bounded by timeout_s, and room to spare.
+            auto now = wall_now();
+            auto hold = std::chrono::milliseconds(
+                static_cast<std::int64_t>(settings_.hooks.timeout_s * 3000) + 60000);
+            auto due = co_await repo_.take_due_deliveries(now, now + hold, targets[t], room);
+            if (!due) {
+                log::warning("hooks: cannot read the deliveries due: {}", due.error().message());
+                continue;
             }
-            std::size_t room = slots - std::min(slots, in_flight_.size());
-            if (room > 0 && released_) {
-                auto now = wall_now();
-                auto hold = std::chrono::milliseconds(
-                    static_cast<std::int64_t>(settings_.hooks.timeout_s * 1000) + 30000);
-                auto due = co_await repo_.take_due_deliveries(now, now + hold, room);
-                if (!due)
-                    log::warning("hooks: cannot read the deliveries due: {}",
-                                 due.error().message());
-                else
-                    for (auto& d : *due) {
-                        if (!in_flight_.insert({d.event_id, d.target}).second)
-                            continue;
-                        asio::co_spawn(io_, deliver(std::move(d)), log::exit_on_exception);
-                    }
+            for (auto& d : *due) {
+                if (!in_flight_.insert({d.event_id, d.target}).second)
+                    continue;
+                asio::co_spawn(io_, deliver(std::move(d)), log::exit_on_exception);
             }
         }
         timer_.expires_after(std::chrono::seconds(1));
@@ -295,13 +331,12 @@ namespace {
 
 // run_command on the pool, its outcome handed back to the caller's executor. Not a
 // coroutine itself: GCC 12 would destroy a lambda's moved captures twice inside one.
-asio::awaitable<command_outcome> run_off_loop(asio::thread_pool& pool,
-                                              std::vector<std::string> argv,
-                                              std::vector<std::string> env, std::string data,
-                                              std::chrono::milliseconds timeout) {
+asio::awaitable<command_outcome>
+run_off_loop(asio::thread_pool& pool, std::vector<std::string> argv, std::vector<std::string> env,
+             std::string data, std::chrono::milliseconds timeout, const std::atomic<bool>* cancel) {
     return asio::async_initiate<const asio::use_awaitable_t<>, void(command_outcome)>(
-        [&pool, argv = std::move(argv), env = std::move(env), data = std::move(data),
-         timeout](auto handler) mutable {
+        [&pool, argv = std::move(argv), env = std::move(env), data = std::move(data), timeout,
+         cancel](auto handler) mutable {
             auto ex = asio::get_associated_executor(handler);
             asio::post(pool, [argv = std::move(argv), env = std::move(env), data = std::move(data),
                               timeout, handler = std::move(handler),
@@ -339,7 +374,7 @@ asio::awaitable<command_outcome> hook_runner::run_on_pool(storage::hook_delivery
     auto timeout =
         std::chrono::milliseconds(static_cast<std::int64_t>(settings_.hooks.timeout_s * 1000));
     co_return co_await run_off_loop(pool_, std::move(argv), std::move(env), std::move(data),
-                                    timeout);
+                                    timeout, &cancel_);
 }
 
 asio::awaitable<command_outcome> hook_runner::post_webhook(const storage::hook_delivery& d) {
@@ -373,36 +408,48 @@ asio::awaitable<void> hook_runner::deliver(storage::hook_delivery d) {
     struct done_guard {
         hook_runner& h;
         std::pair<std::string, std::string> key;
-        ~done_guard() { h.in_flight_.erase(key); }
+        ~done_guard() {
+            h.in_flight_.erase(key);
+            h.timer_.cancel(); // a slot is free: the next one now
+        }
     } guard{*this, {d.event_id, d.target}};
+    // The attempt was counted when it was taken (one during which klingd died counts too).
     command_outcome out;
-    if (d.target == "command") {
-        if (settings_.hooks.command.empty())
-            out.error = "hooks.command is no longer configured";
-        else
-            out = co_await run_on_pool(d);
+    bool configured = d.target == "command" ? !settings_.hooks.command.empty()
+                                            : !settings_.hooks.webhook_url.empty();
+    if (!configured) {
+        // Dropped by a reload since it was taken: left for a node (or a reload) that has it.
+        --d.attempts;
+        d.next_at = wall_now() + std::chrono::seconds(60);
+        if (auto r = co_await repo_.finish_delivery(d); !r)
+            log::warning("hook {}: cannot put it back: {}", d.event_id, r.error().message());
+        co_return;
+    }
+    if (d.attempts > settings_.hooks.max_attempts) {
+        out.error = "its attempts were spent while klingd stopped during them";
+    } else if (d.target == "command") {
+        out = co_await run_on_pool(d);
         if (!out.output.empty())
             log::info("hook {}: command said: {}", d.event_id, one_line(out.output));
     } else {
-        if (settings_.hooks.webhook_url.empty())
-            out.error = "hooks.webhook_url is no longer configured";
-        else
-            out = co_await post_webhook(d);
+        out = co_await post_webhook(d);
     }
-    ++d.attempts;
+    if (stopping_ && !out.ok)
+        co_return; // ended by the stop: taken again after the restart
+    std::string counted;
     if (out.ok) {
         d.outcome = "delivered";
         d.last_error.reset();
         ++stats_.delivered;
+        counted = "delivered";
         log::info("hook {}: {} delivered (attempt {})", d.event_id, d.target, d.attempts);
     } else {
         ++stats_.failed_attempts;
         d.last_error = out.output.empty() ? out.error : out.error + ": " + one_line(out.output);
-        bool configured = d.target == "command" ? !settings_.hooks.command.empty()
-                                                : !settings_.hooks.webhook_url.empty();
-        if (d.attempts >= settings_.hooks.max_attempts || !configured) {
+        if (d.attempts >= settings_.hooks.max_attempts) {
             d.outcome = "given_up";
             ++stats_.given_up;
+            counted = "given_up";
             log::error("hook {}: {} given up after {} attempt{}: {}", d.event_id, d.target,
                        d.attempts, d.attempts == 1 ? "" : "s", *d.last_error);
         } else {
@@ -413,14 +460,12 @@ asio::awaitable<void> hook_runner::deliver(storage::hook_delivery d) {
             base *= std::uniform_real_distribution<double>(0.9, 1.1)(rng);
             d.next_at =
                 wall_now() + std::chrono::milliseconds(static_cast<std::int64_t>(base * 1000));
-            log::warning("hook {}: {} attempt {} failed ({}); again in {:.0f} s", d.event_id,
+            counted = "failed";
+            log::warning("hook {}: {} attempt {} failed ({}); again in {:.1f} s", d.event_id,
                          d.target, d.attempts, *d.last_error, base);
         }
     }
-    ++stats_.by_target[d.target + " " +
-                       (out.ok                    ? "delivered"
-                        : d.outcome == "given_up" ? "given_up"
-                                                  : "failed")];
+    ++stats_.by_target[d.target + " " + counted];
     if (auto r = co_await repo_.finish_delivery(d); !r)
         log::warning("hook {}: its outcome cannot be recorded ({}): it may be delivered again",
                      d.event_id, r.error().message());

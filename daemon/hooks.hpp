@@ -9,6 +9,7 @@
 #include "daemon/http_client.hpp"
 #include "storage/job_repository.hpp"
 
+#include <atomic>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ssl/context.hpp>
@@ -36,9 +37,12 @@ struct command_outcome {
 
 // Runs argv (no shell) with env as its whole environment and stdin fed from input; killed
 // (its process group) after timeout. Blocking: run it off the event loop.
+// cancel, when given and set, ends it at once (klingd stopping). No descriptor of klingd's
+// but the three given reaches it.
 command_outcome run_command(const std::vector<std::string>& argv,
                             const std::vector<std::string>& env, const std::string& input,
-                            std::chrono::milliseconds timeout);
+                            std::chrono::milliseconds timeout,
+                            const std::atomic<bool>* cancel = nullptr);
 
 struct hook_stats {
     std::uint64_t delivered = 0;
@@ -49,7 +53,7 @@ struct hook_stats {
 
 class hook_runner {
 public:
-    static constexpr std::size_t slots = 4; // deliveries at once
+    static constexpr std::size_t slots = 4; // deliveries at once, of each target
 
     hook_runner(boost::asio::io_context& io, const config::settings& s,
                 storage::job_repository& repo, boost::asio::ssl::context& tls);
@@ -57,12 +61,16 @@ public:
 
     void start();
     void stop();
+    // Before the event loop's pending work is dropped: commands still running are ended
+    // and the threads joined (their completions then have nowhere to go).
+    void finish();
     // A job reached a final state: look at the outbox now.
     void wake();
     // After a reload: hooks.timeout_s for the webhook's requests.
     void reconfigure();
     const hook_stats& stats() const { return stats_; }
     std::size_t running() const { return in_flight_.size(); }
+    std::size_t running(const std::string& target) const;
 
 private:
     boost::asio::awaitable<void> loop();
@@ -78,6 +86,7 @@ private:
     boost::asio::thread_pool pool_{slots};
     std::set<std::pair<std::string, std::string>> in_flight_; // (event, target)
     hook_stats stats_;
+    std::atomic<bool> cancel_{false};
     bool started_ = false;
     bool stopping_ = false;
     bool released_ = false; // claims left by an earlier run are released once

@@ -58,7 +58,7 @@ job_journal::write_now(core::job j, std::optional<storage::history_entry> line,
                        std::optional<std::int64_t> refund_attempt,
                        std::optional<storage::hook_event> event) {
     auto turn = co_await lane_.wait_turn();
-    if (!event) // one written with an earlier state that failed
+    if (!event && core::is_terminal(j.state)) // its final state's, whose write failed
         if (auto e = events_.find(j.id); e != events_.end()) {
             event = std::move(e->second);
             events_.erase(e);
@@ -142,7 +142,7 @@ asio::awaitable<core::result<void>> job_journal::flush() {
         auto h = lines.find(id);
         changes.push_back(
             {*j, h == lines.end() ? std::vector<storage::history_entry>{} : h->second});
-        if (auto e = events_.find(id); e != events_.end())
+        if (auto e = events_.find(id); e != events_.end() && core::is_terminal(j->state))
             changes.back().event = e->second;
     }
     auto n = changes.size();

@@ -76,8 +76,10 @@ public:
     // meanwhile (at most limit; in a cluster a command only by the node that finished its
     // job, a webhook by any); a delivery's outcome written back (its claim released); a
     // job's deliveries in order; the number of deliveries by outcome.
+    // Taking one counts its attempt (a crash during it is an attempt too).
     virtual async_result<std::vector<hook_delivery>>
-    take_due_deliveries(core::time_point now, core::time_point claim_until, std::size_t limit) = 0;
+    take_due_deliveries(core::time_point now, core::time_point claim_until, std::string target,
+                        std::size_t limit) = 0;
     virtual async_result<void> finish_delivery(hook_delivery d) = 0;
     virtual async_result<std::vector<hook_delivery>> deliveries_of(std::string job_id) = 0;
     virtual async_result<std::map<std::string, std::int64_t>> delivery_counts() = 0;

@@ -396,6 +396,13 @@ void job_store::save_many(const std::vector<change>& changes) {
 }
 
 void job_store::add_event(const std::string& job_id, const hook_event& e) {
+    // The same event written again (a commit whose answer was lost, replayed): once.
+    statement again(db_, "SELECT 1 FROM deliveries WHERE job_id = ?1 AND payload = ?2");
+    again.bind(1, job_id).bind(2, e.payload);
+    if (again.step()) {
+        again.reset();
+        return;
+    }
     statement n(db_, "SELECT count(DISTINCT event_id) FROM deliveries WHERE job_id = ?1");
     n.bind(1, job_id);
     std::int64_t seen = n.step() ? n.int64(0) : 0;
@@ -428,20 +435,22 @@ constexpr const char* delivery_columns =
 } // namespace
 
 std::vector<hook_delivery> job_store::take_due_deliveries(time_point now, time_point claim_until,
+                                                          const std::string& target,
                                                           std::size_t limit) {
     transaction t(db_);
     statement s(db_, fmt::format("SELECT {} FROM deliveries WHERE outcome = 'pending' AND "
                                  "next_at <= ?1 AND (claim_until IS NULL OR claim_until < ?1) "
-                                 "ORDER BY next_at LIMIT ?2",
+                                 "AND target = ?3 ORDER BY next_at LIMIT ?2",
                                  delivery_columns));
-    s.bind(1, ms(now)).bind(2, static_cast<std::int64_t>(limit));
+    s.bind(1, ms(now)).bind(2, static_cast<std::int64_t>(limit)).bind(3, target);
     std::vector<hook_delivery> out;
     while (s.step())
         out.push_back(read_delivery(s));
     for (auto& d : out) {
-        statement c(db_,
-                    "UPDATE deliveries SET claim_until = ?3 WHERE event_id = ?1 AND target = ?2");
+        statement c(db_, "UPDATE deliveries SET claim_until = ?3, attempts = attempts + 1 "
+                         "WHERE event_id = ?1 AND target = ?2");
         c.bind(1, d.event_id).bind(2, d.target).bind(3, ms(claim_until)).run();
+        ++d.attempts;
     }
     t.commit();
     return out;

@@ -71,7 +71,8 @@ public:
     // Completion hooks: the pending deliveries due at now, claimed until claim_until (at
     // most limit); a delivery's outcome written back; a job's deliveries; counts by outcome.
     std::vector<hook_delivery> take_due_deliveries(core::time_point now,
-                                                   core::time_point claim_until, std::size_t limit);
+                                                   core::time_point claim_until,
+                                                   const std::string& target, std::size_t limit);
     void finish_delivery(const hook_delivery& d);
     std::vector<hook_delivery> deliveries_of(const std::string& job_id);
     std::map<std::string, std::int64_t> delivery_counts();

@@ -551,7 +551,10 @@ d AS (
          x.target, x.job_id, x.type, x.payload, x.at, coalesce($21::text, '')
   FROM unnest($23::text[], $24::text[], $25::text[], $26::text[], $27::text[], $28::bigint[])
        WITH ORDINALITY AS x(job_id, state, type, target, payload, at, n)
-  WHERE $20::text IS NULL OR x.job_id IN (SELECT id FROM upd)
+  WHERE ($20::text IS NULL OR x.job_id IN (SELECT id FROM upd))
+    -- the same event written again (a commit whose answer was lost, replayed): once
+    AND NOT EXISTS (SELECT 1 FROM deliveries z WHERE z.job_id = x.job_id
+                    AND z.payload = x.payload)
   ORDER BY x.n
   ON CONFLICT DO NOTHING)
 SELECT u.id, j.claim_token = $20::text FROM u JOIN jobs j ON j.id = u.id
@@ -796,21 +799,22 @@ hook_delivery read_delivery(const pg::rows& r, int i) {
 
 async_result<std::vector<hook_delivery>>
 pg_repository::take_due_deliveries(core::time_point now, core::time_point claim_until,
-                                   std::size_t limit) {
+                                   std::string target, std::size_t limit) {
+    // Timed by the database's clock, as job claims are: the nodes' clocks may differ.
     auto turn = co_await lane_.wait_turn();
     std::string sql = fmt::format(R"(
-UPDATE deliveries SET claim_until = $2::bigint, claim_node = coalesce($4::text, '')
+UPDATE deliveries SET claim_until = )" NOW_MS R"( + $1::bigint,
+  claim_node = coalesce($3::text, ''), attempts = attempts + 1
 WHERE seq IN (
   SELECT seq FROM deliveries
-  WHERE outcome = 'pending' AND next_at <= $1::bigint
-    AND (claim_until IS NULL OR claim_until < $1::bigint)
-    AND (target = 'webhook' OR node = coalesce($4::text, ''))
-  ORDER BY next_at LIMIT $3::bigint FOR UPDATE SKIP LOCKED)
+  WHERE outcome = 'pending' AND next_at <= )" NOW_MS R"(
+    AND (claim_until IS NULL OR claim_until < )" NOW_MS R"()
+    AND target = $4 AND (target = 'webhook' OR node = coalesce($3::text, ''))
+  ORDER BY next_at LIMIT $2::bigint FOR UPDATE SKIP LOCKED)
 RETURNING {})",
                                   delivery_columns);
-    std::vector<param> args{num(ms(now)), num(ms(claim_until)),
-                            num(static_cast<std::int64_t>(limit)),
-                            me_.name.empty() ? param{} : param{me_.name}};
+    std::vector<param> args{num((claim_until - now).count()), num(static_cast<std::int64_t>(limit)),
+                            me_.name.empty() ? param{} : param{me_.name}, std::move(target)};
     auto r = co_await db_.query(std::move(sql), std::move(args));
     if (!r)
         co_return r.error();
@@ -824,13 +828,16 @@ async_result<void> pg_repository::finish_delivery(hook_delivery d) {
     auto turn = co_await lane_.wait_turn();
     std::string sql = "UPDATE deliveries SET attempts = $3::integer, outcome = $4, last_error = "
                       "$5, next_at = $6::bigint, claim_until = NULL, claim_node = NULL "
-                      "WHERE event_id = $1 AND target = $2";
+                      "WHERE event_id = $1 AND target = $2 AND claim_node = coalesce($7::text, '')";
+    // Only while this node still holds it: one that took it after this node's claim
+    // lapsed is not overwritten.
     std::vector<param> args{d.event_id,
                             d.target,
                             num(d.attempts),
                             d.outcome,
                             d.last_error ? param{*d.last_error} : param{},
-                            num(ms(d.next_at))};
+                            num(ms(d.next_at)),
+                            me_.name.empty() ? param{} : param{me_.name}};
     auto r = co_await db_.query(std::move(sql), std::move(args));
     if (!r)
         co_return r.error();

@@ -142,9 +142,9 @@ async_result<std::optional<std::string>> sqlite_repository::cached_upload(std::s
 
 async_result<std::vector<hook_delivery>>
 sqlite_repository::take_due_deliveries(core::time_point now, core::time_point claim_until,
-                                       std::size_t limit) {
-    return on_worker([now, claim_until, limit](job_store& s) {
-        return s.take_due_deliveries(now, claim_until, limit);
+                                       std::string target, std::size_t limit) {
+    return on_worker([now, claim_until, target = std::move(target), limit](job_store& s) {
+        return s.take_due_deliveries(now, claim_until, target, limit);
     });
 }
 

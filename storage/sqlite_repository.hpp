@@ -38,6 +38,7 @@ public:
     async_result<void> set_meta(std::string key, std::string value) override;
     async_result<std::vector<hook_delivery>> take_due_deliveries(core::time_point now,
                                                                  core::time_point claim_until,
+                                                                 std::string target,
                                                                  std::size_t limit) override;
     async_result<void> finish_delivery(hook_delivery d) override;
     async_result<std::vector<hook_delivery>> deliveries_of(std::string job_id) override;

@@ -81,6 +81,26 @@ TEST(run_command, a_command_that_hangs_is_killed_with_what_it_started) {
         << "the child it started is gone too";
 }
 
+TEST(run_command, a_command_that_leaves_a_child_behind_ends_when_it_exits) {
+    auto start = std::chrono::steady_clock::now();
+    // The child holds the output open; the command itself is done at once.
+    auto r = daemon::run_command({"/bin/sh", "-c", "sleep 30 & echo started it"}, {}, "", 20s);
+    EXPECT_TRUE(r.ok) << r.error;
+    EXPECT_EQ(r.output, "started it\n");
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
+}
+
+TEST(run_command, no_descriptor_of_the_caller_but_the_three_reaches_the_command) {
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0); // not close-on-exec, as Asio's sockets are not
+    auto r = daemon::run_command({"/bin/sh", "-c", "ls /proc/self/fd"}, {}, "", 10s);
+    ::close(fds[0]);
+    ::close(fds[1]);
+    EXPECT_TRUE(r.ok) << r.error;
+    // 0, 1, 2 and the one ls opened to list them.
+    EXPECT_EQ(r.output, "0\n1\n2\n3\n") << r.output;
+}
+
 TEST(run_command, output_is_kept_to_four_kilobytes) {
     auto r = daemon::run_command({"/bin/sh", "-c", "head -c 100000 /dev/zero | tr '\\0' a"}, {}, "",
                                  10s);
