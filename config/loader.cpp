@@ -139,7 +139,8 @@ std::optional<std::int64_t> read_money(context& c, const toml::node& n, std::str
         return std::nullopt;
     }
     auto micro = std::llround(*v * 1e6);
-    if (std::abs(static_cast<double>(micro) - *v * 1e6) > std::max(1e-3, *v * 1e6 * 1e-12)) {
+    // Allowed: what a double's own rounding of a 6-decimal amount gives (relative 1e-15).
+    if (std::abs(static_cast<double>(micro) - *v * 1e6) > std::max(1e-3, *v * 1e6 * 1e-15)) {
         c.error(n, key, fmt::format("{} is finer than a millionth", *v));
         return std::nullopt;
     }

@@ -105,6 +105,14 @@ std::vector<std::string> apply_reload(settings& cur, const settings& fresh) {
     d.apply("hooks.timeout_s", cur.hooks.timeout_s, fresh.hooks.timeout_s);
     d.apply("hooks.max_attempts", cur.hooks.max_attempts, fresh.hooks.max_attempts);
     d.apply("hooks.retry_s", cur.hooks.retry_s, fresh.hooks.retry_s);
+    for (auto it = cur.models.begin(); it != cur.models.end();) {
+        if (fresh.models.count(it->first)) {
+            ++it;
+            continue;
+        }
+        d.lines.push_back(fmt::format("models.\"{}\" removed", it->first));
+        it = cur.models.erase(it);
+    }
     for (auto& [slug, m] : fresh.models) {
         auto it = cur.models.find(slug);
         double old = it == cur.models.end() ? 0 : it->second.expected_duration_s;

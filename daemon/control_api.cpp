@@ -63,6 +63,13 @@ json::value number(double d) {
     return r;
 }
 
+// Money (micro-units) as a JSON number exact to the millionth: whole amounts as integers.
+json::value money(std::int64_t micro) {
+    if (micro % 1000000 == 0)
+        return micro / 1000000;
+    return core::money_value(micro);
+}
+
 // The spend limit holding priced submissions: which, until when, and what it saw spent.
 json::value held_json(engine& e) {
     auto h = e.spend_held();
@@ -72,8 +79,8 @@ json::value held_json(engine& e) {
     const auto& sp = e.settings().spend;
     return json::object{
         {"limit", daily ? "spend.daily_limit" : "spend.monthly_limit"},
-        {"value", number(core::money_value(daily ? sp.daily_limit_micro : sp.monthly_limit_micro))},
-        {"spent", number(core::money_value(daily ? h->today : h->month))},
+        {"value", money(daily ? sp.daily_limit_micro : sp.monthly_limit_micro)},
+        {"spent", money(daily ? h->today : h->month)},
         {"until", core::format_rfc3339(e.time().to_wall(h->until), core::time_precision::seconds)}};
 }
 
@@ -270,10 +277,10 @@ json::object stats_json(engine& e, const std::map<std::string, std::int64_t>& co
     o["hooks"] = std::move(hooks);
     const auto& sp = e.settings().spend;
     json::object spend;
-    spend["today"] = spent ? number(core::money_value(spent->today)) : json::value(nullptr);
-    spend["month"] = spent ? number(core::money_value(spent->month)) : json::value(nullptr);
-    spend["daily_limit"] = number(core::money_value(sp.daily_limit_micro));
-    spend["monthly_limit"] = number(core::money_value(sp.monthly_limit_micro));
+    spend["today"] = spent ? money(spent->today) : json::value(nullptr);
+    spend["month"] = spent ? money(spent->month) : json::value(nullptr);
+    spend["daily_limit"] = money(sp.daily_limit_micro);
+    spend["monthly_limit"] = money(sp.monthly_limit_micro);
     spend["held"] = held_json(e);
     o["spend"] = std::move(spend);
     json::object jobs;

@@ -302,8 +302,10 @@ void engine::schedule(const job& j, work_kind w, core::time_point at) {
         queue_.cancel(j.id);
         return;
     }
-    if (w == work_kind::submit && holds_back(j))
+    if (w == work_kind::submit && holds_back(j)) {
         at = std::max(at, spend_hold_->until); // a spend limit holds it until the day or month ends
+        held_by_spend_.insert(j.id);
+    }
     core::time_point deadline{};
     if (j.submitted_at)
         deadline = *j.submitted_at + seconds_ms(settings_.jobs.result_retention_s);
@@ -338,13 +340,17 @@ asio::awaitable<bool> engine::persist(const std::string& id, const core::transit
         committing_.erase(id);
         if (r && charge)
             charged_[id] = {charge->attempt, charge->micro};
+        // Room made by a submission taken back: the jobs a limit held may fit now (one that
+        // does not is refused at its commit and held again).
+        if (r && refund && spend_hold_)
+            release_spend_hold("a submission taken back");
         if (auto c = charged_.find(id); answer && c != charged_.end()) {
             if (!t.submit_created_nothing)
                 stats_.spend_micro[t.next.model] += c->second.micro;
             charged_.erase(c);
         }
         if (!r && r.error() == core::errc::spend_limit) {
-            hold_spending(r.error().detail);
+            hold_spending(r.error().detail, *charge);
             co_return false; // stays pending, until the limit lifts
         }
         if (!r && r.error() == core::errc::claim_lost)
@@ -1255,23 +1261,7 @@ void engine::reconfigure() {
         durations_for(slug).set_prior(m.expected_duration_s);
     // New limits or prices: the jobs a spend limit held try again now (one still over a
     // limit is refused at its commit, and held again).
-    if (spend_hold_) {
-        // (The settings are the new ones already: every pending job of a priced model may
-        // have been held.)
-        std::vector<std::string> held;
-        for (auto& [id, j] : active_) {
-            auto m = settings_.models.find(j.model);
-            if (j.state == job_state::pending && m != settings_.models.end() &&
-                m->second.price_micro > 0)
-                held.push_back(id);
-        }
-        spend_hold_.reset();
-        for (auto& id : held)
-            schedule(active_.at(id), work_kind::submit, now());
-        if (!held.empty())
-            log::notice("spend: the hold ends with the reload: {} pending job(s) try again",
-                        held.size());
-    }
+    release_spend_hold("the reload");
     // A new key may be the fix for a 401: probe at once.
     gate_.probe_now(now());
     wake();
@@ -1348,17 +1338,34 @@ std::optional<storage::spend_charge> engine::charge_for(const core::job& j) cons
     return c;
 }
 
-void engine::hold_spending(const std::string& detail) {
+void engine::release_spend_hold(const char* why) {
+    if (!spend_hold_ && held_by_spend_.empty())
+        return;
+    spend_hold_.reset();
+    std::size_t n = 0;
+    for (auto& id : held_by_spend_)
+        if (auto it = active_.find(id);
+            it != active_.end() && it->second.state == job_state::pending) {
+            schedule(it->second, work_kind::submit, now());
+            ++n;
+        }
+    held_by_spend_.clear();
+    if (n > 0)
+        log::notice("spend: the hold ends with {}: {} pending job(s) try again", why, n);
+    wake();
+}
+
+void engine::hold_spending(const std::string& detail, const storage::spend_charge& refused) {
     std::istringstream in(detail);
     std::string limit;
     spend_hold h;
     in >> limit >> h.today >> h.month;
     h.kind = limit == "monthly_limit" ? storage::spend_limit_kind::monthly
                                       : storage::spend_limit_kind::daily;
-    auto wall = clock_.to_wall(now());
-    auto end = h.kind == storage::spend_limit_kind::daily
-                   ? utc_day_start(wall) + std::chrono::days(1)
-                   : utc_month_end(wall);
+    // The end of the day or month whose totals refused it (not of the time the refusal was
+    // committed, which may be just past midnight).
+    auto end = h.kind == storage::spend_limit_kind::daily ? refused.day_start + std::chrono::days(1)
+                                                          : utc_month_end(refused.day_start);
     h.until = clock_.from_wall(end);
     bool fresh = !spend_hold_ || spend_hold_->kind != h.kind || spend_hold_->until != h.until ||
                  now() >= spend_hold_->until;
@@ -1435,10 +1442,12 @@ void engine::wake_claimer() {
 std::size_t engine::pending_room() const {
     if (gate_.paused() || gate_.stopped() || stopping_)
         return 0;
-    std::size_t pending = 0;
+    // Jobs a spend limit holds do not count: jobs of unpriced models go on meanwhile. They
+    // are kept to a bound, so a held queue does not move into memory whole.
+    std::size_t pending = 0, held = 0;
     for (auto& [id, j] : active_)
         if (j.state == job_state::pending)
-            ++pending;
+            ++(holds_back(j) ? held : pending);
     auto l = policy_.limits();
     std::size_t in_flight = in_flight_jobs_ + starting_submits_;
     std::size_t room = l.max_in_flight > in_flight ? l.max_in_flight - in_flight : 0;
@@ -1446,6 +1455,8 @@ std::size_t engine::pending_room() const {
     // queue, for whichever node has room first.
     auto ahead = static_cast<std::size_t>(std::ceil(budget_.allowed_rpm() * 2.0 / 60.0)) + 4;
     auto target = std::min(room, ahead);
+    if (held >= 10 * ahead + 100)
+        return 0;
     return target > pending ? target - pending : 0;
 }
 

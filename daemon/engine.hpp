@@ -268,6 +268,10 @@ private:
     bool left_ = false; // stop() has released this node's claims: the heartbeat ends
     std::unordered_set<std::string> recording_; // jobs taken over whose recovery is being written
     std::optional<spend_hold> spend_hold_;
+    // The jobs a spend hold put off (their submit waits for its end): let go when it ends.
+    std::set<std::string> held_by_spend_;
+    // Ends the hold and lets the jobs it put off go now (a reload, a refund that made room).
+    void release_spend_hold(const char* why);
     struct charged {
         std::int64_t attempt;
         std::int64_t micro;
@@ -276,7 +280,7 @@ private:
     // The charge for committing j as "submitting" (none for an unpriced model).
     std::optional<storage::spend_charge> charge_for(const core::job& j) const;
     // A limit refused a submission (detail: "<limit> <today> <month>"): hold priced ones.
-    void hold_spending(const std::string& detail);
+    void hold_spending(const std::string& detail, const storage::spend_charge& refused);
     std::unordered_set<std::string> cancels_applying_; // cancels asked elsewhere, being applied
     std::unordered_set<std::string> cancels_refused_;  // and refused here (said once)
     boost::asio::steady_timer slot_timer_;

@@ -79,6 +79,12 @@ job_journal::write_now(core::job j, std::optional<storage::history_entry> line,
     auto id = j.id;
     std::vector<storage::job_change> change;
     auto kept = event;
+    auto kept_refund = refund_attempt;
+    if (!refund_attempt) // one whose write failed before goes with this one
+        if (auto f = refunds_.find(j.id); f != refunds_.end()) {
+            refund_attempt = f->second;
+            refunds_.erase(f);
+        }
     change.push_back(
         {std::move(j), std::move(h), std::move(charge), refund_attempt, std::move(event)});
     auto r = co_await save(std::move(change));
@@ -87,6 +93,9 @@ job_journal::write_now(core::job j, std::optional<storage::history_entry> line,
     if (!r) {
         if (kept)
             events_.insert_or_assign(id, std::move(*kept));
+        // A refund is not lost with a failed write: it goes with the job's next one.
+        if (kept_refund || refund_attempt)
+            refunds_.insert_or_assign(id, *(kept_refund ? kept_refund : refund_attempt));
         give_back(id, std::move(owed));
         if (was_dirty)
             dirty_.try_emplace(id, std::move(*was_dirty));
@@ -144,6 +153,8 @@ asio::awaitable<core::result<void>> job_journal::flush() {
             {*j, h == lines.end() ? std::vector<storage::history_entry>{} : h->second});
         if (auto e = events_.find(id); e != events_.end() && core::is_terminal(j->state))
             changes.back().event = e->second;
+        if (auto f = refunds_.find(id); f != refunds_.end())
+            changes.back().refund_attempt = f->second;
     }
     auto n = changes.size();
     auto r = co_await save(std::move(changes));
@@ -159,8 +170,10 @@ asio::awaitable<core::result<void>> job_journal::flush() {
         co_return core::error(r.error().code,
                               std::to_string(n) + " job updates: " + r.error().detail);
     }
-    for (auto& [id, copy] : flushing_)
+    for (auto& [id, copy] : flushing_) {
         events_.erase(id); // written with the state it belongs to
+        refunds_.erase(id);
+    }
     flushing_.clear();
     co_return r;
 }

@@ -71,6 +71,8 @@ public:
 private:
     // Final states' hook events whose write failed: they go with the job's deferred state.
     std::map<std::string, storage::hook_event> events_;
+    // Refunds (attempts that provably created nothing) whose write failed: likewise.
+    std::map<std::string, std::int64_t> refunds_;
     boost::asio::awaitable<core::result<void>> save(std::vector<storage::job_change> changes);
     // Puts back history lines a failed write took: before any written since.
     void give_back(const std::string& id, std::vector<storage::history_entry> lines);

@@ -29,7 +29,7 @@ const std::string& host_name() {
             return std::string("host");
         std::string h = buf;
         for (auto& c : h)
-            if (c == '/' || c == '.')
+            if (c == '/' || c == '.' || c == '-') // no dash: the name's fields are read by them
                 c = '_';
         return h;
     }();
@@ -46,16 +46,24 @@ const std::string& process_tag() {
 
 // A temporary named by a process of this host that no longer runs.
 bool left_by_dead_process(std::string_view name) {
-    auto mark = "-" + host_name() + "-";
-    auto at = name.rfind(mark);
-    if (at == std::string_view::npos)
+    // ".<stem>-<host>-<pid>-<random>.tmp", read from the right (the stem may hold dashes).
+    if (!name.ends_with(".tmp"))
         return false;
-    auto rest = name.substr(at + mark.size());
-    auto dash = rest.find('-');
-    if (dash == std::string_view::npos || dash == 0)
+    name.remove_suffix(4);
+    auto r = name.rfind('-');
+    if (r == std::string_view::npos || r == 0)
+        return false;
+    auto p = name.rfind('-', r - 1);
+    if (p == std::string_view::npos || p == 0)
+        return false;
+    auto h = name.rfind('-', p - 1);
+    if (h == std::string_view::npos || name.substr(h + 1, p - h - 1) != host_name())
+        return false;
+    auto digits = name.substr(p + 1, r - p - 1);
+    if (digits.empty())
         return false;
     long pid = 0;
-    for (char c : rest.substr(0, dash)) {
+    for (char c : digits) {
         if (c < '0' || c > '9')
             return false;
         pid = pid * 10 + (c - '0');

@@ -391,7 +391,9 @@ async_result<std::vector<std::string>> pg_repository::save(std::vector<job_chang
         co_return co_await save_jobs(changes);
     // The limits' check, the count and the jobs' write: one transaction, under a lock
     // every node takes for it (the nodes' submissions are counted one at a time).
-    if (auto b = co_await db_.script(std::string("BEGIN")); !b)
+    // READ COMMITTED whatever the database's default: the sums read after the lock must
+    // see the charge the lock's previous holder committed.
+    if (auto b = co_await db_.script(std::string("BEGIN ISOLATION LEVEL READ COMMITTED")); !b)
         co_return b.error();
     auto r = co_await spend_and_save(changes, charged);
     if (!r) {
@@ -535,7 +537,8 @@ upd AS (
   FROM u WHERE j.id = u.id
     AND ($20::text IS NULL
          OR (j.claim_token = $20::text
-             AND (u.state <> 'submitting' OR j.claim_until >= )" NOW_MS R"( + $22::bigint)))
+             AND (u.state <> 'submitting' OR j.claim_until >=
+                  (extract(epoch from clock_timestamp()) * 1000)::bigint + $22::bigint)))
   RETURNING j.id),
 h AS (
   INSERT INTO history (job_id, at, state, note, request_id, node)

@@ -5,6 +5,7 @@
 // and counted; and a kill -9 between the final state and the delivery still delivers
 // after the restart.
 #include "tests/daemon/daemon_env.hpp"
+#include "tests/support/digest.hpp"
 #include "tests/support/pg_server.hpp"
 #include "tests/support/webhook_receiver.hpp"
 
@@ -23,17 +24,6 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
 const std::string secret_b64 = "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-std::string b64_decode(const std::string& b64) {
-    std::string out(b64.size(), '\0');
-    int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                            reinterpret_cast<const unsigned char*>(b64.data()),
-                            static_cast<int>(b64.size()));
-    out.resize(static_cast<std::size_t>(n) - (b64.ends_with("==")  ? 2
-                                              : b64.ends_with('=') ? 1
-                                                                   : 0));
-    return out;
-}
 
 // The Standard Webhooks signature, computed here on its own (the daemon's is checked
 // against the specification's vector in test_daemon_parts).
@@ -128,7 +118,7 @@ void every_final_state_is_told_once_to_each_target(daemon_options o) {
     EXPECT_EQ(by_id["bad"].rfind("bad failed  ", 0), 0u) << by_id["bad"];
     EXPECT_EQ(by_id["gone"].rfind("gone cancelled  ", 0), 0u) << by_id["gone"];
 
-    auto key = b64_decode(secret_b64);
+    auto key = base64_decode(secret_b64);
     auto posts = receiver.posts();
     ASSERT_EQ(posts.size(), 3u);
     std::set<std::string> ids;

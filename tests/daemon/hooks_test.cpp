@@ -3,6 +3,7 @@
 // input, its exit status, a timeout that kills it and what it started, bounded output).
 #include "daemon/hooks.hpp"
 #include "tests/support/child_process.hpp"
+#include "tests/support/digest.hpp"
 
 #include <chrono>
 #include <gtest/gtest.h>
@@ -13,21 +14,10 @@ namespace {
 using namespace klingd;
 using namespace std::chrono_literals;
 
-std::string b64_decode(const std::string& b64) {
-    std::string out(b64.size(), '\0');
-    int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                            reinterpret_cast<const unsigned char*>(b64.data()),
-                            static_cast<int>(b64.size()));
-    out.resize(static_cast<std::size_t>(n) - (b64.ends_with("==")  ? 2
-                                              : b64.ends_with('=') ? 1
-                                                                   : 0));
-    return out;
-}
-
 TEST(webhook_signature, reproduces_the_standard_webhooks_test_vector) {
     // The specification's vector: secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw (the key is
     // the base64 after "whsec_"), id msg_p5jXN8AQM9LWM0D4loKWxJek, timestamp 1614265330.
-    auto key = b64_decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    auto key = test::base64_decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
     ASSERT_EQ(key.size(), 24u);
     EXPECT_EQ(daemon::webhook_signature(key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330,
                                         R"({"test": 2432232314})"),

@@ -4,6 +4,7 @@
 // with the reason while the others go on, and a restart after an upload does not upload
 // that input again.
 #include "tests/daemon/daemon_env.hpp"
+#include "tests/support/digest.hpp"
 #include "tests/support/pg_server.hpp"
 
 #include <filesystem>
@@ -17,16 +18,6 @@ using namespace klingd::test;
 namespace json = boost::json;
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-
-std::string sha256_hex(const std::string& s) {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned n = 0;
-    EVP_Digest(s.data(), s.size(), md, &n, EVP_sha256(), nullptr);
-    std::string out;
-    for (unsigned i = 0; i < n; ++i)
-        out += fmt::format("{:02x}", md[i]);
-    return out;
-}
 
 // Media bytes that differ by seed (so each file is its own content).
 std::string png(int seed, std::size_t size = 30000) {

@@ -6,6 +6,7 @@
 #include "core/job_spec.hpp"
 #include "daemon/local_inputs.hpp"
 #include "tests/support/child_process.hpp"
+#include "tests/support/digest.hpp"
 
 #include <boost/json.hpp>
 #include <filesystem>
@@ -71,34 +72,13 @@ protected:
     }
 };
 
-std::string sha256_hex(const std::string& s) {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned n = 0;
-    EVP_Digest(s.data(), s.size(), md, &n, EVP_sha256(), nullptr);
-    std::string out;
-    for (unsigned i = 0; i < n; ++i)
-        out += fmt::format("{:02x}", md[i]);
-    return out;
-}
-
-std::string decode_b64(const std::string& b64) {
-    std::string out(b64.size(), '\0');
-    int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                            reinterpret_cast<const unsigned char*>(b64.data()),
-                            static_cast<int>(b64.size()));
-    out.resize(static_cast<std::size_t>(n));
-    auto pad = std::count(b64.end() - std::min<long>(2, b64.size()), b64.end(), '=');
-    out.resize(out.size() - static_cast<std::size_t>(pad));
-    return out;
-}
-
 TEST_F(local_inputs, a_file_inside_is_taken_with_its_hash_and_kind_and_uploaded_unchanged) {
     auto r = intake(url(media / "a.png"));
     ASSERT_TRUE(r) << why(r);
     ASSERT_EQ(r->size(), 1u);
     auto& in = r->front();
     EXPECT_EQ(in.path, fs::canonical(media / "a.png").string());
-    EXPECT_EQ(in.sha256, sha256_hex(png_bytes));
+    EXPECT_EQ(in.sha256, test::sha256_hex(png_bytes));
     EXPECT_EQ(in.bytes, static_cast<std::int64_t>(png_bytes.size()));
     EXPECT_EQ(in.mime, "image/png");
 
@@ -108,7 +88,7 @@ TEST_F(local_inputs, a_file_inside_is_taken_with_its_hash_and_kind_and_uploaded_
     std::string data(v.at("data_urls").at(0).as_string());
     const std::string prefix = "data:image/png;base64,";
     ASSERT_EQ(data.substr(0, prefix.size()), prefix);
-    EXPECT_EQ(decode_b64(data.substr(prefix.size())), png_bytes);
+    EXPECT_EQ(test::base64_decode(data.substr(prefix.size())), png_bytes);
 
     auto video = intake(url(media / "v.mp4"), "kling-o1-video-to-video-edit");
     ASSERT_TRUE(video) << why(video);
