@@ -280,12 +280,17 @@ TEST_F(cluster, a_node_whose_key_is_refused_lets_the_others_carry_its_jobs_on) {
     // The emulator now wants another key; n0 is given it, n1 not.
     nodes[0]->sim_config(R"({"api_key":"test-key-2"})");
     give_key(*nodes[0], "test-key-2");
-    auto more = drop_spread("m", 10);
-    ids.insert(ids.end(), more.begin(), more.end());
-    ASSERT_TRUE(eventually(
-        [&] { return bad.log().find("the API refuses this node's key") != std::string::npos; },
-        60s))
-        << logs();
+    // n0 may claim a batch whole before n1's heartbeat comes round: more, until n1 has
+    // sent one with its old key and been refused.
+    auto refused = [&] {
+        return bad.log().find("the API refuses this node's key") != std::string::npos;
+    };
+    for (int batch = 0; batch < 10 && !refused(); ++batch) {
+        auto more = drop_spread(fmt::format("m{}x", batch), 4);
+        ids.insert(ids.end(), more.begin(), more.end());
+        eventually(refused, 5s);
+    }
+    ASSERT_TRUE(refused()) << logs();
     // All but at most one job (n1's probe) end, completed, on n0.
     std::string probe;
     ASSERT_TRUE(eventually(
