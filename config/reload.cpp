@@ -82,9 +82,13 @@ std::vector<std::string> apply_reload(settings& cur, const settings& fresh) {
         cur.inputs.directories = fresh.inputs.directories;
     }
     if (cur.inputs.real_directories != fresh.inputs.real_directories) {
+        // The same folders, now resolving elsewhere (one was replaced by a symlink): the
+        // boundary stays where it was; a restart takes the new one.
         if (!dirs_changed)
-            d.lines.push_back("inputs.directories resolved again (a folder was moved)");
-        cur.inputs.real_directories = fresh.inputs.real_directories;
+            d.lines.push_back("inputs.directories resolve elsewhere now; the folders as "
+                              "resolved before are kept (restart klingd to take the new ones)");
+        else
+            cur.inputs.real_directories = fresh.inputs.real_directories;
     }
     d.apply("inputs.upload_url", cur.inputs.upload_url, fresh.inputs.upload_url);
     d.apply("inputs.max_bytes", cur.inputs.max_bytes, fresh.inputs.max_bytes);

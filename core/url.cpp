@@ -263,9 +263,12 @@ result<std::string> file_url_path(std::string_view s) {
         return bad("names a path longer than 4096 bytes");
     if (path.find('\0') != std::string::npos)
         return bad("holds a NUL byte");
-    for (auto seg : u->segments())
+    for (auto seg : u->segments()) {
         if (seg == "." || seg == ".." || seg.empty())
             return bad("must not hold \".\", \"..\" or empty path segments");
+        if (seg.find('/') != std::string::npos) // %2F: a slash no segment check would see
+            return bad("must not hold an encoded slash (%2F)");
+    }
     return path;
 }
 

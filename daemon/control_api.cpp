@@ -207,6 +207,10 @@ asio::awaitable<control_response> post_job(const control_request& req, engine& e
     if (!parsed)
         co_return error_response(req.version(), http::status::bad_request,
                                  parsed.error().message());
+    if (!parsed->local_inputs.empty() && peer.uid < 0)
+        co_return error_response(req.version(), http::status::bad_request,
+                                 "the sender of a job with local files cannot be told (no peer "
+                                 "credentials on the socket): local files are refused");
     if (!parsed->local_inputs.empty()) {
         auto inputs = check_local_inputs(
             parsed->local_inputs, e.settings().inputs,

@@ -15,6 +15,7 @@
 #include <openssl/evp.h>
 #include <pwd.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 namespace klingd::daemon {
@@ -66,10 +67,11 @@ bool inside_any(const std::string& path, const std::vector<std::string>& dirs) {
 
 // The real folder path lies inside, if any.
 const std::string* folder_of(const std::string& path, const std::vector<std::string>& dirs) {
+    const std::string* best = nullptr; // the innermost, when folders nest
     for (auto& d : dirs)
-        if (inside(path, d))
-            return &d;
-    return nullptr;
+        if (inside(path, d) && (!best || d.size() > best->size()))
+            best = &d;
+    return best;
 }
 
 std::string folder_list(const config::inputs_settings& cfg) {
@@ -79,32 +81,63 @@ std::string folder_list(const config::inputs_settings& cfg) {
     return out;
 }
 
-// May the user who submitted the job read this file? Root and klingd's own user may read
-// what klingd may; others need to own it, or to be in its group when the group may read
-// it, or the world may read it.
-bool submitter_may_read(const struct stat& st, std::optional<uid_t> who) {
-    if (!who || *who == 0 || *who == ::geteuid())
-        return true;
-    if (st.st_mode & S_IROTH)
-        return true;
-    if (st.st_uid == *who)
-        return (st.st_mode & S_IRUSR) != 0;
-    if (!(st.st_mode & S_IRGRP))
-        return false;
+// Who submitted a job, as the kernel would see that user: uid, and every group.
+struct submitter_id {
+    uid_t uid;
+    std::vector<gid_t> groups;
+    bool known = false;
+};
+
+submitter_id identity_of(uid_t uid) {
+    submitter_id id{uid, {}, false};
     std::vector<char> buf(16384);
     struct passwd pw {};
     struct passwd* found = nullptr;
-    if (::getpwuid_r(*who, &pw, buf.data(), buf.size(), &found) != 0 || !found)
-        return false;
+    if (::getpwuid_r(uid, &pw, buf.data(), buf.size(), &found) != 0 || !found)
+        return id; // no such user: only "others" rights
     int n = 64;
-    std::vector<gid_t> groups(static_cast<std::size_t>(n));
-    if (::getgrouplist(pw.pw_name, pw.pw_gid, groups.data(), &n) < 0) {
-        groups.resize(static_cast<std::size_t>(n));
-        if (::getgrouplist(pw.pw_name, pw.pw_gid, groups.data(), &n) < 0)
+    id.groups.resize(static_cast<std::size_t>(n));
+    if (::getgrouplist(pw.pw_name, pw.pw_gid, id.groups.data(), &n) < 0) {
+        id.groups.resize(static_cast<std::size_t>(n));
+        if (::getgrouplist(pw.pw_name, pw.pw_gid, id.groups.data(), &n) < 0)
+            n = 0;
+    }
+    id.groups.resize(static_cast<std::size_t>(n));
+    id.known = true;
+    return id;
+}
+
+// The kernel's rule for one permission: the owner's bits for the owner, else the group's
+// for a member, else the others' (only the first class that applies counts; ACLs are not
+// read, so a file they open to the user is refused).
+bool permits(const struct stat& st, const submitter_id& who, mode_t owner_bit, mode_t group_bit,
+             mode_t other_bit) {
+    if (st.st_uid == who.uid)
+        return (st.st_mode & owner_bit) != 0;
+    if (std::find(who.groups.begin(), who.groups.end(), st.st_gid) != who.groups.end())
+        return (st.st_mode & group_bit) != 0;
+    return (st.st_mode & other_bit) != 0;
+}
+
+// May the user who submitted the job read this file, through every folder above it?
+// Root and klingd's own user may use what klingd may.
+bool submitter_may_read(const struct stat& st, const std::string& real_path,
+                        std::optional<uid_t> who) {
+    if (!who || *who == 0 || *who == ::geteuid())
+        return true;
+    auto id = identity_of(*who);
+    if (!permits(st, id, S_IRUSR, S_IRGRP, S_IROTH))
+        return false;
+    // Search permission on each folder from "/" down to the file's own.
+    for (auto slash = real_path.find('/', 1); slash != std::string::npos;
+         slash = real_path.find('/', slash + 1)) {
+        struct stat dir {};
+        auto folder = real_path.substr(0, slash);
+        if (::stat(folder.c_str(), &dir) != 0 || !permits(dir, id, S_IXUSR, S_IXGRP, S_IXOTH))
             return false;
     }
-    groups.resize(static_cast<std::size_t>(n));
-    return std::find(groups.begin(), groups.end(), st.st_gid) != groups.end();
+    struct stat root {};
+    return ::stat("/", &root) == 0 && permits(root, id, S_IXUSR, S_IXGRP, S_IXOTH);
 }
 
 // The file behind path, opened for reading when it is acceptable; else why not.
@@ -138,8 +171,8 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
     }
     const std::string* folder = folder_of(o.real, dirs);
     if (!folder) {
-        o.problem = fmt::format("resolves to {}, which is outside [inputs] directories ({})",
-                                o.real, folder_list(cfg));
+        o.problem =
+            fmt::format("resolves to a path outside [inputs] directories ({})", folder_list(cfg));
         return;
     }
     o.f.fd = ::open(o.real.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
@@ -169,6 +202,18 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
         o.problem = fmt::format("cannot be read: {}", std::strerror(errno));
         return;
     }
+    // Before anything more is said about it.
+    if (!submitter_may_read(st, opened_path, submitter)) {
+        o.problem =
+            fmt::format("is not readable by the user who submitted the job (uid {})", *submitter);
+        return;
+    }
+    // Before anything more is said about it.
+    if (!submitter_may_read(st, opened_path, submitter)) {
+        o.problem =
+            fmt::format("is not readable by the user who submitted the job (uid {})", *submitter);
+        return;
+    }
     if (!S_ISREG(st.st_mode)) {
         o.problem = "is not a regular file";
         return;
@@ -187,11 +232,6 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
         o.problem = fmt::format("has {} hard links: a file with more than one name may be one "
                                 "from outside [inputs] directories; copy it instead",
                                 st.st_nlink);
-        return;
-    }
-    if (!submitter_may_read(st, submitter)) {
-        o.problem =
-            fmt::format("is not readable by the user who submitted the job (uid {})", *submitter);
         return;
     }
     if (static_cast<std::uint64_t>(st.st_size) > cfg.max_bytes) {

@@ -417,6 +417,10 @@ spool::candidate spool::read_candidate(const std::string& name) const {
                     ns(st.st_mtim), ns(st.st_ctim)};
     if (!parsed)
         return rejection{parsed.error().message(), std::move(file)};
+    if (!parsed->local_inputs.empty() && st.st_nlink != 1)
+        return rejection{"names local files but has more than one name (a hard link): its "
+                         "owner cannot be told; write the job file itself",
+                         std::move(file)};
     if (!parsed->local_inputs.empty()) {
         // The job file's owner submitted it: the files must be readable by that user.
         auto inputs = check_local_inputs(parsed->local_inputs, settings_.inputs, st.st_uid);
