@@ -175,16 +175,17 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
             fmt::format("resolves to a path outside [inputs] directories ({})", folder_list(cfg));
         return;
     }
-    o.f.fd = ::open(o.real.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-    if (o.f.fd < 0) {
-        o.problem = errno == ELOOP
-                        ? std::string("was replaced by a symbolic link while it was checked")
-                        : fmt::format("cannot be opened: {}", std::strerror(errno));
+    // A handle on the path that opens nothing yet (no device is opened, nothing read),
+    // checked, and only then opened for reading through that same handle.
+    fd_guard handle;
+    handle.fd = ::open(o.real.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (handle.fd < 0) {
+        o.problem = fmt::format("cannot be opened: {}", std::strerror(errno));
         return;
     }
-    // What was opened, whatever happened to the path's folders since it was resolved.
+    // What it names, whatever happened to the path's folders since it was resolved.
     char buf[PATH_MAX];
-    auto proc = fmt::format("/proc/self/fd/{}", o.f.fd);
+    auto proc = fmt::format("/proc/self/fd/{}", handle.fd);
     auto n = ::readlink(proc.c_str(), buf, sizeof buf - 1);
     if (n <= 0) {
         o.problem = fmt::format("cannot be checked: {}", std::strerror(errno));
@@ -196,16 +197,32 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
                                 folder_list(cfg));
         return;
     }
+    struct stat named {};
+    if (::fstat(handle.fd, &named) != 0) {
+        o.problem = fmt::format("cannot be read: {}", std::strerror(errno));
+        return;
+    }
+    if (S_ISLNK(named.st_mode)) {
+        o.problem = "was replaced by a symbolic link while it was checked";
+        return;
+    }
+    if (!S_ISREG(named.st_mode)) {
+        o.problem = "is not a regular file";
+        return;
+    }
+    o.f.fd = ::open(proc.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (o.f.fd < 0) {
+        o.problem = fmt::format("cannot be opened: {}", std::strerror(errno));
+        return;
+    }
     struct stat st {};
     struct stat folder_st {};
     if (::fstat(o.f.fd, &st) != 0 || ::lstat(folder->c_str(), &folder_st) != 0) {
         o.problem = fmt::format("cannot be read: {}", std::strerror(errno));
         return;
     }
-    // Before anything more is said about it.
-    if (!submitter_may_read(st, opened_path, submitter)) {
-        o.problem =
-            fmt::format("is not readable by the user who submitted the job (uid {})", *submitter);
+    if (st.st_dev != named.st_dev || st.st_ino != named.st_ino) {
+        o.problem = "was replaced while it was checked";
         return;
     }
     // Before anything more is said about it.

@@ -145,9 +145,16 @@ void every_final_state_is_told_once_to_each_target(daemon_options o) {
         },
         10s))
         << json::serialize(env.job("done"));
-    auto hooks = env.api("GET", "/v1/stats").body.at("hooks");
-    EXPECT_EQ(hooks.at("delivered").to_number<int>(), 6);
-    EXPECT_EQ(hooks.at("pending").to_number<int>(), 0);
+    // Every outcome is written after its receiver answered: wait for the last one.
+    json::value hooks;
+    EXPECT_TRUE(eventually(
+        [&] {
+            hooks = env.api("GET", "/v1/stats").body.at("hooks");
+            return hooks.at("delivered").to_number<int>() == 6 &&
+                   hooks.at("pending").to_number<int>() == 0;
+        },
+        10s))
+        << json::serialize(hooks);
 
     // Retried after failing: a second event with its own id.
     env.api("POST", "/v1/jobs/bad/retry");
