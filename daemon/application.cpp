@@ -91,7 +91,7 @@ application::application(config::settings& s, std::string config_path)
     : settings_((apply_log_level(s), s)), config_path_(std::move(config_path)),
       store_(open_store(with_folders(s), db_lock_)), cluster_(cluster_of(*store_)),
       tls_(make_tls(s.api.ca_file)), client_(io_.get_executor(), tls_, client_options_of(s)),
-      engine_(io_, s, *store_, client_, clock_, cluster_), hooks_(io_, s, *store_, tls_),
+      engine_(io_, s, *store_, client_, clock_, cluster_), hooks_(io_, s, *store_, tls_, clock_),
       control_(io_, s, engine_, events_, control_limits_of(s)), spool_(io_, s, engine_),
       notifier_(io_, engine_), stop_signals_(io_, SIGTERM, SIGINT), reload_signals_(io_, SIGHUP) {
     engine_.hooks = &hooks_;

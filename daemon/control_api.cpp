@@ -271,10 +271,12 @@ json::object stats_json(engine& e, const std::map<std::string, std::int64_t>& co
     json::object o;
     json::object hooks;
     for (auto outcome : {"pending", "delivered", "given_up"}) {
-        auto it = deliveries ? deliveries->find(outcome) : decltype(deliveries->end()){};
-        hooks[outcome] = !deliveries               ? json::value(nullptr)
-                         : it == deliveries->end() ? json::value(0)
-                                                   : json::value(it->second);
+        if (!deliveries) {
+            hooks[outcome] = nullptr; // the database could not say
+            continue;
+        }
+        auto it = deliveries->find(outcome);
+        hooks[outcome] = it == deliveries->end() ? 0 : it->second;
     }
     hooks["failed_attempts"] = e.hooks ? e.hooks->stats().failed_attempts : 0;
     hooks["running"] = e.hooks ? e.hooks->running() : 0;

@@ -221,16 +221,6 @@ client_options hook_client_options(const config::settings& s) {
     return o;
 }
 
-std::int64_t wall_ms() {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-        .count();
-}
-
-core::time_point wall_now() {
-    return core::time_point(core::milliseconds(wall_ms()));
-}
-
 // One line for the log: control characters out, at most 300 bytes.
 std::string one_line(std::string s) {
     for (auto& c : s)
@@ -244,9 +234,9 @@ std::string one_line(std::string s) {
 } // namespace
 
 hook_runner::hook_runner(asio::io_context& io, const config::settings& s,
-                         storage::job_repository& repo, asio::ssl::context& tls)
-    : io_(io), settings_(s), repo_(repo), client_(io.get_executor(), tls, hook_client_options(s)),
-      timer_(io) {}
+                         storage::job_repository& repo, asio::ssl::context& tls, const clock& clk)
+    : io_(io), settings_(s), repo_(repo), clock_(clk),
+      client_(io.get_executor(), tls, hook_client_options(s)), timer_(io) {}
 
 hook_runner::~hook_runner() {
     finish();
@@ -307,7 +297,7 @@ asio::awaitable<void> hook_runner::loop() {
                 continue;
             // A claim outlasts the longest attempt: connect, handshake and exchange each
             // bounded by timeout_s, and room to spare.
-            auto now = wall_now();
+            auto now = clock_.wall_now();
             auto hold = std::chrono::milliseconds(
                 static_cast<std::int64_t>(settings_.hooks.timeout_s * 3000) + 60000);
             auto due = co_await repo_.take_due_deliveries(now, now + hold, targets[t], room);
@@ -384,7 +374,8 @@ asio::awaitable<command_outcome> hook_runner::post_webhook(const storage::hook_d
         out.error = fmt::format("hooks.webhook_url is not usable: {}", u.error().message());
         co_return out;
     }
-    auto ts = wall_ms() / 1000;
+    auto ts = std::chrono::duration_cast<std::chrono::seconds>(clock_.wall_now().time_since_epoch())
+                  .count();
     header_list headers;
     headers.emplace_back("webhook-id", d.event_id);
     headers.emplace_back("webhook-timestamp", std::to_string(ts));
@@ -420,7 +411,7 @@ asio::awaitable<void> hook_runner::deliver(storage::hook_delivery d) {
     if (!configured) {
         // Dropped by a reload since it was taken: left for a node (or a reload) that has it.
         --d.attempts;
-        d.next_at = wall_now() + std::chrono::seconds(60);
+        d.next_at = clock_.wall_now() + std::chrono::seconds(60);
         if (auto r = co_await repo_.finish_delivery(d); !r)
             log::warning("hook {}: cannot put it back: {}", d.event_id, r.error().message());
         co_return;
@@ -458,8 +449,8 @@ asio::awaitable<void> hook_runner::deliver(storage::hook_delivery d) {
                                                std::pow(2.0, std::min(d.attempts - 1, 30)));
             static thread_local std::mt19937_64 rng{std::random_device{}()};
             base *= std::uniform_real_distribution<double>(0.9, 1.1)(rng);
-            d.next_at =
-                wall_now() + std::chrono::milliseconds(static_cast<std::int64_t>(base * 1000));
+            d.next_at = clock_.wall_now() +
+                        std::chrono::milliseconds(static_cast<std::int64_t>(base * 1000));
             counted = "failed";
             log::warning("hook {}: {} attempt {} failed ({}); again in {:.1f} s", d.event_id,
                          d.target, d.attempts, *d.last_error, base);

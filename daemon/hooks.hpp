@@ -6,6 +6,7 @@
 #pragma once
 
 #include "config/settings.hpp"
+#include "daemon/clock.hpp"
 #include "daemon/http_client.hpp"
 #include "storage/job_repository.hpp"
 
@@ -56,7 +57,7 @@ public:
     static constexpr std::size_t slots = 4; // deliveries at once, of each target
 
     hook_runner(boost::asio::io_context& io, const config::settings& s,
-                storage::job_repository& repo, boost::asio::ssl::context& tls);
+                storage::job_repository& repo, boost::asio::ssl::context& tls, const clock& clk);
     ~hook_runner();
 
     void start();
@@ -81,6 +82,7 @@ private:
     boost::asio::io_context& io_;
     const config::settings& settings_;
     storage::job_repository& repo_;
+    const clock& clock_; // the daemon's one clock: deliveries are timed on its wall time
     http_client client_;
     boost::asio::steady_timer timer_;
     boost::asio::thread_pool pool_{slots};
