@@ -52,6 +52,13 @@ namespace {
 
 constexpr std::size_t output_kept = 4096;
 
+// Keeps what the command wrote up to output_kept bytes; cut says some was dropped.
+void keep_output(command_outcome& out, const char* data, std::size_t n, bool& cut) {
+    auto room = output_kept - std::min(output_kept, out.output.size());
+    out.output.append(data, std::min(room, n));
+    cut = cut || n > room;
+}
+
 void close_fd(int& fd) {
     if (fd >= 0)
         ::close(fd);
@@ -133,9 +140,7 @@ command_outcome run_command(const std::vector<std::string>& argv,
             reaped = true;
             char buf[4096];
             for (ssize_t r; (r = ::read(out_pipe[0], buf, sizeof buf)) > 0;) {
-                auto room = output_kept - std::min(output_kept, out.output.size());
-                out.output.append(buf, std::min<std::size_t>(room, r));
-                cut = cut || static_cast<std::size_t>(r) > room;
+                keep_output(out, buf, static_cast<std::size_t>(r), cut);
             }
             break;
         }
@@ -163,9 +168,7 @@ command_outcome run_command(const std::vector<std::string>& argv,
             char buf[4096];
             auto r = ::read(out_pipe[0], buf, sizeof buf);
             if (r > 0) {
-                auto room = output_kept - std::min(output_kept, out.output.size());
-                out.output.append(buf, std::min<std::size_t>(room, r));
-                cut = cut || static_cast<std::size_t>(r) > room;
+                keep_output(out, buf, static_cast<std::size_t>(r), cut);
             } else if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
                 close_fd(out_pipe[0]); // the command closed its output: wait for its end
             }
