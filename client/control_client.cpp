@@ -84,7 +84,8 @@ control_client::control_client(std::string socket, std::chrono::milliseconds tim
     : socket_(std::move(socket)), timeout_(timeout) {}
 
 core::result<reply> control_client::call(http::verb method, std::string_view target,
-                                         std::string_view body) {
+                                         std::string_view body,
+                                         std::optional<std::chrono::milliseconds> timeout) {
     asio::io_context io;
     beast::basic_stream<local> stream(io);
     boost::system::error_code ec;
@@ -95,7 +96,7 @@ core::result<reply> control_client::call(http::verb method, std::string_view tar
     beast::flat_buffer buf;
     http::response_parser<http::string_body> parser;
     parser.body_limit(512u << 20);
-    stream.expires_after(timeout_);
+    stream.expires_after(timeout.value_or(timeout_));
     http::async_write(stream, req, [&](boost::system::error_code wec, std::size_t) {
         if (wec) {
             ec = wec;

@@ -43,8 +43,10 @@ public:
 
     // One request and its answer; errc::unreachable when klingd cannot be reached or
     // did not answer in time (the detail says what to check).
+    // timeout, when given, replaces the client's for this call.
     core::result<reply> call(boost::beast::http::verb method, std::string_view target,
-                             std::string_view body = {});
+                             std::string_view body = {},
+                             std::optional<std::chrono::milliseconds> timeout = std::nullopt);
     const std::string& socket() const { return socket_; }
 
 private:

@@ -40,8 +40,9 @@ class client {
 public:
     explicit client(std::string socket) : c_(std::move(socket)) {}
     // Throws unreachable when the socket cannot be used.
-    reply call(http::verb method, const std::string& target, const std::string& body = {}) {
-        auto r = c_.call(method, target, body);
+    reply call(http::verb method, const std::string& target, const std::string& body = {},
+               std::optional<std::chrono::milliseconds> timeout = std::nullopt) {
+        auto r = c_.call(method, target, body, timeout);
         if (!r)
             throw unreachable(r.error().message());
         return std::move(*r);
@@ -151,7 +152,12 @@ int cmd_submit(client& c, const std::vector<std::string>& files) {
             f.substr(f.find_last_of('/') == std::string::npos ? 0 : f.find_last_of('/') + 1);
         if (name.ends_with(".json"))
             name.resize(name.size() - 5);
-        auto r = c.call(http::verb::post, with_query("/v1/jobs", {{"id", name}}), body);
+        // A job naming local files is answered once klingd has checked and hashed them
+        // (up to two minutes for large ones): waited for longer than other requests.
+        std::optional<std::chrono::milliseconds> timeout;
+        if (body.find("file:") != std::string::npos)
+            timeout = std::chrono::seconds(150);
+        auto r = c.call(http::verb::post, with_query("/v1/jobs", {{"id", name}}), body, timeout);
         if (r.status == 200 || r.status == 201) {
             std::puts(str(r.body, "id").c_str());
         } else {

@@ -6,7 +6,6 @@
 #include "core/time_text.hpp"
 #include "core/utf8.hpp"
 #include "daemon/job_json.hpp"
-#include "daemon/local_inputs.hpp"
 #include "runtime/log.hpp"
 
 #include <boost/json.hpp>
@@ -212,9 +211,9 @@ asio::awaitable<control_response> post_job(const control_request& req, engine& e
                                  "the sender of a job with local files cannot be told (no peer "
                                  "credentials on the socket): local files are refused");
     if (!parsed->local_inputs.empty()) {
-        auto inputs = check_local_inputs(
-            parsed->local_inputs, e.settings().inputs,
-            peer.uid >= 0 ? std::optional<uid_t>(static_cast<uid_t>(peer.uid)) : std::nullopt);
+        // Off the loop, within engine::input_work_deadline.
+        auto refs = parsed->local_inputs;
+        auto inputs = co_await e.check_inputs(std::move(refs), static_cast<uid_t>(peer.uid));
         if (!inputs)
             co_return error_response(req.version(), http::status::bad_request,
                                      inputs.error().message());

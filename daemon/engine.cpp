@@ -108,7 +108,7 @@ engine::engine(asio::io_context& io, const config::settings& s, storage::job_rep
                    auto a = active_.find(id);
                    return a == active_.end() ? nullptr : &a->second;
                }),
-      downloader_(client, s), wake_timer_(io) {
+      downloader_(client, s), input_work_(io.get_executor(), 2), wake_timer_(io) {
     for (auto& [slug, m] : s.models)
         durations_.emplace(slug, core::duration_model(m.expected_duration_s));
     use_limits(limits()); // needs the duration models
@@ -759,7 +759,45 @@ std::string with_hosted_urls(const std::string& params,
     return core::canonical_json(v);
 }
 
+// The upload body of in, for a pool thread: owns what it reads; running out of memory
+// is an answer, not an exception.
+std::function<core::result<std::string>()> upload_reader(core::local_input in,
+                                                         config::inputs_settings cfg) {
+    return [in = std::move(in), cfg = std::move(cfg)]() -> core::result<std::string> {
+        try {
+            return upload_body(in, cfg);
+        } catch (const std::bad_alloc&) {
+            return core::error(core::errc::invalid_job,
+                               fmt::format("input \"{}\" ({} bytes) does not fit in memory to "
+                                           "be encoded for its upload",
+                                           in.url, in.bytes));
+        }
+    };
+}
+
+// check_local_inputs for a pool thread, owning its arguments.
+std::function<core::result<std::vector<core::local_input>>()>
+inputs_checker(std::vector<core::local_ref> refs, config::inputs_settings cfg,
+               std::optional<uid_t> submitter) {
+    return [refs = std::move(refs), cfg = std::move(cfg), submitter]() {
+        return check_local_inputs(refs, cfg, submitter);
+    };
+}
+
 } // namespace
+
+asio::awaitable<core::result<std::vector<core::local_input>>>
+engine::check_inputs(std::vector<core::local_ref> refs, std::optional<uid_t> submitter) {
+    auto out = co_await input_work_.run<core::result<std::vector<core::local_input>>>(
+        inputs_checker(std::move(refs), settings_.inputs, submitter), input_work_deadline);
+    if (!out)
+        co_return core::error(
+            core::errc::invalid_job,
+            fmt::format("its local files could not be checked within {} s (a slow or hung file "
+                        "system, or too much to read: inputs.max_bytes); submit it again",
+                        input_work_deadline.count()));
+    co_return std::move(*out);
+}
 
 asio::awaitable<std::optional<std::string>>
 engine::prepare_inputs(std::string id, std::string params, core::time_point taken_at) {
@@ -824,33 +862,35 @@ engine::prepare_inputs(std::string id, std::string params, core::time_point take
                 fmt::format("inputs.upload_url is not usable: {}", u.error().message()));
             co_return std::nullopt;
         }
-        core::result<std::string> body = core::error(core::errc::invalid_job);
-        try {
-            body = upload_body(in, settings_.inputs);
-        } catch (const std::bad_alloc&) {
-            body = core::error(core::errc::invalid_job,
-                               fmt::format("input \"{}\" ({} bytes) does not fit in memory to be "
-                                           "encoded for its upload",
-                                           in.url, in.bytes));
-        }
-        if (!body) {
-            auto it = active_.find(id);
-            if (it == active_.end())
-                co_return std::nullopt;
-            core::event ev = core::ev_input_failed{body.error().detail};
-            auto tr = core::advance(it->second, ev, now(), context_for(it->second));
-            co_await apply(id, std::move(tr));
-            co_return std::nullopt;
-        }
-        header_list headers;
-        headers.emplace_back("x-api-key", settings_.api_key.reveal());
+        // From the read on, another job with the same content waits for this upload.
         struct uploading_guard {
             std::set<std::string>& set;
             std::string sha;
             ~uploading_guard() { set.erase(sha); }
         } guard{uploading_, in.sha256};
         uploading_.insert(in.sha256);
-        auto out = co_await client_.request(http::verb::post, *u, std::move(*body),
+        // Read and encoded off the loop: a large file or a slow mount stalls no other job.
+        auto body = co_await input_work_.run<core::result<std::string>>(
+            upload_reader(in, settings_.inputs), input_work_deadline);
+        if (!body) {
+            co_await put_off(fmt::format(
+                "reading {} for its upload did not end within {} s (a slow or hung file "
+                "system?); tried again later",
+                in.url, input_work_deadline.count()));
+            co_return std::nullopt;
+        }
+        if (stopping_ || !active_.count(id))
+            co_return std::nullopt; // cancelled (or klingd stopping) while it was read
+        if (!*body) {
+            auto it = active_.find(id);
+            core::event ev = core::ev_input_failed{body->error().detail};
+            auto tr = core::advance(it->second, ev, now(), context_for(it->second));
+            co_await apply(id, std::move(tr));
+            co_return std::nullopt;
+        }
+        header_list headers;
+        headers.emplace_back("x-api-key", settings_.api_key.reveal());
+        auto out = co_await client_.request(http::verb::post, *u, std::move(**body),
                                             std::move(headers), settings_.api.max_result_bytes);
         count(core::request_kind::upload, out);
         bool answered = out.how == core::http_outcome::transport::ok;

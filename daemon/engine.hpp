@@ -16,6 +16,7 @@
 #include "core/rate_budget.hpp"
 #include "core/submission_gate.hpp"
 #include "core/url.hpp"
+#include "daemon/blocking_pool.hpp"
 #include "daemon/clock.hpp"
 #include "daemon/downloader.hpp"
 #include "daemon/hooks.hpp"
@@ -127,6 +128,14 @@ public:
     void note_invalid_file() { ++stats_.intake_invalid; }
 
     const clock& time() const { return clock_; }
+
+    // How long the checks of a job's local files (and the read of one for its upload) may
+    // take before they are given up; a slow or hung mount costs a thread, not the loop.
+    static constexpr std::chrono::seconds input_work_deadline{120};
+    // check_local_inputs off the event loop, within input_work_deadline: the inputs, or
+    // errc::invalid_job saying what is wrong or that the check did not end in time.
+    boost::asio::awaitable<core::result<std::vector<core::local_input>>>
+    check_inputs(std::vector<core::local_ref> refs, std::optional<uid_t> submitter);
     const config::settings& settings() const { return settings_; }
 
     // In a cluster: this node's name ("" on a single host), whether it may act on the
@@ -300,6 +309,8 @@ private:
     std::map<std::string, core::duration_model> durations_;
     job_journal journal_;
     downloader downloader_;
+    // Local files' checks and upload reads (see input_work_deadline).
+    blocking_pool input_work_;
     std::mt19937_64 rng_{std::random_device{}()};
 
     boost::asio::steady_timer wake_timer_;

@@ -2,7 +2,6 @@
 #include "daemon/spool.hpp"
 
 #include "core/job_spec.hpp"
-#include "daemon/local_inputs.hpp"
 #include "daemon/output_dir.hpp"
 #include "runtime/log.hpp"
 
@@ -421,14 +420,7 @@ spool::candidate spool::read_candidate(const std::string& name) const {
         return rejection{"names local files but has more than one name (a hard link): its "
                          "owner cannot be told; write the job file itself",
                          std::move(file)};
-    if (!parsed->local_inputs.empty()) {
-        // The job file's owner submitted it: the files must be readable by that user.
-        auto inputs = check_local_inputs(parsed->local_inputs, settings_.inputs, st.st_uid);
-        if (!inputs)
-            return rejection{inputs.error().message(), std::move(file)};
-        parsed->inputs = std::move(*inputs);
-    }
-    return job_file{std::move(*parsed), std::move(file)};
+    return job_file{std::move(*parsed), std::move(file), st.st_uid};
 }
 
 asio::awaitable<void> spool::take(std::vector<std::string> names) {
@@ -459,6 +451,18 @@ asio::awaitable<void> spool::take(std::vector<std::string> names) {
             unparsed_once_.erase(name);
         } else if (auto* job = std::get_if<job_file>(&c)) {
             unparsed_once_.erase(name);
+            if (!job->spec.local_inputs.empty()) {
+                // The job file's owner submitted it: the files must be readable by that
+                // user. Checked off the loop (engine::check_inputs).
+                auto refs = job->spec.local_inputs;
+                auto inputs = co_await engine_.check_inputs(std::move(refs), job->owner);
+                if (!inputs) {
+                    if (still_there(job->file)) // not a newer file put there meanwhile
+                        reject(name, inputs.error().message());
+                    continue;
+                }
+                job->spec.inputs = std::move(*inputs);
+            }
             specs.push_back(std::move(job->spec));
             sources.push_back("spool:" + name);
             files.push_back(std::move(job->file));

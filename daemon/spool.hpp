@@ -64,8 +64,9 @@ private:
         std::optional<taken_file> unparsed;
     };
     struct job_file {
-        core::job_spec spec;
+        core::job_spec spec; // its local files named, not yet checked (take() checks them)
         taken_file file;
+        uid_t owner = 0; // who submitted it: the file's owner
     };
     using candidate = std::variant<skip, busy, rejection, job_file>;
     candidate read_candidate(const std::string& name) const;
