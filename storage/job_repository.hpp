@@ -86,6 +86,14 @@ public:
     // At start: the claims this node (a single host: any) left on deliveries are let go.
     virtual async_result<void> release_deliveries() = 0;
 
+    // Housekeeping: up to limit finished jobs whose end is before finished_before, and
+    // with no completion hook left to deliver, are pruned: a tombstone keeps each id (and
+    // its content's hash, so the same job again is still a no-op and another job with its
+    // id a conflict); the job, its history, inputs and deliveries are gone from every
+    // answer. How many were pruned (call again while it returns limit).
+    virtual async_result<std::int64_t> prune(core::time_point finished_before, core::time_point now,
+                                             std::size_t limit) = 0;
+
     // Small daemon state ("paused").
     virtual async_result<std::optional<std::string>> meta(std::string key) = 0;
     virtual async_result<void> set_meta(std::string key, std::string value) = 0;

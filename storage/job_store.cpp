@@ -109,6 +109,14 @@ CREATE TABLE deliveries (
 CREATE INDEX deliveries_by_job ON deliveries(job_id);
 CREATE INDEX deliveries_due ON deliveries(next_at) WHERE outcome = 'pending';
 )",
+    // 5 -> 6: housekeeping. A finished job pruned after jobs.keep_finished_days keeps its
+    // row as a tombstone (state 'pruned', params emptied) with its content's hash, so that
+    // its id stays unique for the life of the database; its history, inputs and deliveries
+    // go.
+    R"(
+ALTER TABLE jobs ADD COLUMN content_sha256 TEXT;
+ALTER TABLE jobs ADD COLUMN pruned_at INTEGER;
+)",
 };
 
 static_assert(std::size(migrations) == job_store::schema_version);
@@ -196,7 +204,8 @@ job_store::job_store(const std::string& path, sqlite_tuning tuning)
         db_,
         "INSERT INTO jobs (id, model, params, priority, state, created_at, updated_at, source) "
         "VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5, ?6)");
-    find_content_.emplace(db_, "SELECT model, params, priority FROM jobs WHERE id = ?1");
+    find_content_.emplace(
+        db_, "SELECT model, params, priority, state, content_sha256 FROM jobs WHERE id = ?1");
     update_.emplace(
         db_, "UPDATE jobs SET state = ?2, request_id = ?3, status_url = ?4, response_url = ?5, "
              "error = ?6, outputs = ?7, result = ?8, updated_at = ?9, submitted_at = ?10, "
@@ -204,7 +213,8 @@ job_store::job_store(const std::string& path, sqlite_tuning tuning)
     add_history_.emplace(
         db_,
         "INSERT INTO history (job_id, at, state, note, request_id) VALUES (?1, ?2, ?3, ?4, ?5)");
-    get_.emplace(db_, fmt::format("SELECT {}, params FROM jobs WHERE id = ?1", job_columns));
+    get_.emplace(db_, fmt::format("SELECT {}, params FROM jobs WHERE id = ?1 AND state <> 'pruned'",
+                                  job_columns));
     params_.emplace(db_, "SELECT params FROM jobs WHERE id = ?1");
 }
 
@@ -243,7 +253,11 @@ std::vector<insert_outcome> job_store::insert_many(const std::vector<core::job_s
         auto& f = *find_content_;
         f.bind(1, s.id);
         if (f.step()) {
-            bool same = f.text(0) == s.model && f.text(1) == s.params && f.int64(2) == s.priority;
+            // A pruned job is known by its content's hash only.
+            bool same =
+                f.text(3) == "pruned"
+                    ? f.opt_text(4) == content_digest(s.model, s.params, s.priority)
+                    : f.text(0) == s.model && f.text(1) == s.params && f.int64(2) == s.priority;
             f.reset();
             out.push_back(same ? insert_outcome::same_content : insert_outcome::conflict);
             continue;
@@ -521,7 +535,7 @@ std::optional<core::job> job_store::get(const std::string& id) {
 }
 
 std::vector<core::job> job_store::list(const job_filter& f) {
-    std::string sql = fmt::format("SELECT {} FROM jobs WHERE 1", job_columns);
+    std::string sql = fmt::format("SELECT {} FROM jobs WHERE state <> 'pruned'", job_columns);
     if (f.state)
         sql += " AND state = ?1";
     if (f.model)
@@ -580,6 +594,39 @@ std::map<std::pair<std::string, std::string>, std::int64_t> job_store::count_by_
     while (s.step())
         out[{s.text(0), s.text(1)}] = s.int64(2);
     return out;
+}
+
+std::int64_t job_store::prune(time_point finished_before, time_point now, std::size_t limit) {
+    transaction t(db_);
+    // Finished before the cut, and with no completion hook still to deliver.
+    statement pick(db_, "SELECT id, model, params, priority FROM jobs WHERE state IN "
+                        "('completed','failed','expired','cancelled') AND "
+                        "coalesce(finished_at, updated_at) < ?1 AND NOT EXISTS (SELECT 1 FROM "
+                        "deliveries d WHERE d.job_id = jobs.id AND d.outcome = 'pending') "
+                        "LIMIT ?2");
+    pick.bind(1, ms(finished_before)).bind(2, static_cast<std::int64_t>(limit));
+    std::vector<std::pair<std::string, std::string>> picked; // id, content hash
+    while (pick.step())
+        picked.emplace_back(pick.text(0),
+                            content_digest(pick.text(1), pick.text(2), pick.int64(3)));
+    pick.reset();
+    statement tomb(db_, "UPDATE jobs SET state = 'pruned', params = '', result = NULL, "
+                        "outputs = '[]', error = NULL, status_url = NULL, response_url = NULL, "
+                        "content_sha256 = ?2, pruned_at = ?3 WHERE id = ?1");
+    statement history(db_, "DELETE FROM history WHERE job_id = ?1");
+    statement inputs(db_, "DELETE FROM inputs WHERE job_id = ?1");
+    statement deliveries(db_, "DELETE FROM deliveries WHERE job_id = ?1");
+    for (auto& [id, digest] : picked) {
+        tomb.bind(1, id).bind(2, digest).bind(3, ms(now)).run();
+        history.bind(1, id).run();
+        inputs.bind(1, id).run();
+        deliveries.bind(1, id).run();
+    }
+    // Uploads are remembered a day (cached_upload); older ones serve nothing.
+    statement uploads(db_, "DELETE FROM uploads WHERE uploaded_at < ?1");
+    uploads.bind(1, ms(now - std::chrono::hours(48))).run();
+    t.commit();
+    return static_cast<std::int64_t>(picked.size());
 }
 
 std::vector<double> job_store::recent_durations(const std::string& model, int n) {

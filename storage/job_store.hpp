@@ -31,7 +31,7 @@ public:
     // is not a database, is from a newer klingd, or cannot be opened; it is never overwritten.
     explicit job_store(const std::string& path, sqlite_tuning tuning = {});
 
-    static constexpr int schema_version = 5;
+    static constexpr int schema_version = 6;
 
     // Records a new job (state pending). Throws storage_error on failure.
     insert_outcome insert(const core::job_spec& spec, core::time_point now,
@@ -67,6 +67,10 @@ public:
                        const std::string& hosted, core::time_point at, bool fresh);
     // The hosted URL of content uploaded at or after since, if any.
     std::optional<std::string> cached_upload(const std::string& sha256, core::time_point since);
+    // Housekeeping: at most limit jobs finished before finished_before (with no hook
+    // delivery pending) become tombstones; their history, inputs and deliveries go. How
+    // many were pruned.
+    std::int64_t prune(core::time_point finished_before, core::time_point now, std::size_t limit);
 
     // Completion hooks: the pending deliveries due at now, claimed until claim_until (at
     // most limit); a delivery's outcome written back; a job's deliveries; counts by outcome.

@@ -151,6 +151,13 @@ CREATE TABLE deliveries (
 CREATE INDEX deliveries_by_job ON deliveries (job_id, seq);
 CREATE INDEX deliveries_due ON deliveries (next_at) WHERE outcome = 'pending';
 )",
+    // 4 -> 5: housekeeping. A finished job pruned after jobs.keep_finished_days keeps its
+    // row as a tombstone (state 'pruned', params emptied) with its content's hash, so that
+    // its id stays unique for the life of the database.
+    R"(
+ALTER TABLE jobs ADD COLUMN content_sha256 text;
+ALTER TABLE jobs ADD COLUMN pruned_at bigint;
+)",
 };
 
 static_assert(std::size(migrations) == pg_repository::schema_version);
@@ -348,17 +355,23 @@ SELECT id FROM ins)";
     for (int i = 0; i < r->size(); ++i)
         inserted.insert(r->text(i, 0));
     // What the other ids hold now, to tell the same content from a conflict.
+    // A job's content, or for a pruned job's tombstone the hash of it.
     using content = std::tuple<std::string, std::string, std::int64_t>;
     std::map<std::string, content> stored;
+    std::map<std::string, std::string> pruned; // id -> content_digest
     if (inserted.size() < specs.size()) {
-        std::string read =
-            "SELECT id, model, params, priority FROM jobs WHERE id = ANY($1::text[])";
+        std::string read = "SELECT id, model, params, priority, state, content_sha256 FROM jobs "
+                           "WHERE id = ANY($1::text[])";
         std::vector<param> a{pg::array(ids)};
         auto s = co_await db_.query(std::move(read), std::move(a));
         if (!s)
             co_return s.error();
-        for (int i = 0; i < s->size(); ++i)
-            stored[s->text(i, 0)] = {s->text(i, 1), s->text(i, 2), s->int64(i, 3)};
+        for (int i = 0; i < s->size(); ++i) {
+            if (s->text(i, 4) == "pruned")
+                pruned[s->text(i, 0)] = s->text(i, 5);
+            else
+                stored[s->text(i, 0)] = {s->text(i, 1), s->text(i, 2), s->int64(i, 3)};
+        }
     }
     std::vector<insert_outcome> out;
     std::set<std::string> seen;
@@ -367,6 +380,12 @@ SELECT id FROM ins)";
         if (inserted.count(s.id) && seen.insert(s.id).second) {
             stored[s.id] = mine; // a later spec of this batch with the same id compares to it
             out.push_back(insert_outcome::inserted);
+            continue;
+        }
+        if (auto p = pruned.find(s.id); p != pruned.end()) {
+            out.push_back(p->second == content_digest(s.model, s.params, s.priority)
+                              ? insert_outcome::same_content
+                              : insert_outcome::conflict);
             continue;
         }
         auto it = stored.find(s.id);
@@ -612,7 +631,8 @@ WHERE $20::text IS NOT NULL AND u.id NOT IN (SELECT id FROM upd))";
 
 async_result<std::optional<core::job>> pg_repository::get(std::string id) {
     auto turn = co_await lane_.wait_turn();
-    std::string sql = fmt::format("SELECT {}, params FROM jobs WHERE id = $1", job_columns);
+    std::string sql =
+        fmt::format("SELECT {}, params FROM jobs WHERE id = $1 AND state <> 'pruned'", job_columns);
     std::vector<param> args{std::move(id)};
     auto r = co_await db_.query(std::move(sql), std::move(args));
     if (!r)
@@ -624,7 +644,7 @@ async_result<std::optional<core::job>> pg_repository::get(std::string id) {
 
 async_result<std::vector<core::job>> pg_repository::list(job_filter f) {
     auto turn = co_await lane_.wait_turn();
-    std::string sql = fmt::format("SELECT {} FROM jobs WHERE true", job_columns);
+    std::string sql = fmt::format("SELECT {} FROM jobs WHERE state <> 'pruned'", job_columns);
     std::vector<param> args;
     if (f.state) {
         args.emplace_back(std::string(core::to_string(*f.state)));
@@ -765,6 +785,41 @@ ON CONFLICT (sha256) DO UPDATE SET hosted_url = EXCLUDED.hosted_url,
     if (!r)
         co_return r.error();
     co_return core::result<void>{};
+}
+
+async_result<std::int64_t> pg_repository::prune(core::time_point finished_before,
+                                                core::time_point now, std::size_t limit) {
+    auto turn = co_await lane_.wait_turn();
+    // One statement: the rows taken are locked (another node pruning at once skips them),
+    // each becomes a tombstone with the hash of its content (as storage::content_digest
+    // makes it), and what belonged to it goes.
+    std::string sql = R"(
+WITH picked AS (
+  SELECT id FROM jobs
+  WHERE state IN ('completed', 'failed', 'expired', 'cancelled')
+    AND coalesce(finished_at, updated_at) < $1::bigint
+    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = jobs.id AND d.outcome = 'pending')
+  ORDER BY seq LIMIT $2::bigint
+  FOR UPDATE SKIP LOCKED),
+tomb AS (
+  UPDATE jobs j SET state = 'pruned', params = '', result = NULL, outputs = '[]', error = NULL,
+         status_url = NULL, response_url = NULL, pruned_at = $3::bigint,
+         content_sha256 = encode(sha256(convert_to(
+             octet_length(j.model) || ':' || j.model || ':' || octet_length(j.params) || ':' ||
+             j.params || ':' || j.priority, 'UTF8')), 'hex')
+  FROM picked WHERE j.id = picked.id
+  RETURNING j.id),
+h AS (DELETE FROM history WHERE job_id IN (SELECT id FROM tomb)),
+i AS (DELETE FROM inputs WHERE job_id IN (SELECT id FROM tomb)),
+d AS (DELETE FROM deliveries WHERE job_id IN (SELECT id FROM tomb)),
+u AS (DELETE FROM uploads WHERE uploaded_at < $4::bigint)
+SELECT count(*) FROM tomb)";
+    std::vector<param> args{num(ms(finished_before)), num(static_cast<std::int64_t>(limit)),
+                            num(ms(now)), num(ms(now - std::chrono::hours(48)))};
+    auto r = co_await db_.query(std::move(sql), std::move(args));
+    if (!r)
+        co_return r.error();
+    co_return r->int64(0, 0);
 }
 
 async_result<std::optional<std::string>> pg_repository::cached_upload(std::string sha256,
@@ -1233,11 +1288,15 @@ WITH u AS (
 ins AS (
   INSERT INTO jobs (id, model, params, priority, state, request_id, status_url, response_url,
                     error, outputs, result, created_at, updated_at, submitted_at,
-                    remote_done_at, finished_at, attempts, polls, source)
-  SELECT id, model, params, priority::integer, state, request_id, status_url, response_url,
+                    remote_done_at, finished_at, attempts, polls, source, content_sha256,
+                    pruned_at)
+  SELECT id, model, CASE WHEN state = 'pruned' THEN '' ELSE params END, priority::integer,
+         state, request_id, status_url, response_url,
          error, coalesce(outputs, '[]'), result, created_at::bigint, updated_at::bigint,
          submitted_at::bigint, remote_done_at::bigint, finished_at::bigint, attempts::integer,
-         polls::integer, coalesce(source, '')
+         polls::integer, coalesce(source, ''),
+         CASE WHEN state = 'pruned' THEN params END,
+         CASE WHEN state = 'pruned' THEN updated_at::bigint END
   FROM u ORDER BY n
   ON CONFLICT (id) DO NOTHING
   RETURNING id),

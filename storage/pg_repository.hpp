@@ -19,7 +19,7 @@ namespace klingd::storage {
 
 class pg_repository final : public job_repository, public cluster_store {
 public:
-    static constexpr int schema_version = 4;
+    static constexpr int schema_version = 5;
 
     explicit pg_repository(std::string conninfo,
                            std::chrono::milliseconds deadline = std::chrono::seconds(10),
@@ -56,6 +56,8 @@ public:
     async_result<std::vector<core::local_input>> inputs_of(std::string id) override;
     async_result<void> record_upload(std::string id, std::string url, std::string sha256,
                                      std::string hosted, core::time_point at, bool fresh) override;
+    async_result<std::int64_t> prune(core::time_point finished_before, core::time_point now,
+                                     std::size_t limit) override;
     async_result<std::optional<std::string>> cached_upload(std::string sha256,
                                                            core::time_point since) override;
 

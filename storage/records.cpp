@@ -2,6 +2,8 @@
 #include "storage/records.hpp"
 
 #include <boost/json.hpp>
+#include <fmt/format.h>
+#include <openssl/evp.h>
 
 namespace klingd::storage {
 
@@ -23,6 +25,20 @@ std::vector<std::string> parse_outputs(const std::string& text) {
             if (e.is_string())
                 out.emplace_back(e.as_string());
     return out;
+}
+
+std::string content_digest(const std::string& model, const std::string& params,
+                           std::int64_t priority) {
+    // Lengths first: no two contents make the same bytes.
+    std::string bytes =
+        fmt::format("{}:{}:{}:{}:{}", model.size(), model, params.size(), params, priority);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    EVP_Digest(bytes.data(), bytes.size(), md, &n, EVP_sha256(), nullptr);
+    std::string hex;
+    for (unsigned int i = 0; i < n; ++i)
+        hex += fmt::format("{:02x}", md[i]);
+    return hex;
 }
 
 } // namespace klingd::storage

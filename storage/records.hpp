@@ -101,6 +101,11 @@ using state_model_counts = std::map<std::pair<std::string, std::string>, std::in
 
 // A job's output paths as both backends store them: a JSON array of strings.
 std::string outputs_json(const std::vector<std::string>& outputs);
+
+// The SHA-256 (hex) of a job's content (model, params, priority): what a pruned job's
+// tombstone keeps, to tell a resubmission of the same job from another job with its id.
+std::string content_digest(const std::string& model, const std::string& params,
+                           std::int64_t priority);
 std::vector<std::string> parse_outputs(const std::string& text);
 
 } // namespace klingd::storage

@@ -10,8 +10,11 @@ namespace klingd::storage {
 
 namespace {
 constexpr std::int64_t page = 500;
+// A pruned job's tombstone carries its content's hash where params go (its params are
+// gone); pg_repository::import puts it back in content_sha256.
 constexpr const char* columns =
-    "id, model, params, priority, state, request_id, status_url, response_url, error, outputs, "
+    "id, model, CASE WHEN state = 'pruned' THEN content_sha256 ELSE params END, priority, "
+    "state, request_id, status_url, response_url, error, outputs, "
     "result, created_at, updated_at, submitted_at, remote_done_at, finished_at, attempts, polls, "
     "source";
 constexpr int column_count = 19;

@@ -140,6 +140,13 @@ async_result<std::optional<std::string>> sqlite_repository::cached_upload(std::s
     });
 }
 
+async_result<std::int64_t> sqlite_repository::prune(core::time_point finished_before,
+                                                    core::time_point now, std::size_t limit) {
+    return on_worker([finished_before, now, limit](job_store& s) {
+        return s.prune(finished_before, now, limit);
+    });
+}
+
 async_result<std::vector<hook_delivery>>
 sqlite_repository::take_due_deliveries(core::time_point now, core::time_point claim_until,
                                        std::string target, std::size_t limit) {

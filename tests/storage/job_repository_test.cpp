@@ -163,6 +163,66 @@ TYPED_TEST(job_repository_test, local_inputs_are_recorded_with_the_job_and_their
     }
 }
 
+TYPED_TEST(job_repository_test, pruning_leaves_a_tombstone_that_keeps_each_id_taken) {
+    using storage::insert_outcome;
+    this->insert({spec("old"), spec("recent"), spec("waiting"), spec("hooked")});
+    auto finish = [&](const std::string& id, job_state st, time_point at,
+                      std::optional<storage::hook_event> e = std::nullopt) {
+        auto j = this->get(id);
+        j.state = st;
+        j.finished_at = at;
+        j.updated_at = at;
+        j.result = R"({"status":"COMPLETED"})";
+        j.outputs = {"/out/" + id + "/output.png"};
+        this->ok(this->repo->save({{j,
+                                    {{at, std::string(core::to_string(st)), "done", {}}},
+                                    std::nullopt,
+                                    std::nullopt,
+                                    e}}));
+    };
+    // Times are now's: PostgreSQL claims deliveries by its own clock.
+    auto now = time_point(std::chrono::duration_cast<milliseconds>(
+        std::chrono::system_clock::now().time_since_epoch()));
+    auto day = std::chrono::hours(24);
+    finish("old", job_state::completed, now - 40 * day);
+    finish("recent", job_state::failed, now - day);
+    // A completion hook not yet delivered keeps its job.
+    finish("hooked", job_state::completed, now - 40 * day,
+           storage::hook_event{"job.completed", "completed", "{}", {"webhook"}, now - 40 * day});
+    auto cut = now - 30 * day;
+    EXPECT_EQ(this->ok(this->repo->prune(cut, now, 100)), 1);
+    EXPECT_FALSE(this->ok(this->repo->get("old"))) << "a pruned job is gone from every answer";
+    EXPECT_TRUE(this->ok(this->repo->history("old")).empty());
+    for (auto& j : this->ok(this->repo->list({})))
+        EXPECT_NE(j.id, "old");
+    EXPECT_EQ(this->get("recent").state, job_state::failed);
+    EXPECT_EQ(this->get("waiting").state, job_state::pending);
+    EXPECT_EQ(this->get("hooked").state, job_state::completed);
+    auto counts = this->ok(this->repo->counts());
+    EXPECT_EQ((counts[{"pruned", "kling-o1"}]), 1);
+    EXPECT_EQ((counts[{"completed", "kling-o1"}]), 1); // hooked
+    // The id stays taken: the same job again is a no-op, another job with it a conflict.
+    EXPECT_EQ(this->insert({spec("old")}), std::vector{insert_outcome::same_content});
+    EXPECT_EQ(this->insert({spec("old", R"({"prompt":"other"})")}),
+              std::vector{insert_outcome::conflict});
+    EXPECT_EQ(this->insert({spec("old", R"({"prompt":"p"})", 5)}),
+              std::vector{insert_outcome::conflict});
+    EXPECT_FALSE(this->ok(this->repo->get("old")));
+    // Nothing left to prune; a delivered hook frees its job.
+    EXPECT_EQ(this->ok(this->repo->prune(cut, now, 100)), 0);
+    auto taken = this->ok(this->repo->take_due_deliveries(now, now + seconds(60), "webhook", 10));
+    ASSERT_EQ(taken.size(), 1u);
+    taken[0].outcome = "delivered";
+    this->ok(this->repo->finish_delivery(taken[0]));
+    EXPECT_EQ(this->ok(this->repo->prune(cut, now, 100)), 1);
+    EXPECT_TRUE(this->ok(this->repo->deliveries_of("hooked")).empty());
+    if constexpr (TypeParam::durable) {
+        this->repo = TypeParam::open(this->dir);
+        EXPECT_EQ(this->insert({spec("hooked")}), std::vector{insert_outcome::same_content});
+        EXPECT_FALSE(this->ok(this->repo->get("hooked")));
+    }
+}
+
 TYPED_TEST(job_repository_test, a_final_state_writes_its_hook_deliveries_in_the_same_commit) {
     // Claims are timed by the database's clock on PostgreSQL: times here are now.
     auto now = time_point(std::chrono::duration_cast<milliseconds>(
