@@ -24,13 +24,30 @@ namespace {
 
 core::error unreachable(const std::string& socket, const boost::system::error_code& ec,
                         bool connected) {
-    if (!connected)
+    namespace errc = boost::system::errc;
+    if (connected)
         return {core::errc::unreachable,
-                fmt::format("cannot reach klingd at {}: {} (is klingd running? is your user in "
-                            "the socket's group? set --socket or $KLINGD_SOCKET)",
+                fmt::format("klingd at {} did not answer: {} (busy or stuck? see `journalctl "
+                            "-u klingd`)",
                             socket, ec.message())};
-    return {core::errc::unreachable,
-            fmt::format("klingd at {} did not answer: {}", socket, ec.message())};
+    std::string hint;
+    if (ec == errc::no_such_file_or_directory)
+        hint = fmt::format("no daemon at {}: is klingd running? try `systemctl status klingd` "
+                           "(or name its socket: --socket PATH or $KLINGD_SOCKET)",
+                           socket);
+    else if (ec == errc::permission_denied)
+        hint = fmt::format("permission denied on {}: is your user in the socket's group? "
+                           "(`sudo usermod -aG klingd $USER`, then log in again)",
+                           socket);
+    else if (ec == errc::connection_refused)
+        hint = fmt::format("nothing answers at {} (a socket left behind: is klingd running? "
+                           "try `systemctl status klingd`)",
+                           socket);
+    else
+        hint = fmt::format("cannot reach klingd at {}: {} (is klingd running? try `systemctl "
+                           "status klingd`; --socket PATH or $KLINGD_SOCKET name another socket)",
+                           socket, ec.message());
+    return {core::errc::unreachable, hint};
 }
 
 http::request<http::string_body> make_request(http::verb method, std::string_view target,

@@ -2,14 +2,19 @@
 // "klingctl"). Exit codes: 0 success, 1 a job failed/expired/was cancelled/was
 // not found (or a request was refused), 2 usage, 3 klingd unreachable, 4 wait timed out.
 #include "client/control_client.hpp"
+#include "config/loader.hpp"
 #include "core/time_text.hpp"
+#include "daemon/job_file.hpp"
+#include "daemon/local_inputs.hpp"
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fmt/format.h>
 #include <fstream>
 #include <iostream>
@@ -17,6 +22,7 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <sys/stat.h>
 #include <thread>
 #include <unistd.h>
 
@@ -169,7 +175,7 @@ int cmd_submit(client& c, const std::vector<std::string>& files) {
 }
 
 int cmd_list(client& c, const std::string& state, const std::string& model, std::size_t limit,
-             bool as_json) {
+             bool as_json, bool ids_only) {
     json::array all;
     std::string after;
     for (;;) {
@@ -191,6 +197,9 @@ int cmd_list(client& c, const std::string& state, const std::string& model, std:
     }
     if (as_json)
         std::puts(json::serialize(all).c_str());
+    else if (ids_only)
+        for (auto& j : all)
+            std::puts(str(j, "id").c_str());
     else
         print_table(all);
     return exit_ok;
@@ -293,10 +302,37 @@ int cmd_wait(client& c, const std::vector<std::string>& ids, double timeout_s) {
                 final[id] = outcome_of(r.body);
         }
     };
+    // On a terminal, a progress line on stderr (rewritten in place); nothing when piped.
+    bool tty = ::isatty(2) == 1;
+    std::size_t shown = static_cast<std::size_t>(-1);
+    auto progress = [&] {
+        if (!tty || final.size() == shown)
+            return;
+        shown = final.size();
+        std::size_t failed = 0;
+        for (auto& [id, outcome] : final)
+            failed += outcome != "completed";
+        std::fprintf(stderr, "\r\033[Kwaiting: %zu/%zu done, %zu not completed", final.size(),
+                     wanted.size(), failed);
+        std::fflush(stderr);
+    };
+    auto clear_progress = [&] {
+        if (tty && shown != static_cast<std::size_t>(-1))
+            std::fprintf(stderr, "\r\033[K");
+    };
+    // Gave up: what each job came to, or that it still runs.
+    auto timed_out = [&] {
+        clear_progress();
+        for (auto& id : ids)
+            std::printf("%s: %s\n", id.c_str(),
+                        final.count(id) ? final[id].c_str() : "still running");
+        return exit_timeout;
+    };
     bool said_polling = false;
     while (final.size() < wanted.size()) {
         auto sub = subscribe(c, ids);
         read_states();
+        progress();
         bool overflowed = false;
         if (!sub) {
             // No stream to follow: the states are read once a second, then a stream is asked
@@ -308,12 +344,8 @@ int cmd_wait(client& c, const std::vector<std::string>& ids, double timeout_s) {
             if (final.size() == wanted.size())
                 break;
             auto left = deadline - std::chrono::steady_clock::now();
-            if (timeout_s > 0 && left <= std::chrono::steady_clock::duration::zero()) {
-                for (auto& id : ids)
-                    if (!final.count(id))
-                        std::printf("%s: still running\n", id.c_str());
-                return exit_timeout;
-            }
+            if (timeout_s > 0 && left <= std::chrono::steady_clock::duration::zero())
+                return timed_out();
             std::this_thread::sleep_for(
                 timeout_s > 0
                     ? std::min<std::chrono::steady_clock::duration>(left, std::chrono::seconds(1))
@@ -325,12 +357,8 @@ int cmd_wait(client& c, const std::vector<std::string>& ids, double timeout_s) {
             if (timeout_s > 0) {
                 left = std::chrono::ceil<std::chrono::milliseconds>(
                     deadline - std::chrono::steady_clock::now());
-                if (left.count() <= 0) {
-                    for (auto& id : ids)
-                        if (!final.count(id))
-                            std::printf("%s: still running\n", id.c_str());
-                    return exit_timeout;
-                }
+                if (left.count() <= 0)
+                    return timed_out();
             }
             // Quiet for a while (or a heartbeat): read the states again, in case a change
             // came before the stream could show it.
@@ -339,16 +367,20 @@ int cmd_wait(client& c, const std::vector<std::string>& ids, double timeout_s) {
                 throw unreachable(ev.error().message());
             if (!*ev || str(**ev, "type") == "heartbeat") {
                 read_states();
+                progress();
                 continue;
             }
             const auto& v = **ev;
             if (str(v, "type") == "overflow")
                 overflowed = true;
             else if (str(v, "type") == "job" && wanted.count(str(v, "id")) &&
-                     terminal(str(v, "state")))
+                     terminal(str(v, "state"))) {
                 final.emplace(str(v, "id"), outcome_of(v));
+                progress();
+            }
         }
     }
+    clear_progress();
     int rc = exit_ok;
     for (auto& id : ids) {
         std::printf("%s: %s\n", id.c_str(), final[id].c_str());
@@ -497,12 +529,121 @@ int cmd_nodes(client& c, bool as_json) {
 }
 
 // The command line: each subcommand and what it takes.
+// validate: each job file judged offline by the spool's own rules (daemon/job_file), and
+// with a configuration its local files by its [inputs]: one line each, "NAME: ok ..." or
+// "NAME: REASON" as the spool's .error file says it. No socket, no daemon.
+int cmd_validate(const std::vector<std::string>& files, const std::string& config_path) {
+    namespace cfg = klingd::config;
+    std::optional<cfg::settings> settings;
+    if (!config_path.empty()) {
+        auto r = cfg::load_settings(config_path, cfg::process_environment(), cfg::secrets::skip);
+        if (!r.value) {
+            for (auto& e : r.errors)
+                std::fprintf(stderr, "klingctl: %s\n", e.c_str());
+            return exit_usage;
+        }
+        settings = std::move(*r.value);
+    }
+    std::uint64_t max_bytes =
+        settings ? settings->spool.max_file_bytes : cfg::spool_settings{}.max_file_bytes;
+    int rc = exit_ok;
+    bool unchecked_inputs = false;
+    for (auto& path : files) {
+        auto slash = path.find_last_of('/');
+        std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+        auto shown = klingd::daemon::printable(name);
+        auto bad = [&](const std::string& why) {
+            auto line = fmt::format("{}: {}", shown, why);
+            std::replace(line.begin(), line.end(), '\n', ' ');
+            std::puts(line.c_str());
+            rc = exit_job;
+        };
+        struct stat st {};
+        if (::lstat(path.c_str(), &st) != 0) {
+            bad(fmt::format("cannot be read: {}", std::strerror(errno)));
+            continue;
+        }
+        if (S_ISLNK(st.st_mode)) {
+            bad("is a symbolic link; put the job file itself into incoming/");
+            continue;
+        }
+        if (!S_ISREG(st.st_mode)) {
+            bad("is not a regular file");
+            continue;
+        }
+        if (auto why = klingd::daemon::job_file_problem(
+                name, static_cast<std::uint64_t>(st.st_size), max_bytes)) {
+            bad(*why);
+            continue;
+        }
+        std::ifstream in(path, std::ios::binary);
+        if (!in) {
+            bad(fmt::format("cannot be read: {}", std::strerror(errno)));
+            continue;
+        }
+        std::ostringstream text;
+        text << in.rdbuf();
+        auto job = klingd::daemon::read_job_file(text.str(), name, st.st_nlink);
+        if (!job) {
+            bad(job.error().message());
+            continue;
+        }
+        std::string note;
+        if (!job->local_inputs.empty()) {
+            if (settings) {
+                // As klingd would check them for the file's owner (as far as this user can
+                // see them).
+                auto inputs = klingd::daemon::check_local_inputs(job->local_inputs,
+                                                                 settings->inputs, st.st_uid);
+                if (!inputs) {
+                    bad(inputs.error().message());
+                    continue;
+                }
+                note = fmt::format(", {} local file{} checked", inputs->size(),
+                                   inputs->size() == 1 ? "" : "s");
+            } else {
+                note =
+                    fmt::format(", {} local file{} NOT checked (give --config)",
+                                job->local_inputs.size(), job->local_inputs.size() == 1 ? "" : "s");
+                unchecked_inputs = true;
+            }
+        }
+        std::printf("%s: ok: job %s, model %s%s\n", shown.c_str(), job->id.c_str(),
+                    job->model.c_str(), note.c_str());
+    }
+    if (unchecked_inputs)
+        std::fprintf(stderr, "klingctl: local files (file:// URLs) are checked only against a "
+                             "configuration's [inputs]: klingctl validate --config "
+                             "/etc/klingd/klingd.toml FILE...\n");
+    return rc;
+}
+
+// purge: POST /v1/purge, and what it removed.
+int cmd_purge(client& c, double days) {
+    auto r = c.call(http::verb::post,
+                    with_query("/v1/purge", {{"older_than_days", fmt::format("{}", days)}}));
+    if (r.status != 200) {
+        std::fprintf(stderr, "klingctl: %s\n", error_of(r).c_str());
+        if (r.status == 503 && r.body.is_object())
+            std::fprintf(stderr,
+                         "klingctl: done before that: %s finished jobs pruned, %s spool "
+                         "files removed\n",
+                         str(r.body, "jobs_pruned").c_str(),
+                         str(r.body, "spool_files_removed").c_str());
+        return exit_job;
+    }
+    std::printf("%s finished jobs pruned, %s spool files removed\n",
+                str(r.body, "jobs_pruned").c_str(), str(r.body, "spool_files_removed").c_str());
+    return exit_ok;
+}
+
 struct command_line {
     std::string socket =
         std::getenv("KLINGD_SOCKET") ? std::getenv("KLINGD_SOCKET") : "/run/klingd/klingd.sock";
     std::vector<std::string> files, ids;
     std::string id, state, model;
     bool as_json = false;
+    bool quiet = false;
     double timeout = 0;
     std::size_t limit = 0;
     CLI::App* submit = nullptr;
@@ -516,6 +657,10 @@ struct command_line {
     CLI::App* watch = nullptr;
     CLI::App* stats = nullptr;
     CLI::App* nodes = nullptr;
+    CLI::App* validate = nullptr;
+    CLI::App* purge = nullptr;
+    double older_than_days = -1;
+    std::string config_path;
 
     void define(CLI::App& app) {
         app.require_subcommand(1);
@@ -529,6 +674,7 @@ struct command_line {
         list->add_option("--model", model, "only jobs of this model");
         list->add_option("--limit", limit, "at most this many");
         list->add_flag("--json", as_json, "print the JSON array of job objects");
+        list->add_flag("-q,--quiet", quiet, "print only the ids, one a line");
         show = app.add_subcommand("show", "one job, with its history");
         show->add_option("ID", id, "job id")->required();
         show->add_flag("--json", as_json, "print the job object");
@@ -551,6 +697,19 @@ struct command_line {
         nodes = app.add_subcommand("nodes",
                                    "the cluster's nodes: live or not, last heartbeat, jobs held");
         nodes->add_flag("--json", as_json, "print the JSON");
+        purge = app.add_subcommand("purge",
+                                   "prune finished jobs and remove spool files older than DAYS now "
+                                   "(jobs.keep_finished_days and spool.keep_days do it hourly)");
+        purge->add_option("--older-than", older_than_days, "DAYS (0 or more; may be fractional)")
+            ->required()
+            ->check(CLI::Range(0.0, 36500.0));
+        validate = app.add_subcommand(
+            "validate", "check job files offline by klingd's own rules (no daemon needed); "
+                        "exit 0 when all are valid, 1 otherwise");
+        validate->add_option("FILE", files, "job files")->required();
+        validate->add_option("--config", config_path,
+                             "check file:// inputs against this configuration's [inputs] (and "
+                             "its spool.max_file_bytes)");
     }
 
     // Runs the chosen subcommand; throws unreachable when klingd cannot be reached.
@@ -558,7 +717,7 @@ struct command_line {
         if (*submit)
             return cmd_submit(c, files);
         if (*list)
-            return cmd_list(c, state, model, limit, as_json);
+            return cmd_list(c, state, model, limit, as_json, quiet);
         if (*show)
             return cmd_show(c, id, as_json);
         if (*wait)
@@ -577,6 +736,10 @@ struct command_line {
             return cmd_watch(c, ids, as_json);
         if (*nodes)
             return cmd_nodes(c, as_json);
+        if (*validate)
+            return cmd_validate(files, config_path);
+        if (*purge)
+            return cmd_purge(c, older_than_days);
         return exit_usage;
     }
 };

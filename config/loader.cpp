@@ -283,6 +283,49 @@ void parse_upload_url(context& c, const toml::node& n, inputs_settings& in) {
     in.upload_url = *v;
 }
 
+void parse_metrics_listen(context& c, const toml::node& n, metrics_settings& m) {
+    constexpr std::string_view key = "metrics.listen";
+    auto v = read_string(c, n, key);
+    if (!v)
+        return;
+    if (v->empty()) {
+        m = {};
+        return;
+    }
+    auto bad = [&](std::string_view why) {
+        c.error(n, key,
+                fmt::format("\"{}\" {}: write ADDRESS:PORT with an IP address, as "
+                            "\"127.0.0.1:9464\" or \"[::1]:9464\"",
+                            v->substr(0, 100), why));
+    };
+    std::string address, port;
+    if (v->front() == '[') {
+        auto close = v->find("]:");
+        if (close == std::string::npos)
+            return bad("has no ]:PORT after the IPv6 address");
+        address = v->substr(1, close - 1);
+        port = v->substr(close + 2);
+        if (!boost::urls::parse_ipv6_address(address))
+            return bad("does not hold an IPv6 address in its brackets");
+    } else {
+        auto colon = v->rfind(':');
+        if (colon == std::string::npos)
+            return bad("has no port");
+        address = v->substr(0, colon);
+        port = v->substr(colon + 1);
+        if (!boost::urls::parse_ipv4_address(address))
+            return bad("does not start with an IPv4 address (an IPv6 one goes in brackets; "
+                       "no host names)");
+    }
+    if (port.empty() || port.size() > 5 ||
+        !std::all_of(port.begin(), port.end(), [](char ch) { return ch >= '0' && ch <= '9'; }) ||
+        std::stoi(port) > 65535)
+        return bad("does not end with a port from 0 to 65535");
+    m.listen = *v;
+    m.address = address;
+    m.port = static_cast<std::uint16_t>(std::stoi(port));
+}
+
 void parse_hook_command(context& c, const toml::node& n, hooks_settings& h) {
     constexpr std::string_view key = "hooks.command";
     auto* a = n.as_array();
@@ -517,6 +560,9 @@ const key_rule spool_keys[] = {
     {"max_file_bytes", [](context& c, const toml::node& n, settings& s) {
         if (auto v = read_integer(c, n, "spool.max_file_bytes", 64, std::int64_t{64} << 20)) s.spool.max_file_bytes = static_cast<std::uint64_t>(*v);
     }},
+    {"keep_days", [](context& c, const toml::node& n, settings& s) {
+        if (auto v = read_integer(c, n, "spool.keep_days", 0, 36500)) s.spool.keep_days = static_cast<int>(*v);
+    }},
 };
 const key_rule output_keys[] = {
     {"directory", [](context& c, const toml::node& n, settings& s) { assign(read_path(c, n, "output.directory"), s.output.directory); }},
@@ -535,6 +581,9 @@ const key_rule control_keys[] = {
     }},
     {"socket_mode", [](context& c, const toml::node& n, settings& s) { parse_socket_mode(c, n, s.control); }},
 };
+const key_rule metrics_keys[] = {
+    {"listen", [](context& c, const toml::node& n, settings& s) { parse_metrics_listen(c, n, s.metrics); }},
+};
 const key_rule jobs_keys[] = {
     {"max_in_flight", [](context& c, const toml::node& n, settings& s) {
         if (auto v = read_integer(c, n, "jobs.max_in_flight", 0, 1000000)) s.jobs.max_in_flight = static_cast<int>(*v);
@@ -543,6 +592,9 @@ const key_rule jobs_keys[] = {
     {"min_poll_interval_s", [](context& c, const toml::node& n, settings& s) { assign(read_seconds(c, n, "jobs.min_poll_interval_s", 86400), s.jobs.min_poll_interval_s); }},
     {"max_poll_interval_s", [](context& c, const toml::node& n, settings& s) { assign(read_seconds(c, n, "jobs.max_poll_interval_s", 86400), s.jobs.max_poll_interval_s); }},
     {"resubmit_unknown", [](context& c, const toml::node& n, settings& s) { assign(read_bool(c, n, "jobs.resubmit_unknown"), s.jobs.resubmit_unknown); }},
+    {"keep_finished_days", [](context& c, const toml::node& n, settings& s) {
+        if (auto v = read_integer(c, n, "jobs.keep_finished_days", 0, 36500)) s.jobs.keep_finished_days = static_cast<int>(*v);
+    }},
 };
 const key_rule spend_keys[] = {
     {"daily_limit", [](context& c, const toml::node& n, settings& s) { if (auto v = read_money(c, n, "spend.daily_limit")) s.spend.daily_limit_micro = *v; }},
@@ -585,10 +637,10 @@ struct section_rule {
 };
 
 const section_rule sections[] = {
-    {"api", api_keys},     {"storage", storage_keys}, {"cluster", cluster_keys},
-    {"spool", spool_keys}, {"output", output_keys},   {"control", control_keys},
-    {"jobs", jobs_keys},   {"spend", spend_keys},     {"inputs", inputs_keys},
-    {"hooks", hooks_keys},
+    {"api", api_keys},         {"storage", storage_keys}, {"cluster", cluster_keys},
+    {"spool", spool_keys},     {"output", output_keys},   {"control", control_keys},
+    {"metrics", metrics_keys}, {"jobs", jobs_keys},       {"spend", spend_keys},
+    {"inputs", inputs_keys},   {"hooks", hooks_keys},
 };
 
 std::string known_names(std::span<const key_rule> keys) {
@@ -624,6 +676,9 @@ void parse_section(context& c, const section_rule& rule, const toml::node& node,
     }
 }
 
+// The keys of a [models."<slug>"] table.
+constexpr std::string_view model_keys[] = {"expected_duration_s", "price"};
+
 void parse_models(context& c, const toml::node& node, settings& s, std::size_t line) {
     auto table = node.as_table();
     if (!table) {
@@ -657,7 +712,7 @@ void parse_models(context& c, const toml::node& node, settings& s, std::size_t l
             }
             if (k.str() != "expected_duration_s") {
                 c.error(k.source().begin.line, full,
-                        "unknown key (known: expected_duration_s, price)");
+                        fmt::format("unknown key (known: {}, {})", model_keys[0], model_keys[1]));
                 continue;
             }
             assign(read_seconds(c, mv, full, 86400), m.expected_duration_s);
@@ -876,7 +931,7 @@ env_lookup process_environment() {
 }
 
 load_result parse_settings(std::string_view toml_text, const std::string& source_path,
-                           const env_lookup& env) {
+                           const env_lookup& env, secrets how) {
     context c;
     c.file = source_path;
     settings s;
@@ -917,7 +972,7 @@ load_result parse_settings(std::string_view toml_text, const std::string& source
         if (sec == std::end(sections)) {
             c.error(line, k.str(),
                     "unknown key or table (known: log_level, [api], [storage], [cluster], [spool], "
-                    "[output], [control], [jobs], [spend], [inputs], [hooks], "
+                    "[output], [control], [metrics], [jobs], [spend], [inputs], [hooks], "
                     "[models.\"<slug>\"])");
             continue;
         }
@@ -926,11 +981,12 @@ load_result parse_settings(std::string_view toml_text, const std::string& source
 
     if (c.errors.empty())
         check_cross_rules(c, s);
-    if (c.errors.empty())
+    bool secrets_too = how == secrets::read;
+    if (c.errors.empty() && secrets_too)
         find_api_key(c, s, env);
-    if (c.errors.empty() && !s.storage.postgresql.empty())
+    if (c.errors.empty() && secrets_too && !s.storage.postgresql.empty())
         find_postgresql_password(c, s, env);
-    if (c.errors.empty() && !s.hooks.webhook_secret_file.empty())
+    if (c.errors.empty() && secrets_too && !s.hooks.webhook_secret_file.empty())
         read_webhook_secret(c, s);
     if (c.errors.empty() && s.cluster.node.empty()) {
         char host[256] = {};
@@ -951,7 +1007,7 @@ load_result parse_settings(std::string_view toml_text, const std::string& source
     return r;
 }
 
-load_result load_settings(const std::string& path, const env_lookup& env) {
+load_result load_settings(const std::string& path, const env_lookup& env, secrets how) {
     std::ifstream in(path, std::ios::binary);
     if (!in)
         return {std::nullopt,
@@ -960,7 +1016,17 @@ load_result load_settings(const std::string& path, const env_lookup& env) {
     std::ostringstream buf;
     buf << in.rdbuf();
     std::string abs = fs::absolute(path).lexically_normal().string();
-    return parse_settings(buf.str(), abs, env);
+    return parse_settings(buf.str(), abs, env, how);
+}
+
+std::vector<std::string> known_keys() {
+    std::vector<std::string> out{"log_level"};
+    for (auto& sec : sections)
+        for (auto& k : sec.keys)
+            out.push_back(fmt::format("{}.{}", sec.name, k.name));
+    for (auto k : model_keys)
+        out.push_back(fmt::format("models.SLUG.{}", k));
+    return out;
 }
 
 std::string render_settings(const settings& s) {
@@ -995,18 +1061,22 @@ std::string render_settings(const settings& s) {
     o += "\n[spool]\n";
     line("directory", quote(s.spool.directory));
     line("max_file_bytes", std::to_string(s.spool.max_file_bytes));
+    line("keep_days", std::to_string(s.spool.keep_days));
     o += "\n[output]\n";
     line("directory", quote(s.output.directory));
     line("max_download_bytes", std::to_string(s.output.max_download_bytes));
     o += "\n[control]\n";
     line("socket", quote(s.control.socket));
     line("socket_mode", quote(fmt::format("{:04o}", s.control.socket_mode)));
+    o += "\n[metrics]\n";
+    line("listen", quote(s.metrics.listen));
     o += "\n[jobs]\n";
     line("max_in_flight", std::to_string(s.jobs.max_in_flight));
     line("result_retention_s", num(s.jobs.result_retention_s));
     line("min_poll_interval_s", num(s.jobs.min_poll_interval_s));
     line("max_poll_interval_s", num(s.jobs.max_poll_interval_s));
     line("resubmit_unknown", s.jobs.resubmit_unknown ? "true" : "false");
+    line("keep_finished_days", std::to_string(s.jobs.keep_finished_days));
     o += "\n[spend]\n";
     line("daily_limit", core::money_text(s.spend.daily_limit_micro));
     line("monthly_limit", core::money_text(s.spend.monthly_limit_micro));

@@ -47,12 +47,14 @@ std::vector<std::string> apply_reload(settings& cur, const settings& fresh) {
     d.restart_only("cluster.takeover_s", cur.cluster.takeover_s, fresh.cluster.takeover_s);
     d.restart_only("spool.directory", cur.spool.directory, fresh.spool.directory);
     d.apply("spool.max_file_bytes", cur.spool.max_file_bytes, fresh.spool.max_file_bytes);
+    d.apply("spool.keep_days", cur.spool.keep_days, fresh.spool.keep_days);
     d.restart_only("output.directory", cur.output.directory, fresh.output.directory);
     d.apply("output.max_download_bytes", cur.output.max_download_bytes,
             fresh.output.max_download_bytes);
     d.restart_only("control.socket", cur.control.socket, fresh.control.socket);
     d.restart_only("control.socket_mode", fmt::format("{:04o}", cur.control.socket_mode),
                    fmt::format("{:04o}", fresh.control.socket_mode));
+    d.restart_only("metrics.listen", cur.metrics.listen, fresh.metrics.listen);
     d.apply("jobs.max_in_flight", cur.jobs.max_in_flight, fresh.jobs.max_in_flight);
     d.apply("jobs.result_retention_s", cur.jobs.result_retention_s, fresh.jobs.result_retention_s);
     d.apply("jobs.min_poll_interval_s", cur.jobs.min_poll_interval_s,
@@ -60,6 +62,7 @@ std::vector<std::string> apply_reload(settings& cur, const settings& fresh) {
     d.apply("jobs.max_poll_interval_s", cur.jobs.max_poll_interval_s,
             fresh.jobs.max_poll_interval_s);
     d.apply("jobs.resubmit_unknown", cur.jobs.resubmit_unknown, fresh.jobs.resubmit_unknown);
+    d.apply("jobs.keep_finished_days", cur.jobs.keep_finished_days, fresh.jobs.keep_finished_days);
     for (auto [key, c, f] : {std::tuple{"spend.daily_limit", &cur.spend.daily_limit_micro,
                                         fresh.spend.daily_limit_micro},
                              std::tuple{"spend.monthly_limit", &cur.spend.monthly_limit_micro,

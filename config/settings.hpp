@@ -51,6 +51,7 @@ struct cluster_settings {
 struct spool_settings {
     std::string directory = "/var/spool/klingd";
     std::uint64_t max_file_bytes = 1u << 20;
+    int keep_days = 30; // files in accepted/ and rejected/ older than this are removed; 0: never
 };
 
 struct output_settings {
@@ -63,12 +64,21 @@ struct control_settings {
     unsigned socket_mode = 0660;
 };
 
+// An HTTP listener serving only GET /metrics and GET /v1/health, for Prometheus (which
+// cannot scrape a Unix socket); the control API stays on the socket.
+struct metrics_settings {
+    std::string listen;     // "ADDRESS:PORT" as given; "": none
+    std::string address;    // the IP address of listen ("::1" for "[::1]:9464")
+    std::uint16_t port = 0; // its port
+};
+
 struct jobs_settings {
     int max_in_flight = 0; // 0: automatic (core::automatic_in_flight)
     double result_retention_s = 3600;
     double min_poll_interval_s = 1;
     double max_poll_interval_s = 60;
     bool resubmit_unknown = false;
+    int keep_finished_days = 30; // finished jobs older than this are pruned; 0: never
 };
 
 struct model_settings {
@@ -118,6 +128,7 @@ struct settings {
     spool_settings spool;
     output_settings output;
     control_settings control;
+    metrics_settings metrics;
     jobs_settings jobs;
     spend_settings spend;
     inputs_settings inputs;

@@ -3,6 +3,7 @@
 
 #include "config/loader.hpp"
 #include "config/reload.hpp"
+#include "daemon/housekeeping.hpp"
 #include "daemon/job_json.hpp"
 #include "runtime/file_lock.hpp"
 #include "runtime/log.hpp"
@@ -92,8 +93,9 @@ application::application(config::settings& s, std::string config_path)
       store_(open_store(with_folders(s), db_lock_)), cluster_(cluster_of(*store_)),
       tls_(make_tls(s.api.ca_file)), client_(io_.get_executor(), tls_, client_options_of(s)),
       engine_(io_, s, *store_, client_, clock_, cluster_), hooks_(io_, s, *store_, tls_, clock_),
-      control_(io_, s, engine_, events_, control_limits_of(s)), spool_(io_, s, engine_),
-      notifier_(io_, engine_), stop_signals_(io_, SIGTERM, SIGINT), reload_signals_(io_, SIGHUP) {
+      control_(io_, s, engine_, events_, control_limits_of(s)), metrics_(io_, s, engine_),
+      spool_(io_, s, engine_), notifier_(io_, engine_), stop_signals_(io_, SIGTERM, SIGINT),
+      reload_signals_(io_, SIGHUP), housekeeping_timer_(io_) {
     engine_.hooks = &hooks_;
     engine_.on_change = [this](const core::job& j, const std::string& note) {
         if (core::is_terminal(j.state) && settings_.hooks.any())
@@ -109,6 +111,7 @@ application::application(config::settings& s, std::string config_path)
         exit_code_ = 1;
         spool_.stop();
         control_.stop();
+        metrics_.stop();
         io_.stop();
     };
 }
@@ -145,6 +148,7 @@ asio::awaitable<void> application::start_up() {
         co_await engine_.start();
         hooks_.start();
         control_.start();
+        metrics_.start();
         spool_.start();
     } catch (const std::exception& e) {
         log::error("cannot start: {}", e.what());
@@ -160,6 +164,7 @@ asio::awaitable<void> application::start_up() {
                          : fmt::format("database {}", settings_.storage.database));
     asio::co_spawn(io_, stop_on_signal(), log::exit_on_exception);
     asio::co_spawn(io_, reload_on_hup(), log::exit_on_exception);
+    asio::co_spawn(io_, housekeeping_loop(engine_, housekeeping_timer_), log::exit_on_exception);
     auto n = co_await spool_.scan();
     if (n > 0)
         log::info("spool: start-up scan looked at {} files", n);
@@ -176,7 +181,9 @@ asio::awaitable<void> application::stop_on_signal() {
     log::notice("signal {}: stopping (requests in flight get a few seconds to finish)", sig);
     spool_.stop();
     control_.stop();
+    metrics_.stop();
     hooks_.stop();
+    housekeeping_timer_.cancel();
     asio::co_spawn(
         io_,
         [this]() -> asio::awaitable<void> {

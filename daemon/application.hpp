@@ -10,6 +10,7 @@
 #include "daemon/event_hub.hpp"
 #include "daemon/hooks.hpp"
 #include "daemon/http_client.hpp"
+#include "daemon/metrics_server.hpp"
 #include "daemon/service_notifier.hpp"
 #include "daemon/spool.hpp"
 #include "runtime/file_lock.hpp"
@@ -20,6 +21,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/ssl/context.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -71,11 +73,13 @@ private:
     hook_runner hooks_;
     event_hub events_;
     control_server control_;
+    metrics_server metrics_;
     spool spool_;
     service_notifier notifier_;
     // Made with the application, so no signal finds its default action once klingd runs.
     boost::asio::signal_set stop_signals_;
     boost::asio::signal_set reload_signals_;
+    boost::asio::steady_timer housekeeping_timer_;
 };
 
 } // namespace klingd::daemon

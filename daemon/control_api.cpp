@@ -5,6 +5,7 @@
 #include "core/money.hpp"
 #include "core/time_text.hpp"
 #include "core/utf8.hpp"
+#include "daemon/housekeeping.hpp"
 #include "daemon/job_json.hpp"
 #include "runtime/log.hpp"
 
@@ -234,6 +235,15 @@ asio::awaitable<control_response> post_job(const control_request& req, engine& e
                         "the life of the database)",
                         parsed->id));
     auto j = co_await e.find(parsed->id);
+    if (j && !*j && out->front() == storage::insert_outcome::same_content)
+        // The same job ran long ago and was pruned (its tombstone keeps the id): nothing to
+        // do, as for any repeat; there is no job object left to show.
+        co_return json_response(
+            req.version(), http::status::ok,
+            json::object{{"id", parsed->id},
+                         {"pruned", true},
+                         {"note", "this job was recorded before and has since been pruned "
+                                  "(jobs.keep_finished_days); its id stays taken"}});
     if (!j || !*j)
         co_return store_unavailable(
             req, j ? core::error(core::errc::job_not_found, "the job just recorded") : j.error());
@@ -409,6 +419,15 @@ std::string render_metrics(engine& e, const storage::state_model_counts* counts,
     family("klingd_oldest_pending_job_age_seconds", "gauge",
            "How long the oldest pending job has waited.");
     out += fmt::format("klingd_oldest_pending_job_age_seconds {}\n", e.oldest_pending_age_s());
+    family("klingd_oldest_unfetched_request_age_seconds", "gauge",
+           "Seconds since the API accepted the oldest request whose result is not fetched yet "
+           "(lost once it passes klingd_result_retention_seconds).");
+    out +=
+        fmt::format("klingd_oldest_unfetched_request_age_seconds {}\n", e.oldest_unfetched_age_s());
+    family("klingd_result_retention_seconds", "gauge",
+           "jobs.result_retention_s: how long the API keeps a request after its submission.");
+    out +=
+        fmt::format("klingd_result_retention_seconds {}\n", e.settings().jobs.result_retention_s);
     family("klingd_submissions_paused", "gauge", "1 while submissions are paused.");
     out += fmt::format("klingd_submissions_paused {}\n", e.paused() ? 1 : 0);
     family("klingd_submissions_blocked", "gauge",
@@ -566,6 +585,44 @@ asio::awaitable<control_response> pause_or_resume(const control_request& req, en
     co_return json_response(req.version(), http::status::ok, json::object{{"paused", e.paused()}});
 }
 
+// POST /v1/purge?older_than_days=N: housekeeping now, with N days for both the finished
+// jobs and the spool's files.
+asio::awaitable<control_response> purge(const control_request& req, engine& e,
+                                        const peer_info& peer, const target& t) {
+    std::optional<double> days;
+    for (auto& [k, v] : t.query) {
+        if (k != "older_than_days")
+            co_return error_response(
+                req.version(), http::status::bad_request,
+                fmt::format("unknown query parameter \"{}\" (known: older_than_days)",
+                            k.substr(0, 40)));
+        char* end = nullptr;
+        double d = std::strtod(v.c_str(), &end);
+        if (v.empty() || end != v.c_str() + v.size() || !(d >= 0) || d > 36500)
+            co_return error_response(
+                req.version(), http::status::bad_request,
+                fmt::format("older_than_days \"{}\" is not a number of days from 0 to 36500",
+                            v.substr(0, 40)));
+        days = d;
+    }
+    if (!days)
+        co_return error_response(req.version(), http::status::bad_request,
+                                 "older_than_days is required: what finished (or was filed) "
+                                 "that many days ago or earlier is removed");
+    auto r = co_await housekeep(e, days, days);
+    log::notice("purge by pid {} uid {}: {} finished jobs pruned, {} spool files removed (older "
+                "than {} days){}",
+                peer.pid, peer.uid, r.jobs_pruned, r.spool_files_removed, *days,
+                r.error.empty() ? "" : "; " + r.error);
+    json::object o{{"jobs_pruned", r.jobs_pruned},
+                   {"spool_files_removed", static_cast<std::int64_t>(r.spool_files_removed)}};
+    if (!r.error.empty()) {
+        o["error"] = core::valid_utf8(r.error);
+        co_return json_response(req.version(), http::status::service_unavailable, o);
+    }
+    co_return json_response(req.version(), http::status::ok, o);
+}
+
 // GET /v1/events[?id=ID]: a stream the server writes, not an answer.
 control_outcome events(const control_request& req, const target& t) {
     event_stream s;
@@ -614,6 +671,9 @@ const route routes[] = {
     }},
     {http::verb::post, {"v1", "resume"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
         co_return co_await pause_or_resume(req, e, p, false);
+    }},
+    {http::verb::post, {"v1", "purge"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
+        co_return co_await purge(req, e, p, t);
     }},
     {http::verb::get, {"v1", "nodes"}, [](KLINGD_ROUTE_ARGS) -> asio::awaitable<control_outcome> {
         co_return co_await list_nodes(req, e);

@@ -1129,6 +1129,30 @@ double engine::oldest_pending_age_s() {
     return oldest ? std::chrono::duration<double>(now() - *oldest).count() : 0.0;
 }
 
+asio::awaitable<core::result<std::int64_t>> engine::prune(core::time_point finished_before) {
+    co_await flush(); // a final state still deferred is written (and judged) first
+    constexpr std::size_t batch = 1000;
+    std::int64_t total = 0;
+    for (;;) {
+        auto n = co_await repo_.prune(finished_before, clock_.wall_now(), batch);
+        if (!n)
+            co_return n.error();
+        total += *n;
+        if (*n < static_cast<std::int64_t>(batch) || stopping_)
+            break;
+    }
+    co_return total;
+}
+
+double engine::oldest_unfetched_age_s() {
+    std::optional<core::time_point> oldest;
+    for (auto& [id, j] : active_)
+        if (j.submitted_at && !j.result && !core::is_terminal(j.state) &&
+            (!oldest || *j.submitted_at < *oldest))
+            oldest = *j.submitted_at;
+    return oldest ? std::chrono::duration<double>(now() - *oldest).count() : 0.0;
+}
+
 namespace {
 core::error no_such_job(const std::string& id) {
     return {core::errc::job_not_found, fmt::format("no job \"{}\"", id.substr(0, 128))};

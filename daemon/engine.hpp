@@ -125,6 +125,9 @@ public:
     boost::asio::awaitable<core::result<storage::state_model_counts>> count_by_state_and_model();
     // Seconds the oldest pending job has waited; 0 when none waits.
     double oldest_pending_age_s();
+    // Seconds since the API accepted the oldest request whose result klingd has not fetched
+    // yet (it is lost jobs.result_retention_s after that); 0 when none.
+    double oldest_unfetched_age_s();
     void note_invalid_file() { ++stats_.intake_invalid; }
 
     const clock& time() const { return clock_; }
@@ -132,6 +135,11 @@ public:
     // How long the checks of a job's local files (and the read of one for its upload) may
     // take before they are given up; a slow or hung mount costs a thread, not the loop.
     static constexpr std::chrono::seconds input_work_deadline{120};
+    // Housekeeping: every job finished before finished_before (wall clock) is pruned,
+    // leaving its tombstone (storage's prune); how many.
+    boost::asio::awaitable<core::result<std::int64_t>> prune(core::time_point finished_before);
+    // The pool for blocking file work of the daemon's (checks, uploads, the spool's cleanup).
+    blocking_pool& file_work() { return input_work_; }
     // check_local_inputs off the event loop, within input_work_deadline: the inputs, or
     // errc::invalid_job saying what is wrong or that the check did not end in time.
     boost::asio::awaitable<core::result<std::vector<core::local_input>>>

@@ -59,18 +59,6 @@ void restore_dir(const std::string& path) {
     }
 }
 
-// What a file name looks like in a one-line message: control characters escaped.
-std::string printable(const std::string& s) {
-    std::string out;
-    for (unsigned char c : s.substr(0, 200)) {
-        if (c < 0x20 || c == 0x7f)
-            out += fmt::format("\\x{:02x}", c);
-        else
-            out += static_cast<char>(c);
-    }
-    return out;
-}
-
 } // namespace
 
 spool::spool(asio::io_context& io, const config::settings& s, engine& e)
@@ -404,22 +392,15 @@ spool::candidate spool::read_candidate(const std::string& name) const {
     // On this descriptor: no second open. Another user's file: the kernel will not say.
     if (lease_free(f.fd) == false)
         return busy{};
-    if (!name.ends_with(".json"))
-        return rejection{"only *.json files are taken (write to a .tmp or dot name, then rename "
-                         "to NAME.json)"};
-    if (static_cast<std::uint64_t>(st.st_size) > settings_.spool.max_file_bytes)
-        return rejection{fmt::format("the file is {} bytes; spool.max_file_bytes allows {}",
-                                     st.st_size, settings_.spool.max_file_bytes)};
-    auto parsed = core::parse_job_spec(read_all(f.fd, static_cast<std::size_t>(st.st_size)),
-                                       name.substr(0, name.size() - 5));
+    if (auto why = job_file_problem(name, static_cast<std::uint64_t>(st.st_size),
+                                    settings_.spool.max_file_bytes))
+        return rejection{std::move(*why)};
+    auto parsed =
+        read_job_file(read_all(f.fd, static_cast<std::size_t>(st.st_size)), name, st.st_nlink);
     taken_file file{name,           st.st_dev,     st.st_ino, static_cast<std::int64_t>(st.st_size),
                     ns(st.st_mtim), ns(st.st_ctim)};
     if (!parsed)
         return rejection{parsed.error().message(), std::move(file)};
-    if (!parsed->local_inputs.empty() && st.st_nlink != 1)
-        return rejection{"names local files but has more than one name (a hard link): its "
-                         "owner cannot be told; write the job file itself",
-                         std::move(file)};
     return job_file{std::move(*parsed), std::move(file), st.st_uid};
 }
 

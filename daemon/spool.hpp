@@ -9,6 +9,7 @@
 #include "config/settings.hpp"
 #include "core/job_spec.hpp"
 #include "daemon/engine.hpp"
+#include "daemon/job_file.hpp"
 #include "runtime/async_lane.hpp"
 
 #include <boost/asio/awaitable.hpp>

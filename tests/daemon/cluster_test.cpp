@@ -215,6 +215,10 @@ TEST_F(cluster, three_nodes_one_killed_for_good_every_job_ends_and_none_is_submi
         EXPECT_EQ(metric_value(m.text, "klingd_cluster_jobs_held"), 0) << m.text;
         EXPECT_GT(metric_value(m.text, "klingd_cluster_claim_seconds_left").value_or(0), 0);
         taken_over += metric_value(m.text, "klingd_cluster_jobs_taken_over_total").value_or(-1e9);
+        // A cluster node exports every family: promtool passes it, and the dashboard and
+        // the alerting rules use nothing else.
+        expect_promtool_clean(m.text);
+        expect_ops_kit_covered_by(m.text);
     }
     EXPECT_GT(taken_over, 0);
     EXPECT_EQ(nodes[0]->stop(), 0);

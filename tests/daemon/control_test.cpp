@@ -284,6 +284,7 @@ TEST_F(control_test, metrics_is_strict_prometheus_text) {
     EXPECT_NE(all.substr(0, split).find("text/plain; version=0.0.4"), std::string::npos);
     std::string text = all.substr(split + 4);
     expect_prometheus(text);
+    expect_promtool_clean(text);
     EXPECT_NE(text.find("klingd_jobs{state=\"completed\",model=\"kling-o1\"} 1"), std::string::npos)
         << text;
     EXPECT_NE(text.find("klingd_api_requests_total{kind=\"submit\",code=\"200\"} 1"),
@@ -553,6 +554,85 @@ TEST_F(control_test, klingctl_watch_follows_changes_until_the_jobs_finish) {
     std::string out = watch.stdout_text();
     for (auto s : {"submitting", "queued", "completed"})
         EXPECT_NE(out.find(s), std::string::npos) << out;
+}
+
+} // namespace
+
+namespace {
+
+// curl's answer to one request: the status line's code and the body.
+std::pair<int, std::string> curl_http(const std::string& method, const std::string& url) {
+    child_process curl(
+        "/usr/bin/curl",
+        {"-s", "-X", method, "-o", "-", "-w", "\n%{http_code}", "--max-time", "10", url}, {},
+        "curl");
+    EXPECT_EQ(curl.wait(20s).value_or(-1), 0) << curl.stderr_text();
+    auto out = curl.stdout_text();
+    auto nl = out.rfind('\n');
+    return {std::atoi(out.c_str() + nl + 1), out.substr(0, nl)};
+}
+
+TEST(metrics_listener, serves_metrics_and_health_over_tcp_and_nothing_else) {
+    daemon_options o;
+    o.extra_toml = "\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
+    daemon_env env(o);
+    env.start();
+    // The port taken, from the log line that says where it listens.
+    std::string at;
+    ASSERT_TRUE(eventually(
+        [&] {
+            auto log = env.log();
+            auto p = log.find("metrics: serving GET /metrics and /v1/health on ");
+            if (p == std::string::npos)
+                return false;
+            auto from = p + std::string("metrics: serving GET /metrics and /v1/health on ").size();
+            at = log.substr(from, log.find('\n', from) - from);
+            return true;
+        },
+        10s))
+        << env.log();
+    ASSERT_EQ(at.rfind("127.0.0.1:", 0), 0u) << at;
+    env.drop("m.json", image_job("m"));
+    ASSERT_TRUE(env.wait_terminal({"m"}, 30s));
+    auto [status, body] = curl_http("GET", "http://" + at + "/metrics");
+    EXPECT_EQ(status, 200);
+    expect_prometheus(body);
+    EXPECT_NE(body.find("klingd_jobs{state=\"completed\",model=\"kling-o1\"} 1"), std::string::npos)
+        << body;
+    EXPECT_EQ(curl_http("GET", "http://" + at + "/v1/health").first, 200);
+    // The control API is not there: no list, no pause, no job.
+    auto jobs = curl_http("GET", "http://" + at + "/v1/jobs");
+    EXPECT_EQ(jobs.first, 404);
+    EXPECT_NE(jobs.second.find("Unix socket"), std::string::npos) << jobs.second;
+    EXPECT_EQ(curl_http("POST", "http://" + at + "/v1/pause").first, 404);
+    EXPECT_EQ(curl_http("POST", "http://" + at + "/metrics").first, 405);
+    EXPECT_EQ(env.api("GET", "/v1/stats").body.at("paused"), false);
+}
+
+TEST(metrics_listener, a_taken_port_stops_the_start_saying_which) {
+    // Hold a port, then ask klingd for it.
+    child_process holder("/usr/bin/python3",
+                         {"-c", "import socket,sys,time\ns=socket.socket()\n"
+                                "s.bind(('127.0.0.1',0))\ns.listen()\n"
+                                "print(s.getsockname()[1],flush=True)\ntime.sleep(600)"},
+                         {}, "holder");
+    std::string port;
+    ASSERT_TRUE(eventually(
+        [&] {
+            port = holder.stdout_text();
+            return !port.empty() && port.back() == '\n';
+        },
+        10s));
+    port.pop_back();
+    daemon_options o;
+    o.extra_toml = "\n[metrics]\nlisten = \"127.0.0.1:" + port + "\"\n";
+    daemon_env env(o);
+    child_process klingd(KLINGD_PATH, {"--config", env.config_path()},
+                         {{"SEGMIND_API_KEY", "test-key-1"}}, "klingd");
+    EXPECT_EQ(klingd.wait(30s).value_or(-1), 1);
+    EXPECT_NE(klingd.stderr_text().find("cannot listen on metrics.listen \"127.0.0.1:" + port),
+              std::string::npos)
+        << klingd.stderr_text();
 }
 
 } // namespace

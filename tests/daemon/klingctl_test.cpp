@@ -3,7 +3,10 @@
 #include "client/control_client.hpp"
 #include "tests/daemon/daemon_env.hpp"
 
+#include <algorithm>
+#include <filesystem>
 #include <gtest/gtest.h>
+#include <sstream>
 
 namespace {
 
@@ -93,9 +96,22 @@ TEST_F(klingctl_test, wait_exit_codes) {
     env_->api("POST", "/v1/pause");
     env_->drop("held.json", image_job("held"));
     ASSERT_TRUE(eventually([&] { return env_->state("held") == "pending"; }, 5s));
-    auto t = klingctl(with_socket({"wait", "held", "--timeout", "0.3"}));
+    auto t = klingctl(with_socket({"wait", "done", "held", "--timeout", "0.3"}));
     EXPECT_EQ(t.rc, 4);
-    EXPECT_NE(t.out.find("held: still running"), std::string::npos);
+    EXPECT_NE(t.out.find("held: still running"), std::string::npos) << t.out;
+    EXPECT_NE(t.out.find("done: completed"), std::string::npos) << "what ended is said too";
+    EXPECT_EQ(t.err, "") << "no progress line when piped";
+    // On a terminal (a pseudo-terminal from script(1)), a progress line.
+    child_process tty("/usr/bin/script",
+                      {"-qec",
+                       std::string(KLINGCTL_PATH) + " --socket " + env_->socket() +
+                           " wait done broken",
+                       "/dev/null"},
+                      {}, "script");
+    ASSERT_TRUE(tty.wait(60s).has_value());
+    auto screen = tty.stdout_text();
+    EXPECT_NE(screen.find("waiting: 2/2 done, 1 not completed"), std::string::npos) << screen;
+    EXPECT_NE(screen.find("broken: failed"), std::string::npos) << screen;
     env_->api("POST", "/v1/resume");
 }
 
@@ -125,6 +141,9 @@ TEST_F(klingctl_test, usage_errors_exit_2_and_an_absent_daemon_exits_3) {
     auto r = klingctl({"--socket", env_->dir() + "/no.sock", "list"});
     EXPECT_EQ(r.rc, 3);
     EXPECT_NE(r.err.find("is klingd running?"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("systemctl status klingd"), std::string::npos) << r.err;
+    auto usage = klingctl(with_socket({"frobnicate"}));
+    EXPECT_NE(usage.err.find("--help"), std::string::npos) << usage.err;
     auto e = klingctl({"list"}, {{"KLINGD_SOCKET", env_->dir() + "/nothing.sock"}});
     EXPECT_EQ(e.rc, 3);
     EXPECT_NE(e.err.find("nothing.sock"), std::string::npos);
@@ -155,6 +174,249 @@ TEST(klingd_tls, an_untrusted_server_gets_nothing_and_the_job_says_why) {
     EXPECT_EQ(env.sim_stats(false).at("submissions").as_int64(), 0);
     EXPECT_EQ(env.sim_stats(false).at("submit").as_object().size(), 0u)
         << "no request reached the server";
+}
+
+// What bash completion offers for a command line whose last word is being completed:
+// completion/klingctl.bash sourced (with the bash-completion package's helpers when
+// with_helpers and they are installed), _klingctl run, COMPREPLY printed one a line.
+std::vector<std::string> complete(const std::vector<std::string>& words, bool with_helpers) {
+    auto quote = [](const std::string& w) {
+        std::string q = "'";
+        for (char c : w)
+            q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+        return q + "'";
+    };
+    std::string line = quote(KLINGCTL_PATH);
+    std::string text = KLINGCTL_PATH;
+    for (auto& w : words) {
+        line += " " + quote(w);
+        text += " " + w;
+    }
+    std::string script;
+    if (with_helpers)
+        script += "source /usr/share/bash-completion/bash_completion || exit 9\n";
+    script += "source " + quote(std::string(KLINGD_SOURCE_DIR) + "/completion/klingctl.bash") +
+              " || exit 8\n";
+    script += "COMP_WORDS=(" + line + ")\n";
+    script += "COMP_CWORD=" + std::to_string(words.size()) + "\n";
+    script += "COMP_LINE=" + quote(text) + "\nCOMP_POINT=${#COMP_LINE}\n";
+    script += "_klingctl\nprintf '%s\\n' \"${COMPREPLY[@]}\"\n";
+    child_process p("/bin/bash", {"--norc", "--noprofile", "-c", script}, {}, "bash");
+    auto rc = p.wait(60s);
+    EXPECT_EQ(rc.value_or(-1), 0) << p.stderr_text();
+    EXPECT_EQ(p.stderr_text(), "") << "completion must not print errors";
+    std::vector<std::string> out;
+    std::istringstream in(p.stdout_text());
+    for (std::string l; std::getline(in, l);)
+        if (!l.empty())
+            out.push_back(l);
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+using words = std::vector<std::string>;
+
+TEST_F(klingctl_test, bash_completion_offers_commands_states_and_the_daemons_job_ids) {
+    std::vector<bool> modes{false};
+    if (std::filesystem::exists("/usr/share/bash-completion/bash_completion"))
+        modes.push_back(true);
+    for (bool helpers : modes) {
+        SCOPED_TRACE(helpers ? "with bash-completion's helpers" : "plain bash");
+        EXPECT_EQ(complete({"s"}, helpers), (words{"show", "stats", "submit"}));
+        EXPECT_EQ(complete({"--socket", env_->socket(), "w"}, helpers), (words{"wait", "watch"}));
+        // Live ids, from the daemon the line names: every job for show and wait, the
+        // failed or expired ones for retry, the pending ones for cancel.
+        auto all = klingctl(with_socket({"list", "--json"}));
+        ASSERT_EQ(all.rc, 0) << all.err;
+        words every, retryable, pending;
+        auto listed = json::parse(all.out); // kept: a loop over a temporary's member dangles
+        for (auto& j : listed.as_array()) {
+            std::string id(j.at("id").as_string()), state(j.at("state").as_string());
+            every.push_back(id);
+            if (state == "failed" || state == "expired")
+                retryable.push_back(id);
+            if (state == "pending")
+                pending.push_back(id);
+        }
+        for (auto* v : {&every, &retryable, &pending})
+            std::sort(v->begin(), v->end());
+        ASSERT_TRUE(std::count(every.begin(), every.end(), "done"));
+        ASSERT_TRUE(std::count(retryable.begin(), retryable.end(), "broken"));
+        EXPECT_EQ(complete({"--socket", env_->socket(), "show", ""}, helpers), every);
+        EXPECT_EQ(complete({"--socket", env_->socket(), "show", "do"}, helpers), (words{"done"}));
+        EXPECT_EQ(complete({"--socket", env_->socket(), "retry", ""}, helpers), retryable);
+        EXPECT_EQ(complete({"--socket", env_->socket(), "cancel", ""}, helpers), pending);
+        EXPECT_EQ(complete({"--socket", env_->socket(), "wait", "done", ""}, helpers), every);
+        EXPECT_EQ(complete({"list", "--state", "fa"}, helpers), (words{"failed"}));
+        EXPECT_EQ(complete({"list", "--j"}, helpers), (words{"--json"}));
+        // No daemon there: no ids, and nothing printed over the command line.
+        EXPECT_EQ(complete({"--socket", "/nonexistent/klingd.sock", "show", ""}, helpers),
+                  (words{}));
+    }
+}
+
+TEST_F(klingctl_test, list_quiet_prints_only_the_ids) {
+    auto r = klingctl(with_socket({"list", "-q", "--state", "completed"}));
+    EXPECT_EQ(r.rc, 0) << r.err;
+    auto j = klingctl(with_socket({"list", "--json", "--state", "completed"}));
+    std::string ids;
+    auto listed = json::parse(j.out);
+    for (auto& x : listed.as_array())
+        ids += std::string(x.at("id").as_string()) + "\n";
+    EXPECT_NE(ids.find("done\n"), std::string::npos);
+    EXPECT_EQ(r.out, ids);
+}
+
+} // namespace
+
+namespace {
+
+std::map<std::string, std::string> validate_lines(const std::string& out) {
+    std::map<std::string, std::string> by_file;
+    std::istringstream in(out);
+    for (std::string l; std::getline(in, l);)
+        by_file[l.substr(0, l.find(':'))] = l;
+    return by_file;
+}
+
+TEST_F(klingctl_test, validate_judges_job_files_offline_as_the_spool_does) {
+    temp_dir dir("validate");
+    write_file(dir / "good.json", image_job("v-good"));
+    write_file(dir / "nomodel.json", R"({"params":{"prompt":"x"}})");
+    write_file(dir / "badparam.json",
+               R"({"model":"kling-o1","params":{"prompt":"x","image_urls":["https://a/b.png"],)"
+               R"("resolution":"8K"}})");
+    write_file(dir / "notes.txt", image_job("v-txt"));
+    // No daemon is asked: the socket named does not exist.
+    std::map<std::string, std::string> nowhere{{"KLINGD_SOCKET", dir / "none.sock"}};
+    auto r = klingctl({"validate", dir / "good.json", dir / "nomodel.json", dir / "badparam.json",
+                       dir / "notes.txt", dir / "missing.json"},
+                      nowhere);
+    EXPECT_EQ(r.rc, 1) << r.out << r.err;
+    auto lines = validate_lines(r.out);
+    EXPECT_EQ(lines["good.json"], "good.json: ok: job good, model kling-o1");
+    EXPECT_NE(lines["notes.txt"].find("only *.json files are taken"), std::string::npos);
+    EXPECT_NE(lines["missing.json"].find("cannot be read"), std::string::npos);
+    // The reasons are the ones the spool writes beside a rejected file.
+    for (auto name : {"nomodel.json", "badparam.json"}) {
+        env_->drop(name, read_file(dir / name));
+        auto error = env_->dir() + "/spool/rejected/" + name + ".error";
+        ASSERT_TRUE(eventually([&] { return std::filesystem::exists(error); }, 20s)) << env_->log();
+        auto spool_says = read_file(error);
+        EXPECT_EQ(lines[name] + "\n", spool_says);
+    }
+    auto ok = klingctl({"validate", dir / "good.json"}, nowhere);
+    EXPECT_EQ(ok.rc, 0) << ok.out << ok.err;
+}
+
+TEST_F(klingctl_test, validate_checks_local_files_against_a_configurations_inputs) {
+    temp_dir dir("validate-inputs");
+    std::filesystem::create_directories(dir / "media");
+    std::string png("\x89PNG\r\n\x1a\n", 8);
+    png += std::string(200, 'x');
+    write_file(dir / "media/a.png", png);
+    auto job_with = [](const std::string& id, const std::string& path) {
+        return R"({"id":")" + id +
+               R"(","model":"kling-o1","params":{"prompt":"x","image_urls":["file://)" + path +
+               R"("]}})";
+    };
+    write_file(dir / "inside.json", job_with("inside", dir / "media/a.png"));
+    write_file(dir / "outside.json", job_with("outside", "/etc/passwd"));
+    // A configuration as the service has it, with a key file this user cannot read: the
+    // secrets are not looked for.
+    write_file(dir / "klingd.toml", "[api]\napi_key_file = \"/nonexistent/key\"\n[inputs]\n"
+                                    "directories = [\"" +
+                                        (dir / "media") + "\"]\n");
+    auto r = klingctl(
+        {"validate", "--config", dir / "klingd.toml", dir / "inside.json", dir / "outside.json"});
+    EXPECT_EQ(r.rc, 1) << r.out << r.err;
+    auto lines = validate_lines(r.out);
+    EXPECT_EQ(lines["inside.json"],
+              "inside.json: ok: job inside, model kling-o1, 1 local file checked");
+    EXPECT_NE(lines["outside.json"].find("outside [inputs] directories"), std::string::npos)
+        << lines["outside.json"];
+    // Without a configuration the local file is named as not checked, on stderr too.
+    auto plain = klingctl({"validate", dir / "inside.json"});
+    EXPECT_EQ(plain.rc, 0);
+    EXPECT_NE(plain.out.find("1 local file NOT checked"), std::string::npos) << plain.out;
+    EXPECT_NE(plain.err.find("--config"), std::string::npos) << plain.err;
+    // A configuration with errors is a usage error, saying what is wrong.
+    write_file(dir / "broken.toml", "[api]\nrequests_per_minute = 0\n");
+    auto broken = klingctl({"validate", "--config", dir / "broken.toml", dir / "inside.json"});
+    EXPECT_EQ(broken.rc, 2);
+    EXPECT_NE(broken.err.find("requests_per_minute"), std::string::npos) << broken.err;
+}
+
+} // namespace
+
+namespace {
+
+TEST(housekeeping, purge_prunes_finished_jobs_and_old_spool_files_and_the_ids_stay_taken) {
+    daemon_env env;
+    env.start();
+    env.drop("a.json", image_job("a"));
+    env.drop("b.json", image_job("b"));
+    env.drop("bad.json", "{");
+    ASSERT_TRUE(env.wait_terminal({"a", "b"}, 60s)) << env.log();
+    auto spool = env.dir() + "/spool/";
+    ASSERT_TRUE(eventually(
+        [&] {
+            return std::filesystem::exists(spool + "accepted/b.json") &&
+                   std::filesystem::exists(spool + "rejected/bad.json.error");
+        },
+        20s));
+    auto submits_before = env.sim_stats(false).at("submit").as_object().size();
+    auto sock = std::vector<std::string>{"--socket", env.socket()};
+    auto with = [&](std::vector<std::string> args) {
+        args.insert(args.begin(), sock.begin(), sock.end());
+        return args;
+    };
+    // Nothing is that old yet.
+    auto none = klingctl(with({"purge", "--older-than", "30"}));
+    EXPECT_EQ(none.rc, 0) << none.err;
+    EXPECT_EQ(none.out, "0 finished jobs pruned, 0 spool files removed\n");
+    auto r = klingctl(with({"purge", "--older-than", "0"}));
+    EXPECT_EQ(r.rc, 0) << r.err;
+    EXPECT_EQ(r.out, "2 finished jobs pruned, 4 spool files removed\n") << env.log();
+    EXPECT_FALSE(std::filesystem::exists(spool + "accepted/a.json"));
+    EXPECT_FALSE(std::filesystem::exists(spool + "rejected/bad.json.error"));
+    // Gone from every answer...
+    EXPECT_EQ(env.api("GET", "/v1/jobs/a").status, 404);
+    EXPECT_EQ(klingctl(with({"list", "-q"})).out, "");
+    EXPECT_EQ(env.api("GET", "/v1/stats").body.at("jobs").at("pruned").to_number<int>(), 2);
+    // ...but the ids stay taken: the same job again is a no-op (nothing is submitted), and
+    // another job with its id is refused, from the spool and over the socket.
+    env.drop("a.json", image_job("a"));
+    ASSERT_TRUE(eventually([&] { return std::filesystem::exists(spool + "accepted/a.json"); }, 20s))
+        << env.log();
+    auto other = image_job("a");
+    other.replace(other.find("merge"), 5, "blend");
+    env.drop("a2.json", R"({"id":"a",)" + other.substr(1));
+    ASSERT_TRUE(
+        eventually([&] { return std::filesystem::exists(spool + "rejected/a2.json.error"); }, 20s))
+        << env.log();
+    EXPECT_NE(read_file(spool + "rejected/a2.json.error").find("is taken"), std::string::npos);
+    temp_dir dir("purge");
+    write_file(dir / "b.json", image_job("b"));
+    auto again = klingctl(with({"submit", dir / "b.json"}));
+    EXPECT_EQ(again.rc, 0) << again.err;
+    EXPECT_EQ(again.out, "b\n");
+    write_file(dir / "b.json", other);
+    auto refused = klingctl(with({"submit", dir / "b.json"}));
+    EXPECT_EQ(refused.rc, 1);
+    EXPECT_NE(refused.err.find("is taken"), std::string::npos) << refused.err;
+    EXPECT_EQ(env.sim_stats(false).at("submit").as_object().size(), submits_before)
+        << "a pruned job is never sent again";
+    // Bad requests say what is wrong.
+    EXPECT_EQ(env.api("POST", "/v1/purge").status, 400);
+    EXPECT_EQ(env.api("POST", "/v1/purge?older_than_days=-1").status, 400);
+    EXPECT_EQ(env.api("POST", "/v1/purge?days=3").status, 400);
+    EXPECT_EQ(klingctl(with({"purge", "--older-than", "-2"})).rc, 2);
+    // Restarted, the tombstones are still there.
+    EXPECT_EQ(env.stop(), 0);
+    env.start();
+    auto after = klingctl(with({"submit", dir / "b.json"}));
+    EXPECT_EQ(after.rc, 1);
 }
 
 } // namespace

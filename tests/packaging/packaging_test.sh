@@ -23,7 +23,11 @@ unit-verify)
   command -v systemd-analyze >/dev/null || skip "systemd-analyze is not installed"
   # The unit as installed, but pointing at the binary just built.
   sed "s|/usr/bin/klingd|$klingd|" "$src/systemd/klingd.service" > "$tmp/klingd.service"
-  out=$(systemd-analyze verify "$tmp/klingd.service" 2>&1) || fail "verify failed: $out"
+  # Its Documentation= names the manual pages: verify asks man for them, as built.
+  mkdir -p "$tmp/man/man8" "$tmp/man/man5"
+  cp "$build/docs/man/klingd.8" "$tmp/man/man8/" && cp "$build/docs/man/klingd.toml.5" "$tmp/man/man5/" \
+    || fail "the manual pages are not built"
+  out=$(MANPATH="$tmp/man" systemd-analyze verify "$tmp/klingd.service" 2>&1) || fail "verify failed: $out"
   [ -z "$out" ] || fail "verify complained: $out"
   ;;
 install-tree)
@@ -31,9 +35,14 @@ install-tree)
   (cd "$tmp/root" && find . -type f | sort) > "$tmp/files"
   for f in ./usr/bin/klingd ./usr/bin/klingctl ./usr/lib/systemd/system/klingd.service \
            ./usr/lib/sysusers.d/klingd.conf ./usr/lib/tmpfiles.d/klingd.conf ./etc/klingd/klingd.toml \
-           ./usr/share/doc/klingd/README.md ./usr/share/doc/klingd/examples/jobs/landscape-merge.json; do
+           ./usr/share/doc/klingd/README.md ./usr/share/doc/klingd/examples/jobs/landscape-merge.json \
+           ./usr/share/man/man8/klingd.8 ./usr/share/man/man1/klingctl.1 ./usr/share/man/man5/klingd.toml.5 \
+           ./usr/share/bash-completion/completions/klingctl \
+           ./usr/share/klingd/grafana/klingd-dashboard.json ./usr/share/klingd/prometheus/klingd-alerts.yml; do
     grep -qx "$f" "$tmp/files" || fail "missing $f in: $(cat "$tmp/files")"
   done
+  # man finds the installed pages by name, as a user types them.
+  MANPATH="$tmp/root/usr/share/man" man -w klingd.toml >/dev/null || fail "man does not find klingd.toml(5)"
   [ -x "$tmp/root/usr/bin/klingd" ] || fail "klingd is not executable"
   ! grep -q segmind-sim "$tmp/files" || fail "the test emulator is not installed"
   "$tmp/root/usr/bin/klingd" --version | grep -q '^klingd ' || fail "installed klingd does not run"
@@ -43,7 +52,9 @@ deb)
   deb=$(ls "$tmp"/deb/klingd_*.deb) || fail "no .deb made"
   dpkg-deb -c "$deb" > "$tmp/contents"
   for f in ./usr/bin/klingd ./usr/bin/klingctl ./usr/lib/systemd/system/klingd.service ./etc/klingd/klingd.toml \
-           ./usr/lib/sysusers.d/klingd.conf ./usr/lib/tmpfiles.d/klingd.conf; do
+           ./usr/lib/sysusers.d/klingd.conf ./usr/lib/tmpfiles.d/klingd.conf ./usr/share/man/man8/klingd.8 \
+           ./usr/share/man/man1/klingctl.1 ./usr/share/man/man5/klingd.toml.5 \
+           ./usr/share/bash-completion/completions/klingctl ./usr/share/klingd/grafana/klingd-dashboard.json; do
     grep -q " $f\$" "$tmp/contents" || fail "no $f in the package: $(cat "$tmp/contents")"
   done
   depends=$(dpkg-deb -f "$deb" Depends)

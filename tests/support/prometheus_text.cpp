@@ -1,6 +1,8 @@
 // Reading what GET /metrics answers, in the tests.
 #include "tests/support/prometheus_text.hpp"
 
+#include "tests/support/child_process.hpp"
+
 #include <gtest/gtest.h>
 #include <map>
 #include <regex>
@@ -54,6 +56,57 @@ std::optional<double> metric_value(const std::string& text, const std::string& s
             line[sample.size()] == ' ')
             return std::stod(line.substr(sample.size() + 1));
     return std::nullopt;
+}
+
+namespace {
+// Runs a shell command line; its exit status and output (stdout then stderr).
+std::pair<int, std::string> shell(const std::string& line) {
+    child_process p("/bin/sh", {"-c", line}, {}, "");
+    auto rc = p.wait(std::chrono::seconds(60));
+    return {rc.value_or(-1), p.stdout_text() + p.stderr_text()};
+}
+} // namespace
+
+void expect_promtool_clean(const std::string& text) {
+    temp_dir dir("promtool");
+    write_file(dir / "metrics.txt", text);
+    auto [rc, out] = shell("promtool check metrics < '" + (dir / "metrics.txt") + "'");
+    EXPECT_EQ(rc, 0) << "promtool check metrics: " << out
+                     << "(is promtool installed? scripts/install-deps.sh installs it)";
+    EXPECT_EQ(out, "") << "promtool check metrics has something to say";
+}
+
+void expect_ops_kit_covered_by(const std::string& text) {
+    static const std::regex type(R"(# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) ([a-z]+))");
+    std::set<std::string> exported;
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);) {
+        std::smatch m;
+        if (!std::regex_match(line, m, type))
+            continue;
+        exported.insert(m[1]);
+        if (m[2] == "summary" || m[2] == "histogram") {
+            exported.insert(m[1].str() + "_sum");
+            exported.insert(m[1].str() + "_count");
+        }
+        if (m[2] == "histogram")
+            exported.insert(m[1].str() + "_bucket");
+    }
+    static const std::regex used(R"(klingd_[a-z0-9_]+)");
+    for (auto file : {"ops/grafana/klingd-dashboard.json", "ops/prometheus/klingd-alerts.yml"}) {
+        auto path = std::string(KLINGD_SOURCE_DIR) + "/" + file;
+        auto content = read_file(path);
+        std::set<std::string> names;
+        for (std::sregex_iterator it(content.begin(), content.end(), used), end; it != end; ++it)
+            names.insert(it->str());
+        EXPECT_GT(names.size(), 5u) << file << ": no metric found in it";
+        for (auto& n : names)
+            EXPECT_TRUE(exported.count(n))
+                << file << " uses " << n << ", which klingd does not export";
+    }
+    auto [rc, out] = shell("promtool check rules '" + std::string(KLINGD_SOURCE_DIR) +
+                           "/ops/prometheus/klingd-alerts.yml'");
+    EXPECT_EQ(rc, 0) << "promtool check rules: " << out;
 }
 
 } // namespace klingd::test

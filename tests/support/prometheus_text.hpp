@@ -14,4 +14,13 @@ void expect_prometheus(const std::string& text);
 // `klingd_cluster_nodes{state="gone"}`), or nothing when there is no such line.
 std::optional<double> metric_value(const std::string& text, const std::string& sample);
 
+// `promtool check metrics` passes on text, with nothing to say (Debian's prometheus package
+// has promtool; scripts/install-deps.sh installs it).
+void expect_promtool_clean(const std::string& text);
+
+// The operations kit (ops/grafana/klingd-dashboard.json, ops/prometheus/klingd-alerts.yml)
+// uses only metric families text declares (a scrape of a cluster node, which has them all),
+// and promtool passes the rules.
+void expect_ops_kit_covered_by(const std::string& text);
+
 } // namespace klingd::test

@@ -1,0 +1,42 @@
+#include "daemon/job_file.hpp"
+
+#include <fmt/format.h>
+
+namespace klingd::daemon {
+
+// What a file name looks like in a one-line message: control characters escaped.
+std::string printable(const std::string& s) {
+    std::string out;
+    for (unsigned char c : s.substr(0, 200)) {
+        if (c < 0x20 || c == 0x7f)
+            out += fmt::format("\\x{:02x}", c);
+        else
+            out += static_cast<char>(c);
+    }
+    return out;
+}
+
+std::optional<std::string> job_file_problem(const std::string& name, std::uint64_t size,
+                                            std::uint64_t max_file_bytes) {
+    if (!name.ends_with(".json"))
+        return "only *.json files are taken (write to a .tmp or dot name, then rename to "
+               "NAME.json)";
+    if (size > max_file_bytes)
+        return fmt::format("the file is {} bytes; spool.max_file_bytes allows {}", size,
+                           max_file_bytes);
+    return std::nullopt;
+}
+
+core::result<core::job_spec> read_job_file(std::string_view text, const std::string& name,
+                                           std::uint64_t links) {
+    auto parsed = core::parse_job_spec(text, name.substr(0, name.size() - 5));
+    if (!parsed)
+        return parsed;
+    if (!parsed->local_inputs.empty() && links != 1)
+        return core::error(core::errc::invalid_job,
+                           "names local files but has more than one name (a hard link): its "
+                           "owner cannot be told; write the job file itself");
+    return parsed;
+}
+
+} // namespace klingd::daemon

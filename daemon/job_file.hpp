@@ -1,0 +1,26 @@
+// The spool's rules for one job file, apart from its folder: what the spool rejects a file
+// for before and after reading it. The daemon's spool applies them, and klingctl validate
+// applies the same ones offline, so both say the same one-line reasons.
+#pragma once
+
+#include "core/error.hpp"
+#include "core/job_spec.hpp"
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace klingd::daemon {
+
+// The reason a file called name, of size bytes, is rejected before it is read, or nullopt.
+std::optional<std::string> job_file_problem(const std::string& name, std::uint64_t size,
+                                            std::uint64_t max_file_bytes);
+// Once read: the job (its local files named, not yet checked: check_local_inputs), or
+// errc::invalid_job whose message is the reason. links: the file's number of names.
+core::result<core::job_spec> read_job_file(std::string_view text, const std::string& name,
+                                           std::uint64_t links);
+// A file name as a one-line message shows it (control characters escaped, cut at 200).
+std::string printable(const std::string& s);
+
+} // namespace klingd::daemon
