@@ -13,6 +13,7 @@
 #include <boost/json.hpp>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fmt/format.h>
@@ -461,6 +462,55 @@ int cmd_watch(client& c, const std::vector<std::string>& ids, bool as_json) {
     return exit_ok;
 }
 
+// A duration as a person reads it: "45 s", "12 min", "3 h 20 min", "2 d 4 h".
+std::string human_duration(double s) {
+    if (!(s >= 0))
+        return "?";
+    auto n = static_cast<long long>(std::llround(s));
+    if (n < 90)
+        return fmt::format("{} s", n);
+    if (n < 90 * 60)
+        return fmt::format("{} min", (n + 30) / 60);
+    if (n < 48 * 3600)
+        return fmt::format("{} h {} min", n / 3600, (n % 3600) / 60);
+    return fmt::format("{} d {} h", n / 86400, (n % 86400) / 3600);
+}
+
+// /v1/stats' forecast, in words: when the unfinished jobs should be done, what they cost,
+// and how the forecast made an hour before the last drain did.
+std::vector<std::string> forecast_lines(const json::value& stats) {
+    std::vector<std::string> out;
+    auto* o = stats.is_object() ? stats.as_object().if_contains("forecast") : nullptr;
+    if (!o || !o->is_object())
+        return out;
+    auto left = std::strtoll(str(*o, "jobs_left").c_str(), nullptr, 10);
+    auto cost = str(*o, "cost");
+    if (auto* c = o->as_object().if_contains("cost"); c && c->is_double())
+        cost = fmt::format("{}", c->as_double());
+    if (left == 0) {
+        out.push_back("forecast: nothing waiting");
+    } else if (str(*o, "seconds_left").empty()) {
+        out.push_back(
+            fmt::format("forecast: {} jobs left; no time can be given (no budget)", left));
+    } else {
+        out.push_back(fmt::format(
+            "forecast: {} jobs left, done in about {} (at {}), bound by the {}; about {} "
+            "requests at {} a job{}",
+            left, human_duration(std::strtod(str(*o, "seconds_left").c_str(), nullptr)),
+            str(*o, "done_at"), str(*o, "bound"), str(*o, "requests_left"),
+            str(*o, "requests_per_job"),
+            cost == "0" ? "" : fmt::format("; the pending ones cost {}", cost)));
+    }
+    if (auto* d = o->as_object().if_contains("last_drain"); d && d->is_object()) {
+        double err = std::strtod(str(*d, "error_s").c_str(), nullptr);
+        out.push_back(fmt::format(
+            "forecast made at {} for {} jobs said {}; they were done at {} ({} {})",
+            str(*d, "made_at"), str(*d, "jobs_then"), str(*d, "predicted_at"),
+            str(*d, "drained_at"), human_duration(std::abs(err)), err >= 0 ? "later" : "earlier"));
+    }
+    return out;
+}
+
 int cmd_stats(client& c, bool as_json) {
     reply r;
     if (auto rc = get_or_print(c, "/v1/stats", as_json, r))
@@ -504,6 +554,8 @@ int cmd_stats(client& c, bool as_json) {
             std::printf("spend: priced submissions held by %s until %s\n",
                         str(h->value(), "limit").c_str(), str(h->value(), "until").c_str());
     }
+    for (auto& line : forecast_lines(r.body))
+        std::printf("%s\n", line.c_str());
     return exit_ok;
 }
 

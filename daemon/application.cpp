@@ -95,7 +95,7 @@ application::application(config::settings& s, std::string config_path)
       engine_(io_, s, *store_, client_, clock_, cluster_), hooks_(io_, s, *store_, tls_, clock_),
       control_(io_, s, engine_, events_, control_limits_of(s)), metrics_(io_, s, engine_),
       spool_(io_, s, engine_), notifier_(io_, engine_), stop_signals_(io_, SIGTERM, SIGINT),
-      reload_signals_(io_, SIGHUP), housekeeping_timer_(io_) {
+      reload_signals_(io_, SIGHUP), housekeeping_timer_(io_), forecast_timer_(io_) {
     engine_.hooks = &hooks_;
     engine_.on_change = [this](const core::job& j, const std::string& note) {
         if (core::is_terminal(j.state) && settings_.hooks.any())
@@ -165,6 +165,7 @@ asio::awaitable<void> application::start_up() {
     asio::co_spawn(io_, stop_on_signal(), log::exit_on_exception);
     asio::co_spawn(io_, reload_on_hup(), log::exit_on_exception);
     asio::co_spawn(io_, housekeeping_loop(engine_, housekeeping_timer_), log::exit_on_exception);
+    asio::co_spawn(io_, forecast_loop(engine_, forecast_timer_), log::exit_on_exception);
     auto n = co_await spool_.scan();
     if (n > 0)
         log::info("spool: start-up scan looked at {} files", n);
@@ -184,6 +185,7 @@ asio::awaitable<void> application::stop_on_signal() {
     metrics_.stop();
     hooks_.stop();
     housekeeping_timer_.cancel();
+    forecast_timer_.cancel();
     asio::co_spawn(
         io_,
         [this]() -> asio::awaitable<void> {

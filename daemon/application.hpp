@@ -80,6 +80,7 @@ private:
     boost::asio::signal_set stop_signals_;
     boost::asio::signal_set reload_signals_;
     boost::asio::steady_timer housekeeping_timer_;
+    boost::asio::steady_timer forecast_timer_;
 };
 
 } // namespace klingd::daemon

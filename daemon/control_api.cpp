@@ -530,15 +530,48 @@ asio::awaitable<control_response> metrics(const control_request& req, engine& e)
     co_return res;
 }
 
+// The forecast of the unfinished jobs of counts, and how the last drained backlog's went.
+json::object forecast_json(engine& e, const storage::state_model_counts& counts) {
+    auto v = e.forecast_of(counts);
+    const auto& f = v.f;
+    json::object o;
+    o["jobs_left"] = f.jobs_left;
+    o["requests_left"] = number(std::round(f.requests_left));
+    o["requests_per_job"] = number(std::round(v.requests_per_job * 100) / 100);
+    bool finite = std::isfinite(f.seconds_left);
+    o["seconds_left"] = finite ? number(std::round(f.seconds_left)) : json::value(nullptr);
+    o["done_at"] =
+        finite && f.jobs_left > 0
+            ? json::value(core::format_rfc3339(e.time().wall_now() +
+                                               std::chrono::duration_cast<core::milliseconds>(
+                                                   std::chrono::duration<double>(f.seconds_left))))
+            : json::value(nullptr);
+    o["bound"] = f.bound.empty() ? json::value(nullptr) : json::value(f.bound);
+    o["cost"] = money(v.cost_micro);
+    if (auto& a = e.forecasts().last_drain()) {
+        o["last_drain"] = json::object{{"made_at", core::format_rfc3339(a->made_at)},
+                                       {"predicted_at", core::format_rfc3339(a->predicted_at)},
+                                       {"drained_at", core::format_rfc3339(a->drained_at)},
+                                       {"jobs_then", a->jobs_then},
+                                       {"error_s", number(std::round(a->error_s()))}};
+    } else {
+        o["last_drain"] = nullptr;
+    }
+    return o;
+}
+
 asio::awaitable<control_response> stats(const control_request& req, engine& e) {
-    auto counts = co_await e.count_by_state();
-    if (!counts)
-        co_return store_unavailable(req, counts.error());
+    auto by_model = co_await e.count_by_state_and_model();
+    if (!by_model)
+        co_return store_unavailable(req, by_model.error());
+    std::map<std::string, std::int64_t> counts;
+    for (auto& [key, n] : *by_model)
+        counts[key.first] += n;
     auto spent = co_await e.spend_totals();
     auto deliveries = co_await e.delivery_counts();
-    co_return json_response(
-        req.version(), http::status::ok,
-        stats_json(e, *counts, spent ? &*spent : nullptr, deliveries ? &*deliveries : nullptr));
+    auto o = stats_json(e, counts, spent ? &*spent : nullptr, deliveries ? &*deliveries : nullptr);
+    o["forecast"] = forecast_json(e, *by_model);
+    co_return json_response(req.version(), http::status::ok, o);
 }
 
 // The cluster's nodes; one host alone is a cluster of one, with no database heartbeat.

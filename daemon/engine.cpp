@@ -1144,6 +1144,47 @@ asio::awaitable<core::result<std::int64_t>> engine::prune(core::time_point finis
     co_return total;
 }
 
+engine::forecast_view engine::forecast_of(const storage::state_model_counts& counts) {
+    forecast_view v;
+    core::forecast_input in;
+    std::set<std::string> models;
+    for (auto& [key, n] : counts) {
+        auto& [state, model] = key;
+        if (state == "pending" || state == "submitting")
+            in.waiting += n;
+        else if (state == "queued" || state == "processing")
+            in.running += n;
+        else
+            continue;
+        models.insert(model);
+        if (state == "pending")
+            if (auto m = settings_.models.find(model); m != settings_.models.end())
+                v.cost_micro += n * m->second.price_micro;
+    }
+    // Requests a job, as this klingd has spent them: every submit, poll and result fetch
+    // over the results fetched; 3 until 10 results say otherwise.
+    std::uint64_t sent = 0, results = 0;
+    for (auto& [kind, codes] : stats_.requests) {
+        if (kind == core::request_kind::upload)
+            continue;
+        for (auto& [code, n] : codes) {
+            sent += n;
+            if (kind == core::request_kind::result && code.size() == 3 && code[0] == '2')
+                results += n;
+        }
+    }
+    if (results >= 10)
+        v.requests_per_job = static_cast<double>(sent) / static_cast<double>(results);
+    in.requests_per_job = v.requests_per_job;
+    in.allowed_rpm = budget_.allowed_rpm();
+    in.run_s = 0;
+    for (auto& m : models)
+        in.run_s = std::max(in.run_s, durations_for(m).median());
+    in.max_in_flight = limits().max_in_flight;
+    v.f = core::make_forecast(in);
+    return v;
+}
+
 double engine::oldest_unfetched_age_s() {
     std::optional<core::time_point> oldest;
     for (auto& [id, j] : active_)

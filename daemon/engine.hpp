@@ -10,6 +10,7 @@
 #include "core/dispatch_policy.hpp"
 #include "core/dispatch_queue.hpp"
 #include "core/duration_model.hpp"
+#include "core/forecast.hpp"
 #include "core/job_spec.hpp"
 #include "core/lifecycle.hpp"
 #include "core/poll_planner.hpp"
@@ -123,6 +124,18 @@ public:
     std::size_t in_flight() const { return in_flight_jobs_; }
     boost::asio::awaitable<core::result<std::map<std::string, std::int64_t>>> count_by_state();
     boost::asio::awaitable<core::result<storage::state_model_counts>> count_by_state_and_model();
+    // When the unfinished jobs of counts (jobs by state and model) should be done at the
+    // budget allowed now, the learned run times and requests a job, and the in-flight cap;
+    // cost_micro: what the pending ones will cost at the models' prices.
+    struct forecast_view {
+        core::forecast f;
+        std::int64_t cost_micro = 0;
+        double requests_per_job = 3;
+    };
+    forecast_view forecast_of(const storage::state_model_counts& counts);
+    // Forecasts made once a minute (application), and how the one made an hour before the
+    // last backlog drained did.
+    core::forecast_tracker& forecasts() { return forecasts_; }
     // Seconds the oldest pending job has waited; 0 when none waits.
     double oldest_pending_age_s();
     // Seconds since the API accepted the oldest request whose result klingd has not fetched
@@ -317,6 +330,7 @@ private:
     std::map<std::string, core::duration_model> durations_;
     job_journal journal_;
     downloader downloader_;
+    core::forecast_tracker forecasts_;
     // Local files' checks and upload reads (see input_work_deadline).
     blocking_pool input_work_;
     std::mt19937_64 rng_{std::random_device{}()};

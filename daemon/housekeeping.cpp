@@ -120,4 +120,18 @@ asio::awaitable<void> housekeeping_loop(engine& e, asio::steady_timer& timer) {
     }
 }
 
+asio::awaitable<void> forecast_loop(engine& e, asio::steady_timer& timer) {
+    for (;;) {
+        timer.expires_after(std::chrono::minutes(1));
+        boost::system::error_code ec;
+        co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        if (ec)
+            co_return; // stopping
+        auto counts = co_await e.count_by_state_and_model();
+        if (!counts)
+            continue; // the database is away: this minute goes unrecorded
+        e.forecasts().record(e.time().wall_now(), e.forecast_of(*counts).f);
+    }
+}
+
 } // namespace klingd::daemon

@@ -40,4 +40,9 @@ boost::asio::awaitable<housekeeping_report> housekeep(engine& e, std::optional<d
 // of the moment (0 days: that part never).
 boost::asio::awaitable<void> housekeeping_loop(engine& e, boost::asio::steady_timer& timer);
 
+// Every minute while klingd runs: the forecast of the unfinished jobs is recorded
+// (engine::forecasts), so that when a backlog drains, the one made an hour before is
+// compared with what happened.
+boost::asio::awaitable<void> forecast_loop(engine& e, boost::asio::steady_timer& timer);
+
 } // namespace klingd::daemon

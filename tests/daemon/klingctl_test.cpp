@@ -102,12 +102,11 @@ TEST_F(klingctl_test, wait_exit_codes) {
     EXPECT_NE(t.out.find("done: completed"), std::string::npos) << "what ended is said too";
     EXPECT_EQ(t.err, "") << "no progress line when piped";
     // On a terminal (a pseudo-terminal from script(1)), a progress line.
-    child_process tty("/usr/bin/script",
-                      {"-qec",
-                       std::string(KLINGCTL_PATH) + " --socket " + env_->socket() +
-                           " wait done broken",
-                       "/dev/null"},
-                      {}, "script");
+    child_process tty(
+        "/usr/bin/script",
+        {"-qec", std::string(KLINGCTL_PATH) + " --socket " + env_->socket() + " wait done broken",
+         "/dev/null"},
+        {}, "script");
     ASSERT_TRUE(tty.wait(60s).has_value());
     auto screen = tty.stdout_text();
     EXPECT_NE(screen.find("waiting: 2/2 done, 1 not completed"), std::string::npos) << screen;
@@ -417,6 +416,49 @@ TEST(housekeeping, purge_prunes_finished_jobs_and_old_spool_files_and_the_ids_st
     env.start();
     auto after = klingctl(with({"submit", dir / "b.json"}));
     EXPECT_EQ(after.rc, 1);
+}
+
+} // namespace
+
+namespace {
+
+TEST(forecast, stats_say_when_the_waiting_jobs_should_be_done_and_what_they_cost) {
+    daemon_env env;
+    // kling-o1 priced (written into its table, before the start).
+    auto cfg = read_file(env.config_path());
+    cfg.replace(cfg.find("[models.\"kling-o1\"]\n"), 19, "[models.\"kling-o1\"]\nprice = 0.25\n");
+    write_file(env.config_path(), cfg);
+    env.start();
+    auto sock = std::vector<std::string>{"--socket", env.socket()};
+    auto stats = [&] {
+        auto args = sock;
+        args.push_back("stats");
+        return klingctl(args);
+    };
+    auto idle = stats();
+    EXPECT_EQ(idle.rc, 0) << idle.err;
+    EXPECT_NE(idle.out.find("forecast: nothing waiting"), std::string::npos) << idle.out;
+    // Held back by a pause: three jobs wait.
+    env.api("POST", "/v1/pause");
+    for (auto id : {"f1", "f2", "f3"})
+        env.drop(std::string(id) + ".json", image_job(id));
+    ASSERT_TRUE(eventually(
+        [&] {
+            return env.state("f1") == "pending" && env.state("f2") == "pending" &&
+                   env.state("f3") == "pending";
+        },
+        20s));
+    auto r = env.api("GET", "/v1/stats");
+    auto& f = r.body.at("forecast");
+    EXPECT_EQ(f.at("jobs_left").to_number<int>(), 3);
+    EXPECT_GT(f.at("seconds_left").to_number<double>(), 0);
+    EXPECT_TRUE(f.at("done_at").is_string());
+    EXPECT_DOUBLE_EQ(f.at("cost").to_number<double>(), 0.75);
+    EXPECT_DOUBLE_EQ(f.at("requests_per_job").to_number<double>(), 3);
+    auto s = stats();
+    EXPECT_NE(s.out.find("forecast: 3 jobs left, done in about"), std::string::npos) << s.out;
+    EXPECT_NE(s.out.find("the pending ones cost 0.75"), std::string::npos) << s.out;
+    env.api("POST", "/v1/resume");
 }
 
 } // namespace
