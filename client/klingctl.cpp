@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <fmt/format.h>
 #include <fstream>
 #include <iostream>
@@ -559,6 +560,122 @@ int cmd_stats(client& c, bool as_json) {
     return exit_ok;
 }
 
+// top: a live view. On a terminal the screen is redrawn in place every interval; piped,
+// one summary line a refresh and one line per job that ends. Follows /v1/events for the
+// jobs that end; /v1/stats for the rest. iterations: refreshes before it exits (0: until
+// interrupted).
+int cmd_top(client& c, double interval_s, int iterations) {
+    bool tty = ::isatty(1) == 1;
+    auto interval = std::chrono::milliseconds(static_cast<long>(std::max(0.1, interval_s) * 1000));
+    auto sub = subscribe(c, {}); // nullopt: no stream to spare; endings are not shown then
+    struct ending {
+        std::string at, id, state, error;
+    };
+    std::deque<ending> recent;
+    std::deque<double> rpm_history; // used in the last minute, one a refresh
+    auto now_text = [] {
+        auto t = std::chrono::floor<std::chrono::seconds>(std::chrono::system_clock::now());
+        auto s = klingd::core::format_rfc3339(
+            std::chrono::time_point_cast<std::chrono::milliseconds>(t));
+        return s.substr(11, 8); // HH:MM:SS (UTC)
+    };
+    auto spark = [](const std::deque<double>& v, double top_value) {
+        static const char* bars[] = {"▁", "▂", "▃", "▄", "▅", "▆", "▇", "█"};
+        std::string out;
+        for (double x : v) {
+            int i = top_value > 0 ? static_cast<int>(std::lround(x / top_value * 7)) : 0;
+            out += bars[std::clamp(i, 0, 7)];
+        }
+        return out;
+    };
+    for (int n = 0; iterations <= 0 || n < iterations; ++n) {
+        // Until the next refresh: the jobs that end.
+        auto until =
+            std::chrono::steady_clock::now() + (n == 0 ? std::chrono::milliseconds(0) : interval);
+        while (sub) {
+            auto left = std::chrono::ceil<std::chrono::milliseconds>(
+                until - std::chrono::steady_clock::now());
+            if (left.count() <= 0)
+                break;
+            auto ev = sub->next(left);
+            if (!ev) {
+                sub.reset(); // the stream ended: the counts go on
+                break;
+            }
+            if (!*ev)
+                break;
+            const auto& v = **ev;
+            if (str(v, "type") != "job" || !terminal(str(v, "state")))
+                continue;
+            ending e{now_text(), str(v, "id"), str(v, "state"), str(v, "error")};
+            if (!tty)
+                std::printf("%s %s %s%s\n", e.at.c_str(), e.state.c_str(), e.id.c_str(),
+                            e.error.empty() ? "" : (": " + e.error).c_str());
+            recent.push_front(std::move(e));
+            if (recent.size() > 8)
+                recent.pop_back();
+        }
+        if (!sub && n > 0)
+            std::this_thread::sleep_for(interval); // the refresh's pace, not a synchronisation
+        auto r = c.call(http::verb::get, "/v1/stats");
+        if (r.status != 200) {
+            std::fprintf(stderr, "klingctl: %s\n", error_of(r).c_str());
+            return exit_job;
+        }
+        const auto& o = r.body.as_object();
+        std::string jobs;
+        for (auto st : {"pending", "submitting", "queued", "processing", "completed", "failed",
+                        "expired", "cancelled"})
+            jobs += fmt::format("{} {}  ", st, str(o.at("jobs"), st));
+        const auto& b = o.at("budget");
+        double used = std::strtod(str(b, "used_last_minute").c_str(), nullptr);
+        double allowed = std::strtod(str(b, "allowed_rpm").c_str(), nullptr);
+        double configured = std::strtod(str(b, "configured_rpm").c_str(), nullptr);
+        rpm_history.push_back(used);
+        if (rpm_history.size() > 30)
+            rpm_history.pop_front();
+        std::string going = str(r.body, "paused") == "true" ? "paused (klingctl resume)"
+                            : !str(r.body, "submissions_blocked").empty()
+                                ? str(r.body, "submissions_blocked")
+                                : "going";
+        double oldest = std::strtod(str(r.body, "oldest_pending_age_s").c_str(), nullptr);
+        auto forecast = forecast_lines(r.body);
+        if (!tty) {
+            std::printf("%s jobs: %s| requests %g/min of %g allowed | 429s %s | submissions %s | "
+                        "oldest pending %s | %s\n",
+                        now_text().c_str(), jobs.c_str(), used, allowed,
+                        str(r.body, "rate_limited").c_str(), going.c_str(),
+                        oldest > 0 ? human_duration(oldest).c_str() : "-",
+                        forecast.empty() ? "" : forecast.front().c_str());
+            std::fflush(stdout);
+            continue;
+        }
+        std::string screen = "\033[H\033[J";
+        screen +=
+            fmt::format("klingd top: {}   {} UTC   (Ctrl-C to quit)\n\n", c.socket(), now_text());
+        screen += "jobs        " + jobs + "\n";
+        screen += fmt::format("requests    {:g}/min of {:g} allowed ({:g} configured)   429s: "
+                              "{}\n",
+                              used, allowed, configured, str(r.body, "rate_limited"));
+        screen += fmt::format("            {}\n", spark(rpm_history, std::max(configured, 1.0)));
+        screen += fmt::format("submissions {}   in flight {}   oldest pending {}\n", going,
+                              str(r.body, "in_flight"), oldest > 0 ? human_duration(oldest) : "-");
+        for (auto& line : forecast)
+            screen += line + "\n";
+        screen += "\nrecently ended:\n";
+        if (!sub)
+            screen += "  (klingd has no event stream to spare: not shown)\n";
+        else if (recent.empty())
+            screen += "  none since klingctl top started\n";
+        for (auto& e : recent)
+            screen += fmt::format("  {}  {:<10} {}{}\n", e.at, e.state, e.id,
+                                  e.error.empty() ? "" : "  " + e.error.substr(0, 80));
+        std::fputs(screen.c_str(), stdout);
+        std::fflush(stdout);
+    }
+    return exit_ok;
+}
+
 // The cluster's nodes: name, live or not, last heartbeat, jobs held.
 int cmd_nodes(client& c, bool as_json) {
     reply r;
@@ -711,6 +828,9 @@ struct command_line {
     CLI::App* nodes = nullptr;
     CLI::App* validate = nullptr;
     CLI::App* purge = nullptr;
+    CLI::App* top = nullptr;
+    double interval_s = 1;
+    int iterations = 0;
     double older_than_days = -1;
     std::string config_path;
 
@@ -749,6 +869,15 @@ struct command_line {
         nodes = app.add_subcommand("nodes",
                                    "the cluster's nodes: live or not, last heartbeat, jobs held");
         nodes->add_flag("--json", as_json, "print the JSON");
+        top = app.add_subcommand("top", "a live view: jobs by state, requests against the "
+                                        "budget, the oldest pending job, the forecast, and the "
+                                        "jobs that end (plain lines when not on a terminal)");
+        top->add_option("--interval", interval_s, "seconds between refreshes (default 1)")
+            ->check(CLI::Range(0.1, 3600.0));
+        top->add_option("-n,--iterations", iterations,
+                        "refreshes before it exits (default: "
+                        "until interrupted)")
+            ->check(CLI::NonNegativeNumber);
         purge = app.add_subcommand("purge",
                                    "prune finished jobs and remove spool files older than DAYS now "
                                    "(jobs.keep_finished_days and spool.keep_days do it hourly)");
@@ -792,6 +921,8 @@ struct command_line {
             return cmd_validate(files, config_path);
         if (*purge)
             return cmd_purge(c, older_than_days);
+        if (*top)
+            return cmd_top(c, interval_s, iterations);
         return exit_usage;
     }
 };

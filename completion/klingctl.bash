@@ -22,7 +22,7 @@ _klingctl() {
         cword=$COMP_CWORD
     fi
 
-    local commands="submit list show wait cancel retry pause resume watch stats nodes validate purge"
+    local commands="submit list show wait cancel retry pause resume watch stats nodes validate purge top"
     local states="pending submitting queued processing completed failed expired cancelled"
 
     # The command, and the socket named before it.
@@ -92,6 +92,7 @@ _klingctl() {
         opts="--config"
         ;;
     purge) [[ $prev == --older-than ]] && return; opts="--older-than" ;;
+    top) [[ $prev == --interval || $prev == -n || $prev == --iterations ]] && return; opts="--interval -n --iterations" ;;
     esac
     COMPREPLY=($(compgen -W "$opts --help" -- "$cur"))
 }

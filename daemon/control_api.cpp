@@ -327,6 +327,7 @@ json::object stats_json(engine& e, const std::map<std::string, std::int64_t>& co
     auto blocked = e.blocked_reason();
     o["submissions_blocked"] = blocked.empty() ? json::value(nullptr) : json::value(blocked);
     o["in_flight"] = e.in_flight();
+    o["oldest_pending_age_s"] = number(std::round(e.oldest_pending_age_s() * 10) / 10);
     json::object intake;
     intake["accepted"] = e.stats().intake_accepted;
     intake["duplicates"] = e.stats().intake_duplicates;

@@ -462,3 +462,48 @@ TEST(forecast, stats_say_when_the_waiting_jobs_should_be_done_and_what_they_cost
 }
 
 } // namespace
+
+namespace {
+
+TEST(top, on_a_terminal_redraws_counts_budget_forecast_and_the_jobs_that_end) {
+    daemon_env env;
+    env.start();
+    env.drop("t1.json", image_job("t1"));
+    ASSERT_TRUE(env.wait_terminal({"t1"}, 60s));
+    // Under a pseudo-terminal (script(1), flushing as it goes).
+    child_process tty(
+        "/usr/bin/script",
+        {"-qfec",
+         std::string(KLINGCTL_PATH) + " --socket " + env.socket() + " top --interval 0.2 -n 600",
+         "/dev/null"},
+        {}, "script");
+    ASSERT_TRUE(
+        eventually([&] { return tty.stdout_text().find("klingd top:") != std::string::npos; }, 20s))
+        << tty.stdout_text() << tty.stderr_text();
+    env.drop("t2.json", image_job("t2"));
+    ASSERT_TRUE(eventually(
+        [&] { return tty.stdout_text().find("completed  t2") != std::string::npos; }, 60s))
+        << tty.stdout_text();
+    auto screen = tty.stdout_text();
+    // The last frame, as the terminal shows it.
+    auto frame = screen.substr(screen.rfind("\033[H\033[J"));
+    EXPECT_NE(frame.find("completed 2"), std::string::npos) << frame;
+    EXPECT_NE(frame.find("allowed"), std::string::npos) << frame;
+    EXPECT_NE(frame.find("submissions going"), std::string::npos) << frame;
+    EXPECT_NE(frame.find("forecast: nothing waiting"), std::string::npos) << frame;
+    EXPECT_NE(frame.find("recently ended:"), std::string::npos) << frame;
+    EXPECT_NE(frame.find("\xe2\x96"), std::string::npos) << "the requests' sparkline: " << frame;
+    EXPECT_GT(std::count(screen.begin(), screen.end(), '\033'), 4) << "redrawn in place";
+}
+
+TEST(top, piped_prints_plain_lines) {
+    daemon_env env;
+    env.start();
+    auto r = klingctl({"--socket", env.socket(), "top", "--interval", "0.1", "-n", "3"});
+    EXPECT_EQ(r.rc, 0) << r.err;
+    EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 3) << r.out;
+    EXPECT_NE(r.out.find("jobs: pending 0"), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find('\033'), std::string::npos) << "no terminal codes when piped";
+}
+
+} // namespace
