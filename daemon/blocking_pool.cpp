@@ -39,6 +39,10 @@ blocking_pool::blocking_pool(boost::asio::any_io_executor ex, std::size_t thread
 }
 
 blocking_pool::~blocking_pool() {
+    close();
+}
+
+void blocking_pool::close() {
     std::deque<std::function<void()>> dropped;
     {
         std::lock_guard lock(shared_->m);
@@ -49,13 +53,16 @@ blocking_pool::~blocking_pool() {
     shared_->cv.notify_all();
 }
 
-void blocking_pool::submit(std::function<void()> task) {
+bool blocking_pool::submit(std::function<void()> task) {
     {
         std::lock_guard lock(shared_->m);
+        if (shared_->gone)
+            return false;
         shared_->queue.push_back(std::move(task));
         ++shared_->busy;
     }
     shared_->cv.notify_one();
+    return true;
 }
 
 void blocking_pool::deliver(const std::shared_ptr<shared>& s, std::function<void()> deliver) {

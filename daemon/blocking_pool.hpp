@@ -2,7 +2,7 @@
 // event loop, each call with a deadline. A call that outlives its deadline is given up:
 // the caller goes on with nullopt while the thread stays in the kernel (a hung network or
 // FUSE mount) for as long as the kernel keeps it; the loop never waits for it. Threads that
-// are still stuck when the pool goes are left behind (detached) and deliver nothing, so
+// are still stuck when the pool closes are left behind (detached) and deliver nothing, so
 // klingd stops on time; the process's exit ends them.
 #pragma once
 
@@ -30,9 +30,13 @@ class blocking_pool {
 public:
     // threads run the calls; results come back on ex (the event loop's).
     blocking_pool(boost::asio::any_io_executor ex, std::size_t threads);
-    // Drops the calls not started, and does not wait for the running ones (see above).
-    // Destroy it before the io_context its executor belongs to.
+    // close(), then nothing more: the threads keep what they share until they end.
     ~blocking_pool();
+    // Drops the calls not started; the running ones deliver nothing from now on and are not
+    // waited for (see above). Call it before the io_context its executor belongs to shuts
+    // down, so that no thread posts to a loop that is going. Later calls to run() give
+    // nullopt at once.
+    void close();
     blocking_pool(const blocking_pool&) = delete;
     blocking_pool& operator=(const blocking_pool&) = delete;
 
@@ -48,8 +52,9 @@ public:
 
 private:
     struct shared;
-    // Queues task; it runs on a pool thread unless the pool has gone first.
-    void submit(std::function<void()> task);
+    // Queues task; it runs on a pool thread unless the pool closes first. False when
+    // the pool is closed already (task dropped).
+    bool submit(std::function<void()> task);
     // Runs deliver on the loop's executor unless the pool has gone (then drops it).
     static void deliver(const std::shared_ptr<shared>& s, std::function<void()> deliver);
 
@@ -59,11 +64,11 @@ private:
         boost::asio::steady_timer* wake = nullptr; // the waiting caller's, while it waits
         std::atomic<bool> wanted{true};            // false once the caller has stopped waiting
     };
-    // Queues fn for c. Not in the coroutine: GCC 12 destroys a lambda's moved captures
-    // twice inside one.
+    // Queues fn for c (false when closed). Not in the coroutine: GCC 12 destroys a
+    // lambda's moved captures twice inside one.
     template <class T>
-    void start(std::shared_ptr<call<T>> c, std::function<T()> fn) {
-        submit([s = shared_, c, fn = std::move(fn)]() {
+    bool start(std::shared_ptr<call<T>> c, std::function<T()> fn) {
+        return submit([s = shared_, c, fn = std::move(fn)]() {
             if (!c->wanted)
                 return; // given up while it waited for a thread: not read for nobody
             auto v = std::make_shared<std::optional<T>>();
@@ -99,7 +104,8 @@ boost::asio::awaitable<std::optional<T>> blocking_pool::run(std::function<T()> f
             c->wanted = false;
         }
     } guard{c};
-    start<T>(c, std::move(fn));
+    if (!start<T>(c, std::move(fn)))
+        co_return std::nullopt;
     boost::system::error_code ec;
     co_await timer.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
     co_return std::move(c->out);

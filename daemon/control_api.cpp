@@ -216,7 +216,10 @@ asio::awaitable<control_response> post_job(const control_request& req, engine& e
         auto refs = parsed->local_inputs;
         auto inputs = co_await e.check_inputs(std::move(refs), static_cast<uid_t>(peer.uid));
         if (!inputs)
-            co_return error_response(req.version(), http::status::bad_request,
+            co_return error_response(req.version(),
+                                     inputs.error() == core::errc::io_failed
+                                         ? http::status::service_unavailable
+                                         : http::status::bad_request,
                                      inputs.error().message());
         parsed->inputs = std::move(*inputs);
     }
@@ -404,6 +407,13 @@ std::string render_metrics(engine& e, const storage::state_model_counts* counts,
         for (auto& [code, n] : codes)
             out += fmt::format("klingd_api_requests_total{{kind=\"{}\",code=\"{}\"}} {}\n",
                                core::to_string(kind), code, n);
+    family("klingd_jobs_finished_total", "counter",
+           "Jobs that reached a final state in this process, by that state.");
+    for (auto s : {"completed", "failed", "expired", "cancelled"}) {
+        auto f = st.finished.find(s);
+        out += fmt::format("klingd_jobs_finished_total{{state=\"{}\"}} {}\n", s,
+                           f == st.finished.end() ? 0 : f->second);
+    }
     family("klingd_polls_total", "counter", "Status polls sent.");
     out += fmt::format("klingd_polls_total {}\n", st.polls);
     family("klingd_rate_limited_total", "counter", "429 answers.");

@@ -438,6 +438,8 @@ asio::awaitable<bool> engine::apply(std::string id, core::transition t) {
     if (on_change)
         on_change(j, t.note);
     if (core::is_terminal(j.state)) {
+        ++stats_.finished[std::string(core::to_string(j.state))];
+        read_timeouts_.erase(id);
         queue_.cancel(id);
         journal_.retire(j);
         active_.erase(it);
@@ -790,9 +792,9 @@ asio::awaitable<core::result<std::vector<core::local_input>>>
 engine::check_inputs(std::vector<core::local_ref> refs, std::optional<uid_t> submitter) {
     auto out = co_await input_work_.run<core::result<std::vector<core::local_input>>>(
         inputs_checker(std::move(refs), settings_.inputs, submitter), input_work_deadline);
-    if (!out)
+    if (!out) // not the job's fault: io_failed, not invalid_job
         co_return core::error(
-            core::errc::invalid_job,
+            core::errc::io_failed,
             fmt::format("its local files could not be checked within {} s (a slow or hung file "
                         "system, or too much to read: inputs.max_bytes); submit it again",
                         input_work_deadline.count()));
@@ -873,12 +875,27 @@ engine::prepare_inputs(std::string id, std::string params, core::time_point take
         auto body = co_await input_work_.run<core::result<std::string>>(
             upload_reader(in, settings_.inputs), input_work_deadline);
         if (!body) {
+            // A file that hangs every time fails its job rather than holding it (and a
+            // worker thread) for ever.
+            if (++read_timeouts_[id] >= max_read_timeouts) {
+                read_timeouts_.erase(id);
+                if (auto it = active_.find(id); it != active_.end() && !stopping_) {
+                    core::event ev = core::ev_input_failed{fmt::format(
+                        "reading {} for its upload did not end within {} s, {} times (a slow "
+                        "or hung file system?)",
+                        in.url, input_work_deadline.count(), max_read_timeouts)};
+                    auto tr = core::advance(it->second, ev, now(), context_for(it->second));
+                    co_await apply(id, std::move(tr));
+                }
+                co_return std::nullopt;
+            }
             co_await put_off(fmt::format(
                 "reading {} for its upload did not end within {} s (a slow or hung file "
                 "system?); tried again later",
                 in.url, input_work_deadline.count()));
             co_return std::nullopt;
         }
+        read_timeouts_.erase(id);
         if (stopping_ || !active_.count(id))
             co_return std::nullopt; // cancelled (or klingd stopping) while it was read
         if (!*body) {
@@ -1130,6 +1147,27 @@ double engine::oldest_pending_age_s() {
 }
 
 asio::awaitable<core::result<std::int64_t>> engine::prune(core::time_point finished_before) {
+    if (pruning_)
+        co_return core::error(core::errc::wrong_state, "housekeeping is pruning already");
+    pruning_ = true;
+    struct prune_done {
+        bool& b;
+        ~prune_done() { b = false; }
+    } done{pruning_};
+    // A retry under way read its finished job before this began: it is written first.
+    // Retries are short (one read, one write); one that takes longer than this is
+    // waited for at the next round instead.
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    asio::steady_timer wait(co_await asio::this_coro::executor);
+    while (retries_running_ > 0 && !stopping_) {
+        if (std::chrono::steady_clock::now() >= until)
+            co_return core::error(
+                core::errc::wrong_state,
+                "a retry is still being written; pruning waits for the next round");
+        wait.expires_after(std::chrono::milliseconds(20));
+        boost::system::error_code ec;
+        co_await wait.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
     co_await flush(); // a final state still deferred is written (and judged) first
     constexpr std::size_t batch = 1000;
     std::int64_t total = 0;
@@ -1296,6 +1334,18 @@ asio::awaitable<core::result<job>> engine::retry(std::string id) {
     };
     if (active_.count(id))
         co_return rejected_while_active();
+    // A finished job read here could be pruned before its retry is written: housekeeping
+    // and retries take turns (prune waits for the retries under way).
+    if (pruning_)
+        co_return core::error(core::errc::wrong_state,
+                              fmt::format("job {} cannot be retried while housekeeping prunes "
+                                          "old finished jobs; try again in a few seconds",
+                                          id));
+    ++retries_running_;
+    struct retry_done {
+        std::size_t& n;
+        ~retry_done() { --n; }
+    } done{retries_running_};
     auto stored = co_await inactive_job(id);
     if (!stored)
         co_return stored.error();

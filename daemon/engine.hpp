@@ -50,6 +50,8 @@ struct engine_stats {
     std::uint64_t intake_duplicates = 0;
     std::uint64_t intake_invalid = 0; // spool files rejected as malformed
     std::uint64_t polls = 0;
+    // Jobs that reached a final state in this process, by that state.
+    std::map<std::string, std::uint64_t> finished;
     // Estimated delay from completion at the API to klingd seeing it (half the last poll gap).
     double detection_delay_sum_s = 0;
     std::uint64_t detection_delay_count = 0;
@@ -103,8 +105,13 @@ public:
     boost::asio::awaitable<core::result<void>> set_paused(bool paused);
     // The settings changed (SIGHUP): budget, poll policy and model priors follow them.
     void reconfigure();
-    // At shutdown, once the event loop has stopped: waits for file work still running.
-    void finish_files() { downloader_.finish(); }
+    // At shutdown, once the event loop has stopped and before its pending work is dropped:
+    // waits for the downloads' file work still running; closes the input pool (its stuck
+    // calls are left behind and deliver nothing).
+    void finish_files() {
+        downloader_.finish();
+        input_work_.close();
+    }
     bool paused() const { return gate_.paused(); }
     // The spend limit holding priced submissions now, if any; whether it holds job j.
     std::optional<spend_hold> spend_held() const;
@@ -148,6 +155,8 @@ public:
     // How long the checks of a job's local files (and the read of one for its upload) may
     // take before they are given up; a slow or hung mount costs a thread, not the loop.
     static constexpr std::chrono::seconds input_work_deadline{120};
+    // Upload reads of one job's file that may outlive that deadline before the job fails.
+    static constexpr int max_read_timeouts = 3;
     // Housekeeping: every job finished before finished_before (wall clock) is pruned,
     // leaving its tombstone (storage's prune); how many.
     boost::asio::awaitable<core::result<std::int64_t>> prune(core::time_point finished_before);
@@ -352,6 +361,11 @@ private:
     // no other event applies to them until it is committed.
     std::unordered_map<std::string, core::job_state> committing_;
     std::vector<std::string> keys_held_;
+    // Upload reads that outlived input_work_deadline, by job (max_read_timeouts).
+    std::unordered_map<std::string, int> read_timeouts_;
+    // Housekeeping's prune and retries of finished jobs take turns (see retry()).
+    bool pruning_ = false;
+    std::size_t retries_running_ = 0;
     double answer_s_ = 0.3; // moving average of an API exchange's time (automatic connections)
     core::time_point warned_block_until_{}; // the 429 block last warned of
 

@@ -33,7 +33,7 @@ namespace {
 constexpr std::size_t batch_size = 512;
 
 bool ignored(const std::string& name) {
-    return name.empty() || name.front() == '.' || name.ends_with(".tmp");
+    return spool_ignores(name);
 }
 
 void make_dir(const std::string& path) {
@@ -437,9 +437,15 @@ asio::awaitable<void> spool::take(std::vector<std::string> names) {
                 // user. Checked off the loop (engine::check_inputs).
                 auto refs = job->spec.local_inputs;
                 auto inputs = co_await engine_.check_inputs(std::move(refs), job->owner);
+                if (stopping_)
+                    co_return; // its file stays in incoming/ for the next start
+                // Not a newer file put there meanwhile (that one is taken on its own).
+                if (!still_there(job->file))
+                    continue;
                 if (!inputs) {
-                    if (still_there(job->file)) // not a newer file put there meanwhile
-                        reject(name, inputs.error().message());
+                    // A check that ran out of time is not the file's fault.
+                    reject(name, inputs.error().message(),
+                           !(inputs.error() == core::errc::io_failed));
                     continue;
                 }
                 job->spec.inputs = std::move(*inputs);

@@ -209,7 +209,8 @@ job_store::job_store(const std::string& path, sqlite_tuning tuning)
     update_.emplace(
         db_, "UPDATE jobs SET state = ?2, request_id = ?3, status_url = ?4, response_url = ?5, "
              "error = ?6, outputs = ?7, result = ?8, updated_at = ?9, submitted_at = ?10, "
-             "remote_done_at = ?11, finished_at = ?12, attempts = ?13, polls = ?14 WHERE id = ?1");
+             "remote_done_at = ?11, finished_at = ?12, attempts = ?13, polls = ?14 WHERE id = ?1 "
+             "AND state <> 'pruned'"); // a tombstone is never brought back
     add_history_.emplace(
         db_,
         "INSERT INTO history (job_id, at, state, note, request_id) VALUES (?1, ?2, ?3, ?4, ?5)");

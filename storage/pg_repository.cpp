@@ -553,7 +553,7 @@ upd AS (
     updated_at = u.updated_at, submitted_at = u.submitted_at, remote_done_at = u.remote_done_at,
     finished_at = u.finished_at, attempts = u.attempts, polls = u.polls,
     cancel_requested = j.cancel_requested AND u.state = 'pending'
-  FROM u WHERE j.id = u.id
+  FROM u WHERE j.id = u.id AND j.state <> 'pruned'
     AND ($20::text IS NULL
          OR (j.claim_token = $20::text
              AND (u.state <> 'submitting' OR j.claim_until >=
@@ -579,7 +579,7 @@ d AS (
                     AND z.payload = x.payload)
   ORDER BY x.n
   ON CONFLICT DO NOTHING)
-SELECT u.id, j.claim_token = $20::text FROM u JOIN jobs j ON j.id = u.id
+SELECT u.id, j.claim_token = $20::text AND j.state <> 'pruned' FROM u JOIN jobs j ON j.id = u.id
 WHERE $20::text IS NOT NULL AND u.id NOT IN (SELECT id FROM upd))";
     param token = me_.name.empty() ? param{} : param{token_};
     param node = me_.name.empty() ? param{} : param{me_.name};
@@ -1077,7 +1077,7 @@ async_result<std::optional<core::job>> pg_repository::claim_one(std::string id) 
     auto turn = co_await heartbeat_lane_.wait_turn();
     std::string sql = fmt::format(R"(
 UPDATE jobs SET claim_node = $1, claim_token = $2, claim_until = )" NOW_MS R"( + $3
-WHERE id = $4 AND (state NOT IN )" UNFINISHED R"( OR claim_until IS NULL
+WHERE id = $4 AND state <> 'pruned' AND (state NOT IN )" UNFINISHED R"( OR claim_until IS NULL
                    OR claim_until + CASE WHEN state = 'submitting' THEN greatest($5::bigint,
                         coalesce((SELECT n.submit_grace_ms FROM nodes n
                                   WHERE n.name = jobs.claim_node), 0))
@@ -1361,21 +1361,49 @@ SELECT 'job', id FROM ins UNION ALL SELECT 'history', count(*)::text FROM h)";
             others.push_back(row[0]);
     if (others.empty())
         co_return out;
-    std::string read = "SELECT id, model, params, priority FROM jobs WHERE id = ANY($1::text[])";
+    // The same job is the same content; where either side is a pruned job's tombstone,
+    // the same content's hash (an import run twice finds its tombstones again).
+    std::string read = "SELECT id, model, params, priority, state = 'pruned', content_sha256 "
+                       "FROM jobs WHERE id = ANY($1::text[])";
     std::vector<param> a{pg::array(others)};
     auto s = co_await db_.query(std::move(read), std::move(a));
     if (!s)
         co_return s.error();
-    std::map<std::string, std::tuple<std::string, std::string, std::string>> theirs;
+    struct stored {
+        std::string model, params, priority;
+        std::optional<std::string> digest; // a tombstone's
+    };
+    std::map<std::string, stored> theirs;
     for (int i = 0; i < s->size(); ++i)
-        theirs[s->text(i, 0)] = {s->text(i, 1), s->text(i, 2), s->text(i, 3)};
+        theirs[s->text(i, 0)] = {s->text(i, 1), s->text(i, 2), s->text(i, 3),
+                                 s->text(i, 4) == "t" ? s->opt_text(i, 5) : std::nullopt};
+    auto digest_of = [](const std::string& model, const std::string& params,
+                        const std::string& priority) -> std::optional<std::string> {
+        try {
+            return content_digest(model, params, std::stoll(priority));
+        } catch (const std::exception&) {
+            return std::nullopt;
+        }
+    };
     for (auto& row : batch.jobs) {
         if (fresh.count(*row[0]))
             continue;
         auto it = theirs.find(*row[0]);
-        bool same = it != theirs.end() && std::get<0>(it->second) == row[1].value_or("") &&
-                    std::get<1>(it->second) == row[2].value_or("") &&
-                    std::get<2>(it->second) == row[3].value_or("");
+        bool same = false;
+        if (it != theirs.end()) {
+            auto& t = it->second;
+            bool ours_pruned = row[4].value_or("") == "pruned";
+            if (!ours_pruned && !t.digest) {
+                same = t.model == row[1].value_or("") && t.params == row[2].value_or("") &&
+                       t.priority == row[3].value_or("");
+            } else {
+                auto mine = ours_pruned ? row[2]
+                                        : digest_of(row[1].value_or(""), row[2].value_or(""),
+                                                    row[3].value_or(""));
+                auto there = t.digest ? t.digest : digest_of(t.model, t.params, t.priority);
+                same = mine && there && *mine == *there;
+            }
+        }
         if (same)
             ++out.already;
         else

@@ -160,9 +160,9 @@ TEST(blocking_pool, goes_without_waiting_for_a_stuck_call_which_then_delivers_no
     auto started_future = started.get_future();
     auto ended = std::make_shared<ended_signal>();
     auto ended_future = ended->p.get_future();
+    std::optional<std::optional<int>> got; // outlives the pool: the handler refers to it
     {
         daemon::blocking_pool pool(io.get_executor(), 1);
-        std::optional<std::optional<int>> got;
         asio::co_spawn(io,
                        pool.run<int>(
                            [released, ended, &started] {
@@ -185,6 +185,56 @@ TEST(blocking_pool, goes_without_waiting_for_a_stuck_call_which_then_delivers_no
     // frame goes with the loop's pending work.
     io.restart();
     EXPECT_EQ(io.poll(), 0u);
+    EXPECT_FALSE(got.has_value());
+}
+
+TEST(blocking_pool, once_closed_a_stuck_call_delivers_nothing_and_new_calls_answer_at_once) {
+    // klingd stopping: the engine closes the pool before the loop's pending work is
+    // dropped, while the pool object itself lives on until the engine goes.
+    asio::io_context io;
+    daemon::blocking_pool pool(io.get_executor(), 1);
+    std::promise<void> release;
+    auto released = release.get_future().share();
+    std::promise<void> started;
+    auto started_future = started.get_future();
+    auto ended = std::make_shared<ended_signal>();
+    auto ended_future = ended->p.get_future();
+    std::optional<std::optional<int>> got;
+    asio::co_spawn(io,
+                   pool.run<int>(
+                       [released, ended, &started] {
+                           started.set_value();
+                           released.wait();
+                           return 1;
+                       },
+                       60s),
+                   [&](std::exception_ptr, std::optional<int> v) { got = v; });
+    while (started_future.wait_for(0s) != std::future_status::ready)
+        io.run_one_for(100ms);
+    pool.close();
+    ended.reset();
+    release.set_value();
+    ASSERT_EQ(ended_future.wait_for(30s), std::future_status::ready);
+    EXPECT_FALSE(got.has_value()); // still waiting: nothing was delivered
+    // A call made after close() is not queued: it answers nullopt without its deadline.
+    std::atomic<bool> ran{false};
+    auto start = std::chrono::steady_clock::now();
+    std::optional<std::optional<int>> late;
+    asio::co_spawn(io,
+                   pool.run<int>(
+                       [&ran] {
+                           ran = true;
+                           return 2;
+                       },
+                       60s),
+                   [&](std::exception_ptr, std::optional<int> v) { late = v; });
+    while (!late && std::chrono::steady_clock::now() - start < 30s)
+        io.run_one_for(100ms);
+    ASSERT_TRUE(late.has_value());
+    EXPECT_FALSE(late->has_value());
+    EXPECT_FALSE(ran);
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 30s);
+    EXPECT_FALSE(got.has_value()); // the stuck call's result never arrived
 }
 
 } // namespace

@@ -313,9 +313,11 @@ TEST_F(cluster, a_node_whose_key_is_refused_lets_the_others_carry_its_jobs_on) {
     if (!probe.empty()) { // pending (node null): held by n1, the one job it holds
         auto listed = nodes[0]->api("GET", "/v1/nodes");
         ASSERT_EQ(listed.status, 200);
-        for (auto& n : listed.body.at("nodes").as_array())
-            if (str(n, "name") == "n1")
+        for (auto& n : listed.body.at("nodes").as_array()) {
+            if (str(n, "name") == "n1") {
                 EXPECT_EQ(str(n, "jobs_held"), "1") << listed.text;
+            }
+        }
     }
     // Given the key, n1 sends its probe: everything completes, nothing paid twice.
     give_key(bad, "test-key-2");
@@ -506,7 +508,8 @@ TEST_F(cluster, watchers_of_one_node_see_what_the_other_nodes_record) {
 TEST_F(cluster, a_single_hosts_database_is_imported_once_and_its_jobs_go_on_in_the_cluster) {
     sim = std::make_unique<sim_process>(std::vector<std::string>{
         "--time-scale", fmt::format("{}", scale), "--api-key", "test-key-1"});
-    // A single host (SQLite) finishes six jobs, then keeps three pending (paused).
+    // A single host (SQLite) finishes six jobs, of which it prunes three (tombstones),
+    // then keeps three pending (paused).
     daemon_options single;
     single.scale = scale;
     single.shared_sim = sim.get();
@@ -516,8 +519,16 @@ TEST_F(cluster, a_single_hosts_database_is_imported_once_and_its_jobs_go_on_in_t
     for (int i = 0; i < 6; ++i) {
         ids.push_back(fmt::format("s{}", i));
         host.drop(ids.back() + ".json", image_job(ids.back()));
+        if (i == 2) {
+            ASSERT_TRUE(host.wait_terminal(ids, 60s)) << host.log();
+            auto purged = host.api("POST", "/v1/purge?older_than_days=0");
+            ASSERT_EQ(purged.status, 200) << purged.text;
+            ASSERT_EQ(purged.body.at("jobs_pruned").to_number<int>(), 3) << purged.text;
+        }
     }
-    ASSERT_TRUE(host.wait_terminal(ids, 60s)) << host.log();
+    std::vector<std::string> pruned(ids.begin(), ids.begin() + 3);
+    std::vector<std::string> kept(ids.begin() + 3, ids.end());
+    ASSERT_TRUE(host.wait_terminal(kept, 60s)) << host.log();
     ASSERT_EQ(host.api("POST", "/v1/pause").status, 200);
     for (int i = 6; i < 9; ++i) {
         ids.push_back(fmt::format("s{}", i));
@@ -563,7 +574,9 @@ TEST_F(cluster, a_single_hosts_database_is_imported_once_and_its_jobs_go_on_in_t
     auto [rc2, out2] = import();
     EXPECT_EQ(rc2, 0) << out2;
     EXPECT_NE(out2.find("imported 0 of the 9 jobs"), std::string::npos) << out2;
-    EXPECT_NE(out2.find("9 were there already"), std::string::npos) << out2;
+    EXPECT_NE(out2.find("9 were there already"), std::string::npos)
+        << out2 << "(the tombstones too: the same content's hash)";
+    EXPECT_EQ(out2.find("conflict"), std::string::npos) << out2;
 
     // The single host refuses to run on the imported file again (both would submit them).
     {
@@ -575,16 +588,23 @@ TEST_F(cluster, a_single_hosts_database_is_imported_once_and_its_jobs_go_on_in_t
     }
     // The node lists them all, with their history; the pending three are submitted now.
     node.start();
-    ASSERT_TRUE(node.wait_terminal(ids, 60s)) << node.log();
-    for (auto& id : ids)
+    ASSERT_TRUE(node.wait_terminal(kept, 60s)) << node.log();
+    for (auto& id : kept)
         EXPECT_EQ(node.state(id), "completed") << id;
+    // The pruned ones came as tombstones: absent from answers, their ids still taken.
+    for (auto& id : pruned)
+        EXPECT_EQ(node.api("GET", "/v1/jobs/" + id).status, 404) << id;
+    auto other = image_job("s0");
+    other.replace(other.find("merge"), 5, "blend");
+    auto refused = node.api("POST", "/v1/jobs?id=s0", other);
+    EXPECT_EQ(refused.status, 409) << refused.text;
     // The history came along: accepted and completed on the single host.
-    auto shown = node.api("GET", "/v1/jobs/s0");
+    auto shown = node.api("GET", "/v1/jobs/s3");
     ASSERT_EQ(shown.status, 200);
     std::string notes;
     for (auto& h : shown.body.at("history").as_array())
         notes += str(h, "state") + ": " + str(h, "note") + "\n";
-    EXPECT_NE(notes.find("pending: accepted from spool:s0.json"), std::string::npos) << notes;
+    EXPECT_NE(notes.find("pending: accepted from spool:s3.json"), std::string::npos) << notes;
     EXPECT_NE(notes.find("completed"), std::string::npos) << notes;
     for (auto& [marker, n] : submissions_by_marker(node.sim_stats()))
         EXPECT_EQ(n, 1) << marker << " was submitted " << n << " times";

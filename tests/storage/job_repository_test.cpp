@@ -165,7 +165,11 @@ TYPED_TEST(job_repository_test, local_inputs_are_recorded_with_the_job_and_their
 
 TYPED_TEST(job_repository_test, pruning_leaves_a_tombstone_that_keeps_each_id_taken) {
     using storage::insert_outcome;
-    this->insert({spec("old"), spec("recent"), spec("waiting"), spec("hooked")});
+    // "wide": multibyte text and a negative priority, hashed alike by every backend (in
+    // SQL by PostgreSQL's prune, in C++ by the others and by insert).
+    const std::string wide_params = "{\"prompt\":\"caf\u00e9 \u2615 \u65e5\u672c \\\"q\\\"\"}";
+    this->insert({spec("old"), spec("recent"), spec("waiting"), spec("hooked"),
+                  spec("wide", wide_params, -7)});
     auto finish = [&](const std::string& id, job_state st, time_point at,
                       std::optional<storage::hook_event> e = std::nullopt) {
         auto j = this->get(id);
@@ -185,13 +189,23 @@ TYPED_TEST(job_repository_test, pruning_leaves_a_tombstone_that_keeps_each_id_ta
         std::chrono::system_clock::now().time_since_epoch()));
     auto day = std::chrono::hours(24);
     finish("old", job_state::completed, now - 40 * day);
+    finish("wide", job_state::cancelled, now - 40 * day);
     finish("recent", job_state::failed, now - day);
     // A completion hook not yet delivered keeps its job.
     finish("hooked", job_state::completed, now - 40 * day,
            storage::hook_event{"job.completed", "completed", "{}", {"webhook"}, now - 40 * day});
     auto cut = now - 30 * day;
-    EXPECT_EQ(this->ok(this->repo->prune(cut, now, 100)), 1);
+    auto stale = this->get("old"); // as a retry read it just before the prune
+    EXPECT_EQ(this->ok(this->repo->prune(cut, now, 100)), 2);
     EXPECT_FALSE(this->ok(this->repo->get("old"))) << "a pruned job is gone from every answer";
+    EXPECT_EQ(this->insert({spec("wide", wide_params, -7)}),
+              std::vector{insert_outcome::same_content});
+    EXPECT_EQ(this->insert({spec("wide", wide_params, 7)}), std::vector{insert_outcome::conflict});
+    // A save of what was read before the prune does not bring the tombstone back.
+    stale.state = job_state::pending;
+    stale.finished_at.reset();
+    this->ok(this->repo->save({{stale, {}, std::nullopt, std::nullopt, std::nullopt}}));
+    EXPECT_FALSE(this->ok(this->repo->get("old"))) << "a tombstone is never overwritten";
     EXPECT_TRUE(this->ok(this->repo->history("old")).empty());
     for (auto& j : this->ok(this->repo->list({})))
         EXPECT_NE(j.id, "old");
@@ -199,7 +213,7 @@ TYPED_TEST(job_repository_test, pruning_leaves_a_tombstone_that_keeps_each_id_ta
     EXPECT_EQ(this->get("waiting").state, job_state::pending);
     EXPECT_EQ(this->get("hooked").state, job_state::completed);
     auto counts = this->ok(this->repo->counts());
-    EXPECT_EQ((counts[{"pruned", "kling-o1"}]), 1);
+    EXPECT_EQ((counts[{"pruned", "kling-o1"}]), 2);
     EXPECT_EQ((counts[{"completed", "kling-o1"}]), 1); // hooked
     // The id stays taken: the same job again is a no-op, another job with it a conflict.
     EXPECT_EQ(this->insert({spec("old")}), std::vector{insert_outcome::same_content});
