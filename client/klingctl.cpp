@@ -163,7 +163,8 @@ int cmd_submit(client& c, const std::vector<std::string>& files) {
         // A job naming local files is answered once klingd has checked and hashed them
         // (up to two minutes for large ones): waited for longer than other requests.
         std::optional<std::chrono::milliseconds> timeout;
-        if (body.find("file:") != std::string::npos)
+        // (A "\u" escape could spell file: out of sight: such a body waits as long.)
+        if (body.find("file:") != std::string::npos || body.find("\\u") != std::string::npos)
             timeout = std::chrono::seconds(150);
         auto r = c.call(http::verb::post, with_query("/v1/jobs", {{"id", name}}), body, timeout);
         if (r.status == 200 || r.status == 201) {
@@ -723,10 +724,17 @@ int cmd_validate(const std::vector<std::string>& files, const std::string& confi
         auto shown = klingd::daemon::printable(name);
         auto bad = [&](const std::string& why) {
             auto line = fmt::format("{}: {}", shown, why);
-            std::replace(line.begin(), line.end(), '\n', ' ');
+            for (auto& c : line) // one line, as the spool's .error file has it
+                if (c == '\n' || c == '\r')
+                    c = ' ';
             std::puts(line.c_str());
             rc = exit_job;
         };
+        if (klingd::daemon::spool_ignores(name)) {
+            bad("is ignored by the spool: a name starting with '.' or ending in .tmp is taken "
+                "as a file still being written; rename it to NAME.json");
+            continue;
+        }
         struct stat st {};
         if (::lstat(path.c_str(), &st) != 0) {
             bad(fmt::format("cannot be read: {}", std::strerror(errno)));
@@ -789,8 +797,11 @@ int cmd_validate(const std::vector<std::string>& files, const std::string& confi
 
 // purge: POST /v1/purge, and what it removed.
 int cmd_purge(client& c, double days) {
+    // Pruning a large database and cleaning a large spool takes a while: waited for as
+    // long as a job's local files.
     auto r = c.call(http::verb::post,
-                    with_query("/v1/purge", {{"older_than_days", fmt::format("{}", days)}}));
+                    with_query("/v1/purge", {{"older_than_days", fmt::format("{}", days)}}), "",
+                    std::chrono::milliseconds(std::chrono::seconds(150)));
     if (r.status != 200) {
         std::fprintf(stderr, "klingctl: %s\n", error_of(r).c_str());
         if (r.status == 503 && r.body.is_object())

@@ -8,18 +8,29 @@ _klingctl_ids() {
     [[ -n $_klingctl_socket ]] && sock=(--socket "$_klingctl_socket")
     local state=()
     [[ -n $1 ]] && state=(--state "$1")
-    "${_klingctl_cmd:-klingctl}" "${sock[@]}" list -q --limit 2000 "${state[@]}" 2>/dev/null
+    # A daemon that does not answer costs the prompt two seconds at most.
+    local bound=()
+    command -v timeout >/dev/null && bound=(timeout 2)
+    "${bound[@]}" "${_klingctl_cmd:-klingctl}" "${sock[@]}" list -q --limit 2000 "${state[@]}" 2>/dev/null
 }
 
 _klingctl() {
     local cur prev words cword
+    local split=false
     if declare -F _init_completion >/dev/null; then
-        _init_completion || return
+        # -s: "--socket=PATH" is one word, and when completing it, prev=--socket, cur=PATH.
+        _init_completion -s || return
     else
+        # Plain bash splits "--socket=PATH" at the "=": the words are --socket, =, PATH.
         cur=${COMP_WORDS[COMP_CWORD]}
         prev=${COMP_WORDS[COMP_CWORD - 1]}
         words=("${COMP_WORDS[@]}")
         cword=$COMP_CWORD
+        if [[ $cur == = ]]; then
+            cur=""
+        elif [[ $prev == = ]] && ((COMP_CWORD >= 2)); then
+            prev=${COMP_WORDS[COMP_CWORD - 2]}
+        fi
     fi
 
     local commands="submit list show wait cancel retry pause resume watch stats nodes validate purge top"
@@ -29,9 +40,15 @@ _klingctl() {
     local i cmd="" _klingctl_socket="" _klingctl_cmd=${words[0]}
     for ((i = 1; i < cword; i++)); do
         case ${words[i]} in
-        --socket) _klingctl_socket=${words[i + 1]}; ((i++)) ;;
+        --socket)
+            if [[ ${words[i + 1]} == = ]]; then
+                _klingctl_socket=${words[i + 2]}; ((i += 2))
+            else
+                _klingctl_socket=${words[i + 1]}; ((i++))
+            fi
+            ;;
         --socket=*) _klingctl_socket=${words[i]#--socket=} ;;
-        -*) ;;
+        -* | =) ;;
         *) cmd=${words[i]}; break ;;
         esac
     done

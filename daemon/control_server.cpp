@@ -8,6 +8,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/basic_stream.hpp>
@@ -93,7 +94,10 @@ asio::awaitable<void> control_server::accept_loop() {
         if (ec) {
             if (ec == asio::error::operation_aborted || !acceptor_->is_open())
                 co_return;
-            log::warning("control: accept failed: {}", ec.message());
+            log::warning("control: accept failed: {}; trying again in 100 ms", ec.message());
+            // Out of file descriptors (EMFILE) fails at once, every time: not a busy loop.
+            asio::steady_timer pause(io_, std::chrono::milliseconds(100));
+            co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
             continue;
         }
         if (sessions_ >= limits_.max_connections) {

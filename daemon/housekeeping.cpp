@@ -3,6 +3,7 @@
 #include "daemon/job_file.hpp"
 #include "runtime/log.hpp"
 
+#include <algorithm>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <cerrno>
@@ -25,10 +26,20 @@ spool_cleanup remove_old_spool_files(const std::string& spool_dir,
         std::chrono::duration_cast<std::chrono::nanoseconds>(before.time_since_epoch()).count();
     for (auto folder : {"accepted", "rejected"}) {
         std::string dir = spool_dir + "/" + folder;
-        std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), ::closedir);
+        // The folder itself, not a symbolic link planted in its place.
+        int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        std::unique_ptr<DIR, int (*)(DIR*)> d(dfd >= 0 ? ::fdopendir(dfd) : nullptr, ::closedir);
         if (!d) {
-            if (errno != ENOENT && out.error.empty())
-                out.error = fmt::format("cannot read {}: {}", dir, std::strerror(errno));
+            int err = errno;
+            if (dfd >= 0)
+                ::close(dfd);
+            if (err == ELOOP || err == ENOTDIR) {
+                if (out.error.empty())
+                    out.error =
+                        fmt::format("{} is not a folder (a symbolic link?): left alone", dir);
+            } else if (err != ENOENT && out.error.empty()) {
+                out.error = fmt::format("cannot read {}: {}", dir, std::strerror(err));
+            }
             continue;
         }
         int fd = ::dirfd(d.get());
@@ -39,7 +50,12 @@ spool_cleanup remove_old_spool_files(const std::string& spool_dir,
             struct stat st {};
             if (::fstatat(fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || S_ISDIR(st.st_mode))
                 continue;
-            if (std::int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec >= cut)
+            // Its age in the folder: the spool's rename into it changes the ctime, not the
+            // mtime (a file written long ago and dropped today keeps its old mtime).
+            auto ns = [](const timespec& t) {
+                return std::int64_t{t.tv_sec} * 1000000000 + t.tv_nsec;
+            };
+            if (std::max(ns(st.st_mtim), ns(st.st_ctim)) >= cut)
                 continue;
             if (::unlinkat(fd, e->d_name, 0) == 0)
                 ++out.removed;

@@ -15,7 +15,8 @@
 
 namespace klingd::daemon {
 
-// Removes the files in spool_dir's accepted/ and rejected/ last changed before `before`
+// Removes the files in spool_dir's accepted/ and rejected/ that arrived there (the later of
+// their mtime and ctime) before `before`
 // (the folders' own entries, nothing below them); how many, and the first error met (the
 // rest are still tried). Blocking: run it off the event loop.
 struct spool_cleanup {

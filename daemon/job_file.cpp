@@ -5,6 +5,10 @@
 namespace klingd::daemon {
 
 // What a file name looks like in a one-line message: control characters escaped.
+bool spool_ignores(const std::string& name) {
+    return name.empty() || name.front() == '.' || name.ends_with(".tmp");
+}
+
 std::string printable(const std::string& s) {
     std::string out;
     for (unsigned char c : s.substr(0, 200)) {

@@ -13,6 +13,9 @@
 
 namespace klingd::daemon {
 
+// A name the spool leaves alone in incoming/: one starting with '.' or ending in .tmp is
+// taken as a file still being written (write it so, then rename it).
+bool spool_ignores(const std::string& name);
 // The reason a file called name, of size bytes, is rejected before it is read, or nullopt.
 std::optional<std::string> job_file_problem(const std::string& name, std::uint64_t size,
                                             std::uint64_t max_file_bytes);

@@ -8,6 +8,7 @@
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/ip/v6_only.hpp>
 #include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
@@ -77,7 +78,10 @@ asio::awaitable<void> metrics_server::accept_loop() {
         if (ec) {
             if (ec == asio::error::operation_aborted || !acceptor_ || !acceptor_->is_open())
                 co_return;
-            log::warning("metrics: accept failed: {}", ec.message());
+            log::warning("metrics: accept failed: {}; trying again in 100 ms", ec.message());
+            // Out of file descriptors (EMFILE) fails at once, every time: not a busy loop.
+            asio::steady_timer pause(io_, std::chrono::milliseconds(100));
+            co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
             continue;
         }
         if (sessions_ >= max_connections)

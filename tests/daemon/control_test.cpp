@@ -562,10 +562,10 @@ namespace {
 
 // curl's answer to one request: the status line's code and the body.
 std::pair<int, std::string> curl_http(const std::string& method, const std::string& url) {
-    child_process curl(
-        "/usr/bin/curl",
-        {"-s", "-X", method, "-o", "-", "-w", "\n%{http_code}", "--max-time", "10", url}, {},
-        "curl");
+    child_process curl("/usr/bin/curl",
+                       {"-s", "--path-as-is", "-X", method, "-o", "-", "-w", "\n%{http_code}",
+                        "--max-time", "10", url},
+                       {}, "curl");
     EXPECT_EQ(curl.wait(20s).value_or(-1), 0) << curl.stderr_text();
     auto out = curl.stdout_text();
     auto nl = out.rfind('\n');
@@ -599,6 +599,8 @@ TEST(metrics_listener, serves_metrics_and_health_over_tcp_and_nothing_else) {
     expect_prometheus(body);
     EXPECT_NE(body.find("klingd_jobs{state=\"completed\",model=\"kling-o1\"} 1"), std::string::npos)
         << body;
+    EXPECT_NE(body.find("klingd_jobs_finished_total{state=\"completed\"} 1\n"), std::string::npos)
+        << body;
     EXPECT_EQ(curl_http("GET", "http://" + at + "/v1/health").first, 200);
     // The control API is not there: no list, no pause, no job.
     auto jobs = curl_http("GET", "http://" + at + "/v1/jobs");
@@ -606,6 +608,10 @@ TEST(metrics_listener, serves_metrics_and_health_over_tcp_and_nothing_else) {
     EXPECT_NE(jobs.second.find("Unix socket"), std::string::npos) << jobs.second;
     EXPECT_EQ(curl_http("POST", "http://" + at + "/v1/pause").first, 404);
     EXPECT_EQ(curl_http("POST", "http://" + at + "/metrics").first, 405);
+    // Nor by a path that walks back into it (sent as written: --path-as-is).
+    EXPECT_EQ(curl_http("GET", "http://" + at + "/metrics/../v1/jobs").first, 404);
+    EXPECT_EQ(curl_http("POST", "http://" + at + "/v1/health/../pause").first, 404);
+    EXPECT_EQ(curl_http("GET", "http://" + at + "/metrics?x=1").first, 200);
     EXPECT_EQ(env.api("GET", "/v1/stats").body.at("paused"), false);
 }
 
