@@ -13,7 +13,7 @@ packages=(
   libtomlplusplus-dev libcli11-dev libsystemd-dev libfmt-dev
   libpq-dev postgresql
   curl python3 ca-certificates systemd dpkg-dev file tzdata faketime
-  scdoc groff-base man-db bash-completion prometheus
+  scdoc groff-base man-db bash-completion zsh prometheus
   "$@"
 )
 

@@ -267,6 +267,56 @@ TEST_F(klingctl_test, bash_completion_offers_commands_states_and_the_daemons_job
     }
 }
 
+// completion/_klingctl in an interactive zsh (a pseudo-terminal, through zpty): the
+// matches offered for line, sorted.
+std::vector<std::string> zsh_complete(const std::string& line) {
+    child_process p("/usr/bin/zsh",
+                    {"-f", std::string(KLINGD_SOURCE_DIR) + "/tests/support/zsh_complete.zsh",
+                     std::string(KLINGD_SOURCE_DIR) + "/completion", line},
+                    {}, "zsh");
+    auto rc = p.wait(60s);
+    EXPECT_EQ(rc.value_or(-1), 0) << line << ": " << p.stderr_text();
+    std::vector<std::string> out;
+    std::istringstream in(p.stdout_text());
+    for (std::string l; std::getline(in, l);)
+        if (!l.empty())
+            out.push_back(l);
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+TEST_F(klingctl_test, zsh_completion_offers_commands_states_and_the_daemons_job_ids) {
+    ASSERT_TRUE(std::filesystem::exists("/usr/bin/zsh"))
+        << "zsh is not installed (scripts/install-deps.sh installs it)";
+    std::string k = KLINGCTL_PATH, sock = env_->socket();
+    EXPECT_EQ(zsh_complete(k + " s"), (words{"show", "stats", "submit"}));
+    EXPECT_EQ(zsh_complete(k + " --socket=" + sock + " w"), (words{"wait", "watch"}));
+    auto all = klingctl(with_socket({"list", "--json"}));
+    ASSERT_EQ(all.rc, 0) << all.err;
+    words every, retryable, pending;
+    auto listed = json::parse(all.out);
+    for (auto& j : listed.as_array()) {
+        std::string id(j.at("id").as_string()), state(j.at("state").as_string());
+        every.push_back(id);
+        if (state == "failed" || state == "expired")
+            retryable.push_back(id);
+        if (state == "pending")
+            pending.push_back(id);
+    }
+    for (auto* v : {&every, &retryable, &pending})
+        std::sort(v->begin(), v->end());
+    ASSERT_TRUE(std::count(retryable.begin(), retryable.end(), "broken"));
+    // Live ids from the daemon the line names, in either spelling of --socket.
+    EXPECT_EQ(zsh_complete(k + " --socket=" + sock + " show "), every);
+    EXPECT_EQ(zsh_complete(k + " --socket " + sock + " show do"), (words{"done"}));
+    EXPECT_EQ(zsh_complete(k + " --socket=" + sock + " retry "), retryable);
+    EXPECT_EQ(zsh_complete(k + " --socket=" + sock + " cancel "), pending);
+    EXPECT_EQ(zsh_complete(k + " list --state=fa"), (words{"failed"}));
+    EXPECT_EQ(zsh_complete(k + " list --j"), (words{"--json"}));
+    // No daemon there: no ids.
+    EXPECT_EQ(zsh_complete(k + " --socket=/nonexistent/klingd.sock show "), (words{}));
+}
+
 TEST_F(klingctl_test, list_quiet_prints_only_the_ids) {
     auto r = klingctl(with_socket({"list", "-q", "--state", "completed"}));
     EXPECT_EQ(r.rc, 0) << r.err;

@@ -37,7 +37,7 @@ install-tree)
            ./usr/lib/sysusers.d/klingd.conf ./usr/lib/tmpfiles.d/klingd.conf ./etc/klingd/klingd.toml \
            ./usr/share/doc/klingd/README.md ./usr/share/doc/klingd/examples/jobs/landscape-merge.json \
            ./usr/share/man/man8/klingd.8 ./usr/share/man/man1/klingctl.1 ./usr/share/man/man5/klingd.toml.5 \
-           ./usr/share/bash-completion/completions/klingctl \
+           ./usr/share/bash-completion/completions/klingctl ./usr/share/zsh/vendor-completions/_klingctl \
            ./usr/share/klingd/grafana/klingd-dashboard.json ./usr/share/klingd/prometheus/klingd-alerts.yml; do
     grep -qx "$f" "$tmp/files" || fail "missing $f in: $(cat "$tmp/files")"
   done
@@ -54,7 +54,8 @@ deb)
   for f in ./usr/bin/klingd ./usr/bin/klingctl ./usr/lib/systemd/system/klingd.service ./etc/klingd/klingd.toml \
            ./usr/lib/sysusers.d/klingd.conf ./usr/lib/tmpfiles.d/klingd.conf ./usr/share/man/man8/klingd.8 \
            ./usr/share/man/man1/klingctl.1 ./usr/share/man/man5/klingd.toml.5 \
-           ./usr/share/bash-completion/completions/klingctl ./usr/share/klingd/grafana/klingd-dashboard.json; do
+           ./usr/share/bash-completion/completions/klingctl ./usr/share/zsh/vendor-completions/_klingctl \
+           ./usr/share/klingd/grafana/klingd-dashboard.json; do
     grep -q " $f\$" "$tmp/contents" || fail "no $f in the package: $(cat "$tmp/contents")"
   done
   depends=$(dpkg-deb -f "$deb" Depends)
