@@ -158,6 +158,18 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
         return;
     }
     const auto& dirs = cfg.real_directories;
+    // A user other than root and klingd's own learns nothing of what lies where that user
+    // may not look: a missing file, a link that leads out, a file or a folder that user may
+    // not read all get this one answer (no probing through klingd's rights). Root and
+    // klingd's user get the precise reason.
+    const bool restricted = submitter && *submitter != 0 && *submitter != ::geteuid();
+    auto hidden = [&](std::string precise) {
+        return restricted
+                   ? fmt::format("does not exist inside [inputs] directories ({}) as a file the "
+                                 "user who submitted the job (uid {}) may read",
+                                 folder_list(cfg), *submitter)
+                   : precise;
+    };
     // By its text first: nothing outside the folders is even looked at (no probing of
     // other paths, no waiting on a dead mount elsewhere).
     if (!inside_any(path, cfg.directories) && !inside_any(path, dirs)) {
@@ -166,13 +178,13 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
     }
     o.real = real_path(path);
     if (o.real.empty()) {
-        o.problem = fmt::format("cannot be resolved: {}", std::strerror(errno));
+        o.problem = hidden(fmt::format("cannot be resolved: {}", std::strerror(errno)));
         return;
     }
     const std::string* folder = folder_of(o.real, dirs);
     if (!folder) {
-        o.problem =
-            fmt::format("resolves to a path outside [inputs] directories ({})", folder_list(cfg));
+        o.problem = hidden(
+            fmt::format("resolves to a path outside [inputs] directories ({})", folder_list(cfg)));
         return;
     }
     // A handle on the path that opens nothing yet (no device is opened, nothing read),
@@ -180,7 +192,7 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
     fd_guard handle;
     handle.fd = ::open(o.real.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
     if (handle.fd < 0) {
-        o.problem = fmt::format("cannot be opened: {}", std::strerror(errno));
+        o.problem = hidden(fmt::format("cannot be opened: {}", std::strerror(errno)));
         return;
     }
     // What it names, whatever happened to the path's folders since it was resolved.
@@ -193,13 +205,18 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
     }
     std::string opened_path(buf, static_cast<std::size_t>(n));
     if (!inside(opened_path, *folder)) {
-        o.problem = fmt::format("was moved outside [inputs] directories ({}) while it was checked",
-                                folder_list(cfg));
+        o.problem = hidden(fmt::format(
+            "was moved outside [inputs] directories ({}) while it was checked", folder_list(cfg)));
         return;
     }
     struct stat named {};
     if (::fstat(handle.fd, &named) != 0) {
-        o.problem = fmt::format("cannot be read: {}", std::strerror(errno));
+        o.problem = hidden(fmt::format("cannot be read: {}", std::strerror(errno)));
+        return;
+    }
+    // Before anything is said about what it is (a folder, a FIFO, its size).
+    if (!submitter_may_read(named, opened_path, submitter)) {
+        o.problem = hidden("");
         return;
     }
     if (S_ISLNK(named.st_mode)) {
@@ -226,9 +243,8 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
         return;
     }
     // Before anything more is said about it.
-    if (!submitter_may_read(st, opened_path, submitter)) {
-        o.problem =
-            fmt::format("is not readable by the user who submitted the job (uid {})", *submitter);
+    if (!submitter_may_read(st, opened_path, submitter)) { // the same file, checked again
+        o.problem = hidden("");
         return;
     }
     if (!S_ISREG(st.st_mode)) {

@@ -228,8 +228,7 @@ TEST_F(local_inputs, a_file_the_submitter_cannot_read_is_refused) {
     fs::permissions(media / "private.png", fs::perms::owner_read | fs::perms::owner_write);
     submitter = 65534; // nobody: neither its owner nor in its group, and others may not read
     auto r = intake(url(media / "private.png"));
-    EXPECT_NE(why(r).find("not readable by the user who submitted the job (uid 65534)"),
-              std::string::npos)
+    EXPECT_NE(why(r).find("the user who submitted the job (uid 65534) may read"), std::string::npos)
         << why(r);
     // Readable by all, in a folder the user cannot enter: refused too.
     fs::create_directories(media / "closed");
@@ -237,7 +236,7 @@ TEST_F(local_inputs, a_file_the_submitter_cannot_read_is_refused) {
     fs::permissions(media / "closed/open.png", fs::perms::others_read, fs::perm_options::add);
     fs::permissions(media / "closed", fs::perms::owner_all);
     r = intake(url(media / "closed/open.png"));
-    EXPECT_NE(why(r).find("not readable by the user who submitted the job"), std::string::npos)
+    EXPECT_NE(why(r).find("the user who submitted the job (uid 65534) may read"), std::string::npos)
         << why(r);
     fs::permissions(media / "private.png", fs::perms::others_read, fs::perm_options::add);
     // Accepted when every folder above it lets others through (not so when the build tree
@@ -251,6 +250,41 @@ TEST_F(local_inputs, a_file_the_submitter_cannot_read_is_refused) {
     submitter = 0;
     fs::permissions(media / "private.png", fs::perms::others_read, fs::perm_options::remove);
     EXPECT_TRUE(intake(url(media / "private.png"))) << "root may read it";
+}
+
+TEST_F(local_inputs, a_user_cannot_probe_through_klingd_what_lies_where_it_may_not_look) {
+    // What klingd could tell a user other than root about paths it resolves with its own
+    // rights: whether a link's target exists outside, what is in a folder closed to that
+    // user. Every such answer is the same.
+    test::write_file((outside / "exists.png").string(), png_bytes);
+    fs::create_symlink(outside / "exists.png", media / "to-existing.png");
+    fs::create_symlink(outside / "absent.png", media / "to-absent.png");
+    fs::create_directories(media / "closed/sub.png");
+    test::write_file((media / "closed/there.png").string(), png_bytes);
+    ASSERT_EQ(::mkfifo((media / "closed/pipe.png").c_str(), 0644), 0);
+    fs::permissions(media / "closed", fs::perms::owner_all);
+    submitter = 65534;
+    std::vector<std::string> answers;
+    for (auto p : {media / "to-existing.png", media / "to-absent.png", media / "missing.png",
+                   media / "closed/there.png", media / "closed/sub.png", media / "closed/pipe.png",
+                   media / "closed/absent.png"}) {
+        auto r = intake(url(p));
+        ASSERT_FALSE(r) << p;
+        auto w = why(r);
+        // The URL itself is quoted at the front; what follows must not differ.
+        answers.push_back(w.substr(w.find(p.string()) + p.string().size()));
+    }
+    for (auto& a : answers) {
+        EXPECT_EQ(a, answers.front());
+        EXPECT_NE(a.find("(uid 65534) may read"), std::string::npos) << a;
+    }
+    // Root (and klingd's own user) get the precise reason.
+    submitter = 0;
+    EXPECT_NE(why(intake(url(media / "to-existing.png"))).find("resolves to a path outside"),
+              std::string::npos);
+    EXPECT_NE(why(intake(url(media / "closed/pipe.png"))).find("not a regular file"),
+              std::string::npos);
+    fs::permissions(media / "closed", fs::perms::owner_all | fs::perms::others_exec);
 }
 
 TEST_F(local_inputs, one_file_in_two_spellings_is_read_once_and_each_spelling_is_recorded) {
