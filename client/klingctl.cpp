@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <fstream>
 #include <iostream>
@@ -753,14 +754,38 @@ int cmd_validate(const std::vector<std::string>& files, const std::string& confi
             bad(*why);
             continue;
         }
-        std::ifstream in(path, std::ios::binary);
-        if (!in) {
+        // Read as the spool reads: what was looked at (no link followed, nothing that
+        // blocks), no more than was measured.
+        int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        if (fd < 0) {
             bad(fmt::format("cannot be read: {}", std::strerror(errno)));
             continue;
         }
-        std::ostringstream text;
-        text << in.rdbuf();
-        auto job = klingd::daemon::read_job_file(text.str(), name, st.st_nlink);
+        std::string text(static_cast<std::size_t>(st.st_size), '\0');
+        struct stat now {};
+        ssize_t got = 0;
+        if (::fstat(fd, &now) == 0 && S_ISREG(now.st_mode) && now.st_ino == st.st_ino &&
+            now.st_dev == st.st_dev) {
+            std::size_t at = 0;
+            while (at < text.size()) {
+                auto r = ::read(fd, text.data() + at, text.size() - at);
+                if (r < 0 && errno == EINTR)
+                    continue;
+                if (r <= 0)
+                    break;
+                at += static_cast<std::size_t>(r);
+            }
+            text.resize(at);
+            got = static_cast<ssize_t>(at);
+        } else {
+            got = -1;
+        }
+        ::close(fd);
+        if (got < 0) {
+            bad("was replaced while it was read");
+            continue;
+        }
+        auto job = klingd::daemon::read_job_file(text, name, st.st_nlink, st.st_mode);
         if (!job) {
             bad(job.error().message());
             continue;

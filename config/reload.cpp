@@ -73,6 +73,8 @@ std::vector<std::string> apply_reload(settings& cur, const settings& fresh) {
             *c = f;
         }
     bool dirs_changed = cur.inputs.directories != fresh.inputs.directories;
+    const auto old_dirs = cur.inputs.directories;
+    const auto old_real = cur.inputs.real_directories;
     if (dirs_changed) {
         auto show = [](const std::vector<std::string>& v) {
             std::string out;
@@ -87,11 +89,25 @@ std::vector<std::string> apply_reload(settings& cur, const settings& fresh) {
     if (cur.inputs.real_directories != fresh.inputs.real_directories) {
         // The same folders, now resolving elsewhere (one was replaced by a symlink): the
         // boundary stays where it was; a restart takes the new one.
-        if (!dirs_changed)
+        // A changed list: a folder it kept keeps its resolution from before too (it may
+        // be the one replaced); only a folder new to the list is resolved now.
+        bool kept_any = false;
+        std::vector<std::string> real;
+        for (std::size_t i = 0; i < fresh.inputs.directories.size(); ++i) {
+            const auto& dir = fresh.inputs.directories[i];
+            std::string r = fresh.inputs.real_directories.at(i);
+            for (std::size_t j = 0; j < old_dirs.size() && j < old_real.size(); ++j)
+                if (old_dirs[j] == dir) {
+                    kept_any = kept_any || old_real[j] != r;
+                    r = old_real[j];
+                }
+            real.push_back(std::move(r));
+        }
+        if (!dirs_changed || kept_any)
             d.lines.push_back("inputs.directories resolve elsewhere now; the folders as "
                               "resolved before are kept (restart klingd to take the new ones)");
-        else
-            cur.inputs.real_directories = fresh.inputs.real_directories;
+        if (dirs_changed)
+            cur.inputs.real_directories = std::move(real);
     }
     d.apply("inputs.upload_url", cur.inputs.upload_url, fresh.inputs.upload_url);
     d.apply("inputs.max_bytes", cur.inputs.max_bytes, fresh.inputs.max_bytes);

@@ -32,7 +32,7 @@ std::optional<std::string> job_file_problem(const std::string& name, std::uint64
 }
 
 core::result<core::job_spec> read_job_file(std::string_view text, const std::string& name,
-                                           std::uint64_t links) {
+                                           std::uint64_t links, std::uint32_t mode) {
     auto parsed = core::parse_job_spec(text, name.substr(0, name.size() - 5));
     if (!parsed)
         return parsed;
@@ -40,6 +40,15 @@ core::result<core::job_spec> read_job_file(std::string_view text, const std::str
         return core::error(core::errc::invalid_job,
                            "names local files but has more than one name (a hard link): its "
                            "owner cannot be told; write the job file itself");
+    // Its owner is taken as the user who asked for those files: nobody else may have been
+    // able to change what it names.
+    if (!parsed->local_inputs.empty() && (mode & 022) != 0)
+        return core::error(
+            core::errc::invalid_job,
+            fmt::format("names local files but other users may write to it (mode {:04o}): its "
+                        "owner cannot be told to have named them; make it writable by its "
+                        "owner only (chmod go-w, or umask 022) before it goes into incoming/",
+                        mode & 07777));
     return parsed;
 }
 

@@ -20,9 +20,11 @@ bool spool_ignores(const std::string& name);
 std::optional<std::string> job_file_problem(const std::string& name, std::uint64_t size,
                                             std::uint64_t max_file_bytes);
 // Once read: the job (its local files named, not yet checked: check_local_inputs), or
-// errc::invalid_job whose message is the reason. links: the file's number of names.
+// errc::invalid_job whose message is the reason. links: the file's number of names; mode:
+// its permission bits (a job with local files must have one name and be writable by its
+// owner only).
 core::result<core::job_spec> read_job_file(std::string_view text, const std::string& name,
-                                           std::uint64_t links);
+                                           std::uint64_t links, std::uint32_t mode);
 // A file name as a one-line message shows it (control characters escaped, cut at 200).
 std::string printable(const std::string& s);
 

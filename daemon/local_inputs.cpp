@@ -7,6 +7,7 @@
 #include <boost/json.hpp>
 #include <cerrno>
 #include <climits>
+#include <cstdio>
 #include <cstring>
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -16,6 +17,7 @@
 #include <pwd.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 namespace klingd::daemon {
@@ -46,13 +48,6 @@ struct digest {
     }
 };
 
-std::string real_path(const std::string& p) {
-    char buf[PATH_MAX];
-    if (::realpath(p.c_str(), buf) == nullptr)
-        return {};
-    return buf;
-}
-
 bool inside(const std::string& path, const std::string& dir) {
     return path.size() > dir.size() + 1 && path.compare(0, dir.size(), dir) == 0 &&
            path[dir.size()] == '/';
@@ -63,6 +58,76 @@ bool inside_any(const std::string& path, const std::vector<std::string>& dirs) {
         if (inside(path, d))
             return true;
     return false;
+}
+
+// path is one of dirs, inside one, or a folder above one.
+bool on_the_way(const std::string& path, const std::vector<std::string>& dirs) {
+    for (auto& d : dirs)
+        if (path == d || inside(path, d) || inside(d, path))
+            return true;
+    return false;
+}
+
+// The path with every symbolic link resolved (as realpath(3)), but nothing is looked up
+// that is not on the way to or inside the folders: a link leading elsewhere (a dead
+// network mount, an automounter) ends the walk before anything there is touched. "" and
+// errno set when it cannot be resolved; EXDEV when it leads outside.
+std::string resolve_within(const std::string& path, const std::vector<std::string>& allowed) {
+    std::vector<std::string> todo; // components still to walk, the next one last
+    auto push_path = [&](std::string_view p) {
+        std::vector<std::string> parts;
+        for (std::size_t at = 0; at <= p.size();) {
+            auto slash = p.find('/', at);
+            if (slash == std::string_view::npos)
+                slash = p.size();
+            if (slash > at)
+                parts.emplace_back(p.substr(at, slash - at));
+            at = slash + 1;
+        }
+        todo.insert(todo.end(), parts.rbegin(), parts.rend());
+    };
+    push_path(path);
+    std::string cur; // resolved so far, no links in it ("" is "/")
+    int links = 0;
+    while (!todo.empty()) {
+        auto part = std::move(todo.back());
+        todo.pop_back();
+        if (part == ".")
+            continue;
+        if (part == "..") {
+            cur.resize(cur.empty() ? 0 : cur.rfind('/'));
+            continue;
+        }
+        auto next = cur + "/" + part;
+        if (!on_the_way(next, allowed)) {
+            errno = EXDEV;
+            return {};
+        }
+        struct stat st {};
+        if (::lstat(next.c_str(), &st) != 0)
+            return {};
+        if (S_ISLNK(st.st_mode)) {
+            if (++links > 40) {
+                errno = ELOOP;
+                return {};
+            }
+            char buf[PATH_MAX];
+            auto n = ::readlink(next.c_str(), buf, sizeof buf - 1);
+            if (n <= 0)
+                return {};
+            std::string_view target(buf, static_cast<std::size_t>(n));
+            if (target.front() == '/')
+                cur.clear();
+            push_path(target);
+            continue;
+        }
+        if (!todo.empty() && !S_ISDIR(st.st_mode)) {
+            errno = ENOTDIR;
+            return {};
+        }
+        cur = std::move(next);
+    }
+    return cur.empty() ? "/" : cur;
 }
 
 // The real folder path lies inside, if any.
@@ -107,6 +172,27 @@ submitter_id identity_of(uid_t uid) {
     return id;
 }
 
+// Whether klingd sees every user as the kernel does: not so in a user namespace that maps
+// only some (systemd's PrivateUsers=), where every other uid and gid reads as 65534.
+bool users_as_they_are() {
+    for (auto file : {"/proc/self/uid_map", "/proc/self/gid_map"}) {
+        fd_guard f;
+        f.fd = ::open(file, O_RDONLY | O_CLOEXEC);
+        if (f.fd < 0)
+            return false;
+        char buf[256];
+        auto n = ::read(f.fd, buf, sizeof buf - 1);
+        if (n <= 0)
+            return false;
+        buf[n] = '\0';
+        unsigned long inside = 1, outside = 1, count = 0;
+        if (std::sscanf(buf, "%lu %lu %lu", &inside, &outside, &count) != 3 || inside != 0 ||
+            outside != 0 || count != 4294967295UL || std::strchr(buf, '\n') != buf + n - 1)
+            return false;
+    }
+    return true;
+}
+
 // The kernel's rule for one permission: the owner's bits for the owner, else the group's
 // for a member, else the others' (only the first class that applies counts; ACLs are not
 // read, so a file they open to the user is refused).
@@ -119,25 +205,48 @@ bool permits(const struct stat& st, const submitter_id& who, mode_t owner_bit, m
     return (st.st_mode & other_bit) != 0;
 }
 
-// May the user who submitted the job read this file, through every folder above it?
+// Whether the file or folder behind fd (any kind of descriptor) carries an ACL, which
+// the check below does not read (it may open or close what the bits say): such are
+// refused for other users.
+bool has_acl(int fd) {
+    auto at = fmt::format("/proc/self/fd/{}", fd);
+    if (::getxattr(at.c_str(), "system.posix_acl_access", nullptr, 0) >= 0)
+        return true;
+    return !(errno == ENODATA || errno == ENOTSUP);
+}
+
+// May the user who submitted the job read this file (st, behind fd), through every folder
+// above it? The folders are walked from "/" down, each held while the next is opened
+// beneath it (no folder swapped in between), and the file must be the one at the end.
 // Root and klingd's own user may use what klingd may.
-bool submitter_may_read(const struct stat& st, const std::string& real_path,
+bool submitter_may_read(const struct stat& st, int fd, const std::string& real_path,
                         std::optional<uid_t> who) {
     if (!who || *who == 0 || *who == ::geteuid())
         return true;
     auto id = identity_of(*who);
-    if (!permits(st, id, S_IRUSR, S_IRGRP, S_IROTH))
+    if (!permits(st, id, S_IRUSR, S_IRGRP, S_IROTH) || has_acl(fd))
         return false;
-    // Search permission on each folder from "/" down to the file's own.
-    for (auto slash = real_path.find('/', 1); slash != std::string::npos;
-         slash = real_path.find('/', slash + 1)) {
-        struct stat dir {};
-        auto folder = real_path.substr(0, slash);
-        if (::stat(folder.c_str(), &dir) != 0 || !permits(dir, id, S_IXUSR, S_IXGRP, S_IXOTH))
+    fd_guard dir;
+    dir.fd = ::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    std::size_t at = 1;
+    for (;;) {
+        struct stat ds {};
+        if (dir.fd < 0 || ::fstat(dir.fd, &ds) != 0 ||
+            !permits(ds, id, S_IXUSR, S_IXGRP, S_IXOTH) || has_acl(dir.fd))
             return false;
+        auto slash = real_path.find('/', at);
+        auto name =
+            real_path.substr(at, slash == std::string::npos ? std::string::npos : slash - at);
+        if (slash == std::string::npos) {
+            struct stat here {};
+            return ::fstatat(dir.fd, name.c_str(), &here, AT_SYMLINK_NOFOLLOW) == 0 &&
+                   here.st_dev == st.st_dev && here.st_ino == st.st_ino;
+        }
+        fd_guard next;
+        next.fd = ::openat(dir.fd, name.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        std::swap(dir.fd, next.fd);
+        at = slash + 1;
     }
-    struct stat root {};
-    return ::stat("/", &root) == 0 && permits(root, id, S_IXUSR, S_IXGRP, S_IXOTH);
 }
 
 // The file behind path, opened for reading when it is acceptable; else why not.
@@ -170,13 +279,26 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
                                  folder_list(cfg), *submitter)
                    : precise;
     };
+    if (restricted && !users_as_they_are()) {
+        o.problem = "names a local file, but klingd runs in a user namespace (systemd "
+                    "PrivateUsers=) where it cannot tell other users' files and rights apart: "
+                    "only root's and klingd's own jobs may name local files there";
+        return;
+    }
     // By its text first: nothing outside the folders is even looked at (no probing of
     // other paths, no waiting on a dead mount elsewhere).
     if (!inside_any(path, cfg.directories) && !inside_any(path, dirs)) {
         o.problem = fmt::format("is outside [inputs] directories ({})", folder_list(cfg));
         return;
     }
-    o.real = real_path(path);
+    std::vector<std::string> allowed = dirs;
+    allowed.insert(allowed.end(), cfg.directories.begin(), cfg.directories.end());
+    o.real = resolve_within(path, allowed);
+    if (o.real.empty() && errno == EXDEV) {
+        o.problem = hidden(
+            fmt::format("resolves to a path outside [inputs] directories ({})", folder_list(cfg)));
+        return;
+    }
     if (o.real.empty()) {
         o.problem = hidden(fmt::format("cannot be resolved: {}", std::strerror(errno)));
         return;
@@ -215,7 +337,7 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
         return;
     }
     // Before anything is said about what it is (a folder, a FIFO, its size).
-    if (!submitter_may_read(named, opened_path, submitter)) {
+    if (!submitter_may_read(named, handle.fd, opened_path, submitter)) {
         o.problem = hidden("");
         return;
     }
@@ -243,7 +365,7 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
         return;
     }
     // Before anything more is said about it.
-    if (!submitter_may_read(st, opened_path, submitter)) { // the same file, checked again
+    if (!submitter_may_read(st, o.f.fd, opened_path, submitter)) { // the same file, checked again
         o.problem = hidden("");
         return;
     }

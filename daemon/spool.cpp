@@ -395,8 +395,8 @@ spool::candidate spool::read_candidate(const std::string& name) const {
     if (auto why = job_file_problem(name, static_cast<std::uint64_t>(st.st_size),
                                     settings_.spool.max_file_bytes))
         return rejection{std::move(*why)};
-    auto parsed =
-        read_job_file(read_all(f.fd, static_cast<std::size_t>(st.st_size)), name, st.st_nlink);
+    auto parsed = read_job_file(read_all(f.fd, static_cast<std::size_t>(st.st_size)), name,
+                                st.st_nlink, st.st_mode);
     taken_file file{name,           st.st_dev,     st.st_ino, static_cast<std::int64_t>(st.st_size),
                     ns(st.st_mtim), ns(st.st_ctim)};
     if (!parsed)

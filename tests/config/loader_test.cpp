@@ -462,6 +462,29 @@ expected_duration_s = 40
     EXPECT_TRUE(klingd::config::apply_reload(cur, cur).empty());
 }
 
+TEST(config_reload, a_folder_kept_in_a_changed_list_keeps_its_old_resolution) {
+    // /srv/media was replaced by a symlink to /etc since the start, and the reload also
+    // adds /srv/new: the kept folder's boundary does not move, the new one is taken.
+    auto cur = *parse("").value;
+    cur.inputs.directories = {"/srv/media"};
+    cur.inputs.real_directories = {"/srv/media"};
+    auto fresh = cur;
+    fresh.inputs.directories = {"/srv/new", "/srv/media"};
+    fresh.inputs.real_directories = {"/srv/new", "/etc"};
+    auto lines = klingd::config::apply_reload(cur, fresh);
+    EXPECT_EQ(cur.inputs.directories, fresh.inputs.directories);
+    EXPECT_EQ(cur.inputs.real_directories, (std::vector<std::string>{"/srv/new", "/srv/media"}));
+    std::string all;
+    for (auto& l : lines)
+        all += l + "\n";
+    EXPECT_NE(all.find("resolved before are kept"), std::string::npos) << all;
+    // A folder dropped from the list is dropped from the boundary.
+    fresh.inputs.directories = {"/srv/new"};
+    fresh.inputs.real_directories = {"/srv/new"};
+    klingd::config::apply_reload(cur, fresh);
+    EXPECT_EQ(cur.inputs.real_directories, (std::vector<std::string>{"/srv/new"}));
+}
+
 } // namespace
 
 namespace {

@@ -133,6 +133,8 @@ std::string daemon_env::log() const {
 void daemon_env::drop(const std::string& name, const std::string& content) {
     std::string tmp = incoming() + "/." + name + ".tmp";
     write_file(tmp, content);
+    // As a careful user writes it, whatever the umask the tests run under.
+    std::filesystem::permissions(tmp, std::filesystem::perms(0644));
     std::filesystem::rename(tmp, incoming() + "/" + name);
 }
 

@@ -93,13 +93,18 @@ void local_files_reach_the_api_unchanged_once_each(daemon_options o) {
                          media(env, "clip.mp4"), media(env, "b.png")));
     env.drop("escape.json", image_job_with("escape", media(env, "escape.png")));
     env.drop("outside.json", image_job_with("outside", env.dir() + "/klingd.toml"));
+    // A job file others may write to: its owner cannot be said to have named the files.
+    write_file(env.dir() + "/shared.json", image_job_with("shared", media(env, "a.png")));
+    fs::permissions(env.dir() + "/shared.json", fs::perms(0664));
+    fs::rename(env.dir() + "/shared.json", env.incoming() + "/shared.json");
 
     // Refused at intake, with the reason, and nothing else disturbed.
     auto rejected = env.dir() + "/spool/rejected/";
     ASSERT_TRUE(eventually(
         [&] {
             return fs::exists(rejected + "escape.json.error") &&
-                   fs::exists(rejected + "outside.json.error");
+                   fs::exists(rejected + "outside.json.error") &&
+                   fs::exists(rejected + "shared.json.error");
         },
         30s));
     EXPECT_NE(read_file(rejected + "escape.json.error").find("outside [inputs] directories"),
@@ -107,6 +112,8 @@ void local_files_reach_the_api_unchanged_once_each(daemon_options o) {
         << read_file(rejected + "escape.json.error");
     EXPECT_NE(read_file(rejected + "outside.json.error").find("outside [inputs] directories"),
               std::string::npos);
+    EXPECT_NE(read_file(rejected + "shared.json.error").find("mode 0664"), std::string::npos)
+        << read_file(rejected + "shared.json.error");
     // Over the socket too: 400 with the reason.
     auto r =
         env.api("POST", "/v1/jobs?id=sock", image_job_with("sock", media(env, "../klingd.toml")));

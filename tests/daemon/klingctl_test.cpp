@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <gtest/gtest.h>
 #include <sstream>
+#include <sys/stat.h>
 
 namespace {
 
@@ -390,6 +391,8 @@ TEST_F(klingctl_test, validate_checks_local_files_against_a_configurations_input
     };
     write_file(dir / "inside.json", job_with("inside", dir / "media/a.png"));
     write_file(dir / "outside.json", job_with("outside", "/etc/passwd"));
+    for (auto f : {"inside.json", "outside.json"}) // whatever the umask
+        std::filesystem::permissions(dir / f, std::filesystem::perms(0644));
     // A configuration as the service has it, with a key file this user cannot read: the
     // secrets are not looked for.
     write_file(dir / "klingd.toml", "[api]\napi_key_file = \"/nonexistent/key\"\n[inputs]\n"
@@ -403,6 +406,15 @@ TEST_F(klingctl_test, validate_checks_local_files_against_a_configurations_input
               "inside.json: ok: job inside, model kling-o1, 1 local file checked");
     EXPECT_NE(lines["outside.json"].find("outside [inputs] directories"), std::string::npos)
         << lines["outside.json"];
+    // Writable by others: refused as the spool would, and a FIFO does not hang validate.
+    write_file(dir / "shared.json", job_with("shared", dir / "media/a.png"));
+    std::filesystem::permissions(dir / "shared.json", std::filesystem::perms(0664));
+    ASSERT_EQ(::mkfifo((dir / "fifo.json").c_str(), 0644), 0);
+    auto shared = klingctl({"validate", dir / "shared.json", dir / "fifo.json"});
+    EXPECT_EQ(shared.rc, 1);
+    lines = validate_lines(shared.out);
+    EXPECT_NE(lines["shared.json"].find("mode 0664"), std::string::npos) << lines["shared.json"];
+    EXPECT_NE(lines["fifo.json"].find("not a regular file"), std::string::npos) << shared.out;
     // Without a configuration the local file is named as not checked, on stderr too.
     auto plain = klingctl({"validate", dir / "inside.json"});
     EXPECT_EQ(plain.rc, 0);

@@ -9,11 +9,15 @@
 #include "tests/support/digest.hpp"
 
 #include <boost/json.hpp>
+#include <cstring>
 #include <filesystem>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
+#include <sched.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 namespace {
@@ -285,6 +289,88 @@ TEST_F(local_inputs, a_user_cannot_probe_through_klingd_what_lies_where_it_may_n
     EXPECT_NE(why(intake(url(media / "closed/pipe.png"))).find("not a regular file"),
               std::string::npos);
     fs::permissions(media / "closed", fs::perms::owner_all | fs::perms::others_exec);
+}
+
+TEST_F(local_inputs, in_a_user_namespace_only_root_and_klingd_may_name_local_files) {
+    // Under systemd's PrivateUsers= every other user reads as 65534: the rights check
+    // could not tell users apart. A child in a fresh user namespace (no map written) tries.
+    test::write_file((media / "shared.png").string(), png_bytes);
+    fs::permissions(media / "shared.png", fs::perms(0644));
+    submitter = 4321; // not klingd's user (root here; 65534 inside the namespace)
+    int pipefd[2];
+    ASSERT_EQ(::pipe(pipefd), 0);
+    pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        ::close(pipefd[0]);
+        std::string out =
+            ::unshare(CLONE_NEWUSER) != 0 ? "skip" : why(intake(url(media / "shared.png")));
+        (void)!::write(pipefd[1], out.data(), out.size());
+        ::_exit(0);
+    }
+    ::close(pipefd[1]);
+    std::string got;
+    char buf[512];
+    for (ssize_t n; (n = ::read(pipefd[0], buf, sizeof buf)) > 0;)
+        got.append(buf, static_cast<std::size_t>(n));
+    ::close(pipefd[0]);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    if (got == "skip")
+        GTEST_SKIP() << "no user namespaces here";
+    EXPECT_NE(got.find("user namespace"), std::string::npos) << got;
+    // Outside it, the same file and user pass that point (and are accepted when every
+    // folder above lets others through).
+    EXPECT_EQ(why(intake(url(media / "shared.png"))).find("user namespace"), std::string::npos);
+}
+
+TEST_F(local_inputs, a_link_that_leads_out_is_not_followed_beyond_the_folders) {
+    // Not even looked up (a dead network mount or an automounter there would hang the
+    // check): a path that does not exist outside is refused as outside, not as missing.
+    fs::create_symlink("/nonexistent-klingd-mount/x.png", media / "away.png");
+    auto r = intake(url(media / "away.png"));
+    EXPECT_NE(why(r).find("resolves to a path outside"), std::string::npos) << why(r);
+    // Relative links and ".." inside a link's target are resolved as realpath(3) does.
+    fs::create_directories(media / "sub");
+    fs::create_symlink("../a.png", media / "sub/up.png");
+    fs::create_symlink("sub/up.png", media / "chain.png");
+    r = intake(url(media / "chain.png"));
+    ASSERT_TRUE(r) << why(r);
+    EXPECT_EQ(r->front().path, fs::canonical(media / "a.png").string());
+    fs::create_symlink("../../../../../../../../etc/passwd", media / "sub/deep.png");
+    EXPECT_NE(why(intake(url(media / "sub/deep.png"))).find("outside"), std::string::npos);
+    fs::create_symlink("loop2.png", media / "loop1.png");
+    fs::create_symlink("loop1.png", media / "loop2.png");
+    EXPECT_NE(why(intake(url(media / "loop1.png"))).find("cannot be resolved"), std::string::npos)
+        << why(intake(url(media / "loop1.png")));
+    fs::create_symlink("a.png/x", media / "through-a-file.png");
+    EXPECT_NE(why(intake(url(media / "through-a-file.png"))).find("cannot be resolved"),
+              std::string::npos);
+}
+
+TEST_F(local_inputs, a_file_or_folder_with_an_acl_is_refused_for_other_users) {
+    // An ACL can deny what the bits allow (u:4321:---); it is not read, so it is refused.
+    test::write_file((media / "acl.png").string(), png_bytes);
+    fs::permissions(media / "acl.png", fs::perms(0644));
+    auto entry = [](std::uint16_t tag, std::uint16_t perm, std::uint32_t id) {
+        std::string e(8, '\0');
+        std::memcpy(e.data(), &tag, 2);
+        std::memcpy(e.data() + 2, &perm, 2);
+        std::memcpy(e.data() + 4, &id, 4);
+        return e;
+    };
+    std::uint32_t version = 2;
+    std::string acl(reinterpret_cast<const char*>(&version), 4);
+    acl += entry(0x01, 6, ~0u) + entry(0x02, 0, 4321) + entry(0x04, 4, ~0u) + entry(0x10, 4, ~0u) +
+           entry(0x20, 4, ~0u);
+    if (::setxattr((media / "acl.png").c_str(), "system.posix_acl_access", acl.data(), acl.size(),
+                   0) != 0)
+        GTEST_SKIP() << "no ACLs on this file system: " << std::strerror(errno);
+    submitter = 4321;
+    auto r = intake(url(media / "acl.png"));
+    EXPECT_NE(why(r).find("(uid 4321) may read"), std::string::npos) << why(r);
+    submitter = 0;
+    EXPECT_TRUE(intake(url(media / "acl.png"))) << "root: klingd's own rights apply";
 }
 
 TEST_F(local_inputs, one_file_in_two_spellings_is_read_once_and_each_spelling_is_recorded) {
