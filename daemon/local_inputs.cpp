@@ -540,7 +540,8 @@ core::result<std::string> upload_body(const core::local_input& in,
     if (!o.problem.empty())
         return bad(o.problem);
     if (o.real != in.path)
-        return bad(fmt::format("now resolves to {}, not {} as at intake", o.real, in.path));
+        return bad("now resolves to another file than at intake (a link changed): not "
+                   "uploaded"); // not where: the job's error is for every socket user to read
     if (o.bytes != in.bytes)
         return bad(fmt::format("changed since it was taken in ({} bytes then, {} now)", in.bytes,
                                o.bytes));
