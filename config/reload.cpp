@@ -93,7 +93,10 @@ std::vector<std::string> apply_reload(settings& cur, const settings& fresh) {
         // be the one replaced); only a folder new to the list is resolved now.
         bool kept_any = false;
         std::vector<std::string> real;
-        for (std::size_t i = 0; i < fresh.inputs.directories.size(); ++i) {
+        // (Parallel lists; should a folder lack its resolution, it is left out: no files
+        // from it rather than files from somewhere unknown.)
+        for (std::size_t i = 0;
+             i < fresh.inputs.directories.size() && i < fresh.inputs.real_directories.size(); ++i) {
             const auto& dir = fresh.inputs.directories[i];
             std::string r = fresh.inputs.real_directories.at(i);
             for (std::size_t j = 0; j < old_dirs.size() && j < old_real.size(); ++j)
