@@ -322,7 +322,7 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
     auto proc = fmt::format("/proc/self/fd/{}", handle.fd);
     auto n = ::readlink(proc.c_str(), buf, sizeof buf - 1);
     if (n <= 0) {
-        o.problem = fmt::format("cannot be checked: {}", std::strerror(errno));
+        o.problem = hidden(fmt::format("cannot be checked: {}", std::strerror(errno)));
         return;
     }
     std::string opened_path(buf, static_cast<std::size_t>(n));
@@ -535,16 +535,19 @@ core::result<std::string> upload_body(const core::local_input& in,
         return core::error(core::errc::invalid_job,
                            fmt::format("input \"{}\" {}", in.url.substr(0, 300), why));
     };
+    // One answer for whatever happened to it since: the job's error is for every socket
+    // user to read, and what klingd finds where a link now leads (with its own rights, no
+    // submitter known here) must not be told (exists, kind, size, links).
+    const std::string gone = "is no longer the file taken in at intake (gone, moved, replaced, "
+                             "changed, or refused by [inputs] now): not uploaded";
+    std::vector<std::string> allowed = cfg.real_directories;
+    allowed.insert(allowed.end(), cfg.directories.begin(), cfg.directories.end());
+    if (resolve_within(in.path, allowed) != in.path)
+        return bad(gone); // resolved again before anything is opened
     opened o;
     open_checked(o, in.path, cfg);
-    if (!o.problem.empty())
-        return bad(o.problem);
-    if (o.real != in.path)
-        return bad("now resolves to another file than at intake (a link changed): not "
-                   "uploaded"); // not where: the job's error is for every socket user to read
-    if (o.bytes != in.bytes)
-        return bad(fmt::format("changed since it was taken in ({} bytes then, {} now)", in.bytes,
-                               o.bytes));
+    if (!o.problem.empty() || o.real != in.path || o.bytes != in.bytes)
+        return bad(gone);
     std::string prefix = fmt::format(R"({{"data_urls":["data:{};base64,)", in.mime);
     std::string body;
     body.reserve(prefix.size() + 4 * ((static_cast<std::size_t>(in.bytes) + 2) / 3) + 8);
