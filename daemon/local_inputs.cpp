@@ -205,6 +205,25 @@ bool permits(const struct stat& st, const submitter_id& who, mode_t owner_bit, m
     return (st.st_mode & other_bit) != 0;
 }
 
+// An O_PATH handle on real (a path with no links left in it), walked from "/" one name at
+// a time without following any link: a folder swapped for a link since it was resolved
+// ends the walk instead of leading it elsewhere. -1 and errno when it fails.
+int open_without_links(const std::string& real) {
+    fd_guard dir;
+    dir.fd = ::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    for (std::size_t at = 1; dir.fd >= 0;) {
+        auto slash = real.find('/', at);
+        auto name = real.substr(at, slash == std::string::npos ? std::string::npos : slash - at);
+        if (slash == std::string::npos)
+            return ::openat(dir.fd, name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        fd_guard next;
+        next.fd = ::openat(dir.fd, name.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        std::swap(dir.fd, next.fd);
+        at = slash + 1;
+    }
+    return -1;
+}
+
 // Whether the file or folder behind fd (any kind of descriptor) carries an ACL, which
 // the check below does not read (it may open or close what the bits say): such are
 // refused for other users.
@@ -312,7 +331,7 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
     // A handle on the path that opens nothing yet (no device is opened, nothing read),
     // checked, and only then opened for reading through that same handle.
     fd_guard handle;
-    handle.fd = ::open(o.real.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    handle.fd = open_without_links(o.real);
     if (handle.fd < 0) {
         o.problem = hidden(fmt::format("cannot be opened: {}", std::strerror(errno)));
         return;
