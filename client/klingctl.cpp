@@ -761,31 +761,24 @@ int cmd_validate(const std::vector<std::string>& files, const std::string& confi
             bad(fmt::format("cannot be read: {}", std::strerror(errno)));
             continue;
         }
-        std::string text(static_cast<std::size_t>(st.st_size), '\0');
+        // The file read is the one judged: its own mode and link count (fstat), not those
+        // of what the path named a moment before.
         struct stat now {};
-        ssize_t got = 0;
-        if (::fstat(fd, &now) == 0 && S_ISREG(now.st_mode) && now.st_ino == st.st_ino &&
-            now.st_dev == st.st_dev) {
-            std::size_t at = 0;
-            while (at < text.size()) {
-                auto r = ::read(fd, text.data() + at, text.size() - at);
-                if (r < 0 && errno == EINTR)
-                    continue;
-                if (r <= 0)
-                    break;
-                at += static_cast<std::size_t>(r);
-            }
-            text.resize(at);
-            got = static_cast<ssize_t>(at);
-        } else {
-            got = -1;
-        }
+        const bool same_file = ::fstat(fd, &now) == 0 && S_ISREG(now.st_mode) &&
+                               now.st_ino == st.st_ino && now.st_dev == st.st_dev;
+        auto text = same_file
+                        ? klingd::daemon::read_job_text(fd, static_cast<std::size_t>(st.st_size))
+                        : klingd::core::result<std::string>(std::string());
         ::close(fd);
-        if (got < 0) {
+        if (!same_file) {
             bad("was replaced while it was read");
             continue;
         }
-        auto job = klingd::daemon::read_job_file(text, name, st.st_nlink, st.st_mode);
+        if (!text) {
+            bad(text.error().detail);
+            continue;
+        }
+        auto job = klingd::daemon::read_job_file(*text, name, now.st_nlink, now.st_mode);
         if (!job) {
             bad(job.error().message());
             continue;
@@ -795,8 +788,10 @@ int cmd_validate(const std::vector<std::string>& files, const std::string& confi
             if (settings) {
                 // As klingd would check them for the file's owner (as far as this user can
                 // see them).
-                auto inputs = klingd::daemon::check_local_inputs(job->local_inputs,
-                                                                 settings->inputs, st.st_uid);
+                std::optional<klingd::daemon::submitter> owner;
+                owner.emplace().uid = now.st_uid;
+                auto inputs =
+                    klingd::daemon::check_local_inputs(job->local_inputs, settings->inputs, owner);
                 if (!inputs) {
                     bad(inputs.error().message());
                     continue;

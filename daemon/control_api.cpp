@@ -214,7 +214,11 @@ asio::awaitable<control_response> post_job(const control_request& req, engine& e
     if (!parsed->local_inputs.empty()) {
         // Off the loop, within engine::input_work_deadline.
         auto refs = parsed->local_inputs;
-        auto inputs = co_await e.check_inputs(std::move(refs), static_cast<uid_t>(peer.uid));
+        // The groups the kernel gave the sending process, when the socket tells them.
+        std::optional<submitter> who;
+        who.emplace().uid = static_cast<uid_t>(peer.uid);
+        who->groups = peer.groups;
+        auto inputs = co_await e.check_inputs(std::move(refs), std::move(who));
         if (!inputs)
             co_return error_response(req.version(),
                                      inputs.error() == core::errc::io_failed

@@ -20,6 +20,8 @@ struct peer_info {
     int pid = -1;
     int uid = -1;
     int gid = -1;
+    // Its gid and supplementary groups (SO_PEERGROUPS), when the socket tells them.
+    std::optional<std::vector<gid_t>> groups;
 };
 
 // GET /v1/events: the server streams job changes (NDJSON) to the client, of one job

@@ -108,6 +108,28 @@ asio::awaitable<void> control_server::accept_loop() {
     }
 }
 
+namespace {
+
+// The peer's gid and supplementary groups as the kernel gave them to its process when
+// it connected (SO_PEERGROUPS), or nullopt when the socket cannot tell them.
+std::optional<std::vector<gid_t>> peer_groups(int fd, gid_t gid) {
+    std::vector<gid_t> groups(64);
+    for (int tries = 0; tries < 2; ++tries) {
+        auto len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+        if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) == 0) {
+            groups.resize(len / sizeof(gid_t));
+            groups.push_back(gid);
+            return groups;
+        }
+        if (errno != ERANGE)
+            return std::nullopt;
+        groups.resize(len / sizeof(gid_t) + 1); // len says how much is needed
+    }
+    return std::nullopt;
+}
+
+} // namespace
+
 asio::awaitable<void> control_server::session(local::socket sock) {
     ++sessions_;
     struct guard {
@@ -122,6 +144,7 @@ asio::awaitable<void> control_server::session(local::socket sock) {
         peer.pid = cred.pid;
         peer.uid = static_cast<int>(cred.uid);
         peer.gid = static_cast<int>(cred.gid);
+        peer.groups = peer_groups(sock.native_handle(), cred.gid);
     }
     beast::basic_stream<local> stream(std::move(sock));
     beast::flat_buffer buffer(limits_.header_bytes + 1024);

@@ -780,18 +780,18 @@ std::function<core::result<std::string>()> upload_reader(core::local_input in,
 // check_local_inputs for a pool thread, owning its arguments.
 std::function<core::result<std::vector<core::local_input>>()>
 inputs_checker(std::vector<core::local_ref> refs, config::inputs_settings cfg,
-               std::optional<uid_t> submitter) {
-    return [refs = std::move(refs), cfg = std::move(cfg), submitter]() {
-        return check_local_inputs(refs, cfg, submitter);
+               std::optional<submitter> who) {
+    return [refs = std::move(refs), cfg = std::move(cfg), who = std::move(who)]() {
+        return check_local_inputs(refs, cfg, who);
     };
 }
 
 } // namespace
 
 asio::awaitable<core::result<std::vector<core::local_input>>>
-engine::check_inputs(std::vector<core::local_ref> refs, std::optional<uid_t> submitter) {
+engine::check_inputs(std::vector<core::local_ref> refs, std::optional<submitter> who) {
     auto out = co_await input_work_.run<core::result<std::vector<core::local_input>>>(
-        inputs_checker(std::move(refs), settings_.inputs, submitter), input_work_deadline);
+        inputs_checker(std::move(refs), settings_.inputs, std::move(who)), input_work_deadline);
     if (!out) // not the job's fault: io_failed, not invalid_job
         co_return core::error(
             core::errc::io_failed,

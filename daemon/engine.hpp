@@ -23,6 +23,7 @@
 #include "daemon/hooks.hpp"
 #include "daemon/http_client.hpp"
 #include "daemon/job_journal.hpp"
+#include "daemon/local_inputs.hpp"
 #include "storage/cluster_store.hpp"
 #include "storage/job_repository.hpp"
 
@@ -165,7 +166,7 @@ public:
     // check_local_inputs off the event loop, within input_work_deadline: the inputs, or
     // errc::invalid_job saying what is wrong or that the check did not end in time.
     boost::asio::awaitable<core::result<std::vector<core::local_input>>>
-    check_inputs(std::vector<core::local_ref> refs, std::optional<uid_t> submitter);
+    check_inputs(std::vector<core::local_ref> refs, std::optional<submitter> who);
     const config::settings& settings() const { return settings_; }
 
     // In a cluster: this node's name ("" on a single host), whether it may act on the

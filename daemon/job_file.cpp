@@ -1,6 +1,9 @@
 #include "daemon/job_file.hpp"
 
+#include <cerrno>
+#include <cstring>
 #include <fmt/format.h>
+#include <unistd.h>
 
 namespace klingd::daemon {
 
@@ -29,6 +32,24 @@ std::optional<std::string> job_file_problem(const std::string& name, std::uint64
         return fmt::format("the file is {} bytes; spool.max_file_bytes allows {}", size,
                            max_file_bytes);
     return std::nullopt;
+}
+
+core::result<std::string> read_job_text(int fd, std::size_t size) {
+    std::string text(size, '\0');
+    std::size_t got = 0;
+    while (got < text.size()) {
+        ssize_t r = ::read(fd, text.data() + got, text.size() - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return core::error(core::errc::io_failed,
+                               fmt::format("cannot be read: {}", std::strerror(errno)));
+        if (r == 0)
+            break;
+        got += static_cast<std::size_t>(r);
+    }
+    text.resize(got);
+    return text;
 }
 
 core::result<core::job_spec> read_job_file(std::string_view text, const std::string& name,

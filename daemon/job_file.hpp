@@ -25,6 +25,10 @@ std::optional<std::string> job_file_problem(const std::string& name, std::uint64
 // owner only).
 core::result<core::job_spec> read_job_file(std::string_view text, const std::string& name,
                                            std::uint64_t links, std::uint32_t mode);
+// The text of a job file open on fd: at most size bytes (what was measured before: a file
+// that grows meanwhile is read no further, a shorter one ends sooner), or errc::io_failed
+// "cannot be read: <why>" when a read fails.
+core::result<std::string> read_job_text(int fd, std::size_t size);
 // A file name as a one-line message shows it (control characters escaped, cut at 200).
 std::string printable(const std::string& s);
 

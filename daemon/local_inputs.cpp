@@ -68,68 +68,6 @@ bool on_the_way(const std::string& path, const std::vector<std::string>& dirs) {
     return false;
 }
 
-// The path with every symbolic link resolved (as realpath(3)), but nothing is looked up
-// that is not on the way to or inside the folders: a link leading elsewhere (a dead
-// network mount, an automounter) ends the walk before anything there is touched. "" and
-// errno set when it cannot be resolved; EXDEV when it leads outside.
-std::string resolve_within(const std::string& path, const std::vector<std::string>& allowed) {
-    std::vector<std::string> todo; // components still to walk, the next one last
-    auto push_path = [&](std::string_view p) {
-        std::vector<std::string> parts;
-        for (std::size_t at = 0; at <= p.size();) {
-            auto slash = p.find('/', at);
-            if (slash == std::string_view::npos)
-                slash = p.size();
-            if (slash > at)
-                parts.emplace_back(p.substr(at, slash - at));
-            at = slash + 1;
-        }
-        todo.insert(todo.end(), parts.rbegin(), parts.rend());
-    };
-    push_path(path);
-    std::string cur; // resolved so far, no links in it ("" is "/")
-    int links = 0;
-    while (!todo.empty()) {
-        auto part = std::move(todo.back());
-        todo.pop_back();
-        if (part == ".")
-            continue;
-        if (part == "..") {
-            cur.resize(cur.empty() ? 0 : cur.rfind('/'));
-            continue;
-        }
-        auto next = cur + "/" + part;
-        if (!on_the_way(next, allowed)) {
-            errno = EXDEV;
-            return {};
-        }
-        struct stat st {};
-        if (::lstat(next.c_str(), &st) != 0)
-            return {};
-        if (S_ISLNK(st.st_mode)) {
-            if (++links > 40) {
-                errno = ELOOP;
-                return {};
-            }
-            char buf[PATH_MAX];
-            auto n = ::readlink(next.c_str(), buf, sizeof buf - 1);
-            if (n <= 0)
-                return {};
-            std::string_view target(buf, static_cast<std::size_t>(n));
-            if (target.front() == '/')
-                cur.clear();
-            push_path(target);
-            continue;
-        }
-        if (!todo.empty() && !S_ISDIR(st.st_mode)) {
-            errno = ENOTDIR;
-            return {};
-        }
-        cur = std::move(next);
-    }
-    return cur.empty() ? "/" : cur;
-}
-
 // The real folder path lies inside, if any.
 const std::string* folder_of(const std::string& path, const std::vector<std::string>& dirs) {
     const std::string* best = nullptr; // the innermost, when folders nest
@@ -150,22 +88,27 @@ std::string folder_list(const config::inputs_settings& cfg) {
 struct submitter_id {
     uid_t uid;
     std::vector<gid_t> groups;
-    bool known = false;
+    bool known = false; // false: the groups cannot be told (no such user in the database)
 };
 
-submitter_id identity_of(uid_t uid) {
-    submitter_id id{uid, {}, false};
+submitter_id identity_of(const submitter& who) {
+    submitter_id id{who.uid, {}, false};
+    if (who.groups) { // what the kernel gave the process itself
+        id.groups = *who.groups;
+        id.known = true;
+        return id;
+    }
     std::vector<char> buf(16384);
     struct passwd pw {};
     struct passwd* found = nullptr;
-    if (::getpwuid_r(uid, &pw, buf.data(), buf.size(), &found) != 0 || !found)
-        return id; // no such user: only "others" rights
+    if (::getpwuid_r(who.uid, &pw, buf.data(), buf.size(), &found) != 0 || !found)
+        return id;
     int n = 64;
     id.groups.resize(static_cast<std::size_t>(n));
     if (::getgrouplist(pw.pw_name, pw.pw_gid, id.groups.data(), &n) < 0) {
         id.groups.resize(static_cast<std::size_t>(n));
         if (::getgrouplist(pw.pw_name, pw.pw_gid, id.groups.data(), &n) < 0)
-            n = 0;
+            return id;
     }
     id.groups.resize(static_cast<std::size_t>(n));
     id.known = true;
@@ -205,25 +148,6 @@ bool permits(const struct stat& st, const submitter_id& who, mode_t owner_bit, m
     return (st.st_mode & other_bit) != 0;
 }
 
-// An O_PATH handle on real (a path with no links left in it), walked from "/" one name at
-// a time without following any link: a folder swapped for a link since it was resolved
-// ends the walk instead of leading it elsewhere. -1 and errno when it fails.
-int open_without_links(const std::string& real) {
-    fd_guard dir;
-    dir.fd = ::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
-    for (std::size_t at = 1; dir.fd >= 0;) {
-        auto slash = real.find('/', at);
-        auto name = real.substr(at, slash == std::string::npos ? std::string::npos : slash - at);
-        if (slash == std::string::npos)
-            return ::openat(dir.fd, name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
-        fd_guard next;
-        next.fd = ::openat(dir.fd, name.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        std::swap(dir.fd, next.fd);
-        at = slash + 1;
-    }
-    return -1;
-}
-
 // Whether the file or folder behind fd (any kind of descriptor) carries an ACL, which
 // the check below does not read (it may open or close what the bits say): such are
 // refused for other users.
@@ -234,38 +158,187 @@ bool has_acl(int fd) {
     return !(errno == ENODATA || errno == ENOTSUP);
 }
 
-// May the user who submitted the job read this file (st, behind fd), through every folder
-// above it? The folders are walked from "/" down, each held while the next is opened
-// beneath it (no folder swapped in between), and the file must be the one at the end.
-// Root and klingd's own user may use what klingd may.
-bool submitter_may_read(const struct stat& st, int fd, const std::string& real_path,
-                        std::optional<uid_t> who) {
-    if (!who || *who == 0 || *who == ::geteuid())
-        return true;
-    auto id = identity_of(*who);
-    if (!permits(st, id, S_IRUSR, S_IRGRP, S_IROTH) || has_acl(fd))
+// Whether who may search (look a name up in) the folder behind fd, as the kernel decides.
+bool may_search(int fd, const submitter_id& who) {
+    struct stat st {};
+    return ::fstat(fd, &st) == 0 && permits(st, who, S_IXUSR, S_IXGRP, S_IXOTH) && !has_acl(fd);
+}
+
+// Where a walk ended.
+enum class walk_end {
+    reached,     // the path names what walked.f holds
+    outside,     // it leads outside the folders (nothing there was looked up)
+    mount,       // it crosses a mount inside the folders
+    not_allowed, // the submitter may not search a folder on the way
+    changed,     // a name changed while it was looked up
+    failed,      // errno says why (ENOENT, ENOTDIR, ELOOP, ...)
+};
+
+struct walked {
+    fd_guard f;       // O_PATH on what the path names, every link followed
+    std::string real; // its path, with no link in it
+    struct stat st {};
+    int err = 0; // errno when failed
+};
+
+// The identity of what a name in a folder is, without following a link, triggering an
+// automount or asking a network or FUSE file system for fresh attributes (a hung server
+// must not hold the thread here); mount_root when it is the root of a mount. name "":
+// what dir itself is.
+bool look(int dir, const char* name, struct statx& sx, bool& mount_root) {
+    if (::statx(dir, name,
+                AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT | AT_STATX_DONT_SYNC |
+                    (*name ? 0 : AT_EMPTY_PATH),
+                STATX_TYPE | STATX_MODE | STATX_INO, &sx) != 0)
         return false;
-    fd_guard dir;
-    dir.fd = ::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
-    std::size_t at = 1;
-    for (;;) {
-        struct stat ds {};
-        if (dir.fd < 0 || ::fstat(dir.fd, &ds) != 0 ||
-            !permits(ds, id, S_IXUSR, S_IXGRP, S_IXOTH) || has_acl(dir.fd))
-            return false;
-        auto slash = real_path.find('/', at);
-        auto name =
-            real_path.substr(at, slash == std::string::npos ? std::string::npos : slash - at);
-        if (slash == std::string::npos) {
-            struct stat here {};
-            return ::fstatat(dir.fd, name.c_str(), &here, AT_SYMLINK_NOFOLLOW) == 0 &&
-                   here.st_dev == st.st_dev && here.st_ino == st.st_ino;
+    mount_root = (sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) != 0 &&
+                 (sx.stx_attributes & STATX_ATTR_MOUNT_ROOT) != 0;
+    return true;
+}
+
+bool same(const struct statx& a, const struct statx& b) {
+    return a.stx_dev_major == b.stx_dev_major && a.stx_dev_minor == b.stx_dev_minor &&
+           a.stx_ino == b.stx_ino;
+}
+
+// Walks path from "/" as the kernel would resolve it (every symlink followed, "..", a
+// trailing "/" only after a folder), but one name at a time, each folder held by an
+// O_PATH descriptor while the next name is looked up beneath it, and links read by
+// klingd itself: a folder swapped for a link in between ends the walk instead of leading
+// it elsewhere. Nothing is looked up that is not on the way to or inside the folders
+// (allowed): a link leading elsewhere (a dead network mount, an automounter) ends the
+// walk before anything there is touched. Inside the folders no mount is crossed (a FUSE,
+// NFS or automount placed there could hang the thread or hold anything). When who is
+// given, that user must be able to search every folder passed: the named path's, the
+// links', the real path's.
+walk_end walk_within(walked& w, const std::string& path, const std::vector<std::string>& allowed,
+                     const submitter_id* who) {
+    std::vector<std::string> todo; // names still to walk, the next one last
+    auto push_path = [&](std::string_view p) {
+        std::vector<std::string> parts;
+        for (std::size_t at = 0; at <= p.size();) {
+            auto slash = p.find('/', at);
+            if (slash == std::string_view::npos)
+                slash = p.size();
+            if (slash > at)
+                parts.emplace_back(p.substr(at, slash - at));
+            at = slash + 1;
         }
-        fd_guard next;
-        next.fd = ::openat(dir.fd, name.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        std::swap(dir.fd, next.fd);
-        at = slash + 1;
+        if (!parts.empty() && p.back() == '/')
+            parts.emplace_back("."); // a trailing "/": what it ends on must be a folder
+        todo.insert(todo.end(), parts.rbegin(), parts.rend());
+    };
+    // The folders held, "/" first, with their paths ("" for "/").
+    std::vector<int> fds;
+    std::vector<std::string> names;
+    struct closer {
+        std::vector<int>& fds;
+        ~closer() {
+            for (int fd : fds)
+                ::close(fd);
+        }
+    } closes{fds};
+    auto fail = [&](int e) {
+        w.err = e;
+        return walk_end::failed;
+    };
+    auto up = [&] {
+        ::close(fds.back());
+        fds.pop_back();
+        names.pop_back();
+    };
+    int root = ::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (root < 0)
+        return fail(errno);
+    fds.push_back(root);
+    names.emplace_back();
+    push_path(path);
+    int links = 0;
+    while (!todo.empty()) {
+        auto part = std::move(todo.back());
+        todo.pop_back();
+        const int dir = fds.back();
+        if (who && !may_search(dir, *who))
+            return walk_end::not_allowed;
+        if (part == ".")
+            continue; // what is held is a folder
+        if (part == "..") {
+            if (fds.size() > 1)
+                up();
+            continue;
+        }
+        auto next = names.back() + "/" + part;
+        if (!on_the_way(next, allowed))
+            return walk_end::outside;
+        struct statx sx {};
+        bool mount_root = false;
+        if (!look(dir, part.c_str(), sx, mount_root))
+            return fail(errno);
+        if (inside_any(next, allowed)) {
+            struct statx here {};
+            bool ignored = false;
+            if (mount_root || !look(dir, "", here, ignored) ||
+                sx.stx_dev_major != here.stx_dev_major || sx.stx_dev_minor != here.stx_dev_minor)
+                return walk_end::mount;
+        }
+        if (S_ISLNK(sx.stx_mode)) {
+            if (++links > 40)
+                return fail(ELOOP);
+            char buf[PATH_MAX];
+            auto n = ::readlinkat(dir, part.c_str(), buf, sizeof buf - 1);
+            if (n < 0)
+                return fail(errno);
+            if (n == 0)
+                return fail(ENOENT);
+            std::string_view target(buf, static_cast<std::size_t>(n));
+            if (target.front() == '/')
+                while (fds.size() > 1)
+                    up();
+            push_path(target);
+            continue;
+        }
+        const bool folder = S_ISDIR(sx.stx_mode);
+        if (!folder && !todo.empty())
+            return fail(ENOTDIR);
+        int fd = ::openat(dir, part.c_str(),
+                          O_PATH | O_NOFOLLOW | O_CLOEXEC | (folder ? O_DIRECTORY : 0));
+        if (fd < 0)
+            return fail(errno);
+        struct statx got {};
+        bool ignored = false;
+        if (!look(fd, "", got, ignored)) {
+            ::close(fd);
+            return fail(errno);
+        }
+        if (!same(got, sx)) { // swapped between the look and the open
+            ::close(fd);
+            return walk_end::changed;
+        }
+        if (!folder) {
+            w.f.fd = fd;
+            w.real = std::move(next);
+            if (::fstat(fd, &w.st) != 0)
+                return fail(errno);
+            return walk_end::reached;
+        }
+        fds.push_back(fd);
+        names.push_back(std::move(next));
     }
+    // The path names a folder: what is held last.
+    w.f.fd = fds.back();
+    fds.pop_back();
+    w.real = names.back().empty() ? "/" : names.back();
+    if (::fstat(w.f.fd, &w.st) != 0)
+        return fail(errno);
+    return walk_end::reached;
+}
+
+// The real folders and their spellings in the configuration: a walk may pass through
+// either (a configured folder may be reached through a link).
+std::vector<std::string> allowed_folders(const config::inputs_settings& cfg) {
+    std::vector<std::string> allowed = cfg.real_directories;
+    allowed.insert(allowed.end(), cfg.directories.begin(), cfg.directories.end());
+    return allowed;
 }
 
 // The file behind path, opened for reading when it is acceptable; else why not.
@@ -279,7 +352,7 @@ struct opened {
 };
 
 void open_checked(opened& o, const std::string& path, const config::inputs_settings& cfg,
-                  std::optional<uid_t> submitter = std::nullopt) {
+                  const std::optional<submitter>& who = std::nullopt) {
     if (cfg.directories.empty()) {
         o.problem = "names a local file, but [inputs] directories is empty: this klingd takes "
                     "no local files";
@@ -287,15 +360,15 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
     }
     const auto& dirs = cfg.real_directories;
     // A user other than root and klingd's own learns nothing of what lies where that user
-    // may not look: a missing file, a link that leads out, a file or a folder that user may
-    // not read all get this one answer (no probing through klingd's rights). Root and
-    // klingd's user get the precise reason.
-    const bool restricted = submitter && *submitter != 0 && *submitter != ::geteuid();
+    // may not look: a missing file, a link that leads out, a mount, a file or a folder that
+    // user may not read all get this one answer (no probing through klingd's rights). Root
+    // and klingd's user get the precise reason.
+    const bool restricted = who && who->uid != 0 && who->uid != ::geteuid();
     auto hidden = [&](std::string precise) {
         return restricted
                    ? fmt::format("does not exist inside [inputs] directories ({}) as a file the "
                                  "user who submitted the job (uid {}) may read",
-                                 folder_list(cfg), *submitter)
+                                 folder_list(cfg), who->uid)
                    : precise;
     };
     if (restricted && !users_as_they_are()) {
@@ -310,64 +383,71 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
         o.problem = fmt::format("is outside [inputs] directories ({})", folder_list(cfg));
         return;
     }
-    std::vector<std::string> allowed = dirs;
-    allowed.insert(allowed.end(), cfg.directories.begin(), cfg.directories.end());
-    o.real = resolve_within(path, allowed);
-    if (o.real.empty() && errno == EXDEV) {
-        o.problem = hidden(
-            fmt::format("resolves to a path outside [inputs] directories ({})", folder_list(cfg)));
+    submitter_id id{};
+    if (restricted) {
+        id = identity_of(*who);
+        if (!id.known) {
+            o.problem = fmt::format(
+                "names a local file, but the user who submitted the job (uid {}) has no entry "
+                "in the user database: klingd cannot tell that user's groups, so it cannot "
+                "check what that user may read",
+                who->uid);
+            return;
+        }
+    }
+    walked w;
+    const auto outside =
+        fmt::format("resolves to a path outside [inputs] directories ({})", folder_list(cfg));
+    switch (walk_within(w, path, allowed_folders(cfg), restricted ? &id : nullptr)) {
+    case walk_end::reached:
+        break;
+    case walk_end::outside:
+        o.problem = hidden(outside);
+        return;
+    case walk_end::mount:
+        o.problem = hidden("is behind a mount inside its [inputs] folder (another file system "
+                           "mounted there): copy the file into the folder itself");
+        return;
+    case walk_end::not_allowed:
+        o.problem = hidden("");
+        return;
+    case walk_end::changed:
+        o.problem = hidden("changed while it was checked");
+        return;
+    case walk_end::failed:
+        o.problem = hidden(fmt::format("cannot be resolved: {}", std::strerror(w.err)));
         return;
     }
-    if (o.real.empty()) {
-        o.problem = hidden(fmt::format("cannot be resolved: {}", std::strerror(errno)));
-        return;
-    }
+    o.real = w.real;
     const std::string* folder = folder_of(o.real, dirs);
     if (!folder) {
-        o.problem = hidden(
-            fmt::format("resolves to a path outside [inputs] directories ({})", folder_list(cfg)));
+        o.problem = hidden(outside);
         return;
     }
-    // A handle on the path that opens nothing yet (no device is opened, nothing read),
-    // checked, and only then opened for reading through that same handle.
-    fd_guard handle;
-    handle.fd = open_without_links(o.real);
-    if (handle.fd < 0) {
-        o.problem = hidden(fmt::format("cannot be opened: {}", std::strerror(errno)));
-        return;
-    }
-    // What it names, whatever happened to the path's folders since it was resolved.
+    // What it names now, whatever happened to the path's folders since they were passed.
     char buf[PATH_MAX];
-    auto proc = fmt::format("/proc/self/fd/{}", handle.fd);
+    auto proc = fmt::format("/proc/self/fd/{}", w.f.fd);
     auto n = ::readlink(proc.c_str(), buf, sizeof buf - 1);
     if (n <= 0) {
         o.problem = hidden(fmt::format("cannot be checked: {}", std::strerror(errno)));
         return;
     }
-    std::string opened_path(buf, static_cast<std::size_t>(n));
-    if (!inside(opened_path, *folder)) {
+    if (!inside(std::string(buf, static_cast<std::size_t>(n)), *folder)) {
         o.problem = hidden(fmt::format(
             "was moved outside [inputs] directories ({}) while it was checked", folder_list(cfg)));
         return;
     }
-    struct stat named {};
-    if (::fstat(handle.fd, &named) != 0) {
-        o.problem = hidden(fmt::format("cannot be read: {}", std::strerror(errno)));
-        return;
-    }
     // Before anything is said about what it is (a folder, a FIFO, its size).
-    if (!submitter_may_read(named, handle.fd, opened_path, submitter)) {
+    if (restricted && (!permits(w.st, id, S_IRUSR, S_IRGRP, S_IROTH) || has_acl(w.f.fd))) {
         o.problem = hidden("");
         return;
     }
-    if (S_ISLNK(named.st_mode)) {
-        o.problem = "was replaced by a symbolic link while it was checked";
-        return;
-    }
-    if (!S_ISREG(named.st_mode)) {
+    if (!S_ISREG(w.st.st_mode)) {
         o.problem = "is not a regular file";
         return;
     }
+    // Opened for reading through that same handle: no device is opened, nothing read
+    // before this point.
     o.f.fd = ::open(proc.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
     if (o.f.fd < 0) {
         o.problem = fmt::format("cannot be opened: {}", std::strerror(errno));
@@ -379,12 +459,12 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
         o.problem = fmt::format("cannot be read: {}", std::strerror(errno));
         return;
     }
-    if (st.st_dev != named.st_dev || st.st_ino != named.st_ino) {
+    if (st.st_dev != w.st.st_dev || st.st_ino != w.st.st_ino) {
         o.problem = "was replaced while it was checked";
         return;
     }
-    // Before anything more is said about it.
-    if (!submitter_may_read(st, o.f.fd, opened_path, submitter)) { // the same file, checked again
+    // The same file, its rights read again (a chmod in between).
+    if (restricted && (!permits(st, id, S_IRUSR, S_IRGRP, S_IROTH) || has_acl(o.f.fd))) {
         o.problem = hidden("");
         return;
     }
@@ -485,7 +565,7 @@ std::string sniff_media(std::string_view h) {
 
 core::result<std::vector<core::local_input>>
 check_local_inputs(const std::vector<core::local_ref>& refs, const config::inputs_settings& cfg,
-                   std::optional<uid_t> submitter) {
+                   const std::optional<submitter>& who) {
     std::vector<core::local_input> out;
     auto bad = [](const core::local_ref& r, const std::string& why) {
         return core::error(core::errc::invalid_job,
@@ -498,7 +578,7 @@ check_local_inputs(const std::vector<core::local_ref>& refs, const config::input
     std::vector<std::pair<dev_t, ino_t>> seen; // parallel to out
     for (const auto& r : refs) {
         opened o;
-        open_checked(o, r.path, cfg, submitter);
+        open_checked(o, r.path, cfg, who);
         if (!o.problem.empty())
             return bad(r, o.problem);
         // The kind first, from the first bytes: nothing is hashed that would be refused.
@@ -559,11 +639,7 @@ core::result<std::string> upload_body(const core::local_input& in,
     // submitter known here) must not be told (exists, kind, size, links).
     const std::string gone = "is no longer the file taken in at intake (gone, moved, replaced, "
                              "changed, or refused by [inputs] now): not uploaded";
-    std::vector<std::string> allowed = cfg.real_directories;
-    allowed.insert(allowed.end(), cfg.directories.begin(), cfg.directories.end());
-    if (resolve_within(in.path, allowed) != in.path)
-        return bad(gone); // resolved again before anything is opened
-    opened o;
+    opened o; // walked again from "/": where a link now leads is checked before it is opened
     open_checked(o, in.path, cfg);
     if (!o.problem.empty() || o.real != in.path || o.bytes != in.bytes)
         return bad(gone);

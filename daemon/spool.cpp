@@ -357,21 +357,6 @@ struct unique_fd {
 };
 
 // The whole file behind fd (at most size bytes).
-std::string read_all(int fd, std::size_t size) {
-    std::string text(size, '\0');
-    std::size_t got = 0;
-    while (got < text.size()) {
-        ssize_t r = ::read(fd, text.data() + got, text.size() - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        got += static_cast<std::size_t>(r);
-    }
-    text.resize(got);
-    return text;
-}
-
 } // namespace
 
 spool::candidate spool::read_candidate(const std::string& name) const {
@@ -386,7 +371,8 @@ spool::candidate spool::read_candidate(const std::string& name) const {
         return skip{};
     }
     struct stat st {};
-    ::fstat(f.fd, &st);
+    if (::fstat(f.fd, &st) != 0)
+        return rejection{fmt::format("cannot be read: {}", std::strerror(errno))};
     if (!S_ISREG(st.st_mode))
         return rejection{"is not a regular file"};
     // On this descriptor: no second open. Another user's file: the kernel will not say.
@@ -395,8 +381,10 @@ spool::candidate spool::read_candidate(const std::string& name) const {
     if (auto why = job_file_problem(name, static_cast<std::uint64_t>(st.st_size),
                                     settings_.spool.max_file_bytes))
         return rejection{std::move(*why)};
-    auto parsed = read_job_file(read_all(f.fd, static_cast<std::size_t>(st.st_size)), name,
-                                st.st_nlink, st.st_mode);
+    auto text = read_job_text(f.fd, static_cast<std::size_t>(st.st_size));
+    if (!text)
+        return rejection{text.error().detail};
+    auto parsed = read_job_file(*text, name, st.st_nlink, st.st_mode);
     taken_file file{name,           st.st_dev,     st.st_ino, static_cast<std::int64_t>(st.st_size),
                     ns(st.st_mtim), ns(st.st_ctim)};
     if (!parsed)
@@ -436,7 +424,10 @@ asio::awaitable<void> spool::take(std::vector<std::string> names) {
                 // The job file's owner submitted it: the files must be readable by that
                 // user. Checked off the loop (engine::check_inputs).
                 auto refs = job->spec.local_inputs;
-                auto inputs = co_await engine_.check_inputs(std::move(refs), job->owner);
+                // Its groups from the user database (a file does not carry them).
+                std::optional<submitter> who;
+                who.emplace().uid = job->owner;
+                auto inputs = co_await engine_.check_inputs(std::move(refs), std::move(who));
                 if (stopping_)
                     co_return; // its file stays in incoming/ for the next start
                 // Not a newer file put there meanwhile (that one is taken on its own).

@@ -4,6 +4,7 @@
 // server data that is too large.
 #include "tests/daemon/daemon_env.hpp"
 
+#include <cstring>
 #include <filesystem>
 #include <fmt/format.h>
 #include <grp.h>
@@ -274,6 +275,89 @@ TEST(control_socket, mode_and_owner_as_configured_and_another_user_is_kept_out) 
                   << " at all; the positive check is skipped\n";
     else
         EXPECT_EQ(open_err, 0);
+    EXPECT_EQ(env.stop(), 0);
+}
+
+// Sends one HTTP request over a Unix socket as another user with these groups (in a
+// child process); the answer's text, or "error: ..." when that could not be done.
+std::string request_as(uid_t uid, const std::vector<gid_t>& groups, const std::string& path,
+                       const std::string& request) {
+    int pipefd[2];
+    if (::pipe(pipefd) != 0)
+        return "error: pipe";
+    pid_t pid = ::fork();
+    if (pid == 0) {
+        ::close(pipefd[0]);
+        std::string out;
+        if (::setgroups(groups.size(), groups.data()) != 0 || ::setgid(uid) != 0 ||
+            ::setuid(uid) != 0) {
+            out = "error: cannot become that user";
+        } else {
+            int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+            sockaddr_un a{};
+            a.sun_family = AF_UNIX;
+            std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
+            if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+                out = std::string("error: connect: ") + std::strerror(errno);
+            } else {
+                (void)!::write(fd, request.data(), request.size());
+                char buf[4096];
+                for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;)
+                    out.append(buf, static_cast<std::size_t>(n));
+            }
+        }
+        (void)!::write(pipefd[1], out.data(), out.size());
+        ::_exit(0);
+    }
+    ::close(pipefd[1]);
+    std::string got;
+    char buf[4096];
+    for (ssize_t n; (n = ::read(pipefd[0], buf, sizeof buf)) > 0;)
+        got.append(buf, static_cast<std::size_t>(n));
+    ::close(pipefd[0]);
+    ::waitpid(pid, nullptr, 0);
+    return got;
+}
+
+TEST(control_socket, a_socket_user_s_local_files_are_judged_by_the_groups_its_process_holds) {
+    // Not by the user database (which knows nothing of uid 4321): the kernel's own list for
+    // the process that connected (SO_PEERGROUPS). A process that dropped a group cannot
+    // have klingd read for it what that group may read.
+    if (::geteuid() != 0)
+        GTEST_SKIP() << "needs root to act as another user";
+    daemon_env env;
+    auto media = fs::path(env.dir()) / "media";
+    fs::create_directories(media);
+    for (auto p = media; p != p.root_path(); p = p.parent_path())
+        if ((fs::status(p).permissions() & fs::perms::others_exec) == fs::perms::none)
+            GTEST_SKIP() << p << " is closed to other users";
+    std::string cfg = read_file(env.config_path());
+    cfg.replace(cfg.find("[control]\n"), 10, "[control]\nsocket_mode = \"0666\"\n");
+    cfg += fmt::format("[inputs]\ndirectories = [\"{}\"]\nupload_url = \"{}/upload-asset\"\n",
+                       media.string(), env.sim().base_url());
+    write_file(env.config_path(), cfg);
+    write_file((media / "team.png").string(), std::string("\x89PNG\r\n\x1a\n", 8) + "team");
+    ASSERT_EQ(::chown((media / "team.png").c_str(), 0, 4000), 0);
+    fs::permissions(media / "team.png", fs::perms(0640));
+    env.start();
+    auto post = [&](const std::string& id, const std::vector<gid_t>& groups) {
+        std::string body =
+            fmt::format(R"({{"id":"{}","model":"kling-o1","params":{{"prompt":"p @Image1",)"
+                        R"("image_urls":["file://{}"]}}}})",
+                        id, (media / "team.png").string());
+        return request_as(4321, groups, env.socket(),
+                          fmt::format("POST /v1/jobs HTTP/1.1\r\nHost: klingd\r\nContent-Type: "
+                                      "application/json\r\nContent-Length: {}\r\nConnection: "
+                                      "close\r\n\r\n{}",
+                                      body.size(), body));
+    };
+    auto without = post("no-group", {4321});
+    EXPECT_EQ(without.rfind("HTTP/1.1 400", 0), 0u) << without;
+    EXPECT_NE(without.find("(uid 4321) may read"), std::string::npos) << without;
+    auto with = post("in-group", {4321, 4000});
+    EXPECT_EQ(with.rfind("HTTP/1.1 20", 0), 0u) << "group 4000 may read it: " << with;
+    EXPECT_EQ(env.api("GET", "/v1/jobs/no-group").status, 404);
+    EXPECT_EQ(env.api("GET", "/v1/jobs/in-group").status, 200);
     EXPECT_EQ(env.stop(), 0);
 }
 
