@@ -34,6 +34,48 @@ std::optional<std::string> job_file_problem(const std::string& name, std::uint64
     return std::nullopt;
 }
 
+std::string_view owner_blind_file_system(long f_type) {
+    switch (static_cast<unsigned long>(f_type) & 0xffffffffUL) {
+    case 0x6969UL:
+        return "NFS";
+    case 0x517bUL:
+        return "SMB";
+    case 0xfe534d42UL:
+        return "SMB2";
+    case 0xff534d42UL:
+        return "CIFS";
+    case 0x65735546UL:
+        return "FUSE";
+    case 0x01021997UL:
+        return "9p";
+    case 0x4d44UL:
+        return "FAT";
+    case 0x2011bab0UL:
+        return "exFAT";
+    case 0x5346544eUL:
+        return "NTFS";
+    case 0x7366746eUL:
+        return "NTFS3";
+    case 0x786f4256UL:
+        return "vboxsf";
+    case 0x00c36400UL:
+        return "Ceph";
+    default:
+        return {};
+    }
+}
+
+std::string owner_not_trusted(long f_type, uid_t owner, uid_t klingd_uid) {
+    auto fs = owner_blind_file_system(f_type);
+    if (fs.empty() || (owner != 0 && owner != klingd_uid))
+        return {};
+    return fmt::format("names local files, but the spool is on a {} file system, whose owners do "
+                       "not say who wrote a file: this one, owned by {}, could be anyone's. "
+                       "Submit it over the socket (klingctl submit), or keep incoming/ on a local "
+                       "file system",
+                       fs, owner == 0 ? "root" : "klingd's own user");
+}
+
 core::result<std::string> read_job_text(int fd, std::size_t size) {
     std::string text(size, '\0');
     std::size_t got = 0;

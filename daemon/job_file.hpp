@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <sys/types.h>
 
 namespace klingd::daemon {
 
@@ -29,6 +30,14 @@ core::result<core::job_spec> read_job_file(std::string_view text, const std::str
 // that grows meanwhile is read no further, a shorter one ends sooner), or errc::io_failed
 // "cannot be read: <why>" when a read fails.
 core::result<std::string> read_job_text(int fd, std::size_t size);
+// The name of a file system (by statfs's f_type) whose owners do not say who wrote a file
+// there: network and foreign ones (NFS, SMB/CIFS, FUSE, 9p, FAT, exFAT, NTFS, vboxsf),
+// which squash or assign owners by mount options or trust remote clients; "" for others.
+std::string_view owner_blind_file_system(long f_type);
+// Why a job file naming local files cannot be taken as its owner's, or "": one owned by
+// root or by klingd's own user (klingd_uid) on an owner-blind file system (f_type) could
+// be anyone's, and would be let read whatever klingd may.
+std::string owner_not_trusted(long f_type, uid_t owner, uid_t klingd_uid);
 // A file name as a one-line message shows it (control characters escaped, cut at 200).
 std::string printable(const std::string& s);
 

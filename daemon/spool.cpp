@@ -21,6 +21,7 @@
 #include <stdexcept>
 #include <sys/inotify.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 namespace klingd::daemon {
@@ -389,7 +390,9 @@ spool::candidate spool::read_candidate(const std::string& name) const {
                     ns(st.st_mtim), ns(st.st_ctim)};
     if (!parsed)
         return rejection{parsed.error().message(), std::move(file)};
-    return job_file{std::move(*parsed), std::move(file), st.st_uid};
+    struct statfs sfs {};
+    long fs_type = ::fstatfs(f.fd, &sfs) == 0 ? static_cast<long>(sfs.f_type) : 0;
+    return job_file{std::move(*parsed), std::move(file), st.st_uid, fs_type};
 }
 
 asio::awaitable<void> spool::take(std::vector<std::string> names) {
@@ -420,6 +423,13 @@ asio::awaitable<void> spool::take(std::vector<std::string> names) {
             unparsed_once_.erase(name);
         } else if (auto* job = std::get_if<job_file>(&c)) {
             unparsed_once_.erase(name);
+            if (auto why = job->spec.local_inputs.empty()
+                               ? std::string()
+                               : owner_not_trusted(job->fs_type, job->owner, ::geteuid());
+                !why.empty()) {
+                reject(name, why);
+                continue;
+            }
             if (!job->spec.local_inputs.empty()) {
                 // The job file's owner submitted it: the files must be readable by that
                 // user. Checked off the loop (engine::check_inputs).

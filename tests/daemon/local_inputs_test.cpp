@@ -4,6 +4,7 @@
 // wrong kind of media for a field, a file too large. And what is accepted: the content's
 // hash and kind recorded, and the upload body carrying the bytes unchanged.
 #include "core/job_spec.hpp"
+#include "daemon/job_file.hpp"
 #include "daemon/local_inputs.hpp"
 #include "tests/support/child_process.hpp"
 #include "tests/support/digest.hpp"
@@ -556,3 +557,22 @@ TEST(local_refs, are_found_in_stored_params_by_field_with_the_kind_each_field_wa
 }
 
 } // namespace
+
+TEST(spool_owner, a_privileged_owner_on_an_owner_blind_file_system_is_not_taken_for_itself) {
+    // On NFS (root_squash, all_squash), SMB, FUSE or FAT every file may read as root's or
+    // klingd's own, which may name any file klingd may read: such job files are refused.
+    const uid_t klingd_uid = 998;
+    auto nfs = daemon::owner_not_trusted(0x6969, 0, klingd_uid);
+    EXPECT_NE(nfs.find("on a NFS file system"), std::string::npos) << nfs;
+    EXPECT_NE(nfs.find("owned by root"), std::string::npos) << nfs;
+    EXPECT_NE(daemon::owner_not_trusted(0x65735546, klingd_uid, klingd_uid).find("FUSE"),
+              std::string::npos);
+    EXPECT_NE(daemon::owner_not_trusted(0x4d44, klingd_uid, klingd_uid).find("klingd's own user"),
+              std::string::npos);
+    // Another owner is judged as that user (less than klingd may read), and local file
+    // systems tell owners truly.
+    EXPECT_EQ(daemon::owner_not_trusted(0x6969, 1000, klingd_uid), "");
+    EXPECT_EQ(daemon::owner_not_trusted(0xef53, 0, klingd_uid), "") << "ext4";
+    EXPECT_EQ(daemon::owner_not_trusted(0x01021994, 0, klingd_uid), "") << "tmpfs";
+    EXPECT_EQ(daemon::owner_blind_file_system(0x58465342), "") << "XFS";
+}
