@@ -111,8 +111,9 @@ asio::awaitable<void> control_server::accept_loop() {
 namespace {
 
 // The peer's gid and supplementary groups as the kernel gave them to its process when
-// it connected (SO_PEERGROUPS), or nullopt when the socket cannot tell them.
-std::optional<std::vector<gid_t>> peer_groups(int fd, gid_t gid) {
+// it connected (SO_PEERGROUPS); its gid alone when the socket cannot tell them (never
+// the user database's, which may hold groups the process dropped).
+std::vector<gid_t> peer_groups(int fd, gid_t gid) {
     std::vector<gid_t> groups(64);
     for (int tries = 0; tries < 2; ++tries) {
         auto len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
@@ -122,10 +123,10 @@ std::optional<std::vector<gid_t>> peer_groups(int fd, gid_t gid) {
             return groups;
         }
         if (errno != ERANGE)
-            return std::nullopt;
+            break;
         groups.resize(len / sizeof(gid_t) + 1); // len says how much is needed
     }
-    return std::nullopt;
+    return {gid};
 }
 
 } // namespace

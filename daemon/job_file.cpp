@@ -60,20 +60,39 @@ std::string_view owner_blind_file_system(long f_type) {
         return "vboxsf";
     case 0x00c36400UL:
         return "Ceph";
+    case 0x5346414fUL:
+        return "AFS";
+    case 0x0bd00bd0UL:
+        return "Lustre";
+    case 0x47504653UL:
+        return "GPFS";
+    case 0x20030528UL:
+        return "OrangeFS";
+    case 0x15013346UL:
+        return "UDF";
+    case 0x482bUL:
+        return "HFS+";
+    case 0x564c:
+        return "NCP";
+    case 0x73757245UL:
+        return "Coda";
     default:
         return {};
     }
 }
 
-std::string owner_not_trusted(long f_type, uid_t owner, uid_t klingd_uid) {
-    auto fs = owner_blind_file_system(f_type);
-    if (fs.empty() || (owner != 0 && owner != klingd_uid))
+std::string owner_not_trusted(std::optional<long> f_type) {
+    if (!f_type)
+        return "names local files, but the file system of incoming/ cannot be told, nor so "
+               "whether its owner wrote it: submit it over the socket (klingctl submit)";
+    auto fs = owner_blind_file_system(*f_type);
+    if (fs.empty())
         return {};
-    return fmt::format("names local files, but the spool is on a {} file system, whose owners do "
-                       "not say who wrote a file: this one, owned by {}, could be anyone's. "
-                       "Submit it over the socket (klingctl submit), or keep incoming/ on a local "
-                       "file system",
-                       fs, owner == 0 ? "root" : "klingd's own user");
+    return fmt::format("names local files, but incoming/ is on a {} file system, whose owners do "
+                       "not say who wrote a file (squashed, assigned by the mount, or set by a "
+                       "remote client): submit it over the socket (klingctl submit), or keep "
+                       "incoming/ on a local file system",
+                       fs);
 }
 
 core::result<std::string> read_job_text(int fd, std::size_t size) {

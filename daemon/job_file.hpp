@@ -34,10 +34,10 @@ core::result<std::string> read_job_text(int fd, std::size_t size);
 // there: network and foreign ones (NFS, SMB/CIFS, FUSE, 9p, FAT, exFAT, NTFS, vboxsf),
 // which squash or assign owners by mount options or trust remote clients; "" for others.
 std::string_view owner_blind_file_system(long f_type);
-// Why a job file naming local files cannot be taken as its owner's, or "": one owned by
-// root or by klingd's own user (klingd_uid) on an owner-blind file system (f_type) could
-// be anyone's, and would be let read whatever klingd may.
-std::string owner_not_trusted(long f_type, uid_t owner, uid_t klingd_uid);
+// Why a job file naming local files cannot be taken as its owner's, or "": on an
+// owner-blind file system (f_type; nullopt: it cannot be told) its owner may be anyone
+// (root's or klingd's own would let it read whatever klingd may).
+std::string owner_not_trusted(std::optional<long> f_type);
 // A file name as a one-line message shows it (control characters escaped, cut at 200).
 std::string printable(const std::string& s);
 

@@ -153,9 +153,13 @@ bool permits(const struct stat& st, const submitter_id& who, mode_t owner_bit, m
 // refused for other users.
 bool has_acl(int fd) {
     auto at = fmt::format("/proc/self/fd/{}", fd);
-    if (::getxattr(at.c_str(), "system.posix_acl_access", nullptr, 0) >= 0)
-        return true;
-    return !(errno == ENODATA || errno == ENOTSUP);
+    for (auto name : {"system.posix_acl_access", "system.nfs4_acl"}) {
+        if (::getxattr(at.c_str(), name, nullptr, 0) >= 0)
+            return true;
+        if (!(errno == ENODATA || errno == ENOTSUP || errno == EOPNOTSUPP))
+            return true; // cannot tell: refused
+    }
+    return false;
 }
 
 // Whether who may search (look a name up in) the folder behind fd, as the kernel decides.
@@ -181,18 +185,24 @@ struct walked {
     int err = 0; // errno when failed
 };
 
-// The identity of what a name in a folder is, without following a link, triggering an
-// automount or asking a network or FUSE file system for fresh attributes (a hung server
-// must not hold the thread here); mount_root when it is the root of a mount. name "":
-// what dir itself is.
-bool look(int dir, const char* name, struct statx& sx, bool& mount_root) {
+// What a name in a folder is, without following a link, triggering an automount or
+// asking a network or FUSE file system for fresh attributes (a hung server must not hold
+// the thread here). name "": what dir itself is.
+struct looked {
+    struct statx sx {};
+    bool mount_root = false; // the root of a mount (also when the kernel cannot tell)
+    bool automount = false;  // a point where something would be mounted
+};
+
+bool look(int dir, const char* name, looked& l) {
     if (::statx(dir, name,
                 AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT | AT_STATX_DONT_SYNC |
                     (*name ? 0 : AT_EMPTY_PATH),
-                STATX_TYPE | STATX_MODE | STATX_INO, &sx) != 0)
+                STATX_TYPE | STATX_MODE | STATX_INO | STATX_UID, &l.sx) != 0)
         return false;
-    mount_root = (sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) != 0 &&
-                 (sx.stx_attributes & STATX_ATTR_MOUNT_ROOT) != 0;
+    l.mount_root = (l.sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) == 0 ||
+                   (l.sx.stx_attributes & STATX_ATTR_MOUNT_ROOT) != 0;
+    l.automount = (l.sx.stx_attributes & STATX_ATTR_AUTOMOUNT) != 0;
     return true;
 }
 
@@ -270,17 +280,26 @@ walk_end walk_within(walked& w, const std::string& path, const std::vector<std::
         auto next = names.back() + "/" + part;
         if (!on_the_way(next, allowed))
             return walk_end::outside;
-        struct statx sx {};
-        bool mount_root = false;
-        if (!look(dir, part.c_str(), sx, mount_root))
+        looked l;
+        if (!look(dir, part.c_str(), l))
             return fail(errno);
-        if (inside_any(next, allowed)) {
-            struct statx here {};
-            bool ignored = false;
-            if (mount_root || !look(dir, "", here, ignored) ||
-                sx.stx_dev_major != here.stx_dev_major || sx.stx_dev_minor != here.stx_dev_minor)
-                return walk_end::mount;
-        }
+        const auto& sx = l.sx;
+        looked here;
+        if (!look(dir, "", here))
+            return fail(errno);
+        // Below a folder, no other file system (a configured folder may itself be a mount,
+        // even one inside another folder).
+        if (inside_any(next, allowed) &&
+            std::find(allowed.begin(), allowed.end(), next) == allowed.end() &&
+            (l.mount_root || l.automount || sx.stx_dev_major != here.sx.stx_dev_major ||
+             sx.stx_dev_minor != here.sx.stx_dev_minor))
+            return walk_end::mount;
+        // The kernel's fs.protected_symlinks: another user's link in a sticky folder open to
+        // all (/tmp) is not followed for the submitter unless the folder's owner made it.
+        if (who && S_ISLNK(sx.stx_mode) && sx.stx_uid != who->uid &&
+            (here.sx.stx_mode & (S_ISVTX | S_IWOTH)) == (S_ISVTX | S_IWOTH) &&
+            here.sx.stx_uid != sx.stx_uid)
+            return walk_end::not_allowed;
         if (S_ISLNK(sx.stx_mode)) {
             if (++links > 40)
                 return fail(ELOOP);
@@ -300,17 +319,18 @@ walk_end walk_within(walked& w, const std::string& path, const std::vector<std::
         const bool folder = S_ISDIR(sx.stx_mode);
         if (!folder && !todo.empty())
             return fail(ENOTDIR);
-        int fd = ::openat(dir, part.c_str(),
-                          O_PATH | O_NOFOLLOW | O_CLOEXEC | (folder ? O_DIRECTORY : 0));
+        // No O_DIRECTORY: with it the kernel would trigger an automount here (the kind is
+        // known from the look, and checked again below).
+        int fd = ::openat(dir, part.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0)
             return fail(errno);
-        struct statx got {};
-        bool ignored = false;
-        if (!look(fd, "", got, ignored)) {
+        looked got;
+        if (!look(fd, "", got)) {
             ::close(fd);
             return fail(errno);
         }
-        if (!same(got, sx)) { // swapped between the look and the open
+        if (!same(got.sx, sx) || (got.sx.stx_mode & S_IFMT) != (sx.stx_mode & S_IFMT)) {
+            // swapped between the look and the open
             ::close(fd);
             return walk_end::changed;
         }
@@ -405,8 +425,9 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
         o.problem = hidden(outside);
         return;
     case walk_end::mount:
-        o.problem = hidden("is behind a mount inside its [inputs] folder (another file system "
-                           "mounted there): copy the file into the folder itself");
+        o.problem = hidden("is behind a mount inside its [inputs] folder (another file system, "
+                           "a bind mount, an automount or a subvolume there): copy the file into "
+                           "the folder itself");
         return;
     case walk_end::not_allowed:
         o.problem = hidden("");
@@ -420,6 +441,10 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
     }
     o.real = w.real;
     const std::string* folder = folder_of(o.real, dirs);
+    if (!folder && std::find(dirs.begin(), dirs.end(), o.real) != dirs.end()) {
+        o.problem = hidden("names an [inputs] folder itself, not a file in it");
+        return;
+    }
     if (!folder) {
         o.problem = hidden(outside);
         return;
@@ -429,10 +454,18 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
     auto proc = fmt::format("/proc/self/fd/{}", w.f.fd);
     auto n = ::readlink(proc.c_str(), buf, sizeof buf - 1);
     if (n <= 0) {
-        o.problem = hidden(fmt::format("cannot be checked: {}", std::strerror(errno)));
+        o.problem =
+            hidden(fmt::format("cannot be checked: {}", n < 0 ? std::strerror(errno) : "no path"));
         return;
     }
-    if (!inside(std::string(buf, static_cast<std::size_t>(n)), *folder)) {
+    // Where it really is must be where the walk says: a folder on the way renamed
+    // meanwhile makes the two differ (the path recorded would not be the file's).
+    const std::string now_at(buf, static_cast<std::size_t>(n));
+    if (now_at != w.real && inside(now_at, *folder)) {
+        o.problem = hidden("changed while it was checked");
+        return;
+    }
+    if (!inside(now_at, *folder)) {
         o.problem = hidden(fmt::format(
             "was moved outside [inputs] directories ({}) while it was checked", folder_list(cfg)));
         return;

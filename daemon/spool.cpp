@@ -391,7 +391,9 @@ spool::candidate spool::read_candidate(const std::string& name) const {
     if (!parsed)
         return rejection{parsed.error().message(), std::move(file)};
     struct statfs sfs {};
-    long fs_type = ::fstatfs(f.fd, &sfs) == 0 ? static_cast<long>(sfs.f_type) : 0;
+    std::optional<long> fs_type;
+    if (::fstatfs(f.fd, &sfs) == 0)
+        fs_type = static_cast<long>(sfs.f_type);
     return job_file{std::move(*parsed), std::move(file), st.st_uid, fs_type};
 }
 
@@ -423,9 +425,8 @@ asio::awaitable<void> spool::take(std::vector<std::string> names) {
             unparsed_once_.erase(name);
         } else if (auto* job = std::get_if<job_file>(&c)) {
             unparsed_once_.erase(name);
-            if (auto why = job->spec.local_inputs.empty()
-                               ? std::string()
-                               : owner_not_trusted(job->fs_type, job->owner, ::geteuid());
+            if (auto why = job->spec.local_inputs.empty() ? std::string()
+                                                          : owner_not_trusted(job->fs_type);
                 !why.empty()) {
                 reject(name, why);
                 continue;

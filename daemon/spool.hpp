@@ -67,8 +67,8 @@ private:
     struct job_file {
         core::job_spec spec; // its local files named, not yet checked (take() checks them)
         taken_file file;
-        uid_t owner = 0;  // who submitted it: the file's owner
-        long fs_type = 0; // statfs's f_type of the file system it is on
+        uid_t owner = 0;             // who submitted it: the file's owner
+        std::optional<long> fs_type; // statfs's f_type of its file system, when told
     };
     using candidate = std::variant<skip, busy, rejection, job_file>;
     candidate read_candidate(const std::string& name) const;

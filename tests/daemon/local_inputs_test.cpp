@@ -412,6 +412,8 @@ bool open_to_others(const fs::path& dir) {
 TEST_F(local_inputs, a_link_through_a_folder_the_submitter_cannot_search_is_refused) {
     // The real path (media/a.png) is open to all, but the name given passes a folder that
     // user may not search: the kernel would refuse that user, so klingd does too.
+    if (!open_to_others(media))
+        GTEST_SKIP() << media << " is closed to other users: the accepting half cannot run";
     fs::permissions(media / "a.png", fs::perms(0644));
     fs::create_directories(media / "closed");
     fs::create_symlink("../a.png", media / "closed/way.png");
@@ -421,10 +423,8 @@ TEST_F(local_inputs, a_link_through_a_folder_the_submitter_cannot_search_is_refu
     EXPECT_NE(why(r).find("(uid 65534) may read"), std::string::npos) << why(r);
     // Through an open folder, the same link is followed.
     fs::permissions(media / "closed", fs::perms(0755));
-    if (open_to_others(media)) {
-        EXPECT_TRUE(intake(url(media / "closed/way.png")))
-            << why(intake(url(media / "closed/way.png")));
-    }
+    EXPECT_TRUE(intake(url(media / "closed/way.png")))
+        << why(intake(url(media / "closed/way.png")));
     // A link's own folders count too: a link to a file inside a closed folder.
     fs::create_directories(media / "shut");
     test::write_file((media / "shut/in.png").string(), png_bytes);
@@ -433,11 +433,15 @@ TEST_F(local_inputs, a_link_through_a_folder_the_submitter_cannot_search_is_refu
     fs::create_symlink("shut/in.png", media / "to-shut.png");
     r = intake(url(media / "to-shut.png"));
     EXPECT_NE(why(r).find("(uid 65534) may read"), std::string::npos) << why(r);
+    fs::permissions(media / "shut", fs::perms(0755));
+    EXPECT_TRUE(intake(url(media / "to-shut.png"))) << why(intake(url(media / "to-shut.png")));
 }
 
 TEST_F(local_inputs, the_groups_are_the_ones_the_socket_gives_or_else_the_user_database_s) {
     if (::geteuid() != 0)
         GTEST_SKIP() << "needs root to give a file to another group";
+    if (!open_to_others(media))
+        GTEST_SKIP() << media << " is closed to other users: the accepting half cannot run";
     test::write_file((media / "group.png").string(), png_bytes);
     ASSERT_EQ(::chown((media / "group.png").c_str(), 0, 4000), 0);
     fs::permissions(media / "group.png", fs::perms(0640));
@@ -447,15 +451,42 @@ TEST_F(local_inputs, the_groups_are_the_ones_the_socket_gives_or_else_the_user_d
     auto r = intake(url(media / "group.png"));
     EXPECT_NE(why(r).find("(uid 4321) may read"), std::string::npos) << why(r);
     submitted_by(4321, std::vector<gid_t>{4321, 4000});
-    if (open_to_others(media)) {
-        EXPECT_TRUE(intake(url(media / "group.png"))) << why(intake(url(media / "group.png")));
-    }
+    EXPECT_TRUE(intake(url(media / "group.png"))) << why(intake(url(media / "group.png")));
     // A job file's owner with no entry in the user database: its groups cannot be told, so
     // its local files are refused (not judged by the "others" bits alone).
     submitted_by(4321);
     r = intake(url(media / "a.png"));
     EXPECT_NE(why(r).find("(uid 4321) has no entry in the user database"), std::string::npos)
         << why(r);
+}
+
+TEST_F(local_inputs, another_user_s_link_in_a_sticky_folder_open_to_all_is_not_followed) {
+    // As the kernel's fs.protected_symlinks: in a /tmp-like folder, a link planted by one
+    // user is not followed for another (only for its owner, or when the folder's owner made
+    // it).
+    if (::geteuid() != 0)
+        GTEST_SKIP() << "needs root to give a link to another user";
+    if (!open_to_others(media))
+        GTEST_SKIP() << media << " is closed to other users: the accepting half cannot run";
+    fs::permissions(media / "a.png", fs::perms(0644));
+    fs::create_directories(media / "drop");
+    fs::permissions(media / "drop", fs::perms(01777));
+    fs::create_symlink("../a.png", media / "drop/planted.png");
+    ASSERT_EQ(::lchown((media / "drop/planted.png").c_str(), 4321, 4321), 0);
+    submitted_by(65534);
+    auto r = intake(url(media / "drop/planted.png"));
+    EXPECT_NE(why(r).find("(uid 65534) may read"), std::string::npos) << why(r);
+    submitted_by(4321, std::vector<gid_t>{4321});
+    EXPECT_TRUE(intake(url(media / "drop/planted.png"))) << "its owner follows it";
+    fs::permissions(media / "drop", fs::perms(0777));
+    submitted_by(65534);
+    EXPECT_TRUE(intake(url(media / "drop/planted.png"))) << "not sticky: followed";
+}
+
+TEST_F(local_inputs, a_link_to_the_folder_itself_is_named_so) {
+    fs::create_directory_symlink(media, media / "self");
+    auto r = intake(url(media / "self"));
+    EXPECT_NE(why(r).find("names an [inputs] folder itself"), std::string::npos) << why(r);
 }
 
 TEST_F(local_inputs, a_mount_inside_a_folder_is_not_crossed) {
@@ -483,6 +514,11 @@ TEST_F(local_inputs, a_mount_inside_a_folder_is_not_crossed) {
             out = why(intake(url(media / "mnt/in.png"))) + "\n" +
                   why(intake(url(media / "bind/there.png"))) + "\n" +
                   why(intake(url(media / "to-mnt.png"))) + "\n" + why(intake(url(media / "a.png")));
+            // A mount configured as a folder of its own (nested in another) is taken.
+            cfg.directories.push_back((media / "mnt").string());
+            out += "\n" + (config::resolve_input_directories(cfg).empty()
+                               ? why(intake(url(media / "mnt/in.png")))
+                               : std::string("cannot resolve"));
             fs::remove(media / "to-mnt.png");
         }
         (void)!::write(pipefd[1], out.data(), out.size());
@@ -504,12 +540,13 @@ TEST_F(local_inputs, a_mount_inside_a_folder_is_not_crossed) {
         lines.push_back(got.substr(at, nl == std::string::npos ? std::string::npos : nl - at));
         at = nl == std::string::npos ? got.size() + 1 : nl + 1;
     }
-    ASSERT_EQ(lines.size(), 4u) << got;
+    ASSERT_EQ(lines.size(), 5u) << got;
     EXPECT_NE(lines[0].find("behind a mount inside its [inputs] folder"), std::string::npos)
         << lines[0];
     EXPECT_NE(lines[1].find("behind a mount"), std::string::npos) << "a bind mount: " << lines[1];
     EXPECT_NE(lines[2].find("behind a mount"), std::string::npos) << "through a link: " << lines[2];
     EXPECT_EQ(lines[3], "accepted") << "the folder itself is fine";
+    EXPECT_EQ(lines[4], "accepted") << "a configured folder may be a mount";
 }
 
 TEST_F(local_inputs, one_file_in_two_spellings_is_read_once_and_each_spelling_is_recorded) {
@@ -558,21 +595,17 @@ TEST(local_refs, are_found_in_stored_params_by_field_with_the_kind_each_field_wa
 
 } // namespace
 
-TEST(spool_owner, a_privileged_owner_on_an_owner_blind_file_system_is_not_taken_for_itself) {
-    // On NFS (root_squash, all_squash), SMB, FUSE or FAT every file may read as root's or
-    // klingd's own, which may name any file klingd may read: such job files are refused.
-    const uid_t klingd_uid = 998;
-    auto nfs = daemon::owner_not_trusted(0x6969, 0, klingd_uid);
-    EXPECT_NE(nfs.find("on a NFS file system"), std::string::npos) << nfs;
-    EXPECT_NE(nfs.find("owned by root"), std::string::npos) << nfs;
-    EXPECT_NE(daemon::owner_not_trusted(0x65735546, klingd_uid, klingd_uid).find("FUSE"),
-              std::string::npos);
-    EXPECT_NE(daemon::owner_not_trusted(0x4d44, klingd_uid, klingd_uid).find("klingd's own user"),
-              std::string::npos);
-    // Another owner is judged as that user (less than klingd may read), and local file
-    // systems tell owners truly.
-    EXPECT_EQ(daemon::owner_not_trusted(0x6969, 1000, klingd_uid), "");
-    EXPECT_EQ(daemon::owner_not_trusted(0xef53, 0, klingd_uid), "") << "ext4";
-    EXPECT_EQ(daemon::owner_not_trusted(0x01021994, 0, klingd_uid), "") << "tmpfs";
+TEST(spool_owner, a_job_file_on_an_owner_blind_file_system_may_not_name_local_files) {
+    // On NFS (squashed owners, or any owner a remote client sets), SMB, FUSE or FAT a job
+    // file's owner does not say who wrote it: its local files are refused, whoever owns
+    // it, and so when the file system cannot be told.
+    auto nfs = daemon::owner_not_trusted(0x6969);
+    EXPECT_NE(nfs.find("incoming/ is on a NFS file system"), std::string::npos) << nfs;
+    EXPECT_NE(daemon::owner_not_trusted(0x65735546).find("FUSE"), std::string::npos);
+    EXPECT_NE(daemon::owner_not_trusted(0x4d44).find("FAT"), std::string::npos);
+    EXPECT_NE(daemon::owner_not_trusted(std::nullopt).find("cannot be told"), std::string::npos);
+    // Local file systems tell owners truly.
+    EXPECT_EQ(daemon::owner_not_trusted(0xef53), "") << "ext4";
+    EXPECT_EQ(daemon::owner_not_trusted(0x01021994), "") << "tmpfs";
     EXPECT_EQ(daemon::owner_blind_file_system(0x58465342), "") << "XFS";
 }
