@@ -26,6 +26,7 @@
 #include <set>
 #include <sstream>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <thread>
 #include <unistd.h>
 
@@ -788,6 +789,17 @@ int cmd_validate(const std::vector<std::string>& files, const std::string& confi
             if (settings) {
                 // As klingd would check them for the file's owner (as far as this user can
                 // see them).
+                // And the spool's rule for where it will lie: incoming/ must keep owners
+                // (judged when this user can see that folder).
+                struct statfs sfs {};
+                auto incoming = settings->spool.directory + "/incoming";
+                if (::statfs(incoming.c_str(), &sfs) == 0) {
+                    if (auto why = klingd::daemon::owner_not_trusted(static_cast<long>(sfs.f_type));
+                        !why.empty()) {
+                        bad(fmt::format("{} ({})", why, incoming));
+                        continue;
+                    }
+                }
                 std::optional<klingd::daemon::submitter> owner;
                 owner.emplace().uid = now.st_uid;
                 auto inputs =

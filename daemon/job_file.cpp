@@ -34,48 +34,32 @@ std::optional<std::string> job_file_problem(const std::string& name, std::uint64
     return std::nullopt;
 }
 
-std::string_view owner_blind_file_system(long f_type) {
+std::string_view owner_telling_file_system(long f_type) {
     switch (static_cast<unsigned long>(f_type) & 0xffffffffUL) {
-    case 0x6969UL:
-        return "NFS";
-    case 0x517bUL:
-        return "SMB";
-    case 0xfe534d42UL:
-        return "SMB2";
-    case 0xff534d42UL:
-        return "CIFS";
-    case 0x65735546UL:
-        return "FUSE";
-    case 0x01021997UL:
-        return "9p";
-    case 0x4d44UL:
-        return "FAT";
-    case 0x2011bab0UL:
-        return "exFAT";
-    case 0x5346544eUL:
-        return "NTFS";
-    case 0x7366746eUL:
-        return "NTFS3";
-    case 0x786f4256UL:
-        return "vboxsf";
-    case 0x00c36400UL:
-        return "Ceph";
-    case 0x5346414fUL:
-        return "AFS";
-    case 0x0bd00bd0UL:
-        return "Lustre";
-    case 0x47504653UL:
-        return "GPFS";
-    case 0x20030528UL:
-        return "OrangeFS";
-    case 0x15013346UL:
-        return "UDF";
-    case 0x482bUL:
-        return "HFS+";
-    case 0x564c:
-        return "NCP";
-    case 0x73757245UL:
-        return "Coda";
+    case 0xef53UL:
+        return "ext4";
+    case 0x58465342UL:
+        return "XFS";
+    case 0x9123683eUL:
+        return "Btrfs";
+    case 0x01021994UL:
+        return "tmpfs";
+    case 0x858458f6UL:
+        return "ramfs";
+    case 0xf2f52010UL:
+        return "F2FS";
+    case 0x2fc12fc1UL:
+        return "ZFS";
+    case 0x794c7630UL:
+        return "overlay";
+    case 0xca451a4eUL:
+        return "bcachefs";
+    case 0x3153464aUL:
+        return "JFS";
+    case 0x52654973UL:
+        return "ReiserFS";
+    case 0x3434UL:
+        return "NILFS";
     default:
         return {};
     }
@@ -85,14 +69,15 @@ std::string owner_not_trusted(std::optional<long> f_type) {
     if (!f_type)
         return "names local files, but the file system of incoming/ cannot be told, nor so "
                "whether its owner wrote it: submit it over the socket (klingctl submit)";
-    auto fs = owner_blind_file_system(*f_type);
-    if (fs.empty())
+    if (!owner_telling_file_system(*f_type).empty())
         return {};
-    return fmt::format("names local files, but incoming/ is on a {} file system, whose owners do "
-                       "not say who wrote a file (squashed, assigned by the mount, or set by a "
-                       "remote client): submit it over the socket (klingctl submit), or keep "
-                       "incoming/ on a local file system",
-                       fs);
+    return fmt::format(
+        "names local files, but incoming/ is on a file system (type {:#x}) not known "
+        "to keep who wrote a file as its owner (NFS, SMB, FUSE, FAT and the like "
+        "squash owners, assign them by mount options, or take them from remote "
+        "clients): submit it over the socket (klingctl submit), or keep incoming/ "
+        "on a local file system (ext4, XFS, Btrfs, ZFS, tmpfs, ...)",
+        static_cast<unsigned long>(*f_type) & 0xffffffffUL);
 }
 
 core::result<std::string> read_job_text(int fd, std::size_t size) {

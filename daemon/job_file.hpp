@@ -30,12 +30,13 @@ core::result<core::job_spec> read_job_file(std::string_view text, const std::str
 // that grows meanwhile is read no further, a shorter one ends sooner), or errc::io_failed
 // "cannot be read: <why>" when a read fails.
 core::result<std::string> read_job_text(int fd, std::size_t size);
-// The name of a file system (by statfs's f_type) whose owners do not say who wrote a file
-// there: network and foreign ones (NFS, SMB/CIFS, FUSE, 9p, FAT, exFAT, NTFS, vboxsf),
-// which squash or assign owners by mount options or trust remote clients; "" for others.
-std::string_view owner_blind_file_system(long f_type);
-// Why a job file naming local files cannot be taken as its owner's, or "": on an
-// owner-blind file system (f_type; nullopt: it cannot be told) its owner may be anyone
+// The name of a local file system (by statfs's f_type) whose owners are the users who
+// wrote the files (ext4, XFS, Btrfs, ZFS, tmpfs, overlay, ...); "" for any other: network
+// and foreign ones (NFS, SMB, FUSE, 9p, FAT, NTFS, ...) squash owners, assign them by
+// mount options, or take them from remote clients.
+std::string_view owner_telling_file_system(long f_type);
+// Why a job file naming local files cannot be taken as its owner's, or "": on any other
+// file system than those (f_type; nullopt: it cannot be told) its owner may be anyone
 // (root's or klingd's own would let it read whatever klingd may).
 std::string owner_not_trusted(std::optional<long> f_type);
 // A file name as a one-line message shows it (control characters escaped, cut at 200).

@@ -16,6 +16,7 @@
 #include <openssl/evp.h>
 #include <pwd.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -60,14 +61,6 @@ bool inside_any(const std::string& path, const std::vector<std::string>& dirs) {
     return false;
 }
 
-// path is one of dirs, inside one, or a folder above one.
-bool on_the_way(const std::string& path, const std::vector<std::string>& dirs) {
-    for (auto& d : dirs)
-        if (path == d || inside(path, d) || inside(d, path))
-            return true;
-    return false;
-}
-
 // The real folder path lies inside, if any.
 const std::string* folder_of(const std::string& path, const std::vector<std::string>& dirs) {
     const std::string* best = nullptr; // the innermost, when folders nest
@@ -83,6 +76,9 @@ std::string folder_list(const config::inputs_settings& cfg) {
         out += (out.empty() ? "" : ", ") + d;
     return out;
 }
+
+// The uid every user reads as when not mapped into klingd's user namespace (nobody).
+constexpr uid_t overflow_uid = 65534;
 
 // Who submitted a job, as the kernel would see that user: uid, and every group.
 struct submitter_id {
@@ -162,10 +158,18 @@ bool has_acl(int fd) {
     return false;
 }
 
-// Whether who may search (look a name up in) the folder behind fd, as the kernel decides.
+// Whether who may search (look a name up in) the folder behind fd, as the kernel decides
+// (its attributes as cached: a network file system's server is not asked for them).
 bool may_search(int fd, const submitter_id& who) {
+    struct statx sx {};
+    if (::statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_MODE | STATX_UID | STATX_GID,
+                &sx) != 0)
+        return false;
     struct stat st {};
-    return ::fstat(fd, &st) == 0 && permits(st, who, S_IXUSR, S_IXGRP, S_IXOTH) && !has_acl(fd);
+    st.st_mode = sx.stx_mode;
+    st.st_uid = sx.stx_uid;
+    st.st_gid = sx.stx_gid;
+    return permits(st, who, S_IXUSR, S_IXGRP, S_IXOTH) && !has_acl(fd);
 }
 
 // Where a walk ended.
@@ -182,7 +186,10 @@ struct walked {
     fd_guard f;       // O_PATH on what the path names, every link followed
     std::string real; // its path, with no link in it
     struct stat st {};
-    int err = 0; // errno when failed
+    dev_t folder_dev = 0;        // the device of the innermost folder it is in, as held
+    bool folder_passed = false;  // whether it is in one (folder_dev is set)
+    int err = 0;                 // errno when failed
+    bool mounts_unknown = false; // mount: the kernel cannot tell mount points (before 5.8)
 };
 
 // What a name in a folder is, without following a link, triggering an automount or
@@ -190,8 +197,9 @@ struct walked {
 // the thread here). name "": what dir itself is.
 struct looked {
     struct statx sx {};
-    bool mount_root = false; // the root of a mount (also when the kernel cannot tell)
-    bool automount = false;  // a point where something would be mounted
+    bool mount_root = false;     // the root of a mount (also when the kernel cannot tell)
+    bool mounts_unknown = false; // the kernel cannot tell (Linux before 5.8)
+    bool automount = false;      // a point where something would be mounted
 };
 
 bool look(int dir, const char* name, looked& l) {
@@ -200,8 +208,8 @@ bool look(int dir, const char* name, looked& l) {
                     (*name ? 0 : AT_EMPTY_PATH),
                 STATX_TYPE | STATX_MODE | STATX_INO | STATX_UID, &l.sx) != 0)
         return false;
-    l.mount_root = (l.sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) == 0 ||
-                   (l.sx.stx_attributes & STATX_ATTR_MOUNT_ROOT) != 0;
+    l.mounts_unknown = (l.sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) == 0;
+    l.mount_root = l.mounts_unknown || (l.sx.stx_attributes & STATX_ATTR_MOUNT_ROOT) != 0;
     l.automount = (l.sx.stx_attributes & STATX_ATTR_AUTOMOUNT) != 0;
     return true;
 }
@@ -216,13 +224,21 @@ bool same(const struct statx& a, const struct statx& b) {
 // O_PATH descriptor while the next name is looked up beneath it, and links read by
 // klingd itself: a folder swapped for a link in between ends the walk instead of leading
 // it elsewhere. Nothing is looked up that is not on the way to or inside the folders
-// (allowed): a link leading elsewhere (a dead network mount, an automounter) ends the
-// walk before anything there is touched. Inside the folders no mount is crossed (a FUSE,
-// NFS or automount placed there could hang the thread or hold anything). When who is
-// given, that user must be able to search every folder passed: the named path's, the
-// links', the real path's.
-walk_end walk_within(walked& w, const std::string& path, const std::vector<std::string>& allowed,
-                     const submitter_id* who) {
+// (real; or on the way to a folder as configured, spelled, which may be a link): a link
+// leading elsewhere (a dead network mount, an automounter) ends the walk before anything
+// there is touched. Below the folders no mount is crossed (a FUSE, NFS or automount
+// placed there could hang the thread or hold anything). When who is given, that user
+// must be able to search every folder passed: the named path's, the links', the real
+// path's.
+walk_end walk_within(walked& w, const std::string& path, const std::vector<std::string>& real,
+                     const std::vector<std::string>& spelled, const submitter_id* who) {
+    // A folder, or one above it: the administrator's path, not a user's.
+    auto at_or_above = [](const std::string& p, const std::vector<std::string>& dirs) {
+        for (auto& d : dirs)
+            if (p == d || inside(d, p))
+                return true;
+        return false;
+    };
     std::vector<std::string> todo; // names still to walk, the next one last
     auto push_path = [&](std::string_view p) {
         std::vector<std::string> parts;
@@ -278,7 +294,9 @@ walk_end walk_within(walked& w, const std::string& path, const std::vector<std::
             continue;
         }
         auto next = names.back() + "/" + part;
-        if (!on_the_way(next, allowed))
+        const bool admins = at_or_above(next, real) || at_or_above(next, spelled);
+        const bool below = !admins && inside_any(next, real);
+        if (!admins && !below)
             return walk_end::outside;
         looked l;
         if (!look(dir, part.c_str(), l))
@@ -287,13 +305,13 @@ walk_end walk_within(walked& w, const std::string& path, const std::vector<std::
         looked here;
         if (!look(dir, "", here))
             return fail(errno);
-        // Below a folder, no other file system (a configured folder may itself be a mount,
-        // even one inside another folder).
-        if (inside_any(next, allowed) &&
-            std::find(allowed.begin(), allowed.end(), next) == allowed.end() &&
-            (l.mount_root || l.automount || sx.stx_dev_major != here.sx.stx_dev_major ||
-             sx.stx_dev_minor != here.sx.stx_dev_minor))
+        // Below a folder, no other file system (a folder, or one above another folder, may
+        // itself be a mount).
+        if (below && (l.mount_root || l.automount || sx.stx_dev_major != here.sx.stx_dev_major ||
+                      sx.stx_dev_minor != here.sx.stx_dev_minor)) {
+            w.mounts_unknown = l.mounts_unknown;
             return walk_end::mount;
+        }
         // The kernel's fs.protected_symlinks: another user's link in a sticky folder open to
         // all (/tmp) is not followed for the submitter unless the folder's owner made it.
         if (who && S_ISLNK(sx.stx_mode) && sx.stx_uid != who->uid &&
@@ -319,9 +337,12 @@ walk_end walk_within(walked& w, const std::string& path, const std::vector<std::
         const bool folder = S_ISDIR(sx.stx_mode);
         if (!folder && !todo.empty())
             return fail(ENOTDIR);
-        // No O_DIRECTORY: with it the kernel would trigger an automount here (the kind is
-        // known from the look, and checked again below).
-        int fd = ::openat(dir, part.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        // Below a folder, no O_DIRECTORY: with it the kernel would trigger an automount
+        // (the kind is known from the look, and checked again below). On the
+        // administrator's path it does: a folder under an automount (autofs, systemd's
+        // x-systemd.automount) is mounted again after it expired.
+        int fd = ::openat(dir, part.c_str(),
+                          O_PATH | O_NOFOLLOW | O_CLOEXEC | (admins && folder ? O_DIRECTORY : 0));
         if (fd < 0)
             return fail(errno);
         looked got;
@@ -329,36 +350,43 @@ walk_end walk_within(walked& w, const std::string& path, const std::vector<std::
             ::close(fd);
             return fail(errno);
         }
-        if (!same(got.sx, sx) || (got.sx.stx_mode & S_IFMT) != (sx.stx_mode & S_IFMT)) {
-            // swapped between the look and the open
+        const bool kind_kept = (got.sx.stx_mode & S_IFMT) == (sx.stx_mode & S_IFMT);
+        if (!kind_kept || (!same(got.sx, sx) && !admins)) {
+            // swapped between the look and the open (or, on the administrator's path, a
+            // folder mounted by the open: what was opened is a folder, and is walked on)
             ::close(fd);
             return walk_end::changed;
         }
         if (!folder) {
             w.f.fd = fd;
             w.real = std::move(next);
-            if (::fstat(fd, &w.st) != 0)
-                return fail(errno);
-            return walk_end::reached;
+            break;
         }
         fds.push_back(fd);
         names.push_back(std::move(next));
     }
-    // The path names a folder: what is held last.
-    w.f.fd = fds.back();
-    fds.pop_back();
-    w.real = names.back().empty() ? "/" : names.back();
+    if (w.f.fd < 0) { // the path names a folder: what is held last
+        w.real = names.back().empty() ? "/" : names.back();
+        w.f.fd = ::dup(fds.back());
+        if (w.f.fd < 0)
+            return fail(errno);
+    }
     if (::fstat(w.f.fd, &w.st) != 0)
         return fail(errno);
+    // The innermost folder it is in, as held now (not looked up again by its path, which
+    // may lead elsewhere by now): its device, for the caller's check.
+    for (std::size_t i = names.size(); i-- > 0;) {
+        if (std::find(real.begin(), real.end(), names[i]) == real.end() ||
+            !inside(w.real, names[i]))
+            continue;
+        looked f;
+        if (!look(fds[i], "", f))
+            return fail(errno);
+        w.folder_dev = makedev(f.sx.stx_dev_major, f.sx.stx_dev_minor);
+        w.folder_passed = true;
+        break;
+    }
     return walk_end::reached;
-}
-
-// The real folders and their spellings in the configuration: a walk may pass through
-// either (a configured folder may be reached through a link).
-std::vector<std::string> allowed_folders(const config::inputs_settings& cfg) {
-    std::vector<std::string> allowed = cfg.real_directories;
-    allowed.insert(allowed.end(), cfg.directories.begin(), cfg.directories.end());
-    return allowed;
 }
 
 // The file behind path, opened for reading when it is acceptable; else why not.
@@ -383,7 +411,10 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
     // may not look: a missing file, a link that leads out, a mount, a file or a folder that
     // user may not read all get this one answer (no probing through klingd's rights). Root
     // and klingd's user get the precise reason.
-    const bool restricted = who && who->uid != 0 && who->uid != ::geteuid();
+    // (65534 is never klingd's own: in a user namespace every unmapped user reads so, and
+    // klingd may run as nobody.)
+    const bool restricted =
+        who && who->uid != 0 && (who->uid != ::geteuid() || who->uid == overflow_uid);
     auto hidden = [&](std::string precise) {
         return restricted
                    ? fmt::format("does not exist inside [inputs] directories ({}) as a file the "
@@ -418,16 +449,20 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
     walked w;
     const auto outside =
         fmt::format("resolves to a path outside [inputs] directories ({})", folder_list(cfg));
-    switch (walk_within(w, path, allowed_folders(cfg), restricted ? &id : nullptr)) {
+    switch (walk_within(w, path, dirs, cfg.directories, restricted ? &id : nullptr)) {
     case walk_end::reached:
         break;
     case walk_end::outside:
         o.problem = hidden(outside);
         return;
     case walk_end::mount:
-        o.problem = hidden("is behind a mount inside its [inputs] folder (another file system, "
-                           "a bind mount, an automount or a subvolume there): copy the file into "
-                           "the folder itself");
+        o.problem = hidden(
+            w.mounts_unknown
+                ? "cannot be checked: this kernel does not tell mount points apart (Linux 5.8 "
+                  "or later is needed to take local files)"
+                : "is behind a mount inside its [inputs] folder (another file system, a bind "
+                  "mount, an automount or a subvolume there): copy the file into the folder "
+                  "itself");
         return;
     case walk_end::not_allowed:
         o.problem = hidden("");
@@ -487,8 +522,7 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
         return;
     }
     struct stat st {};
-    struct stat folder_st {};
-    if (::fstat(o.f.fd, &st) != 0 || ::lstat(folder->c_str(), &folder_st) != 0) {
+    if (::fstat(o.f.fd, &st) != 0) {
         o.problem = fmt::format("cannot be read: {}", std::strerror(errno));
         return;
     }
@@ -505,13 +539,9 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
         o.problem = "is not a regular file";
         return;
     }
-    if (!S_ISDIR(folder_st.st_mode)) {
-        o.problem = fmt::format("is in {}, which is no longer a folder", *folder);
-        return;
-    }
     // A file on another file system (a mount inside the folder) or with more than one name
     // (a hard link) may be a door to a file from elsewhere.
-    if (st.st_dev != folder_st.st_dev) {
+    if (!w.folder_passed || st.st_dev != w.folder_dev) {
         o.problem = "is on another file system than its [inputs] folder: copy it into the folder";
         return;
     }

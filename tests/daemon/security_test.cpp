@@ -216,33 +216,28 @@ TEST(secrets, every_key_this_process_has_held_is_scrubbed_after_a_key_change) {
     EXPECT_NE(log.find("[redacted]"), std::string::npos) << "the echoed key was not met\n" << log;
 }
 
-// Connects to a Unix socket as another user (in a child process); returns errno or 0.
-int connect_as(uid_t uid, gid_t gid, const std::string& path) {
-    int pipefd[2];
-    if (::pipe(pipefd) != 0)
-        return -1;
-    pid_t pid = ::fork();
-    if (pid == 0) {
-        ::close(pipefd[0]);
-        int result = 0;
-        if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0) {
-            result = -2;
-        } else {
-            int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
-            sockaddr_un a{};
-            a.sun_family = AF_UNIX;
-            std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
-            result = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 ? 0 : errno;
-        }
-        (void)!::write(pipefd[1], &result, sizeof result);
-        ::_exit(0);
-    }
-    ::close(pipefd[1]);
-    int result = -3;
-    (void)!::read(pipefd[0], &result, sizeof result);
-    ::close(pipefd[0]);
-    ::waitpid(pid, nullptr, 0);
-    return result;
+// Connects to a Unix socket as another user (in a child process) and sends request, if
+// any: "connected" and the answer's text, or "error: ..." (with errno's text).
+std::string talk_as(uid_t uid, const std::vector<gid_t>& groups, const std::string& path,
+                    const std::string& request = {}) {
+    return in_child([&]() -> std::string {
+        if (::setgroups(groups.size(), groups.data()) != 0 || ::setgid(groups.front()) != 0 ||
+            ::setuid(uid) != 0)
+            return "error: cannot become that user";
+        int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
+        if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
+            return std::string("error: connect: ") + std::strerror(errno);
+        std::string out = "connected\n";
+        (void)!::write(fd, request.data(), request.size());
+        char buf[4096];
+        if (!request.empty())
+            for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;)
+                out.append(buf, static_cast<std::size_t>(n));
+        return out;
+    });
 }
 
 TEST(control_socket, mode_and_owner_as_configured_and_another_user_is_kept_out) {
@@ -256,9 +251,10 @@ TEST(control_socket, mode_and_owner_as_configured_and_another_user_is_kept_out) 
     EXPECT_EQ(st.st_uid, ::geteuid()) << "owned by the user klingd runs as";
     EXPECT_EQ(st.st_gid, ::getegid());
     const uid_t nobody = 65534;
-    int err = connect_as(nobody, nobody, env.socket());
-    ASSERT_NE(err, -2) << "cannot become nobody here";
-    EXPECT_EQ(err, EACCES) << "another user reached a socket of mode 0660";
+    auto got = talk_as(nobody, {nobody}, env.socket());
+    ASSERT_NE(got, "error: cannot become that user");
+    EXPECT_EQ(got, std::string("error: connect: ") + std::strerror(EACCES))
+        << "another user reached a socket of mode 0660";
     EXPECT_EQ(env.stop(), 0);
 
     // The same user is let in when the mode allows it, so the refusal above was the mode's.
@@ -269,54 +265,13 @@ TEST(control_socket, mode_and_owner_as_configured_and_another_user_is_kept_out) 
     env.start();
     ASSERT_EQ(::stat(env.socket().c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 07777, 0666u);
-    int open_err = connect_as(nobody, nobody, env.socket());
-    if (open_err == EACCES)
+    got = talk_as(nobody, {nobody}, env.socket());
+    if (got == std::string("error: connect: ") + std::strerror(EACCES))
         std::cout << "[ note     ] nobody cannot reach " << env.dir()
                   << " at all; the positive check is skipped\n";
     else
-        EXPECT_EQ(open_err, 0);
+        EXPECT_EQ(got, "connected\n");
     EXPECT_EQ(env.stop(), 0);
-}
-
-// Sends one HTTP request over a Unix socket as another user with these groups (in a
-// child process); the answer's text, or "error: ..." when that could not be done.
-std::string request_as(uid_t uid, const std::vector<gid_t>& groups, const std::string& path,
-                       const std::string& request) {
-    int pipefd[2];
-    if (::pipe(pipefd) != 0)
-        return "error: pipe";
-    pid_t pid = ::fork();
-    if (pid == 0) {
-        ::close(pipefd[0]);
-        std::string out;
-        if (::setgroups(groups.size(), groups.data()) != 0 || ::setgid(uid) != 0 ||
-            ::setuid(uid) != 0) {
-            out = "error: cannot become that user";
-        } else {
-            int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
-            sockaddr_un a{};
-            a.sun_family = AF_UNIX;
-            std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
-            if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-                out = std::string("error: connect: ") + std::strerror(errno);
-            } else {
-                (void)!::write(fd, request.data(), request.size());
-                char buf[4096];
-                for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;)
-                    out.append(buf, static_cast<std::size_t>(n));
-            }
-        }
-        (void)!::write(pipefd[1], out.data(), out.size());
-        ::_exit(0);
-    }
-    ::close(pipefd[1]);
-    std::string got;
-    char buf[4096];
-    for (ssize_t n; (n = ::read(pipefd[0], buf, sizeof buf)) > 0;)
-        got.append(buf, static_cast<std::size_t>(n));
-    ::close(pipefd[0]);
-    ::waitpid(pid, nullptr, 0);
-    return got;
 }
 
 TEST(control_socket, a_socket_user_s_local_files_are_judged_by_the_groups_its_process_holds) {
@@ -345,17 +300,17 @@ TEST(control_socket, a_socket_user_s_local_files_are_judged_by_the_groups_its_pr
             fmt::format(R"({{"id":"{}","model":"kling-o1","params":{{"prompt":"p @Image1",)"
                         R"("image_urls":["file://{}"]}}}})",
                         id, (media / "team.png").string());
-        return request_as(4321, groups, env.socket(),
-                          fmt::format("POST /v1/jobs HTTP/1.1\r\nHost: klingd\r\nContent-Type: "
-                                      "application/json\r\nContent-Length: {}\r\nConnection: "
-                                      "close\r\n\r\n{}",
-                                      body.size(), body));
+        return talk_as(4321, groups, env.socket(),
+                       fmt::format("POST /v1/jobs HTTP/1.1\r\nHost: klingd\r\nContent-Type: "
+                                   "application/json\r\nContent-Length: {}\r\nConnection: "
+                                   "close\r\n\r\n{}",
+                                   body.size(), body));
     };
     auto without = post("no-group", {4321});
-    EXPECT_EQ(without.rfind("HTTP/1.1 400", 0), 0u) << without;
+    EXPECT_EQ(without.rfind("connected\nHTTP/1.1 400", 0), 0u) << without;
     EXPECT_NE(without.find("(uid 4321) may read"), std::string::npos) << without;
     auto with = post("in-group", {4321, 4000});
-    EXPECT_EQ(with.rfind("HTTP/1.1 20", 0), 0u) << "group 4000 may read it: " << with;
+    EXPECT_EQ(with.rfind("connected\nHTTP/1.1 20", 0), 0u) << "group 4000 may read it: " << with;
     EXPECT_EQ(env.api("GET", "/v1/jobs/no-group").status, 404);
     EXPECT_EQ(env.api("GET", "/v1/jobs/in-group").status, 200);
     EXPECT_EQ(env.stop(), 0);

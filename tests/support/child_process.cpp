@@ -127,6 +127,34 @@ temp_dir::~temp_dir() {
         fs::remove_all(path_, ec);
 }
 
+std::string in_child(const std::function<std::string()>& fn) {
+    int pipefd[2];
+    if (::pipe(pipefd) != 0)
+        throw std::runtime_error("in_child: pipe failed");
+    pid_t pid = ::fork();
+    if (pid < 0)
+        throw std::runtime_error("in_child: fork failed");
+    if (pid == 0) {
+        ::close(pipefd[0]);
+        std::string out;
+        try {
+            out = fn();
+        } catch (const std::exception& e) {
+            out = std::string("error: ") + e.what();
+        }
+        (void)!::write(pipefd[1], out.data(), out.size());
+        ::_exit(0);
+    }
+    ::close(pipefd[1]);
+    std::string got;
+    char buf[4096];
+    for (ssize_t n; (n = ::read(pipefd[0], buf, sizeof buf)) > 0;)
+        got.append(buf, static_cast<std::size_t>(n));
+    ::close(pipefd[0]);
+    ::waitpid(pid, nullptr, 0);
+    return got;
+}
+
 std::string read_file(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     std::ostringstream s;

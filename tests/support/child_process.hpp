@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -55,6 +56,10 @@ public:
 private:
     std::string path_;
 };
+
+// fn() in a forked child (which may change what it is: unshare, setuid, mount) and what
+// it returned, read back through a pipe once the child has ended.
+std::string in_child(const std::function<std::string()>& fn);
 
 std::string read_file(const std::string& path);
 void write_file(const std::string& path, const std::string& content);
