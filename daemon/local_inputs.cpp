@@ -77,8 +77,20 @@ std::string folder_list(const config::inputs_settings& cfg) {
     return out;
 }
 
-// The uid every user reads as when not mapped into klingd's user namespace (nobody).
-constexpr uid_t overflow_uid = 65534;
+// The uid every user reads as when not mapped into klingd's user namespace (the kernel's
+// overflowuid, 65534 unless changed).
+uid_t overflow_uid() {
+    static const uid_t uid = [] {
+        unsigned long v = 65534;
+        if (std::FILE* f = std::fopen("/proc/sys/kernel/overflowuid", "re")) {
+            if (std::fscanf(f, "%lu", &v) != 1)
+                v = 65534;
+            std::fclose(f);
+        }
+        return static_cast<uid_t>(v);
+    }();
+    return uid;
+}
 
 // Who submitted a job, as the kernel would see that user: uid, and every group.
 struct submitter_id {
@@ -294,8 +306,13 @@ walk_end walk_within(walked& w, const std::string& path, const std::vector<std::
             continue;
         }
         auto next = names.back() + "/" + part;
-        const bool admins = at_or_above(next, real) || at_or_above(next, spelled);
-        const bool below = !admins && inside_any(next, real);
+        // Below a folder: a user's ground (even above another folder nested in it); a
+        // folder itself, or a name on the way to one outside every folder: the
+        // administrator's.
+        const bool is_folder = std::find(real.begin(), real.end(), next) != real.end();
+        const bool below = !is_folder && inside_any(next, real);
+        const bool admins =
+            is_folder || (!below && (at_or_above(next, real) || at_or_above(next, spelled)));
         if (!admins && !below)
             return walk_end::outside;
         looked l;
@@ -305,8 +322,9 @@ walk_end walk_within(walked& w, const std::string& path, const std::vector<std::
         looked here;
         if (!look(dir, "", here))
             return fail(errno);
-        // Below a folder, no other file system (a folder, or one above another folder, may
-        // itself be a mount).
+        // Below a folder, no other file system (a folder may itself be a mount; a mount
+        // between two nested folders is crossed by no walk: a user who may write there
+        // could have mounted it).
         if (below && (l.mount_root || l.automount || sx.stx_dev_major != here.sx.stx_dev_major ||
                       sx.stx_dev_minor != here.sx.stx_dev_minor)) {
             w.mounts_unknown = l.mounts_unknown;
@@ -367,7 +385,7 @@ walk_end walk_within(walked& w, const std::string& path, const std::vector<std::
     }
     if (w.f.fd < 0) { // the path names a folder: what is held last
         w.real = names.back().empty() ? "/" : names.back();
-        w.f.fd = ::dup(fds.back());
+        w.f.fd = ::fcntl(fds.back(), F_DUPFD_CLOEXEC, 0);
         if (w.f.fd < 0)
             return fail(errno);
     }
@@ -411,10 +429,10 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
     // may not look: a missing file, a link that leads out, a mount, a file or a folder that
     // user may not read all get this one answer (no probing through klingd's rights). Root
     // and klingd's user get the precise reason.
-    // (65534 is never klingd's own: in a user namespace every unmapped user reads so, and
-    // klingd may run as nobody.)
+    // (The overflow uid is never klingd's own: in a user namespace every unmapped user
+    // reads so, and klingd may run as nobody.)
     const bool restricted =
-        who && who->uid != 0 && (who->uid != ::geteuid() || who->uid == overflow_uid);
+        who && who->uid != 0 && (who->uid != ::geteuid() || who->uid == overflow_uid());
     auto hidden = [&](std::string precise) {
         return restricted
                    ? fmt::format("does not exist inside [inputs] directories ({}) as a file the "
