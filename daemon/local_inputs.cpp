@@ -306,13 +306,11 @@ walk_end walk_within(walked& w, const std::string& path, const std::vector<std::
             continue;
         }
         auto next = names.back() + "/" + part;
-        // Below a folder: a user's ground (even above another folder nested in it); a
-        // folder itself, or a name on the way to one outside every folder: the
-        // administrator's.
-        const bool is_folder = std::find(real.begin(), real.end(), next) != real.end();
-        const bool below = !is_folder && inside_any(next, real);
-        const bool admins =
-            is_folder || (!below && (at_or_above(next, real) || at_or_above(next, spelled)));
+        // Below a folder: a user's ground, even above or at another folder nested in it
+        // (a user who may write there could have put anything in its place). Outside
+        // every folder, a folder itself or a name on the way to one: the administrator's.
+        const bool below = inside_any(next, real);
+        const bool admins = !below && (at_or_above(next, real) || at_or_above(next, spelled));
         if (!admins && !below)
             return walk_end::outside;
         looked l;
@@ -322,9 +320,9 @@ walk_end walk_within(walked& w, const std::string& path, const std::vector<std::
         looked here;
         if (!look(dir, "", here))
             return fail(errno);
-        // Below a folder, no other file system (a folder may itself be a mount; a mount
-        // between two nested folders is crossed by no walk: a user who may write there
-        // could have mounted it).
+        // Below a folder, no other file system (a folder may itself be a mount, unless it
+        // is nested in another: a mount inside a folder is crossed by no walk, as a user
+        // who may write there could have made it).
         if (below && (l.mount_root || l.automount || sx.stx_dev_major != here.sx.stx_dev_major ||
                       sx.stx_dev_minor != here.sx.stx_dev_minor)) {
             w.mounts_unknown = l.mounts_unknown;
