@@ -80,7 +80,7 @@ std::string output_dir::temp_name(std::string_view stem) {
 
 void output_dir::remove_stale_temps(std::chrono::seconds older_than) const {
     // Temporaries left by a process that died (its own names are never reused).
-    int fd = ::dup(fd_);
+    int fd = ::fcntl(fd_, F_DUPFD_CLOEXEC, 0); // not inherited by a hook spawned meanwhile
     if (fd < 0)
         return;
     DIR* d = ::fdopendir(fd);
