@@ -184,6 +184,11 @@ bool may_search(int fd, const submitter_id& who) {
     return permits(st, who, S_IXUSR, S_IXGRP, S_IXOTH) && !has_acl(fd);
 }
 
+// Whether who may read the file st describes (behind fd), as the kernel decides.
+bool may_read(const struct stat& st, int fd, const submitter_id& who) {
+    return permits(st, who, S_IRUSR, S_IRGRP, S_IROTH) && !has_acl(fd);
+}
+
 // Where a walk ended.
 enum class walk_end {
     reached,     // the path names what walked.f holds
@@ -522,7 +527,7 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
         return;
     }
     // Before anything is said about what it is (a folder, a FIFO, its size).
-    if (restricted && (!permits(w.st, id, S_IRUSR, S_IRGRP, S_IROTH) || has_acl(w.f.fd))) {
+    if (restricted && !may_read(w.st, w.f.fd, id)) {
         o.problem = hidden("");
         return;
     }
@@ -547,7 +552,7 @@ void open_checked(opened& o, const std::string& path, const config::inputs_setti
         return;
     }
     // The same file, its rights read again (a chmod in between).
-    if (restricted && (!permits(st, id, S_IRUSR, S_IRGRP, S_IROTH) || has_acl(o.f.fd))) {
+    if (restricted && !may_read(st, o.f.fd, id)) {
         o.problem = hidden("");
         return;
     }

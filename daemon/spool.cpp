@@ -425,13 +425,12 @@ asio::awaitable<void> spool::take(std::vector<std::string> names) {
             unparsed_once_.erase(name);
         } else if (auto* job = std::get_if<job_file>(&c)) {
             unparsed_once_.erase(name);
-            if (auto why = job->spec.local_inputs.empty() ? std::string()
-                                                          : owner_not_trusted(job->fs_type);
-                !why.empty()) {
-                reject(name, why);
-                continue;
-            }
             if (!job->spec.local_inputs.empty()) {
+                // Only where owners say who wrote a file (not NFS, FUSE, FAT, ...).
+                if (auto why = owner_not_trusted(job->fs_type); !why.empty()) {
+                    reject(name, why);
+                    continue;
+                }
                 // The job file's owner submitted it: the files must be readable by that
                 // user. Checked off the loop (engine::check_inputs).
                 auto refs = job->spec.local_inputs;
