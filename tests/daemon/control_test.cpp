@@ -274,6 +274,11 @@ TEST_F(control_test, metrics_is_strict_prometheus_text) {
     env.drop("m.json", image_job("m"));
     env.drop("bad.json", "{");
     ASSERT_TRUE(env.wait_terminal({"m"}, 30s));
+    // A file that does not parse is read again a second later before it is rejected: the
+    // job may end first.
+    ASSERT_TRUE(eventually(
+        [&] { return std::filesystem::exists(env.dir() + "/spool/rejected/bad.json.error"); }, 30s))
+        << env.log();
     child_process curl("/usr/bin/curl",
                        {"-s", "-i", "--unix-socket", env.socket(), "http://localhost/metrics"}, {},
                        "curl");
